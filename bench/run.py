@@ -1,0 +1,72 @@
+"""Run benchmarks and write bench/results/<name>.json and <name>.md.
+
+    python bench/run.py            # every benchmark
+    python bench/run.py train      # just bench/bench_train.py
+
+Each bench/bench_<name>.py defines `main() -> dict` with keys `title`,
+`columns`, `rows` (list of dicts) and optionally `notes` (list of str) and
+`summary` (dict). Every number is measured in this run on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ORDER = ["train", "compression"]
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def to_markdown(name: str, out: dict) -> str:
+    cols = out["columns"]
+    lines = [f"# {out['title']}", "", f"`python bench/run.py {name}` on {out['machine']['cores']} cores, "
+             f"torch {out['machine']['torch']}, {out['machine']['date']}", ""]  # fmt: skip
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "---|" * len(cols))
+    for r in out["rows"]:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    for n in out.get("notes", []):
+        lines += ["", n]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    sys.path.insert(0, str(HERE))
+    names = argv or [n for n in ORDER if (HERE / f"bench_{n}.py").exists()]
+    RESULTS.mkdir(exist_ok=True)
+    for name in names:
+        t0 = time.perf_counter()
+        out = importlib.import_module(f"bench_{name}").main()
+        out["machine"] = machine()
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+        md = to_markdown(name, out)
+        (RESULTS / f"{name}.md").write_text(md)
+        print(md)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

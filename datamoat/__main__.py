@@ -1,0 +1,3 @@
+from datamoat.cli import main
+
+main()

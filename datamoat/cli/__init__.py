@@ -1,0 +1,64 @@
+"""The `datamoat` command: a thin Typer layer over the library.
+
+Each module in this package that defines `register(app)` adds its commands;
+modules import heavy libraries inside the command functions, so `--help`
+stays fast. Errors the user caused print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+import typer
+
+from datamoat.cli._common import err_console, state
+from datamoat.errors import DatamoatError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="datamoat",
+    help="From data to a safe deployment, and the data flywheel that keeps it improving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    home: Path = typer.Option(None, "--home", envvar="DATAMOAT_HOME", help="Workspace directory (default ./.datamoat)."),
+) -> None:
+    state.home = home
+
+
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+    _module = importlib.import_module(f"{__name__}.{_mod}")
+    if hasattr(_module, "register"):
+        _module.register(app)
+
+
+def main() -> None:
+    """Entry point: run the app and turn user errors into one line + exit 2."""
+    try:
+        app(standalone_mode=False)
+    except DatamoatError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click's own usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise

@@ -1,0 +1,227 @@
+"""Commands: init, data, models, runs, archs and train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from datamoat.cli._common import JsonOpt, emit, open_ws, state
+from datamoat.errors import BadInput, NotFound
+
+data_app = typer.Typer(help="Import, list and inspect dataset versions.", no_args_is_help=True)
+models_app = typer.Typer(help="List and inspect model versions.", no_args_is_help=True)
+runs_app = typer.Typer(help="List training runs.", no_args_is_help=True)
+
+
+def init(
+    directory: Path = typer.Argument(None, help="Workspace directory (default: --home, $DATAMOAT_HOME or ./.datamoat)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a workspace: a SQLite catalog and a content-addressed store."""
+    if directory is not None:
+        state.home = directory
+    ws = open_ws(create=True)
+    emit({"workspace": str(ws.root.resolve())}, as_json, f"workspace ready at {ws.root}")
+
+
+@data_app.command("import")
+def data_import(
+    source: str = typer.Argument(
+        ..., help="'fashion-mnist', 'digits', an IDX images file (with --labels), a folder of IDX files, "
+        "or an image folder with one subfolder per class."
+    ),
+    labels: Path = typer.Option(None, help="IDX labels file, when SOURCE is an IDX images file."),
+    test_images: Path = typer.Option(None, help="Official test images (IDX)."),
+    test_labels: Path = typer.Option(None, help="Official test labels (IDX)."),
+    classes: str = typer.Option(None, help="Comma-separated class names, one per label."),
+    name: str = typer.Option(None, help="Human name for the version."),
+    seed: int = typer.Option(0, help="Seed for the stratified splits."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Import data as an immutable, content-addressed dataset version."""
+    from datamoat import data as d
+
+    ws = open_ws(create=True)
+    class_list = [c.strip() for c in classes.split(",")] if classes else None
+    path = Path(source)
+    if source == "fashion-mnist":
+        ds = d.import_fashion_mnist(ws, seed=seed)
+    elif source == "digits":
+        ds = d.import_digits(ws, seed=seed)
+    elif path.is_file():
+        if labels is None:
+            raise BadInput(f"{path} is a file: pass its IDX labels with --labels, or give an image folder")
+        ds = d.import_idx(ws, path, labels, test_images=test_images, test_labels=test_labels,
+                          classes=class_list, name=name or path.stem, seed=seed)  # fmt: skip
+    elif path.is_dir() and any(path.glob("train-images-idx3-ubyte*")):
+        if class_list is None and path.resolve() == d.FASHION_MNIST_DIR.resolve():
+            ds = d.import_fashion_mnist(ws, path, seed=seed)
+        else:
+            find = lambda stem: next(iter(sorted(path.glob(stem + "*"))), path / stem)  # noqa: E731
+            ds = d.import_idx(ws, find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"),
+                              test_images=find("t10k-images-idx3-ubyte"), test_labels=find("t10k-labels-idx1-ubyte"),
+                              classes=class_list, name=name or path.name, seed=seed)  # fmt: skip
+    elif path.is_dir():
+        ds = d.import_folder(ws, path, name=name, seed=seed)
+    else:
+        raise NotFound(f"{source} does not exist: give 'fashion-mnist', 'digits', an IDX file or a folder")
+    st = ds.stats()
+    sp = st["splits"]
+    emit(
+        {"dataset_id": ds.id, **st},
+        as_json,
+        f"dataset {ds.id} ({ds.name}): {st['samples']} images {tuple(st['input_shape'])}, {len(ds.classes)} classes; "
+        f"train {sp['train']['samples']} / val {sp['val']['samples']} / test {sp['test']['samples']}",
+    )
+
+
+@data_app.command("list")
+def data_list(as_json: bool = JsonOpt) -> None:
+    """List dataset versions."""
+    from rich.table import Table
+
+    rows = open_ws().rows("datasets")
+    out = [{"id": r["id"], "name": r["name"], "samples": r["manifest"]["shape"][0],
+            "classes": len(r["manifest"]["classes"]), "parent_id": r["parent_id"]} for r in rows]  # fmt: skip
+    if as_json:
+        emit({"datasets": out}, True)
+        return
+    t = Table("id", "name", "samples", "classes", "parent")
+    for r in out:
+        t.add_row(r["id"], r["name"], str(r["samples"]), str(r["classes"]), r["parent_id"] or "")
+    from datamoat.cli._common import console
+
+    console.print(t)
+
+
+@data_app.command("show")
+def data_show(dataset: str, as_json: bool = JsonOpt) -> None:
+    """Show a dataset version: classes, splits and pixel stats."""
+    from rich.table import Table
+
+    from datamoat.cli._common import console
+    from datamoat.data import load_dataset
+
+    ws = open_ws()
+    ds = load_dataset(ws, dataset)
+    st = ds.stats()
+    row = ws.resolve("datasets", ds.id)
+    st["source"], st["parent_id"] = row["source"], row["parent_id"]
+    if as_json:
+        emit(st, True)
+        return
+    console.print(f"dataset {ds.id} ({ds.name}), {st['samples']} images of shape {tuple(st['input_shape'])}")
+    console.print(f"pixel mean {st['pixel_mean']}, std {st['pixel_std']}; source {st['source']}")
+    t = Table("class", "train", "val", "test")
+    for i, c in enumerate(ds.classes):
+        t.add_row(c, *(str(st["splits"][s]["per_class"][i]) for s in ("train", "val", "test")))
+    t.add_row("[b]total", *(f"[b]{st['splits'][s]['samples']}" for s in ("train", "val", "test")))
+    console.print(t)
+
+
+@models_app.command("list")
+def models_list(as_json: bool = JsonOpt) -> None:
+    """List model versions."""
+    from rich.table import Table
+
+    from datamoat.cli._common import console
+
+    rows = open_ws().rows("models")
+    out = [{"id": r["id"], "name": r["name"], "arch": r["arch"], "params": r["meta"].get("params"),
+            "dataset_id": r["dataset_id"], "parent_id": r["parent_id"],
+            "val_accuracy": (r["meta"].get("history") or {}).get("val_accuracy")} for r in rows]  # fmt: skip
+    if as_json:
+        emit({"models": out}, True)
+        return
+    t = Table("id", "name", "arch", "params", "dataset", "parent", "val acc")
+    for r in out:
+        acc = f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else ""
+        t.add_row(r["id"], r["name"], r["arch"], f"{r['params']:,}", r["dataset_id"] or "", r["parent_id"] or "", acc)
+    console.print(t)
+
+
+@models_app.command("show")
+def models_show(model: str, as_json: bool = JsonOpt) -> None:
+    """Show a model version: architecture, lineage, learning curve."""
+    ws = open_ws()
+    row = ws.resolve("models", model)
+    meta = row["meta"]
+    out = {"id": row["id"], "name": row["name"], "arch": row["arch"], "dataset_id": row["dataset_id"],
+           "parent_id": row["parent_id"], "run_id": row["run_id"], "weights_sha256": row["weights_sha"], **meta}  # fmt: skip
+    hist = meta.get("history") or {}
+    lines = [f"model {row['id']} ({row['name']}): {row['arch']}, {meta['params']:,} parameters",
+             f"dataset {row['dataset_id']}, parent {row['parent_id']}, run {row['run_id']}",
+             f"config {meta['config']}"]  # fmt: skip
+    for p in hist.get("curve", []):
+        lines.append(f"  epoch {p['epoch']}: train loss {p['train_loss']:.4f}  val acc {p['val_accuracy']:.4f}")
+    if hist.get("plateau"):
+        lines.append(hist["plateau"]["message"])
+    emit(out, as_json, "\n".join(lines))
+
+
+@runs_app.command("list")
+def runs_list(as_json: bool = JsonOpt) -> None:
+    """List training runs with their status."""
+    rows = open_ws().rows("runs")
+    out = [{k: r[k] for k in ("id", "name", "arch", "dataset_id", "status", "model_id")} for r in rows]
+    emit({"runs": out}, as_json, "\n".join(f"{r['id']}  {r['status']:<11} {r['name']}  model {r['model_id']}" for r in out))
+
+
+def archs(as_json: bool = JsonOpt) -> None:
+    """List the model zoo with parameter counts for 28x28 grayscale, 10 classes."""
+    from datamoat.models import ARCHS, build, param_count, preset
+
+    out = []
+    for a in ARCHS:
+        cfg = preset(a, in_channels=1, image_size=(28, 28), num_classes=10)
+        out.append({"arch": a, "params": param_count(build(cfg)), "channels": cfg.channels, "hidden": cfg.hidden})
+    emit({"archs": out}, as_json, "\n".join(f"{r['arch']:<11} {r['params']:>9,} params" for r in out))
+
+
+def train(
+    data: str = typer.Option(None, "--data", "-d", help="Dataset id or name."),
+    arch: str = typer.Option("cnn_medium", "--arch", "-a", help="Architecture from the zoo (`datamoat archs`)."),
+    epochs: int = typer.Option(3, help="Maximum epochs."),
+    batch_size: int = typer.Option(128, help="Batch size."),
+    optimizer: str = typer.Option("adamw", help="adamw or sgd."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate."),
+    schedule: str = typer.Option("onecycle", help="onecycle, cosine or none."),
+    augment: str = typer.Option("none", help="none, crop or crop_flip."),
+    patience: int = typer.Option(3, help="Early-stopping patience in epochs (0: off)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    threads: int = typer.Option(0, help="Torch threads (0: every core)."),
+    name: str = typer.Option(None, help="Human name for the model."),
+    resume: str = typer.Option(None, "--resume", help="Resume an interrupted run by its id."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train a zoo model on a dataset version, with a learning curve and checkpoints."""
+    from datamoat.models import ARCHS
+    from datamoat.train import TrainConfig, run_training
+
+    if arch not in ARCHS:
+        raise BadInput(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+    ws = open_ws()
+    cfg = None
+    if not resume:
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
+                          augment=augment, patience=patience, seed=seed, threads=threads)  # fmt: skip
+    model, run_id = run_training(ws, data, arch, cfg, name=name, resume=resume, progress=True)
+    h = model.history
+    out = {"run_id": run_id, "model_id": model.id, "dataset_id": model.lineage["dataset_id"], "arch": model.config.arch,
+           "params": model.params, "val_accuracy": h["val_accuracy"], "best_epoch": h["best_epoch"],
+           "stopped_early": h["stopped_early"], "plateau": h["plateau"], "curve": h["curve"]}  # fmt: skip
+    text = (f"model {model.id} ({model.name}): val accuracy {h['val_accuracy']:.4f} at epoch {h['best_epoch']}, "
+            f"{h['seconds']:.0f}s; run {run_id}")  # fmt: skip
+    if h["plateau"]:
+        text += "\n" + h["plateau"]["message"]
+    emit(out, as_json, text)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.add_typer(data_app, name="data")
+    app.add_typer(models_app, name="models")
+    app.add_typer(runs_app, name="runs")
+    app.command("archs")(archs)
+    app.command("train")(train)

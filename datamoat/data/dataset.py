@@ -1,0 +1,180 @@
+"""An immutable, content-addressed dataset version.
+
+A version holds images as uint8 ``(N, C, H, W)``, integer labels ``(N,)``,
+and a split code per sample (0 train, 1 val, 2 test). Its id is the hash of
+a manifest that names the content hashes of those arrays plus the class
+names and split recipe, so the same data imported twice gets the same id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+
+from datamoat.errors import BadInput
+from datamoat.workspace import Workspace, short_hash
+
+__all__ = ["Dataset", "SPLITS", "make_dataset", "load_dataset", "stratified_splits"]
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset version. Arrays are read-only views."""
+
+    id: str
+    name: str
+    classes: list[str]
+    x: np.ndarray  # (N, C, H, W) uint8
+    y: np.ndarray  # (N,) int64
+    split: np.ndarray  # (N,) uint8 codes, see SPLITS
+    manifest: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return self.manifest["preprocess"]
+
+    def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of one split: 'train', 'val' or 'test'."""
+        if split not in SPLITS:
+            raise BadInput(f"unknown split {split!r}: choose train, val or test")
+        mask = self.split == SPLITS[split]
+        return self.x[mask], self.y[mask]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per split and class, shape, and pixel statistics."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "samples": int(len(self.y)),
+            "input_shape": list(self.input_shape),
+            "classes": self.classes,
+            "splits": {},
+            "pixel_mean": [round(m, 4) for m in self.preprocess["mean"]],
+            "pixel_std": [round(s, 4) for s in self.preprocess["std"]],
+        }
+        for name, code in SPLITS.items():
+            ys = self.y[self.split == code]
+            counts = np.bincount(ys, minlength=self.num_classes)
+            out["splits"][name] = {"samples": int(len(ys)), "per_class": counts.tolist()}
+        return out
+
+
+def stratified_splits(
+    y: np.ndarray, val: float, test: float, seed: int, fixed_test: np.ndarray | None = None
+) -> np.ndarray:
+    """Seeded stratified split codes. With `fixed_test` (a boolean mask, e.g.
+    Fashion-MNIST's official test set) only val is carved out of the rest."""
+    rng = np.random.default_rng(seed)
+    split = np.zeros(len(y), dtype=np.uint8)
+    pool = np.ones(len(y), dtype=bool)
+    if fixed_test is not None:
+        split[fixed_test] = SPLITS["test"]
+        pool &= ~fixed_test
+        test = 0.0
+    for c in np.unique(y):
+        idx = np.flatnonzero(pool & (y == c))
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(len(idx) * test))
+        n_val = int(round(len(idx) * val))
+        if len(idx) - n_test - n_val < 1 or (val > 0 and n_val < 1) or (test > 0 and n_test < 1):
+            raise BadInput(
+                f"class {int(c)} has only {len(idx)} sample(s), too few to split into train/val/test: "
+                "add samples or lower the val/test fractions"
+            )
+        split[idx[:n_test]] = SPLITS["test"]
+        split[idx[n_test : n_test + n_val]] = SPLITS["val"]
+    return split
+
+
+def _validate(x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+    if x.ndim != 4 or x.dtype != np.uint8:
+        raise BadInput(f"images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
+    if len(x) != len(y):
+        raise BadInput(f"{len(x)} images but {len(y)} labels: images and labels must match one to one")
+    if len(y) == 0:
+        raise BadInput("the dataset is empty: give at least two classes of images")
+    if y.min() < 0 or y.max() >= len(classes):
+        raise BadInput(
+            f"labels out of range: found labels {int(y.min())}..{int(y.max())} but {len(classes)} class names; "
+            "give one class name per label"
+        )
+    present = np.unique(y)
+    if len(present) < 2:
+        raise BadInput(
+            f"the dataset has a single class ({classes[int(present[0])]!r}): a classifier needs at least two classes"
+        )
+
+
+def make_dataset(
+    ws: Workspace,
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    *,
+    name: str,
+    source: dict[str, Any],
+    split: np.ndarray | None = None,
+    val: float = 0.1,
+    test: float = 0.15,
+    seed: int = 0,
+    fixed_test: np.ndarray | None = None,
+    parent_id: str | None = None,
+) -> Dataset:
+    """Validate, split, store and catalog a dataset version; returns it.
+
+    Importing the same content again returns the existing version.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    _validate(x, y, classes)
+    if split is None:
+        split = stratified_splits(y, val, test, seed, fixed_test)
+    train = x[split == SPLITS["train"]].astype(np.float64) / 255.0  # (N, C, H, W)
+    mean = train.mean(axis=(0, 2, 3)).tolist()
+    std = (train.std(axis=(0, 2, 3)) + 1e-8).tolist()
+    del train
+    manifest = {
+        "format": 1,
+        "classes": list(classes),
+        "shape": list(x.shape),
+        "blobs": {"x": ws.put_array(x), "y": ws.put_array(y), "split": ws.put_array(split)},
+        "split_recipe": {"val": val, "test": test, "seed": seed, "fixed_test": fixed_test is not None},
+        "preprocess": {"scale": 1 / 255, "mean": mean, "std": std},
+    }
+    # The id hashes content only (not the name or the source path).
+    ds_id = short_hash(json.dumps(manifest, sort_keys=True).encode())
+    ws.insert(
+        "datasets",
+        {"id": ds_id, "name": name, "parent_id": parent_id, "source": source, "manifest": manifest},
+    )
+    row = ws.resolve("datasets", ds_id)
+    return Dataset(ds_id, row["name"], list(classes), _ro(x), _ro(y), _ro(split), manifest)
+
+
+def load_dataset(ws: Workspace, ref: str) -> Dataset:
+    """Load a dataset version by id, id prefix or name.
+
+    >>> ds = load_dataset(Workspace.open(), "digits")  # doctest: +SKIP
+    """
+    row = ws.resolve("datasets", ref)
+    m = row["manifest"]
+    x, y, split = (ws.get_array(m["blobs"][k]) for k in ("x", "y", "split"))
+    return Dataset(row["id"], row["name"], m["classes"], _ro(x), _ro(y), _ro(split), m)
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a).view()  # a view, so the caller's array stays writable
+    a.flags.writeable = False
+    return a

@@ -1,0 +1,140 @@
+"""`Model`: a network plus everything needed to rebuild, preprocess and trace it.
+
+Every verb (`train`, `distill`, `prune`, ...) takes a `Model` and returns a
+new one. Saving writes the weights to the artifact store and a catalog row
+holding the architecture config, classes, preprocessing and lineage, so any
+model can be rebuilt from the workspace alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from datamoat.configs import config_from_dict
+from datamoat.data.dataset import Dataset
+from datamoat.errors import BadInput
+from datamoat.models.zoo import ModelConfig, build, param_count, preset
+from datamoat.workspace import Workspace, short_hash
+
+__all__ = ["Model", "new_model", "save_model", "load_model"]
+
+
+@dataclasses.dataclass
+class Model:
+    """A network with its config, classes, preprocessing and lineage."""
+
+    net: nn.Module
+    config: ModelConfig
+    classes: list[str]
+    preprocess: dict[str, Any]
+    lineage: dict[str, Any] = dataclasses.field(default_factory=dict)
+    history: dict[str, Any] = dataclasses.field(default_factory=dict)
+    id: str | None = None
+    name: str | None = None
+
+    @property
+    def params(self) -> int:
+        return param_count(self.net)
+
+    def example_inputs(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
+        """A random normalised input batch of the right shape, (B, C, H, W)."""
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, self.config.in_channels, *self.config.image_size, generator=g)
+
+    def to_tensor(self, x: np.ndarray) -> torch.Tensor:
+        """uint8 (N, C, H, W) images -> normalised float32 tensor."""
+        mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.preprocess["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        t = torch.from_numpy(np.asarray(x, dtype=np.float32)) * float(self.preprocess["scale"])  # copies: x is read-only
+        return (t - mean) / std
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Logits for uint8 images (N, C, H, W) -> (N, K), in eval mode."""
+        was_training = self.net.training
+        self.net.eval()
+        out = [self.net(self.to_tensor(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        self.net.train(was_training)
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Softmax probabilities for uint8 images, (N, K)."""
+        return torch.softmax(torch.from_numpy(self.logits(x)), dim=1).numpy()
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "classes": self.classes,
+            "preprocess": self.preprocess,
+            "lineage": self.lineage,
+            "history": self.history,
+            "params": self.params,
+        }
+
+
+def new_model(arch: str, data: Dataset, *, seed: int = 0, **overrides: Any) -> Model:
+    """A freshly initialised zoo model shaped for `data`.
+
+    >>> from datamoat.data import import_digits
+    >>> ws = Workspace.init("/tmp/dm-doc")
+    >>> new_model("cnn_small", import_digits(ws)).params > 0
+    True
+    """
+    c, h, w = data.input_shape
+    cfg = preset(arch, in_channels=c, image_size=(h, w), num_classes=data.num_classes, **overrides)
+    torch.manual_seed(seed)
+    return Model(build(cfg), cfg, list(data.classes), dict(data.preprocess), {"dataset_id": data.id})
+
+
+def _state_bytes(net: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def save_model(ws: Workspace, model: Model, *, name: str | None = None, run_id: str | None = None) -> Model:
+    """Store weights + metadata; returns the model with its `id` set.
+
+    The id hashes the weights and metadata, so saving the same model twice is a no-op.
+    """
+    weights_sha = ws.put_bytes(_state_bytes(model.net))
+    meta = model.meta()
+    model_id = short_hash((weights_sha + json.dumps(meta, sort_keys=True)).encode())
+    name = name or model.name or f"{model.config.arch}-{model_id[:6]}"
+    ws.insert(
+        "models",
+        {
+            "id": model_id,
+            "name": name,
+            "arch": model.config.arch,
+            "dataset_id": model.lineage.get("dataset_id"),
+            "parent_id": model.lineage.get("parent_id"),
+            "run_id": run_id,
+            "weights_sha": weights_sha,
+            "meta": meta,
+        },
+    )
+    return dataclasses.replace(model, id=model_id, name=name)
+
+
+def load_model(ws: Workspace, ref: str) -> Model:
+    """Rebuild a model from the catalog by id, id prefix or name."""
+    row = ws.resolve("models", ref)
+    meta = row["meta"]
+    cfg = config_from_dict(meta["config"])
+    if not isinstance(cfg, ModelConfig):
+        raise BadInput(f"model {ref!r} has no architecture config: the catalog row is damaged")
+    net = build(cfg)
+    state = torch.load(io.BytesIO(ws.get_bytes(row["weights_sha"])), weights_only=True)
+    net.load_state_dict(state)
+    net.eval()
+    return Model(
+        net, cfg, meta["classes"], meta["preprocess"], meta.get("lineage", {}), meta.get("history", {}), row["id"], row["name"]
+    )

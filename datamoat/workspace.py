@@ -1,0 +1,255 @@
+"""The workspace: a SQLite catalog plus a content-addressed artifact store.
+
+Layout of a workspace directory::
+
+    catalog.db            SQLite (WAL): datasets, models, runs, evals
+    objects/ab/cdef...    immutable blobs named by their sha256
+    runs/<run id>/        checkpoints of training runs (mutable, resumable)
+    reports/<id>/         rendered reports
+
+Every write is atomic: blobs go to a temp file that is renamed into place,
+and catalog rows are written in transactions. Several processes may write at
+once; WAL mode and a busy timeout serialise them without corruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from datamoat.errors import BadInput, NotFound
+
+__all__ = ["Workspace", "default_root", "atomic_write", "short_hash"]
+
+DEFAULT_DIR = ".datamoat"
+TABLES = ("datasets", "models", "runs", "evals")
+
+# Each entry migrates the schema from version i to i + 1. Later stages append.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL,
+        parent_id TEXT, source TEXT, manifest TEXT NOT NULL);
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL,
+        arch TEXT NOT NULL, dataset_id TEXT, parent_id TEXT, run_id TEXT,
+        weights_sha TEXT NOT NULL, meta TEXT NOT NULL);
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL,
+        dataset_id TEXT NOT NULL, arch TEXT NOT NULL, status TEXT NOT NULL,
+        model_id TEXT, config TEXT NOT NULL, result TEXT);
+    CREATE TABLE evals (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL,
+        model_id TEXT NOT NULL, dataset_id TEXT NOT NULL, split TEXT NOT NULL,
+        metrics TEXT NOT NULL, report TEXT);
+    CREATE INDEX models_name ON models(name);
+    CREATE INDEX datasets_name ON datasets(name);
+    """,
+]
+
+
+def default_root() -> Path:
+    """`$DATAMOAT_HOME` if set, else `./.datamoat`."""
+    return Path(os.environ.get("DATAMOAT_HOME") or DEFAULT_DIR)
+
+
+def short_hash(data: bytes, n: int = 12) -> str:
+    return hashlib.sha256(data).hexdigest()[:n]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same directory + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Workspace:
+    """A datamoat workspace rooted at a directory.
+
+    >>> import tempfile
+    >>> ws = Workspace.init(tempfile.mkdtemp())
+    >>> sha = ws.put_bytes(b"hello")
+    >>> ws.get_bytes(sha)
+    b'hello'
+    """
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.db_path = self.root / "catalog.db"
+        self.objects = self.root / "objects"
+
+    # -- lifecycle ---------------------------------------------------------
+    @classmethod
+    def init(cls, root: str | os.PathLike[str] | None = None) -> Workspace:
+        """Create (or open) a workspace; idempotent."""
+        ws = cls(root if root is not None else default_root())
+        ws.root.mkdir(parents=True, exist_ok=True)
+        ws.objects.mkdir(exist_ok=True)
+        ws._migrate()
+        return ws
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | None = None) -> Workspace:
+        """Open an existing workspace; a clear error if there is none."""
+        ws = cls(root if root is not None else default_root())
+        if not ws.db_path.exists():
+            raise NotFound(
+                f"no datamoat workspace at {ws.root}: run `datamoat init {ws.root}` "
+                "or set DATAMOAT_HOME"
+            )
+        ws._migrate()
+        return ws
+
+    def connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front,
+        so two writers queue on the busy timeout instead of deadlocking."""
+        conn = self.connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _migrate(self) -> None:
+        with self.tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for i, script in enumerate(_MIGRATIONS[version:], start=version):
+                for stmt in filter(str.strip, script.split(";")):
+                    conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version={i + 1}")
+
+    # -- content-addressed blobs -------------------------------------------
+    def object_path(self, sha: str) -> Path:
+        return self.objects / sha[:2] / sha[2:]
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store `data` under its sha256 and return the full hex digest."""
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.object_path(sha)
+        if not path.exists():
+            atomic_write(path, data)
+        return sha
+
+    def put_file(self, src: str | os.PathLike[str]) -> str:
+        return self.put_bytes(Path(src).read_bytes())
+
+    def get_bytes(self, sha: str) -> bytes:
+        path = self.object_path(sha)
+        if not path.exists():
+            raise NotFound(f"artifact {sha[:12]} is missing from {self.objects}: the workspace is incomplete")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise BadInput(f"artifact {sha[:12]} is corrupt (hash mismatch): restore {path} from a backup")
+        return data
+
+    def put_array(self, arr: Any) -> str:
+        """Store a numpy array as .npy bytes (deterministic, so content-addressed)."""
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+        return self.put_bytes(buf.getvalue())
+
+    def get_array(self, sha: str) -> Any:
+        import numpy as np
+
+        return np.load(io.BytesIO(self.get_bytes(sha)), allow_pickle=False)
+
+    # -- catalog -------------------------------------------------------------
+    def insert(self, table: str, row: dict[str, Any], *, conn: sqlite3.Connection | None = None) -> None:
+        """Insert a row; dict/list values are stored as JSON. Existing id: no-op."""
+        assert table in TABLES or table.isidentifier()
+        row = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in row.items()}
+        row.setdefault("created", time.time())
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        sql = f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})"
+        if conn is not None:
+            conn.execute(sql, tuple(row.values()))
+            return
+        with self.tx() as c:
+            c.execute(sql, tuple(row.values()))
+
+    def update(self, table: str, id: str, **values: Any) -> None:
+        values = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in values.items()}
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self.tx() as c:
+            c.execute(f"UPDATE {table} SET {sets} WHERE id = ?", (*values.values(), id))
+
+    def rows(self, table: str, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
+        conn = self.connect()
+        try:
+            cur = conn.execute(f"SELECT * FROM {table} {where} ORDER BY created", params)
+            return [_decode(dict(r)) for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def resolve(self, table: str, ref: str) -> dict[str, Any]:
+        """Find a row by full id, unique id prefix (4+ chars) or name (newest wins)."""
+        kind = table.rstrip("s")
+        hint = f"`datamoat {'data' if table == 'datasets' else table} list` shows what exists"
+        if not ref:
+            raise NotFound(f"no {kind} given: {hint}")
+        exact = self.rows(table, "WHERE id = ?", (ref,))
+        if exact:
+            return exact[0]
+        if len(ref) >= 4:
+            pref = self.rows(table, "WHERE id LIKE ?", (ref.replace("%", "") + "%",))
+            if len(pref) == 1:
+                return pref[0]
+            if len(pref) > 1:
+                raise BadInput(f"{kind} id prefix {ref!r} is ambiguous ({len(pref)} matches): give more characters")
+        named = self.rows(table, "WHERE name = ?", (ref,))
+        if named:
+            return named[-1]
+        raise NotFound(f"unknown {kind} {ref!r}: {hint}")
+
+    def new_id(self) -> str:
+        return uuid.uuid4().hex[:12]
+
+    def path_for(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("manifest", "meta", "config", "result", "metrics", "report", "source"):
+        val = row.get(key)
+        if isinstance(val, str) and val[:1] in "{[":
+            row[key] = json.loads(val)
+    return row

@@ -1,0 +1,31 @@
+import importlib
+import subprocess
+import sys
+
+import datamoat
+
+
+def test_import_datamoat_is_light():
+    code = "import sys, datamoat; print(sorted(m for m in ('torch', 'onnxruntime', 'fastapi', 'optuna', 'cleanlab', 'sklearn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_public_names_resolve():
+    for name in datamoat.__all__:
+        module = datamoat._EXPORTS.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            continue  # a stage not built yet
+        assert getattr(datamoat, name) is not None, name
+
+
+def test_every_module_declares_all():
+    import pkgutil
+
+    for info in pkgutil.walk_packages(datamoat.__path__, "datamoat."):
+        if info.name.startswith("datamoat.cli") or info.name == "datamoat.__main__":
+            continue
+        mod = importlib.import_module(info.name)
+        assert isinstance(getattr(mod, "__all__", None), list), f"{info.name} has no __all__"
+        for name in mod.__all__:
+            assert hasattr(mod, name), f"{info.name}.__all__ names missing {name}"

@@ -30,7 +30,9 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    home: Path = typer.Option(None, "--home", envvar="DATAMOAT_HOME", help="Workspace directory (default ./.datamoat)."),
+    home: Path = typer.Option(
+        None, "--home", envvar="DATAMOAT_HOME", help="Workspace directory (default ./.datamoat)."
+    ),
 ) -> None:
     state.home = home
 
@@ -51,14 +53,13 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # Usage errors from the click that typer vendors: print them as click would.
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             sys.exit(1)
+        if type(e).__name__ == "Exit":
+            sys.exit(getattr(e, "exit_code", 0))
         raise

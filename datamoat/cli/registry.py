@@ -1,0 +1,202 @@
+"""Commands: registry list/show/audit, promote, rollback, takedown, restore,
+suppress, unsuppress, tokens create. Each control command waits until every
+live server acknowledged the change (or says which did not)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+
+import typer
+
+from datamoat.cli._common import JsonOpt, console, emit, open_ws
+
+registry_app = typer.Typer(help="Model versions, aliases and the audit log.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Create API tokens (stored hashed).", no_args_is_help=True)
+
+TokenOpt = typer.Option(
+    None, "--token", envvar="DATAMOAT_TOKEN", help="Admin token (needed once any admin token exists)."
+)
+RegistryOpt = typer.Option(None, "--registry", envvar="DATAMOAT_REGISTRY_URL", help="Registry database URL.")
+WaitOpt = typer.Option(5.0, "--wait", help="Seconds to wait for running servers to acknowledge.")
+
+
+def _open(url: str | None):
+    from datamoat.registry import Registry, registry_url
+
+    ws = open_ws()
+    return ws, Registry(registry_url(ws, url))
+
+
+def _admin(reg, token: str | None) -> str:
+    """The actor for the audit log: the admin token's name, or the OS user
+    while the registry has no admin token yet (bootstrap)."""
+    import sqlalchemy as sa
+
+    from datamoat.registry import tokens
+
+    with reg.engine.connect() as conn:
+        has_admin = conn.execute(sa.select(tokens.c.hash).where(tokens.c.role == "admin")).first() is not None
+    if has_admin or token:
+        return reg.check_token(token, "admin")
+    return os.environ.get("USER") or getpass.getuser()
+
+
+def _finish(reg, out: dict, as_json: bool, text: str, wait: float) -> None:
+    acks = reg.wait_for_acks(out["generation"], timeout=wait) if wait > 0 else {"acked": [], "missing": []}
+    out["servers"] = acks
+    if acks["missing"]:
+        text += f"\n[yellow]not acknowledged within {wait:g}s by: {', '.join(acks['missing'])}[/yellow]"
+    elif acks["acked"]:
+        text += f"\nacknowledged by {len(acks['acked'])} server(s)"
+    emit(out, as_json, text)
+
+
+@registry_app.command("list")
+def reg_list(registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
+    """Versions, the aliases pointing at them, and takedown state."""
+    from rich.table import Table
+
+    _, reg = _open(registry)
+    snap = reg.snapshot()
+    by_version: dict[str, list[str]] = {}
+    for alias, vid in snap["aliases"].items():
+        by_version.setdefault(vid, []).append(alias)
+    rows = [{"id": v["id"], "name": v["name"], "kind": v["kind"], "aliases": sorted(by_version.get(v["id"], [])),
+             "taken_down": v["id"] in snap["takedowns"], "model_id": v["info"].get("model_id")}
+            for v in reg.versions()]  # fmt: skip
+    if as_json:
+        emit({"versions": rows, "aliases": snap["aliases"], "suppressions": snap["suppressions"]}, True)
+        return
+    t = Table("version", "name", "kind", "aliases", "state")
+    for r in rows:
+        t.add_row(
+            r["id"], r["name"], r["kind"], ", ".join(r["aliases"]), "[red]taken down" if r["taken_down"] else "ok"
+        )
+    console.print(t)
+    for s in snap["suppressions"]:
+        console.print(f"suppressed {s['label']!r} on {s['alias']} ({s['mode']}): {s['reason']}")
+
+
+@registry_app.command("show")
+def reg_show(version: str, registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
+    """One version: lineage, classes, preprocessing, aliases."""
+    _, reg = _open(registry)
+    v = reg.version(version)
+    snap = reg.snapshot()
+    v["aliases"] = sorted(a for a, vid in snap["aliases"].items() if vid == v["id"])
+    v["taken_down"] = snap["takedowns"].get(v["id"])
+    lin = v["info"].get("lineage", {})
+    emit(v, as_json, f"version {v['id']} ({v['name']}, {v['kind']}): model {v['info'].get('model_id')}, "
+                     f"dataset {lin.get('dataset_id')}, parent {lin.get('parent_id')}, aliases {v['aliases']}")  # fmt: skip
+
+
+@registry_app.command("audit")
+def reg_audit(registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
+    """The append-only audit log: who, when, what, why."""
+    import datetime as dt
+
+    _, reg = _open(registry)
+    log = reg.audit_log()
+    lines = [f"{dt.datetime.fromtimestamp(e['ts']).isoformat(timespec='seconds')}  {e['actor']:<12} {e['action']:<11} "
+             f"{e['target']:<14} {e['reason']}  {e['details']}" for e in log]  # fmt: skip
+    emit({"audit": log}, as_json, "\n".join(lines) or "no entries")
+
+
+def promote(
+    model: str = typer.Argument(..., help="Registry version, or a catalog model (exported and registered)."),
+    alias: str = typer.Option("production", "--alias", "-a"),
+    reason: str = typer.Option("", "--reason"),
+    int8: bool = typer.Option(False, "--int8", help="Register the int8-quantized ONNX of a catalog model."),
+    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
+) -> None:  # fmt: skip
+    """Point an alias at a version; servers switch without a restart."""
+    from datamoat.deploy import register_model, resolve_version
+
+    ws, reg = _open(registry)
+    actor = _admin(reg, token)
+    vid = (
+        register_model(ws, reg, model, actor=actor, int8=True) if int8 else resolve_version(ws, reg, model, actor=actor)
+    )
+    out = reg.promote(vid, alias, actor=actor, reason=reason)
+    _finish(reg, out, as_json, f"{alias} -> {vid} (was {out['previous']})", wait)
+
+
+def rollback(
+    alias: str = typer.Option("production", "--alias", "-a"),
+    reason: str = typer.Option("", "--reason"),
+    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
+) -> None:  # fmt: skip
+    """Point an alias back at its previous version."""
+    _, reg = _open(registry)
+    out = reg.rollback(alias, actor=_admin(reg, token), reason=reason)
+    _finish(reg, out, as_json, f"{alias} rolled back to {out['version']} (from {out['previous']})", wait)
+
+
+def takedown(
+    model: str = typer.Argument(..., help="Registry version to stop serving."),
+    reason: str = typer.Option(..., "--reason", help="Why (required, goes to the audit log)."),
+    fallback: str = typer.Option(None, "--fallback", help="A safe version to serve instead (else 503)."),
+    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
+) -> None:  # fmt: skip
+    """Kill switch: servers stop answering with this version."""
+    _, reg = _open(registry)
+    out = reg.takedown(model, actor=_admin(reg, token), reason=reason, fallback=fallback)
+    then = f"fallback {out['fallback']}" if out["fallback"] else "503"
+    _finish(reg, out, as_json, f"took down {out['version']}: servers answer with {then}", wait)
+
+
+def restore(
+    model: str = typer.Argument(...),
+    reason: str = typer.Option(..., "--reason"),
+    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
+) -> None:  # fmt: skip
+    """Undo a takedown."""
+    _, reg = _open(registry)
+    out = reg.restore(model, actor=_admin(reg, token), reason=reason)
+    _finish(reg, out, as_json, f"restored {out['version']}", wait)
+
+
+def suppress(
+    label: str = typer.Argument(..., help="Class name never to output."),
+    reason: str = typer.Option(..., "--reason"),
+    alias: str = typer.Option("*", "--alias", "-a", help="Alias to apply to ('*': everywhere)."),
+    mode: str = typer.Option("abstain", "--mode", help="abstain (needs review) or renormalize."),
+    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
+) -> None:  # fmt: skip
+    """Never output a label: abstain, or renormalise over the other labels."""
+    _, reg = _open(registry)
+    out = reg.suppress(label, actor=_admin(reg, token), reason=reason, alias=alias, mode=mode)
+    _finish(reg, out, as_json, f"suppressed {label!r} on {alias} ({mode})", wait)
+
+
+def unsuppress(
+    label: str = typer.Argument(...),
+    reason: str = typer.Option(..., "--reason"),
+    alias: str = typer.Option("*", "--alias", "-a"),
+    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
+) -> None:  # fmt: skip
+    """Undo a suppression."""
+    _, reg = _open(registry)
+    out = reg.unsuppress(label, actor=_admin(reg, token), reason=reason, alias=alias)
+    _finish(reg, out, as_json, f"unsuppressed {label!r} on {alias}", wait)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    role: str = typer.Option(..., "--role", help="predict, admin or review."),
+    name: str = typer.Option(..., "--name", help="Who holds it (recorded in the audit log)."),
+    token: str = TokenOpt, registry: str = RegistryOpt, as_json: bool = JsonOpt,
+) -> None:  # fmt: skip
+    """Create a token; it is printed once and stored only as a hash."""
+    _, reg = _open(registry)
+    actor = _admin(reg, token)
+    new = reg.create_token(role, name, actor=actor)
+    emit({"token": new, "role": role, "name": name}, as_json, f"{role} token for {name} (shown once):\n{new}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(registry_app, name="registry")
+    app.add_typer(tokens_app, name="tokens")
+    for fn in (promote, rollback, takedown, restore, suppress, unsuppress):
+        app.command(fn.__name__)(fn)

@@ -1,0 +1,425 @@
+"""The model registry: versions, aliases, incident controls and an audit log.
+
+A registry version is an ONNX artifact (fp32 or int8) plus what serving needs:
+classes, preprocessing, lineage (dataset, parent model, recipe) and metrics.
+The artifact bytes live in the registry database too, so a server on another
+machine needs only the database URL.
+
+Storage is SQLAlchemy Core: SQLite by default (next to the workspace
+catalog), or any URL such as ``postgresql+psycopg://user@host/db`` so several
+servers on several machines share one registry.
+
+Every control change (promote, rollback, takedown, suppress and their undos)
+runs in one transaction that also appends to the audit log and bumps a global
+*generation* counter. Servers poll the generation, apply the new state, and
+acknowledge it; `wait_for_acks` lets the operator's command return only once
+every live server has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from datamoat.configs import check, check_choice
+from datamoat.errors import BadInput, DatamoatError, NotFound
+from datamoat.workspace import Workspace
+
+__all__ = ["Registry", "registry_url", "ROLES", "SUPPRESS_MODES", "AuthError"]
+
+ROLES = ("predict", "admin", "review")
+SUPPRESS_MODES = ("abstain", "renormalize")
+ALL_ALIASES = "*"
+
+meta = sa.MetaData()
+versions = sa.Table(
+    "reg_versions", meta,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # fp32 | int8
+    sa.Column("onnx_sha", sa.String(64), nullable=False),
+    sa.Column("info", sa.Text, nullable=False),  # JSON: classes, preprocess, lineage, metrics, policy
+)  # fmt: skip
+blobs = sa.Table(
+    "reg_blobs", meta,
+    sa.Column("sha", sa.String(64), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)  # fmt: skip
+aliases = sa.Table(
+    "reg_aliases", meta,
+    sa.Column("alias", sa.String(100), primary_key=True),
+    sa.Column("version_id", sa.String(32), nullable=False),
+    sa.Column("history", sa.Text, nullable=False),  # JSON list of previous holders, newest last
+    sa.Column("updated", sa.Float, nullable=False),
+)  # fmt: skip
+takedowns = sa.Table(
+    "reg_takedowns", meta,
+    sa.Column("version_id", sa.String(32), primary_key=True),
+    sa.Column("fallback_id", sa.String(32)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+)  # fmt: skip
+suppressions = sa.Table(
+    "reg_suppressions", meta,
+    sa.Column("label", sa.String(200), primary_key=True),
+    sa.Column("alias", sa.String(100), primary_key=True),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+)  # fmt: skip
+audit = sa.Table(
+    "reg_audit", meta,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(50), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+)  # fmt: skip
+state = sa.Table(
+    "reg_state", meta,
+    sa.Column("key", sa.String(50), primary_key=True),
+    sa.Column("value", sa.Integer, nullable=False),
+)  # fmt: skip
+servers = sa.Table(
+    "reg_servers", meta,
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("url", sa.String(300), nullable=False),
+    sa.Column("alias", sa.String(100), nullable=False),
+    sa.Column("acked_generation", sa.Integer, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+)  # fmt: skip
+tokens = sa.Table(
+    "reg_tokens", meta,
+    sa.Column("hash", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)  # fmt: skip
+
+# The audit log is append-only in the database itself, not just by convention.
+_APPEND_ONLY = {
+    "sqlite": [
+        "CREATE TRIGGER IF NOT EXISTS reg_audit_no_update BEFORE UPDATE ON reg_audit "
+        "BEGIN SELECT RAISE(ABORT, 'reg_audit is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS reg_audit_no_delete BEFORE DELETE ON reg_audit "
+        "BEGIN SELECT RAISE(ABORT, 'reg_audit is append-only'); END",
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION reg_audit_append_only() RETURNS trigger AS $$ "
+        "BEGIN RAISE EXCEPTION 'reg_audit is append-only'; END $$ LANGUAGE plpgsql",
+        "DROP TRIGGER IF EXISTS reg_audit_no_change ON reg_audit",
+        "CREATE TRIGGER reg_audit_no_change BEFORE UPDATE OR DELETE ON reg_audit "
+        "FOR EACH ROW EXECUTE FUNCTION reg_audit_append_only()",
+    ],
+}
+
+
+class AuthError(DatamoatError):
+    """A missing, unknown, revoked or under-privileged token."""
+
+    http_status = 401
+
+
+def registry_url(ws: Workspace | None = None, url: str | None = None) -> str:
+    """`url`, else `$DATAMOAT_REGISTRY_URL`, else SQLite beside the workspace catalog."""
+    url = url or os.environ.get("DATAMOAT_REGISTRY_URL")
+    if url:
+        return url
+    ws = ws or Workspace.open()
+    return f"sqlite:///{(ws.root / 'registry.db').resolve()}"
+
+
+def _hash_token(token: str) -> str:
+    # Tokens are 256 random bits, so a plain sha256 is enough (no password stretching needed).
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Registry:
+    """Model versions, aliases and incident controls in one SQL database.
+
+    >>> reg = Registry("sqlite://")   # in memory
+    >>> reg.generation()
+    0
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        kwargs: dict[str, Any] = {"future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            if url in ("sqlite://", "sqlite:///:memory:"):
+                kwargs["poolclass"] = sa.pool.StaticPool
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+
+            @sa.event.listens_for(self.engine, "connect")
+            def _pragmas(conn, _):  # WAL + busy timeout, as for the catalog
+                cur = conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+
+        with self.engine.begin() as conn:
+            meta.create_all(conn)
+            for stmt in _APPEND_ONLY.get(self.engine.dialect.name, []):
+                conn.exec_driver_sql(stmt)
+            if conn.execute(sa.select(state.c.value).where(state.c.key == "generation")).first() is None:
+                conn.execute(state.insert().values(key="generation", value=0))
+
+    # -- helpers ---------------------------------------------------------------
+    def _bump(self, conn: sa.Connection, actor: str, action: str, target: str, reason: str, **details: Any) -> int:
+        conn.execute(state.update().where(state.c.key == "generation").values(value=state.c.value + 1))
+        gen = conn.execute(sa.select(state.c.value).where(state.c.key == "generation")).scalar_one()
+        conn.execute(audit.insert().values(ts=time.time(), actor=actor, action=action, target=target, reason=reason,
+                                           details=json.dumps(details, sort_keys=True), generation=gen))  # fmt: skip
+        return gen
+
+    def generation(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(state.c.value).where(state.c.key == "generation")).scalar_one()
+
+    # -- versions ----------------------------------------------------------------
+    def register(self, onnx_bytes: bytes, *, name: str, kind: str, info: dict[str, Any], actor: str) -> str:
+        """Store an ONNX artifact as a version; returns its id (a content hash)."""
+        check_choice("kind", kind, ("fp32", "int8"))
+        for key in ("classes", "preprocess"):
+            check(key in info, f"version info needs {key!r}")
+        sha = hashlib.sha256(onnx_bytes).hexdigest()
+        vid = hashlib.sha256((sha + json.dumps(info, sort_keys=True)).encode()).hexdigest()[:12]
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(versions.c.id).where(versions.c.id == vid)).first():
+                return vid
+            if not conn.execute(sa.select(blobs.c.sha).where(blobs.c.sha == sha)).first():
+                conn.execute(blobs.insert().values(sha=sha, data=onnx_bytes))
+            conn.execute(versions.insert().values(id=vid, name=name, created=time.time(), kind=kind, onnx_sha=sha,
+                                                  info=json.dumps(info, sort_keys=True)))  # fmt: skip
+            self._bump(conn, actor, "register", vid, "", name=name, kind=kind, onnx_sha=sha)
+        return vid
+
+    def versions(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(versions).order_by(versions.c.created)).mappings().all()
+        return [{**r, "info": json.loads(r["info"])} for r in rows]
+
+    def version(self, ref: str) -> dict[str, Any]:
+        """A version by id, unique id prefix, or name (newest wins)."""
+        rows = self.versions()
+        for match in (
+            [r for r in rows if r["id"] == ref],
+            [r for r in rows if len(ref) >= 4 and r["id"].startswith(ref)],
+            [r for r in rows if r["name"] == ref][-1:],
+        ):
+            if len(match) == 1:
+                return match[0]
+            if len(match) > 1:
+                raise BadInput(f"version prefix {ref!r} is ambiguous: give more characters")
+        raise NotFound(f"unknown registry version {ref!r}: `datamoat registry list` shows them")
+
+    def artifact(self, sha: str) -> bytes:
+        with self.engine.connect() as conn:
+            data = conn.execute(sa.select(blobs.c.data).where(blobs.c.sha == sha)).scalar_one_or_none()
+        if data is None:
+            raise NotFound(f"artifact {sha[:12]} is not in the registry")
+        return bytes(data)
+
+    # -- aliases -------------------------------------------------------------------
+    def aliases(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return {r.alias: r.version_id for r in conn.execute(sa.select(aliases))}
+
+    def promote(self, ref: str, alias: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+        """Point `alias` at a version; the previous holder is kept for rollback."""
+        check(bool(alias) and alias != ALL_ALIASES and len(alias) <= 100, f"invalid alias {alias!r}")
+        vid = self.version(ref)["id"]
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(aliases).where(aliases.c.alias == alias)).first()
+            if row is None:
+                conn.execute(aliases.insert().values(alias=alias, version_id=vid, history="[]", updated=time.time()))
+                previous = None
+            else:
+                previous = row.version_id
+                hist = json.loads(row.history) + ([previous] if previous != vid else [])
+                conn.execute(aliases.update().where(aliases.c.alias == alias)
+                             .values(version_id=vid, history=json.dumps(hist), updated=time.time()))  # fmt: skip
+            gen = self._bump(conn, actor, "promote", alias, reason, version=vid, previous=previous)
+        return {"alias": alias, "version": vid, "previous": previous, "generation": gen}
+
+    def rollback(self, alias: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+        """Point `alias` back at its previous holder."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(aliases).where(aliases.c.alias == alias)).first()
+            if row is None:
+                raise NotFound(f"unknown alias {alias!r}: `datamoat registry list` shows aliases")
+            hist = json.loads(row.history)
+            if not hist:
+                raise BadInput(f"alias {alias!r} has no previous version to roll back to")
+            target = hist.pop()
+            conn.execute(aliases.update().where(aliases.c.alias == alias)
+                         .values(version_id=target, history=json.dumps(hist), updated=time.time()))  # fmt: skip
+            gen = self._bump(conn, actor, "rollback", alias, reason, version=target, previous=row.version_id)
+        return {"alias": alias, "version": target, "previous": row.version_id, "generation": gen}
+
+    # -- incidents -------------------------------------------------------------------
+    def takedown(self, ref: str, *, actor: str, reason: str, fallback: str | None = None) -> dict[str, Any]:
+        """Kill switch: servers stop answering with `ref` (503, or `fallback` if given)."""
+        check(bool(reason and reason.strip()), "takedown needs --reason: say why, for the audit log")
+        vid = self.version(ref)["id"]
+        fid = self.version(fallback)["id"] if fallback else None
+        check(fid != vid, "the fallback must be a different version from the one taken down")
+        with self.engine.begin() as conn:
+            conn.execute(takedowns.delete().where(takedowns.c.version_id == vid))
+            conn.execute(takedowns.insert().values(version_id=vid, fallback_id=fid, reason=reason, created=time.time()))
+            gen = self._bump(conn, actor, "takedown", vid, reason, fallback=fid)
+        return {"version": vid, "fallback": fid, "generation": gen}
+
+    def restore(self, ref: str, *, actor: str, reason: str) -> dict[str, Any]:
+        """Undo a takedown."""
+        check(bool(reason and reason.strip()), "restore needs --reason: say why, for the audit log")
+        vid = self.version(ref)["id"]
+        with self.engine.begin() as conn:
+            if conn.execute(takedowns.delete().where(takedowns.c.version_id == vid)).rowcount == 0:
+                raise BadInput(f"version {vid} is not taken down")
+            gen = self._bump(conn, actor, "restore", vid, reason)
+        return {"version": vid, "generation": gen}
+
+    def suppress(
+        self, label: str, *, actor: str, reason: str, alias: str = ALL_ALIASES, mode: str = "abstain"
+    ) -> dict[str, Any]:
+        """Never output `label` (on `alias`, or everywhere): abstain or renormalise."""
+        check(bool(reason and reason.strip()), "suppress needs --reason: say why, for the audit log")
+        check_choice("suppression mode", mode, SUPPRESS_MODES)
+        with self.engine.begin() as conn:
+            conn.execute(suppressions.delete().where((suppressions.c.label == label) & (suppressions.c.alias == alias)))
+            conn.execute(
+                suppressions.insert().values(label=label, alias=alias, mode=mode, reason=reason, created=time.time())
+            )
+            gen = self._bump(conn, actor, "suppress", label, reason, alias=alias, mode=mode)
+        return {"label": label, "alias": alias, "mode": mode, "generation": gen}
+
+    def unsuppress(self, label: str, *, actor: str, reason: str, alias: str = ALL_ALIASES) -> dict[str, Any]:
+        check(bool(reason and reason.strip()), "unsuppress needs --reason: say why, for the audit log")
+        with self.engine.begin() as conn:
+            q = suppressions.delete().where((suppressions.c.label == label) & (suppressions.c.alias == alias))
+            if conn.execute(q).rowcount == 0:
+                raise BadInput(f"label {label!r} is not suppressed on {alias!r}")
+            gen = self._bump(conn, actor, "unsuppress", label, reason, alias=alias)
+        return {"label": label, "alias": alias, "generation": gen}
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit).order_by(audit.c.seq)).mappings().all()
+        return [{**r, "details": json.loads(r["details"])} for r in rows]
+
+    # -- what servers apply ------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The whole control state, read in one transaction."""
+        with self.engine.connect() as conn:
+            gen = conn.execute(sa.select(state.c.value).where(state.c.key == "generation")).scalar_one()
+            al = {r.alias: r.version_id for r in conn.execute(sa.select(aliases))}
+            td = {
+                r.version_id: {"fallback": r.fallback_id, "reason": r.reason}
+                for r in conn.execute(sa.select(takedowns))
+            }
+            sup = [{"label": r.label, "alias": r.alias, "mode": r.mode, "reason": r.reason}
+                   for r in conn.execute(sa.select(suppressions))]  # fmt: skip
+        return {"generation": gen, "aliases": al, "takedowns": td, "suppressions": sup}
+
+    @staticmethod
+    def serving_target(snapshot: dict[str, Any], alias: str) -> tuple[str | None, str]:
+        """(version to serve for `alias`, why). None means answer 503.
+
+        A taken-down version is replaced by its fallback, following a chain of
+        fallbacks, and never served itself.
+        """
+        vid = snapshot["aliases"].get(alias)
+        if vid is None:
+            return None, f"alias {alias!r} points at no version"
+        seen: set[str] = set()
+        why = "alias"
+        while vid in snapshot["takedowns"]:
+            if vid in seen:
+                return None, "every fallback is taken down"
+            seen.add(vid)
+            nxt = snapshot["takedowns"][vid]["fallback"]
+            if nxt is None:
+                return None, f"version {vid} is taken down: {snapshot['takedowns'][vid]['reason']}"
+            vid, why = nxt, f"fallback for taken-down {vid}"
+        return vid, why
+
+    @staticmethod
+    def suppressed_for(snapshot: dict[str, Any], alias: str) -> dict[str, str]:
+        """label -> mode for `alias` (an alias-specific entry wins over '*')."""
+        out = {s["label"]: s["mode"] for s in snapshot["suppressions"] if s["alias"] == ALL_ALIASES}
+        out.update({s["label"]: s["mode"] for s in snapshot["suppressions"] if s["alias"] == alias})
+        return out
+
+    # -- servers and acknowledgements ------------------------------------------------------
+    def heartbeat(self, server_id: str, url: str, alias: str, acked_generation: int) -> None:
+        with self.engine.begin() as conn:
+            vals = {"url": url, "alias": alias, "acked_generation": acked_generation, "last_seen": time.time()}
+            if conn.execute(servers.update().where(servers.c.id == server_id).values(**vals)).rowcount == 0:
+                conn.execute(servers.insert().values(id=server_id, **vals))
+
+    def forget_server(self, server_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(servers.delete().where(servers.c.id == server_id))
+
+    def servers(self, live_within: float = 10.0) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(servers)).mappings().all()
+        now = time.time()
+        return [{**r, "live": now - r["last_seen"] <= live_within} for r in rows]
+
+    def wait_for_acks(self, generation: int, timeout: float = 5.0, live_within: float = 10.0) -> dict[str, list[str]]:
+        """Block until every live server acknowledged `generation`, or `timeout`.
+
+        Returns {"acked": [...], "missing": [...]}, server ids.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [s for s in self.servers(live_within) if s["live"]]
+            missing = [s["id"] for s in live if s["acked_generation"] < generation]
+            if not missing or time.monotonic() >= deadline:
+                return {"acked": [s["id"] for s in live if s["id"] not in missing], "missing": missing}
+            time.sleep(0.02)
+
+    # -- tokens --------------------------------------------------------------------------
+    def create_token(self, role: str, name: str, *, actor: str) -> str:
+        """A new random token; only its hash is stored. Returns the plaintext once."""
+        check_choice("role", role, ROLES)
+        token = f"dm_{role}_{secrets.token_urlsafe(32)}"
+        with self.engine.begin() as conn:
+            conn.execute(
+                tokens.insert().values(
+                    hash=_hash_token(token), name=name, role=role, created=time.time(), revoked=False
+                )
+            )
+            self._bump(conn, actor, "token-create", name, "", role=role)
+        return token
+
+    def check_token(self, token: str | None, role: str) -> str:
+        """The token's name if it grants `role` (admin grants everything), else AuthError."""
+        if not token:
+            raise AuthError(f"a {role} token is required: pass it as 'Authorization: Bearer <token>'")
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tokens).where(tokens.c.hash == _hash_token(token))).first()
+        if row is None or row.revoked:
+            raise AuthError("unknown or revoked token: create one with `datamoat tokens create`")
+        if row.role != role and row.role != "admin":
+            err = AuthError(f"token {row.name!r} has role {row.role!r}; this needs {role!r}")
+            err.http_status = 403
+            raise err
+        return row.name

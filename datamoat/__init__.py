@@ -45,6 +45,12 @@ _EXPORTS = {
     "export": "datamoat.export",
     "QuantizeConfig": "datamoat.quantize",
     "quantize": "datamoat.quantize",
+    "CompressConfig": "datamoat.compress",
+    "compress": "datamoat.compress",
+    "Registry": "datamoat.registry",
+    "LoadTestConfig": "datamoat.loadtest",
+    "loadtest": "datamoat.loadtest",
+    "capacity": "datamoat.capacity",
 }
 
 __all__ = ["__version__", *_EXPORTS]

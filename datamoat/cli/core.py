@@ -15,7 +15,9 @@ runs_app = typer.Typer(help="List training runs.", no_args_is_help=True)
 
 
 def init(
-    directory: Path = typer.Argument(None, help="Workspace directory (default: --home, $DATAMOAT_HOME or ./.datamoat)."),
+    directory: Path = typer.Argument(
+        None, help="Workspace directory (default: --home, $DATAMOAT_HOME or ./.datamoat)."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Create a workspace: a SQLite catalog and a content-addressed store."""
@@ -28,8 +30,9 @@ def init(
 @data_app.command("import")
 def data_import(
     source: str = typer.Argument(
-        ..., help="'fashion-mnist', 'digits', an IDX images file (with --labels), a folder of IDX files, "
-        "or an image folder with one subfolder per class."
+        ...,
+        help="'fashion-mnist', 'digits', an IDX images file (with --labels), a folder of IDX files, "
+        "or an image folder with one subfolder per class.",
     ),
     labels: Path = typer.Option(None, help="IDX labels file, when SOURCE is an IDX images file."),
     test_images: Path = typer.Option(None, help="Official test images (IDX)."),
@@ -165,7 +168,11 @@ def runs_list(as_json: bool = JsonOpt) -> None:
     """List training runs with their status."""
     rows = open_ws().rows("runs")
     out = [{k: r[k] for k in ("id", "name", "arch", "dataset_id", "status", "model_id")} for r in rows]
-    emit({"runs": out}, as_json, "\n".join(f"{r['id']}  {r['status']:<11} {r['name']}  model {r['model_id']}" for r in out))
+    emit(
+        {"runs": out},
+        as_json,
+        "\n".join(f"{r['id']}  {r['status']:<11} {r['name']}  model {r['model_id']}" for r in out),
+    )
 
 
 def archs(as_json: bool = JsonOpt) -> None:

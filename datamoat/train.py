@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import math
 import os
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import Dataset, load_dataset
 from datamoat.errors import BadInput, NotFound
-from datamoat.models.model import Model, load_model, new_model, save_model
+from datamoat.models.model import Model, new_model, save_model
 from datamoat.transforms import AUGMENTATIONS, augment
 from datamoat.workspace import Workspace, atomic_write
 
@@ -51,7 +50,7 @@ class TrainConfig(Config):
     patience: int = 3
     min_delta: float = 1e-3
     seed: int = 0
-    threads: int = 0
+    threads: int = 0  # 0: torch's default, every core (or OMP_NUM_THREADS)
     max_train_samples: int = 0
 
     def validate(self) -> None:
@@ -69,10 +68,11 @@ class TrainConfig(Config):
 
 
 def set_threads(n: int = 0) -> int:
-    """Use `n` torch threads (0: every core). Returns the number set."""
-    n = n or os.cpu_count() or 1
-    torch.set_num_threads(n)
-    return n
+    """Use `n` torch threads; 0 keeps torch's setting, which is every core
+    unless OMP_NUM_THREADS says otherwise. Returns the number in use."""
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def detect_plateau(val_acc: list[float], patience: int, min_delta: float) -> int | None:

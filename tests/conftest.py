@@ -1,15 +1,16 @@
 import os
-import struct
-from pathlib import Path
 
-import numpy as np
-import pytest
-
-from datamoat.data import import_digits
-from datamoat.workspace import Workspace
-
-# Tests use one torch thread: deterministic and polite on a 2-core machine.
+# Tests use one torch thread (set before torch loads): deterministic and polite on 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from dmtest import write_idx  # noqa: E402
+
+from datamoat.data import import_digits  # noqa: E402
+from datamoat.workspace import Workspace  # noqa: E402
 
 
 @pytest.fixture
@@ -20,14 +21,6 @@ def ws(tmp_path: Path) -> Workspace:
 @pytest.fixture
 def digits(ws: Workspace):
     return import_digits(ws)
-
-
-def write_idx(path: Path, arr: np.ndarray) -> Path:
-    """Write a uint8 array as an IDX file (the inverse of read_idx)."""
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    path.write_bytes(header + arr.tobytes())
-    return path
 
 
 @pytest.fixture

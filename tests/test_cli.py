@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_idx
+from dmtest import write_idx
 
 
 def dm(home, *args, check=True):

@@ -2,6 +2,7 @@ import gzip
 
 import numpy as np
 import pytest
+from dmtest import write_idx
 from PIL import Image
 
 from datamoat.data import (
@@ -14,7 +15,6 @@ from datamoat.data import (
     read_idx,
 )
 from datamoat.errors import BadInput, NotFound
-from conftest import write_idx
 
 
 def test_read_idx_plain_and_gzip(tmp_path, idx_pair):

@@ -38,6 +38,7 @@ class Model:
     history: dict[str, Any] = dataclasses.field(default_factory=dict)
     id: str | None = None
     name: str | None = None
+    storage: str = "dense"  # "sparse": weights stored as bitmask + values (magnitude pruning)
 
     @property
     def params(self) -> int:
@@ -52,7 +53,9 @@ class Model:
         """uint8 (N, C, H, W) images -> normalised float32 tensor."""
         mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.preprocess["std"], dtype=torch.float32).view(1, -1, 1, 1)
-        t = torch.from_numpy(np.asarray(x, dtype=np.float32)) * float(self.preprocess["scale"])  # copies: x is read-only
+        t = torch.from_numpy(np.asarray(x, dtype=np.float32)) * float(
+            self.preprocess["scale"]
+        )  # copies: x is read-only
         return (t - mean) / std
 
     @torch.no_grad()
@@ -69,7 +72,7 @@ class Model:
         return torch.softmax(torch.from_numpy(self.logits(x)), dim=1).numpy()
 
     def meta(self) -> dict[str, Any]:
-        return {
+        meta = {
             "config": self.config.to_dict(),
             "classes": self.classes,
             "preprocess": self.preprocess,
@@ -77,6 +80,9 @@ class Model:
             "history": self.history,
             "params": self.params,
         }
+        if self.storage != "dense":  # only then, so dense model ids stay as they were
+            meta["storage"] = self.storage
+        return meta
 
 
 def new_model(arch: str, data: Dataset, *, seed: int = 0, **overrides: Any) -> Model:
@@ -93,9 +99,14 @@ def new_model(arch: str, data: Dataset, *, seed: int = 0, **overrides: Any) -> M
     return Model(build(cfg), cfg, list(data.classes), dict(data.preprocess), {"dataset_id": data.id})
 
 
-def _state_bytes(net: nn.Module) -> bytes:
+def _state_bytes(net: nn.Module, storage: str = "dense") -> bytes:
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if storage == "sparse":
+        from datamoat.prune.sparse import sparse_state_bytes
+
+        return sparse_state_bytes(state)
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, buf)
+    torch.save(state, buf)
     return buf.getvalue()
 
 
@@ -104,7 +115,7 @@ def save_model(ws: Workspace, model: Model, *, name: str | None = None, run_id: 
 
     The id hashes the weights and metadata, so saving the same model twice is a no-op.
     """
-    weights_sha = ws.put_bytes(_state_bytes(model.net))
+    weights_sha = ws.put_bytes(_state_bytes(model.net, model.storage))
     meta = model.meta()
     model_id = short_hash((weights_sha + json.dumps(meta, sort_keys=True)).encode())
     name = name or model.name or f"{model.config.arch}-{model_id[:6]}"
@@ -132,9 +143,17 @@ def load_model(ws: Workspace, ref: str) -> Model:
     if not isinstance(cfg, ModelConfig):
         raise BadInput(f"model {ref!r} has no architecture config: the catalog row is damaged")
     net = build(cfg)
-    state = torch.load(io.BytesIO(ws.get_bytes(row["weights_sha"])), weights_only=True)
+    raw = ws.get_bytes(row["weights_sha"])
+    storage = meta.get("storage", "dense")
+    if storage == "sparse":
+        from datamoat.prune.sparse import load_state_bytes
+
+        state = load_state_bytes(raw)
+    else:
+        state = torch.load(io.BytesIO(raw), weights_only=True)
     net.load_state_dict(state)
     net.eval()
     return Model(
-        net, cfg, meta["classes"], meta["preprocess"], meta.get("lineage", {}), meta.get("history", {}), row["id"], row["name"]
-    )
+        net, cfg, meta["classes"], meta["preprocess"], meta.get("lineage", {}), meta.get("history", {}),
+        row["id"], row["name"], storage,
+    )  # fmt: skip

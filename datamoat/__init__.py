@@ -48,6 +48,8 @@ _EXPORTS = {
     "CompressConfig": "datamoat.compress",
     "compress": "datamoat.compress",
     "Registry": "datamoat.registry",
+    "ServeConfig": "datamoat.serve",
+    "create_app": "datamoat.serve",
     "LoadTestConfig": "datamoat.loadtest",
     "loadtest": "datamoat.loadtest",
     "capacity": "datamoat.capacity",

@@ -172,6 +172,16 @@ class Registry:
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
 
+        for attempt in range(5):  # processes starting together race to create tables: the loser retries
+            try:
+                self._create()
+                break
+            except sa.exc.DBAPIError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+
+    def _create(self) -> None:
         with self.engine.begin() as conn:
             meta.create_all(conn)
             for stmt in _APPEND_ONLY.get(self.engine.dialect.name, []):

@@ -1,0 +1,52 @@
+"""Command: serve, a registry alias over HTTP (FastAPI under uvicorn)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import typer
+
+from datamoat.cli._common import err_console, open_ws
+
+
+def serve(
+    alias: str = typer.Option("production", "--alias", "-a", help="Registry alias to serve."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Inputs per model call; 1 turns batching off."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="Longest wait for a batch to fill."),
+    poll_interval: float = typer.Option(0.1, "--poll-interval", help="Seconds between registry checks."),
+    registry: str = typer.Option(None, "--registry", envvar="DATAMOAT_REGISTRY_URL", help="Registry database URL."),
+    no_predict_auth: bool = typer.Option(False, "--no-predict-auth", help="Let /v1/predict run without a token."),
+    ort_threads: int = typer.Option(0, "--ort-threads", help="ONNX Runtime threads (0: all cores)."),
+    server_id: str = typer.Option(
+        None, "--server-id", help="Name this server reports to the registry (default host:port:pid)."
+    ),
+    url: str = typer.Option(None, "--url", help="Public URL to register (default http://host:port)."),
+    log_level: str = typer.Option("warning", "--log-level"),
+) -> None:
+    """Serve an alias: predict, feedback, model info, health, metrics and control endpoints."""
+    import uvicorn
+
+    from datamoat.registry import Registry, registry_url
+    from datamoat.serve import ServeConfig, create_app
+
+    reg = Registry(registry_url(None if registry else open_ws(), registry))
+    cfg = ServeConfig(
+        alias=alias,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        poll_interval_s=poll_interval,
+        require_predict_token=not no_predict_auth,
+        ort_threads=ort_threads,
+        server_id=server_id or f"{socket.gethostname()}:{port}:{os.getpid()}",
+        url=url or f"http://{host}:{port}",
+    )
+    app = create_app(reg, cfg)
+    err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

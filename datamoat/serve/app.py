@@ -1,0 +1,275 @@
+"""The FastAPI app: predict, feedback, model info, health, metrics, control.
+
+`create_app(registry, config)` returns an ASGI app; its lifespan loads the
+alias's version, registers the server, and runs the background tasks (the
+control watcher, heartbeats, the batcher and the prediction-log writer).
+Every error is ``{"error": "<what is wrong and how to fix it>"}`` with a 4xx
+status (503 while no model is servable); bad input never reaches a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from datamoat.errors import DatamoatError
+from datamoat.registry import Registry
+from datamoat.serve.admin import TokenCache, admin_router, feedback_actor, predict_actor
+from datamoat.serve.batcher import Batcher
+from datamoat.serve.config import ServeConfig
+from datamoat.serve.control import Controller
+from datamoat.serve.engine import SessionCache, decide
+from datamoat.serve.errors import Unavailable
+from datamoat.serve.inputs import PREDICT_BODY, Prepare, install_pillow_limits, parse_image, parse_json, read_payload
+from datamoat.serve.logstore import PredictionLog, log_rows
+from datamoat.serve.metrics import ServeMetrics
+
+__all__ = ["create_app", "ServeContext"]
+
+log = logging.getLogger("datamoat.serve")
+
+
+@dataclasses.dataclass
+class ServeContext:
+    """Everything one app owns; reachable as ``app.state.serve``."""
+
+    registry: Registry
+    config: ServeConfig
+    server_id: str
+    metrics: ServeMetrics
+    controller: Controller
+    batcher: Batcher
+    plog: PredictionLog
+    auth: TokenCache
+
+
+def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
+    """An ASGI app serving `config.alias` from `registry`.
+
+    >>> app = create_app(Registry("sqlite:///reg.db"), ServeConfig(alias="production"))  # doctest: +SKIP
+    >>> uvicorn.run(app, port=8000)  # doctest: +SKIP
+    """
+    cfg = config or ServeConfig()
+    server_id = cfg.server_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    install_pillow_limits(cfg.max_image_pixels)
+    metrics = ServeMetrics()
+    ctl = Controller(
+        registry, cfg, SessionCache(registry, cfg.ort_threads), server_id, cfg.url or f"inprocess:{server_id}"
+    )
+    batcher = Batcher(lambda: ctl.state, cfg.max_batch_size, cfg.max_wait_ms, metrics.batch_size.observe)
+    ctx = ServeContext(registry, cfg, server_id, metrics, ctl, batcher,
+                       PredictionLog(registry, cfg.log_predictions), TokenCache(registry, cfg.auth_cache_s))  # fmt: skip
+    app = FastAPI(title="datamoat", version="1", lifespan=_lifespan, description=__doc__)
+    app.state.serve = ctx
+    app.add_exception_handler(DatamoatError, _on_datamoat)
+    app.add_exception_handler(HTTPException, _on_http)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(Exception, _on_crash)
+    app.add_middleware(_Gate, ctx=ctx)
+    app.include_router(router)
+    app.include_router(admin_router)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI):
+    ctx: ServeContext = app.state.serve
+    await ctx.controller.start()
+    ctl = ctx.controller
+    tasks = [asyncio.create_task(c) for c in (ctl.watch(), ctl.heartbeats(), ctx.batcher.run(), ctx.plog.run())]
+    try:
+        yield
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await ctx.plog.flush()
+        finally:
+            await ctl.stop()
+
+
+# -- errors -------------------------------------------------------------------------------
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _on_datamoat(request: Request, exc: DatamoatError) -> JSONResponse:
+    return _error(exc.http_status, str(exc), {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None)
+
+
+async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
+    msg = str(exc.detail)
+    if exc.status_code in (404, 405) and msg in ("Not Found", "Method Not Allowed"):
+        msg = f"{msg}: {request.method} {request.url.path} is not an endpoint here; /docs lists them"
+    return _error(exc.status_code, msg, exc.headers)
+
+
+async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+            for e in exc.errors()[:20]]  # fmt: skip
+    where = ".".join(errs[0]["loc"]) if errs else "body"
+    what = errs[0]["msg"] if errs else "invalid"
+    return JSONResponse(
+        {"error": f"invalid request at {where}: {what}; /docs shows the expected body", "detail": errs}, 422
+    )
+
+
+async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return _error(500, "internal error: the server logged it; please report it with the request that caused it")
+
+
+class _Gate:
+    """Per request, around everything else: the upload limit (Content-Length,
+    then the streamed body), in-flight accounting of predictions for the
+    control guarantee (until the response is handed to the socket), metrics."""
+
+    def __init__(self, app: Any, ctx: ServeContext):
+        self.app, self.ctx = app, ctx
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit, t0, status, path = self.ctx.config.max_upload_bytes, time.perf_counter(), [500], scope["path"]
+        too_big = f"the request body is over the {limit}-byte limit: send a smaller image or fewer inputs"
+
+        async def counted_send(msg: dict) -> None:
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+            await send(msg)
+
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, too_big)
+            return msg
+
+        gen = self.ctx.controller.enter() if path == "/v1/predict" else None
+        try:
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                bad = not length.isdigit()
+                await _error(400 if bad else 413, "invalid Content-Length header" if bad else too_big)(
+                    scope, receive, counted_send
+                )
+            else:
+                await self.app(scope, limited_receive, counted_send)
+        finally:
+            if gen is not None:
+                self.ctx.controller.leave(gen)
+            self.ctx.metrics.request(path, status[0], time.perf_counter() - t0)
+
+
+# -- endpoints ------------------------------------------------------------------------------
+router = APIRouter()
+
+
+@router.post("/v1/predict", openapi_extra=PREDICT_BODY)
+async def predict(request: Request, actor: str = Depends(predict_actor)) -> dict[str, Any]:
+    """Classify one image or a batch: PNG/JPEG upload, or JSON raw pixel values."""
+    ctx: ServeContext = request.app.state.serve
+    cfg = ctx.config
+    kind, data = await read_payload(request, cfg.max_upload_bytes)
+    state = ctx.controller.state
+    if state.model is None:
+        raise Unavailable(state.reason)
+
+    def parse() -> tuple[Prepare, np.ndarray]:
+        prep = parse_json(data) if kind == "json" else parse_image(data, cfg.max_image_pixels)
+        return prep, prep(state.model.input_shape)
+
+    # Small bodies parse faster than a thread hop costs; big ones (a large PNG) stay off the loop.
+    prepare, x = parse() if len(data) <= 65536 else await asyncio.to_thread(parse)
+    for _ in range(3):
+        used, probs, x = await ctx.batcher.submit(prepare, x)
+        cur = ctx.controller.state  # re-check after inference: the control guarantee
+        if cur.model is None:
+            raise Unavailable(cur.reason)
+        if cur.model.version_id == used.model.version_id:
+            break
+        x = prepare(cur.model.input_shape)
+    else:
+        raise Unavailable("the served model changed three times during this request: retry it")
+    policy = cur.model.info.get("policy") or {}
+    answers = [{"prediction_id": str(uuid.uuid4()), **a}
+               for a in decide(probs, cur.model.classes, cur.suppressed, cfg.top_k, policy.get("threshold"))]  # fmt: skip
+    hashes = [hashlib.sha256(np.ascontiguousarray(xi, np.float32).tobytes()).hexdigest() for xi in x]
+    ctx.plog.add(log_rows(cur, ctx.server_id, answers, hashes))
+    ctx.metrics.answers(answers)
+    return {"model_version": cur.model.version_id, "model_name": cur.model.name, "alias": cur.alias,
+            "generation": cur.generation, "predictions": answers}  # fmt: skip
+
+
+class FeedbackIn(BaseModel):
+    prediction_id: str = Field(min_length=1, max_length=64)
+    label: str = Field(min_length=1, max_length=200, description="The correct class name.")
+    source: str = Field("api", min_length=1, max_length=100, description="Who says so: one answer per source.")
+
+
+@router.post("/v1/feedback", status_code=201)
+async def feedback(body: FeedbackIn, request: Request, actor: str = Depends(feedback_actor)) -> dict[str, Any]:
+    """Record the correct label for a prediction id (for the data flywheel)."""
+    ctx: ServeContext = request.app.state.serve
+    await ctx.plog.flush()  # a prediction made a moment ago may still be buffered
+    return await asyncio.to_thread(ctx.plog.record_feedback, body.prediction_id, body.label, body.source, actor)
+
+
+@router.get("/v1/model")
+async def model_info(request: Request) -> dict[str, Any]:
+    """What this server serves: version, alias, suppressions, takedown state."""
+    ctx: ServeContext = request.app.state.serve
+    st = ctx.controller.state
+    m = st.model
+    return {
+        "alias": st.alias, "version": st.version_id, "name": m.name if m else None, "kind": m.kind if m else None,
+        "classes": m.classes if m else None, "input_shape": list(m.input_shape) if m else None,
+        "serving": m is not None, "reason": st.reason,
+        "suppressed": [{"label": k, "mode": v} for k, v in sorted(st.suppressed.items())],
+        "alias_version": st.alias_version, "taken_down": st.takedowns.get(st.alias_version) is not None,
+        "takedown": st.takedowns.get(st.alias_version),
+        "generation": st.generation, "acked_generation": ctx.controller.acked, "server_id": ctx.server_id,
+    }  # fmt: skip
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> dict[str, Any]:
+    """A servable model is loaded (503 otherwise)."""
+    st = request.app.state.serve.controller.state
+    if st.model is None:
+        raise Unavailable(f"not ready: {st.reason}")
+    return {"ready": True, "version": st.version_id, "generation": st.generation}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    ctx: ServeContext = request.app.state.serve
+    ctx.metrics.generation.set(ctx.controller.acked)
+    body, ctype = ctx.metrics.render()
+    return Response(body, media_type=ctype)

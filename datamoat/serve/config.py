@@ -1,0 +1,48 @@
+"""`ServeConfig`: how one server process serves one alias."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from datamoat.configs import Config, check
+
+__all__ = ["ServeConfig"]
+
+
+@dataclasses.dataclass
+class ServeConfig(Config):
+    """Serving knobs. Empty `server_id`/`url` are derived at startup.
+
+    >>> ServeConfig(max_batch_size=1).max_batch_size   # 1 turns batching off
+    1
+    """
+
+    alias: str = "production"
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+    max_upload_bytes: int = 1 << 20
+    max_image_pixels: int = 2048 * 2048  # decompression-bomb bound, checked before decoding
+    top_k: int = 3
+    poll_interval_s: float = 0.1  # registry generation watch
+    heartbeat_s: float = 1.0
+    drain_timeout_s: float = 1.0  # longest wait for old-state requests before acknowledging
+    require_predict_token: bool = True
+    auth_cache_s: float = 5.0  # how long a checked token is trusted without a database read
+    ort_threads: int = 0  # 0: ONNX Runtime's default, all cores
+    log_predictions: bool = True
+    server_id: str = ""
+    url: str = ""
+
+    def validate(self) -> None:
+        check(bool(self.alias) and len(self.alias) <= 100, f"invalid alias {self.alias!r}")
+        check(self.max_batch_size >= 1, f"max_batch_size must be at least 1, got {self.max_batch_size}")
+        check(0 <= self.max_wait_ms <= 1000, f"max_wait_ms must be in 0..1000, got {self.max_wait_ms}")
+        check(self.max_upload_bytes >= 1024, f"max_upload_bytes must be at least 1024, got {self.max_upload_bytes}")
+        check(self.max_image_pixels >= 1, f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        check(self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
+        check(self.poll_interval_s > 0, f"poll_interval_s must be positive, got {self.poll_interval_s}")
+        # The registry counts a server live for 10 s after its last heartbeat.
+        check(0 < self.heartbeat_s <= 5, f"heartbeat_s must be in (0, 5], got {self.heartbeat_s}")
+        check(self.drain_timeout_s >= 0, f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        check(self.auth_cache_s >= 0, f"auth_cache_s must be >= 0, got {self.auth_cache_s}")
+        check(self.ort_threads >= 0, f"ort_threads must be >= 0, got {self.ort_threads}")

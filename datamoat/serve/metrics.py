@@ -1,0 +1,62 @@
+"""Prometheus metrics of one app, in its own `CollectorRegistry` (so several
+apps in one process, as in tests, do not share counters)."""
+
+from __future__ import annotations
+
+__all__ = ["ServeMetrics", "ENDPOINTS"]
+
+ENDPOINTS = (
+    "/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics",
+    "/v1/admin/promote", "/v1/admin/rollback", "/v1/admin/takedown", "/v1/admin/restore",
+    "/v1/admin/suppress", "/v1/admin/unsuppress",
+)  # fmt: skip
+
+
+class ServeMetrics:
+    """Requests, latency, predictions per label, abstentions, errors, batch sizes, generation.
+
+    >>> m = ServeMetrics()
+    >>> m.batch_size.observe(4)
+    >>> b"datamoat_batch_size_count 1.0" in m.render()[0]
+    True
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "datamoat_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "datamoat_request_latency_seconds", "Request latency by endpoint.", ["endpoint"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )  # fmt: skip
+        self.errors = Counter("datamoat_errors", "Responses with status >= 400.", ["endpoint", "status"], registry=r)
+        self.predictions = Counter(
+            "datamoat_predictions", "Answers by output label ('abstain' when abstained).", ["label"], registry=r
+        )
+        self.abstentions = Counter("datamoat_abstentions", "Answers that abstained on a suppressed label.", registry=r)
+        self.needs_review = Counter("datamoat_needs_review", "Answers flagged for human review.", registry=r)
+        self.batch_size = Histogram("datamoat_batch_size", "Inputs per model call.", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
+        self.generation = Gauge("datamoat_generation", "Registry generation applied and acknowledged.", registry=r)
+
+    def request(self, path: str, status: int, seconds: float) -> None:
+        endpoint = path if path in ENDPOINTS else "other"  # bounded label values, whatever clients send
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        if status >= 400:
+            self.errors.labels(endpoint, str(status)).inc()
+
+    def answers(self, answers: list[dict]) -> None:
+        for a in answers:
+            self.predictions.labels("abstain" if a["abstained"] else a["label"]).inc()
+            self.abstentions.inc(a["abstained"])
+            self.needs_review.inc(a["needs_review"])
+
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) for /metrics."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

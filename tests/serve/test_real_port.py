@@ -1,0 +1,77 @@
+"""Two `datamoat serve` processes on real ports sharing one SQLite registry:
+a rollback reaches both within the documented bound."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not ready after {timeout}s: {log.read_text()}")
+
+
+def test_rollback_reaches_two_servers_on_real_ports(reg, artifacts, tmp_path):
+    reg.r.promote(reg.v2, "production", actor="test")  # production: v1 -> v2, so rollback goes to v1
+    url = reg.r.url
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs, urls, logs = [], [], []
+    try:
+        for i in range(2):
+            port = _free_port()
+            log = tmp_path / f"server{i}.log"
+            cmd = [sys.executable, "-m", "datamoat", "--home", str(artifacts.ws.root), "serve", "--port", str(port),
+                   "--registry", url, "--ort-threads", "1", "--server-id", f"srv{i}", "--max-wait-ms", "1"]  # fmt: skip
+            procs.append(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env))
+            urls.append(f"http://127.0.0.1:{port}")
+            logs.append(log)
+        for u, p, log in zip(urls, procs, logs, strict=True):
+            _wait_ready(u, p, log)
+        h = {"Authorization": f"Bearer {reg.tokens['predict']}"}
+        body = {"inputs": artifacts.x[:3].tolist()}
+        assert [httpx.post(f"{u}/v1/predict", json=body, headers=h).json()["model_version"] for u in urls] == [
+            reg.v2
+        ] * 2
+
+        out = reg.r.rollback("production", actor="oncall", reason="v2 regressed")
+        # The bound (datamoat/serve/control.py): poll 0.1 s + load + drain (<= 1 s) + a heartbeat
+        # write; 10 s leaves room for a loaded CI machine, and the return says who acknowledged.
+        acks = reg.r.wait_for_acks(out["generation"], timeout=10)
+        assert sorted(acks["acked"]) == ["srv0", "srv1"] and acks["missing"] == []
+        # Acknowledged means applied: the very next answer on each port is the new version.
+        for u in urls:
+            r = httpx.post(f"{u}/v1/predict", json=body, headers=h)
+            assert r.json()["model_version"] == reg.v1
+            assert r.json()["predictions"][0]["label_index"] == int(reg.ref[reg.v1][0].argmax())
+            assert httpx.get(f"{u}/v1/model").json()["acked_generation"] == out["generation"]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    assert {s["id"] for s in reg.r.servers()} & {"srv0", "srv1"} == set()  # both forgot themselves on shutdown

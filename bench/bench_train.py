@@ -72,8 +72,14 @@ def main() -> dict:
         "title": "Training throughput: datamoat.train against a hand-written loop",
         "columns": ["variant", "samples_per_s", "ratio_vs_loop"],
         "rows": rows,
-        "summary": {"ratio": t / h, "target": 0.95, "met": t / h >= 0.95, "dataset": data.name,
-                    "samples": int(len(keep)), "repeats": REPEATS},  # fmt: skip
+        "summary": {
+            "ratio": t / h,
+            "target": 0.95,
+            "met": t / h >= 0.95,
+            "dataset": data.name,
+            "samples": int(len(keep)),
+            "repeats": REPEATS,
+        },  # fmt: skip
         "notes": [
             f"cnn_medium on {len(keep)} {data.name} images, batch {cfg.batch_size}, AdamW + one-cycle, "
             f"median of {REPEATS} alternating repeats. Target: train-phase ratio >= 0.95 "

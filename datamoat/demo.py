@@ -16,7 +16,9 @@ DEMO_ARCH = "cnn_medium"
 DEMO_TRAIN = TrainConfig(epochs=5, batch_size=128, lr=2e-3, schedule="onecycle", seed=0)
 
 
-def run_demo(ws: Workspace, *, arch: str = DEMO_ARCH, config: TrainConfig = DEMO_TRAIN, progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    ws: Workspace, *, arch: str = DEMO_ARCH, config: TrainConfig = DEMO_TRAIN, progress: bool = True
+) -> dict[str, Any]:
     """Import Fashion-MNIST (or digits), train, evaluate on test, write the report.
 
     >>> out = run_demo(Workspace.init("/tmp/dm-demo"))  # doctest: +SKIP

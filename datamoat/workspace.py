@@ -114,10 +114,7 @@ class Workspace:
         """Open an existing workspace; a clear error if there is none."""
         ws = cls(root if root is not None else default_root())
         if not ws.db_path.exists():
-            raise NotFound(
-                f"no datamoat workspace at {ws.root}: run `datamoat init {ws.root}` "
-                "or set DATAMOAT_HOME"
-            )
+            raise NotFound(f"no datamoat workspace at {ws.root}: run `datamoat init {ws.root}` or set DATAMOAT_HOME")
         ws._migrate()
         return ws
 

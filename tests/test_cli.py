@@ -38,7 +38,9 @@ def test_import_train_and_list_json(home):
     assert out["dataset_id"] and out["samples"] == 1797
     again = json.loads(dm(home, "data", "import", "digits", "--json").stdout)
     assert again["dataset_id"] == out["dataset_id"]
-    tr = json.loads(dm(home, "train", "--data", "digits", "--arch", "mlp", "--epochs", "2", "--threads", "1", "--json").stdout)
+    tr = json.loads(
+        dm(home, "train", "--data", "digits", "--arch", "mlp", "--epochs", "2", "--threads", "1", "--json").stdout
+    )
     assert tr["dataset_id"] == out["dataset_id"] and 0.5 < tr["val_accuracy"] <= 1 and len(tr["curve"]) == 2
     models = json.loads(dm(home, "models", "list", "--json").stdout)["models"]
     assert [m["id"] for m in models] == [tr["model_id"]]
@@ -67,7 +69,10 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_catalog_untouched(home, tmp_p
         "corrupt gzip": (["data", "import", str(corrupt_gz), "--labels", str(labels)], "corrupt gzip"),
         "corrupt image": (["data", "import", str(tmp_path / "folder")], "truncated or corrupt"),
         "single class": (["data", "import", str(imgs), "--labels", str(single)], "single class"),
-        "labels out of range": (["data", "import", str(imgs), "--labels", str(labels), "--classes", "a,b"], "out of range"),
+        "labels out of range": (
+            ["data", "import", str(imgs), "--labels", str(labels), "--classes", "a,b"],
+            "out of range",
+        ),
         "unknown arch": (["train", "--data", "digits", "--arch", "vit"], "unknown architecture 'vit'"),
         "unknown dataset": (["train", "--data", "nosuchdata"], "unknown dataset 'nosuchdata'"),
         "unknown model": (["models", "show", "nosuchmodel"], "unknown model 'nosuchmodel'"),

@@ -32,7 +32,9 @@ def test_same_seed_same_result(digits):
 
 
 def test_sgd_cosine_and_subsampling(digits):
-    cfg = TrainConfig(epochs=4, batch_size=32, optimizer="sgd", lr=0.05, schedule="cosine", max_train_samples=300, threads=1)
+    cfg = TrainConfig(
+        epochs=4, batch_size=32, optimizer="sgd", lr=0.05, schedule="cosine", max_train_samples=300, threads=1
+    )
     m = train(new_model("mlp", digits), digits, cfg, progress=False)
     assert abs(m.history["train_samples"] - 300) <= 10
     assert _acc(m, digits) > 0.5

@@ -108,9 +108,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H/s, W/s)
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -159,7 +157,9 @@ ARCHS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 }
 
 
-def preset(arch: str, *, in_channels: int, image_size: tuple[int, int], num_classes: int, **overrides: Any) -> ModelConfig:
+def preset(
+    arch: str, *, in_channels: int, image_size: tuple[int, int], num_classes: int, **overrides: Any
+) -> ModelConfig:
     """The zoo's config for `arch`, shaped for the given input and classes.
 
     >>> preset("cnn_small", in_channels=1, image_size=(28, 28), num_classes=10).channels
@@ -168,7 +168,9 @@ def preset(arch: str, *, in_channels: int, image_size: tuple[int, int], num_clas
     if arch not in ARCHS:
         raise BadInput(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
     fields = {**ARCHS[arch][1], **overrides}
-    return ModelConfig(arch=arch, in_channels=in_channels, image_size=tuple(image_size), num_classes=num_classes, **fields)
+    return ModelConfig(
+        arch=arch, in_channels=in_channels, image_size=tuple(image_size), num_classes=num_classes, **fields
+    )
 
 
 def build(cfg: ModelConfig) -> nn.Module:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["train", "compression"]
+ORDER = ["train", "compression", "serving", "selective", "labelnoise", "edge"]
 
 
 def machine() -> dict:

@@ -1,0 +1,275 @@
+"""Serving on Fashion-MNIST, in one run: server throughput against raw ONNX
+Runtime, batching on against off, p99 at half the maximum throughput, and
+how fast a rollback and a takedown reach two running servers under load.
+
+Servers are real `datamoat serve` subprocesses on loopback ports, sharing a
+SQLite registry; the load comes from `datamoat.loadtest` in this process
+(one JSON image per request), so the load generator shares the 2 cores with
+the server, and its CPU use is reported. `DATAMOAT_BENCH_MODEL_ARCH` picks
+another architecture; `DATAMOAT_BENCH_SERVING_SECONDS` the length of each
+measured window (default 10).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _serving_util import CpuMeter, Recorder, Server, metric_sum, ort_throughput
+
+from datamoat.data import import_default
+from datamoat.deploy import register_model
+from datamoat.loadtest import LoadTestConfig, loadtest
+from datamoat.models import new_model, save_model
+from datamoat.registry import Registry
+from datamoat.serve.engine import load_version
+from datamoat.train import TrainConfig, train
+from datamoat.workspace import Workspace
+
+ARCH = os.environ.get("DATAMOAT_BENCH_MODEL_ARCH", "cnn_medium")
+SECONDS = float(os.environ.get("DATAMOAT_BENCH_SERVING_SECONDS", "10"))
+CONCURRENCY = 32
+ORT_THREADS = 1  # see the settings note: one ORT thread leaves the other core to HTTP and the client
+BATCH_ON = ["--max-batch-size", "32", "--max-wait-ms", "2"]
+BATCH_OFF = ["--max-batch-size", "1"]
+ALTERNATIVES = {
+    "--ort-threads 2 (= 0, ORT's default here)": [*BATCH_ON, "--ort-threads", "2"],
+    "--max-wait-ms 5": ["--max-batch-size", "32", "--max-wait-ms", "5", "--ort-threads", str(ORT_THREADS)],
+}
+
+
+def _row(what: str, value: Any, target: str = "", met: bool | None = None, unit: str = "") -> dict[str, Any]:
+    shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return {"what": what, "value": f"{shown} {unit}".strip(), "target": target,
+            "met": "" if met is None else ("yes" if met else "NO")}  # fmt: skip
+
+
+def _setup(root: Path) -> tuple[Workspace, Registry, str, str, str]:
+    """Train the served model, register it (v1) and an untrained twin (v2, same compute) as the bad release."""
+    ws = Workspace.init(root / "ws")
+    data = import_default(ws)
+    good = train(
+        new_model(ARCH, data, seed=0), data, TrainConfig(epochs=1, max_train_samples=10000, patience=0), progress=False
+    )
+    save_model(ws, good, name="served")
+    save_model(ws, new_model(ARCH, data, seed=1), name="regressed")
+    url = f"sqlite:///{(root / 'registry.db').resolve()}"
+    reg = Registry(url)
+    v1 = register_model(ws, reg, "served", actor="bench")
+    v2 = register_model(ws, reg, "regressed", actor="bench")
+    reg.promote(v1, "production", actor="bench")
+    reg.promote(v2, "production", actor="bench", reason="bench: a release to roll back")
+    reg.rollback("production", actor="bench")  # throughput runs serve v1; v2 comes back for the control part
+    return ws, reg, url, v1, v2
+
+
+def _closed(server: Server, seconds: float) -> tuple[Any, CpuMeter, float]:
+    """Warm up, then a closed-loop run at CONCURRENCY; (result, CPU shares, mean formed batch)."""
+    cfg = dict(url=server.url, concurrency=CONCURRENCY, payload="json")
+    loadtest(LoadTestConfig(**cfg, duration_s=1.5, warmup_s=0.5))
+    before = server.metrics()
+    with CpuMeter([server]) as cpu:
+        res = loadtest(LoadTestConfig(**cfg, duration_s=seconds, warmup_s=0.0))
+    after = server.metrics()
+    n = metric_sum(after, "datamoat_batch_size_count") - metric_sum(before, "datamoat_batch_size_count")
+    s = metric_sum(after, "datamoat_batch_size_sum") - metric_sum(before, "datamoat_batch_size_sum")
+    return res, cpu, s / max(n, 1)
+
+
+def _control(reg: Registry, rec: Recorder, action, is_new, is_old, n_servers: int) -> dict[str, Any]:
+    """Run one operator command under `rec`'s load; time it against the answers recorded."""
+    time.sleep(1.0)  # steady load before
+    t0 = time.perf_counter()
+    out = action()
+    acks = reg.wait_for_acks(out["generation"], timeout=5)
+    t1 = time.perf_counter()
+    time.sleep(1.0)  # answers after the command returned
+    recs = [r for r in list(rec.records) if r[1] >= t0]  # (sent, received, server, status, version)
+    firsts = [min((got for _, got, i, s, v in recs if i == k and is_new(s, v)), default=float("inf")) - t0
+              for k in range(n_servers)]  # fmt: skip
+    late = [(sent, got) for sent, got, _, s, v in recs if got > t1 and is_old(s, v)]
+    return {"first_new_s": max(firsts), "first_new_per_server_s": firsts, "command_s": t1 - t0,
+            "stale_after_return": len(late), "stale_sent_after_return": sum(1 for sent, _ in late if sent > t1),
+            "stale_latest_ms": max((1000 * (got - t1) for _, got in late), default=0.0),
+            "answers_after_return": sum(1 for r in recs if r[1] > t1), "acked": acks["acked"],
+            "missing": acks["missing"]}  # fmt: skip
+
+
+def _throughput(url: str, root: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Part 1-3: the closed-loop runs, the open-loop run, the settings tried."""
+    threads = ["--ort-threads", str(ORT_THREADS)]
+    out: dict[str, Any] = {"tried": {}}
+    with Server(url, [*BATCH_ON, *threads], root, "on", env) as srv:
+        out["on"] = _closed(srv, SECONDS)
+        out["rate"] = 0.5 * out["on"][0].throughput_rps
+        with CpuMeter([srv]) as cpu:
+            cfg = LoadTestConfig(url=srv.url, concurrency=64, rate=out["rate"], duration_s=SECONDS, warmup_s=1)
+            out["open"] = (loadtest(cfg), cpu)
+    with Server(url, [*BATCH_OFF, *threads], root, "off", env) as srv:
+        out["off"] = _closed(srv, SECONDS)
+    for label, args in ALTERNATIVES.items():  # shorter windows: what the chosen setting is compared with
+        with Server(url, args, root, "alt", env) as srv:
+            out["tried"][label] = _closed(srv, SECONDS / 2)
+    return out
+
+
+def _incidents(reg: Registry, url: str, root: Path, env: dict[str, str], v1: str, v2: str, body: bytes) -> dict:
+    """Part 4: rollback, takedown with a fallback, takedown to 503, on two servers under load."""
+    reg.promote(v2, "production", actor="bench", reason="bench: the release to roll back")  # history: [v1]
+    args = [*BATCH_ON, "--ort-threads", str(ORT_THREADS)]
+    ok = lambda want: lambda s, v: s == 200 and v == want  # noqa: E731
+    with Server(url, args, root, "ctl-a", env) as a, Server(url, args, root, "ctl-b", env) as b:
+        with Recorder([a.url, b.url], body, per_server=3) as rec:
+            out = {"rollback": _control(reg, rec, lambda: reg.rollback("production", actor="bench", reason="bench"),
+                                        ok(v1), ok(v2), 2)}  # fmt: skip
+            out["takedown with fallback"] = _control(
+                reg, rec, lambda: reg.takedown(v1, actor="bench", reason="bench", fallback=v2), ok(v2), ok(v1), 2
+            )
+            reg.wait_for_acks(reg.restore(v1, actor="bench", reason="bench")["generation"], timeout=5)
+            out["takedown, no fallback (503)"] = _control(
+                reg, rec, lambda: reg.takedown(v1, actor="bench", reason="bench"), lambda s, v: s == 503, ok(v1), 2
+            )
+        out["recorded"] = len(rec.records)
+    return out
+
+
+def main() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="dm-bench-serving-", ignore_cleanup_errors=True) as d:
+        return _main(Path(d))
+
+
+def _main(root: Path) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    _, reg, url, v1, v2 = _setup(root)
+    setup_s = time.perf_counter() - t_start
+    env = {"OMP_NUM_THREADS": "1"}
+    t = _throughput(url, root, env)
+    (on, cpu_on, mean_batch), (off, cpu_off, _), (opened, cpu_open) = t["on"], t["off"], t["open"]
+
+    # Raw ORT: the server's own session loader and thread setting, timed with no server running.
+    lv = load_version(reg, v1, ORT_THREADS)
+    b_mean = max(1, round(mean_batch))
+    imgs = np.random.default_rng(0).integers(0, 256, (32, *lv.input_shape), dtype=np.uint8)  # (32, C, H, W)
+    raw, raw_cpu = ort_throughput(lv.session, {b: lv.normalize(imgs[:b]) for b in sorted({1, b_mean, 32})}, seconds=3.0)
+
+    inc = _incidents(reg, url, root, env, v1, v2, json.dumps({"inputs": imgs[0].tolist()}).encode())
+    steps = {k: v for k, v in inc.items() if k != "recorded"}
+
+    on_rps, off_rps = on.throughput_rps, off.throughput_rps
+    ratio = on_rps / raw[b_mean]
+    ms = lambda cpu, res: 1000 * cpu / res.throughput_rps  # noqa: E731  (CPU ms per request)
+    rows = [
+        _row("raw ORT, batch 1", raw[1], unit="img/s"),
+        _row(f"raw ORT, batch {b_mean} (the server's mean formed batch, {mean_batch:.1f})", raw[b_mean], unit="img/s"),
+        _row("raw ORT, batch 32", raw[32], unit="img/s"),
+        _row("server, batching on, c=32", on_rps, unit="req/s = img/s"),
+        _row("server, batching off, c=32", off_rps, unit="req/s = img/s"),
+        _row("server on / raw ORT at its mean batch", ratio, ">= 0.7", ratio >= 0.7),
+        _row("server on / raw ORT batch 1", on_rps / raw[1]),
+        _row("server on / raw ORT batch 32", on_rps / raw[32]),
+        _row("batching on / off", on_rps / off_rps, ">= 2", on_rps >= 2 * off_rps),
+        _row(
+            "server CPU per request, on / off",
+            f"{ms(cpu_on.server, on):.2f} / {ms(cpu_off.server, off):.2f}",
+            unit="ms",
+        ),
+        _row(
+            "load generator CPU per request, on / off",
+            f"{ms(cpu_on.client, on):.2f} / {ms(cpu_off.client, off):.2f}",
+            unit="ms",
+        ),
+        _row(
+            f"raw ORT per CPU second, batch 1 / {b_mean} / 32",
+            " / ".join(f"{raw_cpu[b]:.0f}" for b in (1, b_mean, 32)),
+            unit="img/CPU-s",
+        ),
+        _row(
+            "server on per server-CPU second / raw ORT per CPU second at its mean batch",
+            on_rps / cpu_on.server / raw_cpu[b_mean],
+        ),
+        _row(
+            f"open loop at {t['rate']:.0f} req/s (0.5x max): p50 / p95 / p99",
+            f"{opened.p50_ms:.1f} / {opened.p95_ms:.1f} / {opened.p99_ms:.1f}",
+            "reported",
+            unit="ms",
+        ),
+    ]
+    for label, (res, cpu, mb) in t["tried"].items():
+        shown = f"{res.throughput_rps:.0f} req/s, mean batch {mb:.1f}, server CPU {ms(cpu.server, res):.2f} ms/req"
+        rows.append(_row(f"tried: batching on with {label}", shown))
+    for name, r in steps.items():
+        rows += [
+            _row(
+                f"{name}: command start -> first new-state answer (both servers)",
+                r["first_new_s"] * 1000,
+                "< 1000",
+                r["first_new_s"] < 1.0,
+                "ms",
+            ),
+            _row(f"{name}: command returned (write + both acks)", r["command_s"] * 1000, unit="ms"),
+            _row(
+                f"{name}: old-version answers received after return (of {r['answers_after_return']}; "
+                f"requested after return: {r['stale_sent_after_return']})",
+                r["stale_after_return"],
+                "0",
+                r["stale_after_return"] == 0,
+            ),
+        ]
+    total = time.perf_counter() - t_start
+    acked = sorted({s for r in steps.values() for s in r["acked"]})
+    missing = sorted({s for r in steps.values() for s in r["missing"]})
+    notes = [
+        f"Model: {ARCH} trained 1 epoch on a 10,000-image stratified Fashion-MNIST subset, fp32 ONNX, input "
+        f"{tuple(lv.input_shape)}. Servers: `datamoat serve --no-predict-auth --ort-threads {ORT_THREADS}` "
+        f"(batching on: `{' '.join(BATCH_ON)}`; off: `{' '.join(BATCH_OFF)}`), OMP_NUM_THREADS=1, one uvicorn "
+        "worker (the CLI has no --workers), prediction logging on (the CLI has no switch for it). No predict "
+        "token: the server caches an accepted token, so a token would add a dict lookup, not a database read.",
+        f"Settings: {ORT_THREADS} ORT thread leaves the other core to the event loop and the load generator; the "
+        "'tried' rows run the alternatives for half as long in this run (2 threads = ORT's default on 2 cores).",
+        f"Load: `datamoat.loadtest` closed loop, concurrency {CONCURRENCY}, one JSON image per request, "
+        f"{SECONDS:g} s after a 2 s warm-up, in this process on the same 2 cores. CPU in cores (CPU s / wall s) "
+        f"during batching on: {cpu_on.line()}; off: {cpu_off.line()}; open loop: {cpu_open.line()}.",
+        "Raw ORT: `session.run` alone on pre-normalised float32 input (no HTTP, JSON, normalisation or softmax), "
+        f"the server's own session loader (`load_version`, {ORT_THREADS} intra-op thread), timed with no server "
+        "running, median of 3 interleaved windows. The server also pays HTTP, JSON parsing, normalisation, "
+        "softmax, answer building and the prediction log per request, and shares the cores with the load "
+        "generator; the rows per CPU second take the CPU split and the other users of the machine out of the "
+        "comparison (with 1 intra-op thread ORT runs in the calling thread, so process CPU time is its CPU).",
+        f"Open loop: Poisson arrivals at {t['rate']:.0f} req/s, at most 64 in flight, {opened.successes} answers, "
+        f"{opened.errors} errors, {opened.dropped} dropped; latency from the scheduled arrival.",
+        f"Control: two servers (batching on) on one SQLite registry, 3 closed-loop clients each in a background "
+        f"thread ({inc['recorded']} answers recorded). Steps: rollback production v2 -> v1; takedown v1 with "
+        "fallback v2; restore; takedown v1 with no fallback (503). Each is timed from the call of the `Registry` "
+        "method to `wait_for_acks(generation, timeout=5)` returning; 'first new-state answer' is the later of the "
+        "two servers' first answers from the new state; 'received after return' counts answers the clients "
+        "received after the command returned, and 'requested after return' those of them whose request was sent "
+        "after it (an answer requested before may have left the server before its acknowledgement and been read "
+        "late by a client thread starved of CPU; the latest one came "
+        f"{max(r['stale_latest_ms'] for r in steps.values()):.0f} ms after the return). "
+        f"Acknowledged by {acked}; missing: {missing or 'none'}.",
+        f"Reproduce: `python bench/run.py serving` (whole run {total:.0f} s, setup and training {setup_s:.0f} s). "
+        "On a shared machine the numbers are noisy; 'others on the machine' above says how busy it was.",
+    ]
+    return {
+        "title": "Serving: throughput against raw ONNX Runtime, batching, latency, and incident control timing",
+        "columns": ["what", "value", "target", "met"],
+        "rows": rows,
+        "notes": notes,
+        "summary": {
+            "arch": ARCH, "seconds_per_window": SECONDS, "ort_threads": ORT_THREADS, "batch_on": BATCH_ON,
+            "raw_ort_img_s": raw, "raw_ort_img_per_cpu_s": raw_cpu, "mean_formed_batch": mean_batch,
+            "server_on_rps": on_rps, "server_off_rps": off_rps,
+            "ratio_vs_raw_mean_batch": ratio, "on_off_ratio": on_rps / off_rps,
+            "closed_on": on.to_dict(), "closed_off": off.to_dict(), "open_loop": opened.to_dict(),
+            "cpu_cores": {k: {"client": c.client, "server": c.server, "others": c.others}
+                          for k, c in (("on", cpu_on), ("off", cpu_off), ("open", cpu_open))},
+            "tried": {k: {"rps": r.throughput_rps, "mean_batch": mb, "server_cpu": c.server, "client_cpu": c.client}
+                      for k, (r, c, mb) in t["tried"].items()},
+            "control": steps,
+        },
+    }  # fmt: skip

@@ -53,6 +53,9 @@ _EXPORTS = {
     "LoadTestConfig": "datamoat.loadtest",
     "loadtest": "datamoat.loadtest",
     "capacity": "datamoat.capacity",
+    "calibrate_threshold": "datamoat.selective",
+    "SelectivePolicy": "datamoat.selective",
+    "feasibility": "datamoat.poc",
 }
 
 __all__ = ["__version__", *_EXPORTS]

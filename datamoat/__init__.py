@@ -56,6 +56,7 @@ _EXPORTS = {
     "calibrate_threshold": "datamoat.selective",
     "SelectivePolicy": "datamoat.selective",
     "feasibility": "datamoat.poc",
+    "Predictor": "datamoat.client",
 }
 
 __all__ = ["__version__", *_EXPORTS]

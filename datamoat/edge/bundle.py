@@ -1,0 +1,280 @@
+"""Signed model bundles: one deterministic file a device can trust.
+
+A bundle is an uncompressed zip with fixed timestamps (same inputs, same
+bytes) holding
+
+- ``model.onnx``: the registry version's ONNX (fp32 or int8),
+- ``meta.json``: version id, name, kind, classes, preprocessing, input shape,
+- ``policy.json``: suppressed labels, the review threshold, an optional
+  abstain threshold, and the registry generation they were read at,
+- ``selftest.json``: a few inputs with the probabilities the ONNX gave for
+  them at bundle time,
+- ``manifest.json``: format, sequence number, version, and the sha256 and
+  size of every part above,
+- ``manifest.sig``: the Ed25519 signature of the manifest's exact bytes.
+
+`read_bundle` trusts nothing before the signature checks out against one of
+the device's keys, then checks every part against the manifest and refuses
+extra or missing members. Parts are read by name into memory, never
+extracted, so member paths cannot escape anywhere. Because packing is
+deterministic, a verified bundle must also re-pack to exactly its own
+bytes: a change to any byte of the file, even zip metadata nobody reads,
+is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from datamoat.configs import Config, check
+from datamoat.errors import BadInput, DatamoatError
+from datamoat.registry import Registry
+from datamoat.serve.engine import LoadedVersion
+
+__all__ = [
+    "FORMAT",
+    "PARTS",
+    "Bundle",
+    "BundleConfig",
+    "BundleError",
+    "build_bundle",
+    "pack_bundle",
+    "read_bundle",
+    "peek_manifest",
+    "load_bundle_model",
+    "self_test",
+]
+
+FORMAT = "datamoat-bundle/1"
+PARTS = ("model.onnx", "meta.json", "policy.json", "selftest.json")
+MAX_BUNDLE_BYTES = 1 << 30
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: fixed for byte-identical builds
+
+
+class BundleError(DatamoatError):
+    """A bundle that must not be installed: unsigned, untrusted, tampered, truncated."""
+
+    http_status = 422
+
+
+@dataclasses.dataclass
+class BundleConfig(Config):
+    """What goes into a bundle besides the model.
+
+    >>> BundleConfig(abstain_threshold=0.4).selftest_count
+    4
+    """
+
+    selftest_count: int = 4
+    selftest_atol: float = 1e-3  # max |Δp| a device may see against bundle time
+    abstain_threshold: float | None = None  # top probability below this: abstain (needs review)
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(1 <= self.selftest_count <= 64, f"selftest_count must be in 1..64, got {self.selftest_count}")
+        check(0 < self.selftest_atol < 1, f"selftest_atol must be in (0, 1), got {self.selftest_atol}")
+        t = self.abstain_threshold
+        check(t is None or 0 < t < 1, f"abstain_threshold must be in (0, 1), got {t}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its manifest, parts, file hash and signing key id."""
+
+    manifest: dict[str, Any]
+    parts: dict[str, bytes]
+    sha256: str
+    key_id: str
+
+    @property
+    def sequence(self) -> int:
+        return int(self.manifest["sequence"])
+
+    @property
+    def version_id(self) -> str:
+        return str(self.manifest["version_id"])
+
+    def part_json(self, name: str) -> dict[str, Any]:
+        return json.loads(self.parts[name])
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def pack_bundle(parts: dict[str, bytes], *, sequence: int, version_id: str, name: str, kind: str, key: Any) -> bytes:
+    """Sign a manifest over `parts` and zip everything, deterministically.
+
+    The low-level step under `build_bundle`; tests use it to craft bundles.
+
+    >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    >>> k = Ed25519PrivateKey.generate()
+    >>> parts = {p: b"{}" for p in PARTS}
+    >>> a = pack_bundle(parts, sequence=1, version_id="v", name="n", kind="fp32", key=k)
+    >>> a == pack_bundle(parts, sequence=1, version_id="v", name="n", kind="fp32", key=k)
+    True
+    """
+    from datamoat.edge.keys import key_id
+
+    check(sorted(parts) == sorted(PARTS), f"a bundle holds exactly {', '.join(PARTS)}")
+    check(isinstance(sequence, int) and sequence >= 1, f"sequence must be a positive integer, got {sequence!r}")
+    manifest = _dumps({
+        "format": FORMAT, "sequence": sequence, "version_id": version_id, "name": name, "kind": kind,
+        "key_id": key_id(key.public_key()),
+        "parts": {p: {"sha256": hashlib.sha256(parts[p]).hexdigest(), "size": len(parts[p])} for p in PARTS},
+    })  # fmt: skip
+    return _zip(manifest, key.sign(manifest), parts)
+
+
+def _zip(manifest: bytes, sig: bytes, parts: dict[str, bytes]) -> bytes:
+    members = [("manifest.json", manifest), ("manifest.sig", sig)] + [(p, parts[p]) for p in sorted(PARTS)]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for member, data in members:
+            zi = zipfile.ZipInfo(member, date_time=_EPOCH)
+            zi.create_system, zi.external_attr = 3, 0o644 << 16  # unix, rw-r--r--: same on every OS
+            zf.writestr(zi, data)
+    return buf.getvalue()
+
+
+def peek_manifest(data: bytes) -> dict[str, Any]:
+    """The manifest of a bundle file, NOT verified (for listings and publishing)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return json.loads(zf.read("manifest.json"))
+    except Exception:
+        raise BundleError(
+            "not a readable bundle (truncated or not a bundle): rebuild it with `datamoat bundle`"
+        ) from None
+
+
+def read_bundle(data: bytes, trusted: list[Any]) -> Bundle:
+    """Verify a bundle file against trusted public keys; `BundleError` says why not.
+
+    >>> read_bundle(b"garbage", [])
+    Traceback (most recent call last):
+    ...
+    datamoat.edge.bundle.BundleError: bundle rejected: not a zip archive (truncated or not a bundle)
+    """
+    from cryptography.exceptions import InvalidSignature
+
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise BundleError(f"bundle rejected: {len(data)} bytes is over the {MAX_BUNDLE_BYTES}-byte limit")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise BundleError("bundle rejected: not a zip archive (truncated or not a bundle)") from None
+    with zf:
+        names = zf.namelist()
+        expected = {"manifest.json", "manifest.sig", *PARTS}
+        if len(names) != len(set(names)) or set(names) != expected:
+            raise BundleError(f"bundle rejected: members {sorted(names)} are not exactly {sorted(expected)}")
+        try:
+            manifest_bytes, sig = zf.read("manifest.json"), zf.read("manifest.sig")
+            parts = {p: zf.read(p) for p in PARTS}
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:  # CRC or header damage
+            raise BundleError(f"bundle rejected: corrupt or tampered archive ({e})") from None
+    signer = None
+    for pub in trusted:
+        try:
+            pub.verify(sig, manifest_bytes)
+            signer = pub
+            break
+        except InvalidSignature:
+            continue
+    if signer is None:
+        raise BundleError("bundle rejected: not signed by a trusted key (bad signature or unknown key)")
+    from datamoat.edge.keys import key_id
+
+    manifest = json.loads(manifest_bytes)
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"bundle rejected: format {manifest.get('format')!r} is not {FORMAT!r}: upgrade datamoat")
+    for p in PARTS:
+        want = manifest["parts"][p]
+        if len(parts[p]) != want["size"] or hashlib.sha256(parts[p]).hexdigest() != want["sha256"]:
+            raise BundleError(f"bundle rejected: part {p} does not match its signed sha256 (tampered)")
+    if _zip(manifest_bytes, sig, parts) != data:  # packing is deterministic: any other byte was changed
+        raise BundleError("bundle rejected: container bytes differ from the canonical packing (tampered)")
+    return Bundle(manifest, parts, hashlib.sha256(data).hexdigest(), key_id(signer))
+
+
+def load_bundle_model(bundle: Bundle, threads: int = 1) -> LoadedVersion:
+    """An ONNX Runtime session over the bundle's model, as the cloud server loads one."""
+    from datamoat.measure import ort_session
+
+    meta = bundle.part_json("meta.json")
+    return _loaded(ort_session(bundle.parts["model.onnx"], threads), meta)
+
+
+def _loaded(sess: Any, meta: dict[str, Any]) -> LoadedVersion:
+    inp = sess.get_inputs()[0]
+    batch = inp.shape[0]
+    pre = meta["preprocess"]
+    channel = lambda v: np.asarray(v, np.float32).reshape(1, -1, 1, 1)  # noqa: E731
+    c, h, w = (int(d) for d in meta["input_shape"])
+    return LoadedVersion(
+        version_id=meta["version_id"], name=meta["name"], kind=meta["kind"], info=meta, session=sess,
+        input_name=inp.name, fixed_batch=batch if isinstance(batch, int) and batch > 0 else None,
+        classes=[str(x) for x in meta["classes"]], input_shape=(c, h, w), scale=float(pre["scale"]),
+        mean=channel(pre["mean"]), std=channel(pre["std"]),
+    )  # fmt: skip
+
+
+def self_test(model: LoadedVersion, selftest: dict[str, Any]) -> str | None:
+    """None if the model reproduces the bundle-time outputs, else why not."""
+    x = np.asarray(selftest["inputs"], np.uint8)  # (N, C, H, W)
+    want = np.asarray(selftest["probabilities"], np.float64)  # (N, K)
+    got = model.probabilities(x)  # (N, K)
+    if got.shape != want.shape:
+        return f"self-test failed: output shape {got.shape} != expected {want.shape}"
+    diff = float(np.abs(got - want).max())
+    labels_ok = bool((got.argmax(1) == want.argmax(1)).all())
+    if diff > selftest["atol"] or not labels_ok:
+        return f"self-test failed: max |Δp| {diff:.4f} (tolerance {selftest['atol']:g}), labels match: {labels_ok}"
+    return None
+
+
+def build_bundle(
+    registry: Registry, ref: str, key: Any, sequence: int, config: BundleConfig | None = None,
+    inputs: np.ndarray | None = None,
+) -> bytes:  # fmt: skip
+    """A signed bundle of registry version `ref` with bundle sequence `sequence`.
+
+    `inputs` (N, C, H, W) uint8 are the self-test vectors; default: seeded noise.
+
+    >>> data = build_bundle(reg, "mlp-seed0", load_private_key("release.pem"), 3)  # doctest: +SKIP
+    """
+    from datamoat.measure import ort_session
+
+    cfg = config or BundleConfig()
+    row = registry.version(ref)
+    snap = registry.snapshot()
+    if row["id"] in snap["takedowns"]:
+        raise BadInput(f"version {row['id']} is taken down: restore it or bundle another version")
+    info = row["info"]
+    onnx = registry.artifact(row["onnx_sha"])
+    sess = ort_session(onnx, threads=1)
+    shape = [int(d) for d in (info.get("input_shape") or sess.get_inputs()[0].shape[1:])]
+    meta = {"version_id": row["id"], "name": row["name"], "kind": row["kind"], "classes": info["classes"],
+            "preprocess": info["preprocess"], "input_shape": shape, "recipe": [cfg.to_dict()]}  # fmt: skip
+    if inputs is None:
+        inputs = np.random.default_rng(cfg.seed).integers(0, 256, (cfg.selftest_count, *shape), dtype=np.uint8)
+    check(inputs.ndim == 4 and list(inputs.shape[1:]) == shape, f"self-test inputs must be (N, {shape}) uint8")
+    probs = _loaded(sess, meta).probabilities(inputs)  # (N, K)
+    policy = {
+        "suppressed": Registry.suppressed_for(snap, "*"),
+        "threshold": (info.get("policy") or {}).get("threshold"),
+        "abstain_threshold": cfg.abstain_threshold,
+        "generation": snap["generation"],
+    }
+    selftest = {"inputs": inputs.astype(np.uint8).tolist(), "probabilities": probs.tolist(), "atol": cfg.selftest_atol}
+    parts = {"model.onnx": onnx, "meta.json": _dumps(meta), "policy.json": _dumps(policy),
+             "selftest.json": _dumps(selftest)}  # fmt: skip
+    return pack_bundle(parts, sequence=sequence, version_id=row["id"], name=row["name"], kind=row["kind"], key=key)

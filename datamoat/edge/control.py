@@ -1,0 +1,175 @@
+"""The control server: what devices talk to.
+
+Endpoints (all under ``/v1/edge``, device endpoints need the device's own
+token as ``Authorization: Bearer``):
+
+- ``POST /devices/{id}/sync``: heartbeat in, assignment out (one request
+  per poll). Another device's id is 403.
+- ``GET /devices/{id}/assignment``: the assignment alone, read-only.
+- ``GET /bundles/{sha256}``: the bundle file, with HTTP Range support for
+  resumable downloads; only the bundle currently assigned to the calling
+  device (403 otherwise). ``chunk_delay_s`` throttles it (bandwidth caps,
+  and tests that need a download to be really "in the middle").
+- ``GET /fleet``: every device's status and the rollouts (admin token).
+
+`edge_router` can be mounted on another app with `attach_edge`;
+`create_control_app` serves it standalone (`datamoat fleet serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from datamoat.configs import Config, check
+from datamoat.edge.fleet import Fleet
+from datamoat.errors import BadInput, DatamoatError
+from datamoat.registry import AuthError, Registry
+
+__all__ = ["ControlConfig", "edge_router", "attach_edge", "create_control_app"]
+
+_MAX_HEARTBEAT = 256 * 1024
+
+
+@dataclasses.dataclass
+class ControlConfig(Config):
+    """Knobs of the control server.
+
+    >>> ControlConfig(chunk_delay_s=0.05).chunk_size
+    65536
+    """
+
+    chunk_size: int = 64 * 1024
+    chunk_delay_s: float = 0.0  # pause after each chunk of a bundle download
+
+    def validate(self) -> None:
+        check(self.chunk_size >= 512, f"chunk_size must be at least 512 bytes, got {self.chunk_size}")
+        check(0 <= self.chunk_delay_s <= 10, f"chunk_delay_s must be in 0..10, got {self.chunk_delay_s}")
+
+
+@dataclasses.dataclass
+class EdgeContext:
+    fleet: Fleet
+    config: ControlConfig
+
+
+edge_router = APIRouter(prefix="/v1/edge", tags=["edge"])
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def _ctx(request: Request) -> EdgeContext:
+    return request.app.state.edge
+
+
+@edge_router.post("/devices/{device_id}/sync")
+async def sync(device_id: str, request: Request) -> dict[str, Any]:
+    """Heartbeat in (version, health, counters, new events), assignment out."""
+    fleet = _ctx(request).fleet
+    dev = await asyncio.to_thread(fleet.authenticate, _bearer(request), device_id)
+    body = await request.body()
+    if len(body) > _MAX_HEARTBEAT:
+        raise BadInput(f"heartbeat over {_MAX_HEARTBEAT} bytes: send fewer events per poll")
+    try:
+        hb = json.loads(body or b"{}")
+    except ValueError:
+        raise BadInput("the heartbeat is not valid JSON") from None
+    if not isinstance(hb, dict) or not isinstance(hb.get("events", []), list):
+        raise BadInput('the heartbeat must be a JSON object with an "events" list')
+    return await asyncio.to_thread(fleet.sync, dev, hb)
+
+
+@edge_router.get("/devices/{device_id}/assignment")
+async def assignment(device_id: str, request: Request) -> dict[str, Any]:
+    """What this device should run, and the current policy overlay."""
+    fleet = _ctx(request).fleet
+    dev = await asyncio.to_thread(fleet.authenticate, _bearer(request), device_id)
+    return await asyncio.to_thread(fleet.assignment, dev)
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) for a single 'bytes=' range; None: send it all."""
+    m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header or "")
+    if not m or m.groups() == ("", ""):
+        return None
+    first, last = m.groups()
+    start, end = (size - int(last), size - 1) if first == "" else (int(first), int(last) if last else size - 1)
+    if start < 0 or start >= size or start > end:
+        return (-1, -1)
+    return start, min(end, size - 1)
+
+
+@edge_router.get("/bundles/{sha}")
+async def bundle(sha: str, request: Request) -> Response:
+    """The bundle assigned to the calling device; supports ``Range: bytes=N-``."""
+    ctx = _ctx(request)
+    dev = await asyncio.to_thread(ctx.fleet.authenticate, _bearer(request))
+    a = await asyncio.to_thread(ctx.fleet.assignment, dev)
+    if not a["bundle"] or a["bundle"]["sha256"] != sha:
+        err = AuthError(f"bundle {sha[:12]} is not assigned to device {dev['id']!r}: poll for the assignment")
+        err.http_status = 403
+        raise err
+    data = await asyncio.to_thread(ctx.fleet.bundle_bytes, sha)
+    size = len(data)
+    rng = _byte_range(request.headers.get("range"), size)
+    headers = {"Accept-Ranges": "bytes", "ETag": f'"{sha}"'}
+    if rng == (-1, -1):
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    start, end = rng or (0, size - 1)
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    step, delay = ctx.config.chunk_size, ctx.config.chunk_delay_s
+
+    async def chunks():
+        for pos in range(start, end + 1, step):
+            yield data[pos : min(pos + step, end + 1)]
+            if delay:
+                await asyncio.sleep(delay)
+
+    return StreamingResponse(chunks(), 206 if rng else 200, headers, media_type="application/octet-stream")
+
+
+@edge_router.get("/fleet")
+async def fleet_status(request: Request) -> dict[str, Any]:
+    """Every device's version, last heartbeat, health and rollout state (admin token)."""
+    fleet = _ctx(request).fleet
+    await asyncio.to_thread(fleet.registry.check_token, _bearer(request), "admin")
+    devices, rollouts = await asyncio.gather(asyncio.to_thread(fleet.status), asyncio.to_thread(fleet.rollouts))
+    return {"devices": devices, "rollouts": rollouts}
+
+
+def attach_edge(app: FastAPI, fleet: Fleet, config: ControlConfig | None = None) -> FastAPI:
+    """Mount the device endpoints on an existing app (e.g. the cloud server)."""
+    app.state.edge = EdgeContext(fleet, config or ControlConfig())
+    app.include_router(edge_router)
+    return app
+
+
+def create_control_app(registry: Registry, config: ControlConfig | None = None) -> FastAPI:
+    """The control server, standalone.
+
+    >>> app = create_control_app(Registry("sqlite:///reg.db"), ControlConfig())  # doctest: +SKIP
+    >>> uvicorn.run(app, port=8200)  # doctest: +SKIP
+    """
+    app = FastAPI(title="datamoat control", version="1", description=__doc__)
+
+    @app.exception_handler(DatamoatError)
+    async def _on_user_error(request: Request, exc: DatamoatError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        return JSONResponse({"error": str(exc)}, exc.http_status, headers=headers)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return attach_edge(app, Fleet(registry), config)

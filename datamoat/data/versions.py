@@ -1,0 +1,213 @@
+"""New dataset versions from old ones: merge, fix, flip (noise), and diff.
+
+Every verb here takes a `Dataset` and returns a new immutable version whose
+catalog row points at its parent (`parent_id`) and whose `source` records
+what changed and why, so the lineage of any version can be read back. The
+parent is never touched: versions are content-addressed and write-once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from datamoat.data.dataset import SPLITS, Dataset, load_dataset, make_dataset
+from datamoat.errors import BadInput
+from datamoat.workspace import Workspace
+
+__all__ = ["merge", "diff", "flip_labels", "apply_fixes", "pixel_hashes"]
+
+_SPLIT_NAMES = {code: name for name, code in SPLITS.items()}
+
+
+def _derive(ws: Workspace, base: Dataset, x: np.ndarray, y: np.ndarray, split: np.ndarray,
+            *, name: str, source: dict[str, Any]) -> Dataset:  # fmt: skip
+    """Store a child version of `base` (same classes, explicit splits)."""
+    return make_dataset(ws, x, y, base.classes, name=name, source={**source, "parent_id": base.id},
+                        split=np.asarray(split, dtype=np.uint8), parent_id=base.id)  # fmt: skip
+
+
+def merge(
+    ws: Workspace,
+    base: Dataset,
+    x_new: np.ndarray,
+    y_new: np.ndarray,
+    *,
+    name: str,
+    source: dict[str, Any],
+    split: str = "train",
+) -> Dataset:
+    """`base` plus new samples appended to one split, as a new version.
+
+    `source` says where the samples came from (e.g. accepted feedback ids);
+    it is recorded under `source["from"]` with the counts per class.
+
+    >>> v2 = merge(ws, base, x, y, name="digits+fb", source={"feedback_ids": ids})  # doctest: +SKIP
+    """
+    if split not in SPLITS:
+        raise BadInput(f"unknown split {split!r}: choose train, val or test")
+    x_new = np.asarray(x_new)
+    y_new = np.asarray(y_new, dtype=np.int64).reshape(-1)
+    if len(y_new) == 0:
+        raise BadInput("nothing to merge: give at least one new sample")
+    if x_new.dtype != np.uint8 or x_new.shape[1:] != base.x.shape[1:]:
+        raise BadInput(
+            f"new images are {x_new.dtype} {x_new.shape[1:]} but {base.name} holds uint8 {base.x.shape[1:]}: "
+            "convert them to the dataset's shape first"
+        )
+    if len(x_new) != len(y_new):
+        raise BadInput(f"{len(x_new)} new images but {len(y_new)} labels: they must match one to one")
+    if y_new.min() < 0 or y_new.max() >= base.num_classes:
+        raise BadInput(f"new labels must be in 0..{base.num_classes - 1} (the classes of {base.name})")
+    x = np.concatenate([base.x, x_new])
+    y = np.concatenate([base.y, y_new])
+    codes = np.concatenate([base.split, np.full(len(y_new), SPLITS[split], np.uint8)])
+    added = {
+        "samples": int(len(y_new)),
+        "split": split,
+        "per_class": np.bincount(y_new, minlength=base.num_classes).tolist(),
+        "x_sha256": ws.put_array(x_new),
+        "y_sha256": ws.put_array(y_new),
+    }
+    return _derive(ws, base, x, y, codes, name=name, source={"kind": "merge", "added": added, "from": source})
+
+
+def flip_labels(ws: Workspace, base: Dataset, fraction: float, seed: int = 0,
+                *, name: str | None = None) -> tuple[Dataset, np.ndarray]:  # fmt: skip
+    """A noisy copy of `base`: exactly round(fraction * n_train) TRAIN labels
+    flipped, each uniformly to one of the other classes. Returns the new
+    version and the sorted global indices that were flipped.
+
+    >>> noisy, flipped = flip_labels(ws, digits, 0.1, seed=0)  # doctest: +SKIP
+    """
+    if not 0 < fraction < 1:
+        raise BadInput(f"fraction must be in (0, 1), got {fraction}")
+    train_idx = np.flatnonzero(base.split == SPLITS["train"])
+    n_flip = int(round(fraction * len(train_idx)))
+    if n_flip == 0:
+        raise BadInput(f"a fraction of {fraction} of {len(train_idx)} train samples flips none: raise the fraction")
+    rng = np.random.default_rng(seed)
+    flipped = np.sort(rng.choice(train_idx, size=n_flip, replace=False))
+    y = base.y.copy()
+    # Adding 1..K-1 modulo K lands uniformly on every class but the original.
+    y[flipped] = (y[flipped] + rng.integers(1, base.num_classes, size=n_flip)) % base.num_classes
+    source = {"kind": "flip_labels", "fraction": fraction, "seed": seed, "flipped": n_flip,
+              "flipped_sha256": ws.put_array(flipped)}  # fmt: skip
+    name = name or f"{base.name}-noisy{round(fraction * 100)}"
+    return _derive(ws, base, base.x, y, base.split, name=name, source=source), flipped
+
+
+def apply_fixes(ws: Workspace, base: Dataset, fixes: list[dict[str, Any]],
+                *, name: str | None = None, source: dict[str, Any] | None = None) -> Dataset:  # fmt: skip
+    """Apply `fixes` (``{"index": i, "new_label": k}`` or ``{"index": i,
+    "drop": true}``, global indices) as a new version; `base` stays as it was.
+
+    >>> fixed = apply_fixes(ws, noisy, [{"index": 3, "new_label": 1}, {"index": 9, "drop": True}])  # doctest: +SKIP
+    """
+    if not fixes:
+        raise BadInput("no fixes to apply: the issues file is empty or --min-confidence filtered out everything")
+    n, k = len(base.y), base.num_classes
+    y = base.y.copy()
+    keep = np.ones(n, dtype=bool)
+    seen: set[int] = set()
+    relabelled = 0
+    for i, fix in enumerate(fixes):
+        idx = fix.get("index")
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < n:
+            raise BadInput(f"fix #{i} names index {idx!r} but {base.name} ({base.id}) has samples 0..{n - 1}: "
+                           "use indices from `datamoat data issues` on this version")  # fmt: skip
+        if idx in seen:
+            raise BadInput(f"fix #{i} names index {idx} a second time: give one fix per sample")
+        seen.add(idx)
+        if fix.get("drop"):
+            keep[idx] = False
+            continue
+        label = fix.get("new_label")
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < k:
+            raise BadInput(f"fix #{i} has new_label {label!r}: give a class index in 0..{k - 1} or drop=true")
+        relabelled += int(label != y[idx])
+        y[idx] = label
+    dropped = int((~keep).sum())
+    if dropped == 0 and relabelled == 0:
+        raise BadInput("the fixes change nothing: every new_label equals the current label")
+    fixes_sha = ws.put_bytes(json.dumps(fixes, sort_keys=True).encode())
+    src = {"kind": "fix", "relabelled": relabelled, "dropped": dropped, "fixes_sha256": fixes_sha, "from": source or {}}
+    return _derive(ws, base, base.x[keep], y[keep], base.split[keep], name=name or f"{base.name}-fixed", source=src)
+
+
+def pixel_hashes(x: np.ndarray) -> list[str]:
+    """sha256 hex digest of each image's pixels (shape and bytes)."""
+    x = np.ascontiguousarray(x)
+    return [hashlib.sha256(img.tobytes()).hexdigest() for img in x]
+
+
+def diff(ws: Workspace, a: Dataset | str, b: Dataset | str) -> dict[str, Any]:
+    """What changed from version `a` to `b`, per split and per class.
+
+    Samples are matched by the sha256 of their pixels within a split; an image
+    that appears several times is matched as a multiset, so duplicates count
+    once each. Among unmatched copies of one image, a label present in `a` and
+    a different one in `b` is a relabel; what is left is removed (only in `a`)
+    or added (only in `b`). A sample that moved split shows as removed from
+    one and added to the other. Labels are compared by index; class-name
+    changes are listed separately.
+
+    >>> diff(ws, "digits", "digits-fixed")["totals"]  # doctest: +SKIP
+    {'added': 0, 'removed': 0, 'relabelled': 12, 'unchanged': 1785}
+    """
+    a = load_dataset(ws, a) if isinstance(a, str) else a
+    b = load_dataset(ws, b) if isinstance(b, str) else b
+    if a.x.shape[1:] != b.x.shape[1:]:
+        raise BadInput(f"{a.id} has images {a.x.shape[1:]} and {b.id} has {b.x.shape[1:]}: nothing to match")
+    ka, kb = a.num_classes, b.num_classes
+    out: dict[str, Any] = {"a": a.id, "b": b.id, "splits": {}, "relabels": []}
+    totals = dict.fromkeys(("added", "removed", "relabelled", "unchanged"), 0)
+    for split, code in SPLITS.items():
+        groups: dict[str, list[list[int]]] = defaultdict(lambda: [[], []])
+        for side, ds in enumerate((a, b)):
+            mask = ds.split == code
+            for h, label in zip(pixel_hashes(ds.x[mask]), ds.y[mask].tolist()):
+                groups[h][side].append(label)
+        row = {"added": [0] * kb, "removed": [0] * ka, "relabelled_from": [0] * ka, "relabelled_to": [0] * kb}
+        moves: dict[tuple[int, int], int] = defaultdict(int)
+        unchanged = 0
+        for la, lb in groups.values():
+            rest_b = list(lb)
+            rest_a = []
+            for label in la:  # multiset difference, one copy at a time
+                if label in rest_b:
+                    rest_b.remove(label)
+                    unchanged += 1
+                else:
+                    rest_a.append(label)
+            rest_a.sort()
+            rest_b.sort()
+            pairs = min(len(rest_a), len(rest_b))
+            for old, new in zip(rest_a[:pairs], rest_b[:pairs]):
+                row["relabelled_from"][old] += 1
+                row["relabelled_to"][new] += 1
+                moves[(old, new)] += 1
+            for old in rest_a[pairs:]:
+                row["removed"][old] += 1
+            for new in rest_b[pairs:]:
+                row["added"][new] += 1
+        counts = {"added": sum(row["added"]), "removed": sum(row["removed"]),
+                  "relabelled": sum(row["relabelled_from"]), "unchanged": unchanged}  # fmt: skip
+        for key, val in counts.items():
+            totals[key] += val
+        out["splits"][split] = {**counts, "per_class": row}
+        out["relabels"] += [{"split": split, "from": int(o), "to": int(n), "count": c}
+                            for (o, n), c in sorted(moves.items())]  # fmt: skip
+    out["totals"] = totals
+    changes = []
+    for i in range(max(ka, kb)):
+        old = a.classes[i] if i < ka else None
+        new = b.classes[i] if i < kb else None
+        if old != new:
+            changes.append({"index": i, "a": old, "b": new})
+    out["classes"] = {"a": a.classes, "b": b.classes, "changes": changes}
+    return out

@@ -1,0 +1,26 @@
+"""Feedback into quarantine, the poisoning gate, and retraining from it.
+
+Feedback never goes straight into training data: it lands in a quarantine
+(`Quarantine`), `evaluate_gate` accepts or holds each item, a person decides
+the held ones, and `retrain_from_feedback` turns accepted items into a new
+dataset version and a candidate model registered only if it is better.
+"""
+
+from datamoat.feedback.gate import GATE, GateConfig, evaluate_gate, production_scorer
+from datamoat.feedback.retrain import RetrainConfig, accepted_feedback, compare, retrain_from_feedback
+from datamoat.feedback.store import KINDS, STATUSES, Quarantine, input_hash
+
+__all__ = [
+    "GATE",
+    "KINDS",
+    "STATUSES",
+    "GateConfig",
+    "Quarantine",
+    "RetrainConfig",
+    "accepted_feedback",
+    "compare",
+    "evaluate_gate",
+    "input_hash",
+    "production_scorer",
+    "retrain_from_feedback",
+]

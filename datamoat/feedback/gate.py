@@ -1,0 +1,201 @@
+"""The poisoning gate: which quarantined items may become training data.
+
+`evaluate_gate` looks at every item no person has decided yet and marks it
+``accepted`` or ``held`` with its reasons. An item is held when any rule
+says so:
+
+- **approval**: `require_approval` holds everything for a person to decide;
+- **rate limit**: a source's items beyond `max_per_hour` in any hour;
+- **no pixels**: server feedback whose image was never submitted (the
+  prediction log keeps only its hash), so it cannot be trained on;
+- **sources**: the same input (by hash) labelled differently elsewhere: a
+  trusted label (a trusted source, or one a person accepted) wins; otherwise
+  the label backed by the most sources wins and a tie holds every side;
+- **model**: the current model gives the label a probability under
+  `min_model_prob` (trusted sources skip this rule);
+- **reputation**: a source whose judged items (those other sources or
+  people also labelled, and its rejected ones) contradicted the others more
+  often than `max_contradiction_rate` is flagged, and all its items held.
+
+Trust comes from `trusted_sources` for edge and import items, and from the
+token role (`trusted_roles`, e.g. the review UI's ``review``) for server
+feedback, whose `source` field any client can set. The gate re-runs from
+scratch each time, so an item accepted before its source was flagged is held
+again, until a person decides it. Only changes are logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from datamoat.configs import Config, check
+from datamoat.feedback.store import Quarantine
+
+__all__ = ["GateConfig", "evaluate_gate", "production_scorer", "GATE"]
+
+GATE = "gate"  # the actor of the gate's own decisions
+Scorer = Callable[[np.ndarray], np.ndarray]  # uint8 (N, C, H, W) -> probabilities (N, K)
+
+
+@dataclasses.dataclass
+class GateConfig(Config):
+    """The gate's rules; 0 turns a numeric rule off."""
+
+    max_per_hour: int = 200
+    min_model_prob: float = 0.05
+    max_contradiction_rate: float = 0.3
+    min_judged: int = 5
+    trusted_sources: tuple[str, ...] = ()
+    trusted_roles: tuple[str, ...] = ("review",)
+    require_approval: bool = False
+    alias: str = "production"
+
+    def validate(self) -> None:
+        check(self.max_per_hour >= 0, "max_per_hour must be >= 0 (0 turns the rate limit off)")
+        check(0 <= self.min_model_prob < 1, "min_model_prob must be in [0, 1) (0 turns the model check off)")
+        check(0 < self.max_contradiction_rate <= 1, "max_contradiction_rate must be in (0, 1]")
+        check(self.min_judged >= 1, "min_judged must be at least 1")
+
+
+def production_scorer(q: Quarantine, alias: str = "production") -> tuple[list[str], Scorer] | None:
+    """(classes, scorer) of the ONNX version `alias` points at, or None."""
+    from datamoat.measure import onnx_predict_proba, ort_session
+
+    vid = q.registry.snapshot()["aliases"].get(alias)
+    if vid is None:
+        return None
+    row = q.registry.version(vid)
+    sess = ort_session(q.registry.artifact(row["onnx_sha"]), threads=1)
+    return [str(c) for c in row["info"]["classes"]], lambda x: onnx_predict_proba(sess, x, row["info"]["preprocess"])
+
+
+def _trusted(q: Quarantine, cfg: GateConfig, rows: list[dict[str, Any]]) -> set[int]:
+    from datamoat.registry import tokens
+
+    with q.registry.engine.connect() as conn:
+        roles = {r.name: r.role for r in conn.execute(sa.select(tokens.c.name, tokens.c.role).where(~tokens.c.revoked))}
+    return {r["id"] for r in rows if (r["source"] in cfg.trusted_sources and r["kind"] != "serve")
+            or (r["kind"] == "serve" and roles.get(r["actor"]) in cfg.trusted_roles)}  # fmt: skip
+
+
+def _consensus(labels: list[tuple[str, str, bool]], exclude: set[str]) -> tuple[str | None, str]:
+    """The agreed label of one input from (source, label, trusted) votes, and
+    how it was reached: 'trusted', 'majority', 'tie', 'trusted-conflict' or 'none'."""
+    trusted = {lab for s, lab, t in labels if t and s not in exclude}
+    if len(trusted) == 1:
+        return next(iter(trusted)), "trusted"
+    if trusted:
+        return None, "trusted-conflict"
+    votes = Counter(lab for s, lab in {(s, lab) for s, lab, _ in labels if s not in exclude})  # one vote a source
+    if not votes:
+        return None, "none"
+    (top, n), *rest = votes.most_common()
+    return (top, "majority") if not rest or n > rest[0][1] else (None, "tie")
+
+
+def evaluate_gate(
+    q: Quarantine, config: GateConfig | None = None, scorer: tuple[list[str], Scorer] | None = None
+) -> dict[str, Any]:
+    """Mark every item not decided by a person ``accepted`` or ``held``.
+
+    `scorer` is (classes, function from uint8 images (N, C, H, W) to the
+    current model's probabilities (N, K)); by default the ONNX version
+    `config.alias` points at.
+    Returns counts, per-source reputation and the changes made.
+
+    >>> report = evaluate_gate(Quarantine(reg), GateConfig(max_per_hour=50))  # doctest: +SKIP
+    >>> report["sources"]["spammer"]["flagged"]  # doctest: +SKIP
+    True
+    """
+    cfg = config or GateConfig()
+    rows = q.items()
+    human = {r["id"] for r in rows if r["decided_by"] not in (None, GATE)}
+    trusted = _trusted(q, cfg, rows) | {r["id"] for r in rows if r["id"] in human and r["status"] == "accepted"}
+    live = [r for r in rows if r["status"] != "rejected"]
+    by_hash: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
+    for r in live:
+        by_hash[r["input_sha256"]].append((r["source"], r["label"], r["id"] in trusted))
+
+    # Reputation: how often a source's label differs from what everyone else agreed on.
+    rep: dict[str, dict[str, Any]] = defaultdict(lambda: {"items": 0, "judged": 0, "contradicted": 0})
+    for r in rows:
+        s = rep[r["source"]]
+        s["items"] += 1
+        if r["id"] in human and r["status"] == "rejected":
+            s["judged"] += 1
+            s["contradicted"] += 1
+            continue
+        others, _ = _consensus(by_hash[r["input_sha256"]], exclude={r["source"]})
+        if others is not None and r["id"] not in human:
+            s["judged"] += 1
+            s["contradicted"] += int(r["label"] != others)
+    trusted_sources = {r["source"] for r in rows if r["id"] in trusted and r["id"] not in human}
+    for name, s in rep.items():
+        s["contradiction_rate"] = s["contradicted"] / s["judged"] if s["judged"] else 0.0
+        s["flagged"] = (name not in trusted_sources and s["judged"] >= cfg.min_judged
+                        and s["contradiction_rate"] > cfg.max_contradiction_rate)  # fmt: skip
+    flagged = {name for name, s in rep.items() if s["flagged"]}
+
+    over_rate: set[int] = set()
+    if cfg.max_per_hour:
+        stream: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            stream[r["source"]].append(r)
+        for items in stream.values():  # sliding one-hour window per source, in arrival order
+            start = 0
+            for i, r in enumerate(items):
+                while items[start]["ts"] <= r["ts"] - 3600:
+                    start += 1
+                if i - start >= cfg.max_per_hour:
+                    over_rate.add(r["id"])
+
+    todo = [r for r in rows if r["id"] not in human]
+    probs: dict[int, float] = {}
+    model_note = None
+    scored = [r for r in todo if r["id"] not in trusted and r["has_pixels"]]
+    if cfg.min_model_prob > 0 and scored:
+        scorer = scorer or production_scorer(q, cfg.alias)
+        if scorer is None:
+            model_note = f"no model on alias {cfg.alias!r} to check labels against: promote one"
+        else:
+            pix = q.pixels([r["id"] for r in scored])
+            p = scorer[1](np.stack([pix[r["id"]] for r in scored]))  # (N, K)
+            index = {str(c): i for i, c in enumerate(scorer[0])}
+            for r, row in zip(scored, p):
+                probs[r["id"]] = float(row[index[r["label"]]]) if r["label"] in index else 0.0
+
+    changes: dict[int, tuple[str, list[str]]] = {}
+    for r in todo:
+        why = []
+        if cfg.require_approval:
+            why.append("awaiting human approval")
+        if r["source"] in flagged:
+            s = rep[r["source"]]
+            why.append(f"source flagged: {s['contradicted']}/{s['judged']} judged items contradicted others")
+        if r["id"] in over_rate:
+            why.append(f"rate limit: over {cfg.max_per_hour} items an hour from {r['source']!r}")
+        if not r["has_pixels"]:
+            why.append("no pixels: submit the image with its prediction id to make it trainable")
+        label, how = _consensus(by_hash[r["input_sha256"]], exclude=flagged)
+        if how in ("tie", "trusted-conflict"):
+            why.append("sources disagree on this input")
+        elif label is not None and label != r["label"] and r["id"] not in trusted:
+            why.append(f"{'contradicts trusted reviewer' if how == 'trusted' else 'conflicts with other sources'}: "
+                       f"they say {label!r}")  # fmt: skip
+        if r["id"] in probs and probs[r["id"]] < cfg.min_model_prob:
+            why.append(f"disagrees with model: p({r['label']})={probs[r['id']]:.3f} < {cfg.min_model_prob:g}")
+        if model_note and r["id"] not in trusted and r["has_pixels"]:
+            why.append(model_note)
+        new = ("held", why) if why else ("accepted", [])
+        if (r["status"], r["reasons"]) != new or r["decided_by"] is None:
+            changes[r["id"]] = new
+    q.set_status(changes, GATE)
+    status = Counter(r["status"] for r in q.items())
+    return {"counts": dict(status), "changed": len(changes), "flagged": sorted(flagged),
+            "sources": {k: dict(v) for k, v in rep.items()}, "config": cfg.to_dict()}  # fmt: skip

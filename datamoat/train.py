@@ -241,7 +241,9 @@ def train(
                 "samples_per_s": seen / train_s,
             }
             curve.append(point)
-            if val_acc > best["acc"] + (cfg.min_delta if best["state"] is not None else -1.0):
+            # With no val split there is nothing to select on: keep the last epoch.
+            no_val = len(y_val) == 0
+            if no_val or val_acc > best["acc"] + (cfg.min_delta if best["state"] is not None else -1.0):
                 best = {"acc": val_acc, "epoch": epoch + 1, "state": _clone_state(net)}
             if bar:
                 bar.console.print(
@@ -260,7 +262,7 @@ def train(
                 atomic_write(ckpt_path, buf.getvalue())
             if on_epoch:  # after the checkpoint, so a callback that interrupts can resume
                 on_epoch(point)
-            if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience and epoch + 1 < cfg.epochs:
+            if cfg.patience and not no_val and epoch + 1 - best["epoch"] >= cfg.patience and epoch + 1 < cfg.epochs:
                 stopped_early = True
                 break
 

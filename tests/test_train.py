@@ -91,3 +91,13 @@ def test_model_and_data_must_match(ws, digits, idx_pair):
     with pytest.raises(BadInput, match="build the model for this dataset"):
         train(new_model("mlp", digits), other, TrainConfig(epochs=1), progress=False)
     assert np.unique(other.y).size == 3
+
+
+def test_without_a_val_split_the_last_epoch_is_kept(digits):
+    import dataclasses
+
+    split = digits.split.copy()
+    split[split == 1] = 0  # val samples join train
+    no_val = dataclasses.replace(digits, split=split)
+    m = train(new_model("mlp", digits), no_val, TrainConfig(epochs=3, threads=1, patience=1), progress=False)
+    assert m.history["best_epoch"] == 3 and len(m.history["curve"]) == 3

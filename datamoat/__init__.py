@@ -57,6 +57,11 @@ _EXPORTS = {
     "SelectivePolicy": "datamoat.selective",
     "feasibility": "datamoat.poc",
     "Predictor": "datamoat.client",
+    "TuneConfig": "datamoat.tune",
+    "tune": "datamoat.tune",
+    "ImproveConfig": "datamoat.improve",
+    "improve": "datamoat.improve",
+    "find_issues": "datamoat.data.cleaning",
 }
 
 __all__ = ["__version__", *_EXPORTS]

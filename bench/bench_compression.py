@@ -1,0 +1,144 @@
+"""Compression on Fashion-MNIST: the teacher against each compressed candidate, in one run.
+
+Everything is measured here, in this process: test accuracy through ONNX
+Runtime, bytes on disk, and latency with every candidate interleaved (medians,
+one ORT thread, batch 1 and 64). Rows are the issue's targets; the recipe's
+full candidate table follows in the notes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from datamoat.compress import CompressConfig, compress
+from datamoat.data import import_default
+from datamoat.export import export
+from datamoat.measure import measure_latency, onnx_accuracy
+from datamoat.models import new_model, save_model
+from datamoat.prune import MagnitudeConfig, StructuredConfig, dense_state_bytes, prune, sparse_state_bytes
+from datamoat.quantize import QuantizeConfig, quantize
+from datamoat.train import TrainConfig, train
+from datamoat.workspace import Workspace
+
+# cnn_medium keeps the whole benchmark within ~15 minutes on 2 cores.
+TEACHER = {"arch": "cnn_medium", "train": TrainConfig(epochs=6, augment="crop", seed=100, patience=0)}
+RECIPE = CompressConfig(
+    max_accuracy_drop=1.5, student_arch="cnn_small", student_channels=(16, 32), student_hidden=(64,),
+    distill_epochs=5, augment="crop", structured_ratio=0.5, structured_epochs=2, unstructured=False,
+    quantize=True, calibration="minmax", latency_repeats=200,
+)  # fmt: skip
+
+
+def _row(what: str, measured: str, target: str, met: bool) -> dict[str, Any]:
+    return {"what": what, "measured": measured, "target": target, "met": "yes" if met else "NO"}
+
+
+def main() -> dict[str, Any]:
+    t_start = time.perf_counter()
+    ws = Workspace.init(tempfile.mkdtemp(prefix="dm-bench-compress-"))
+    out = Path(ws.root) / "out"
+    data = import_default(ws)
+    x_train, _ = data.subset("train")
+    x_val, y_val = data.subset("val")
+    x_test, y_test = data.subset("test")
+    t0 = time.perf_counter()
+    teacher = save_model(ws, train(new_model(TEACHER["arch"], data, seed=100), data, TEACHER["train"]), name="teacher")
+    teacher_s = time.perf_counter() - t0
+    acc = {}
+
+    # int8 static QDQ of the teacher against its own fp32.
+    fp32 = export(teacher, out / "teacher.onnx")
+    q = quantize(fp32, QuantizeConfig(calibration="minmax"), x_train, teacher.preprocess, eval_x=x_val, eval_y=y_val,
+                 out_path=out / "teacher-int8.onnx")  # fmt: skip
+
+    # Structured: half the channels of every prunable layer, fine-tuned.
+    structured = prune(
+        teacher, StructuredConfig(ratio=0.5, finetune_epochs=2, augment="crop", seed=0), data, latency="none"
+    )
+    s_onnx = export(structured, out / "teacher-structured.onnx")
+    widths = lambda m: sum(m.config.channels) + sum(m.config.hidden)  # noqa: E731
+    removed = 1 - widths(structured) / widths(teacher)
+
+    # Unstructured: 90% global magnitude sparsity, iterative, stored sparse.
+    sparse = prune(teacher, MagnitudeConfig(sparsity=0.9, steps=3, finetune_epochs=1, seed=0), data, latency="none")
+    dense_b = len(dense_state_bytes(teacher.net.state_dict()))
+    sparse_b = len(sparse_state_bytes(sparse.net.state_dict()))
+    sparsity = sparse.history["prune"]["sparsity"]
+    m_onnx = export(sparse, out / "teacher-magnitude.onnx")
+
+    # Distillation: same student, same epochs and augmentation, 3 seeds.
+    import bench_distill  # noqa: PLC0415 (a sibling benchmark module)
+
+    # The distillation benchmark trains its own teacher when its setup limits
+    # the students' data (a teacher must not see more than the students do).
+    kd_teacher = None if bench_distill.SETUP.get("max_train_samples") else teacher
+    kd = bench_distill.run(ws, data, teacher=kd_teacher)
+
+    # The whole recipe.
+    res = compress(teacher, data, RECIPE, out_dir=out / "recipe")
+    chosen = res.candidate(res.chosen)
+
+    paths = {"teacher": fp32, "teacher-int8": Path(q.path), "structured": s_onnx, "magnitude": m_onnx,
+             "recipe": Path(chosen["onnx_path"])}  # fmt: skip
+    lat = measure_latency(paths, data.input_shape, repeats=300, threads=1)
+    for name, p in paths.items():
+        acc[name] = onnx_accuracy(p, x_test, y_test, teacher.preprocess)
+    b = {name: p.stat().st_size for name, p in paths.items()}
+    t_acc = acc["teacher"]
+    r = lambda n, k: lat[n][k] / lat["teacher"][k]  # noqa: E731
+    pts = lambda n: (t_acc - acc[n]) * 100  # noqa: E731
+    rows = [
+        _row("int8 static vs its fp32: bytes", f"{b['teacher-int8'] / b['teacher']:.3f}x", "<= 0.27x", b["teacher-int8"] / b["teacher"] <= 0.27),
+        _row("int8 static vs its fp32: latency b1", f"{r('teacher-int8', 'latency_ms_b1'):.2f}x", "<= 0.5x", r("teacher-int8", "latency_ms_b1") <= 0.5),
+        _row("int8 static vs its fp32: latency b64", f"{r('teacher-int8', 'latency_ms_b64'):.2f}x", "<= 0.5x", r("teacher-int8", "latency_ms_b64") <= 0.5),
+        _row("int8 static vs its fp32: accuracy drop", f"{pts('teacher-int8'):.2f} pts", "<= 0.5 pts", pts("teacher-int8") <= 0.5),
+        _row("unstructured: sparsity", f"{sparsity:.3f}", ">= 0.90", sparsity >= 0.8995),
+        _row("unstructured: accuracy drop", f"{pts('magnitude'):.2f} pts", "<= 0.5 pts", pts("magnitude") <= 0.5),
+        _row("unstructured: stored artifact vs dense", f"{sparse_b / dense_b:.3f}x ({sparse_b:,} / {dense_b:,} B)", "<= 0.2x", sparse_b / dense_b <= 0.2),
+        _row("structured: channels removed", f"{removed:.2f}", ">= 0.50", removed >= 0.5),
+        _row("structured: ORT speed-up b1", f"{1 / r('structured', 'latency_ms_b1'):.2f}x", ">= 2x", 1 / r("structured", "latency_ms_b1") >= 2),
+        _row("structured: accuracy drop", f"{pts('structured'):.2f} pts", "<= 1 pt", pts("structured") <= 1.0),
+    ]  # fmt: skip
+    ks = kd["summary"]
+    rows += [
+        _row("distillation: gain over scratch / seed sd", f"{ks['gain'] * 100:.2f} pts / {ks['gain_over_sd']:.1f} sd",
+             "> 3 sd", ks["gain_over_sd"] > 3),
+        _row("distillation: share of scratch-teacher gap closed", f"{ks['gap_closed']:.2f}", ">= 0.50", ks["gap_closed"] >= 0.5),
+        _row(f"recipe ({res.chosen}) vs teacher: bytes", f"{b['teacher'] / b['recipe']:.1f}x fewer", ">= 20x", b["teacher"] / b["recipe"] >= 20),
+        _row(f"recipe ({res.chosen}) vs teacher: latency b1", f"{1 / r('recipe', 'latency_ms_b1'):.1f}x faster", ">= 5x", 1 / r("recipe", "latency_ms_b1") >= 5),
+        _row(f"recipe ({res.chosen}) vs teacher: accuracy drop", f"{pts('recipe'):.2f} pts", "<= 1.5 pts", pts("recipe") <= 1.5),
+    ]  # fmt: skip
+    measured = "\n".join(
+        f"| {n} | {acc[n]:.4f} | {b[n]:,} | {lat[n]['latency_ms_b1']:.3f} | {lat[n]['throughput_b64']:,.0f} |"
+        for n in paths
+    )
+    return {
+        "title": f"Compression on {data.name}: teacher {TEACHER['arch']} against compressed candidates",
+        "columns": ["what", "measured", "target", "met"],
+        "rows": rows,
+        "summary": {
+            "teacher_test_accuracy": t_acc,
+            "teacher_train_s": teacher_s,
+            "accuracy": acc,
+            "bytes": b,
+            "latency": lat,
+            "distillation": kd["summary"],
+            "distillation_rows": kd["rows"],
+            "recipe_candidates": res.candidates,
+            "recipe_chosen": res.chosen,
+            "seconds": time.perf_counter() - t_start,
+        },  # fmt: skip
+        "notes": [
+            f"Teacher: {TEACHER['arch']} trained {TEACHER['train'].epochs} epochs ({teacher_s:.0f}s), test accuracy "
+            f"{t_acc:.4f}. Latency: ONNX Runtime, 1 thread, medians of 300 interleaved calls.",
+            "| model | test acc | bytes | b1 ms | b64 samples/s |\n|---|---|---|---|---|\n" + measured,
+            "Distillation per seed (test accuracy):\n\n| seed | scratch | distilled |\n|---|---|---|\n"
+            + "\n".join(
+                f"| {x['seed']} | {x['scratch_accuracy']:.4f} | {x['distilled_accuracy']:.4f} |" for x in kd["rows"]
+            ),
+            "Recipe candidates (`datamoat compress`, same run):\n\n" + res.table_md,
+        ],
+    }

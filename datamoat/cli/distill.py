@@ -1,0 +1,73 @@
+"""`datamoat distill`: train a small student from a saved teacher's outputs."""
+
+from __future__ import annotations
+
+import typer
+
+from datamoat.cli._common import JsonOpt, emit, open_ws
+
+__all__ = ["register"]
+
+
+def _widths(text: str | None) -> tuple[int, ...] | None:
+    """'8,16' -> (8, 16); 'none' or '' -> (); None -> None (the arch's preset)."""
+    from datamoat.errors import BadInput
+
+    if text is None:
+        return None
+    parts = [p for p in text.replace(" ", "").split(",") if p and p.lower() != "none"]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise BadInput(f"widths {text!r} must be comma-separated integers such as 8,16 (or 'none')") from None
+
+
+def distill_cmd(
+    teacher: str = typer.Argument(..., help="Teacher model id, id prefix or name."),
+    arch: str = typer.Option(..., "--arch", help="Student architecture (mlp, cnn_small, ...)."),
+    channels: str = typer.Option(None, "--channels", help="Student conv widths, e.g. 8,16 (default: the preset)."),
+    hidden: str = typer.Option(None, "--hidden", help="Student hidden widths, e.g. 64 or none (default: the preset)."),
+    data: str = typer.Option(None, "--data", help="Dataset id or name (default: the teacher's dataset)."),
+    temperature: float = typer.Option(4.0, "--temperature", "-T", help="Softmax temperature T > 0."),
+    alpha: float = typer.Option(0.9, "--alpha", help="Weight of the soft (teacher) term, in [0, 1]."),
+    epochs: int = typer.Option(None, "--epochs", help="Student epochs (default 5)."),
+    augment: str = typer.Option(
+        None, "--augment", help="none, crop or crop_flip (default crop); shared with the teacher."
+    ),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default 2e-3)."),
+    max_train_samples: int = typer.Option(0, "--max-train-samples", help="Use a stratified subset (0: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the student's init, order and augmentation."),
+    name: str = typer.Option(None, "--name", help="Name for the saved student."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Distill TEACHER into a fresh student of another (smaller) architecture."""
+    from datamoat.data.dataset import load_dataset
+    from datamoat.distill import DistillConfig, distill
+    from datamoat.errors import BadInput
+    from datamoat.models import load_model, new_model, save_model
+
+    ws = open_ws()
+    t = load_model(ws, teacher)
+    data_ref = data or t.lineage.get("dataset_id")
+    if not data_ref:
+        raise BadInput(f"teacher {t.name} records no dataset: pass --data with a dataset id or name")
+    ds = load_dataset(ws, data_ref)
+    train = {"seed": seed, "max_train_samples": max_train_samples}
+    train.update({k: v for k, v in {"epochs": epochs, "augment": augment, "lr": lr}.items() if v is not None})
+    config = DistillConfig(temperature=temperature, alpha=alpha, train=train)
+    widths = {k: v for k, v in {"channels": _widths(channels), "hidden": _widths(hidden)}.items() if v is not None}
+    student = new_model(arch, ds, seed=seed, **widths)
+    trained = distill(student, t, ds, config, progress=not as_json)
+    saved = save_model(ws, trained, name=name or f"{arch}-distilled-{t.name}")
+    acc = float(saved.history["val_accuracy"])
+    emit(
+        {"model_id": saved.id, "name": saved.name, "teacher_id": t.id, "val_accuracy": acc,
+         "params": saved.params, "teacher_params": t.params, "config": config.to_dict()},
+        as_json,
+        f"saved {saved.name} ({saved.id}, {saved.params:,} params) distilled from {t.name} "
+        f"({t.params:,} params): val accuracy {acc:.4f}",
+    )  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill")(distill_cmd)

@@ -44,12 +44,15 @@ class CompressConfig(Config):
     student_channels: tuple[int, ...] = ()
     student_hidden: tuple[int, ...] = ()
     temperature: float = 4.0
-    alpha: float = 0.9
+    alpha: float = 0.3  # see DistillConfig: with the T^2 factor, low alpha measured best
     distill_epochs: int = 5
     augment: str = "crop"
     structured: bool = True
     structured_ratio: float = 0.5
     structured_epochs: int = 2
+    # Fine-tune a pruned student against the teacher's soft targets rather than
+    # the labels alone: it recovers what pruning cost from the better signal.
+    kd_finetune: bool = True
     unstructured: bool = True
     sparsity: float = 0.9
     unstructured_steps: int = 3
@@ -127,8 +130,15 @@ def choose(rows: list[dict[str, Any]], cfg: CompressConfig, teacher_accuracy: fl
     return min(ok, key=lambda r: (r[key], r["latency_ms_b1"]))["name"]
 
 
+def _kd_config(cfg: CompressConfig, epochs: int, **train: Any) -> Any:
+    from datamoat.distill import DistillConfig
+
+    fields = {"epochs": epochs, "augment": cfg.augment, "seed": cfg.seed, **train}
+    return DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, train=fields)
+
+
 def _stages(teacher: Model, data: Dataset, cfg: CompressConfig, progress: bool) -> dict[str, tuple[Model, list[str]]]:
-    from datamoat.distill import DistillConfig, distill
+    from datamoat.distill import distill
     from datamoat.models.model import new_model
     from datamoat.prune import MagnitudeConfig, StructuredConfig, prune
 
@@ -141,14 +151,16 @@ def _stages(teacher: Model, data: Dataset, cfg: CompressConfig, progress: bool) 
         if cfg.student_hidden:
             overrides["hidden"] = cfg.student_hidden
         student = new_model(cfg.student_arch, data, seed=cfg.seed, **overrides)
-        dcfg = DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha,
-                             train={"epochs": cfg.distill_epochs, "augment": cfg.augment, "seed": cfg.seed})  # fmt: skip
+        dcfg = _kd_config(cfg, cfg.distill_epochs)
         base, steps = distill(student, teacher, data, dcfg, progress=progress), ["distill"]
         stages["student"] = (base, steps)
     if cfg.structured:
-        scfg = StructuredConfig(ratio=cfg.structured_ratio, finetune_epochs=cfg.structured_epochs, seed=cfg.seed,
-                                augment=cfg.augment)  # fmt: skip
+        kd = cfg.kd_finetune and cfg.distill
+        scfg = StructuredConfig(ratio=cfg.structured_ratio, finetune_epochs=0 if kd else cfg.structured_epochs,
+                                seed=cfg.seed, augment=cfg.augment)  # fmt: skip
         base, steps = prune(base, scfg, data, latency="none"), [*steps, "structured"]
+        if kd and cfg.structured_epochs:
+            base = distill(base, teacher, data, _kd_config(cfg, cfg.structured_epochs, lr=1e-3), progress=progress)
         stages["+".join(steps)] = (base, steps)
     if cfg.unstructured:
         mcfg = MagnitudeConfig(sparsity=cfg.sparsity, steps=cfg.unstructured_steps,

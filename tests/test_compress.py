@@ -84,6 +84,9 @@ def test_recipe_end_to_end(teacher_ws, tmp_path):
     assert int8["bytes"] < 0.5 * res.candidate("teacher")["bytes"]
     pruned = res.candidate("distill+structured")
     assert pruned["params"] < res.candidate("student")["params"] < res.candidate("teacher")["params"]
+    # The pruned student is fine-tuned against the teacher, not the labels alone.
+    steps = [r["type"] for r in res.models["distill+structured"].lineage["recipe"]]
+    assert steps[-2:] == ["StructuredConfig", "DistillConfig"], steps
     sparse = res.candidate("distill+structured+unstructured")
     assert sparse["bytes_zlib"] < pruned["bytes_zlib"]
     chosen = res.candidate(res.chosen)

@@ -29,10 +29,12 @@ def distill_cmd(
     hidden: str = typer.Option(None, "--hidden", help="Student hidden widths, e.g. 64 or none (default: the preset)."),
     data: str = typer.Option(None, "--data", help="Dataset id or name (default: the teacher's dataset)."),
     temperature: float = typer.Option(4.0, "--temperature", "-T", help="Softmax temperature T > 0."),
-    alpha: float = typer.Option(0.9, "--alpha", help="Weight of the soft (teacher) term, in [0, 1]."),
-    epochs: int = typer.Option(None, "--epochs", help="Student epochs (default 5)."),
+    alpha: float = typer.Option(0.3, "--alpha", help="Weight of the soft (teacher) term, in [0, 1]."),
+    epochs: int = typer.Option(None, "--epochs", help="Student epochs (default 10)."),
     augment: str = typer.Option(
-        None, "--augment", help="none, crop or crop_flip (default crop); shared with the teacher."
+        None,
+        "--augment",
+        help="none (default; teacher logits cached), crop or crop_flip (teacher sees the same batch).",
     ),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate (default 2e-3)."),
     max_train_samples: int = typer.Option(0, "--max-train-samples", help="Use a stratified subset (0: all)."),

@@ -14,6 +14,8 @@ The guarantee bounds the population accuracy at the chosen threshold; the
 split protocol adds the sampling noise of a 5,000-image test half (about 0.3
 accuracy points, the same size as the method's margin), which is anti-
 correlated with the calibration half's because both come from one fixed set.
+`calibrate_threshold(..., batch_size=m)` guarantees the accepted accuracy
+of the next m items instead, the statement the split protocol checks.
 The plug-in rule (lowest threshold whose calibration accuracy reaches the
 target) is shown for contrast: it has no guarantee.
 """
@@ -33,7 +35,8 @@ SPLITS = 100
 POPULATION_DRAWS = 1_000
 N_CAL = 5_000
 GRID_SAMPLES = 10_000
-METHODS = ("LTT, default grid", "LTT, train-split grid", "plug-in (no guarantee)")
+METHODS = ("LTT, default grid", "LTT, train-split grid", "plug-in (no guarantee)", "LTT, batch guarantee")
+BATCH = METHODS[3]  # batch_size = the checked set's size: the guarantee the split protocol tests
 
 
 def _plug_in(conf: np.ndarray, correct: np.ndarray, target: float) -> float | None:
@@ -63,7 +66,9 @@ def validate(probs: np.ndarray, y: np.ndarray, train_conf: np.ndarray, seed: int
                         thr = _plug_in(conf[cal], correct[cal], target)
                     else:
                         grid = train_grid if method == METHODS[1] else None
-                        thr = calibrate_threshold((probs[cal], y[cal]), None, target, DELTA, grid=grid).threshold
+                        m = len(ev) if method == BATCH else None
+                        thr = calibrate_threshold((probs[cal], y[cal]), None, target, DELTA, grid=grid,
+                                                  batch_size=m).threshold  # fmt: skip
                     accepted = np.zeros(len(ev), bool) if thr is None else conf[ev] >= thr
                     a = float(correct[ev][accepted].mean()) if accepted.any() else np.nan
                     met.append(bool(np.isnan(a) or a >= target))  # nothing automated: no automated errors
@@ -110,11 +115,11 @@ def main(model: Any = None, data: Any = None) -> dict:
 
 def report(rows: list[dict], accuracy: float, dataset: str, arch: str) -> dict:
     """The dict `bench/run.py` writes, from `validate` rows."""
-    ltt = [r for r in rows if r["method"].startswith("LTT")]
-    met = {
-        p: all(r["rate_meeting_target"] >= 1 - DELTA for r in ltt if r["protocol"] == p)
-        for p in ("split", "population")
-    }
+    # Each protocol is judged by the guarantee it tests: the population one by
+    # every LTT method, the split one (a finite test half) by the batch guarantee.
+    judged = {"population": [r for r in rows if r["protocol"] == "population" and r["method"].startswith("LTT")],
+              "split": [r for r in rows if r["protocol"] == "split" and r["method"] == BATCH]}  # fmt: skip
+    met = {p: all(r["rate_meeting_target"] >= 1 - DELTA for r in rs) for p, rs in judged.items()}
     return {
         "title": "Selective prediction: does the accuracy guarantee hold on fresh data?",
         "columns": [
@@ -142,12 +147,13 @@ def report(rows: list[dict], accuracy: float, dataset: str, arch: str) -> dict:
             f"{arch} trained 2 epochs on {dataset} (test accuracy {accuracy:.4f}); delta {DELTA}. rate_meeting_target: "
             "share of draws whose accepted predictions reach the target (a draw that automates nothing counts as "
             "meeting it), with its Clopper-Pearson 95% interval. The guarantee requires >= "
-            f"{1 - DELTA:.2f} for the LTT rows: population protocol {'met' if met['population'] else 'NOT met'}, "
-            f"split protocol {'met' if met['split'] else 'NOT met'}.",
+            f"{1 - DELTA:.2f}: population protocol (every LTT row) {'met' if met['population'] else 'NOT met'}, "
+            f"split protocol (the batch-guarantee row) {'met' if met['split'] else 'NOT met'}.",
             "split: 100 random 5,000/5,000 splits of the 10,000 test images, accuracy on the test half. population: "
             "1,000 calibration sets of 5,000 drawn with replacement from the 10,000, accuracy on all 10,000 (the "
             "population the guarantee is about). The split protocol also carries the test half's own sampling noise, "
-            "which the guarantee does not cover.",
+            "which the population guarantee does not cover and the batch guarantee (`batch_size` = the checked set's "
+            "size: a DKW coverage band, an exact binomial batch margin and the LTT test, delta/3 each) does.",
             "Learn-then-Test (Angelopoulos et al. 2021): fixed-sequence Clopper-Pearson tests over a decreasing "
             "threshold grid. Default grid: placed on a random fifth of the calibration set (the rest is tested); "
             "train-split grid: placed on the confidences of 10,000 train images, so all 5,000 are tested.",

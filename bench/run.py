@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["train", "compression", "serving", "selective", "labelnoise", "edge"]
+ORDER = ["train", "compression", "serving", "selective", "labelnoise", "poisoning", "edge"]
 
 
 def machine() -> dict:

@@ -87,12 +87,14 @@ def feasibility(
     slice_by: str | None = None,
     out_dir: str | Path | None = None,
     ws: Workspace | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Coverage at the target, human workload, risk-coverage, bias and a verdict.
 
     `model` and `data` may be catalog references (then `ws` is needed); data
     defaults to the model's own dataset. Writes report.md and report.html to
-    `out_dir` when given (their paths under "report").
+    `out_dir` when given (their paths under "report"). `batch_size` m makes
+    the guarantee about the next m items rather than the population.
 
     >>> res = feasibility(model, ds, 0.95, slice_by="brightness", out_dir="r")  # doctest: +SKIP
     >>> res["verdict"], res["coverage"], res["workload_per_1000"]  # doctest: +SKIP
@@ -121,7 +123,7 @@ def feasibility(
     if len(y) == 0:
         raise BadInput(f"dataset {data.name} has no test split: the report measures on test, never on val")
     p_val = model.predict_proba(x_val)  # (N_val, K)
-    policy = calibrate_threshold((p_val, y_val), None, target_accuracy, delta, classes=classes)
+    policy = calibrate_threshold((p_val, y_val), None, target_accuracy, delta, classes=classes, batch_size=batch_size)
     probs = model.predict_proba(x)  # (N, K)
     accepted, pred = policy.apply(probs)
     correct = pred == y
@@ -237,9 +239,14 @@ def _sections(res: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[
             f"{GAP * 100:.0f} points below the overall, its coverage is below half the overall, or its automated "
             f"predictions are more than {GAP * 100:.0f} points below the target.")  # fmt: skip
     out.append(("Warnings", bias, ["warning"], [[w] for w in res["warnings"]] or [["none"]]))
+    m = res["policy"].get("batch_size")
     method = (f"{res['policy']['method']}: with probability at least 1 - {res['delta']} over the val draw, the "
               f"automated predictions are at least {res['target_accuracy']} accurate on average over future items; the "
               "test split is one finite sample, so its numbers scatter around that.")  # fmt: skip
+    if m:
+        method = (f"{res['policy']['method']}, batch guarantee: with probability at least 1 - {res['delta']} over the "
+                  f"val draw and the batch, the automated predictions among the next {m} items are at least "
+                  f"{res['target_accuracy']} accurate (delta split three ways; see datamoat.selective).")  # fmt: skip
     out.append(("Method", method, [], []))
     return out
 
@@ -330,7 +337,7 @@ def _write(res: dict[str, Any], out: Path, curves: dict[str, Any]) -> dict[str, 
 
 def run_poc(
     ws: Workspace, model_ref: str, data_ref: str | None, target_accuracy: float, delta: float = 0.05,
-    slice_by: str | None = None,
+    slice_by: str | None = None, batch_size: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """`feasibility` on cataloged refs; report under reports/poc-<id>/, recorded in `evals`.
 
@@ -339,7 +346,8 @@ def run_poc(
     """
     poc_id = ws.new_id()
     out = ws.root / "reports" / f"poc-{poc_id}"
-    result = feasibility(model_ref, data_ref, target_accuracy, delta, slice_by=slice_by, out_dir=out, ws=ws)
+    result = feasibility(model_ref, data_ref, target_accuracy, delta, slice_by=slice_by, out_dir=out, ws=ws,
+                         batch_size=batch_size)  # fmt: skip
     result["poc_id"] = poc_id
     ws.insert(
         "evals",

@@ -9,8 +9,8 @@ Storage is SQLAlchemy Core: SQLite by default (next to the workspace
 catalog), or any URL such as ``postgresql+psycopg://user@host/db`` so several
 servers on several machines share one registry.
 
-Every control change (promote, rollback, takedown, suppress and their undos)
-runs in one transaction that also appends to the audit log and bumps a global
+Every control change (promote, rollback, takedown, suppress and their undos,
+and a version's review policy) runs in one transaction that also appends to the audit log and bumps a global
 *generation* counter. Servers poll the generation, apply the new state, and
 acknowledge it; `wait_for_acks` lets the operator's command return only once
 every live server has.
@@ -31,11 +31,13 @@ from datamoat.configs import check, check_choice
 from datamoat.errors import BadInput, DatamoatError, NotFound
 from datamoat.workspace import Workspace
 
-__all__ = ["Registry", "registry_url", "ROLES", "SUPPRESS_MODES", "AuthError"]
+__all__ = ["Registry", "registry_url", "ROLES", "SUPPRESS_MODES", "POLICY_FIELDS", "AuthError"]
 
 ROLES = ("predict", "admin", "review")
 SUPPRESS_MODES = ("abstain", "renormalize")
 ALL_ALIASES = "*"
+# What a review policy may hold: the thresholds serving applies, and where they came from.
+POLICY_FIELDS = ("threshold", "per_class", "method", "target_accuracy", "delta", "source")
 
 meta = sa.MetaData()
 versions = sa.Table(
@@ -71,6 +73,14 @@ suppressions = sa.Table(
     sa.Column("label", sa.String(200), primary_key=True),
     sa.Column("alias", sa.String(100), primary_key=True),
     sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+)  # fmt: skip
+policies = sa.Table(
+    "reg_policies", meta,  # a version's info is immutable (it hashes into the id): its policy lives here
+    sa.Column("version_id", sa.String(32), primary_key=True),
+    sa.Column("policy", sa.Text, nullable=False),  # JSON, see `Registry.set_policy`
+    sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
 )  # fmt: skip
@@ -138,6 +148,40 @@ def registry_url(ws: Workspace | None = None, url: str | None = None) -> str:
         return url
     ws = ws or Workspace.open()
     return f"sqlite:///{(ws.root / 'registry.db').resolve()}"
+
+
+def _probability(name: str, value: Any, low_ok: bool = False) -> float:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = number and (0 <= value < 1 if low_ok else 0 < value < 1)
+    check(ok, f"{name} must be in {'[0' if low_ok else '(0'}, 1), got {value!r}: e.g. 0.9 sends answers "
+              "below 90% confidence to review")  # fmt: skip
+    return float(value)
+
+
+def _clean_policy(policy: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    """A validated copy of a review policy for a version with `classes`."""
+    check(isinstance(policy, dict), f"a policy is a dict such as {{'threshold': 0.9}}, got {type(policy).__name__}")
+    unknown = sorted(set(policy) - set(POLICY_FIELDS))
+    check(not unknown, f"unknown policy field(s) {', '.join(unknown)}: allowed are {', '.join(POLICY_FIELDS)}")
+    thr = policy.get("threshold")
+    out: dict[str, Any] = {"threshold": None if thr is None else _probability("threshold", thr), "per_class": None}
+    per = policy.get("per_class")
+    if per is not None:
+        check(isinstance(per, dict), "per_class must map class names to thresholds, e.g. {'cat': 0.95}")
+        bad = sorted(str(k) for k in per if str(k) not in classes)
+        check(not bad, f"per-class threshold(s) for unknown class(es) {', '.join(bad)}: "
+                       f"the version's classes are {', '.join(classes)}")  # fmt: skip
+        # None: that class always goes to review; 0: that class never does.
+        out["per_class"] = {str(k): None if v is None else _probability(f"the threshold of class {k!r}", v, True)
+                            for k, v in per.items()}  # fmt: skip
+    for key in ("target_accuracy", "delta"):
+        if policy.get(key) is not None:
+            out[key] = _probability(key, policy[key])
+    for key in ("method", "source"):
+        if policy.get(key) is not None:
+            check(isinstance(policy[key], str) and len(policy[key]) <= 500, f"{key} must be a string (<= 500 chars)")
+            out[key] = policy[key]
+    return out
 
 
 def _hash_token(token: str) -> str:
@@ -328,6 +372,52 @@ class Registry:
             gen = self._bump(conn, actor, "unsuppress", label, reason, alias=alias)
         return {"label": label, "alias": alias, "generation": gen}
 
+    # -- review policy -----------------------------------------------------------------
+    def set_policy(self, ref: str, policy: dict[str, Any], *, actor: str, reason: str = "") -> dict[str, Any]:
+        """Set the review policy of a version: answers below the threshold need review.
+
+        `policy` holds `threshold` (in (0, 1), or None for no review threshold),
+        optional `per_class` thresholds {label: t} (t in [0, 1), or None for
+        "always review"; a class not listed uses `threshold`), and where it
+        came from (`method`, `target_accuracy`, `delta`, `source`). It replaces
+        the version's previous policy, and running servers apply it within
+        their next registry poll, like a suppression.
+
+        >>> reg.set_policy("mlp-digits", {"threshold": 0.9}, actor="ana")["policy"]["threshold"]  # doctest: +SKIP
+        0.9
+        """
+        row = self.version(ref)
+        clean = _clean_policy(policy, [str(c) for c in row["info"]["classes"]])
+        vid = row["id"]
+        with self.engine.begin() as conn:
+            conn.execute(policies.delete().where(policies.c.version_id == vid))
+            conn.execute(policies.insert().values(version_id=vid, policy=json.dumps(clean, sort_keys=True),
+                                                  actor=actor, reason=reason, created=time.time()))  # fmt: skip
+            gen = self._bump(conn, actor, "policy", vid, reason, **clean)
+        return {"version": vid, "policy": self.policy(vid), "generation": gen}
+
+    def policy(self, ref: str) -> dict[str, Any]:
+        """The review policy of a version: the one set with `set_policy`, else
+        the one registered in its info, else {}. A set policy also says who set
+        it, when and why (`set_by`, `set_at`, `reason`).
+
+        >>> Registry("sqlite://").policy("nope")
+        Traceback (most recent call last):
+        ...
+        datamoat.errors.NotFound: unknown registry version 'nope': `datamoat registry list` shows them
+        """
+        row = self.version(ref)
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(policies).where(policies.c.version_id == row["id"])).first()
+        if r is not None:
+            return {**json.loads(r.policy), "set_by": r.actor, "set_at": r.created, "reason": r.reason}
+        return dict(row["info"].get("policy") or {})
+
+    @staticmethod
+    def policy_of(snapshot: dict[str, Any], version_id: str, info: dict[str, Any]) -> dict[str, Any]:
+        """`policy` of a version as of a `snapshot` (servers and bundles read it so)."""
+        return dict(snapshot.get("policies", {}).get(version_id) or info.get("policy") or {})
+
     def audit_log(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(audit).order_by(audit.c.seq)).mappings().all()
@@ -345,7 +435,8 @@ class Registry:
             }
             sup = [{"label": r.label, "alias": r.alias, "mode": r.mode, "reason": r.reason}
                    for r in conn.execute(sa.select(suppressions))]  # fmt: skip
-        return {"generation": gen, "aliases": al, "takedowns": td, "suppressions": sup}
+            pol = {r.version_id: json.loads(r.policy) for r in conn.execute(sa.select(policies))}
+        return {"generation": gen, "aliases": al, "takedowns": td, "suppressions": sup, "policies": pol}
 
     @staticmethod
     def serving_target(snapshot: dict[str, Any], alias: str) -> tuple[str | None, str]:

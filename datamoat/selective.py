@@ -19,9 +19,19 @@ above a model's confidences, or keeps too few samples to pass, stops at
 once). So by default a random fifth of the calibration set places the grid
 and picks where testing starts (`confidence_grid`), and only the other four
 fifths are tested; pass `grid=` built from other independent data (such as
-the train split) to test every calibration sample. The guarantee is on the
-population: the accuracy of accepted predictions on a finite batch scatters
-around it.
+the train split) to test every calibration sample.
+
+By default the guarantee is on the population: the accuracy of accepted
+predictions on a finite batch scatters around it. With `batch_size=m` it is
+on the next batch of m items instead: "the predictions automated among the
+next m are at least `target` accurate, w.p. >= 1 - delta over the
+calibration data and the batch". delta is split in three: a one-sided DKW
+band (every threshold's coverage at once) lower-bounds how many of the m
+are accepted; from that count, each threshold's tested error level is the
+largest population error whose batch error still stays within 1 - target
+w.p. >= 1 - delta/3 (exact binomial); and the fixed-sequence test runs at
+delta/3 against those levels. It costs coverage (the levels sit below
+1 - target), and buys a statement about the batch people will see.
 """
 
 from __future__ import annotations
@@ -36,7 +46,10 @@ import numpy as np
 from datamoat.configs import Config, check
 from datamoat.errors import BadInput
 
-__all__ = ["SelectivePolicy", "calibrate_threshold", "confidence_grid", "min_calibration_size", "risk_coverage"]
+__all__ = [
+    "SelectivePolicy", "calibrate_threshold", "confidence_grid", "min_calibration_size", "risk_coverage",
+    "batch_error_levels",
+]  # fmt: skip
 
 METHOD = "learn-then-test, fixed-sequence, Clopper-Pearson"
 GRID_FRACTION = 5  # 1/5 of the calibration set places the default grid
@@ -62,6 +75,7 @@ class SelectivePolicy(Config):
     coverage_on_calibration: float = 0.0
     accuracy_on_calibration: float | None = None
     upper_bound_error: float | None = None  # Clopper-Pearson bound at the chosen threshold(s)
+    batch_size: int | None = None  # the guarantee covers the next batch of this many items
     max_workload: float | None = None
     workload_accuracy: float | None = None  # best guaranteed target with <= max_workload reviewed
     workload_coverage: float | None = None
@@ -73,6 +87,7 @@ class SelectivePolicy(Config):
         check(self.threshold is None or 0 <= self.threshold <= 1, f"threshold must be in [0, 1], got {self.threshold}")
         check(0 <= self.coverage_on_calibration <= 1, "coverage_on_calibration must be in [0, 1]")
         check(self.max_workload is None or 0 <= self.max_workload <= 1, "max_workload must be in [0, 1]")
+        check(self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         if self.per_class is not None:
             check(set(self.per_class) <= set(self.classes), "per_class thresholds must be keyed by class names")
 
@@ -116,6 +131,7 @@ def confidence_grid(
     delta: float,
     size: int = 400,
     reference_correct: np.ndarray | None = None,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """A decreasing threshold grid at quantiles of confidences from independent data.
 
@@ -144,9 +160,15 @@ def confidence_grid(
         wrong = np.cumsum(~np.asarray(reference_correct, dtype=bool)[np.argsort(-ref, kind="stable")])
         m = np.maximum(1, np.round(cover * len(ref)).astype(int))  # reference samples kept
         err = (wrong[m - 1] + 0.5) / (m + 1)  # shrunk away from 0: a clean top is not proof
+        if batch_size is not None:  # batch levels leave a thin margin: plan on a pessimistic error (+1 sd)
+            err = np.minimum(err + np.sqrt(err * (1 - err) / m), 1.0)
         n = np.maximum(1, np.floor(cover * n_cal)).astype(int)  # calibration samples kept
-        k = binom.ppf(delta, n, alpha)
-        k = np.where(binom.cdf(k, n, alpha) <= delta, k, k - 1)  # most errors that still pass
+        level, d = np.full(len(cover), alpha), delta  # what `_fixed_sequence` will test against
+        if batch_size is not None:
+            level, d = batch_error_levels(cover, n_cal, target_accuracy, delta, batch_size), delta / 3
+        level = np.maximum(level, 1e-12)
+        k = binom.ppf(d, n, level)
+        k = np.where(binom.cdf(k, n, level) <= d, k, k - 1)  # most errors that still pass
         pass_prob = np.where(k >= 0, binom.cdf(k, n, err), 0.0)
         start = cover[int(np.argmax(pass_prob >= min(0.99, pass_prob.max())))]
     grid = np.unique(np.append(np.quantile(ref, 1.0 - cover[cover >= start]), 0.0))
@@ -176,8 +198,31 @@ def _check_levels(target_accuracy: float, delta: float) -> None:
         raise BadInput(f"delta must be in (0, 1), got {delta}: use e.g. 0.05 for 95% confidence")
 
 
+def batch_error_levels(accepted_share: np.ndarray, n_tested: int, target: float, delta: float, m: int) -> np.ndarray:
+    """Per threshold, the population error level that keeps a batch of `m` within target.
+
+    `accepted_share` (G,) is each threshold's accepted share among the
+    `n_tested` calibration samples. Uses delta/3 for the coverage band and
+    delta/3 for the batch (see the module docstring); 0 where no level works.
+
+    >>> batch_error_levels(np.array([0.9]), 4000, 0.95, 0.05, 5000).round(4).tolist()
+    [0.0432]
+    """
+    from scipy.stats import binom
+
+    eta = math.sqrt(math.log(3.0 / delta) / (2.0 * max(n_tested, 1)))  # one-sided DKW, all thresholds at once
+    cov_lo = np.clip(np.asarray(accepted_share, dtype=np.float64) - eta, 0.0, 1.0)  # (G,)
+    a_lo = np.maximum(binom.ppf(delta / 3, m, cov_lo), 0).astype(int)  # accepted in the batch, w.p. >= 1 - delta/3
+    eps = np.linspace(0.0, 1.0 - target, 1001)[::-1]  # candidate levels, largest first, (E,)
+    allowed = np.floor((1.0 - target) * a_lo + 1e-9)  # errors the batch may hold, (G,)
+    # P(more than `allowed` errors among a_lo) <= delta/3, for every (threshold, level): (G, E).
+    ok = binom.sf(allowed[:, None], np.maximum(a_lo, 1)[:, None], eps[None, :]) <= delta / 3
+    first = ok.argmax(1)  # the largest level that holds, per threshold
+    return np.where(ok.any(1) & (a_lo >= 1), eps[first], 0.0)
+
+
 def _fixed_sequence(
-    conf: np.ndarray, correct: np.ndarray, target: float, delta: float, grid: np.ndarray
+    conf: np.ndarray, correct: np.ndarray, target: float, delta: float, grid: np.ndarray, batch_size: int | None = None
 ) -> tuple[float | None, float | None]:
     """(lowest certified threshold or None, its Clopper-Pearson error bound)."""
     from scipy.stats import beta, binom
@@ -187,8 +232,12 @@ def _fixed_sequence(
     asc = conf[desc][::-1]
     n = len(conf) - np.searchsorted(asc, grid, side="left")  # accepted per threshold, (G,)
     k = errors[n]
-    # Exact p-value of "error > 1 - target": P(Bin(n, 1 - target) <= k); n = 0 gives 1.
-    p = binom.cdf(k, n, 1.0 - target)
+    level = np.full(len(grid), 1.0 - target)  # the error each null says is exceeded, (G,)
+    if batch_size is not None:
+        level = batch_error_levels(n / max(len(conf), 1), len(conf), target, delta, batch_size)
+        delta = delta / 3
+    # Exact p-value of "error > level": P(Bin(n, level) <= k); n = 0 (or level 0) gives 1.
+    p = np.where(level > 0, binom.cdf(k, n, np.maximum(level, 1e-12)), 1.0)
     fails = np.flatnonzero(~(p <= delta))
     passed = int(fails[0]) if len(fails) else len(grid)
     if passed == 0:
@@ -199,7 +248,13 @@ def _fixed_sequence(
 
 
 def _calibrate_one(
-    conf: np.ndarray, correct: np.ndarray, target: float, delta: float, grid: np.ndarray | None, seed: int
+    conf: np.ndarray,
+    correct: np.ndarray,
+    target: float,
+    delta: float,
+    grid: np.ndarray | None,
+    seed: int,
+    batch_size: int | None = None,
 ) -> tuple[float | None, float | None, int, str]:
     """Calibrate one group: (threshold, bound, samples used for the grid, note)."""
     n, n_min = len(conf), min_calibration_size(target, delta)
@@ -211,11 +266,12 @@ def _calibrate_one(
         if n_grid:
             perm = np.random.default_rng(seed).permutation(n)
             head = perm[:n_grid]
-            grid = confidence_grid(conf[head], n - n_grid, target, delta, reference_correct=correct[head])
+            grid = confidence_grid(conf[head], n - n_grid, target, delta, reference_correct=correct[head],
+                                   batch_size=batch_size)  # fmt: skip
             conf, correct = conf[perm[n_grid:]], correct[perm[n_grid:]]
         else:  # too few to spare any: one data-free hypothesis, "automate everything"
             grid = np.array([0.0])
-    thr, ucb = _fixed_sequence(conf, correct, target, delta, np.asarray(grid, dtype=np.float64))
+    thr, ucb = _fixed_sequence(conf, correct, target, delta, np.asarray(grid, dtype=np.float64), batch_size)
     note = ""
     if thr is None:
         first = int((conf >= grid[0]).sum())
@@ -267,6 +323,7 @@ def calibrate_threshold(
     max_workload: float | None = None,
     grid: np.ndarray | None = None,
     classes: list[str] | None = None,
+    batch_size: int | None = None,
     seed: int = 0,
 ) -> SelectivePolicy:
     """Threshold(s) whose accepted predictions are >= `target_accuracy` accurate w.p. >= 1 - `delta`.
@@ -281,6 +338,8 @@ def calibrate_threshold(
     (share of items people can review) also reports the largest target that
     still passes with at most that share reviewed (chosen after seeing the
     data: a planning figure; recalibrate at it on fresh data to rely on it).
+    `batch_size` m moves the guarantee from the population to the next batch
+    of m items (see the module docstring); it automates less.
 
     >>> rng = np.random.default_rng(0)
     >>> conf = rng.uniform(0.5, 1, 2000)
@@ -302,19 +361,24 @@ def calibrate_threshold(
             f"calibration set too small: {n} samples, but target accuracy {target_accuracy} at delta {delta} "
             f"needs at least {n_min} (n >= ln(delta)/ln(target)): add held-out data, lower the target or raise delta"
         )
+    if batch_size is not None and int(batch_size) < 1:
+        raise BadInput(f"batch size must be at least 1 item, got {batch_size}: or leave it out for the population")
+    if batch_size is not None and per_class:
+        raise BadInput("a batch guarantee is overall, not per class: drop --per-class or --batch-size")
     conf, pred = probs.max(1), probs.argmax(1)
     correct = pred == y
     grid_arr = None if grid is None else np.sort(np.asarray(grid, dtype=np.float64))[::-1]
 
     def fit(target: float) -> SelectivePolicy:
         if not per_class:
-            thr, ucb, n_grid, note = _calibrate_one(conf, correct, target, delta, grid_arr, seed)
+            thr, ucb, n_grid, note = _calibrate_one(conf, correct, target, delta, grid_arr, seed, batch_size)
             pol = SelectivePolicy(classes=names, threshold=thr, upper_bound_error=ucb, n_grid=n_grid, note=note)
         else:
             k, thresholds, bounds, n_grid, review = len(names), {}, [], 0, []
             for c, name in enumerate(names):
                 m = pred == c
-                thr, ucb, g, why = _calibrate_one(conf[m], correct[m], target, delta / k, grid_arr, seed + c)
+                thr, ucb, g, why = _calibrate_one(conf[m], correct[m], target, delta / k, grid_arr, seed + c,
+                                                  batch_size)  # fmt: skip
                 thresholds[name], n_grid = thr, n_grid + g
                 bounds += [ucb] if ucb is not None else []
                 review += [f"{name} ({why})"] if thr is None else []
@@ -328,6 +392,7 @@ def calibrate_threshold(
             pol,
             target_accuracy=target,
             delta=delta,
+            batch_size=None if batch_size is None else int(batch_size),
             n_calibration=n,
             coverage_on_calibration=float(accepted.mean()) if n else 0.0,
             accuracy_on_calibration=float(correct[accepted].mean()) if accepted.any() else None,

@@ -190,3 +190,12 @@ def test_run_poc_human_output(saved):
     assert Path(res["report"]["html"]).parent == ws.root / "reports" / f"poc-{res['poc_id']}"
     proc = cli(ws.root, "digits-mlp", "--target-accuracy", "0.9")
     assert proc.returncode == 0 and f"verdict:   {res['verdict']}" in proc.stdout
+
+
+def test_batch_guarantee_is_recorded_and_automates_no_more(saved):
+    _, ds, model = saved
+    pop = feasibility(model, ds, 0.9, 0.1)
+    batch = feasibility(model, ds, 0.9, 0.1, batch_size=len(ds.subset("test")[1]))
+    assert batch["policy"]["batch_size"] == len(ds.subset("test")[1]) and pop["policy"]["batch_size"] is None
+    # A statement about a finite batch needs a margin: it never automates more.
+    assert batch["coverage"] <= pop["coverage"]

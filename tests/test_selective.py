@@ -205,3 +205,35 @@ def test_model_and_onnx_inputs_match_the_probability_path(digits_model, tmp_path
     from_onnx = calibrate_threshold(path, (x, y), 0.9, 0.05)
     assert from_onnx.classes == model.classes
     assert from_onnx.threshold == pytest.approx(from_model.threshold, abs=1e-5)
+
+
+def test_batch_guarantee_holds_on_the_next_batch():
+    """With batch_size=m, the accuracy of what is accepted among the next m
+    items reaches the target in >= 1 - delta of draws. The population
+    guarantee makes no such promise, and on the same draws it misses more."""
+    rng = np.random.default_rng(99)
+    target, delta, m = 0.8, 0.05, 2000
+    batch_ok, pop_ok, cov_batch, cov_pop = [], [], [], []
+    for _ in range(100):
+        probs, y = synthetic(4000, rng)
+        seed = int(rng.integers(1 << 30))
+        batch = calibrate_threshold((probs, y), None, target, delta, batch_size=m, seed=seed)
+        pop = calibrate_threshold((probs, y), None, target, delta, seed=seed)
+        test_p, test_y = synthetic(m, rng)
+        for pol, ok, cov in ((batch, batch_ok, cov_batch), (pop, pop_ok, cov_pop)):
+            accepted, pred = pol.apply(test_p)
+            ok.append(not accepted.any() or (pred[accepted] == test_y[accepted]).mean() >= target)
+            cov.append(accepted.mean())
+    assert batch.batch_size == m and config_from_dict(batch.to_dict()) == batch
+    assert np.mean(batch_ok) >= 1 - delta - 0.03
+    assert np.mean(pop_ok) < np.mean(batch_ok)
+    # It pays in coverage, but still automates a useful share (the ideal is ~43%).
+    assert 0.15 < np.mean(cov_batch) < np.mean(cov_pop)
+
+
+def test_batch_size_bad_input():
+    probs, y = synthetic(500, np.random.default_rng(0))
+    with pytest.raises(BadInput, match="batch size"):
+        calibrate_threshold((probs, y), None, 0.8, batch_size=0)
+    with pytest.raises(BadInput, match="per class"):
+        calibrate_threshold((probs, y), None, 0.8, batch_size=100, per_class=True)

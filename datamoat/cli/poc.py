@@ -21,12 +21,15 @@ def register(app: typer.Typer) -> None:
         delta: float = typer.Option(0.05, "--delta", help="Allowed failure probability of the guarantee, in (0, 1)."),
         slice_by: str = typer.Option(None, "--slice-by", help="Per-slice accuracy: class, predicted or brightness."),
         data: str = typer.Option(None, "--data", help="Dataset id or name (default: the model's own dataset)."),
+        batch_size: int = typer.Option(
+            None, "--batch-size", help="Guarantee the next N items rather than the population (automates less)."
+        ),
         as_json: bool = JsonOpt,
     ) -> None:
         """Feasibility report: coverage at the target, human workload, bias warnings and a verdict."""
         from datamoat.poc import run_poc
 
-        res = run_poc(open_ws(), model, data, target_accuracy, delta, slice_by)
+        res = run_poc(open_ws(), model, data, target_accuracy, delta, slice_by, batch_size)
         if as_json:
             emit(res, True)
             return

@@ -19,6 +19,9 @@ def serve(
     poll_interval: float = typer.Option(0.1, "--poll-interval", help="Seconds between registry checks."),
     registry: str = typer.Option(None, "--registry", envvar="DATAMOAT_REGISTRY_URL", help="Registry database URL."),
     no_predict_auth: bool = typer.Option(False, "--no-predict-auth", help="Let /v1/predict run without a token."),
+    no_review_queue: bool = typer.Option(
+        False, "--no-review-queue", help="Do not queue answers that need review for /review."
+    ),
     ort_threads: int = typer.Option(0, "--ort-threads", help="ONNX Runtime threads (0: all cores)."),
     server_id: str = typer.Option(
         None, "--server-id", help="Name this server reports to the registry (default host:port:pid)."
@@ -26,7 +29,7 @@ def serve(
     url: str = typer.Option(None, "--url", help="Public URL to register (default http://host:port)."),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
-    """Serve an alias: predict, feedback, model info, health, metrics and control endpoints."""
+    """Serve an alias: predict, feedback, review page and queue, model info, health, metrics and control."""
     import uvicorn
 
     from datamoat.registry import Registry, registry_url
@@ -39,6 +42,7 @@ def serve(
         max_wait_ms=max_wait_ms,
         poll_interval_s=poll_interval,
         require_predict_token=not no_predict_auth,
+        review_queue=not no_review_queue,
         ort_threads=ort_threads,
         server_id=server_id or f"{socket.gethostname()}:{port}:{os.getpid()}",
         url=url or f"http://{host}:{port}",

@@ -5,8 +5,9 @@ bytes) holding
 
 - ``model.onnx``: the registry version's ONNX (fp32 or int8),
 - ``meta.json``: version id, name, kind, classes, preprocessing, input shape,
-- ``policy.json``: suppressed labels, the review threshold, an optional
-  abstain threshold, and the registry generation they were read at,
+- ``policy.json``: suppressed labels, the review threshold and per-class
+  thresholds (the version's `Registry.policy`), an optional abstain
+  threshold, and the registry generation they were read at,
 - ``selftest.json``: a few inputs with the probabilities the ONNX gave for
   them at bundle time,
 - ``manifest.json``: format, sequence number, version, and the sha256 and
@@ -268,9 +269,11 @@ def build_bundle(
         inputs = np.random.default_rng(cfg.seed).integers(0, 256, (cfg.selftest_count, *shape), dtype=np.uint8)
     check(inputs.ndim == 4 and list(inputs.shape[1:]) == shape, f"self-test inputs must be (N, {shape}) uint8")
     probs = _loaded(sess, meta).probabilities(inputs)  # (N, K)
+    review = Registry.policy_of(snap, row["id"], info)  # read in the same snapshot as the suppressions
     policy = {
         "suppressed": Registry.suppressed_for(snap, "*"),
-        "threshold": (info.get("policy") or {}).get("threshold"),
+        "threshold": review.get("threshold"),
+        "per_class": review.get("per_class"),
         "abstain_threshold": cfg.abstain_threshold,
         "generation": snap["generation"],
     }

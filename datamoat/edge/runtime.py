@@ -97,6 +97,7 @@ class Serving:
     threshold: float | None  # review threshold
     abstain_threshold: float | None
     generation: int
+    per_class: dict[str, float | None] | None = None  # per-class review thresholds (the bundle's policy)
 
 
 class EdgeRuntime:
@@ -272,7 +273,8 @@ class EdgeRuntime:
         newer = ov and ov.get("generation", -1) >= pol.get("generation", -1)
         self.serving = Serving(slot.model, slot.bundle, reason, dict(ov["suppressed"] if newer else pol["suppressed"]),
                                pol.get("threshold"), pol.get("abstain_threshold"),
-                               ov["generation"] if newer else pol.get("generation", -1))  # fmt: skip
+                               ov["generation"] if newer else pol.get("generation", -1),
+                               pol.get("per_class"))  # fmt: skip
 
     # -- predictions ----------------------------------------------------------------------
     def predict(self, prepare: Prepare) -> tuple[dict[str, Any], str | None]:
@@ -286,7 +288,7 @@ class EdgeRuntime:
         except Exception:
             self._observe(s, len(x), len(x), 0)
             raise
-        answers = decide(probs, s.model.classes, s.suppressed, self.cfg.top_k, s.threshold)
+        answers = decide(probs, s.model.classes, s.suppressed, self.cfg.top_k, s.threshold, s.per_class)
         low = 0
         if s.abstain_threshold is not None:
             for a in answers:

@@ -18,8 +18,11 @@ says so:
   often than `max_contradiction_rate` is flagged, and all its items held.
 
 Trust comes from `trusted_sources` for edge and import items, and from the
-token role (`trusted_roles`, e.g. the review UI's ``review``) for server
-feedback, whose `source` field any client can set. The gate re-runs from
+token role (`trusted_roles`: the review UI's ``review`` and ``admin``) for
+server feedback, whose `source` field any client can set. For the same
+reason the rate limit, the one-vote-per-source consensus and reputation key
+server feedback by its token's name, not its `source`: a client that sends
+each label under a new source name is still one source. The gate re-runs from
 scratch each time, so an item accepted before its source was flagged is held
 again, until a person decides it. Only changes are logged.
 """
@@ -52,7 +55,7 @@ class GateConfig(Config):
     max_contradiction_rate: float = 0.3
     min_judged: int = 5
     trusted_sources: tuple[str, ...] = ()
-    trusted_roles: tuple[str, ...] = ("review",)
+    trusted_roles: tuple[str, ...] = ("review", "admin")
     require_approval: bool = False
     alias: str = "production"
 
@@ -82,6 +85,11 @@ def _trusted(q: Quarantine, cfg: GateConfig, rows: list[dict[str, Any]]) -> set[
         roles = {r.name: r.role for r in conn.execute(sa.select(tokens.c.name, tokens.c.role).where(~tokens.c.revoked))}
     return {r["id"] for r in rows if (r["source"] in cfg.trusted_sources and r["kind"] != "serve")
             or (r["kind"] == "serve" and roles.get(r["actor"]) in cfg.trusted_roles)}  # fmt: skip
+
+
+def _identity(row: dict[str, Any]) -> str:
+    """Who an item counts as: the token for server feedback (its `source` is client-chosen)."""
+    return f"token:{row['actor']}" if row["kind"] == "serve" and row.get("actor") else row["source"]
 
 
 def _consensus(labels: list[tuple[str, str, bool]], exclude: set[str]) -> tuple[str | None, str]:
@@ -114,7 +122,7 @@ def evaluate_gate(
     True
     """
     cfg = config or GateConfig()
-    rows = q.items()
+    rows = [{**r, "source": _identity(r)} for r in q.items()]
     human = {r["id"] for r in rows if r["decided_by"] not in (None, GATE)}
     trusted = _trusted(q, cfg, rows) | {r["id"] for r in rows if r["id"] in human and r["status"] == "accepted"}
     live = [r for r in rows if r["status"] != "rejected"]

@@ -1,4 +1,4 @@
-"""The FastAPI app: predict, feedback, model info, health, metrics, control.
+"""The FastAPI app: predict, feedback, model info, health, metrics, control, review.
 
 `create_app(registry, config)` returns an ASGI app; its lifespan loads the
 alias's version, registers the server, and runs the background tasks (the
@@ -36,8 +36,9 @@ from datamoat.serve.control import Controller
 from datamoat.serve.engine import SessionCache, decide
 from datamoat.serve.errors import Unavailable
 from datamoat.serve.inputs import PREDICT_BODY, Prepare, install_pillow_limits, parse_image, parse_json, read_payload
-from datamoat.serve.logstore import PredictionLog, log_rows
+from datamoat.serve.logstore import PredictionLog, ReviewQueue, log_rows, review_rows
 from datamoat.serve.metrics import ServeMetrics
+from datamoat.serve.review import review_router
 
 __all__ = ["create_app", "ServeContext"]
 
@@ -56,6 +57,7 @@ class ServeContext:
     batcher: Batcher
     plog: PredictionLog
     auth: TokenCache
+    review: ReviewQueue
 
 
 def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
@@ -72,8 +74,8 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         registry, cfg, SessionCache(registry, cfg.ort_threads), server_id, cfg.url or f"inprocess:{server_id}"
     )
     batcher = Batcher(lambda: ctl.state, cfg.max_batch_size, cfg.max_wait_ms, metrics.batch_size.observe)
-    ctx = ServeContext(registry, cfg, server_id, metrics, ctl, batcher,
-                       PredictionLog(registry, cfg.log_predictions), TokenCache(registry, cfg.auth_cache_s))  # fmt: skip
+    ctx = ServeContext(registry, cfg, server_id, metrics, ctl, batcher, PredictionLog(registry, cfg.log_predictions),
+                       TokenCache(registry, cfg.auth_cache_s), ReviewQueue(registry))  # fmt: skip
     app = FastAPI(title="datamoat", version="1", lifespan=_lifespan, description=__doc__)
     app.state.serve = ctx
     app.add_exception_handler(DatamoatError, _on_datamoat)
@@ -83,6 +85,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     app.add_middleware(_Gate, ctx=ctx)
     app.include_router(router)
     app.include_router(admin_router)
+    app.include_router(review_router)
     return app
 
 
@@ -210,11 +213,12 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> dict
         x = prepare(cur.model.input_shape)
     else:
         raise Unavailable("the served model changed three times during this request: retry it")
-    policy = cur.model.info.get("policy") or {}
-    answers = [{"prediction_id": str(uuid.uuid4()), **a}
-               for a in decide(probs, cur.model.classes, cur.suppressed, cfg.top_k, policy.get("threshold"))]  # fmt: skip
+    pol = cur.policy  # `Registry.policy` of the served version, as of the state's generation
+    answers = [{"prediction_id": str(uuid.uuid4()), **a} for a in
+               decide(probs, cur.model.classes, cur.suppressed, cfg.top_k, pol.get("threshold"), pol.get("per_class"))]  # fmt: skip
     hashes = [hashlib.sha256(np.ascontiguousarray(xi, np.float32).tobytes()).hexdigest() for xi in x]
-    ctx.plog.add(log_rows(cur, ctx.server_id, answers, hashes))
+    queued = review_rows(cur, answers, x) if cfg.review_queue else []
+    ctx.plog.add(log_rows(cur, ctx.server_id, answers, hashes), queued)
     ctx.metrics.answers(answers)
     return {"model_version": cur.model.version_id, "model_name": cur.model.name, "alias": cur.alias,
             "generation": cur.generation, "predictions": answers}  # fmt: skip

@@ -30,6 +30,9 @@ class ServeConfig(Config):
     auth_cache_s: float = 5.0  # how long a checked token is trusted without a database read
     ort_threads: int = 0  # 0: ONNX Runtime's default, all cores
     log_predictions: bool = True
+    # Answers that need review go to the review queue (/review). The queue cites the
+    # logged prediction, so it is on only while log_predictions is too.
+    review_queue: bool = True
     server_id: str = ""
     url: str = ""
 

@@ -3,11 +3,11 @@
 A watcher polls ``registry.generation()`` every `poll_interval_s`. On a
 change it reads one `snapshot()`, computes the target version
 (`Registry.serving_target`: the alias, or a takedown's fallback, or None for
-503) and the suppressions, loads the version's session if it is not cached,
-swaps the serving state in one assignment, waits for the predictions that
-started under an older state to finish, and only then acknowledges the new
-generation with a heartbeat. The operator's command (`wait_for_acks`)
-returns once every live server has acknowledged.
+503), the suppressions and the version's review policy, loads the version's
+session if it is not cached, swaps the serving state in one assignment,
+waits for the predictions that started under an older state to finish, and
+only then acknowledges the new generation with a heartbeat. The operator's
+command (`wait_for_acks`) returns once every live server has acknowledged.
 
 The guarantee, and its bound. After a change to generation G, this server
 acknowledges G within
@@ -68,6 +68,7 @@ class ServingState:
     suppressed: dict[str, str]  # label -> mode
     alias_version: str | None  # what the alias points at (may be taken down)
     takedowns: dict[str, Any]
+    policy: dict[str, Any] = dataclasses.field(default_factory=dict)  # the served version's `Registry.policy`
 
     @property
     def version_id(self) -> str | None:
@@ -114,8 +115,9 @@ class Controller:
             except Exception as e:  # a broken artifact must not take the server down: answer 503
                 log.exception("loading version %s failed", target)
                 why = f"version {target} could not be loaded ({type(e).__name__}: {e}): promote or roll back"
+        policy = Registry.policy_of(snap, model.version_id, model.info) if model else {}
         return ServingState(snap["generation"], alias, model, why, Registry.suppressed_for(snap, alias),
-                            snap["aliases"].get(alias), snap["takedowns"])  # fmt: skip
+                            snap["aliases"].get(alias), snap["takedowns"], policy)  # fmt: skip
 
     async def apply(self) -> ServingState:
         """Read the registry, swap state, drain, acknowledge. Returns the new state."""

@@ -126,20 +126,24 @@ def decide(
     suppressed: dict[str, str],
     top_k: int,
     threshold: float | None = None,
+    per_class: dict[str, float | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Answers for probabilities (N, K) under suppressions {label: mode}.
 
     "renormalize" labels are dropped and the rest rescaled to sum to 1.
     "abstain" labels are never output either: their probability is reported
     as `abstain_probability`, and when one of them is the most likely the
-    answer abstains and needs review. Below the version's policy `threshold`
-    an answer is kept but flagged for review.
+    answer abstains and needs review. Below the version's policy threshold
+    an answer is kept but flagged for review: the `per_class` threshold of
+    its label if one is listed (None there: always review), else `threshold`.
 
     >>> p = np.array([[0.6, 0.3, 0.1]])
     >>> decide(p, ["a", "b", "c"], {"a": "abstain"}, 2)[0]["abstained"]
     True
     >>> round(decide(p, ["a", "b", "c"], {"a": "renormalize"}, 2)[0]["top_k"][0]["probability"], 2)
     0.75
+    >>> [decide(p, ["a", "b", "c"], {}, 2, 0.5, pc)[0]["needs_review"] for pc in (None, {"a": 0.7}, {"a": None})]
+    [False, True, True]
     """
     renorm = np.array([suppressed.get(c) == "renormalize" for c in classes])  # (K,)
     abstain = np.array([suppressed.get(c) == "abstain" for c in classes])  # (K,)
@@ -166,9 +170,15 @@ def decide(
             ans.update(
                 label=None, label_index=None, abstained=True, needs_review=True, reason=f"{why}: needs human review"
             )
-        elif threshold is not None and row[best] < threshold:
-            ans.update(
-                needs_review=True, reason=f"confidence {row[best]:.3f} is below the review threshold {threshold:g}"
-            )
+        else:
+            own = per_class is not None and classes[best] in per_class
+            t = per_class[classes[best]] if own else threshold
+            if own and t is None:
+                ans.update(needs_review=True, reason=f"the policy sends every {classes[best]!r} answer to review")
+            elif t is not None and row[best] < t:
+                whose = f" for {classes[best]!r}" if own else ""
+                ans.update(
+                    needs_review=True, reason=f"confidence {row[best]:.3f} is below the review threshold{whose} {t:g}"
+                )
         out.append(ans)
     return out

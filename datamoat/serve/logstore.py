@@ -1,10 +1,13 @@
-"""The prediction log and feedback, in the registry database.
+"""The prediction log, feedback and the review queue, in the registry database.
 
 Every answer is logged (input hash, output, model version, alias, server,
 time) for audit and for the data flywheel; feedback attaches the correct
-label to a logged prediction. Rows are buffered and written in batches by a
-background task, so a slow database does not slow serving; `flush()` lets
-feedback see a prediction made a moment ago.
+label to a logged prediction. An answer that needs review (below the
+policy threshold, or abstained) also enters the review queue with its
+pixels, so a person can see it in /review and decide its label
+(`ReviewQueue`). Rows of both are buffered and written in batches, in one
+transaction, by a background task, so a slow database does not slow
+serving; `flush()` lets feedback see a prediction made a moment ago.
 
 ``input_sha256`` hashes the raw pixels the model saw, float32 (C, H, W) in
 0..255 after decoding and resizing, so a PNG and the same pixels sent as
@@ -17,16 +20,29 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from datamoat.errors import NotFound
 from datamoat.registry import Registry
 from datamoat.serve.errors import Conflict, Unprocessable
 
-__all__ = ["PredictionLog", "log_rows", "predictions", "feedback"]
+__all__ = [
+    "PredictionLog",
+    "ReviewQueue",
+    "log_rows",
+    "review_rows",
+    "predictions",
+    "feedback",
+    "review",
+    "REVIEW_SOURCE",
+]
+
+REVIEW_SOURCE = "review"  # the quarantine source of /review decisions; trust comes from the token's role
 
 log = logging.getLogger("datamoat.serve")
 
@@ -54,6 +70,25 @@ feedback = sa.Table(
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
 )  # fmt: skip
+review = sa.Table(
+    "serve_review", meta,
+    sa.Column("prediction_id", sa.String(36), primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("alias", sa.String(100), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("label", sa.String(200)),  # the model's answer, NULL when it abstained
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("top", sa.Text, nullable=False),  # JSON: the answer's top labels (at most 3) with probabilities
+    sa.Column("pixels", sa.LargeBinary, nullable=False),  # uint8 (C, H, W)
+    sa.Column("shape", sa.String(40), nullable=False),  # JSON [C, H, W]
+    sa.Column("exact", sa.Boolean, nullable=False),  # the uint8 pixels are exactly the logged input
+    sa.Column("status", sa.String(16), nullable=False),  # open | decided
+    sa.Column("decided_label", sa.String(200)),
+    sa.Column("decided_by", sa.String(200)),
+    sa.Column("decided_ts", sa.Float),
+    sa.Column("feedback_item", sa.Integer),  # the quarantine item the decision became
+    sa.Index("serve_review_open", "status", "ts"),
+)  # fmt: skip
 
 
 class PredictionLog:
@@ -74,26 +109,31 @@ class PredictionLog:
                     raise
                 time.sleep(0.2)
         self._pending: list[dict[str, Any]] = []
+        self._review: list[dict[str, Any]] = []
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
+    def add(self, rows: list[dict[str, Any]], review_items: list[dict[str, Any]] = ()) -> None:
+        """Buffer prediction-log rows and review-queue rows (`review_rows`) of those predictions."""
         if not self.enabled or not rows:
             return
         self._pending.extend(rows)
+        self._review.extend(review_items)
         if len(self._pending) >= self.max_pending:
             self._wake.set()
 
     async def flush(self) -> None:
         """Write everything added so far (waits for a write already under way)."""
         async with self._lock:
-            rows, self._pending = self._pending, []
+            (rows, self._pending), (queued, self._review) = (self._pending, []), (self._review, [])
             if rows:
-                await asyncio.to_thread(self._write, rows)
+                await asyncio.to_thread(self._write, rows, queued)
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        with self.registry.engine.begin() as conn:
+    def _write(self, rows: list[dict[str, Any]], queued: list[dict[str, Any]]) -> None:
+        with self.registry.engine.begin() as conn:  # one transaction: a queued item's prediction is logged
             conn.execute(predictions.insert(), rows)
+            if queued:
+                conn.execute(review.insert(), queued)
 
     async def run(self) -> None:
         """Background writer; runs until cancelled, then the owner calls `flush()`."""
@@ -143,3 +183,106 @@ def log_rows(state: Any, server_id: str, answers: list[dict[str, Any]], hashes: 
          "output": json.dumps(a, sort_keys=True)}
         for a, h in zip(answers, hashes, strict=True)
     ]  # fmt: skip
+
+
+def review_rows(state: Any, answers: list[dict[str, Any]], x: np.ndarray) -> list[dict[str, Any]]:
+    """Review-queue rows for the answers that need review, with their raw pixels `x` (N, C, H, W)."""
+    now, out = time.time(), []
+    for a, xi in zip(answers, x, strict=True):
+        if not a["needs_review"]:
+            continue
+        u = np.clip(np.rint(xi), 0, 255).astype(np.uint8)  # (C, H, W); JSON inputs may hold fractions
+        out.append({"prediction_id": a["prediction_id"], "ts": now, "alias": state.alias,
+                    "model_version": state.model.version_id, "label": a["label"], "reason": a["reason"] or "",
+                    "top": json.dumps(a["top_k"][:3]), "pixels": u.tobytes(), "shape": json.dumps(list(u.shape)),
+                    "exact": bool(np.array_equal(u, xi)), "status": "open"})  # fmt: skip
+    return out
+
+
+class ReviewQueue:
+    """The open items of the review queue, and people's decisions on them (blocking: call in a thread).
+
+    A decision goes into the feedback quarantine as server feedback from
+    source ``review`` under the reviewer's token name, which the gate
+    trusts by the token's role (`GateConfig.trusted_roles`), with the pixels
+    when they reproduce the logged input exactly (always, except for JSON
+    inputs with fractional values, which the gate then holds for "no pixels").
+
+    >>> ReviewQueue(Registry("sqlite://")).next()
+    {'queue_length': 0, 'item': None}
+    """
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        meta.create_all(registry.engine)
+        self._classes: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._q: Any = None
+
+    def classes(self, version_id: str) -> list[str]:
+        if version_id not in self._classes:  # version info is immutable: cache it
+            self._classes[version_id] = [str(c) for c in self.registry.version(version_id)["info"]["classes"]]
+        return self._classes[version_id]
+
+    def quarantine(self) -> Any:
+        with self._lock:
+            if self._q is None:
+                # Imported here: the feedback package loads torch, which serving otherwise never needs.
+                from datamoat.feedback.store import Quarantine
+
+                self._q = Quarantine(self.registry)
+            return self._q
+
+    def next(self) -> dict[str, Any]:
+        """{"queue_length": open items, "item": the oldest open one (pixels uint8 (C, H, W)) or None}."""
+        is_open = review.c.status == "open"
+        with self.registry.engine.connect() as conn:
+            n = conn.execute(sa.select(sa.func.count()).select_from(review).where(is_open)).scalar_one()
+            row = conn.execute(sa.select(review).where(is_open).order_by(review.c.ts, review.c.prediction_id)
+                               .limit(1)).first()  # fmt: skip
+        if row is None:
+            return {"queue_length": n, "item": None}
+        item = {"prediction_id": row.prediction_id, "ts": row.ts, "alias": row.alias,
+                "model_version": row.model_version, "label": row.label, "reason": row.reason,
+                "top_k": json.loads(row.top), "classes": self.classes(row.model_version),
+                "pixels": np.frombuffer(row.pixels, np.uint8).reshape(json.loads(row.shape))}  # fmt: skip
+        return {"queue_length": n, "item": item}
+
+    def items(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Queue rows without pixels, oldest first."""
+        q = sa.select(*[c for c in review.c if c.name != "pixels"]).order_by(review.c.ts, review.c.prediction_id)
+        with self.registry.engine.connect() as conn:
+            rows = conn.execute(q if status is None else q.where(review.c.status == status)).mappings().all()
+        return [{**r, "top": json.loads(r["top"])} for r in rows]
+
+    def decide(self, prediction_id: str, label: str, actor: str) -> dict[str, Any]:
+        """Record a person's label for an open item: into quarantine, and out of the queue."""
+        with self.registry.engine.connect() as conn:
+            row = conn.execute(sa.select(review).where(review.c.prediction_id == prediction_id)).first()
+        if row is None:
+            raise NotFound(f"no review item {prediction_id!r}: GET /v1/review/next gives the oldest open one")
+        taken = Conflict(f"review item {prediction_id} is already decided: GET /v1/review/next gives an open one")
+        if row.status != "open":
+            raise taken
+        classes = self.classes(row.model_version)
+        if label not in classes:
+            raise Unprocessable(
+                f"label {label!r} is not one of the model's classes: choose one of {', '.join(classes)}"
+            )
+        mark = review.update().where(review.c.prediction_id == prediction_id)
+        with self.registry.engine.begin() as conn:  # claim it first, so two reviewers cannot both decide it
+            done = dict(status="decided", decided_label=label, decided_by=actor, decided_ts=time.time())
+            if conn.execute(mark.where(review.c.status == "open").values(**done)).rowcount == 0:
+                raise taken
+        try:
+            pixels = np.frombuffer(row.pixels, np.uint8).reshape(json.loads(row.shape)) if row.exact else None
+            item = self.quarantine().submit(source=REVIEW_SOURCE, kind="serve", label=label,
+                                            prediction_id=prediction_id, pixels=pixels, actor=actor)  # fmt: skip
+        except BaseException:
+            with self.registry.engine.begin() as conn:  # the claim is undone: the item stays open
+                conn.execute(mark.values(status="open", decided_label=None, decided_by=None, decided_ts=None))
+            raise
+        with self.registry.engine.begin() as conn:
+            conn.execute(mark.values(feedback_item=item))
+        return {"prediction_id": prediction_id, "label": label, "model_label": row.label, "decided_by": actor,
+                "feedback_item": item, "model_version": row.model_version}  # fmt: skip

@@ -98,6 +98,10 @@ def edge_run(
     max_abstain_rate: float = typer.Option(0.5, "--max-abstain-rate"),
     max_error_rate: float = typer.Option(0.2, "--max-error-rate"),
     ort_threads: int = typer.Option(1, "--ort-threads"),
+    upload: bool = typer.Option(
+        True, "--upload/--no-upload", help="Upload low-confidence inputs for people to label in /review."
+    ),
+    upload_max_items: int = typer.Option(500, "--upload-max-items", help="Outbox cap; the oldest are dropped first."),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve predictions on localhost and follow the control server (polls, downloads, rollbacks)."""
@@ -106,7 +110,8 @@ def edge_run(
 
     cfg = EdgeConfig(device_id=device_id, state_dir=str(state_dir), trust=tuple(map(str, trust)), server=server,
                      token=token, group=group, poll_interval_s=poll_interval, health_window=health_window,
-                     max_abstain_rate=max_abstain_rate, max_error_rate=max_error_rate, ort_threads=ort_threads)  # fmt: skip
+                     max_abstain_rate=max_abstain_rate, max_error_rate=max_error_rate, ort_threads=ort_threads,
+                     upload_low_confidence=upload, upload_max_items=upload_max_items)  # fmt: skip
     err_console.print(
         f"edge device {device_id} on http://{host}:{port}, server {server or '(offline)'}", highlight=False
     )
@@ -242,6 +247,7 @@ def fleet_serve(
     port: int = typer.Option(8200, "--port"),
     chunk_size: int = typer.Option(64 * 1024, "--chunk-size", help="Bytes per chunk of a bundle download."),
     chunk_delay: float = typer.Option(0.0, "--chunk-delay", help="Seconds to pause after each chunk (throttle)."),
+    upload_max_per_hour: int = typer.Option(600, "--upload-max-per-hour", help="Samples a device may upload an hour."),
     registry: str = RegistryOpt,
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
@@ -251,7 +257,10 @@ def fleet_serve(
     from datamoat.edge.control import ControlConfig, create_control_app
 
     fleet = _fleet(registry)
-    app = create_control_app(fleet.registry, ControlConfig(chunk_size=chunk_size, chunk_delay_s=chunk_delay))
+    app = create_control_app(
+        fleet.registry,
+        ControlConfig(chunk_size=chunk_size, chunk_delay_s=chunk_delay, upload_max_per_hour=upload_max_per_hour),
+    )
     err_console.print(f"control server on http://{host}:{port}", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 

@@ -17,6 +17,13 @@ remembered and not fetched again.
 While the server is unreachable the device keeps serving its last good
 bundle under its last known policy, and catches up on the first poll that
 gets through.
+
+After the sync, the poll flushes the runtime's outbox of low-confidence
+samples (``POST /v1/edge/devices/{id}/uploads``, in batches, oldest
+first): what the server acknowledges leaves the outbox, the rest waits for
+the next poll, so an offline device uploads its backlog when it is back.
+An item the server refuses for good (its error names the item) is dropped
+and counted as rejected; a 413 halves the batch; a 429 waits a poll.
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ class SyncAgent:
         self.downloading: dict[str, Any] | None = None
         self.assignment: dict[str, Any] | None = None
         self._bad_downloads: dict[str, int] = {}
+        self.upload_batch = cfg.upload_batch
+        self.upload_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -76,9 +85,53 @@ class SyncAgent:
         self.online, self.assignment = True, a
         rt.ack_events(int(a.get("acked_event", 0)))
         rt.apply_policy(a["policy"])
+        self.flush_uploads()
         if download:
             self.follow(a)
         return a
+
+    def flush_uploads(self, max_requests: int = 50) -> int:
+        """Send the outbox to the control server; returns how many items it acknowledged.
+
+        Never raises: a failed upload leaves the items for the next poll.
+
+        >>> agent.flush_uploads()  # doctest: +SKIP
+        3
+        """
+        box, url, sent = self.rt.outbox, f"/v1/edge/devices/{self.cfg.device_id}/uploads", 0
+        for _ in range(max_requests):
+            batch = box.peek(self.upload_batch)
+            if not batch:
+                self.upload_error = None
+                break
+            try:
+                r = self.client.post(url, json={"items": [item for _, item in batch]})
+            except httpx.HTTPError as e:
+                self.upload_error = f"{type(e).__name__}: {e}"
+                break
+            body = _json(r)
+            if r.status_code == 200:
+                acked = set(body.get("acked", []))
+                done = [name for name, item in batch if item.get("prediction_id") in acked]
+                box.remove(done, "uploaded")
+                sent += len(done)
+                if body.get("rate_limited") or not done:
+                    self.upload_error = str(body.get("error") or "the server acknowledged nothing")
+                    break
+                continue
+            self.upload_error = f"upload refused ({r.status_code}): {_error(r)}"
+            bad = body.get("item")
+            if r.status_code == 413 and bad is None and len(batch) > 1:
+                self.upload_batch = max(1, len(batch) // 2)  # the server takes smaller batches
+                continue
+            if r.status_code in (409, 413, 422) and (isinstance(bad, int) or len(batch) == 1):
+                # This item can never be accepted (e.g. a version the server does not know): do not retry it.
+                name, item = batch[bad if isinstance(bad, int) and 0 <= bad < len(batch) else 0]
+                box.remove([name], "rejected")
+                self.rt.event("upload_rejected", prediction_id=item.get("prediction_id"), reason=_error(r))
+                continue
+            break  # 401/403/429/5xx: keep everything for a later poll
+        return sent
 
     def follow(self, a: dict[str, Any]) -> dict[str, Any] | None:
         """Install the assigned bundle if it is new to this device; returns the install outcome."""
@@ -172,6 +225,14 @@ class SyncAgent:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.client.close()
+
+
+def _json(r: httpx.Response) -> dict[str, Any]:
+    try:
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _error(r: httpx.Response) -> str:

@@ -10,6 +10,13 @@ token as ``Authorization: Bearer``):
   resumable downloads; only the bundle currently assigned to the calling
   device (403 otherwise). ``chunk_delay_s`` throttles it (bandwidth caps,
   and tests that need a download to be really "in the middle").
+- ``POST /devices/{id}/uploads``: ``{"items": [...]}``, the device's
+  low-confidence samples (pixels, top-3, model version, time); they go to
+  the review queue for a person to label, never straight to training (see
+  `Fleet.record_uploads`). Answers ``{"acked": [prediction ids], ...}``.
+  Another device's id is 403, an invalid item 422 (or 409) naming it as
+  ``"item"``, a body or batch over the limits 413, a device over its
+  hourly allowance 429.
 - ``GET /fleet``: every device's status and the rollouts (admin token).
 
 `edge_router` can be mounted on another app with `attach_edge`;
@@ -28,9 +35,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from datamoat.configs import Config, check
-from datamoat.edge.fleet import Fleet
+from datamoat.edge.fleet import Fleet, RateLimited, UploadRefused
 from datamoat.errors import BadInput, DatamoatError
 from datamoat.registry import AuthError, Registry
+from datamoat.serve.errors import TooLarge, Unprocessable
 
 __all__ = ["ControlConfig", "edge_router", "attach_edge", "create_control_app"]
 
@@ -47,10 +55,15 @@ class ControlConfig(Config):
 
     chunk_size: int = 64 * 1024
     chunk_delay_s: float = 0.0  # pause after each chunk of a bundle download
+    upload_max_bytes: int = 4 << 20  # one upload request's body
+    upload_max_items: int = 64  # samples in one upload request
+    upload_max_per_hour: int = 600  # samples a device may upload an hour
 
     def validate(self) -> None:
         check(self.chunk_size >= 512, f"chunk_size must be at least 512 bytes, got {self.chunk_size}")
         check(0 <= self.chunk_delay_s <= 10, f"chunk_delay_s must be in 0..10, got {self.chunk_delay_s}")
+        for name in ("upload_max_bytes", "upload_max_items", "upload_max_per_hour"):
+            check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass
@@ -86,6 +99,39 @@ async def sync(device_id: str, request: Request) -> dict[str, Any]:
     if not isinstance(hb, dict) or not isinstance(hb.get("events", []), list):
         raise BadInput('the heartbeat must be a JSON object with an "events" list')
     return await asyncio.to_thread(fleet.sync, dev, hb)
+
+
+@edge_router.post("/devices/{device_id}/uploads")
+async def upload(device_id: str, request: Request) -> Response:
+    """A device's low-confidence samples, into the review queue (its own token only)."""
+    ctx = _ctx(request)
+    dev = await asyncio.to_thread(ctx.fleet.authenticate, _bearer(request), device_id)
+    limit = ctx.config.upload_max_bytes
+    length = request.headers.get("content-length", "")
+    too_big = TooLarge(f"upload over {limit} bytes: send fewer samples per request")
+    if length.isdigit() and int(length) > limit:
+        raise too_big
+    body = await request.body()
+    if len(body) > limit:
+        raise too_big
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise Unprocessable('the upload is not valid JSON: send {"items": [...]}') from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+        raise Unprocessable('the upload must be a JSON object with an "items" list')
+    if len(doc["items"]) > ctx.config.upload_max_items:
+        raise TooLarge(f"{len(doc['items'])} samples in one upload, the limit is {ctx.config.upload_max_items}: "
+                       "send smaller batches")  # fmt: skip
+    try:
+        out = await asyncio.to_thread(
+            ctx.fleet.record_uploads, dev, doc["items"], max_per_hour=ctx.config.upload_max_per_hour
+        )
+    except UploadRefused as e:  # the device drops this item and sends the others again
+        return JSONResponse({"error": str(e), "item": e.item}, e.http_status)
+    except RateLimited as e:
+        return JSONResponse({"error": str(e)}, 429, headers={"Retry-After": "60"})
+    return JSONResponse(out)
 
 
 @edge_router.get("/devices/{device_id}/assignment")

@@ -6,17 +6,32 @@ hashes, like registry tokens, in a table of their own (a device token is
 not a registry role: it grants one device its own assignment and nothing
 else). Every rollout change and every device report lands in the
 append-only `edge_events` log, which is also the fleet's timeline.
+
+Low-confidence samples uploaded by devices (`record_uploads`) are never
+training data by themselves: each becomes a row of the prediction log
+(``serve_predictions``, server ``device:<id>``) and an open item of the
+review queue (``serve_review``, the model's answer only as a suggestion),
+so it reaches the feedback quarantine only when a person labels it on
+/review (`datamoat.serve.logstore.ReviewQueue.decide`), as a trusted
+reviewer's label that the gate checks like any other. ``edge_uploads``
+records who sent what, for deduplication and the per-device rate limit.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
+import uuid
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from datamoat.configs import check
@@ -24,8 +39,12 @@ from datamoat.edge.bundle import peek_manifest
 from datamoat.edge.rollout import FAILED, abort_verdict, assign, baseline_for_next, selected
 from datamoat.errors import BadInput, NotFound
 from datamoat.registry import AuthError, Registry, _hash_token
+from datamoat.serve.errors import Unprocessable
+from datamoat.serve.logstore import log_rows, review_rows
+from datamoat.serve.logstore import predictions as serve_predictions
+from datamoat.serve.logstore import review as serve_review
 
-__all__ = ["Fleet", "OUTCOMES"]
+__all__ = ["Fleet", "OUTCOMES", "RateLimited", "UploadRefused"]
 
 OUTCOMES = ("installed", *FAILED)  # device events that report on a rollout
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -84,6 +103,33 @@ events = sa.Table(
 )  # fmt: skip
 
 
+uploads = sa.Table(
+    "edge_uploads", meta,
+    sa.Column("prediction_id", sa.String(36), primary_key=True),  # the device's, also the review item's id
+    sa.Column("device_id", sa.String(100), nullable=False),
+    sa.Column("received", sa.Float, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),  # when the device answered
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),  # pixel bytes
+    sa.Index("edge_uploads_by_device", "device_id", "received"),
+)  # fmt: skip
+
+
+class UploadRefused(Unprocessable):
+    """An uploaded item the server will never take; `item` is its index in
+    the batch, so the device drops that one and sends the rest again."""
+
+    def __init__(self, message: str, item: int, http_status: int = 422):
+        super().__init__(f"items[{item}]: {message}")
+        self.item, self.http_status = item, http_status
+
+
+class RateLimited(Unprocessable):
+    """A device sent more samples than its hourly allowance."""
+
+    http_status = 429
+
+
 class Fleet:
     """Devices, published bundles and rollouts, over a `Registry`'s database.
 
@@ -98,6 +144,7 @@ class Fleet:
         for attempt in range(5):  # processes starting together race to create tables
             try:
                 meta.create_all(self.engine)
+                serve_predictions.metadata.create_all(self.engine)  # uploads become log rows and review items
                 break
             except sa.exc.DBAPIError:
                 if attempt == 4:
@@ -327,6 +374,72 @@ class Fleet:
                 self._check_abort(conn, rid)
         return {**self.assignment({**device, "last_event": last}), "acked_event": last}
 
+    # -- uploads --------------------------------------------------------------------------------
+    def record_uploads(self, device: dict[str, Any], items: list[Any], *, max_per_hour: int) -> dict[str, Any]:
+        """Store a device's low-confidence samples as review-queue items (see the module docstring).
+
+        All or nothing per item check: an invalid item raises `UploadRefused`
+        naming it, and nothing of the batch is stored. Items already sent by
+        this device are acknowledged again (an ack lost on the way). Beyond
+        `max_per_hour` new items an hour, the rest are left unacknowledged
+        (``rate_limited``), or `RateLimited` (429) when none fit.
+        Returns {"acked": prediction ids, "stored": n, "duplicates": n, "rate_limited": bool}.
+
+        >>> fleet.record_uploads(fleet.authenticate(token, "cam-01"), [item], max_per_hour=600)  # doctest: +SKIP
+        {'acked': ['1b9d...'], 'stored': 1, 'duplicates': 0, 'rate_limited': False}
+        """
+        now, versions = time.time(), {}
+        parsed = [_parse_upload(i, it, versions, self.registry, now) for i, it in enumerate(items)]
+        ids = [p["prediction_id"] for p in parsed]
+        with self.engine.connect() as conn:
+            mine = {r.prediction_id: r.device_id for r in conn.execute(
+                sa.select(uploads.c.prediction_id, uploads.c.device_id).where(uploads.c.prediction_id.in_(ids)))}  # fmt: skip
+            logged = set(
+                conn.execute(sa.select(serve_predictions.c.id).where(serve_predictions.c.id.in_(ids))).scalars()
+            )
+            recent = conn.execute(sa.select(sa.func.count()).select_from(uploads).where(
+                (uploads.c.device_id == device["id"]) & (uploads.c.received > now - 3600))).scalar_one()  # fmt: skip
+        new, dup, seen = [], [], set()
+        for i, p in enumerate(parsed):
+            pid = p["prediction_id"]
+            if mine.get(pid, device["id"]) != device["id"] or (pid in logged and pid not in mine):
+                raise UploadRefused(f"prediction id {pid} is already used by another source: a device uploads "
+                                    "only its own answers", i, 409)  # fmt: skip
+            (dup if pid in mine or pid in seen else new).append(p)
+            seen.add(pid)
+        room = max(0, max_per_hour - recent)
+        if new and room == 0:
+            raise RateLimited(f"device {device['id']!r} sent {recent} samples in the last hour, its limit is "
+                              f"{max_per_hour}: keep them and retry later")  # fmt: skip
+        stored = new[:room]
+        group = device["device_group"]
+        with self.engine.begin() as conn:  # one transaction: each review item has its log row and its upload row
+            for p in stored:
+                # The cloud's row builders, with the device in the place of a server and its own time.
+                state = SimpleNamespace(alias=f"edge:{group}", generation=p["generation"],
+                                        model=SimpleNamespace(version_id=p["model_version"]))  # fmt: skip
+                answer = {k: p[k] for k in ("prediction_id", "label", "abstained", "top_k")}
+                answer.update(needs_review=True, reason=f"from device {device['id']}: {p['reason']}")
+                log_row = log_rows(state, f"device:{device['id']}", [answer], [p["input_sha256"]])[0]
+                rev = review_rows(state, [answer], p["pixels"][None])[0]
+                conn.execute(serve_predictions.insert().values({**log_row, "ts": p["ts"]}))
+                conn.execute(serve_review.insert().values({**rev, "ts": p["ts"], "exact": p["exact"]}))
+                conn.execute(uploads.insert().values(prediction_id=p["prediction_id"], device_id=device["id"],
+                                                     received=now, ts=p["ts"], model_version=p["model_version"],
+                                                     size=int(p["pixels"].nbytes)))  # fmt: skip
+            if stored:
+                self._event(conn, device["id"], "uploads", None, stored=len(stored), duplicates=len(dup))
+        acked = [p["prediction_id"] for p in [*stored, *dup]]
+        return {"acked": acked, "stored": len(stored), "duplicates": len(dup), "rate_limited": len(stored) < len(new)}
+
+    def uploads(self, device_id: str | None = None) -> list[dict[str, Any]]:
+        """Who uploaded which sample, oldest first."""
+        q = sa.select(uploads).order_by(uploads.c.received, uploads.c.ts)
+        if device_id:
+            q = q.where(uploads.c.device_id == device_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
     # -- what operators see ------------------------------------------------------------------
     def status(self, group: str | None = None, live_within: float = 30.0) -> list[dict[str, Any]]:
         """Per device: version, last heartbeat, health and rollout state."""
@@ -347,7 +460,7 @@ class Fleet:
                 "device_id": d["id"], "group": d["device_group"], "version": st.get("version_id"),
                 "sequence": st.get("bundle_sequence"), "health": st.get("health", "never seen"),
                 "last_heartbeat_s": age, "online": age is not None and age <= live_within, "rollout": rollout_state,
-                "last_error": st.get("last_error"),
+                "last_error": st.get("last_error"), "uploads": st.get("uploads"),
             })  # fmt: skip
         return out
 
@@ -355,3 +468,65 @@ class Fleet:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(events).where(events.c.seq > since).order_by(events.c.seq)).mappings()
             return [{**r, "detail": json.loads(r["detail"])} for r in rows]
+
+
+def _parse_upload(i: int, it: Any, versions: dict[str, Any], registry: Registry, now: float) -> dict[str, Any]:
+    """One uploaded item, checked against its model version: the fields `record_uploads` stores."""
+
+    def need(ok: bool, why: str) -> None:
+        if not ok:
+            raise UploadRefused(why, i)
+
+    need(isinstance(it, dict), "each item must be a JSON object")
+    pid = it.get("prediction_id")
+    need(isinstance(pid, str) and _is_uuid(pid), f"prediction_id must be the answer's UUID, got {pid!r}")
+    vid = it.get("model_version")
+    need(isinstance(vid, str) and 0 < len(vid) <= 32, f"model_version must be a version id, got {vid!r}")
+    if not versions:  # once per batch; exact ids only (a device reports the id its bundle carries)
+        versions.update({r["id"]: r for r in registry.versions()})
+    info = versions.get(vid)
+    need(info is not None, f"model version {vid!r} is not in this registry: upload samples of registered versions")
+    classes, shape = [str(c) for c in info["info"]["classes"]], info["info"].get("input_shape")
+    need(isinstance(shape, list) and it.get("shape") == shape,
+         f"shape {it.get('shape')} does not match model {vid}'s input {shape}")  # fmt: skip
+    try:
+        raw = base64.b64decode(it.get("pixels") or "", validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raw = None
+    need(raw is not None and len(raw) == math.prod(shape), f"pixels must be base64 of {math.prod(shape)} uint8 values")
+    pixels = np.frombuffer(raw, np.uint8).reshape(shape)  # (C, H, W)
+    label = it.get("label")
+    need(label is None or label in classes, f"label {label!r} is not one of model {vid}'s classes")
+    top = it.get("top_k")
+    need(isinstance(top, list) and 0 < len(top) <= 10, "top_k must list 1..10 {label, probability}")
+    for t in top:
+        p = t.get("probability") if isinstance(t, dict) else None
+        need(isinstance(t, dict) and t.get("label") in classes, f"top_k label {t!r} is not one of the classes")
+        need(isinstance(p, (int, float)) and 0 <= p <= 1, f"top_k probability {p!r} must be in 0..1")
+    flags = [it.get(k) for k in ("abstained", "needs_review")]
+    need(all(isinstance(f, bool) for f in flags), "abstained and needs_review must be true or false")
+    need(any(flags), "only answers that need review or abstained are uploaded")
+    ts = it.get("ts")
+    need(isinstance(ts, (int, float)) and 0 < ts < math.inf, f"ts must be the answer's unix time, got {ts!r}")
+    exact, digest = it.get("exact", True), it.get("input_sha256")
+    need(isinstance(exact, bool), "exact must be true or false")
+    own = hashlib.sha256(np.ascontiguousarray(pixels, np.float32).tobytes()).hexdigest()
+    if exact:
+        need(digest in (None, own), "input_sha256 does not match the pixels: send the image the model answered")
+        digest = own
+    need(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None,
+         "input_sha256 must be the sha256 of the float32 input the model saw")  # fmt: skip
+    reason, gen = it.get("reason") or "", it.get("generation", -1)
+    need(isinstance(reason, str) and len(reason) <= 500, "reason must be text of at most 500 characters")
+    need(isinstance(gen, int), "generation must be an integer")
+    return {"prediction_id": pid, "model_version": vid, "pixels": pixels, "label": label,
+            "top_k": [{"label": t["label"], "probability": float(t["probability"])} for t in top],
+            "abstained": flags[0], "ts": min(float(ts), now), "exact": exact, "input_sha256": digest,
+            "reason": reason, "generation": gen}  # fmt: skip
+
+
+def _is_uuid(s: str) -> bool:
+    try:
+        return str(uuid.UUID(s)) == s
+    except ValueError:
+        return False

@@ -20,26 +20,36 @@ through one lock and ends in `_recompute`, which builds the immutable
   is taken down. A takedown with a fallback is served from the last known
   good bundle when that is the fallback version; otherwise the device
   answers 503.
+- An answer that needs review or abstains keeps its input (uint8 (C, H, W)),
+  top-3, model version and time in the bounded on-disk `Outbox`
+  (`upload_low_confidence`); the `SyncAgent` uploads it to the control
+  server, where it waits in the review queue for a person's label.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import logging
 import threading
 import time
 import uuid
 from typing import Any
 
+import numpy as np
+
 from datamoat.configs import Config, check
 from datamoat.edge.bundle import Bundle, BundleError, load_bundle_model, read_bundle, self_test
 from datamoat.edge.keys import load_trust
-from datamoat.edge.store import DeviceStore
+from datamoat.edge.store import DeviceStore, Outbox
 from datamoat.serve.engine import LoadedVersion, decide
 from datamoat.serve.errors import Unavailable
 from datamoat.serve.inputs import Prepare
 
 __all__ = ["EdgeConfig", "EdgeRuntime", "Serving"]
+
+log = logging.getLogger("datamoat.edge")
 
 COUNTERS = ("predictions", "errors", "abstained", "polls", "poll_failures", "downloads", "resumed_downloads",
             "installs", "rejected", "refused", "rolled_back")  # fmt: skip
@@ -68,6 +78,10 @@ class EdgeConfig(Config):
     ort_threads: int = 1
     max_upload_bytes: int = 1 << 20
     max_image_pixels: int = 2048 * 2048
+    upload_low_confidence: bool = True  # keep low-confidence inputs for a person to label in /review
+    upload_max_items: int = 500  # outbox cap: the oldest samples are dropped first
+    upload_max_bytes: int = 32 << 20
+    upload_batch: int = 32  # samples per upload request
 
     def validate(self) -> None:
         check(bool(self.device_id) and len(self.device_id) <= 100, f"invalid device id {self.device_id!r}")
@@ -78,6 +92,8 @@ class EdgeConfig(Config):
             check(0 <= getattr(self, name) <= 1, f"{name} must be in 0..1, got {getattr(self, name)}")
         check(self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
         check(not self.server or bool(self.token), "a device polling a server needs its --token")
+        for name in ("upload_max_items", "upload_max_bytes", "upload_batch"):
+            check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass
@@ -112,6 +128,7 @@ class EdgeRuntime:
         self.cfg = config
         self.trusted = trusted if trusted is not None else load_trust(config.trust)
         self.store = DeviceStore(config.state_dir)
+        self.outbox = Outbox(config.state_dir, config.upload_max_items, config.upload_max_bytes)
         self.state = self.store.load_state()
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.lock = threading.RLock()
@@ -299,10 +316,32 @@ class EdgeRuntime:
                     low += 1
         self.counters["abstained"] += sum(a["abstained"] for a in answers)
         verdict = self._observe(s, len(x), 0, low)
+        answers = [{"prediction_id": str(uuid.uuid4()), **a} for a in answers]
+        if self.cfg.upload_low_confidence:
+            self._keep(s, answers, x)
         out = {"model_version": s.model.version_id, "model_name": s.model.name, "alias": f"edge:{self.cfg.group}",
                "generation": s.generation, "device_id": self.cfg.device_id, "bundle_sequence": s.bundle.sequence,
-               "predictions": [{"prediction_id": str(uuid.uuid4()), **a} for a in answers]}  # fmt: skip
+               "predictions": answers}  # fmt: skip
         return out, verdict
+
+    def _keep(self, s: Serving, answers: list[dict[str, Any]], x: np.ndarray) -> None:
+        """Put the answers that need review, with their inputs x (N, C, H, W), in the outbox."""
+        now = time.time()
+        for a, xi in zip(answers, x):
+            if not (a["needs_review"] or a["abstained"]):
+                continue
+            u = np.clip(np.rint(xi), 0, 255).astype(np.uint8)  # (C, H, W); JSON inputs may hold fractions
+            item = {"prediction_id": a["prediction_id"], "ts": now, "model_version": s.model.version_id,
+                    "bundle_sequence": s.bundle.sequence, "generation": s.generation, "label": a["label"],
+                    "abstained": a["abstained"], "needs_review": a["needs_review"], "reason": a["reason"],
+                    "top_k": a["top_k"][:3], "shape": list(u.shape), "pixels": base64.b64encode(u.tobytes()).decode(),
+                    # The cloud's input hash (float32 of what the model saw), so a reviewer's label matches it.
+                    "input_sha256": hashlib.sha256(np.ascontiguousarray(xi, np.float32).tobytes()).hexdigest(),
+                    "exact": bool(np.array_equal(u, xi))}  # fmt: skip
+            try:
+                self.outbox.add(item)
+            except OSError as e:  # a full disk must not fail the prediction
+                log.warning("could not keep a low-confidence sample for upload: %s", e)
 
     def _observe(self, s: Serving, n: int, errors: int, abstained: int) -> str | None:
         self.counters["predictions"] += n
@@ -339,6 +378,7 @@ class EdgeRuntime:
             "lkg": {"version_id": lkg.bundle.version_id, "sequence": lkg.bundle.sequence} if lkg else None,
             "policy_generation": s.generation, "counters": dict(self.counters), "last_error": self.last_error,
             "watching_health": self.window is not None, "uptime_s": round(time.time() - self.started, 3),
+            "uploads": self.outbox.stats(),
         }  # fmt: skip
 
     def heartbeat(self) -> dict[str, Any]:

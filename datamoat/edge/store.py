@@ -6,6 +6,7 @@
       staged.dmb        a verified bundle under self-test, not yet serving
       downloads/*.part  partial downloads, kept across restarts to resume
       state.json        events, counters, rejected bundles, the policy overlay
+      outbox/*.json     low-confidence samples waiting for upload (`Outbox`)
       lock              held by the one runtime that owns the directory
 
 An install writes ``staged.dmb`` and records it as *pending* before the
@@ -24,13 +25,14 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from datamoat.errors import BadInput
 from datamoat.workspace import atomic_write
 
-__all__ = ["DeviceStore"]
+__all__ = ["DeviceStore", "Outbox"]
 
 _SLOTS = ("active", "lkg", "staged")
 
@@ -130,6 +132,105 @@ class DeviceStore:
 
     def save_state(self, state: dict[str, Any]) -> None:
         atomic_write(self.root / "state.json", json.dumps(state, sort_keys=True, default=str).encode())
+
+
+class Outbox:
+    """Samples waiting for upload: one JSON file each under ``outbox/``, named
+    by a sequence number so the oldest sorts first, oldest dropped first.
+
+    Capped by count and bytes: a new item pushes the oldest out, counted in
+    ``dropped``. Files are written by rename (a reader never sees half an
+    item) but not fsynced: `add` runs inside a prediction, which must not
+    wait on the disk, and a sample lost in a power cut costs nothing that
+    matters. The counters live in ``outbox/stats.json``, so they survive a
+    restart.
+
+    >>> import tempfile
+    >>> box = Outbox(tempfile.mkdtemp(), max_items=2, max_bytes=1 << 20)
+    >>> for i in range(3): box.add({"i": i})
+    >>> [item["i"] for _, item in box.peek(5)], box.stats()["dropped"]
+    ([1, 2], 1)
+    """
+
+    def __init__(self, root: str | Path, max_items: int, max_bytes: int):
+        self.dir = Path(root) / "outbox"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._lock = threading.Lock()
+        for p in self.dir.glob(".*.tmp"):  # a crash mid-write leaves only a temp file
+            p.unlink(missing_ok=True)
+        self._files = {p.name: p.stat().st_size for p in sorted(self.dir.glob("[0-9]*.json"))}  # oldest first
+        self._next = max((int(n.split(".")[0]) for n in self._files), default=0) + 1
+        p = self.dir / "stats.json"
+        self._stats = {"uploaded": 0, "dropped": 0, "rejected": 0}
+        if p.exists():
+            with contextlib.suppress(ValueError):
+                self._stats.update(json.loads(p.read_text()))
+        with self._lock:
+            self._enforce()  # the caps may have shrunk since the last run
+
+    def _write(self, name: str, data: bytes) -> None:
+        tmp = self.dir / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.dir / name)
+
+    def _save_stats(self) -> None:
+        self._write("stats.json", json.dumps(self._stats).encode())
+
+    def _enforce(self) -> int:
+        dropped = 0
+        while self._files and (len(self._files) > self.max_items or sum(self._files.values()) > self.max_bytes):
+            oldest = next(iter(self._files))
+            (self.dir / oldest).unlink(missing_ok=True)
+            del self._files[oldest]
+            dropped += 1
+        if dropped:
+            self._stats["dropped"] += dropped
+            self._save_stats()
+        return dropped
+
+    def add(self, item: dict[str, Any]) -> None:
+        """Queue one item (JSON-able), dropping the oldest beyond the caps."""
+        data = json.dumps(item, separators=(",", ":")).encode()
+        with self._lock:
+            if len(data) > self.max_bytes:  # could never fit: keep the older ones
+                self._stats["dropped"] += 1
+                self._save_stats()
+                return
+            name = f"{self._next:012d}.json"
+            self._next += 1
+            self._write(name, data)
+            self._files[name] = len(data)
+            self._enforce()
+
+    def peek(self, n: int) -> list[tuple[str, dict[str, Any]]]:
+        """The `n` oldest items as (name, item); they stay until `remove`."""
+        out, bad = [], []
+        with self._lock:
+            for name in list(self._files)[:n]:
+                try:
+                    out.append((name, json.loads((self.dir / name).read_bytes())))
+                except (OSError, ValueError):  # damaged on disk: nothing to send
+                    bad.append(name)
+        if bad:
+            self.remove(bad, "dropped")
+        return out
+
+    def remove(self, names: list[str], outcome: str) -> None:
+        """Take items out, counting them as uploaded, rejected or dropped.
+        An item the cap dropped meanwhile is not counted twice."""
+        with self._lock:
+            gone = [n for n in names if self._files.pop(n, None) is not None]
+            for n in gone:
+                (self.dir / n).unlink(missing_ok=True)
+            if gone:
+                self._stats[outcome] += len(gone)
+                self._save_stats()
+
+    def stats(self) -> dict[str, int]:
+        """uploaded / dropped / rejected (all time), pending and pending_bytes (now)."""
+        with self._lock:
+            return {**self._stats, "pending": len(self._files), "pending_bytes": sum(self._files.values())}
 
 
 def _fsync_dir(path: Path) -> None:

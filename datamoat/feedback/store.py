@@ -5,7 +5,9 @@ Items come from three places, all into one table (``fb_items``) in the
 registry database, next to the prediction log:
 
 - the server's ``/v1/feedback`` (``serve_feedback``), copied by `sync()`;
-- edge devices' low-confidence uploads, through `submit(kind="edge")`;
+- labels given on edge devices, through `submit(kind="edge")` (a device's
+  low-confidence samples carry no label: they wait in the review queue, see
+  `datamoat.edge.fleet`, and enter here once a person labels them);
 - labelled files, through `import_items()` (``datamoat feedback import``).
 
 Each item keeps its source, time, prediction id, model version, label and

@@ -185,3 +185,30 @@ def test_cli_sets_from_a_poc_report_shows_it_and_exits_2_on_bad_input(served, tm
     r = dm(home, "policy", "show", "no-such-version")
     assert r.returncode == 2 and "unknown registry version" in r.stderr
     assert served.reg.generation() == gen  # refused commands changed nothing
+
+
+def test_an_edge_device_applies_the_bundled_per_class_policy(served, reg, tmp_path):
+    from edge.helpers import body  # tests/ is on sys.path
+
+    from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+
+    vid = reg.register(served.reg.artifact(served.row["onnx_sha"]), name="mlp", kind="fp32",
+                       info=served.row["info"], actor="test")  # fmt: skip
+    classes = [str(c) for c in served.row["info"]["classes"]]
+    pred, conf = served.probs.argmax(1), served.probs.max(1)  # (60,), (60,)
+    t = _gap_threshold(conf)
+    always = int(pred[np.argmax(conf)])  # the most confident answer's class: reviewed only by its own rule
+    reg.set_policy(vid, {"threshold": t, "per_class": {classes[always]: None}}, actor="ops")
+    key = Ed25519PrivateKey.generate()
+    rt = EdgeRuntime(EdgeConfig(device_id="cam", state_dir=str(tmp_path / "dev"), upload_low_confidence=False),
+                     trusted=[key.public_key()])  # fmt: skip
+    try:
+        assert (
+            rt.install_bytes(build_bundle(reg, vid, key, 1, inputs=served.x[:2]), source="usb")["status"] == "installed"
+        )
+        answers = rt.predict(body(served.x))[0]["predictions"]
+    finally:
+        rt.close()
+    want = np.where(pred == always, True, conf < t)
+    assert want.any() and not want.all()
+    assert [a["needs_review"] for a in answers] == want.tolist()

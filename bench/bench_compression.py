@@ -29,7 +29,7 @@ from datamoat.workspace import Workspace
 TEACHER = {"arch": "cnn_large", "train": TrainConfig(epochs=5, augment="crop", seed=100, patience=0)}
 RECIPE = CompressConfig(
     max_accuracy_drop=1.5, student_arch="cnn_small", student_channels=(16, 32), student_hidden=(64,),
-    distill_epochs=8, augment="crop", structured_ratio=0.5, structured_epochs=3, unstructured=False,
+    distill_epochs=16, augment="crop", structured_ratio=0.5, structured_epochs=3, unstructured=False,
     quantize=True, calibration="minmax", latency_repeats=200,
 )  # fmt: skip
 

@@ -40,6 +40,7 @@ from datamoat.edge.rollout import FAILED, abort_verdict, assign, baseline_for_ne
 from datamoat.errors import BadInput, NotFound
 from datamoat.registry import AuthError, Registry, _hash_token
 from datamoat.serve.errors import Unprocessable
+from datamoat.serve.inputs import input_hash
 from datamoat.serve.logstore import log_rows, review_rows
 from datamoat.serve.logstore import predictions as serve_predictions
 from datamoat.serve.logstore import review as serve_review
@@ -510,7 +511,7 @@ def _parse_upload(i: int, it: Any, versions: dict[str, Any], registry: Registry,
     need(isinstance(ts, (int, float)) and 0 < ts < math.inf, f"ts must be the answer's unix time, got {ts!r}")
     exact, digest = it.get("exact", True), it.get("input_sha256")
     need(isinstance(exact, bool), "exact must be true or false")
-    own = hashlib.sha256(np.ascontiguousarray(pixels, np.float32).tobytes()).hexdigest()
+    own = input_hash(pixels)
     if exact:
         need(digest in (None, own), "input_sha256 does not match the pixels: send the image the model answered")
         digest = own

@@ -45,7 +45,7 @@ from datamoat.edge.keys import load_trust
 from datamoat.edge.store import DeviceStore, Outbox
 from datamoat.serve.engine import LoadedVersion, decide
 from datamoat.serve.errors import Unavailable
-from datamoat.serve.inputs import Prepare
+from datamoat.serve.inputs import Prepare, as_uint8, input_hash
 
 __all__ = ["EdgeConfig", "EdgeRuntime", "Serving"]
 
@@ -330,14 +330,13 @@ class EdgeRuntime:
         for a, xi in zip(answers, x):
             if not (a["needs_review"] or a["abstained"]):
                 continue
-            u = np.clip(np.rint(xi), 0, 255).astype(np.uint8)  # (C, H, W); JSON inputs may hold fractions
+            u, exact = as_uint8(xi)  # (C, H, W)
             item = {"prediction_id": a["prediction_id"], "ts": now, "model_version": s.model.version_id,
                     "bundle_sequence": s.bundle.sequence, "generation": s.generation, "label": a["label"],
                     "abstained": a["abstained"], "needs_review": a["needs_review"], "reason": a["reason"],
                     "top_k": a["top_k"][:3], "shape": list(u.shape), "pixels": base64.b64encode(u.tobytes()).decode(),
                     # The cloud's input hash (float32 of what the model saw), so a reviewer's label matches it.
-                    "input_sha256": hashlib.sha256(np.ascontiguousarray(xi, np.float32).tobytes()).hexdigest(),
-                    "exact": bool(np.array_equal(u, xi))}  # fmt: skip
+                    "input_sha256": input_hash(xi), "exact": exact}  # fmt: skip
             try:
                 self.outbox.add(item)
             except OSError as e:  # a full disk must not fail the prediction

@@ -23,7 +23,6 @@ which the database itself keeps append-only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import Any
@@ -35,6 +34,7 @@ from datamoat.configs import check, check_choice
 from datamoat.errors import BadInput, NotFound
 from datamoat.registry import Registry
 from datamoat.serve.errors import Conflict
+from datamoat.serve.inputs import input_hash
 from datamoat.serve.logstore import feedback as serve_feedback
 from datamoat.serve.logstore import predictions as serve_predictions
 
@@ -88,15 +88,6 @@ _APPEND_ONLY = {
         "FOR EACH ROW EXECUTE FUNCTION fb_decisions_append_only()",
     ],
 }
-
-
-def input_hash(pixels: np.ndarray) -> str:
-    """The server's input hash of one uint8 image (C, H, W).
-
-    >>> input_hash(np.zeros((1, 2, 2), np.uint8))[:12]
-    '374708fff771'
-    """
-    return hashlib.sha256(np.ascontiguousarray(pixels, np.float32).tobytes()).hexdigest()
 
 
 class Quarantine:

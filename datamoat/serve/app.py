@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import socket
@@ -35,7 +34,15 @@ from datamoat.serve.config import ServeConfig
 from datamoat.serve.control import Controller
 from datamoat.serve.engine import SessionCache, decide
 from datamoat.serve.errors import Unavailable
-from datamoat.serve.inputs import PREDICT_BODY, Prepare, install_pillow_limits, parse_image, parse_json, read_payload
+from datamoat.serve.inputs import (
+    PREDICT_BODY,
+    Prepare,
+    input_hash,
+    install_pillow_limits,
+    parse_image,
+    parse_json,
+    read_payload,
+)
 from datamoat.serve.logstore import PredictionLog, ReviewQueue, log_rows, review_rows
 from datamoat.serve.metrics import ServeMetrics
 from datamoat.serve.review import review_router
@@ -216,7 +223,7 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> dict
     pol = cur.policy  # `Registry.policy` of the served version, as of the state's generation
     answers = [{"prediction_id": str(uuid.uuid4()), **a} for a in
                decide(probs, cur.model.classes, cur.suppressed, cfg.top_k, pol.get("threshold"), pol.get("per_class"))]  # fmt: skip
-    hashes = [hashlib.sha256(np.ascontiguousarray(xi, np.float32).tobytes()).hexdigest() for xi in x]
+    hashes = [input_hash(xi) for xi in x]
     queued = review_rows(cur, answers, x) if cfg.review_queue else []
     ctx.plog.add(log_rows(cur, ctx.server_id, answers, hashes), queued)
     ctx.metrics.answers(answers)

@@ -12,6 +12,7 @@ changes while it waits in the batch queue.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import warnings
@@ -25,6 +26,8 @@ from datamoat.serve.errors import TooLarge, Unprocessable, UnsupportedMedia
 
 __all__ = [
     "Prepare",
+    "as_uint8",
+    "input_hash",
     "PREDICT_BODY",
     "install_pillow_limits",
     "parse_image",
@@ -34,6 +37,25 @@ __all__ = [
 ]
 
 Prepare = Callable[[tuple[int, int, int]], np.ndarray]
+
+
+def input_hash(pixels: np.ndarray) -> str:
+    """The input hash every route shares: sha256 of one image's float32 (C, H, W) pixels in 0..255.
+
+    >>> input_hash(np.zeros((1, 2, 2), np.uint8))[:12]
+    '374708fff771'
+    """
+    return hashlib.sha256(np.ascontiguousarray(pixels, np.float32).tobytes()).hexdigest()
+
+
+def as_uint8(pixels: np.ndarray) -> tuple[np.ndarray, bool]:
+    """One image (C, H, W) as uint8 for storage, and whether that is exactly the input (JSON may hold fractions).
+
+    >>> as_uint8(np.array([[[1.0, 2.5]]]))[1]
+    False
+    """
+    u = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)  # (C, H, W)
+    return u, bool(np.array_equal(u, pixels))
 
 
 def install_pillow_limits(max_pixels: int) -> None:

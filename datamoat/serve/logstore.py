@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from datamoat.errors import NotFound
 from datamoat.registry import Registry
 from datamoat.serve.errors import Conflict, Unprocessable
+from datamoat.serve.inputs import as_uint8
 
 __all__ = [
     "PredictionLog",
@@ -191,11 +192,11 @@ def review_rows(state: Any, answers: list[dict[str, Any]], x: np.ndarray) -> lis
     for a, xi in zip(answers, x, strict=True):
         if not a["needs_review"]:
             continue
-        u = np.clip(np.rint(xi), 0, 255).astype(np.uint8)  # (C, H, W); JSON inputs may hold fractions
+        u, exact = as_uint8(xi)  # (C, H, W)
         out.append({"prediction_id": a["prediction_id"], "ts": now, "alias": state.alias,
                     "model_version": state.model.version_id, "label": a["label"], "reason": a["reason"] or "",
                     "top": json.dumps(a["top_k"][:3]), "pixels": u.tobytes(), "shape": json.dumps(list(u.shape)),
-                    "exact": bool(np.array_equal(u, xi)), "status": "open"})  # fmt: skip
+                    "exact": exact, "status": "open"})  # fmt: skip
     return out
 
 

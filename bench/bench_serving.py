@@ -35,11 +35,22 @@ ARCH = os.environ.get("DATAMOAT_BENCH_MODEL_ARCH", "cnn_medium")
 SECONDS = float(os.environ.get("DATAMOAT_BENCH_SERVING_SECONDS", "10"))
 CONCURRENCY = 32
 ORT_THREADS = 1  # see the settings note: one ORT thread leaves the other core to HTTP and the client
-BATCH_ON = ["--max-batch-size", "32", "--max-wait-ms", "2"]
+# Half the concurrency: one batch fills while the other runs. With a cap of 32 at 32 clients every client sits
+# in the same batch, so the model idles while answers go out and new requests come in (the 'tried' row).
+BATCH_ON = ["--max-batch-size", "16", "--max-wait-ms", "2"]
 BATCH_OFF = ["--max-batch-size", "1"]
+# Other served models, each with batching on and off against its own raw ORT: where the tiny Fashion-MNIST CNN
+# spends most of a request in HTTP and JSON, these spend it in the model. Untrained weights: dense ONNX Runtime
+# does the same arithmetic whatever their values. Set DATAMOAT_BENCH_SERVING_VARIANTS=0 to skip them.
+VARIANTS = {
+    "mlp 4096x3 (37M weights, weight-bound)": ("mlp", {"hidden": (4096, 4096, 4096), "dropout": 0.0}),
+    "resnet (compute-bound conv)": ("resnet", {}),
+}
+RUN_VARIANTS = os.environ.get("DATAMOAT_BENCH_SERVING_VARIANTS", "1") != "0"
 ALTERNATIVES = {
     "--ort-threads 2 (= 0, ORT's default here)": [*BATCH_ON, "--ort-threads", "2"],
-    "--max-wait-ms 5": ["--max-batch-size", "32", "--max-wait-ms", "5", "--ort-threads", str(ORT_THREADS)],
+    "--max-batch-size 32": ["--max-batch-size", "32", "--max-wait-ms", "2", "--ort-threads", str(ORT_THREADS)],
+    "--max-wait-ms 5": ["--max-batch-size", "16", "--max-wait-ms", "5", "--ort-threads", str(ORT_THREADS)],
 }
 
 
@@ -49,7 +60,7 @@ def _row(what: str, value: Any, target: str = "", met: bool | None = None, unit:
             "met": "" if met is None else ("yes" if met else "NO")}  # fmt: skip
 
 
-def _setup(root: Path) -> tuple[Workspace, Registry, str, str, str]:
+def _setup(root: Path) -> tuple[Workspace, Registry, str, str, str, dict[str, str]]:
     """Train the served model, register it (v1) and an untrained twin (v2, same compute) as the bad release."""
     ws = Workspace.init(root / "ws")
     data = import_default(ws)
@@ -65,12 +76,17 @@ def _setup(root: Path) -> tuple[Workspace, Registry, str, str, str]:
     reg.promote(v1, "production", actor="bench")
     reg.promote(v2, "production", actor="bench", reason="bench: a release to roll back")
     reg.rollback("production", actor="bench")  # throughput runs serve v1; v2 comes back for the control part
-    return ws, reg, url, v1, v2
+    aliases = {}
+    for i, (label, (arch, overrides)) in enumerate(VARIANTS.items() if RUN_VARIANTS else ()):
+        save_model(ws, new_model(arch, data, seed=0, **overrides), name=f"variant-{i}")
+        aliases[label] = f"variant-{i}"
+        reg.promote(register_model(ws, reg, f"variant-{i}", actor="bench"), f"variant-{i}", actor="bench")
+    return ws, reg, url, v1, v2, aliases
 
 
-def _closed(server: Server, seconds: float) -> tuple[Any, CpuMeter, float]:
+def _closed(server: Server, seconds: float, payload: str = "json") -> tuple[Any, CpuMeter, float]:
     """Warm up, then a closed-loop run at CONCURRENCY; (result, CPU shares, mean formed batch)."""
-    cfg = dict(url=server.url, concurrency=CONCURRENCY, payload="json")
+    cfg = dict(url=server.url, concurrency=CONCURRENCY, payload=payload)
     loadtest(LoadTestConfig(**cfg, duration_s=1.5, warmup_s=0.5))
     before = server.metrics()
     with CpuMeter([server]) as cpu:
@@ -106,6 +122,7 @@ def _throughput(url: str, root: Path, env: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {"tried": {}}
     with Server(url, [*BATCH_ON, *threads], root, "on", env) as srv:
         out["on"] = _closed(srv, SECONDS)
+        out["on npy"] = _closed(srv, SECONDS, payload="npy")
         out["rate"] = 0.5 * out["on"][0].throughput_rps
         with CpuMeter([srv]) as cpu:
             cfg = LoadTestConfig(url=srv.url, concurrency=64, rate=out["rate"], duration_s=SECONDS, warmup_s=1)
@@ -115,6 +132,24 @@ def _throughput(url: str, root: Path, env: dict[str, str]) -> dict[str, Any]:
     for label, args in ALTERNATIVES.items():  # shorter windows: what the chosen setting is compared with
         with Server(url, args, root, "alt", env) as srv:
             out["tried"][label] = _closed(srv, SECONDS / 2)
+    return out
+
+
+def _variants(reg: Registry, url: str, root: Path, env: dict[str, str], aliases: dict[str, str]) -> dict[str, Any]:
+    """Part 5: other models, batching on and off at CONCURRENCY, npy payloads, each against its raw ORT."""
+    threads = ["--ort-threads", str(ORT_THREADS)]
+    out = {}
+    for label, alias in aliases.items():
+        runs = {}
+        for mode, args in (("on", BATCH_ON), ("off", BATCH_OFF)):
+            with Server(url, [*args, *threads, "--alias", alias], root, f"{alias}-{mode}", env) as srv:
+                runs[mode] = _closed(srv, SECONDS, payload="npy")
+        lv = load_version(reg, reg.aliases()[alias], ORT_THREADS)
+        b_mean = max(1, round(runs["on"][2]))
+        imgs = np.random.default_rng(0).integers(0, 256, (32, *lv.input_shape), dtype=np.uint8)  # (32, C, H, W)
+        batches = {b: lv.normalize(imgs[:b]) for b in sorted({1, b_mean, 32})}
+        raw, raw_cpu = ort_throughput(lv.session, batches, seconds=3.0)
+        out[label] = {"runs": runs, "raw": raw, "raw_cpu": raw_cpu, "b_mean": b_mean}
     return out
 
 
@@ -145,11 +180,13 @@ def main() -> dict[str, Any]:
 
 def _main(root: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
-    _, reg, url, v1, v2 = _setup(root)
+    _, reg, url, v1, v2, aliases = _setup(root)
     setup_s = time.perf_counter() - t_start
     env = {"OMP_NUM_THREADS": "1"}
     t = _throughput(url, root, env)
     (on, cpu_on, mean_batch), (off, cpu_off, _), (opened, cpu_open) = t["on"], t["off"], t["open"]
+    npy, cpu_npy, npy_batch = t["on npy"]
+    var = _variants(reg, url, root, env, aliases)
 
     # Raw ORT: the server's own session loader and thread setting, timed with no server running.
     lv = load_version(reg, v1, ORT_THREADS)
@@ -184,6 +221,11 @@ def _main(root: Path) -> dict[str, Any]:
             unit="ms",
         ),
         _row(
+            "server, batching on, c=32, .npy body instead of JSON",
+            f"{npy.throughput_rps:.0f} req/s, mean batch {npy_batch:.1f}, server CPU {ms(cpu_npy.server, npy):.2f} "
+            f"ms/req, load generator {ms(cpu_npy.client, npy):.2f} ms/req",
+        ),
+        _row(
             f"raw ORT per CPU second, batch 1 / {b_mean} / 32",
             " / ".join(f"{raw_cpu[b]:.0f}" for b in (1, b_mean, 32)),
             unit="img/CPU-s",
@@ -199,6 +241,29 @@ def _main(root: Path) -> dict[str, Any]:
             unit="ms",
         ),
     ]
+    for label, v in var.items():
+        (von, vcpu_on, vmb), (voff, vcpu_off, _) = v["runs"]["on"], v["runs"]["off"]
+        r_on, r_off, vb = von.throughput_rps, voff.throughput_rps, v["b_mean"]
+        rows += [
+            _row(
+                f"{label}: raw ORT, batch 1 / {vb} (the mean formed batch, {vmb:.1f}) / 32",
+                " / ".join(f"{v['raw'][b]:.0f}" for b in (1, vb, 32)),
+                unit="img/s",
+            ),  # fmt: skip
+            _row(f"{label}: server on / off, c=32, .npy", f"{r_on:.0f} / {r_off:.0f}", unit="req/s"),
+            _row(
+                f"{label}: server on / raw ORT at its mean batch",
+                r_on / v["raw"][vb],
+                ">= 0.7",
+                r_on >= 0.7 * v["raw"][vb],
+            ),  # fmt: skip
+            _row(f"{label}: batching on / off", r_on / r_off, ">= 2", r_on >= 2 * r_off),
+            _row(
+                f"{label}: server CPU per request on / off; cores on: {vcpu_on.line()}",
+                f"{ms(vcpu_on.server, von):.2f} / {ms(vcpu_off.server, voff):.2f}",
+                unit="ms",
+            ),  # fmt: skip
+        ]
     for label, (res, cpu, mb) in t["tried"].items():
         shown = f"{res.throughput_rps:.0f} req/s, mean batch {mb:.1f}, server CPU {ms(cpu.server, res):.2f} ms/req"
         rows.append(_row(f"tried: batching on with {label}", shown))
@@ -231,7 +296,7 @@ def _main(root: Path) -> dict[str, Any]:
         "token: the server caches an accepted token, so a token would add a dict lookup, not a database read.",
         f"Settings: {ORT_THREADS} ORT thread leaves the other core to the event loop and the load generator; the "
         "'tried' rows run the alternatives for half as long in this run (2 threads = ORT's default on 2 cores).",
-        f"Load: `datamoat.loadtest` closed loop, concurrency {CONCURRENCY}, one JSON image per request, "
+        f"Load: `datamoat.loadtest` (an aiohttp client) closed loop, concurrency {CONCURRENCY}, one JSON image per request, "
         f"{SECONDS:g} s after a 2 s warm-up, in this process on the same 2 cores. CPU in cores (CPU s / wall s) "
         f"during batching on: {cpu_on.line()}; off: {cpu_off.line()}; open loop: {cpu_open.line()}.",
         "Raw ORT: `session.run` alone on pre-normalised float32 input (no HTTP, JSON, normalisation or softmax), "
@@ -240,6 +305,13 @@ def _main(root: Path) -> dict[str, Any]:
         "softmax, answer building and the prediction log per request, and shares the cores with the load "
         "generator; the rows per CPU second take the CPU split and the other users of the machine out of the "
         "comparison (with 1 intra-op thread ORT runs in the calling thread, so process CPU time is its CPU).",
+        "The .npy row is the same server and load as 'batching on' with the image sent as `numpy.save` bytes "
+        "(application/x-npy, 912 bytes) instead of JSON (about 3.6 KB).",
+        "Other models (rows named by model): the same server settings and load, .npy bodies, each model on its own "
+        "alias, against its own raw ORT timed the same way. The 37M-weight MLP streams 147 MB of weights per call, "
+        "so one image per call wastes most of it and batching pays; the ResNet's convolutions are already "
+        "efficient at batch 1 on a CPU, so batching gains little there, while both spend most of a request in the "
+        "model rather than in HTTP. Untrained weights: dense ONNX Runtime does the same work whatever their values.",
         f"Open loop: Poisson arrivals at {t['rate']:.0f} req/s, at most 64 in flight, {opened.successes} answers, "
         f"{opened.errors} errors, {opened.dropped} dropped; latency from the scheduled arrival.",
         f"Control: two servers (batching on) on one SQLite registry, 3 closed-loop clients each in a background "
@@ -268,6 +340,14 @@ def _main(root: Path) -> dict[str, Any]:
             "closed_on": on.to_dict(), "closed_off": off.to_dict(), "open_loop": opened.to_dict(),
             "cpu_cores": {k: {"client": c.client, "server": c.server, "others": c.others}
                           for k, c in (("on", cpu_on), ("off", cpu_off), ("open", cpu_open))},
+            "npy": {"rps": npy.throughput_rps, "mean_batch": npy_batch, "server_cpu": cpu_npy.server,
+                    "client_cpu": cpu_npy.client},
+            "variants": {k: {"on_rps": v["runs"]["on"][0].throughput_rps, "off_rps": v["runs"]["off"][0].throughput_rps,
+                             "mean_batch": v["runs"]["on"][2], "raw_ort_img_s": v["raw"],
+                             "raw_ort_img_per_cpu_s": v["raw_cpu"],
+                             "ratio_vs_raw_mean_batch": v["runs"]["on"][0].throughput_rps / v["raw"][v["b_mean"]],
+                             "on_off_ratio": v["runs"]["on"][0].throughput_rps / v["runs"]["off"][0].throughput_rps}
+                         for k, v in var.items()},
             "tried": {k: {"rps": r.throughput_rps, "mean_batch": mb, "server_cpu": c.server, "client_cpu": c.client}
                       for k, (r, c, mb) in t["tried"].items()},
             "control": steps,

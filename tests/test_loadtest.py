@@ -46,6 +46,9 @@ class Server:
                 form = await request.form()
                 img = np.asarray(Image.open(io.BytesIO(await form["file"].read())))
                 self.shapes.append(("png", img.shape))
+            elif request.headers["content-type"] == "application/x-npy":
+                arr = np.load(io.BytesIO(await request.body()), allow_pickle=False)
+                self.shapes.append(("npy", arr.shape, str(arr.dtype)))
             else:
                 self.shapes.append(("json", np.asarray((await request.json())["inputs"]).shape))
             await asyncio.sleep(SLEEP_MS / 1000)
@@ -74,7 +77,9 @@ def server():
     import uvicorn
 
     srv = Server()
-    config = uvicorn.Config(srv.app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    # asyncio's loop, not uvloop: libuv's millisecond timers can end the handler's sleep up to 1 ms early,
+    # and the latency tests rely on every answer taking at least SLEEP_MS.
+    config = uvicorn.Config(srv.app, host="127.0.0.1", port=0, log_level="warning", access_log=False, loop="asyncio")
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -157,6 +162,13 @@ def test_batched_json_payload(server):
     r = loadtest(LoadTestConfig(url=server.url, batch=4, concurrency=1, duration_s=0.3, warmup_s=0))
     assert server.shapes[-1] == ("json", (4, 1, 8, 8))
     assert r.images_per_s == pytest.approx(4 * r.throughput_rps)
+
+
+def test_npy_payload_single_and_batched(server):
+    loadtest(LoadTestConfig(url=server.url, payload="npy", concurrency=1, duration_s=0.2, warmup_s=0))
+    assert server.shapes[-1] == ("npy", (1, 8, 8), "uint8")
+    loadtest(LoadTestConfig(url=server.url, payload="npy", batch=3, concurrency=1, duration_s=0.2, warmup_s=0))
+    assert server.shapes[-1] == ("npy", (3, 1, 8, 8), "uint8")
 
 
 def test_nothing_listening_is_a_clear_error():

@@ -40,9 +40,11 @@ def register(app: typer.Typer) -> None:
             0.0, "--rate", help="Open loop: Poisson arrivals at this many req/s (0 = closed loop)."
         ),
         token: str = typer.Option(None, "--token", envvar="DATAMOAT_PREDICT_TOKEN", help="Predict token (Bearer)."),
-        payload: str = typer.Option("json", "--payload", help="json (nested lists) or png (multipart upload)."),
+        payload: str = typer.Option(
+            "json", "--payload", help="json (nested lists), npy (numpy.save bytes) or png (multipart upload)."
+        ),
         shape: str = typer.Option(None, "--shape", help="Input C,H,W (default: the server's /v1/model, else 1,28,28)."),
-        batch: int = typer.Option(1, "--batch", help="Images per request (json payload)."),
+        batch: int = typer.Option(1, "--batch", help="Images per request (json or npy payload)."),
         timeout: float = typer.Option(10.0, "--timeout", help="Seconds before one request counts as failed."),
         max_requests: int = typer.Option(
             0, "--max-requests", help="Stop after this many measured requests (0 = no cap)."

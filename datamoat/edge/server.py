@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
 from datamoat.errors import DatamoatError
 from datamoat.serve.errors import TooLarge, Unavailable
-from datamoat.serve.inputs import PREDICT_BODY, install_pillow_limits, parse_image, parse_json, read_payload
+from datamoat.serve.inputs import PREDICT_BODY, install_pillow_limits, parse_json, parse_payload, read_payload
 
 __all__ = ["create_edge_app", "run_edge"]
 
@@ -70,7 +70,7 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
         kind, data = await read_payload(request, limit)
         if len(data) > limit:
             raise TooLarge(f"the request body is over the {limit}-byte limit: send a smaller image or fewer inputs")
-        prepare = parse_json(data) if kind == "json" else parse_image(data, rt.cfg.max_image_pixels)
+        prepare = parse_payload(kind, data, rt.cfg.max_image_pixels)
         return Response(await _predict(rt, prepare), media_type="application/json")
 
     @app.get("/v1/model")

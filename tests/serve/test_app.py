@@ -74,6 +74,38 @@ def test_png_jpeg_uploads_are_decoded_like_the_pixels(live, reg, artifacts):
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1
 
 
+def _npy(arr, **kw) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, **kw)
+    return buf.getvalue()
+
+
+def test_npy_bodies_answer_like_json_and_bad_ones_get_a_4xx(live, reg, artifacts):
+    srv = live(top_k=3)
+    x = artifacts.x
+    h = auth(reg.tokens["predict"])
+
+    def post(content, ctype="application/x-npy"):
+        return srv.post("/v1/predict", content=content, headers={**h, "content-type": ctype})
+
+    u8 = np.clip(np.rint(x[:5]), 0, 255).astype(np.uint8)  # (5, C, H, W)
+    for body, ctype in (
+        (_npy(u8), "application/x-npy"),
+        (_npy(u8[:, 0].astype(np.float64)), "application/octet-stream"),
+    ):
+        got = post(body, ctype).json()["predictions"]
+        want = _predict(srv, reg, u8.tolist()).json()["predictions"]
+        assert [p["label_index"] for p in got] == [p["label_index"] for p in want]
+        assert [p["top_k"] for p in got] == [p["top_k"] for p in want]
+    one = post(_npy(u8[0])).json()["predictions"]  # (C, H, W): one image
+    assert len(one) == 1 and one[0]["top_k"] == _predict(srv, reg, u8[0].tolist()).json()["predictions"][0]["top_k"]
+    assert "readable .npy" in _error(post(b"\x93NUMPY garbage"), 400)
+    assert "readable .npy" in _error(post(_npy(np.array([{"a": 1}], dtype=object), allow_pickle=True)), 400)
+    assert "non-numeric" in _error(post(_npy(np.array(["a", "b"]))), 422)
+    assert "0..255" in _error(post(_npy(np.full((8, 8), 256, np.int16))), 422)
+    assert "this model takes" in _error(post(_npy(np.zeros((3, 5), np.uint8))), 422)
+
+
 def test_suppression_abstain_then_renormalize(live, reg, artifacts):
     srv = live(top_k=10)
     srt = np.sort(reg.ref[reg.v1], axis=1)

@@ -3,15 +3,36 @@ whatever the generated (valid and invalid) requests, never a 5xx."""
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from schemathesis.checks import not_a_server_error
 
 from datamoat.registry import Registry
 from datamoat.serve import ServeConfig, create_app
 
 from .serve_util import auth
+
+
+def _npy(arr) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+# .npy bodies: real arrays of any numeric dtype and small shape (most the wrong shape or range), and raw bytes.
+schemathesis.openapi.media_type(
+    "application/x-npy",
+    st.one_of(
+        hnp.arrays(hnp.scalar_dtypes(), hnp.array_shapes(min_dims=0, max_dims=4, max_side=9)).map(_npy),
+        st.binary(max_size=2048),
+    ),
+)
 
 # The schema does not depend on the registry's content: load it from an empty app at import.
 schema = schemathesis.openapi.from_dict(create_app(Registry("sqlite://")).openapi())

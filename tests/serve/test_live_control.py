@@ -41,6 +41,20 @@ def test_concurrent_requests_form_batches(live, reg, artifacts):
     assert singles < calls  # at least one batch had more than one input
 
 
+def test_the_inference_thread_stops_with_the_app(live, reg, artifacts):
+    import threading
+
+    def batchers():
+        return [t for t in threading.enumerate() if t.name == "datamoat-batcher"]
+
+    before = len(batchers())
+    srv = live(max_batch_size=8, max_wait_ms=5.0)
+    _burst(srv, reg, artifacts, 8)
+    assert len(batchers()) == before + 1
+    srv.__exit__(None, None, None)  # the app's shutdown
+    assert len(batchers()) == before
+
+
 def test_batch_size_one_turns_batching_off(live, reg, artifacts):
     srv = live(max_batch_size=1, max_wait_ms=50.0)
     _burst(srv, reg, artifacts, 12)

@@ -74,9 +74,37 @@ def test_fixes_from_issues_filters_by_confidence_and_drops():
         fixes_from_issues({"oops": []})
 
 
-@pytest.mark.parametrize("field, value", [("folds", 1), ("epochs", 0), ("arch", "vit"), ("filter_by", "magic")])
-def test_cleaning_config_rejects_bad_values(field, value):
-    with pytest.raises(BadInput, match=field if field != "arch" else "architecture"):
+def test_keep_above_leaves_flags_whose_given_label_is_still_plausible():
+    doc = {"label_issues": [{"index": 1, "suggested_label": 3, "confidence": 0.95, "quality": 0.01},
+                            {"index": 2, "suggested_label": 3, "confidence": 0.95, "quality": 0.06},
+                            {"index": 3, "suggested_label": 0, "confidence": 0.50, "quality": 0.04}]}  # fmt: skip
+    assert fixes_from_issues(doc, drop=True, keep_above=0.05) == [
+        {"index": 1, "drop": True},
+        {"index": 3, "drop": True},
+    ]
+    assert fixes_from_issues(doc, drop_below=0.9, keep_above=0.03) == [{"index": 1, "new_label": 3}]
+    assert len(fixes_from_issues(doc, drop=True)) == 3  # 0: off
+
+
+def test_ensemble_averages_each_architectures_out_of_fold_probabilities(ws, digits):
+    noisy, _ = flip_labels(ws, digits, 0.1, seed=0)
+    fast = {**FAST, "epochs": 4, "max_duplicate_samples": 0, "outlier_fraction": 0.0}
+    mlp = find_issues(noisy, **fast)
+    cnn = find_issues(noisy, **{**fast, "arch": "cnn_small"})
+    both = find_issues(noisy, **{**fast, "ensemble": ("cnn_small",)})
+    assert np.array_equal(both.examined, mlp.examined)
+    assert np.allclose(both.pred_probs, (mlp.pred_probs + cnn.pred_probs) / 2, atol=1e-6)
+    assert not np.allclose(mlp.pred_probs, cnn.pred_probs, atol=1e-3)  # two real opinions, not one twice
+    assert json.loads(json.dumps(both.to_dict()))["config"]["ensemble"] == ["cnn_small"]  # recorded with the issues
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [("folds", 1, "folds"), ("epochs", 0, "epochs"), ("arch", "vit", "architecture"), ("filter_by", "magic", "filter_by"),
+     ("ensemble", ("vit",), "ensemble architecture"), ("ensemble", ("cnn_small",), "repeats")],
+)  # fmt: skip
+def test_cleaning_config_rejects_bad_values(field, value, match):
+    with pytest.raises(BadInput, match=match):
         CleaningConfig(**{field: value})
 
 
@@ -114,6 +142,9 @@ def test_cli_issues_then_fix_then_diff(tmp_path):
                          "0.9", "--json").stdout)  # fmt: skip
     kept = sum(i["confidence"] >= 0.9 for i in full["label_issues"])
     assert drop["diff"]["removed"] == kept and drop["diff"]["relabelled"] == 0
+    some = json.loads(dm(home, "data", "fix", noisy.id, "--from", str(issues_file), "--drop", "--keep-above", "0.02",
+                         "--name", "keep", "--json").stdout)  # fmt: skip
+    assert some["diff"]["removed"] == sum(i["quality"] < 0.02 for i in full["label_issues"]) < len(full["label_issues"])
     assert load_dataset(Workspace.open(home), noisy.id).y.tolist() == noisy.y.tolist()
     text = dm(home, "data", "diff", noisy.id, fix["dataset_id"]).stdout
     assert "relabelled" in text and "train" in text
@@ -129,6 +160,8 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
     cases = [
         (("data", "issues", "digits", "--folds", "1"), "folds"),
         (("data", "issues", "no-such-data"), "unknown dataset"),
+        (("data", "issues", "digits", "--ensemble", "vit"), "ensemble architecture"),
+        (("data", "fix", "digits", "--from", str(bad_fixes), "--keep-above", "2"), "--keep-above"),
         (("data", "fix", "digits", "--from", str(bad_fixes)), "index 99999"),
     ]
     for args, match in cases:

@@ -17,6 +17,9 @@ def data_issues(
     folds: int = typer.Option(5, help="Cross-validation folds (at least 2)."),
     epochs: int = typer.Option(5, help="Epochs per fold model (few: long training memorises wrong labels)."),
     arch: str = typer.Option("cnn_small", "--arch", "-a", help="Architecture of the fold models."),
+    ensemble: list[str] = typer.Option(
+        [], "--ensemble", "-e", help="Another architecture whose fold models' probabilities are averaged in (repeat)."
+    ),
     max_train_samples: int = typer.Option(0, help="Examine a stratified subset of the train split (0: all)."),
     seed: int = typer.Option(0, help="Seed for folds and models."),
     threads: int = typer.Option(0, help="Torch threads (0: every core)."),
@@ -28,7 +31,7 @@ def data_issues(
     from datamoat.data import load_dataset
     from datamoat.data.cleaning import CleaningConfig, find_issues
 
-    cfg = CleaningConfig(arch=arch, folds=folds, epochs=epochs, seed=seed,
+    cfg = CleaningConfig(arch=arch, ensemble=tuple(ensemble), folds=folds, epochs=epochs, seed=seed,
                          max_train_samples=max_train_samples, threads=threads)  # fmt: skip
     if top < 0:
         raise BadInput(f"--top must be >= 0, got {top}")
@@ -78,7 +81,7 @@ def _print_issues(classes: list[str], out: dict[str, Any], counts: dict[str, int
 
 
 def _read_fixes(path: Path, ds_id: str, drop: bool, min_confidence: float,
-                drop_below: float = 0.0) -> list[dict[str, Any]]:  # fmt: skip
+                drop_below: float = 0.0, keep_above: float = 0.0) -> list[dict[str, Any]]:  # fmt: skip
     from datamoat.data.cleaning import fixes_from_issues
 
     if not path.is_file():
@@ -92,7 +95,8 @@ def _read_fixes(path: Path, ds_id: str, drop: bool, min_confidence: float,
                        "fix that version, or run `datamoat data issues` on this one")  # fmt: skip
     if isinstance(doc, dict) and isinstance(doc.get("fixes"), list):
         return doc["fixes"]  # hand-written fixes: [{index, new_label} | {index, drop}]
-    return fixes_from_issues(doc, drop=drop, min_confidence=min_confidence, drop_below=drop_below)
+    return fixes_from_issues(doc, drop=drop, min_confidence=min_confidence, drop_below=drop_below,
+                             keep_above=keep_above)  # fmt: skip
 
 
 def data_fix(
@@ -103,6 +107,9 @@ def data_fix(
     drop_below: float = typer.Option(
         0.0, help="With --relabel, drop (rather than relabel) issues whose suggestion has a lower probability."
     ),
+    keep_above: float = typer.Option(
+        0.0, help="Leave issues whose given label still has at least this out-of-fold probability (0: off)."
+    ),
     name: str = typer.Option(None, help="Name of the new version (default: <name>-fixed)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -110,15 +117,16 @@ def data_fix(
     from datamoat.data import load_dataset
     from datamoat.data.versions import apply_fixes, diff
 
-    for opt, val in (("--min-confidence", min_confidence), ("--drop-below", drop_below)):
+    for opt, val in (("--min-confidence", min_confidence), ("--drop-below", drop_below), ("--keep-above", keep_above)):
         if not 0.0 <= val <= 1.0:
             raise BadInput(f"{opt} is a probability in [0, 1], got {val}")
     ws = open_ws()
     ds = load_dataset(ws, dataset)
-    fixes = _read_fixes(source, ds.id, drop, min_confidence, drop_below)
+    fixes = _read_fixes(source, ds.id, drop, min_confidence, drop_below, keep_above)
     fixed = apply_fixes(ws, ds, fixes, name=name,
                         source={"issues_file": str(source), "mode": "drop" if drop else "relabel",
-                                "min_confidence": min_confidence, "drop_below": drop_below})  # fmt: skip
+                                "min_confidence": min_confidence, "drop_below": drop_below,
+                                "keep_above": keep_above})  # fmt: skip
     totals = diff(ws, ds, fixed)["totals"]
     out = {"dataset_id": fixed.id, "name": fixed.name, "parent_id": ds.id, "fixes": len(fixes), "diff": totals}
     emit(out, as_json, f"dataset {fixed.id} ({fixed.name}) from {ds.id}: {totals['relabelled']} relabelled, "

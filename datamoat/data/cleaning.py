@@ -44,6 +44,12 @@ class CleaningConfig(Config):
     augmentation underfit in that budget and flagged worse)."""
 
     arch: str = "cnn_small"
+    # More architectures whose out-of-fold probabilities are averaged with
+    # `arch`'s: a second opinion catches flips and spares hard but correct
+    # samples. On Fashion-MNIST, cnn_small + cnn_medium flagged with
+    # precision 0.866 against 0.837 for cnn_small alone, at the same recall,
+    # for about 3.4x the time.
+    ensemble: tuple[str, ...] = ()
     folds: int = 5
     epochs: int = 5
     lr: float = 2e-3
@@ -62,6 +68,10 @@ class CleaningConfig(Config):
 
     def validate(self) -> None:
         check_choice("architecture", self.arch, _ARCHS)
+        for a in self.ensemble:
+            check_choice("ensemble architecture", a, _ARCHS)
+        archs = (self.arch, *self.ensemble)
+        check(len(set(archs)) == len(archs), f"each architecture once: {', '.join(archs)} repeats one")
         check(self.folds >= 2, f"folds must be at least 2 (cross-validation needs a held-out fold), got {self.folds}")
         check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
@@ -122,8 +132,14 @@ def _fold_ids(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def _out_of_fold(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, progress: bool) -> np.ndarray:
-    """(n, K) probabilities for the global indices `sel`, each from a model
-    that never saw it."""
+    """(n, K) probabilities for the global indices `sel`, each from models
+    that never saw it: the mean over `arch` and the `ensemble` archs."""
+    probs = [_out_of_fold_arch(data, sel, cfg, arch, progress) for arch in (cfg.arch, *cfg.ensemble)]
+    return np.mean(probs, axis=0, dtype=np.float64).astype(np.float32)  # (n, K)
+
+
+def _out_of_fold_arch(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, arch: str, progress: bool) -> np.ndarray:
+    """(n, K) out-of-fold probabilities from one architecture's K fold models."""
     from datamoat.models import new_model
     from datamoat.train import TrainConfig, train
 
@@ -140,7 +156,7 @@ def _out_of_fold(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, progress: 
         split = np.where(data.split == SPLITS["val"], SPLITS["val"], SPLITS["test"]).astype(np.uint8)
         split[sel[fold != k]] = SPLITS["train"]
         view = dataclasses.replace(data, id=f"{data.id}-fold{k}", split=split)
-        model = new_model(cfg.arch, view, seed=cfg.seed + k)
+        model = new_model(arch, view, seed=cfg.seed + k)
         model = train(model, view, tcfg.replace(seed=cfg.seed + k), progress=progress)
         probs[fold == k] = model.predict_proba(data.x[held])
     return probs
@@ -257,18 +273,22 @@ def find_issues(data: Dataset, config: CleaningConfig | None = None, *, progress
 
 
 def fixes_from_issues(issues: Issues | dict[str, Any], *, drop: bool = False, min_confidence: float = 0.0,
-                      drop_below: float = 0.0) -> list[dict[str, Any]]:  # fmt: skip
+                      drop_below: float = 0.0, keep_above: float = 0.0) -> list[dict[str, Any]]:  # fmt: skip
     """Turn label issues into fixes for `apply_fixes`.
 
     Issues whose suggested label has probability below `min_confidence` are
-    left alone. The rest are relabelled to the suggestion, except that those
-    below `drop_below` (or all of them, with `drop`) are dropped instead: a
-    doubtful suggestion is more often a confusable but correct sample, and
-    relabelling it would teach the model its own mistake.
+    left alone, and so (when `keep_above` > 0) are those whose given label
+    still has out-of-fold probability `quality` >= `keep_above`: a flip is
+    rarely given even 5% by a model that never saw it, a hard but correct
+    sample often is. The rest are relabelled to the suggestion, except that
+    those below `drop_below` (or all of them, with `drop`) are dropped
+    instead: a doubtful suggestion is more often a confusable but correct
+    sample, and relabelling it would teach the model its own mistake.
 
-    >>> doc = {"label_issues": [{"index": 4, "suggested_label": 1, "confidence": 0.95},
-    ...                         {"index": 7, "suggested_label": 2, "confidence": 0.6}]}
-    >>> fixes_from_issues(doc, drop_below=0.9)
+    >>> doc = {"label_issues": [{"index": 4, "suggested_label": 1, "confidence": 0.95, "quality": 0.01},
+    ...                         {"index": 7, "suggested_label": 2, "confidence": 0.6, "quality": 0.02},
+    ...                         {"index": 9, "suggested_label": 2, "confidence": 0.8, "quality": 0.07}]}
+    >>> fixes_from_issues(doc, drop_below=0.9, keep_above=0.05)
     [{'index': 4, 'new_label': 1}, {'index': 7, 'drop': True}]
     """
     d = issues.to_dict() if isinstance(issues, Issues) else issues
@@ -279,7 +299,7 @@ def fixes_from_issues(issues: Issues | dict[str, Any], *, drop: bool = False, mi
         if not isinstance(issue, dict) or "index" not in issue or "suggested_label" not in issue:
             raise BadInput(f"label issue #{i} lacks 'index' or 'suggested_label': regenerate the issues file")
         conf = float(issue.get("confidence", 1.0))
-        if conf < min_confidence:
+        if conf < min_confidence or (keep_above > 0 and float(issue.get("quality", 0.0)) >= keep_above):
             continue
         if drop or conf < drop_below:
             fixes.append({"index": issue["index"], "drop": True})

@@ -114,9 +114,10 @@ class Batcher:
         """The inference thread: form a batch, run it, post the results to the loop, repeat."""
         while (items := self._take()) is not None:
             state = self.current_state()  # read at dispatch: see the module docstring
-            n = sum(len(it.x) for it in items)
+            n = sum(len(it.x) for it in items)  # inputs the model ran on, for the batch-size metric
             if state.model is None:
                 results: list[Any] = [Unavailable(state.reason)] * len(items)
+                n = 0
             else:
                 try:
                     results = _infer(state.model, items)

@@ -174,7 +174,9 @@ def parse_npy(body: bytes) -> Prepare:
         arr = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception:  # ValueError (a pickle, a bad header), EOFError...: nothing hostile gets further
         raise BadInput(f"the body is not a readable .npy array: {fix}") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
+    if not isinstance(arr, np.ndarray):  # an .npz archive loads as a mapping of arrays
+        raise BadInput(f"the body is an .npz archive, not one .npy array: {fix}")
+    if arr.dtype.kind not in "iuf":
         raise Unprocessable(f"the .npy array holds non-numeric values: {fix}")
     return _shaped(_in_range(arr.astype(np.float32), fix))
 

@@ -102,6 +102,9 @@ def test_npy_bodies_answer_like_json_and_bad_ones_get_a_4xx(live, reg, artifacts
     assert "readable .npy" in _error(post(b"\x93NUMPY garbage"), 400)
     assert "readable .npy" in _error(post(_npy(np.array([{"a": 1}], dtype=object), allow_pickle=True)), 400)
     assert "non-numeric" in _error(post(_npy(np.array(["a", "b"]))), 422)
+    npz = io.BytesIO()
+    np.savez(npz, a=u8)
+    assert ".npz archive" in _error(post(npz.getvalue()), 400)
     assert "0..255" in _error(post(_npy(np.full((8, 8), 256, np.int16))), 422)
     assert "this model takes" in _error(post(_npy(np.zeros((3, 5), np.uint8))), 422)
 

@@ -2,6 +2,7 @@
 
     python bench/run.py            # every benchmark
     python bench/run.py train      # just bench/bench_train.py
+    DATAMOAT_BENCH_TAG=seed1 python bench/run.py labelnoise   # writes labelnoise-seed1.*
 
 Each bench/bench_<name>.py defines `main() -> dict` with keys `title`,
 `columns`, `rows` (list of dicts) and optionally `notes` (list of str) and
@@ -36,9 +37,9 @@ def machine() -> dict:
     }
 
 
-def to_markdown(name: str, out: dict) -> str:
+def to_markdown(name: str, out: dict, env: str = "") -> str:
     cols = out["columns"]
-    lines = [f"# {out['title']}", "", f"`python bench/run.py {name}` on {out['machine']['cores']} cores, "
+    lines = [f"# {out['title']}", "", f"`{env}python bench/run.py {name}` on {out['machine']['cores']} cores, "
              f"torch {out['machine']['torch']}, {out['machine']['date']}", ""]  # fmt: skip
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
@@ -57,14 +58,19 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(HERE))
     names = argv or [n for n in ORDER if (HERE / f"bench_{n}.py").exists()]
     RESULTS.mkdir(exist_ok=True)
+    # A tag keeps a variant run (other seeds, other settings) beside the default one instead of over it.
+    tag = os.environ.get("DATAMOAT_BENCH_TAG", "")
+    settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("DM_", "DATAMOAT_BENCH_")))
     for name in names:
         t0 = time.perf_counter()
         out = importlib.import_module(f"bench_{name}").main()
         out["machine"] = machine()
         out["seconds"] = round(time.perf_counter() - t0, 1)
-        (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-        md = to_markdown(name, out)
-        (RESULTS / f"{name}.md").write_text(md)
+        out["settings"] = settings
+        stem = f"{name}-{tag}" if tag else name
+        (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+        md = to_markdown(name, out, settings + " " if settings else "")
+        (RESULTS / f"{stem}.md").write_text(md)
         print(md)
 
 

@@ -33,6 +33,17 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of stat)
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc/<pid>/task/*/children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            todo += [int(c) for c in task.read_text().split()]
+    return out
+
+
 def _machine_busy_s() -> float:
     """CPU seconds every core of the machine spent busy (all processes), from /proc/stat."""
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -94,7 +105,8 @@ class Server:
             self.proc.wait()
 
     def cpu_s(self) -> float:
-        return _proc_cpu_s(self.proc.pid)
+        """CPU seconds of the server and its live child processes (`--workers`)."""
+        return sum(_proc_cpu_s(p) for p in _tree(self.proc.pid))
 
     def metrics(self) -> str:
         import httpx

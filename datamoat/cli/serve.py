@@ -8,6 +8,7 @@ import socket
 import typer
 
 from datamoat.cli._common import err_console, open_ws
+from datamoat.errors import BadInput
 
 
 def serve(
@@ -27,9 +28,14 @@ def serve(
         None, "--server-id", help="Name this server reports to the registry (default host:port:pid)."
     ),
     url: str = typer.Option(None, "--url", help="Public URL to register (default http://host:port)."),
+    workers: int = typer.Option(
+        1, "--workers", help="Server processes on the port, each with its own batcher and model session."
+    ),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve an alias: predict, feedback, review page and queue, model info, health, metrics and control."""
+    if not 1 <= workers <= 64:
+        raise BadInput(f"--workers must be in 1..64, got {workers}")
     import uvicorn
 
     from datamoat.registry import Registry, registry_url
@@ -47,9 +53,20 @@ def serve(
         server_id=server_id or f"{socket.gethostname()}:{port}:{os.getpid()}",
         url=url or f"http://{host}:{port}",
     )
-    app = create_app(reg, cfg)
-    err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    if workers == 1:
+        app = create_app(reg, cfg)
+        err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}", highlight=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        return
+    # One event loop is one core of HTTP work: more processes share the port (uvicorn's workers), each
+    # building its own app from the environment and acknowledging control commands on its own.
+    from datamoat.serve.app import CONFIG_ENV, REGISTRY_ENV
+
+    reg.generation()  # a bad URL or an unreachable database fails here, once, not in every worker
+    os.environ[CONFIG_ENV], os.environ[REGISTRY_ENV] = cfg.to_json(), reg.url
+    err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}/w<pid> x {workers}", highlight=False)
+    uvicorn.run("datamoat.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                log_level=log_level, access_log=False)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -46,7 +46,7 @@ from datamoat.serve.logstore import PredictionLog, ReviewQueue, log_rows, review
 from datamoat.serve.metrics import ServeMetrics
 from datamoat.serve.review import review_router
 
-__all__ = ["create_app", "ServeContext"]
+__all__ = ["create_app", "app_from_env", "ServeContext"]
 
 log = logging.getLogger("datamoat.serve")
 
@@ -93,6 +93,30 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     app.include_router(admin_router)
     app.include_router(review_router)
     return app
+
+
+CONFIG_ENV, REGISTRY_ENV = "DATAMOAT_SERVE_CONFIG", "DATAMOAT_SERVE_REGISTRY"
+
+
+def app_from_env() -> FastAPI:
+    """The app factory that `datamoat serve --workers N` hands to uvicorn.
+
+    Each worker process builds its own app from the parent's config and
+    registry URL: its own batcher, ONNX Runtime session and registry
+    acknowledgement, under the server id ``<id>/w<pid>``, so a control
+    command returns only when every worker has applied it.
+
+    >>> os.environ[CONFIG_ENV] = ServeConfig(server_id="web-1").to_json()  # doctest: +SKIP
+    >>> os.environ[REGISTRY_ENV] = "sqlite:///reg.db"; app = app_from_env()  # doctest: +SKIP
+    """
+    import json
+
+    from datamoat.configs import config_from_dict
+
+    cfg = config_from_dict(json.loads(os.environ[CONFIG_ENV]))
+    assert isinstance(cfg, ServeConfig)
+    cfg = cfg.replace(server_id=f"{cfg.server_id or socket.gethostname()}/w{os.getpid()}")
+    return create_app(Registry(os.environ[REGISTRY_ENV]), cfg)
 
 
 @contextlib.asynccontextmanager

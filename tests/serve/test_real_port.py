@@ -75,3 +75,54 @@ def test_rollback_reaches_two_servers_on_real_ports(reg, artifacts, tmp_path):
                 p.kill()
                 p.wait()
     assert {s["id"] for s in reg.r.servers()} & {"srv0", "srv1"} == set()  # both forgot themselves on shutdown
+
+
+def test_workers_share_one_port_and_each_acknowledges(reg, artifacts, tmp_path):
+    reg.r.promote(reg.v2, "production", actor="test")
+    port = _free_port()
+    u, log = f"http://127.0.0.1:{port}", tmp_path / "workers.log"
+    cmd = [sys.executable, "-m", "datamoat", "--home", str(artifacts.ws.root), "serve", "--port", str(port),
+           "--registry", reg.r.url, "--ort-threads", "1", "--server-id", "multi", "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    try:
+        _wait_ready(u, proc, log)
+        deadline = time.monotonic() + 30
+        while len(workers := [s["id"] for s in reg.r.servers() if s["id"].startswith("multi/w")]) < 2:
+            assert time.monotonic() < deadline, f"workers registered: {workers}; {log.read_text()}"
+            time.sleep(0.1)
+        out = reg.r.rollback("production", actor="oncall", reason="v2 regressed")
+        acks = reg.r.wait_for_acks(out["generation"], timeout=10)
+        assert sorted(acks["acked"]) == sorted(workers) and acks["missing"] == []
+        # Whichever worker takes a connection, it answers from the rolled-back-to version.
+        h = {"Authorization": f"Bearer {reg.tokens['predict']}"}
+        seen = {httpx.post(f"{u}/v1/predict", json={"inputs": artifacts.x[:1].tolist()}, headers=h).json()["model_version"]
+                for _ in range(20)}  # fmt: skip
+        assert seen == {reg.v1}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert not [s for s in reg.r.servers() if s["id"].startswith("multi/w")]  # each worker forgot itself
+
+
+def test_bad_worker_count_is_one_line_and_exit_2(tmp_path):
+    for n in ("0", "65"):
+        cmd = [
+            sys.executable,
+            "-m",
+            "datamoat",
+            "serve",
+            "--registry",
+            f"sqlite:///{tmp_path / 'r.db'}",
+            "--workers",
+            n,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "--workers must be in 1..64" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "r.db").exists()  # refused before anything was created

@@ -23,6 +23,9 @@ def serve(
     no_review_queue: bool = typer.Option(
         False, "--no-review-queue", help="Do not queue answers that need review for /review."
     ),
+    review_max_open: int = typer.Option(
+        10_000, "--review-max-open", help="Open review items the registry may hold; more are counted, not queued."
+    ),
     ort_threads: int = typer.Option(0, "--ort-threads", help="ONNX Runtime threads (0: all cores)."),
     server_id: str = typer.Option(
         None, "--server-id", help="Name this server reports to the registry (default host:port:pid)."
@@ -49,6 +52,7 @@ def serve(
         poll_interval_s=poll_interval,
         require_predict_token=not no_predict_auth,
         review_queue=not no_review_queue,
+        review_max_open=review_max_open,
         ort_threads=ort_threads,
         server_id=server_id or f"{socket.gethostname()}:{port}:{os.getpid()}",
         url=url or f"http://{host}:{port}",

@@ -80,7 +80,9 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         registry, cfg, SessionCache(registry, cfg.ort_threads), server_id, cfg.url or f"inprocess:{server_id}"
     )
     batcher = Batcher(lambda: ctl.state, cfg.max_batch_size, cfg.max_wait_ms, metrics.batch_size.observe)
-    ctx = ServeContext(registry, cfg, server_id, metrics, ctl, batcher, PredictionLog(registry, cfg.log_predictions),
+    plog = PredictionLog(registry, cfg.log_predictions, review_max_open=cfg.review_max_open,
+                         on_review_skipped=metrics.review_skipped.inc)  # fmt: skip
+    ctx = ServeContext(registry, cfg, server_id, metrics, ctl, batcher, plog,
                        TokenCache(registry, cfg.auth_cache_s), ReviewQueue(registry))  # fmt: skip
     app = FastAPI(title="datamoat", version="1", lifespan=_lifespan, description=__doc__)
     app.state.serve = ctx

@@ -33,6 +33,7 @@ class ServeConfig(Config):
     # Answers that need review go to the review queue (/review). The queue cites the
     # logged prediction, so it is on only while log_predictions is too.
     review_queue: bool = True
+    review_max_open: int = 10_000  # open review items the registry may hold; more are counted, not queued
     server_id: str = ""
     url: str = ""
 
@@ -49,3 +50,4 @@ class ServeConfig(Config):
         check(self.drain_timeout_s >= 0, f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         check(self.auth_cache_s >= 0, f"auth_cache_s must be >= 0, got {self.auth_cache_s}")
         check(self.ort_threads >= 0, f"ort_threads must be >= 0, got {self.ort_threads}")
+        check(self.review_max_open >= 0, f"review_max_open must be >= 0, got {self.review_max_open}")

@@ -99,8 +99,14 @@ class PredictionLog:
     >>> plog.add([])
     """
 
-    def __init__(self, registry: Registry, enabled: bool = True, flush_s: float = 0.2, max_pending: int = 512):
+    def __init__(self, registry: Registry, enabled: bool = True, flush_s: float = 0.2, max_pending: int = 512,
+                 review_max_open: int = 10_000, on_review_skipped: Any = lambda n: None):  # fmt: skip
         self.registry, self.enabled, self.flush_s, self.max_pending = registry, enabled, flush_s, max_pending
+        # A bound on open review items, across every server on this registry: a flood of low-confidence
+        # inputs (or an attack) must not grow the database without end. Items over it are not queued,
+        # and counted (datamoat_review_skipped); their predictions are still logged. Servers writing at the
+        # same moment can each see the same room, so the bound may be passed by one write batch per server.
+        self.review_max_open, self.on_review_skipped = review_max_open, on_review_skipped
         for attempt in range(3):  # servers starting together race to create the tables: the loser retries
             try:
                 meta.create_all(registry.engine)
@@ -128,13 +134,22 @@ class PredictionLog:
         async with self._lock:
             (rows, self._pending), (queued, self._review) = (self._pending, []), (self._review, [])
             if rows:
-                await asyncio.to_thread(self._write, rows, queued)
+                skipped = await asyncio.to_thread(self._write, rows, queued)
+                if skipped:
+                    self.on_review_skipped(skipped)
+                    log.warning("review queue full (%d open items): %d not queued", self.review_max_open, skipped)
 
-    def _write(self, rows: list[dict[str, Any]], queued: list[dict[str, Any]]) -> None:
+    def _write(self, rows: list[dict[str, Any]], queued: list[dict[str, Any]]) -> int:
+        """Write log rows and as many review rows as the bound allows; returns how many were not queued."""
         with self.registry.engine.begin() as conn:  # one transaction: a queued item's prediction is logged
             conn.execute(predictions.insert(), rows)
-            if queued:
-                conn.execute(review.insert(), queued)
+            if not queued:
+                return 0
+            n_open = conn.execute(sa.select(sa.func.count()).select_from(review).where(review.c.status == "open"))
+            room = max(0, self.review_max_open - int(n_open.scalar_one()))
+            if room:
+                conn.execute(review.insert(), queued[:room])
+            return len(queued) - min(room, len(queued))
 
     async def run(self) -> None:
         """Background writer; runs until cancelled, then the owner calls `flush()`."""

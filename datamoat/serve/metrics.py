@@ -38,6 +38,9 @@ class ServeMetrics:
         )
         self.abstentions = Counter("datamoat_abstentions", "Answers that abstained on a suppressed label.", registry=r)
         self.needs_review = Counter("datamoat_needs_review", "Answers flagged for human review.", registry=r)
+        self.review_skipped = Counter(
+            "datamoat_review_skipped", "Flagged answers not queued for review: the queue was full.", registry=r
+        )
         self.batch_size = Histogram("datamoat_batch_size", "Inputs per model call.", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
         self.generation = Gauge("datamoat_generation", "Registry generation applied and acknowledged.", registry=r)

@@ -13,7 +13,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from datamoat.feedback import GateConfig, Quarantine, evaluate_gate
-from datamoat.serve.logstore import review
+from datamoat.serve.logstore import predictions, review
 
 from .serve_util import auth
 
@@ -162,3 +162,30 @@ def test_the_page_is_self_contained(live):
     assert 'id="token"' in html and "sessionStorage" in html and "Bearer" in html
     assert re.findall(r"""(?:src|href)\s*=\s*["'](?!data:)""", html) == [] and "@import" not in html
     assert "http://" not in html and "https://" not in html
+
+
+def test_the_review_queue_is_bounded_and_says_what_it_skipped(reg, artifacts, live):
+    _review_everything(reg)
+    srv = live(review_max_open=5)
+    preds = _predict(srv, reg, artifacts.x[:8]) + _predict(srv, reg, artifacts.x[8:11])
+    assert all(p["needs_review"] for p in preds)
+    srv.run(srv.ctx.plog.flush)
+    with reg.r.engine.connect() as conn:
+        queued = [r.prediction_id for r in conn.execute(sa.select(review).where(review.c.status == "open"))]
+        logged = conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one()
+    assert len(queued) == 5 and set(queued) <= {p["prediction_id"] for p in preds}
+    assert logged >= 11  # every prediction is still logged
+    assert srv.metric("datamoat_review_skipped_total") == 6
+    # A decision frees room: the next flagged answer is queued again.
+    h = auth(reg.tokens["review"])
+    item = srv.get("/v1/review/next", headers=h).json()["item"]
+    label = reg.r.version(reg.v1)["info"]["classes"][0]
+    assert srv.post(f"/v1/review/{item['prediction_id']}", json={"label": str(label)}, headers=h).status_code < 300
+    _predict(srv, reg, artifacts.x[11:12])
+    srv.run(srv.ctx.plog.flush)
+    with reg.r.engine.connect() as conn:
+        assert (
+            conn.execute(sa.select(sa.func.count()).select_from(review).where(review.c.status == "open")).scalar_one()
+            == 5
+        )
+    assert srv.metric("datamoat_review_skipped_total") == 6

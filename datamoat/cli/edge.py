@@ -248,6 +248,9 @@ def fleet_serve(
     chunk_size: int = typer.Option(64 * 1024, "--chunk-size", help="Bytes per chunk of a bundle download."),
     chunk_delay: float = typer.Option(0.0, "--chunk-delay", help="Seconds to pause after each chunk (throttle)."),
     upload_max_per_hour: int = typer.Option(600, "--upload-max-per-hour", help="Samples a device may upload an hour."),
+    review_max_open: int = typer.Option(
+        10_000, "--review-max-open", help="Open review items the registry may hold; uploads past it wait on the device."
+    ),
     registry: str = RegistryOpt,
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
@@ -259,7 +262,12 @@ def fleet_serve(
     fleet = _fleet(registry)
     app = create_control_app(
         fleet.registry,
-        ControlConfig(chunk_size=chunk_size, chunk_delay_s=chunk_delay, upload_max_per_hour=upload_max_per_hour),
+        ControlConfig(
+            chunk_size=chunk_size,
+            chunk_delay_s=chunk_delay,
+            upload_max_per_hour=upload_max_per_hour,
+            review_max_open=review_max_open,
+        ),  # fmt: skip
     )
     err_console.print(f"control server on http://{host}:{port}", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

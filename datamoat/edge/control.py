@@ -58,11 +58,12 @@ class ControlConfig(Config):
     upload_max_bytes: int = 4 << 20  # one upload request's body
     upload_max_items: int = 64  # samples in one upload request
     upload_max_per_hour: int = 600  # samples a device may upload an hour
+    review_max_open: int = 10_000  # open review items the registry may hold (as `datamoat serve` keeps)
 
     def validate(self) -> None:
         check(self.chunk_size >= 512, f"chunk_size must be at least 512 bytes, got {self.chunk_size}")
         check(0 <= self.chunk_delay_s <= 10, f"chunk_delay_s must be in 0..10, got {self.chunk_delay_s}")
-        for name in ("upload_max_bytes", "upload_max_items", "upload_max_per_hour"):
+        for name in ("upload_max_bytes", "upload_max_items", "upload_max_per_hour", "review_max_open"):
             check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
 
 
@@ -125,7 +126,11 @@ async def upload(device_id: str, request: Request) -> Response:
                        "send smaller batches")  # fmt: skip
     try:
         out = await asyncio.to_thread(
-            ctx.fleet.record_uploads, dev, doc["items"], max_per_hour=ctx.config.upload_max_per_hour
+            ctx.fleet.record_uploads,
+            dev,
+            doc["items"],
+            max_per_hour=ctx.config.upload_max_per_hour,
+            max_open=ctx.config.review_max_open,
         )
     except UploadRefused as e:  # the device drops this item and sends the others again
         return JSONResponse({"error": str(e), "item": e.item}, e.http_status)

@@ -376,14 +376,17 @@ class Fleet:
         return {**self.assignment({**device, "last_event": last}), "acked_event": last}
 
     # -- uploads --------------------------------------------------------------------------------
-    def record_uploads(self, device: dict[str, Any], items: list[Any], *, max_per_hour: int) -> dict[str, Any]:
+    def record_uploads(self, device: dict[str, Any], items: list[Any], *, max_per_hour: int,
+                       max_open: int = 10_000) -> dict[str, Any]:  # fmt: skip
         """Store a device's low-confidence samples as review-queue items (see the module docstring).
 
         All or nothing per item check: an invalid item raises `UploadRefused`
         naming it, and nothing of the batch is stored. Items already sent by
         this device are acknowledged again (an ack lost on the way). Beyond
-        `max_per_hour` new items an hour, the rest are left unacknowledged
-        (``rate_limited``), or `RateLimited` (429) when none fit.
+        `max_per_hour` new items an hour, or beyond `max_open` open items in
+        the whole review queue (the bound the servers keep too), the rest are
+        left unacknowledged (``rate_limited``), or `RateLimited` (429) when
+        none fit: the device keeps them and sends them again later.
         Returns {"acked": prediction ids, "stored": n, "duplicates": n, "rate_limited": bool}.
 
         >>> fleet.record_uploads(fleet.authenticate(token, "cam-01"), [item], max_per_hour=600)  # doctest: +SKIP
@@ -400,6 +403,8 @@ class Fleet:
             )
             recent = conn.execute(sa.select(sa.func.count()).select_from(uploads).where(
                 (uploads.c.device_id == device["id"]) & (uploads.c.received > now - 3600))).scalar_one()  # fmt: skip
+            n_open = conn.execute(sa.select(sa.func.count()).select_from(serve_review)
+                                  .where(serve_review.c.status == "open")).scalar_one()  # fmt: skip
         new, dup, seen = [], [], set()
         for i, p in enumerate(parsed):
             pid = p["prediction_id"]
@@ -408,8 +413,11 @@ class Fleet:
                                     "only its own answers", i, 409)  # fmt: skip
             (dup if pid in mine or pid in seen else new).append(p)
             seen.add(pid)
-        room = max(0, max_per_hour - recent)
+        room = max(0, min(max_per_hour - recent, max_open - n_open))
         if new and room == 0:
+            if n_open >= max_open:
+                raise RateLimited(f"the review queue is full ({n_open} open items, the limit is {max_open}): "
+                                  "keep the samples and retry later")  # fmt: skip
             raise RateLimited(f"device {device['id']!r} sent {recent} samples in the last hour, its limit is "
                               f"{max_per_hour}: keep them and retry later")  # fmt: skip
         stored = new[:room]

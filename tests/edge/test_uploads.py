@@ -246,3 +246,23 @@ def test_the_agent_drops_what_the_server_refuses_and_shrinks_its_batches(fleet_e
             agent.stop()
             rt.close()
     assert sorted(u["prediction_id"] for u in fleet.uploads("a")) == sorted(low)
+
+
+def test_a_full_review_queue_leaves_uploads_on_the_device(fleet_env):
+    env = fleet_env
+    app, fleet, tokens = _setup(env, review_max_open=2)
+    rt = _offline(env, "dev")
+    _low(rt, env.x)
+    items = [item for _, item in rt.outbox.peek(4)]
+    rt.close()
+    url = "/v1/edge/devices/a/uploads"
+    with Served(app) as srv, httpx.Client(base_url=srv.url) as c:
+        r = c.post(url, headers=_auth(tokens["a"]), json={"items": items[:3]}).json()
+        assert r["acked"] == [items[0]["prediction_id"], items[1]["prediction_id"]] and r["rate_limited"]
+        r = c.post(url, headers=_auth(tokens["a"]), json={"items": items[2:3]})
+        assert r.status_code == 429 and "review queue is full (2 open items" in r.json()["error"]
+        # A person's decision frees room, and the sample the device kept goes in.
+        ReviewQueue(env.reg).decide(items[0]["prediction_id"], "3", "ops")
+        r = c.post(url, headers=_auth(tokens["a"]), json={"items": items[2:3]}).json()
+        assert r["acked"] == [items[2]["prediction_id"]] and not r["rate_limited"]
+    assert len(ReviewQueue(env.reg).items(status="open")) == 2

@@ -148,13 +148,19 @@ def _variants(reg: Registry, url: str, root: Path, env: dict[str, str], aliases:
         for mode, args in (("on", BATCH_ON), ("off", BATCH_OFF)):
             with Server(url, [*args, *threads, "--alias", alias], root, f"{alias}-{mode}", env) as srv:
                 runs[mode] = _closed(srv, SECONDS, payload="npy")
-        lv = load_version(reg, reg.aliases()[alias], ORT_THREADS)
-        b_mean = max(1, round(runs["on"][2]))
-        imgs = np.random.default_rng(0).integers(0, 256, (32, *lv.input_shape), dtype=np.uint8)  # (32, C, H, W)
-        batches = {b: lv.normalize(imgs[:b]) for b in sorted({1, b_mean, 32})}
-        raw, raw_cpu = ort_throughput(lv.session, batches, seconds=3.0)
+        _, _, b_mean, raw, raw_cpu = _raw_ort(reg, reg.aliases()[alias], runs["on"][2])
         out[label] = {"runs": runs, "raw": raw, "raw_cpu": raw_cpu, "b_mean": b_mean}
     return out
+
+
+def _raw_ort(reg: Registry, version_id: str, mean_batch: float) -> tuple[Any, np.ndarray, int, dict, dict]:
+    """Raw ORT on the server's own session loader and thread setting, at batch 1, the server's mean formed
+    batch and 32: (loaded version, the 32 images (32, C, H, W), mean batch rounded, img/s, img/CPU-s)."""
+    lv = load_version(reg, version_id, ORT_THREADS)
+    b_mean = max(1, round(mean_batch))
+    imgs = np.random.default_rng(0).integers(0, 256, (32, *lv.input_shape), dtype=np.uint8)  # (32, C, H, W)
+    raw, raw_cpu = ort_throughput(lv.session, {b: lv.normalize(imgs[:b]) for b in sorted({1, b_mean, 32})}, seconds=3.0)
+    return lv, imgs, b_mean, raw, raw_cpu
 
 
 def _incidents(reg: Registry, url: str, root: Path, env: dict[str, str], v1: str, v2: str, body: bytes) -> dict:
@@ -192,11 +198,7 @@ def _main(root: Path) -> dict[str, Any]:
     npy, cpu_npy, npy_batch = t["on npy"]
     var = _variants(reg, url, root, env, aliases)
 
-    # Raw ORT: the server's own session loader and thread setting, timed with no server running.
-    lv = load_version(reg, v1, ORT_THREADS)
-    b_mean = max(1, round(mean_batch))
-    imgs = np.random.default_rng(0).integers(0, 256, (32, *lv.input_shape), dtype=np.uint8)  # (32, C, H, W)
-    raw, raw_cpu = ort_throughput(lv.session, {b: lv.normalize(imgs[:b]) for b in sorted({1, b_mean, 32})}, seconds=3.0)
+    lv, imgs, b_mean, raw, raw_cpu = _raw_ort(reg, v1, mean_batch)  # timed with no server running
 
     inc = _incidents(reg, url, root, env, v1, v2, json.dumps({"inputs": imgs[0].tolist()}).encode())
     steps = {k: v for k, v in inc.items() if k != "recorded"}

@@ -202,8 +202,9 @@ def _data_lever(ws: Workspace, data: Dataset, cfg: ImproveConfig, share: float, 
         else:
             cc = CleaningConfig(arch=cfg.arch, folds=cfg.folds, epochs=clean_epochs, lr=cfg.lr, seed=cfg.seed,
                                 threads=cfg.threads, max_duplicate_samples=0, outlier_fraction=0.0)  # fmt: skip
-            # As `data fix --drop-below 0.9`: relabel confident suggestions, drop doubtful flags. Relabelling
-            # every flag also rewrote hard but correct samples and won back the least (bench/results/labelnoise.md).
+            # As `data fix --drop-below 0.9`, the label-noise benchmark's headline fix: relabel confident
+            # suggestions, drop doubtful flags, which are often hard but correct samples. On that benchmark it
+            # and relabelling every flag won back about the same (bench/results/labelnoise*.md).
             fixes = fixes_from_issues(find_issues(data, cc), drop_below=DROP_BELOW)
             if fixes:
                 improved = apply_fixes(ws, data, fixes, name=f"{data.name}-improve-fixed",

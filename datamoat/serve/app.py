@@ -253,7 +253,7 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
     ctx.plog.add(log_rows(cur, ctx.server_id, answers, hashes), queued)
     ctx.metrics.answers(answers)
     # A response object skips FastAPI's validation and re-encoding of the returned dict: the answer is
-    # built here from plain types, and per request that pass cost about as much as the model call.
+    # built here from plain types, so that pass would only repeat work on the hot path.
     return JSONResponse({"model_version": cur.model.version_id, "model_name": cur.model.name, "alias": cur.alias,
                          "generation": cur.generation, "predictions": answers})  # fmt: skip
 

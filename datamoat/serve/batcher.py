@@ -9,9 +9,8 @@ their own. `max_batch_size=1` turns batching off.
 
 Why a thread of its own rather than ``await asyncio.to_thread(...)`` per
 batch: that resumes the batching loop only when the event loop gets round to
-it, behind every HTTP callback already queued, and measured under load it
-kept the model idle for as long as it ran (a ResNet served at half its raw
-ONNX Runtime speed). ONNX Runtime releases the GIL, so the model runs while
+it, behind every HTTP callback already queued, and the model waits meanwhile.
+ONNX Runtime releases the GIL while it runs, so here the model runs while
 the event loop parses requests and writes answers.
 
 The serving state is read when the batch is dispatched, not when requests

@@ -43,7 +43,6 @@ from datamoat.workspace import Workspace
 __all__ = ["ImproveConfig", "improve", "accuracy_on_test", "CURVE_FRACTIONS", "GRACE_S"]
 
 CURVE_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
-DROP_BELOW = 0.9  # the data lever's fix: relabel flags whose suggestion has this probability, drop the rest
 GRACE_S = 10.0  # saving and scoring the best model after the share ran out: what "within budget" allows
 
 
@@ -195,22 +194,30 @@ def _data_lever(ws: Workspace, data: Dataset, cfg: ImproveConfig, share: float, 
         steps.append(f"cleaning skipped: it would take ~{est:.0f}s of a {share:.0f}s share")
     else:
         try:
-            from datamoat.data.cleaning import CleaningConfig, find_issues, fixes_from_issues
+            from datamoat.data.cleaning import (
+                RECOMMENDED,
+                CleaningConfig,
+                find_issues,
+                fixes_from_issues,
+                plausible_threshold,
+            )
             from datamoat.data.versions import apply_fixes
         except ImportError:
             steps.append("cleaning skipped: datamoat.data.cleaning is not installed in this build")
         else:
             cc = CleaningConfig(arch=cfg.arch, folds=cfg.folds, epochs=clean_epochs, lr=cfg.lr, seed=cfg.seed,
                                 threads=cfg.threads, max_duplicate_samples=0, outlier_fraction=0.0)  # fmt: skip
-            # As `data fix --drop-below 0.9`, the label-noise benchmark's headline fix: relabel confident
-            # suggestions, drop doubtful flags, which are often hard but correct samples. On that benchmark it
-            # and relabelling every flag won back about the same (bench/results/labelnoise*.md).
-            fixes = fixes_from_issues(find_issues(data, cc), drop_below=DROP_BELOW)
+            # The label-noise benchmark's headline fix (bench/results/labelnoise*.md): leave plausible flags,
+            # relabel confident suggestions, drop the doubtful rest.
+            issues = find_issues(data, cc)
+            fixes = fixes_from_issues(issues, **RECOMMENDED)
             if fixes:
                 improved = apply_fixes(ws, data, fixes, name=f"{data.name}-improve-fixed",
-                                       source={"kind": "improve", "flagged": len(fixes), "drop_below": DROP_BELOW})  # fmt: skip
+                                       source={"kind": "improve", "flagged": len(issues.label_issues),
+                                               **RECOMMENDED, "keep_above": plausible_threshold(issues)})  # fmt: skip
             dropped = sum(1 for f in fixes if f.get("drop"))
-            steps.append(f"relabelled {len(fixes) - dropped} and dropped {dropped} likely label errors "
+            steps.append(f"relabelled {len(fixes) - dropped}, dropped {dropped} and kept "
+                         f"{len(issues.label_issues) - len(fixes)} of the likely label errors "
                          f"(cleanlab, {cfg.folds}-fold)")  # fmt: skip
     steps.append("trained the baseline recipe on the whole train split")
     m = train(new_model(cfg.arch, improved, seed=cfg.seed), improved, _recipe(cfg, 0), progress=False)

@@ -9,7 +9,14 @@ import pytest
 
 from datamoat.cli.datalever import _read_fixes
 from datamoat.data import SPLITS, import_digits, load_dataset
-from datamoat.data.cleaning import CleaningConfig, find_issues, fixes_from_issues, near_duplicates
+from datamoat.data.cleaning import (
+    RECOMMENDED,
+    CleaningConfig,
+    find_issues,
+    fixes_from_issues,
+    near_duplicates,
+    plausible_threshold,
+)
 from datamoat.data.versions import apply_fixes, flip_labels, merge
 from datamoat.errors import BadInput, DatamoatError
 from datamoat.workspace import Workspace
@@ -86,6 +93,21 @@ def test_keep_above_leaves_flags_whose_given_label_is_still_plausible():
     assert len(fixes_from_issues(doc, drop=True)) == 3  # 0: off
 
 
+def test_keep_above_auto_is_twice_the_uniform_noise_share_per_wrong_class():
+    issues = [{"index": i, "suggested_label": 1, "confidence": 0.8, "quality": q}
+              for i, q in enumerate([0.001, 0.01, 0.019, 0.021, 0.03])]  # fmt: skip
+    doc = {"examined": 50, "num_classes": 11, "label_issues": issues}
+    assert plausible_threshold(doc) == 0.02  # 2 * (5 / 50) / 10
+    auto = fixes_from_issues(doc, keep_above="auto", drop_below=0.9)
+    assert auto == fixes_from_issues(doc, keep_above=0.02, drop_below=0.9)
+    assert auto == [{"index": 0, "drop": True}, {"index": 1, "drop": True}, {"index": 2, "drop": True}]
+    assert fixes_from_issues(doc, **RECOMMENDED) == [{"index": i, "new_label": 1} for i in range(3)]
+    with pytest.raises(BadInput, match="num_classes"):
+        fixes_from_issues({"label_issues": issues}, keep_above="auto")  # an issues file from before it was recorded
+    with pytest.raises(BadInput, match="'auto'"):
+        fixes_from_issues(doc, keep_above="sometimes")
+
+
 def test_ensemble_averages_each_architectures_out_of_fold_probabilities(ws, digits):
     noisy, _ = flip_labels(ws, digits, 0.1, seed=0)
     fast = {**FAST, "epochs": 4, "max_duplicate_samples": 0, "outlier_fraction": 0.0}
@@ -145,6 +167,13 @@ def test_cli_issues_then_fix_then_diff(tmp_path):
     some = json.loads(dm(home, "data", "fix", noisy.id, "--from", str(issues_file), "--drop", "--keep-above", "0.02",
                          "--name", "keep", "--json").stdout)  # fmt: skip
     assert some["diff"]["removed"] == sum(i["quality"] < 0.02 for i in full["label_issues"]) < len(full["label_issues"])
+    rec = json.loads(dm(home, "data", "fix", noisy.id, "--from", str(issues_file), "--keep-above", "auto",
+                        "--drop-below", "0.7", "--name", "rec", "--json").stdout)  # fmt: skip
+    want = fixes_from_issues(full, **RECOMMENDED)
+    assert rec["fixes"] == len(want) < len(full["label_issues"])
+    assert rec["diff"]["removed"] == sum("drop" in f for f in want)
+    recorded = Workspace.open(home).resolve("datasets", rec["dataset_id"])["source"]["from"]
+    assert recorded["keep_above"] == plausible_threshold(full) > 0  # the number it was, not "auto"
     assert load_dataset(Workspace.open(home), noisy.id).y.tolist() == noisy.y.tolist()
     text = dm(home, "data", "diff", noisy.id, fix["dataset_id"]).stdout
     assert "relabelled" in text and "train" in text
@@ -162,6 +191,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
         (("data", "issues", "no-such-data"), "unknown dataset"),
         (("data", "issues", "digits", "--ensemble", "vit"), "ensemble architecture"),
         (("data", "fix", "digits", "--from", str(bad_fixes), "--keep-above", "2"), "--keep-above"),
+        (("data", "fix", "digits", "--from", str(bad_fixes), "--keep-above", "most"), "--keep-above"),
         (("data", "fix", "digits", "--from", str(bad_fixes)), "index 99999"),
     ]
     for args, match in cases:

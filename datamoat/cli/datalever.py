@@ -81,8 +81,8 @@ def _print_issues(classes: list[str], out: dict[str, Any], counts: dict[str, int
 
 
 def _read_fixes(path: Path, ds_id: str, drop: bool, min_confidence: float,
-                drop_below: float = 0.0, keep_above: float = 0.0) -> list[dict[str, Any]]:  # fmt: skip
-    from datamoat.data.cleaning import fixes_from_issues
+                drop_below: float = 0.0, keep_above: float | str = 0.0) -> tuple[list[dict[str, Any]], Any]:  # fmt: skip
+    from datamoat.data.cleaning import fixes_from_issues, plausible_threshold
 
     if not path.is_file():
         raise NotFound(f"issues file {path} does not exist: write one with `datamoat data issues DATASET -o FILE`")
@@ -94,9 +94,11 @@ def _read_fixes(path: Path, ds_id: str, drop: bool, min_confidence: float,
         raise BadInput(f"{path} lists issues of dataset {doc['dataset_id']}, not {ds_id}: "
                        "fix that version, or run `datamoat data issues` on this one")  # fmt: skip
     if isinstance(doc, dict) and isinstance(doc.get("fixes"), list):
-        return doc["fixes"]  # hand-written fixes: [{index, new_label} | {index, drop}]
+        return doc["fixes"], keep_above  # hand-written fixes: [{index, new_label} | {index, drop}]
+    if keep_above == "auto" and isinstance(doc, dict) and isinstance(doc.get("label_issues"), list):
+        keep_above = plausible_threshold(doc)  # recorded with the version as the number it was
     return fixes_from_issues(doc, drop=drop, min_confidence=min_confidence, drop_below=drop_below,
-                             keep_above=keep_above)  # fmt: skip
+                             keep_above=keep_above), keep_above  # fmt: skip
 
 
 def data_fix(
@@ -107,8 +109,10 @@ def data_fix(
     drop_below: float = typer.Option(
         0.0, help="With --relabel, drop (rather than relabel) issues whose suggestion has a lower probability."
     ),
-    keep_above: float = typer.Option(
-        0.0, help="Leave issues whose given label still has at least this out-of-fold probability (0: off)."
+    keep_above: str = typer.Option(
+        "0",
+        help="Leave issues whose given label still has at least this out-of-fold probability (0: off; 'auto': "
+        "2 x flagged share / (classes - 1)).",
     ),
     name: str = typer.Option(None, help="Name of the new version (default: <name>-fixed)."),
     as_json: bool = JsonOpt,
@@ -117,16 +121,22 @@ def data_fix(
     from datamoat.data import load_dataset
     from datamoat.data.versions import apply_fixes, diff
 
-    for opt, val in (("--min-confidence", min_confidence), ("--drop-below", drop_below), ("--keep-above", keep_above)):
-        if not 0.0 <= val <= 1.0:
+    keep: float | str = keep_above
+    if keep_above != "auto":
+        try:
+            keep = float(keep_above)
+        except ValueError:
+            raise BadInput(f"--keep-above is a probability in [0, 1] or 'auto', got {keep_above!r}") from None
+    for opt, val in (("--min-confidence", min_confidence), ("--drop-below", drop_below), ("--keep-above", keep)):
+        if val != "auto" and not 0.0 <= val <= 1.0:
             raise BadInput(f"{opt} is a probability in [0, 1], got {val}")
     ws = open_ws()
     ds = load_dataset(ws, dataset)
-    fixes = _read_fixes(source, ds.id, drop, min_confidence, drop_below, keep_above)
+    fixes, keep = _read_fixes(source, ds.id, drop, min_confidence, drop_below, keep)
     fixed = apply_fixes(ws, ds, fixes, name=name,
                         source={"issues_file": str(source), "mode": "drop" if drop else "relabel",
                                 "min_confidence": min_confidence, "drop_below": drop_below,
-                                "keep_above": keep_above})  # fmt: skip
+                                "keep_above": keep})  # fmt: skip
     totals = diff(ws, ds, fixed)["totals"]
     out = {"dataset_id": fixed.id, "name": fixed.name, "parent_id": ds.id, "fixes": len(fixes), "diff": totals}
     emit(out, as_json, f"dataset {fixed.id} ({fixed.name}) from {ds.id}: {totals['relabelled']} relabelled, "

@@ -28,12 +28,25 @@ from datamoat.data.dataset import SPLITS, Dataset
 from datamoat.data.versions import pixel_hashes
 from datamoat.errors import BadInput
 
-__all__ = ["CleaningConfig", "Issues", "find_issues", "fixes_from_issues", "near_duplicates"]
+__all__ = [
+    "CleaningConfig",
+    "Issues",
+    "find_issues",
+    "fixes_from_issues",
+    "near_duplicates",
+    "plausible_threshold",
+    "RECOMMENDED",
+]
 
 FILTERS = ("low_self_confidence", "prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
            "predicted_neq_given", "low_normalized_margin")  # fmt: skip
 _ARCHS = ("mlp", "cnn_small", "cnn_medium", "cnn_large", "resnet")
 MAX_NEAR_PAIRS = 1000  # keep the issues file readable; the ranking puts the useful pairs first
+# The label-noise benchmark's headline fix (`python bench/run.py labelnoise`), `data fix --keep-above auto
+# --drop-below 0.7`: leave flags whose given label is still plausible, relabel confident suggestions, drop the
+# doubtful rest. Relabelling every flag teaches the model its own confusions on hard but correct samples;
+# dropping every flag loses them.
+RECOMMENDED: dict[str, Any] = {"keep_above": "auto", "drop_below": 0.7}
 
 
 @dataclasses.dataclass
@@ -110,6 +123,7 @@ class Issues:
             "dataset_id": self.dataset_id,
             "config": self.config,
             "examined": int(len(self.examined)),
+            "num_classes": int(self.pred_probs.shape[1]),
             "oof_accuracy": round(float(agree.mean()), 6) if len(agree) else 0.0,
             "label_issues": self.label_issues,
             "near_duplicates": self.near_duplicates,
@@ -272,18 +286,38 @@ def find_issues(data: Dataset, config: CleaningConfig | None = None, *, progress
     return Issues(data.id, cfg.to_dict(), sel, labels, probs, label_issues, dups, outliers)
 
 
+def plausible_threshold(issues: Issues | dict[str, Any]) -> float:
+    """`keep_above="auto"`: 2 x (flagged share) / (classes - 1).
+
+    Uniform noise at rate r gives a sample a given wrong label with
+    probability r / (K - 1); a flag whose given label keeps more than twice
+    that out-of-fold probability is more often a hard but correct sample than
+    a flip. With 10% flips on Fashion-MNIST this is about 0.024.
+
+    >>> plausible_threshold({"examined": 1000, "num_classes": 10, "label_issues": [{}] * 90})
+    0.02
+    """
+    d = issues.to_dict() if isinstance(issues, Issues) else issues
+    if not isinstance(d.get("examined"), int) or not isinstance(d.get("num_classes"), int) or d["num_classes"] < 2:
+        raise BadInput("the issues file lacks 'examined' or 'num_classes', which --keep-above auto needs: "
+                       "regenerate it with `datamoat data issues -o FILE`")  # fmt: skip
+    share = len(d["label_issues"]) / max(d["examined"], 1)
+    return round(2 * share / (d["num_classes"] - 1), 3)
+
+
 def fixes_from_issues(issues: Issues | dict[str, Any], *, drop: bool = False, min_confidence: float = 0.0,
-                      drop_below: float = 0.0, keep_above: float = 0.0) -> list[dict[str, Any]]:  # fmt: skip
+                      drop_below: float = 0.0, keep_above: float | str = 0.0) -> list[dict[str, Any]]:  # fmt: skip
     """Turn label issues into fixes for `apply_fixes`.
 
     Issues whose suggested label has probability below `min_confidence` are
     left alone, and so (when `keep_above` > 0) are those whose given label
-    still has out-of-fold probability `quality` >= `keep_above`: a flip is
-    rarely given even 5% by a model that never saw it, a hard but correct
-    sample often is. The rest are relabelled to the suggestion, except that
-    those below `drop_below` (or all of them, with `drop`) are dropped
-    instead: a doubtful suggestion is more often a confusable but correct
-    sample, and relabelling it would teach the model its own mistake.
+    still has out-of-fold probability `quality` >= `keep_above` ("auto":
+    `plausible_threshold`): a flip is rarely given even 5% by a model that
+    never saw it, a hard but correct sample often is. The rest are relabelled
+    to the suggestion, except that those below `drop_below` (or all of them,
+    with `drop`) are dropped instead: a doubtful suggestion is more often a
+    confusable but correct sample, and relabelling it would teach the model
+    its own mistake. `RECOMMENDED` holds the label-noise benchmark's headline.
 
     >>> doc = {"label_issues": [{"index": 4, "suggested_label": 1, "confidence": 0.95, "quality": 0.01},
     ...                         {"index": 7, "suggested_label": 2, "confidence": 0.6, "quality": 0.02},
@@ -294,6 +328,10 @@ def fixes_from_issues(issues: Issues | dict[str, Any], *, drop: bool = False, mi
     d = issues.to_dict() if isinstance(issues, Issues) else issues
     if not isinstance(d, dict) or not isinstance(d.get("label_issues"), list):
         raise BadInput("the issues file has no 'label_issues' list: write it with `datamoat data issues -o FILE`")
+    if keep_above == "auto":
+        keep_above = plausible_threshold(d)
+    elif isinstance(keep_above, str):
+        raise BadInput(f"keep_above is a probability or 'auto', got {keep_above!r}")
     fixes = []
     for i, issue in enumerate(d["label_issues"]):
         if not isinstance(issue, dict) or "index" not in issue or "suggested_label" not in issue:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 
 import typer
 
@@ -65,12 +67,22 @@ def serve(
     # One event loop is one core of HTTP work: more processes share the port (uvicorn's workers), each
     # building its own app from the environment and acknowledging control commands on its own.
     from datamoat.serve.app import CONFIG_ENV, REGISTRY_ENV
+    from datamoat.serve.metrics import MULTIPROC_ENV
 
     reg.generation()  # a bad URL or an unreachable database fails here, once, not in every worker
     os.environ[CONFIG_ENV], os.environ[REGISTRY_ENV] = cfg.to_json(), reg.url
+    # /metrics sums every worker's values from this folder (prometheus_client's multiprocess mode). A folder
+    # the operator named is theirs to wipe between runs; ours is fresh and goes when the server stops.
+    own = not os.environ.get(MULTIPROC_ENV)
+    if own:
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="datamoat-metrics-")
     err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}/w<pid> x {workers}", highlight=False)
-    uvicorn.run("datamoat.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,
-                log_level=log_level, access_log=False)  # fmt: skip
+    try:
+        uvicorn.run("datamoat.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_level=log_level, access_log=False)  # fmt: skip
+    finally:
+        if own:
+            shutil.rmtree(os.environ.pop(MULTIPROC_ENV), ignore_errors=True)
 
 
 def register(app: typer.Typer) -> None:

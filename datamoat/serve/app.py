@@ -43,7 +43,7 @@ from datamoat.serve.inputs import (
     read_payload,
 )
 from datamoat.serve.logstore import PredictionLog, ReviewQueue, log_rows, review_rows
-from datamoat.serve.metrics import ServeMetrics
+from datamoat.serve.metrics import ServeMetrics, worker_exited
 from datamoat.serve.review import review_router
 
 __all__ = ["create_app", "app_from_env", "ServeContext"]
@@ -76,9 +76,8 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     server_id = cfg.server_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     install_pillow_limits(cfg.max_image_pixels)
     metrics = ServeMetrics()
-    ctl = Controller(
-        registry, cfg, SessionCache(registry, cfg.ort_threads), server_id, cfg.url or f"inprocess:{server_id}"
-    )
+    ctl = Controller(registry, cfg, SessionCache(registry, cfg.ort_threads), server_id,
+                     cfg.url or f"inprocess:{server_id}", on_ack=metrics.generation.set)  # fmt: skip
     batcher = Batcher(lambda: ctl.state, cfg.max_batch_size, cfg.max_wait_ms, metrics.batch_size.observe)
     plog = PredictionLog(registry, cfg.log_predictions, review_max_open=cfg.review_max_open,
                          on_review_skipped=metrics.review_skipped.inc)  # fmt: skip
@@ -137,6 +136,7 @@ async def _lifespan(app: FastAPI):
             await ctx.plog.flush()
         finally:
             await ctl.stop()
+            worker_exited(os.getpid())
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -308,6 +308,5 @@ async def readyz(request: Request) -> dict[str, Any]:
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     ctx: ServeContext = request.app.state.serve
-    ctx.metrics.generation.set(ctx.controller.acked)
     body, ctype = ctx.metrics.render()
     return Response(body, media_type=ctype)

@@ -46,6 +46,7 @@ import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from datamoat.registry import Registry
@@ -82,9 +83,10 @@ class Controller:
     >>> await ctl.start()  # doctest: +SKIP
     """
 
-    def __init__(self, registry: Registry, config: ServeConfig, cache: SessionCache, server_id: str, url: str):
+    def __init__(self, registry: Registry, config: ServeConfig, cache: SessionCache, server_id: str, url: str,
+                 on_ack: Callable[[int], None] | None = None):  # fmt: skip
         self.registry, self.config, self.cache = registry, config, cache
-        self.server_id, self.url = server_id, url
+        self.server_id, self.url, self.on_ack = server_id, url, on_ack
         self.state = ServingState(-1, config.alias, None, "starting", {}, None, {})
         self.acked = -1
         self._inflight: collections.Counter[int] = collections.Counter()
@@ -136,6 +138,8 @@ class Controller:
         async with self._beat:
             if acked is not None:
                 self.acked = acked
+                if self.on_ack is not None:
+                    self.on_ack(acked)  # e.g. the generation gauge, current in every worker, not just a scraped one
             await asyncio.to_thread(self.registry.heartbeat, self.server_id, self.url, self.config.alias, self.acked)
 
     # -- background tasks -----------------------------------------------------------------

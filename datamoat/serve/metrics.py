@@ -1,9 +1,20 @@
 """Prometheus metrics of one app, in its own `CollectorRegistry` (so several
-apps in one process, as in tests, do not share counters)."""
+apps in one process, as in tests, do not share counters).
+
+Under `datamoat serve --workers N` each worker is its own process, so the
+workers run in prometheus_client's multiprocess mode: the CLI points
+PROMETHEUS_MULTIPROC_DIR at a fresh folder, every worker writes its values
+there, and whichever worker answers a scrape reports the sum over all of
+them (the generation gauge: the lowest any live worker has applied).
+"""
 
 from __future__ import annotations
 
-__all__ = ["ServeMetrics", "ENDPOINTS"]
+import os
+
+__all__ = ["ServeMetrics", "ENDPOINTS", "MULTIPROC_ENV", "worker_exited"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 ENDPOINTS = (
     "/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics",
@@ -43,7 +54,10 @@ class ServeMetrics:
         )
         self.batch_size = Histogram("datamoat_batch_size", "Inputs per model call.", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
-        self.generation = Gauge("datamoat_generation", "Registry generation applied and acknowledged.", registry=r)
+        # With several workers: the generation every live worker has applied (a control command is in force
+        # on the port only once the slowest worker has it).
+        self.generation = Gauge("datamoat_generation", "Registry generation applied and acknowledged.", registry=r,
+                                multiprocess_mode="livemin")  # fmt: skip
 
     def request(self, path: str, status: int, seconds: float) -> None:
         endpoint = path if path in ENDPOINTS else "other"  # bounded label values, whatever clients send
@@ -60,6 +74,20 @@ class ServeMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) for /metrics."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if not os.environ.get(MULTIPROC_ENV):
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()  # a fresh one per scrape, as prometheus_client's multiprocess docs say
+        MultiProcessCollector(merged)
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a stopped worker's live gauge, so it no longer holds the generation minimum back."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

@@ -100,6 +100,13 @@ def test_workers_share_one_port_and_each_acknowledges(reg, artifacts, tmp_path):
         seen = {httpx.post(f"{u}/v1/predict", json={"inputs": artifacts.x[:1].tolist()}, headers=h).json()["model_version"]
                 for _ in range(20)}  # fmt: skip
         assert seen == {reg.v1}
+        # Each scrape reaches one worker, yet counts the answers of both (prometheus multiprocess mode).
+        for _ in range(6):
+            text = httpx.get(f"{u}/metrics").text
+            assert 'datamoat_requests_total{endpoint="/v1/predict",status="200"} 20.0' in text, text[-2000:]
+            assert f"datamoat_generation {float(out['generation'])}" in text, [
+                ln for ln in text.splitlines() if "generation" in ln
+            ]
     finally:
         proc.terminate()
         try:

@@ -30,3 +30,18 @@ def idx_pair(tmp_path: Path):
     y = np.repeat(np.arange(3), 20).astype(np.uint8)
     x = (rng.integers(0, 40, (60, 6, 6)) + y[:, None, None] * 80).astype(np.uint8)
     return write_idx(tmp_path / "imgs-idx3-ubyte", x), write_idx(tmp_path / "labels-idx1-ubyte", y), x, y
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect docstrings whose every example is marked +SKIP (they need a workspace, a server or a
+    model): they are documentation, not tests, and reporting them as skipped would hide a real skip."""
+    import doctest
+
+    skip = doctest.OPTIONFLAGS_BY_NAME["SKIP"]
+    docs_only = [
+        it for it in items if hasattr(it, "dtest") and all(ex.options.get(skip) for ex in it.dtest.examples)
+    ]  # fmt: skip
+    if docs_only:
+        config.hook.pytest_deselected(items=docs_only)
+        drop = set(docs_only)
+        items[:] = [it for it in items if it not in drop]

@@ -173,7 +173,7 @@ def test_cli_issues_then_fix_then_diff(tmp_path):
     assert rec["fixes"] == len(want) < len(full["label_issues"])
     assert rec["diff"]["removed"] == sum("drop" in f for f in want)
     recorded = Workspace.open(home).resolve("datasets", rec["dataset_id"])["source"]["from"]
-    assert recorded["keep_above"] == plausible_threshold(full) > 0  # the number it was, not "auto"
+    assert recorded["keep_above"] == rec["keep_above"] == plausible_threshold(full) > 0  # the number, not "auto"
     assert load_dataset(Workspace.open(home), noisy.id).y.tolist() == noisy.y.tolist()
     text = dm(home, "data", "diff", noisy.id, fix["dataset_id"]).stdout
     assert "relabelled" in text and "train" in text

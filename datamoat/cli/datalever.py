@@ -138,7 +138,8 @@ def data_fix(
                                 "min_confidence": min_confidence, "drop_below": drop_below,
                                 "keep_above": keep})  # fmt: skip
     totals = diff(ws, ds, fixed)["totals"]
-    out = {"dataset_id": fixed.id, "name": fixed.name, "parent_id": ds.id, "fixes": len(fixes), "diff": totals}
+    out = {"dataset_id": fixed.id, "name": fixed.name, "parent_id": ds.id, "fixes": len(fixes), "keep_above": keep,
+           "diff": totals}  # fmt: skip
     emit(out, as_json, f"dataset {fixed.id} ({fixed.name}) from {ds.id}: {totals['relabelled']} relabelled, "
                        f"{totals['removed']} dropped; {ds.id} is unchanged")  # fmt: skip
 

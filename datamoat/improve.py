@@ -9,9 +9,10 @@ of the budget:
   architecture, on the baseline's data fraction; the baseline's own recipe is
   the study's first trial.
 - data-centric (data): the baseline recipe, unchanged, on better data: label
-  errors found by cleanlab on out-of-fold predictions are relabelled where the
-  suggestion is confident and dropped otherwise (when the budget allows the
-  cross-validation), and the whole train split is used.
+  errors found by cleanlab on out-of-fold predictions are left alone where the
+  given label is still plausible, relabelled where the suggestion is
+  confident and dropped otherwise (`cleaning.RECOMMENDED`, when the budget
+  allows the cross-validation), and the whole train split is used.
 
 Both gains are test accuracy minus the baseline's, on the same test split,
 which neither lever sees. The learning curve (baseline recipe at 10, 25, 50
@@ -210,11 +211,11 @@ def _data_lever(ws: Workspace, data: Dataset, cfg: ImproveConfig, share: float, 
             # The label-noise benchmark's headline fix (bench/results/labelnoise*.md): leave plausible flags,
             # relabel confident suggestions, drop the doubtful rest.
             issues = find_issues(data, cc)
-            fixes = fixes_from_issues(issues, **RECOMMENDED)
+            how = {**RECOMMENDED, "keep_above": plausible_threshold(issues)}  # "auto" resolved once, and recorded
+            fixes = fixes_from_issues(issues, **how)
             if fixes:
                 improved = apply_fixes(ws, data, fixes, name=f"{data.name}-improve-fixed",
-                                       source={"kind": "improve", "flagged": len(issues.label_issues),
-                                               **RECOMMENDED, "keep_above": plausible_threshold(issues)})  # fmt: skip
+                                       source={"kind": "improve", "flagged": len(issues.label_issues), **how})  # fmt: skip
             dropped = sum(1 for f in fixes if f.get("drop"))
             steps.append(f"relabelled {len(fixes) - dropped}, dropped {dropped} and kept "
                          f"{len(issues.label_issues) - len(fixes)} of the likely label errors "

@@ -60,9 +60,10 @@ class CleaningConfig(Config):
     arch: str = "cnn_small"
     # More architectures whose out-of-fold probabilities are averaged with
     # `arch`'s: a second opinion catches flips and spares hard but correct
-    # samples. In `python bench/run.py labelnoise` cnn_small + cnn_medium
-    # flagged with precision 0.866, recall 0.947, in 204 s; cnn_small alone
-    # (DM_LN_ENSEMBLE=) with 0.837 and 0.953 in 57 s.
+    # samples. On draw 0 of `python bench/run.py labelnoise` cnn_small +
+    # cnn_medium flagged with precision 0.866, recall 0.947, in 204 s
+    # (bench/results/labelnoise.md at d0758db); cnn_small alone, as that
+    # benchmark ran at f1e2b37, with 0.837 and 0.953 in 57 s.
     ensemble: tuple[str, ...] = ()
     folds: int = 5
     epochs: int = 5

@@ -41,7 +41,7 @@ from datamoat.errors import BadInput, NotFound
 from datamoat.registry import AuthError, Registry, _hash_token
 from datamoat.serve.errors import Unprocessable
 from datamoat.serve.inputs import input_hash
-from datamoat.serve.logstore import log_rows, review_rows
+from datamoat.serve.logstore import log_rows, open_reviews, review_rows
 from datamoat.serve.logstore import predictions as serve_predictions
 from datamoat.serve.logstore import review as serve_review
 
@@ -403,8 +403,7 @@ class Fleet:
             )
             recent = conn.execute(sa.select(sa.func.count()).select_from(uploads).where(
                 (uploads.c.device_id == device["id"]) & (uploads.c.received > now - 3600))).scalar_one()  # fmt: skip
-            n_open = conn.execute(sa.select(sa.func.count()).select_from(serve_review)
-                                  .where(serve_review.c.status == "open")).scalar_one()  # fmt: skip
+            n_open = open_reviews(conn)
         new, dup, seen = [], [], set()
         for i, p in enumerate(parsed):
             pid = p["prediction_id"]

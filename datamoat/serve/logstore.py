@@ -37,6 +37,7 @@ __all__ = [
     "ReviewQueue",
     "log_rows",
     "review_rows",
+    "open_reviews",
     "predictions",
     "feedback",
     "review",
@@ -92,6 +93,13 @@ review = sa.Table(
 )  # fmt: skip
 
 
+def open_reviews(conn: sa.Connection) -> int:
+    """How many review items are open, in `conn`'s transaction (the servers' and the fleet's bound)."""
+    return int(
+        conn.execute(sa.select(sa.func.count()).select_from(review).where(review.c.status == "open")).scalar_one()
+    )
+
+
 class PredictionLog:
     """Buffered writer of `serve_predictions`, and the feedback store.
 
@@ -145,8 +153,7 @@ class PredictionLog:
             conn.execute(predictions.insert(), rows)
             if not queued:
                 return 0
-            n_open = conn.execute(sa.select(sa.func.count()).select_from(review).where(review.c.status == "open"))
-            room = max(0, self.review_max_open - int(n_open.scalar_one()))
+            room = max(0, self.review_max_open - open_reviews(conn))
             if room:
                 conn.execute(review.insert(), queued[:room])
             return len(queued) - min(room, len(queued))
@@ -251,10 +258,10 @@ class ReviewQueue:
 
     def next(self) -> dict[str, Any]:
         """{"queue_length": open items, "item": the oldest open one (pixels uint8 (C, H, W)) or None}."""
-        is_open = review.c.status == "open"
         with self.registry.engine.connect() as conn:
-            n = conn.execute(sa.select(sa.func.count()).select_from(review).where(is_open)).scalar_one()
-            row = conn.execute(sa.select(review).where(is_open).order_by(review.c.ts, review.c.prediction_id)
+            n = open_reviews(conn)
+            row = conn.execute(sa.select(review).where(review.c.status == "open")
+                               .order_by(review.c.ts, review.c.prediction_id)
                                .limit(1)).first()  # fmt: skip
         if row is None:
             return {"queue_length": n, "item": None}

@@ -171,6 +171,7 @@ def test_cli_issues_then_fix_then_diff(tmp_path):
                         "--drop-below", "0.7", "--name", "rec", "--json").stdout)  # fmt: skip
     want = fixes_from_issues(full, **RECOMMENDED)
     assert rec["fixes"] == len(want) < len(full["label_issues"])
+    assert rec["left_alone"] == len(full["label_issues"]) - len(want) > 0 and fix["left_alone"] == 0
     assert rec["diff"]["removed"] == sum("drop" in f for f in want)
     recorded = Workspace.open(home).resolve("datasets", rec["dataset_id"])["source"]["from"]
     assert recorded["keep_above"] == rec["keep_above"] == plausible_threshold(full) > 0  # the number, not "auto"

@@ -81,7 +81,8 @@ def _print_issues(classes: list[str], out: dict[str, Any], counts: dict[str, int
 
 
 def _read_fixes(path: Path, ds_id: str, drop: bool, min_confidence: float,
-                drop_below: float = 0.0, keep_above: float | str = 0.0) -> tuple[list[dict[str, Any]], Any]:  # fmt: skip
+                drop_below: float = 0.0, keep_above: float | str = 0.0) -> tuple[list[dict[str, Any]], Any, int]:  # fmt: skip
+    """The fixes to apply, the keep-above threshold as a number, and how many flags the file held."""
     from datamoat.data.cleaning import fixes_from_issues, plausible_threshold
 
     if not path.is_file():
@@ -94,11 +95,12 @@ def _read_fixes(path: Path, ds_id: str, drop: bool, min_confidence: float,
         raise BadInput(f"{path} lists issues of dataset {doc['dataset_id']}, not {ds_id}: "
                        "fix that version, or run `datamoat data issues` on this one")  # fmt: skip
     if isinstance(doc, dict) and isinstance(doc.get("fixes"), list):
-        return doc["fixes"], keep_above  # hand-written fixes: [{index, new_label} | {index, drop}]
+        return doc["fixes"], keep_above, len(doc["fixes"])  # hand-written fixes: [{index, new_label} | {index, drop}]
     if keep_above == "auto" and isinstance(doc, dict) and isinstance(doc.get("label_issues"), list):
         keep_above = plausible_threshold(doc)  # recorded with the version as the number it was
-    return fixes_from_issues(doc, drop=drop, min_confidence=min_confidence, drop_below=drop_below,
-                             keep_above=keep_above), keep_above  # fmt: skip
+    fixes = fixes_from_issues(doc, drop=drop, min_confidence=min_confidence, drop_below=drop_below,
+                              keep_above=keep_above)  # fmt: skip
+    return fixes, keep_above, len(doc["label_issues"])
 
 
 def data_fix(
@@ -132,16 +134,18 @@ def data_fix(
             raise BadInput(f"{opt} is a probability in [0, 1], got {val}")
     ws = open_ws()
     ds = load_dataset(ws, dataset)
-    fixes, keep = _read_fixes(source, ds.id, drop, min_confidence, drop_below, keep)
+    fixes, keep, flagged = _read_fixes(source, ds.id, drop, min_confidence, drop_below, keep)
     fixed = apply_fixes(ws, ds, fixes, name=name,
                         source={"issues_file": str(source), "mode": "drop" if drop else "relabel",
                                 "min_confidence": min_confidence, "drop_below": drop_below,
                                 "keep_above": keep})  # fmt: skip
     totals = diff(ws, ds, fixed)["totals"]
-    out = {"dataset_id": fixed.id, "name": fixed.name, "parent_id": ds.id, "fixes": len(fixes), "keep_above": keep,
-           "diff": totals}  # fmt: skip
+    # Flags left alone: below --min-confidence or, with --keep-above, given labels still plausible.
+    left = flagged - len(fixes)
+    out = {"dataset_id": fixed.id, "name": fixed.name, "parent_id": ds.id, "fixes": len(fixes), "left_alone": left,
+           "keep_above": keep, "diff": totals}  # fmt: skip
     emit(out, as_json, f"dataset {fixed.id} ({fixed.name}) from {ds.id}: {totals['relabelled']} relabelled, "
-                       f"{totals['removed']} dropped; {ds.id} is unchanged")  # fmt: skip
+                       f"{totals['removed']} dropped, {left} flags left alone; {ds.id} is unchanged")  # fmt: skip
 
 
 def data_diff(

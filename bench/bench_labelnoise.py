@@ -102,7 +102,7 @@ def main() -> dict:
         wrong_after = {
             "flips_missed": len(true) - len(hits),
             "flips_kept": sum(f is None for f in flips_seen),
-            "flips_relabelled_wrong": sum(int(f is not None and f.get("new_label", clean.y[i]) != clean.y[i])
+            "flips_relabelled_wrong": sum(int(f is not None and "new_label" in f and f["new_label"] != clean.y[i])
                                           for i, f in zip(hits, flips_seen)),
             "correct_relabelled": sum("new_label" in f for i, f in by_index.items() if i not in true),
             "correct_dropped": sum("drop" in f for i, f in by_index.items() if i not in true),

@@ -3,9 +3,9 @@
 On a fixed stratified subset of Fashion-MNIST's train split (with the full
 val and the official test split), 10% of train labels are flipped uniformly
 to another class, once per FLIP_SEEDS draw. On each draw `find_issues`
-(K-fold out-of-fold probabilities from cnn_small and cnn_medium, averaged,
-+ cleanlab) flags suspects, and precision and recall are measured against
-the true flipped set. Then one model config (cnn_small, the default recipe)
+(K-fold out-of-fold probabilities from cnn_small and cnn_medium trained
+with random shifts, averaged, + cleanlab) flags suspects, and precision
+and recall are measured against the true flipped set. Then one model config (cnn_small, the default recipe)
 is trained on the clean, noisy and fixed versions and on an oracle version
 that drops exactly the flips, and scored on the test split. Recovery is
 (fixed - noisy) / (clean - noisy): the share of the accuracy the noise cost
@@ -40,7 +40,11 @@ from datamoat.workspace import Workspace
 SAMPLES = int(os.environ.get("DM_LN_SAMPLES", 20_000))
 NOISE = 0.10
 FOLDS = int(os.environ.get("DM_LN_FOLDS", 4))
-FOLD_EPOCHS = int(os.environ.get("DM_LN_FOLD_EPOCHS", 5))
+# Fold models trained with random shifts for twice the epochs, chosen on draws 0 and 1: there the fix left fewer
+# wrong labels than with 5 epochs without shifts and won back 0.54 on average instead of 0.42. Draws 2-4 were their
+# unseen test (issue 6's notes). DM_LN_FOLD_EPOCHS=5 DM_LN_FOLD_AUGMENT=none reproduces the earlier table.
+FOLD_EPOCHS = int(os.environ.get("DM_LN_FOLD_EPOCHS", 10))
+FOLD_AUGMENT = os.environ.get("DM_LN_FOLD_AUGMENT", "crop")
 EPOCHS = int(os.environ.get("DM_LN_EPOCHS", 3))  # TrainConfig's default recipe
 # Which labels flip. Each draw is a fresh test of the same fix; the fix was chosen on draws 0 and 1, draw 2
 # was its first unseen test, and draws 3 and 4 were added unseen to narrow the interval (issue 6's notes).
@@ -88,8 +92,8 @@ def main() -> dict:
     for fs in FLIP_SEEDS:
         noisy, flipped = flip_labels(ws, clean, NOISE, seed=fs)
         t0 = time.perf_counter()
-        issues = find_issues(noisy, folds=FOLDS, epochs=FOLD_EPOCHS, arch=ARCH, ensemble=ENSEMBLE, seed=0,
-                             threads=THREADS)  # fmt: skip
+        issues = find_issues(noisy, folds=FOLDS, epochs=FOLD_EPOCHS, augment=FOLD_AUGMENT, arch=ARCH,
+                             ensemble=ENSEMBLE, seed=0, threads=THREADS)  # fmt: skip
         find_s += time.perf_counter() - t0
         flagged = issues.flagged
         true = set(flipped.tolist())
@@ -168,7 +172,7 @@ def main() -> dict:
         "met": precision >= 0.8 and recall >= 0.8 and head >= 0.5,
         "find_issues_s": round(find_s, 1), "train_s": round(train_s, 1),
         "setup": {"train_samples": SAMPLES, "noise": NOISE, "flip_seeds": FLIP_SEEDS, "folds": FOLDS,
-                  "fold_epochs": FOLD_EPOCHS, "arch": ARCH, "ensemble": list(ENSEMBLE), "epochs": EPOCHS,
+                  "fold_epochs": FOLD_EPOCHS, "fold_augment": FOLD_AUGMENT, "arch": ARCH, "ensemble": list(ENSEMBLE), "epochs": EPOCHS,
                   "seeds": SEEDS},
     }  # fmt: skip
     per_draw = "; ".join(
@@ -186,7 +190,8 @@ def main() -> dict:
         f"official test {int((clean.split == 2).sum())}); {NOISE:.0%} of train labels flipped uniformly to another "
         f"class, {len(FLIP_SEEDS)} draws (flip seeds {', '.join(map(str, FLIP_SEEDS))}).",
         f"find_issues: {FOLDS}-fold out-of-fold probabilities from {' + '.join((ARCH, *ENSEMBLE))} "
-        f"({FOLD_EPOCHS} epochs per fold, averaged; `datamoat data issues --folds {FOLDS} --arch {ARCH}"
+        f"({FOLD_EPOCHS} epochs per fold, augmentation {FOLD_AUGMENT}, averaged; `datamoat data issues --folds {FOLDS} "
+        f"--epochs {FOLD_EPOCHS} --augment {FOLD_AUGMENT} --arch {ARCH}"
         + "".join(f" --ensemble {a}" for a in ENSEMBLE)
         + f"`), cleanlab {issues.config['filter_by']}. {per_draw}. Targets: precision and recall >= 0.8 on every "
         f"draw. {find_s:.0f}s in all.",

@@ -178,8 +178,10 @@ def test_cli_issues_then_fix_then_diff(tmp_path):
     assert load_dataset(Workspace.open(home), noisy.id).y.tolist() == noisy.y.tolist()
     text = dm(home, "data", "diff", noisy.id, fix["dataset_id"]).stdout
     assert "relabelled" in text and "train" in text
-    text = dm(home, "data", "issues", noisy.id, *args).stdout
+    shifted = tmp_path / "shifted.json"
+    text = dm(home, "data", "issues", noisy.id, *args, "--augment", "crop", "-o", str(shifted)).stdout
     assert "likely label errors" in text and "outliers" in text
+    assert full["config"]["augment"] == "none" and json.loads(shifted.read_text())["config"]["augment"] == "crop"
 
 
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
@@ -191,6 +193,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
         (("data", "issues", "digits", "--folds", "1"), "folds"),
         (("data", "issues", "no-such-data"), "unknown dataset"),
         (("data", "issues", "digits", "--ensemble", "vit"), "ensemble architecture"),
+        (("data", "issues", "digits", "--augment", "rotate"), "augmentation"),
         (("data", "fix", "digits", "--from", str(bad_fixes), "--keep-above", "2"), "--keep-above"),
         (("data", "fix", "digits", "--from", str(bad_fixes), "--keep-above", "most"), "--keep-above"),
         (("data", "fix", "digits", "--from", str(bad_fixes)), "index 99999"),

@@ -16,6 +16,9 @@ def data_issues(
     dataset: str = typer.Argument(..., help="Dataset id or name."),
     folds: int = typer.Option(5, help="Cross-validation folds (at least 2)."),
     epochs: int = typer.Option(5, help="Epochs per fold model (few: long training memorises wrong labels)."),
+    augment: str = typer.Option(
+        "none", help="Augmentation of the fold models' training: none, crop (random shifts) or crop_flip."
+    ),
     arch: str = typer.Option("cnn_small", "--arch", "-a", help="Architecture of the fold models."),
     ensemble: list[str] = typer.Option(
         [], "--ensemble", "-e", help="Another architecture whose fold models' probabilities are averaged in (repeat)."
@@ -31,8 +34,8 @@ def data_issues(
     from datamoat.data import load_dataset
     from datamoat.data.cleaning import CleaningConfig, find_issues
 
-    cfg = CleaningConfig(arch=arch, ensemble=tuple(ensemble), folds=folds, epochs=epochs, seed=seed,
-                         max_train_samples=max_train_samples, threads=threads)  # fmt: skip
+    cfg = CleaningConfig(arch=arch, ensemble=tuple(ensemble), folds=folds, epochs=epochs, augment=augment,
+                         seed=seed, max_train_samples=max_train_samples, threads=threads)  # fmt: skip
     if top < 0:
         raise BadInput(f"--top must be >= 0, got {top}")
     ws = open_ws()

@@ -10,6 +10,7 @@ rollback, staged rollouts, offline operation.
 - `server`: the device's local HTTP API (`datamoat edge run`).
 - `rollout`: stable-hash device selection, baselines, abort verdicts.
 - `fleet`: devices, bundles, rollouts and the event log in the registry DB.
+- `uploads`: the checks on low-confidence samples a device sends back.
 - `control`: the control server's HTTP API (`datamoat fleet serve`).
 """
 

@@ -19,28 +19,22 @@ records who sent what, for deduplication and the per-device rate limit.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
-import math
 import re
 import secrets
 import time
-import uuid
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 
 from datamoat.configs import check
 from datamoat.edge.bundle import peek_manifest
 from datamoat.edge.rollout import FAILED, abort_verdict, assign, baseline_for_next, selected
+from datamoat.edge.uploads import RateLimited, UploadRefused, parse_upload
 from datamoat.errors import BadInput, NotFound
 from datamoat.registry import AuthError, Registry, _hash_token
-from datamoat.serve.errors import Unprocessable
-from datamoat.serve.inputs import input_hash
 from datamoat.serve.logstore import log_rows, open_reviews, review_rows
 from datamoat.serve.logstore import predictions as serve_predictions
 from datamoat.serve.logstore import review as serve_review
@@ -114,21 +108,6 @@ uploads = sa.Table(
     sa.Column("size", sa.Integer, nullable=False),  # pixel bytes
     sa.Index("edge_uploads_by_device", "device_id", "received"),
 )  # fmt: skip
-
-
-class UploadRefused(Unprocessable):
-    """An uploaded item the server will never take; `item` is its index in
-    the batch, so the device drops that one and sends the rest again."""
-
-    def __init__(self, message: str, item: int, http_status: int = 422):
-        super().__init__(f"items[{item}]: {message}")
-        self.item, self.http_status = item, http_status
-
-
-class RateLimited(Unprocessable):
-    """A device sent more samples than its hourly allowance."""
-
-    http_status = 429
 
 
 class Fleet:
@@ -393,7 +372,7 @@ class Fleet:
         {'acked': ['1b9d...'], 'stored': 1, 'duplicates': 0, 'rate_limited': False}
         """
         now, versions = time.time(), {}
-        parsed = [_parse_upload(i, it, versions, self.registry, now) for i, it in enumerate(items)]
+        parsed = [parse_upload(i, it, versions, self.registry, now) for i, it in enumerate(items)]
         ids = [p["prediction_id"] for p in parsed]
         with self.engine.connect() as conn:
             mine = {r.prediction_id: r.device_id for r in conn.execute(
@@ -476,65 +455,3 @@ class Fleet:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(events).where(events.c.seq > since).order_by(events.c.seq)).mappings()
             return [{**r, "detail": json.loads(r["detail"])} for r in rows]
-
-
-def _parse_upload(i: int, it: Any, versions: dict[str, Any], registry: Registry, now: float) -> dict[str, Any]:
-    """One uploaded item, checked against its model version: the fields `record_uploads` stores."""
-
-    def need(ok: bool, why: str) -> None:
-        if not ok:
-            raise UploadRefused(why, i)
-
-    need(isinstance(it, dict), "each item must be a JSON object")
-    pid = it.get("prediction_id")
-    need(isinstance(pid, str) and _is_uuid(pid), f"prediction_id must be the answer's UUID, got {pid!r}")
-    vid = it.get("model_version")
-    need(isinstance(vid, str) and 0 < len(vid) <= 32, f"model_version must be a version id, got {vid!r}")
-    if not versions:  # once per batch; exact ids only (a device reports the id its bundle carries)
-        versions.update({r["id"]: r for r in registry.versions()})
-    info = versions.get(vid)
-    need(info is not None, f"model version {vid!r} is not in this registry: upload samples of registered versions")
-    classes, shape = [str(c) for c in info["info"]["classes"]], info["info"].get("input_shape")
-    need(isinstance(shape, list) and it.get("shape") == shape,
-         f"shape {it.get('shape')} does not match model {vid}'s input {shape}")  # fmt: skip
-    try:
-        raw = base64.b64decode(it.get("pixels") or "", validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        raw = None
-    need(raw is not None and len(raw) == math.prod(shape), f"pixels must be base64 of {math.prod(shape)} uint8 values")
-    pixels = np.frombuffer(raw, np.uint8).reshape(shape)  # (C, H, W)
-    label = it.get("label")
-    need(label is None or label in classes, f"label {label!r} is not one of model {vid}'s classes")
-    top = it.get("top_k")
-    need(isinstance(top, list) and 0 < len(top) <= 10, "top_k must list 1..10 {label, probability}")
-    for t in top:
-        p = t.get("probability") if isinstance(t, dict) else None
-        need(isinstance(t, dict) and t.get("label") in classes, f"top_k label {t!r} is not one of the classes")
-        need(isinstance(p, (int, float)) and 0 <= p <= 1, f"top_k probability {p!r} must be in 0..1")
-    flags = [it.get(k) for k in ("abstained", "needs_review")]
-    need(all(isinstance(f, bool) for f in flags), "abstained and needs_review must be true or false")
-    need(any(flags), "only answers that need review or abstained are uploaded")
-    ts = it.get("ts")
-    need(isinstance(ts, (int, float)) and 0 < ts < math.inf, f"ts must be the answer's unix time, got {ts!r}")
-    exact, digest = it.get("exact", True), it.get("input_sha256")
-    need(isinstance(exact, bool), "exact must be true or false")
-    own = input_hash(pixels)
-    if exact:
-        need(digest in (None, own), "input_sha256 does not match the pixels: send the image the model answered")
-        digest = own
-    need(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None,
-         "input_sha256 must be the sha256 of the float32 input the model saw")  # fmt: skip
-    reason, gen = it.get("reason") or "", it.get("generation", -1)
-    need(isinstance(reason, str) and len(reason) <= 500, "reason must be text of at most 500 characters")
-    need(isinstance(gen, int), "generation must be an integer")
-    return {"prediction_id": pid, "model_version": vid, "pixels": pixels, "label": label,
-            "top_k": [{"label": t["label"], "probability": float(t["probability"])} for t in top],
-            "abstained": flags[0], "ts": min(float(ts), now), "exact": exact, "input_sha256": digest,
-            "reason": reason, "generation": gen}  # fmt: skip
-
-
-def _is_uuid(s: str) -> bool:
-    try:
-        return str(uuid.UUID(s)) == s
-    except ValueError:
-        return False

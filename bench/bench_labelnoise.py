@@ -5,9 +5,10 @@ val and the official test split), 10% of train labels are flipped uniformly
 to another class, once per FLIP_SEEDS draw. On each draw `find_issues`
 (K-fold out-of-fold probabilities from cnn_small and cnn_medium trained
 with random shifts, averaged, + cleanlab) flags suspects, and precision
-and recall are measured against the true flipped set. Then one model config (cnn_small, the default recipe)
-is trained on the clean, noisy and fixed versions and on an oracle version
-that drops exactly the flips, and scored on the test split. Recovery is
+and recall are measured against the true flipped set. Then one model
+config (cnn_small, the default recipe) is trained on the clean, noisy and
+fixed versions and on an oracle version that drops exactly the flips, and
+scored on the test split. Recovery is
 (fixed - noisy) / (clean - noisy): the share of the accuracy the noise cost
 that the fix won back.
 
@@ -172,8 +173,8 @@ def main() -> dict:
         "met": precision >= 0.8 and recall >= 0.8 and head >= 0.5,
         "find_issues_s": round(find_s, 1), "train_s": round(train_s, 1),
         "setup": {"train_samples": SAMPLES, "noise": NOISE, "flip_seeds": FLIP_SEEDS, "folds": FOLDS,
-                  "fold_epochs": FOLD_EPOCHS, "fold_augment": FOLD_AUGMENT, "arch": ARCH, "ensemble": list(ENSEMBLE), "epochs": EPOCHS,
-                  "seeds": SEEDS},
+                  "fold_epochs": FOLD_EPOCHS, "fold_augment": FOLD_AUGMENT, "arch": ARCH, "ensemble": list(ENSEMBLE),
+                  "epochs": EPOCHS, "seeds": SEEDS},
     }  # fmt: skip
     per_draw = "; ".join(
         f"draw {d['flip_seed']}: {d['flagged']} flagged, precision {d['precision']:.3f}, recall {d['recall']:.3f}, "

@@ -15,7 +15,7 @@ from datamoat.errors import BadInput, NotFound
 def data_issues(
     dataset: str = typer.Argument(..., help="Dataset id or name."),
     folds: int = typer.Option(5, help="Cross-validation folds (at least 2)."),
-    epochs: int = typer.Option(5, help="Epochs per fold model (few: long training memorises wrong labels)."),
+    epochs: int = typer.Option(5, help="Epochs per fold model (the label-noise benchmark: 10, with --augment crop)."),
     augment: str = typer.Option(
         "none", help="Augmentation of the fold models' training: none, crop (random shifts) or crop_flip."
     ),

@@ -1,34 +1,55 @@
-# Each target sets up what it needs: a venv with the CPU build of torch pinned.
+# Each target sets up what it needs: a venv installed from the lock file.
+# requirements.lock pins every dependency, direct and transitive, at the versions
+# the whole suite passed with; `make lock` regenerates it (a deliberate commit).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# pip-compile's own flags; the lock's header repeats them, so a reader can rerun it.
+COMPILE := pip-compile --quiet --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	--no-emit-find-links --constraint constraints.txt --output-file $(LOCK) pyproject.toml
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo test test-latest bench lint format lock clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install
+	scripts/get-fashion-mnist.sh
 	$(VENV)/bin/datamoat demo
 
 test: install
 	$(PY) -m pytest
 
+# The newest versions pyproject's ranges allow (torch stays pinned), in a venv of
+# their own, to see what raising the lock would break before doing it.
+test-latest:
+	rm -rf .venv-latest && python3 -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade -c constraints.txt -e '.[dev]'
+	.venv-latest/bin/python -m pip freeze --exclude-editable > .venv-latest/freeze.txt
+	.venv-latest/bin/python -m pytest
+
+# Regenerate the lock from pyproject.toml's ranges: newest versions that resolve.
+# Run `make test` on it and commit it alone, saying what moved.
+lock: install
+	cd . && PATH=$(VENV)/bin:$$PATH $(COMPILE) --upgrade
+
 bench: install
 	$(PY) bench/run.py
 
 lint: install
-	$(VENV)/bin/ruff check datamoat tests bench
-	$(VENV)/bin/ruff format --check datamoat tests bench
+	$(VENV)/bin/ruff check datamoat tests bench scripts
+	$(VENV)/bin/ruff format --check datamoat tests bench scripts
+	$(PY) scripts/check_lock.py $(LOCK)
 
 format: install
-	$(VENV)/bin/ruff format datamoat tests bench
-	$(VENV)/bin/ruff check --fix datamoat tests bench
+	$(VENV)/bin/ruff format datamoat tests bench scripts
+	$(VENV)/bin/ruff check --fix datamoat tests bench scripts
 
 clean:
-	rm -rf $(VENV) .datamoat .pytest_cache
+	rm -rf $(VENV) .venv-latest .datamoat .pytest_cache

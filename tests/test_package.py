@@ -29,3 +29,16 @@ def test_every_module_declares_all():
         assert isinstance(getattr(mod, "__all__", None), list), f"{info.name} has no __all__"
         for name in mod.__all__:
             assert hasattr(mod, name), f"{info.name}.__all__ names missing {name}"
+
+
+def test_lock_check_finds_a_version_the_lock_does_not_pin(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    check = [sys.executable, str(root / "scripts" / "check_lock.py")]
+    lock = (root / "requirements.lock").read_text()
+    numpy_pin = next(line for line in lock.splitlines() if line.startswith("numpy=="))
+    (tmp_path / "other.lock").write_text(lock.replace(numpy_pin, "numpy==0.0.1") + "\nnot-installed-pkg==1.0\n")
+    bad = subprocess.run([*check, str(tmp_path / "other.lock")], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert f"{numpy_pin} is installed but" in bad.stderr and "not-installed-pkg==1.0 is pinned" in bad.stderr

@@ -340,8 +340,8 @@ def quantize(
                 )
             x_probe = _sample(eval_x, 1024, cfg.seed, step, preprocess)  # type: ignore[arg-type]
             ref, cache, errors = _logits(src, x_probe, step), tmp / f"calib_{len(attempts)}.json", {}
-            for n in left:
-                probe = _quantize_once(pre, tmp / f"probe_{n}.onnx", method, cfg, [*excluded, n], feeds, cache)
+            for i, n in enumerate(left):  # node names may hold '/', so the file is named by index
+                probe = _quantize_once(pre, tmp / f"probe_{i}.onnx", method, cfg, [*excluded, n], feeds, cache)
                 errors[n] = float(np.mean((_logits(probe, x_probe, step) - ref) ** 2))
             excluded[min(errors, key=errors.__getitem__)] = "sensitivity"
             attempts[-1]["probe_mse"] = errors

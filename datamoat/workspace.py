@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -65,6 +66,28 @@ def default_root() -> Path:
 
 def short_hash(data: bytes, n: int = 12) -> str:
     return hashlib.sha256(data).hexdigest()[:n]
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(text: str, max_len: int = 64) -> str:
+    """A file or folder name made from any string (a node, class, model, alias or
+    device name): ASCII letters, digits, '.', '_' and '-' only, never hidden,
+    '.' or '..'. When anything had to change, a short hash of the original is
+    appended, so two different strings never share a name.
+
+    >>> safe_name("teacher-int8")
+    'teacher-int8'
+    >>> safe_name("/features/conv/Conv")
+    '_features_conv_Conv-aad91755'
+    >>> safe_name("..")
+    'x-5ec1f7e7'
+    """
+    clean = _UNSAFE.sub("_", text).lstrip(".")[:max_len]
+    if clean == text and clean:
+        return clean
+    return f"{clean or 'x'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -240,6 +263,11 @@ class Workspace:
         return uuid.uuid4().hex[:12]
 
     def path_for(self, *parts: str) -> Path:
+        """A folder under the workspace; every part must already be a safe name
+        (see `safe_name`), so no caller can reach outside the workspace."""
+        bad = [p for p in parts if safe_name(p) != p]
+        if bad:
+            raise ValueError(f"unsafe workspace path part(s) {bad!r}: pass them through safe_name() first")
         path = self.root.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path

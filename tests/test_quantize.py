@@ -4,6 +4,8 @@ import hashlib
 import json
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
 from datamoat.data import import_digits
@@ -14,9 +16,6 @@ from datamoat.models import new_model, save_model
 from datamoat.quantize import QuantizeAccuracyError, QuantizeConfig, quantize, quantize_model
 from datamoat.train import TrainConfig, train
 from datamoat.workspace import Workspace
-
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +178,26 @@ def test_cli_quantize_json_and_unknown_calibration(trained):
     )
     bad = CliRunner().invoke(app, [*home, "quantize", cnn.id, "--calibration", "kl"])
     assert isinstance(bad.exception, BadInput) and "choose one of minmax, entropy, percentile" in str(bad.exception)
+
+
+HOSTILE_NAMES = ["../../escape", "/features/0/Conv", "stage:1", "with space", "naïve-名前", ".."]
+
+
+def test_sensitivity_probes_survive_node_names_that_are_not_file_names(trained, tmp_path):
+    # Exporters name nodes after module paths ("/features/0/Conv"); any graph
+    # string may hold '/', '..', ':', spaces or non-ASCII. The probes must not
+    # turn them into paths (they once did, and failed with FileNotFoundError).
+    _, ds, cnn, _ = trained
+    x_val, y_val = ds.subset("val")
+    proto = onnx.load(str(fp32_file(cnn, tmp_path)))
+    targets = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
+    for node, name in zip(targets, HOSTILE_NAMES):
+        node.name = name
+    path = tmp_path / "hostile.onnx"
+    onnx.save(proto, str(path))
+    dark = np.zeros((64, 1, 8, 8), np.uint8)  # useless ranges: the retry must probe every node
+    cfg = QuantizeConfig(max_accuracy_drop=0.5, float_stem=False, max_retries=len(targets))
+    r = quantize(path, cfg, dark, cnn.preprocess, eval_x=x_val, eval_y=y_val, out_path=tmp_path / "out.onnx")
+    assert len(r.attempts) >= 2 and set(r.attempts[0]["probe_mse"]) == set(HOSTILE_NAMES[: len(targets)])
+    assert set(r.excluded) <= set(HOSTILE_NAMES) and r.accuracy_drop <= 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn_small.onnx", "hostile.onnx", "out.onnx"]

@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from datamoat.errors import BadInput, NotFound
-from datamoat.workspace import Workspace
+from datamoat.workspace import Workspace, safe_name
 
 
 def test_init_is_idempotent_and_open_requires_init(tmp_path):
@@ -67,3 +67,38 @@ def test_two_processes_writing_at_once_corrupt_nothing(tmp_path):
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert all(ws.get_bytes(ws.put_bytes(f"{w}-{i}".encode())) for w in range(2) for i in range(0, 150, 37))
+
+
+HOSTILE = [
+    "a/b",
+    "../../etc",
+    "..",
+    ".",
+    ".hidden",
+    "c:d",
+    "with space",
+    "naïve-名前",
+    "",
+    "x" * 300,
+    "a\\b",
+    "nul\x00",
+]
+
+
+def test_safe_name_never_leaves_the_folder_and_never_collides(tmp_path):
+    names = [safe_name(t) for t in HOSTILE]
+    assert len(set(names)) == len(names)  # distinct strings, distinct names
+    for n in names:
+        assert n and n not in (".", "..") and not n.startswith(".") and len(n) <= 73
+        assert (tmp_path / n).parent == tmp_path
+        (tmp_path / n).write_text("ok")  # a real file system takes it
+    assert len(list(tmp_path.iterdir())) == len(HOSTILE)
+    assert safe_name("teacher-int8.onnx") == "teacher-int8.onnx"  # a safe name is kept as it is
+    assert safe_name("a/b") != safe_name("a_b")
+
+
+def test_workspace_paths_refuse_unsafe_parts(ws):
+    assert ws.path_for("reports", "abc123") == ws.root / "reports" / "abc123"
+    for bad in HOSTILE:
+        with pytest.raises(ValueError, match="unsafe workspace path part"):
+            ws.path_for("reports", bad)

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from datamoat.edge.runtime import EdgeRuntime
+from datamoat.edge.store import is_sha256
 
 __all__ = ["SyncAgent", "SyncError"]
 
@@ -139,6 +140,9 @@ class SyncAgent:
         if not b:
             return None
         sha = b["sha256"]
+        if not is_sha256(sha):
+            # The control server is not trusted with paths: the hash names a file on this device.
+            raise SyncError(f"assignment refused: bundle sha256 {str(sha)[:80]!r} is not 64 lowercase hex digits")
         cur = rt.active.bundle if rt.active else None
         if (cur is not None and cur.sha256 == sha) or sha in rt.state["rejected"]:
             return None

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,21 @@ from typing import Any
 from datamoat.errors import BadInput
 from datamoat.workspace import atomic_write
 
-__all__ = ["DeviceStore", "Outbox"]
+__all__ = ["DeviceStore", "Outbox", "is_sha256"]
 
 _SLOTS = ("active", "lkg", "staged")
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(text: object) -> bool:
+    """Whether `text` is a sha256 hex digest, and so safe as a file name.
+
+    >>> is_sha256("0" * 64), is_sha256("../" + "0" * 61)
+    (True, False)
+    """
+    return isinstance(text, str) and _SHA256.fullmatch(text) is not None
 
 
 class DeviceStore:
@@ -114,6 +127,8 @@ class DeviceStore:
         return "undone"
 
     def part(self, sha: str) -> Path:
+        if not is_sha256(sha):  # a hash from the network must not reach outside downloads/
+            raise BadInput(f"download name {sha[:80]!r} is not a plain file name: expected a sha256 hex digest")
         return self.root / "downloads" / f"{sha}.part"
 
     def clear_downloads(self, keep: str | None = None) -> None:

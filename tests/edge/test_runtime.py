@@ -118,3 +118,24 @@ def test_a_bundle_damaged_on_disk_is_dropped_for_the_lkg(fleet_env):
     assert [e["kind"] for e in rt.state["events"]][-1] == "disk_rejected"
     assert json.loads((env.tmp / "dev" / "state.json").read_text())["events"][-1]["slot"] == "active"
     rt.close()
+
+
+@pytest.mark.parametrize("sha", ["../../../escaped", "/tmp/abs", "a" * 63 + "/", "A" * 64, 123])
+def test_an_assignment_hash_is_never_used_as_a_path(fleet_env, sha):
+    # A compromised control server chooses the assignment's sha256; it names
+    # the partial download on the device, so anything but hex is refused.
+    from datamoat.edge.agent import SyncAgent, SyncError
+    from datamoat.errors import BadInput
+
+    rt = _rt(fleet_env, server="http://127.0.0.1:9", token="t")
+    try:
+        assignment = {"bundle": {"sha256": sha, "size": 4, "url": "http://127.0.0.1:9/b", "sequence": 1}}
+        with pytest.raises(SyncError, match="is not 64 lowercase hex digits"):
+            SyncAgent(rt).follow({**assignment, "allow_downgrade": False})
+        if isinstance(sha, str):
+            with pytest.raises(BadInput, match="not a plain file name"):
+                rt.store.part(sha)
+        assert sorted(p.name for p in (fleet_env.tmp / "dev" / "downloads").iterdir()) == []
+        assert not (fleet_env.tmp / "escaped").exists()
+    finally:
+        rt.close()

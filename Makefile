@@ -9,7 +9,7 @@ LOCK := requirements.lock
 COMPILE := pip-compile --quiet --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
 	--no-emit-find-links --constraint constraints.txt --output-file $(LOCK) pyproject.toml
 
-.PHONY: install demo test test-latest bench lint format lock clean
+.PHONY: install demo test test-latest bench lint format lock lock-upgrade clean
 
 $(STAMP): pyproject.toml constraints.txt $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,10 +34,14 @@ test-latest:
 	.venv-latest/bin/python -m pip freeze --exclude-editable > .venv-latest/freeze.txt
 	.venv-latest/bin/python -m pytest
 
-# Regenerate the lock from pyproject.toml's ranges: newest versions that resolve.
-# Run `make test` on it and commit it alone, saying what moved.
+# `make lock` re-resolves after pyproject.toml changed, keeping every pin it can;
+# `make lock-upgrade` moves every pin to the newest version the ranges allow.
+# Run `make test` on the result and commit it alone, saying what moved.
 lock: install
-	cd . && PATH=$(VENV)/bin:$$PATH $(COMPILE) --upgrade
+	PATH=$(VENV)/bin:$$PATH $(COMPILE)
+
+lock-upgrade: install
+	PATH=$(VENV)/bin:$$PATH $(COMPILE) --upgrade
 
 bench: install
 	$(PY) bench/run.py

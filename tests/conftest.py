@@ -45,3 +45,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=docs_only)
         drop = set(docs_only)
         items[:] = [it for it in items if it not in drop]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the run with what was skipped, by group, and the command that enables each group."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        return
+    groups: dict[str, int] = {}
+    for rep in reporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        groups[reason] = groups.get(reason, 0) + 1
+    if groups:
+        reporter.write_line("skipped: " + "; ".join(f"{n} {reason}" for reason, n in groups.items()), yellow=True)

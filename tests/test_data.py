@@ -64,7 +64,9 @@ def test_splits_are_stratified_and_seeded(ws):
     assert import_digits(ws, seed=0).id == d.id
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST import: apt-get install dataset-fashion-mnist"
+)
 def test_fashion_mnist_keeps_official_test_split(ws):
     d = import_fashion_mnist(ws)
     st = d.stats()

@@ -4,6 +4,8 @@ import hashlib
 import json
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -17,9 +19,6 @@ from datamoat.export import (
     onnx_metadata,
 )
 from datamoat.models import new_model, save_model
-
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
 
 TINY = {
     "mlp": {"hidden": (16,)},

@@ -7,8 +7,6 @@ from datamoat.export import ExportConfig, export
 from datamoat.measure import file_bytes, measure_latency, normalise, onnx_accuracy, onnx_predict_proba, ort_session
 from datamoat.models import new_model
 
-pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture
 def exported(digits, tmp_path):

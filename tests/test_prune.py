@@ -247,7 +247,8 @@ def test_structured_model_rebuilds_from_its_saved_config(ws, digits):
 
 
 def test_structured_model_exports_to_onnx_and_is_timed_in_onnxruntime(digits):
-    export = pytest.importorskip("datamoat.export")
+    from datamoat import export
+
     m = new_model("cnn_small", digits, **TINY)
     p = prune(m, StructuredConfig(ratio=0.5, finetune_epochs=0), latency="onnxruntime")
     rep = p.history["prune"]

@@ -21,7 +21,9 @@ INFO = {"classes": ["cat", "dog", "bird"], "preprocess": {"scale": 1 / 255, "mea
         "sqlite",
         pytest.param(
             "postgresql",
-            marks=pytest.mark.skipif(not PG_URL, reason="set DATAMOAT_TEST_PG_URL (scripts/start-postgres.sh)"),
+            marks=pytest.mark.skipif(
+                not PG_URL, reason="PostgreSQL registry tests: export DATAMOAT_TEST_PG_URL=$(scripts/start-postgres.sh)"
+            ),
         ),
     ]
 )

@@ -7,6 +7,7 @@ stays fast. Errors the user caused print one line and exit with code 2.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from datamoat.cli._common import err_console, state
+from datamoat.cli._common import err_console, json_stdout, state
 from datamoat.errors import DatamoatError
 
 __all__ = ["app", "main"]
@@ -46,7 +47,11 @@ for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.
 def main() -> None:
     """Entry point: run the app and turn user errors into one line + exit 2."""
     try:
-        app(standalone_mode=False)
+        # --json anywhere but after a `--`: its stdout carries one JSON object alone.
+        args = sys.argv[1:]
+        args = args[: args.index("--")] if "--" in args else args
+        with json_stdout() if "--json" in args else contextlib.nullcontext():
+            app(standalone_mode=False)
     except DatamoatError as e:
         err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)

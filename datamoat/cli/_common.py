@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import typer
 from rich.console import Console
 
 from datamoat.workspace import Workspace
 
-__all__ = ["console", "err_console", "state", "open_ws", "emit", "JsonOpt"]
+__all__ = ["console", "err_console", "state", "open_ws", "emit", "json_stdout", "JsonOpt"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,6 +23,7 @@ err_console = Console(stderr=True)
 
 class _State:
     home: Path | None = None
+    json_out: IO[str] | None = None  # where --json's one object goes; None: sys.stdout
 
 
 state = _State()
@@ -42,10 +46,43 @@ def _default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+@contextlib.contextmanager
+def json_stdout() -> Iterator[None]:
+    """For a --json command: stdout holds the one JSON object and nothing else.
+
+    Whatever else is printed while the command runs, by our code or by a
+    library (ONNX Runtime's calibration prints progress with print(); a C
+    library may write to file descriptor 1), goes to stderr: sys.stdout and
+    descriptor 1 both point there until `emit` writes the object to the real
+    stdout.
+    """
+    out = sys.stdout
+    out.flush()
+    try:
+        real = out.fileno() == 1  # in-process test runners swap sys.stdout for a buffer
+    except (AttributeError, OSError, ValueError):
+        real = False
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    state.json_out = os.fdopen(os.dup(saved), "w") if real else out
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = out
+        os.dup2(saved, 1)
+        os.close(saved)
+        if real:
+            state.json_out.close()
+        state.json_out = None
+
+
 def emit(obj: dict[str, Any], as_json: bool, human: str | None = None) -> None:
     """Print `obj` as one JSON line (with --json) or `human` text via rich."""
     if as_json:
-        sys.stdout.write(json.dumps(obj, default=_default) + "\n")
-        sys.stdout.flush()
+        out = state.json_out or sys.stdout
+        out.write(json.dumps(obj, default=_default) + "\n")
+        out.flush()
     elif human is not None:
         console.print(human, highlight=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import JsonOpt, emit, open_ws
+from datamoat.cli._common import JsonOpt, emit, err_console, open_ws
 
 
 def demo(
@@ -12,8 +12,12 @@ def demo(
     as_json: bool = JsonOpt,
 ) -> None:
     """Import Fashion-MNIST (digits if absent), train a teacher, evaluate it, write the report."""
+    from datamoat.data import sources
     from datamoat.demo import DEMO_TRAIN, run_demo
 
+    if not sources.FASHION_MNIST_DIR.is_dir():  # said first, not after minutes of training
+        note = sources.fashion_mnist_missing("digits")
+        err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     cfg = DEMO_TRAIN.replace(epochs=epochs) if epochs else DEMO_TRAIN
     out = run_demo(open_ws(create=True), config=cfg)  # type: ignore[arg-type]
     text = (

@@ -5,6 +5,7 @@ from datamoat.data.idx import read_idx
 from datamoat.data.sources import (
     FASHION_CLASSES,
     FASHION_MNIST_DIR,
+    fashion_mnist_missing,
     import_default,
     import_digits,
     import_fashion_mnist,
@@ -21,6 +22,7 @@ __all__ = [
     "read_idx",
     "FASHION_CLASSES",
     "FASHION_MNIST_DIR",
+    "fashion_mnist_missing",
     "import_default",
     "import_digits",
     "import_fashion_mnist",

@@ -20,6 +20,7 @@ __all__ = [
     "import_folder",
     "import_digits",
     "import_default",
+    "fashion_mnist_missing",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -183,6 +184,19 @@ def import_digits(ws: Workspace, *, seed: int = 0) -> Dataset:
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
     classes = [str(c) for c in d.target_names]
     return make_dataset(ws, x, d.target, classes, name="digits", source={"kind": "sklearn-digits"}, seed=seed)
+
+
+def fashion_mnist_missing(used: str) -> str:
+    """The one line that says Fashion-MNIST is absent, what was used instead,
+    and how to get the real data.
+
+    >>> fashion_mnist_missing("digits")[:40]
+    'Fashion-MNIST is not installed (no /usr/'
+    """
+    return (
+        f"Fashion-MNIST is not installed (no {FASHION_MNIST_DIR}): used scikit-learn's {used} (8x8) instead; "
+        "`sudo apt-get install dataset-fashion-mnist` gets the real data (`make demo` does it as root)"
+    )
 
 
 def import_default(ws: Workspace) -> Dataset:

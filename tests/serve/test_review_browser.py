@@ -23,7 +23,7 @@ DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 pytestmark = pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
-    reason="needs Chromium and its driver: apt-get install chromium chromium-driver (CI installs them)",
+    reason="/review in real Chromium: apt-get install chromium chromium-driver",
 )
 
 

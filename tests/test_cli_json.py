@@ -1,0 +1,194 @@
+"""`--json` means one JSON object on stdout and nothing else, for every command.
+
+One workspace goes through the whole flow on tiny data, in-process through the
+real entry point (`datamoat.cli.main`), with stdout captured at the file
+descriptor: a library that prints (ONNX Runtime's entropy calibration does)
+or writes to descriptor 1 from C would break the parse. The last test checks
+that every command that has `--json` was run here, so a new one cannot slip by.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamoat.cli import app, main
+
+RAN: set[str] = set()
+
+
+def json_commands() -> set[str]:
+    import typer
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        elif any("--json" in getattr(p, "opts", ()) for p in cmd.params):
+            yield " ".join(path)
+
+    return set(walk(typer.main.get_command(app), []))
+
+
+def command_path(args: tuple[str, ...]) -> str:
+    known = json_commands()
+    two = " ".join(args[:2])
+    return two if two in known else args[0]
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    """State shared along the flow: the workspace home and ids the steps make."""
+    return {"home": tmp_path_factory.mktemp("json") / "ws", "tmp": tmp_path_factory.mktemp("json-files")}
+
+
+@pytest.fixture
+def dm(flow, capfd, monkeypatch):
+    """Run `datamoat --home HOME ARGS --json`; return the one parsed object."""
+
+    def run(*args: str) -> dict:
+        monkeypatch.setattr(sys, "argv", ["datamoat", "--home", str(flow["home"]), *args, "--json"])
+        capfd.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        out = capfd.readouterr()
+        assert code == 0, f"{' '.join(args)} exited {code}: {out.err[-2000:]}"
+        obj = json.loads(out.out)  # the whole of stdout: one object, nothing before or after
+        assert isinstance(obj, dict) and out.out.count("\n") == 1, out.out[:500]
+        RAN.add(command_path(args))
+        return obj
+
+    return run
+
+
+def test_data_train_and_catalog(dm, flow, monkeypatch):
+    from datamoat.data import sources
+
+    # No Fashion-MNIST: the demo falls back to digits, and says so on stderr, not stdout.
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", Path("/nonexistent/fashion-mnist"))
+    assert dm("init")["workspace"]
+    out = dm("demo", "--epochs", "1")
+    assert out["dataset"] == "digits" and "dataset-fashion-mnist" in out["fallback"]
+    flow["data"] = dm("data", "import", "digits")["dataset_id"]
+    assert dm("archs")
+    assert dm("data", "list")
+    assert dm("data", "show", "digits")
+    flow["model"] = dm("train", "--data", "digits", "--arch", "cnn_small", "--epochs", "2", "--name", "small")[
+        "model_id"
+    ]
+    assert dm("runs", "list") and dm("models", "list") and dm("models", "show", "small")
+    assert dm("eval", "small")["accuracy"] > 0.3
+
+
+def test_compress_stages(dm, flow):
+    assert dm("export", "small")
+    # Entropy calibration prints its progress with print(): it must not reach stdout.
+    assert dm("quantize", "small", "--calibration", "entropy", "--max-accuracy-drop", "100")
+    assert dm("prune", "small", "--method", "structured", "--ratio", "0.5", "--epochs", "1", "--latency", "none")
+    assert dm("distill", "small", "--arch", "mlp", "--epochs", "1")
+    out = dm("compress", "small", "--distill-epochs", "1", "--student", "mlp", "--max-accuracy-drop", "100")
+    assert out["chosen"]
+
+
+def test_registry_and_control(dm, flow):
+    v1 = dm("promote", "small", "--alias", "production", "--reason", "launch", "--wait", "0")["version"]
+    v2 = dm("promote", "small", "--int8", "--alias", "production", "--reason", "int8", "--wait", "0")["version"]
+    flow.update(v1=v1, v2=v2)
+    assert dm("rollback", "--alias", "production", "--reason", "regression", "--wait", "0")
+    assert dm("registry", "list") and dm("registry", "show", v1) and dm("registry", "audit")
+    assert dm("policy", "set", v1, "--threshold", "0.5", "--reason", "poc", "--wait", "0")
+    assert dm("policy", "show", v1)
+    assert dm("poc", "small", "--target-accuracy", "0.9")
+    assert dm("suppress", "3", "--reason", "test", "--wait", "0")
+    assert dm("unsuppress", "3", "--reason", "test", "--wait", "0")
+    assert dm("takedown", v2, "--reason", "incident", "--wait", "0")
+    assert dm("restore", v2, "--reason", "fixed", "--wait", "0")
+    flow["admin"] = dm("tokens", "create", "--role", "admin", "--name", "ops")["token"]
+    flow["predict"] = dm("tokens", "create", "--role", "predict", "--name", "app", "--token", flow["admin"])["token"]
+
+
+def test_edge(dm, flow):
+    tmp, admin = flow["tmp"], flow["admin"]
+    key = tmp / "release.pem"
+    assert dm("keys", "generate", "-o", str(key))
+    assert dm("bundle", flow["v1"], "--key", str(key), "-o", str(tmp / "m.dmb"), "--token", admin)
+    assert dm(
+        "edge", "install", str(tmp / "m.dmb"), "--trust", str(key.with_suffix(".pub")), "--state-dir", str(tmp / "dev")
+    )
+    assert dm("fleet", "enroll", "cam-01", "--group", "lab", "--token", admin)
+    assert dm("rollout", flow["v1"], "--group", "lab", "--percent", "50", "--token", admin)
+    assert dm("fleet", "status") and dm("fleet", "events")
+    assert dm("fleet", "abort", "--group", "lab", "--reason", "test", "--token", admin)
+
+
+def test_serving_feedback_and_capacity(dm, flow):
+    import uvicorn
+
+    from datamoat.data import load_dataset
+    from datamoat.registry import Registry, registry_url
+    from datamoat.serve import ServeConfig, create_app
+    from datamoat.workspace import Workspace
+
+    ws = Workspace.open(flow["home"])
+    reg = Registry(registry_url(ws))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(reg, ServeConfig(ort_threads=1, poll_interval_s=0.05)),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )  # fmt: skip
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        load = dm("loadtest", url, "--concurrency", "2", "--duration", "0.5", "--warmup", "0", "--token",
+                  flow["predict"], "--shape", "1,8,8")  # fmt: skip
+        assert load["requests"] > 0
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    (flow["tmp"] / "max.json").write_text(json.dumps(load))
+    assert dm("capacity", "--sites", "10", "--rate", "1", "--from-loadtest", str(flow["tmp"] / "max.json"))
+
+    x, y = load_dataset(ws, flow["data"]).subset("val")  # test images never train a candidate
+    np.savez(flow["tmp"] / "fb.npz", x=x[:6], y=y[:6])
+    assert dm("feedback", "import", str(flow["tmp"] / "fb.npz"), "--source", "lab")["imported"] == 6
+    assert dm("feedback", "sync")
+    assert dm("feedback", "gate", "--require-approval")
+    held = [str(r["id"]) for r in dm("feedback", "review")["items"]]
+    assert len(held) == 6
+    assert dm("feedback", "accept", *held[:5], "--reason", "checked", "--token", flow["admin"])
+    assert dm("feedback", "reject", held[5], "--reason", "smudged", "--token", flow["admin"])
+    assert dm("feedback", "log")["decisions"]
+    assert dm("retrain", "--from-feedback", "--epochs", "1", "--margin", "100")
+
+
+def test_levers(dm, flow):
+    issues = flow["tmp"] / "issues.json"
+    assert dm("data", "issues", "digits", "--folds", "2", "--epochs", "1", "--arch", "mlp", "-o", str(issues))
+    fixed = dm("data", "fix", "digits", "--from", str(issues), "--name", "digits-fixed")["dataset_id"]
+    assert dm("data", "diff", flow["data"], fixed)
+    assert dm("tune", "--data", "digits", "--trials", "1", "--archs", "mlp", "--epochs-max", "2")
+    assert dm("improve", "--data", "digits", "--budget-minutes", "0.2", "--arch", "mlp", "--epochs", "1")
+
+
+def test_every_json_command_ran():
+    missing = json_commands() - RAN
+    assert not missing, f"commands with --json that test_cli_json.py does not run: {sorted(missing)}"

@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ort_session", "normalise", "onnx_predict_proba", "onnx_accuracy", "measure_latency", "file_bytes"]
+__all__ = [
+    "ort_session",
+    "plain_session",
+    "normalise",
+    "onnx_predict_proba",
+    "onnx_accuracy",
+    "measure_latency",
+    "file_bytes",
+]
 
 
 def ort_session(path: str | Path | bytes, threads: int = 0) -> Any:
@@ -35,6 +43,21 @@ def ort_session(path: str | Path | bytes, threads: int = 0) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only; warnings about unused initialisers are noise
+    src = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def plain_session(path: str | Path | bytes, threads: int = 1) -> Any:
+    """A stock onnxruntime CPU session: default options but the thread count, as
+    a user who loads the file with no datamoat code gets it.
+
+    >>> sess = plain_session("model.onnx")  # doctest: +SKIP
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.log_severity_level = 3
     src = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
 
@@ -104,18 +127,21 @@ def measure_latency(
     repeats: int = 50,
     threads: int = 0,
     seed: int = 0,
+    plain: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Median latency and throughput of each model per batch size, interleaved.
 
     `input_shape` is (C, H, W). For each batch size b the result holds
     ``latency_ms_b{b}`` (median ms per call), ``p90_ms_b{b}`` and
     ``throughput_b{b}`` (samples/s from the median). A model whose batch axis
-    is fixed to another size is skipped for b.
+    is fixed to another size is skipped for b. `plain` times stock sessions
+    (`plain_session`) instead of datamoat's tuned ones (`ort_session`).
 
     >>> measure_latency({"fp32": "m.onnx", "int8": "m.int8.onnx"}, (1, 28, 28))  # doctest: +SKIP
     {'fp32': {'latency_ms_b1': 0.21, ...}, 'int8': {...}}
     """
-    sessions = {name: ort_session(p, threads) for name, p in paths.items()}
+    make = plain_session if plain else ort_session
+    sessions = {name: make(p, threads) for name, p in paths.items()}
     results: dict[str, dict[str, float]] = {name: {} for name in paths}
     rng = np.random.default_rng(seed)
     for b in batch_sizes:

@@ -122,7 +122,11 @@ def edge_run(
 def edge_install(
     file: Path = typer.Argument(..., help="Bundle file (e.g. from a USB stick)."),
     trust: list[Path] = TrustOpt,
-    state_dir: Path = typer.Option(None, "--state-dir", help="The device's state directory (runtime stopped)."),
+    state_dir: Path = typer.Option(
+        None,
+        "--state-dir",
+        help="The device's state directory (runtime stopped; with --runtime, for its install token).",
+    ),
     runtime: str = typer.Option(None, "--runtime", help="Or: the running runtime's URL, e.g. http://127.0.0.1:8100."),
     allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept an older bundle sequence."),
     as_json: bool = JsonOpt,
@@ -136,7 +140,11 @@ def edge_install(
 
         if allow_downgrade:
             raise BadInput("a running runtime never accepts a downgrade: stop it and use --state-dir DIR")
-        out = httpx.post(f"{runtime.rstrip('/')}/v1/edge/install", content=data, timeout=120).json()
+        if not state_dir:
+            raise BadInput("--runtime needs --state-dir DIR too: the install token is DIR/install.token")
+        token = (state_dir / "install.token").read_text().strip() if (state_dir / "install.token").is_file() else ""
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+        out = httpx.post(f"{runtime.rstrip('/')}/v1/edge/install", content=data, headers=headers, timeout=120).json()
     elif state_dir:
         from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
 

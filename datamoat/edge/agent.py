@@ -162,6 +162,12 @@ class SyncAgent:
 
     def _download(self, b: dict[str, Any]) -> bytes | None:
         sha, size = b["sha256"], int(b["size"])
+        if not 0 < size <= self.rt.cfg.max_bundle_bytes:  # the server's word sizes nothing on this device
+            why = (
+                f"assigned bundle of {size} bytes is outside this device's 1..{self.rt.cfg.max_bundle_bytes}-byte limit"
+            )
+            self.rt._outcome("rejected", sha, why, None, "ota")
+            return None
         part = self.rt.store.part(sha)
         have = part.stat().st_size if part.exists() else 0
         if have > size:

@@ -56,6 +56,7 @@ __all__ = [
 FORMAT = "datamoat-bundle/1"
 PARTS = ("model.onnx", "meta.json", "policy.json", "selftest.json")
 MAX_BUNDLE_BYTES = 1 << 30
+MAX_MANIFEST_BYTES = 64 << 10
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: fixed for byte-identical builds
 
 
@@ -164,8 +165,6 @@ def read_bundle(data: bytes, trusted: list[Any]) -> Bundle:
     ...
     datamoat.edge.bundle.BundleError: bundle rejected: not a zip archive (truncated or not a bundle)
     """
-    from cryptography.exceptions import InvalidSignature
-
     if len(data) > MAX_BUNDLE_BYTES:
         raise BundleError(f"bundle rejected: {len(data)} bytes is over the {MAX_BUNDLE_BYTES}-byte limit")
     try:
@@ -173,30 +172,36 @@ def read_bundle(data: bytes, trusted: list[Any]) -> Bundle:
     except (zipfile.BadZipFile, OSError, ValueError):
         raise BundleError("bundle rejected: not a zip archive (truncated or not a bundle)") from None
     with zf:
-        names = zf.namelist()
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
         expected = {"manifest.json", "manifest.sig", *PARTS}
         if len(names) != len(set(names)) or set(names) != expected:
             raise BundleError(f"bundle rejected: members {sorted(names)} are not exactly {sorted(expected)}")
+        info = {i.filename: i for i in infos}
+        # Nothing is inflated, ever: bundles store members as they are, so a
+        # compressed member (a zip bomb) is refused from its header alone.
+        for i in infos:
+            if i.compress_type != zipfile.ZIP_STORED or i.file_size != i.compress_size or i.flag_bits & 0x1:
+                raise BundleError(f"bundle rejected: member {i.filename} is compressed or encrypted (tampered)")
         try:
-            manifest_bytes, sig = zf.read("manifest.json"), zf.read("manifest.sig")
-            parts = {p: zf.read(p) for p in PARTS}
+            manifest_bytes = _read_member(zf, info["manifest.json"], MAX_MANIFEST_BYTES)
+            sig = _read_member(zf, info["manifest.sig"], 64)
+            signer = _signer(trusted, sig, manifest_bytes)  # before any other member is read
+            manifest = json.loads(manifest_bytes)
+            if manifest.get("format") != FORMAT:
+                raise BundleError(
+                    f"bundle rejected: format {manifest.get('format')!r} is not {FORMAT!r}: upgrade datamoat"
+                )
+            parts = {}
+            for p in PARTS:
+                want = manifest["parts"][p]
+                if info[p].file_size != want["size"]:
+                    raise BundleError(f"bundle rejected: part {p} is not its signed size (tampered)")
+                parts[p] = _read_member(zf, info[p], want["size"])
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:  # CRC or header damage
             raise BundleError(f"bundle rejected: corrupt or tampered archive ({e})") from None
-    signer = None
-    for pub in trusted:
-        try:
-            pub.verify(sig, manifest_bytes)
-            signer = pub
-            break
-        except InvalidSignature:
-            continue
-    if signer is None:
-        raise BundleError("bundle rejected: not signed by a trusted key (bad signature or unknown key)")
     from datamoat.edge.keys import key_id
 
-    manifest = json.loads(manifest_bytes)
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"bundle rejected: format {manifest.get('format')!r} is not {FORMAT!r}: upgrade datamoat")
     for p in PARTS:
         want = manifest["parts"][p]
         if len(parts[p]) != want["size"] or hashlib.sha256(parts[p]).hexdigest() != want["sha256"]:
@@ -204,6 +209,29 @@ def read_bundle(data: bytes, trusted: list[Any]) -> Bundle:
     if _zip(manifest_bytes, sig, parts) != data:  # packing is deterministic: any other byte was changed
         raise BundleError("bundle rejected: container bytes differ from the canonical packing (tampered)")
     return Bundle(manifest, parts, hashlib.sha256(data).hexdigest(), key_id(signer))
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, most: int) -> bytes:
+    """A stored member's bytes, never more than `most` (its header is not trusted)."""
+    if info.file_size > most:
+        raise BundleError(f"bundle rejected: member {info.filename} of {info.file_size} bytes is over {most}")
+    with zf.open(info) as f:
+        data = f.read(most + 1)
+    if len(data) > most:
+        raise BundleError(f"bundle rejected: member {info.filename} is longer than its header says (tampered)")
+    return data
+
+
+def _signer(trusted: list[Any], sig: bytes, manifest: bytes) -> Any:
+    from cryptography.exceptions import InvalidSignature
+
+    for pub in trusted:
+        try:
+            pub.verify(sig, manifest)
+            return pub
+        except InvalidSignature:
+            continue
+    raise BundleError("bundle rejected: not signed by a trusted key (bad signature or unknown key)")
 
 
 def load_bundle_model(bundle: Bundle, threads: int = 1) -> LoadedVersion:

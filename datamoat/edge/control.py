@@ -39,6 +39,7 @@ from datamoat.edge.fleet import Fleet, RateLimited, UploadRefused
 from datamoat.errors import BadInput, DatamoatError
 from datamoat.registry import AuthError, Registry
 from datamoat.serve.errors import TooLarge, Unprocessable
+from datamoat.serve.inputs import read_body
 
 __all__ = ["ControlConfig", "edge_router", "attach_edge", "create_control_app"]
 
@@ -90,9 +91,7 @@ async def sync(device_id: str, request: Request) -> dict[str, Any]:
     """Heartbeat in (version, health, counters, new events), assignment out."""
     fleet = _ctx(request).fleet
     dev = await asyncio.to_thread(fleet.authenticate, _bearer(request), device_id)
-    body = await request.body()
-    if len(body) > _MAX_HEARTBEAT:
-        raise BadInput(f"heartbeat over {_MAX_HEARTBEAT} bytes: send fewer events per poll")
+    body = await read_body(request, _MAX_HEARTBEAT, "the heartbeat")
     try:
         hb = json.loads(body or b"{}")
     except ValueError:
@@ -107,14 +106,7 @@ async def upload(device_id: str, request: Request) -> Response:
     """A device's low-confidence samples, into the review queue (its own token only)."""
     ctx = _ctx(request)
     dev = await asyncio.to_thread(ctx.fleet.authenticate, _bearer(request), device_id)
-    limit = ctx.config.upload_max_bytes
-    length = request.headers.get("content-length", "")
-    too_big = TooLarge(f"upload over {limit} bytes: send fewer samples per request")
-    if length.isdigit() and int(length) > limit:
-        raise too_big
-    body = await request.body()
-    if len(body) > limit:
-        raise too_big
+    body = await read_body(request, ctx.config.upload_max_bytes, "the upload (send fewer samples per request)")
     try:
         doc = json.loads(body)
     except ValueError:

@@ -23,7 +23,9 @@ import hashlib
 import json
 import re
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,6 +42,8 @@ from datamoat.serve.logstore import predictions as serve_predictions
 from datamoat.serve.logstore import review as serve_review
 
 __all__ = ["Fleet", "OUTCOMES", "RateLimited", "UploadRefused"]
+
+BUNDLE_CACHE = 4  # published bundles kept in memory, newest used last
 
 OUTCOMES = ("installed", *FAILED)  # device events that report on a rollout
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -130,7 +134,8 @@ class Fleet:
                 if attempt == 4:
                     raise
                 time.sleep(0.1 * (attempt + 1))
-        self._blobs: dict[str, bytes] = {}
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._blobs_lock = threading.Lock()
 
     def _event(self, conn: sa.Connection, device: str, kind: str, rollout: str | None = None, /, **detail: Any) -> None:
         conn.execute(events.insert().values(ts=time.time(), device_id=device, kind=kind, rollout_id=rollout,
@@ -215,13 +220,22 @@ class Fleet:
         return max(rows, key=lambda b: (b["seq"], b["created"])) if rows else None
 
     def bundle_bytes(self, sha: str) -> bytes:
-        if sha not in self._blobs:  # immutable by content address: cache forever
-            with self.engine.connect() as conn:
-                data = conn.execute(sa.select(bundles.c.data).where(bundles.c.sha == sha)).scalar_one_or_none()
-            if data is None:
-                raise NotFound(f"bundle {sha[:12]} is not published")
+        """A published bundle's bytes. The few newest are cached (immutable by
+        content address), so a rollout's downloads do not each hit the database,
+        while a fleet with many versions holds no more than BUNDLE_CACHE of them."""
+        with self._blobs_lock:
+            if sha in self._blobs:
+                self._blobs.move_to_end(sha)
+                return self._blobs[sha]
+        with self.engine.connect() as conn:
+            data = conn.execute(sa.select(bundles.c.data).where(bundles.c.sha == sha)).scalar_one_or_none()
+        if data is None:
+            raise NotFound(f"bundle {sha[:12]} is not published")
+        with self._blobs_lock:
             self._blobs[sha] = bytes(data)
-        return self._blobs[sha]
+            while len(self._blobs) > BUNDLE_CACHE:
+                self._blobs.popitem(last=False)
+            return self._blobs[sha]
 
     # -- rollouts ----------------------------------------------------------------------------
     def rollouts(self, group: str | None = None) -> list[dict[str, Any]]:

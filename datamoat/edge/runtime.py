@@ -51,6 +51,7 @@ __all__ = ["EdgeConfig", "EdgeRuntime", "Serving"]
 
 log = logging.getLogger("datamoat.edge")
 
+MAX_REMEMBERED = 100  # rejected and refused bundle hashes kept in state.json, newest last
 COUNTERS = ("predictions", "errors", "abstained", "polls", "poll_failures", "downloads", "resumed_downloads",
             "installs", "rejected", "refused", "rolled_back")  # fmt: skip
 
@@ -77,6 +78,7 @@ class EdgeConfig(Config):
     top_k: int = 3
     ort_threads: int = 1
     max_upload_bytes: int = 1 << 20
+    max_bundle_bytes: int = 256 << 20  # a bundle over this is refused before it is downloaded or read
     max_image_pixels: int = 2048 * 2048
     upload_low_confidence: bool = True  # keep low-confidence inputs for a person to label in /review
     upload_max_items: int = 500  # outbox cap: the oldest samples are dropped first
@@ -92,7 +94,7 @@ class EdgeConfig(Config):
             check(0 <= getattr(self, name) <= 1, f"{name} must be in 0..1, got {getattr(self, name)}")
         check(self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
         check(not self.server or bool(self.token), "a device polling a server needs its --token")
-        for name in ("upload_max_items", "upload_max_bytes", "upload_batch"):
+        for name in ("upload_max_items", "upload_max_bytes", "upload_batch", "max_bundle_bytes"):
             check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
 
 
@@ -128,6 +130,7 @@ class EdgeRuntime:
         self.cfg = config
         self.trusted = trusted if trusted is not None else load_trust(config.trust)
         self.store = DeviceStore(config.state_dir)
+        self.install_token = self.store.install_token()
         self.outbox = Outbox(config.state_dir, config.upload_max_items, config.upload_max_bytes)
         self.state = self.store.load_state()
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -183,10 +186,13 @@ class EdgeRuntime:
 
     # -- installs -------------------------------------------------------------------------
     def _outcome(self, status: str, sha: str, reason: str, rollout_id: str | None, source: str) -> dict[str, Any]:
-        if status in ("rejected", "rolled_back"):
-            self.state["rejected"][sha] = reason
-        elif status == "refused":
-            self.state["refused"][sha] = reason
+        kept = "rejected" if status in ("rejected", "rolled_back") else "refused" if status == "refused" else None
+        if kept:
+            seen = self.state[kept]
+            seen.pop(sha, None)
+            seen[sha] = reason
+            while len(seen) > MAX_REMEMBERED:  # junk sent by anyone must not grow state.json without bound
+                del seen[next(iter(seen))]
         self.counters[status if status in COUNTERS else "installs"] += 1
         if status != "installed":
             self.last_error = reason
@@ -203,6 +209,9 @@ class EdgeRuntime:
         sha = hashlib.sha256(data).hexdigest()
         with self.lock:
             try:
+                if len(data) > self.cfg.max_bundle_bytes:
+                    raise BundleError(f"bundle rejected: {len(data)} bytes is over this device's "
+                                      f"{self.cfg.max_bundle_bytes}-byte limit")  # fmt: skip
                 b = read_bundle(data, self.trusted)
             except BundleError as e:
                 return self._outcome("rejected", sha, str(e), rollout_id, source)

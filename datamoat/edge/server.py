@@ -12,6 +12,7 @@ never block a prediction.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import Any
@@ -23,8 +24,15 @@ from starlette.exceptions import HTTPException
 
 from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
 from datamoat.errors import DatamoatError
-from datamoat.serve.errors import TooLarge, Unavailable
-from datamoat.serve.inputs import PREDICT_BODY, install_pillow_limits, parse_json, parse_payload, read_payload
+from datamoat.serve.errors import TooLarge, Unavailable, UnsupportedMedia
+from datamoat.serve.inputs import (
+    PREDICT_BODY,
+    install_pillow_limits,
+    parse_json,
+    parse_payload,
+    read_body,
+    read_payload,
+)
 
 __all__ = ["create_edge_app", "run_edge"]
 
@@ -63,13 +71,7 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
     async def predict(request: Request) -> Response:
         """Classify one image or a batch, as the cloud API does."""
         rt: EdgeRuntime = request.app.state.runtime
-        limit = rt.cfg.max_upload_bytes
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > limit:
-            raise TooLarge(f"the request body is over the {limit}-byte limit: send a smaller image or fewer inputs")
-        kind, data = await read_payload(request, limit)
-        if len(data) > limit:
-            raise TooLarge(f"the request body is over the {limit}-byte limit: send a smaller image or fewer inputs")
+        kind, data = await read_payload(request, rt.cfg.max_upload_bytes)
         prepare = parse_payload(kind, data, rt.cfg.max_image_pixels)
         return Response(await _predict(rt, prepare), media_type="application/json")
 
@@ -97,11 +99,24 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
     async def install(request: Request) -> dict[str, Any]:
         """Apply a bundle file sent as the request body (hand-carried), with the usual verification.
 
-        Never a downgrade: any local process can reach this endpoint, so an
-        older bundle needs the runtime stopped and `edge install --state-dir
-        DIR --allow-downgrade`."""
+        Needs the device's install token (``Authorization: Bearer``, from
+        ``STATE_DIR/install.token``, readable by the device's owner only) and
+        ``Content-Type: application/octet-stream``, which no cross-site form
+        can send; the body is capped at `max_bundle_bytes` as it streams.
+        Never a downgrade: that needs the runtime stopped and `edge install
+        --state-dir DIR --allow-downgrade`."""
         rt: EdgeRuntime = request.app.state.runtime
-        data = await request.body()
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), rt.install_token.encode()):
+            return JSONResponse(
+                {"error": "install needs the device's install token: `datamoat edge install FILE --runtime URL "
+                 "--state-dir DIR` reads it from DIR/install.token"},
+                401,
+            )  # fmt: skip
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/octet-stream":
+            raise UnsupportedMedia(f"send the bundle as application/octet-stream, not {ctype or 'no Content-Type'}")
+        data = await read_body(request, rt.cfg.max_bundle_bytes, "the bundle")
         return await asyncio.to_thread(rt.install_bytes, data, source="local")
 
     @app.get("/healthz")

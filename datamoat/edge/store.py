@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,17 @@ class DeviceStore:
             if p.stem != keep:
                 p.unlink(missing_ok=True)
 
+    def install_token(self) -> str:
+        """The device-local secret that `POST /v1/edge/install` asks for, made on
+        first use and readable by the device's owner only (0600)."""
+        p = self.root / "install.token"
+        if not p.exists():
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(32))
+        return p.read_text().strip()
+
     # -- state.json ------------------------------------------------------------------------
     def load_state(self) -> dict[str, Any]:
         p = self.root / "state.json"
@@ -146,7 +158,8 @@ class DeviceStore:
         return state
 
     def save_state(self, state: dict[str, Any]) -> None:
-        atomic_write(self.root / "state.json", json.dumps(state, sort_keys=True, default=str).encode())
+        # Insertion order kept: the rejected and refused maps evict their oldest entry first.
+        atomic_write(self.root / "state.json", json.dumps(state, default=str).encode())
 
 
 class Outbox:

@@ -35,6 +35,7 @@ __all__ = [
     "parse_json",
     "parse_npy",
     "parse_payload",
+    "read_body",
     "read_payload",
     "shape_help",
 ]
@@ -234,12 +235,38 @@ PREDICT_BODY = {
 }  # fmt: skip
 
 
+async def read_body(request: Any, max_bytes: int, what: str = "the request body") -> bytes:
+    """A request's body, read as it streams and refused (413) the moment it
+    passes `max_bytes`, whatever Content-Length said or did not say (a
+    chunked body has none): memory never holds more than the limit.
+
+    >>> import asyncio
+    >>> from starlette.requests import Request
+    >>> async def chunks():
+    ...     return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+    >>> asyncio.run(read_body(Request({"type": "http", "headers": []}, chunks), 25))
+    Traceback (most recent call last):
+    ...
+    datamoat.serve.errors.TooLarge: the request body is over the 25-byte limit: send less
+    """
+    too_big = TooLarge(f"{what} is over the {max_bytes}-byte limit: send less")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > max_bytes):
+        raise too_big if length.isdigit() else BadInput("invalid Content-Length header")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_big
+    return bytes(body)
+
+
 async def read_payload(request: Any, max_bytes: int) -> tuple[str, bytes]:
     """A /v1/predict body as ('json' | 'npy' | 'image', bytes), by Content-Type."""
     from starlette.requests import Request
 
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await request.body()  # the app's gate middleware enforces the size limit as this streams
+    body = await read_body(request, max_bytes)
     if ctype == "application/json" or ctype.endswith("+json"):
         return "json", body
     if ctype in ("image/png", "image/jpeg"):

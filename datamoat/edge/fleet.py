@@ -424,7 +424,8 @@ class Fleet:
                 log_row = log_rows(state, f"device:{device['id']}", [answer], [p["input_sha256"]])[0]
                 rev = review_rows(state, [answer], p["pixels"][None])[0]
                 conn.execute(serve_predictions.insert().values({**log_row, "ts": p["ts"]}))
-                conn.execute(serve_review.insert().values({**rev, "ts": p["ts"], "exact": p["exact"]}))
+                # The queue is ordered by when the server received an item, never by the device's clock (L5).
+                conn.execute(serve_review.insert().values({**rev, "ts": now, "exact": p["exact"]}))
                 conn.execute(uploads.insert().values(prediction_id=p["prediction_id"], device_id=device["id"],
                                                      received=now, ts=p["ts"], model_version=p["model_version"],
                                                      size=int(p["pixels"].nbytes)))  # fmt: skip

@@ -18,11 +18,13 @@ every live server has.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +42,8 @@ ALL_ALIASES = "*"
 POLICY_FIELDS = ("threshold", "per_class", "method", "target_accuracy", "delta", "source")
 
 meta = sa.MetaData()
+_WRITE = "datamoat_write"  # execution option: this transaction writes (see Registry.transaction)
+
 versions = sa.Table(
     "reg_versions", meta,
     sa.Column("id", sa.String(32), primary_key=True),
@@ -211,10 +215,18 @@ class Registry:
 
             @sa.event.listens_for(self.engine, "connect")
             def _pragmas(conn, _):  # WAL + busy timeout, as for the catalog
+                # pysqlite would send BEGIN only before the first write, so a
+                # read-then-write could act on a stale read: the "begin" event
+                # below opens every transaction itself instead.
+                conn.isolation_level = None
                 cur = conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
+
+            @sa.event.listens_for(self.engine, "begin")
+            def _begin(conn):  # readers stay concurrent; a write transaction holds the write lock from its start
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
         for attempt in range(5):  # processes starting together race to create tables: the loser retries
             try:
@@ -232,6 +244,28 @@ class Registry:
                 conn.exec_driver_sql(stmt)
             if conn.execute(sa.select(state.c.value).where(state.c.key == "generation")).first() is None:
                 conn.execute(state.insert().values(key="generation", value=0))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction in which what is read stays true until commit.
+
+        Control-plane writes are few, so they are serialised outright: SQLite
+        takes its write lock at BEGIN (IMMEDIATE), PostgreSQL locks the
+        generation row (SELECT ... FOR UPDATE) first. Every read-then-write
+        (promote, rollback, takedown, a rollout) then sees the state the
+        previous one committed.
+
+        >>> reg = Registry("sqlite://")
+        >>> with reg.transaction() as conn:
+        ...     conn.execute(sa.select(state.c.value)).scalar_one()
+        0
+        """
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                if self.engine.dialect.name == "postgresql":
+                    conn.execute(sa.select(state.c.value).where(state.c.key == "generation").with_for_update())
+                yield conn
 
     # -- helpers ---------------------------------------------------------------
     def _bump(self, conn: sa.Connection, actor: str, action: str, target: str, reason: str, **details: Any) -> int:
@@ -253,7 +287,7 @@ class Registry:
             check(key in info, f"version info needs {key!r}")
         sha = hashlib.sha256(onnx_bytes).hexdigest()
         vid = hashlib.sha256((sha + json.dumps(info, sort_keys=True)).encode()).hexdigest()[:12]
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             if conn.execute(sa.select(versions.c.id).where(versions.c.id == vid)).first():
                 return vid
             if not conn.execute(sa.select(blobs.c.sha).where(blobs.c.sha == sha)).first():
@@ -298,7 +332,7 @@ class Registry:
         """Point `alias` at a version; the previous holder is kept for rollback."""
         check(bool(alias) and alias != ALL_ALIASES and len(alias) <= 100, f"invalid alias {alias!r}")
         vid = self.version(ref)["id"]
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             row = conn.execute(sa.select(aliases).where(aliases.c.alias == alias)).first()
             if row is None:
                 conn.execute(aliases.insert().values(alias=alias, version_id=vid, history="[]", updated=time.time()))
@@ -313,7 +347,7 @@ class Registry:
 
     def rollback(self, alias: str, *, actor: str, reason: str = "") -> dict[str, Any]:
         """Point `alias` back at its previous holder."""
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             row = conn.execute(sa.select(aliases).where(aliases.c.alias == alias)).first()
             if row is None:
                 raise NotFound(f"unknown alias {alias!r}: `datamoat registry list` shows aliases")
@@ -333,7 +367,7 @@ class Registry:
         vid = self.version(ref)["id"]
         fid = self.version(fallback)["id"] if fallback else None
         check(fid != vid, "the fallback must be a different version from the one taken down")
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             conn.execute(takedowns.delete().where(takedowns.c.version_id == vid))
             conn.execute(takedowns.insert().values(version_id=vid, fallback_id=fid, reason=reason, created=time.time()))
             gen = self._bump(conn, actor, "takedown", vid, reason, fallback=fid)
@@ -343,7 +377,7 @@ class Registry:
         """Undo a takedown."""
         check(bool(reason and reason.strip()), "restore needs --reason: say why, for the audit log")
         vid = self.version(ref)["id"]
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             if conn.execute(takedowns.delete().where(takedowns.c.version_id == vid)).rowcount == 0:
                 raise BadInput(f"version {vid} is not taken down")
             gen = self._bump(conn, actor, "restore", vid, reason)
@@ -355,7 +389,7 @@ class Registry:
         """Never output `label` (on `alias`, or everywhere): abstain or renormalise."""
         check(bool(reason and reason.strip()), "suppress needs --reason: say why, for the audit log")
         check_choice("suppression mode", mode, SUPPRESS_MODES)
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             conn.execute(suppressions.delete().where((suppressions.c.label == label) & (suppressions.c.alias == alias)))
             conn.execute(
                 suppressions.insert().values(label=label, alias=alias, mode=mode, reason=reason, created=time.time())
@@ -365,7 +399,7 @@ class Registry:
 
     def unsuppress(self, label: str, *, actor: str, reason: str, alias: str = ALL_ALIASES) -> dict[str, Any]:
         check(bool(reason and reason.strip()), "unsuppress needs --reason: say why, for the audit log")
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             q = suppressions.delete().where((suppressions.c.label == label) & (suppressions.c.alias == alias))
             if conn.execute(q).rowcount == 0:
                 raise BadInput(f"label {label!r} is not suppressed on {alias!r}")
@@ -389,7 +423,7 @@ class Registry:
         row = self.version(ref)
         clean = _clean_policy(policy, [str(c) for c in row["info"]["classes"]])
         vid = row["id"]
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             conn.execute(policies.delete().where(policies.c.version_id == vid))
             conn.execute(policies.insert().values(version_id=vid, policy=json.dumps(clean, sort_keys=True),
                                                   actor=actor, reason=reason, created=time.time()))  # fmt: skip
@@ -469,13 +503,13 @@ class Registry:
 
     # -- servers and acknowledgements ------------------------------------------------------
     def heartbeat(self, server_id: str, url: str, alias: str, acked_generation: int) -> None:
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             vals = {"url": url, "alias": alias, "acked_generation": acked_generation, "last_seen": time.time()}
             if conn.execute(servers.update().where(servers.c.id == server_id).values(**vals)).rowcount == 0:
                 conn.execute(servers.insert().values(id=server_id, **vals))
 
     def forget_server(self, server_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             conn.execute(servers.delete().where(servers.c.id == server_id))
 
     def servers(self, live_within: float = 10.0) -> list[dict[str, Any]]:
@@ -502,7 +536,7 @@ class Registry:
         """A new random token; only its hash is stored. Returns the plaintext once."""
         check_choice("role", role, ROLES)
         token = f"dm_{role}_{secrets.token_urlsafe(32)}"
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 tokens.insert().values(
                     hash=_hash_token(token), name=name, role=role, created=time.time(), revoked=False

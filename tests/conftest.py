@@ -3,14 +3,43 @@ import os
 # Tests use one torch thread (set before torch loads): deterministic and polite on 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 from dmtest import write_idx  # noqa: E402
 
 from datamoat.data import import_digits  # noqa: E402
 from datamoat.workspace import Workspace  # noqa: E402
+
+PG_URL = os.environ.get("DATAMOAT_TEST_PG_URL")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgresql",
+            marks=pytest.mark.skipif(
+                not PG_URL, reason="PostgreSQL registry tests: export DATAMOAT_TEST_PG_URL=$(scripts/start-postgres.sh)"
+            ),
+        ),
+    ]
+)
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'reg.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:10]}"  # one schema per test: isolated, then dropped
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -14,31 +13,6 @@ from datamoat.registry import AuthError, Registry
 
 PG_URL = os.environ.get("DATAMOAT_TEST_PG_URL")
 INFO = {"classes": ["cat", "dog", "bird"], "preprocess": {"scale": 1 / 255, "mean": [0.5], "std": [0.25]}}
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(
-                not PG_URL, reason="PostgreSQL registry tests: export DATAMOAT_TEST_PG_URL=$(scripts/start-postgres.sh)"
-            ),
-        ),
-    ]
-)
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'reg.db'}"
-        return
-    schema = f"t_{uuid.uuid4().hex[:10]}"  # one schema per test: isolated, then dropped
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
 
 
 @pytest.fixture

@@ -238,15 +238,18 @@ class Fleet:
             return self._blobs[sha]
 
     # -- rollouts ----------------------------------------------------------------------------
-    def rollouts(self, group: str | None = None) -> list[dict[str, Any]]:
+    def rollouts(self, group: str | None = None, conn: sa.Connection | None = None) -> list[dict[str, Any]]:
+        """The rollouts, oldest first; inside `conn`'s transaction when given."""
         q = sa.select(rollouts).order_by(rollouts.c.n)
         if group:
             q = q.where(rollouts.c.device_group == group)
-        with self.engine.connect() as conn:
+        if conn is not None:
             return [dict(r) for r in conn.execute(q).mappings()]
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q).mappings()]
 
-    def current_rollout(self, group: str) -> dict[str, Any] | None:
-        rows = [r for r in self.rollouts(group) if r["state"] != "superseded"]
+    def current_rollout(self, group: str, conn: sa.Connection | None = None) -> dict[str, Any] | None:
+        rows = [r for r in self.rollouts(group, conn) if r["state"] != "superseded"]
         return rows[-1] if rows else None
 
     def _count(self, conn: sa.Connection, rollout_id: str, statuses: tuple[str, ...]) -> int:
@@ -263,8 +266,9 @@ class Fleet:
             abort_percent is None or 0 < abort_percent <= 100, f"abort percent must be in (0, 100], got {abort_percent}"
         )
         sha = self.bundle(bundle_sha)["sha"]
-        cur, now = self.current_rollout(group), time.time()
-        with self.engine.begin() as conn:
+        now = time.time()
+        with self.registry.transaction() as conn:  # read and write as one: two operators cannot interleave
+            cur = self.current_rollout(group, conn)
             if cur and cur["bundle_sha"] == sha and cur["state"] == "active":
                 if percent < cur["percent"]:
                     raise BadInput(f"rollout {cur['id']} is at {cur['percent']:g}%; percent only grows: abort it with `datamoat fleet abort`")  # fmt: skip
@@ -297,10 +301,10 @@ class Fleet:
     def abort_rollout(self, group: str, *, actor: str, reason: str) -> dict[str, Any]:
         """Stop the group's rollout: every device goes back to the baseline."""
         check(bool(reason.strip()), "abort needs --reason: say why, for the fleet log")
-        cur = self.current_rollout(group)
-        if cur is None or cur["state"] != "active":
-            raise BadInput(f"group {group!r} has no active rollout to abort")
-        with self.engine.begin() as conn:
+        with self.registry.transaction() as conn:
+            cur = self.current_rollout(group, conn)
+            if cur is None or cur["state"] != "active":
+                raise BadInput(f"group {group!r} has no active rollout to abort")
             self._abort(conn, cur["id"], f"aborted by {actor}: {reason}")
         return next(r for r in self.rollouts(group) if r["id"] == cur["id"])
 

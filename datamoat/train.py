@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -194,7 +195,15 @@ def train(
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
             raise NotFound(f"no checkpoint at {ckpt_path}: the run never finished an epoch; start it again")
-        state = torch.load(ckpt_path, weights_only=False)
+        # weights_only: tensors and plain containers, never arbitrary objects, so a
+        # checkpoint someone else could write cannot run code here (M7).
+        try:
+            state = torch.load(ckpt_path, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise BadInput(
+                f"checkpoint {ckpt_path} holds more than tensors and plain data, so it was not loaded "
+                f"({str(e).splitlines()[0][:120]}): start the run again"
+            ) from None
         if state["config"] != cfg.to_dict():
             raise BadInput("the checkpoint was written with a different TrainConfig: resume with the same config")
         net.load_state_dict(state["net"])

@@ -533,10 +533,17 @@ class Registry:
 
     # -- tokens --------------------------------------------------------------------------
     def create_token(self, role: str, name: str, *, actor: str) -> str:
-        """A new random token; only its hash is stored. Returns the plaintext once."""
+        """A new random token; only its hash is stored. Returns the plaintext once.
+
+        A name is a token's identity in the audit log and for the feedback
+        gate's trust, so it is never reused, not even after a revocation.
+        """
         check_choice("role", role, ROLES)
+        check(bool(name.strip()) and len(name) <= 200, f"a token needs a name of 1..200 characters, got {name!r}")
         token = f"dm_{role}_{secrets.token_urlsafe(32)}"
         with self.transaction() as conn:
+            if conn.execute(sa.select(tokens.c.name).where(tokens.c.name == name)).first() is not None:
+                raise BadInput(f"a token named {name!r} exists or existed: names are identities, choose another")
             conn.execute(
                 tokens.insert().values(
                     hash=_hash_token(token), name=name, role=role, created=time.time(), revoked=False
@@ -544,6 +551,29 @@ class Registry:
             )
             self._bump(conn, actor, "token-create", name, "", role=role)
         return token
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token's name, role, creation time and whether it is revoked (never its hash).
+
+        >>> Registry("sqlite://").list_tokens()
+        []
+        """
+        q = sa.select(tokens.c.name, tokens.c.role, tokens.c.created, tokens.c.revoked).order_by(tokens.c.created)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def revoke_token(self, name: str, *, actor: str, reason: str) -> dict[str, Any]:
+        """Revoke a token by name; servers stop accepting it at their next poll (the generation moves)."""
+        check(bool(reason.strip()), "revoking a token needs --reason: say why, for the audit log")
+        with self.transaction() as conn:
+            row = conn.execute(sa.select(tokens).where(tokens.c.name == name)).first()
+            if row is None:
+                raise NotFound(f"no token named {name!r}: `datamoat tokens list` shows them")
+            if row.revoked:
+                raise BadInput(f"token {name!r} is already revoked")
+            conn.execute(tokens.update().where(tokens.c.name == name).values(revoked=True))
+            gen = self._bump(conn, actor, "token-revoke", name, reason, role=row.role)
+        return {"name": name, "role": row.role, "revoked": True, "generation": gen}
 
     def check_token(self, token: str | None, role: str) -> str:
         """The token's name if it grants `role` (admin grants everything), else AuthError."""

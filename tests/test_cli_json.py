@@ -114,6 +114,9 @@ def test_registry_and_control(dm, flow):
     assert dm("restore", v2, "--reason", "fixed", "--wait", "0")
     flow["admin"] = dm("tokens", "create", "--role", "admin", "--name", "ops")["token"]
     flow["predict"] = dm("tokens", "create", "--role", "predict", "--name", "app", "--token", flow["admin"])["token"]
+    dm("tokens", "create", "--role", "predict", "--name", "old-app", "--token", flow["admin"])
+    assert dm("tokens", "revoke", "old-app", "--reason", "rotated", "--token", flow["admin"], "--wait", "0")["revoked"]
+    assert [t["name"] for t in dm("tokens", "list", "--token", flow["admin"])["tokens"]] == ["ops", "app", "old-app"]
 
 
 def test_edge(dm, flow):

@@ -12,7 +12,7 @@ import typer
 from datamoat.cli._common import JsonOpt, console, emit, open_ws
 
 registry_app = typer.Typer(help="Model versions, aliases and the audit log.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Create API tokens (stored hashed).", no_args_is_help=True)
+tokens_app = typer.Typer(help="Create, list and revoke API tokens (stored hashed).", no_args_is_help=True)
 
 TokenOpt = typer.Option(
     None, "--token", envvar="DATAMOAT_TOKEN", help="Admin token (needed once any admin token exists)."
@@ -193,6 +193,28 @@ def tokens_create(
     actor = _admin(reg, token)
     new = reg.create_token(role, name, actor=actor)
     emit({"token": new, "role": role, "name": name}, as_json, f"{role} token for {name} (shown once):\n{new}")
+
+
+@tokens_app.command("list")
+def tokens_list(token: str = TokenOpt, registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
+    """Every token's name, role and state (never the token itself)."""
+    _, reg = _open(registry)
+    _admin(reg, token)
+    rows = reg.list_tokens()
+    lines = [f"{r['name']:<24} {r['role']:<8} {'revoked' if r['revoked'] else 'active'}" for r in rows]
+    emit({"tokens": rows}, as_json, "\n".join(lines) or "no tokens")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    name: str = typer.Argument(..., help="The token's name (`datamoat tokens list`)."),
+    reason: str = typer.Option(..., "--reason"),
+    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
+) -> None:  # fmt: skip
+    """Revoke a token: every running server refuses it from its next poll on."""
+    _, reg = _open(registry)
+    out = reg.revoke_token(name, actor=_admin(reg, token), reason=reason)
+    _finish(reg, out, as_json, f"revoked {out['role']} token {name!r}", wait)
 
 
 def register(app: typer.Typer) -> None:

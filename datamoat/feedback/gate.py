@@ -29,6 +29,7 @@ again, until a person decides it. Only changes are logged.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -82,7 +83,11 @@ def _trusted(q: Quarantine, cfg: GateConfig, rows: list[dict[str, Any]]) -> set[
     from datamoat.registry import tokens
 
     with q.registry.engine.connect() as conn:
-        roles = {r.name: r.role for r in conn.execute(sa.select(tokens.c.name, tokens.c.role).where(~tokens.c.revoked))}
+        every = conn.execute(sa.select(tokens.c.name, tokens.c.role, tokens.c.revoked)).all()
+    # Names are identities (never reused); one held twice, in a database from before that
+    # rule, identifies nobody, so it earns no trust (M2). Nor does a revoked token.
+    counts = collections.Counter(r.name for r in every)
+    roles = {r.name: r.role for r in every if counts[r.name] == 1 and not r.revoked}
     return {r["id"] for r in rows if (r["source"] in cfg.trusted_sources and r["kind"] != "serve")
             or (r["kind"] == "serve" and roles.get(r["actor"]) in cfg.trusted_roles)}  # fmt: skip
 

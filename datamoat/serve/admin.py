@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -35,9 +36,12 @@ class TokenCache:
     datamoat.registry.AuthError: missing token: this endpoint needs a token with role admin, sent as 'Authorization: Bearer <token>'
     """
 
-    def __init__(self, registry: Registry, ttl: float):
-        self.registry, self.ttl = registry, ttl
-        self._ok: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
+    def __init__(self, registry: Registry, ttl: float, generation: Callable[[], int] = lambda: 0):
+        # An accepted token is remembered only while the registry generation it
+        # was checked at is current: a revocation moves the generation, so every
+        # server stops accepting the token at its next poll (M3).
+        self.registry, self.ttl, self.generation = registry, ttl, generation
+        self._ok: dict[tuple[str, tuple[str, ...]], tuple[str, float, int]] = {}
 
     async def check(self, token: str | None, roles: tuple[str, ...]) -> str:
         """The token's name if it has one of `roles` (admin has all), else `AuthError`."""
@@ -47,13 +51,13 @@ class TokenCache:
                 f"missing token: this endpoint needs a token with role {need}, sent as 'Authorization: Bearer <token>'"
             )
         key = (hashlib.sha256(token.encode()).hexdigest(), roles)
-        hit = self._ok.get(key)
-        if hit and hit[1] > time.monotonic():
+        hit, gen = self._ok.get(key), self.generation()
+        if hit and hit[1] > time.monotonic() and hit[2] == gen:
             return hit[0]
         name = await asyncio.to_thread(self._check, token, roles)
         if len(self._ok) > 10_000:  # bound memory whatever clients send
             self._ok.clear()
-        self._ok[key] = (name, time.monotonic() + self.ttl)
+        self._ok[key] = (name, time.monotonic() + self.ttl, gen)
         return name
 
     def _check(self, token: str, roles: tuple[str, ...]) -> str:

@@ -82,7 +82,8 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     plog = PredictionLog(registry, cfg.log_predictions, review_max_open=cfg.review_max_open,
                          on_review_skipped=metrics.review_skipped.inc)  # fmt: skip
     ctx = ServeContext(registry, cfg, server_id, metrics, ctl, batcher, plog,
-                       TokenCache(registry, cfg.auth_cache_s), ReviewQueue(registry))  # fmt: skip
+                       TokenCache(registry, cfg.auth_cache_s, lambda: ctl.state.generation),
+                       ReviewQueue(registry))  # fmt: skip
     app = FastAPI(title="datamoat", version="1", lifespan=_lifespan, description=__doc__)
     app.state.serve = ctx
     app.add_exception_handler(DatamoatError, _on_datamoat)

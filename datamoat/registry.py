@@ -25,13 +25,14 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from datamoat.configs import check, check_choice
 from datamoat.errors import BadInput, DatamoatError, NotFound
-from datamoat.workspace import Workspace
+from datamoat.workspace import Workspace, make_dirs, touch_private
 
 __all__ = ["Registry", "registry_url", "ROLES", "SUPPRESS_MODES", "POLICY_FIELDS", "AuthError"]
 
@@ -206,6 +207,10 @@ class Registry:
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            db = sa.engine.make_url(url).database
+            if db and db != ":memory:" and not Path(db).exists():
+                make_dirs(Path(db).parent)
+                touch_private(Path(db))  # tokens' hashes and the audit log: the owner's alone
             if url in ("sqlite://", "sqlite:///:memory:"):
                 kwargs["poolclass"] = sa.pool.StaticPool
         else:

@@ -30,7 +30,17 @@ from typing import Any
 
 from datamoat.errors import BadInput, NotFound
 
-__all__ = ["Workspace", "default_root", "atomic_write", "short_hash"]
+__all__ = [
+    "Workspace",
+    "default_root",
+    "atomic_write",
+    "fsync_dir",
+    "make_dirs",
+    "safe_name",
+    "short_hash",
+    "sweep_temp_files",
+    "touch_private",
+]
 
 DEFAULT_DIR = ".datamoat"
 TABLES = ("datasets", "models", "runs", "evals")
@@ -90,12 +100,20 @@ def safe_name(text: str, max_len: int = 64) -> str:
     return f"{clean or 'x'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same directory + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` through a temp file in the same directory + rename,
+    then fsync the directory, so after a crash the file is either the old one
+    or the new one, and the rename itself survives a power cut.
+
+    The file is 0600 (mkstemp's mode): models, data and keys are the owner's.
+    A temp file a crash leaves behind is swept by `sweep_temp_files`.
+    """
+    make_dirs(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; artifacts and reports are for sharing
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -105,6 +123,54 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+def make_dirs(path: Path) -> None:
+    """`mkdir -p` with every folder it creates 0700 (mkdir's `mode` covers only the last)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            p.mkdir(mode=0o700)
+
+
+def touch_private(path: Path) -> None:
+    """Create `path` empty and 0600 if it does not exist, before a library
+    (SQLite) creates it world-readable; SQLite gives its -wal and -shm files
+    the database file's mode."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sweep_temp_files(root: Path, older_than_s: float = 3600.0) -> int:
+    """Delete `atomic_write` temp files under `root` that a crash left behind;
+    returns how many. Only old ones: a fresh one may be another process's write
+    in progress.
+
+    >>> import tempfile
+    >>> sweep_temp_files(Path(tempfile.mkdtemp()))
+    0
+    """
+    cutoff, n = time.time() - older_than_s, 0
+    for p in root.rglob(f".*{TEMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+                n += 1
+    return n
 
 
 class Workspace:
@@ -127,9 +193,9 @@ class Workspace:
     def init(cls, root: str | os.PathLike[str] | None = None) -> Workspace:
         """Create (or open) a workspace; idempotent."""
         ws = cls(root if root is not None else default_root())
-        ws.root.mkdir(parents=True, exist_ok=True)
-        ws.objects.mkdir(exist_ok=True)
+        make_dirs(ws.objects)  # the owner's: models, data, tokens
         ws._migrate()
+        sweep_temp_files(ws.root)
         return ws
 
     @classmethod
@@ -139,9 +205,11 @@ class Workspace:
         if not ws.db_path.exists():
             raise NotFound(f"no datamoat workspace at {ws.root}: run `datamoat init {ws.root}` or set DATAMOAT_HOME")
         ws._migrate()
+        sweep_temp_files(ws.root)
         return ws
 
     def connect(self) -> sqlite3.Connection:
+        touch_private(self.db_path)
         conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -269,7 +337,7 @@ class Workspace:
         if bad:
             raise ValueError(f"unsafe workspace path part(s) {bad!r}: pass them through safe_name() first")
         path = self.root.joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
         return path
 
 

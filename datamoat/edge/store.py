@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from datamoat.errors import BadInput
-from datamoat.workspace import atomic_write
+from datamoat.workspace import atomic_write, fsync_dir
 
 __all__ = ["DeviceStore", "Outbox", "is_sha256"]
 
@@ -103,7 +103,7 @@ class DeviceStore:
         if self.path("active").exists():
             os.replace(self.path("active"), self.path("lkg"))
         os.replace(self.path("staged"), self.path("active"))
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def restore_lkg(self) -> bool:
         """lkg -> active (the active bundle is dropped). False if there is no lkg."""
@@ -111,7 +111,7 @@ class DeviceStore:
             self.path("active").unlink(missing_ok=True)
             return False
         os.replace(self.path("lkg"), self.path("active"))
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return True
 
     def recover(self, pending: str | None) -> str | None:
@@ -259,12 +259,3 @@ class Outbox:
         """uploaded / dropped / rejected (all time), pending and pending_bytes (now)."""
         with self._lock:
             return {**self._stats, "pending": len(self._files), "pending_bytes": sum(self._files.values())}
-
-
-def _fsync_dir(path: Path) -> None:
-    # A rename is durable only once its directory entry is on disk.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

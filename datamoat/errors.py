@@ -7,7 +7,7 @@ it into exit code 2; the HTTP layer turns it into a 4xx with a JSON body.
 
 from __future__ import annotations
 
-__all__ = ["DatamoatError", "BadInput", "NotFound"]
+__all__ = ["DatamoatError", "BadInput", "NotFound", "Tampered"]
 
 
 class DatamoatError(Exception):
@@ -25,3 +25,11 @@ class NotFound(DatamoatError):
     """An id, name or path does not exist."""
 
     http_status = 404
+
+
+class Tampered(DatamoatError):
+    """Stored state fails its integrity check (an altered or deleted audit row):
+    not the caller's input, so exit code 1, not 2."""
+
+    exit_code = 1
+    http_status = 500

@@ -34,7 +34,18 @@ from datamoat.configs import check, check_choice
 from datamoat.errors import BadInput, DatamoatError, NotFound
 from datamoat.workspace import Workspace, make_dirs, touch_private
 
-__all__ = ["Registry", "registry_url", "ROLES", "SUPPRESS_MODES", "POLICY_FIELDS", "AuthError"]
+__all__ = [
+    "Registry",
+    "registry_url",
+    "ROLES",
+    "SUPPRESS_MODES",
+    "POLICY_FIELDS",
+    "AuthError",
+    "add_chain_column",
+    "append_chained",
+    "append_only_ddl",
+    "verify_chain",
+]
 
 ROLES = ("predict", "admin", "review")
 SUPPRESS_MODES = ("abstain", "renormalize")
@@ -99,6 +110,7 @@ audit = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("details", sa.Text, nullable=False),
     sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("chain", sa.String(64)),  # sha256(previous row's chain + this row): see append_chained
 )  # fmt: skip
 state = sa.Table(
     "reg_state", meta,
@@ -122,22 +134,71 @@ tokens = sa.Table(
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
 )  # fmt: skip
 
-# The audit log is append-only in the database itself, not just by convention.
-_APPEND_ONLY = {
-    "sqlite": [
-        "CREATE TRIGGER IF NOT EXISTS reg_audit_no_update BEFORE UPDATE ON reg_audit "
-        "BEGIN SELECT RAISE(ABORT, 'reg_audit is append-only'); END",
-        "CREATE TRIGGER IF NOT EXISTS reg_audit_no_delete BEFORE DELETE ON reg_audit "
-        "BEGIN SELECT RAISE(ABORT, 'reg_audit is append-only'); END",
-    ],
-    "postgresql": [
-        "CREATE OR REPLACE FUNCTION reg_audit_append_only() RETURNS trigger AS $$ "
-        "BEGIN RAISE EXCEPTION 'reg_audit is append-only'; END $$ LANGUAGE plpgsql",
-        "DROP TRIGGER IF EXISTS reg_audit_no_change ON reg_audit",
-        "CREATE TRIGGER reg_audit_no_change BEFORE UPDATE OR DELETE ON reg_audit "
-        "FOR EACH ROW EXECUTE FUNCTION reg_audit_append_only()",
-    ],
-}
+GENESIS = "0" * 64  # the chain value before a log's first chained row
+
+
+def append_only_ddl(dialect: str, table: str) -> list[str]:
+    """Triggers that make `table` append-only in the database itself, not by convention.
+
+    >>> len(append_only_ddl("sqlite", "reg_audit"))
+    2
+    """
+    if dialect == "sqlite":
+        return [
+            f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+            for op in ("UPDATE", "DELETE")
+        ]
+    if dialect == "postgresql":
+        return [
+            f"CREATE OR REPLACE FUNCTION {table}_append_only() RETURNS trigger AS $$ "
+            f"BEGIN RAISE EXCEPTION '{table} is append-only'; END $$ LANGUAGE plpgsql",
+            f"DROP TRIGGER IF EXISTS {table}_no_change ON {table}",
+            f"CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {table}_append_only()",
+        ]
+    return []
+
+
+def add_chain_column(conn: sa.Connection, table: sa.Table) -> None:
+    """Give a log created before chaining its `chain` column (its old rows stay unchained)."""
+    if "chain" not in {c["name"] for c in sa.inspect(conn).get_columns(table.name)}:
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN chain VARCHAR(64)")
+
+
+def _link(prev: str, row: dict[str, Any], fields: tuple[str, ...]) -> str:
+    body = json.dumps([row[f] for f in fields], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256((prev + body).encode()).hexdigest()
+
+
+def append_chained(conn: sa.Connection, table: sa.Table, row: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Insert `row` into an append-only log with its hash chain: each row's
+    `chain` is sha256 of the previous row's chain and this row's `fields`, so
+    a row altered or deleted anywhere but the end breaks every later link
+    (`verify_chain`). Call inside a serialised `Registry.transaction`."""
+    prev = conn.execute(sa.select(table.c.chain).order_by(table.c.seq.desc()).limit(1)).scalar()
+    conn.execute(table.insert().values(**row, chain=_link(prev or GENESIS, row, fields)))
+
+
+def verify_chain(conn: sa.Connection, table: sa.Table, fields: tuple[str, ...]) -> dict[str, Any]:
+    """Recompute a log's chain: {ok, rows, unchained, head, first_bad}. `head` is the
+    last link: record it elsewhere, and a later verify that ends elsewhere shows
+    rows removed from the end too."""
+    prev, out = GENESIS, {"ok": True, "rows": 0, "unchained": 0, "head": None, "first_bad": None}
+    for r in conn.execute(sa.select(table).order_by(table.c.seq)).mappings():
+        out["rows"] += 1
+        if r["chain"] is None:  # written before chaining existed
+            out["unchained"] += 1
+            continue
+        want = _link(prev, dict(r), fields)
+        if r["chain"] != want and out["ok"]:
+            out.update(ok=False, first_bad=r["seq"])
+        prev = r["chain"]
+    out["head"] = prev if out["rows"] > out["unchained"] else None
+    return out
+
+
+AUDIT_FIELDS = ("ts", "actor", "action", "target", "reason", "details", "generation")
 
 
 class AuthError(DatamoatError):
@@ -245,18 +306,21 @@ class Registry:
     def _create(self) -> None:
         with self.engine.begin() as conn:
             meta.create_all(conn)
-            for stmt in _APPEND_ONLY.get(self.engine.dialect.name, []):
+            add_chain_column(conn, audit)
+            for stmt in append_only_ddl(self.engine.dialect.name, audit.name):
                 conn.exec_driver_sql(stmt)
             if conn.execute(sa.select(state.c.value).where(state.c.key == "generation")).first() is None:
                 conn.execute(state.insert().values(key="generation", value=0))
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sa.Connection]:
+    def transaction(self, lock: int = 1) -> Iterator[sa.Connection]:
         """A write transaction in which what is read stays true until commit.
 
         Control-plane writes are few, so they are serialised outright: SQLite
-        takes its write lock at BEGIN (IMMEDIATE), PostgreSQL locks the
-        generation row (SELECT ... FOR UPDATE) first. Every read-then-write
+        takes its write lock at BEGIN (IMMEDIATE), PostgreSQL takes the
+        transaction-scoped advisory lock `lock` first (1: the registry; the
+        fleet's event log uses its own, so device heartbeats do not queue
+        behind operators). Every read-then-write
         (promote, rollback, takedown, a rollout) then sees the state the
         previous one committed.
 
@@ -269,15 +333,16 @@ class Registry:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 if self.engine.dialect.name == "postgresql":
-                    conn.execute(sa.select(state.c.value).where(state.c.key == "generation").with_for_update())
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
                 yield conn
 
     # -- helpers ---------------------------------------------------------------
     def _bump(self, conn: sa.Connection, actor: str, action: str, target: str, reason: str, **details: Any) -> int:
         conn.execute(state.update().where(state.c.key == "generation").values(value=state.c.value + 1))
         gen = conn.execute(sa.select(state.c.value).where(state.c.key == "generation")).scalar_one()
-        conn.execute(audit.insert().values(ts=time.time(), actor=actor, action=action, target=target, reason=reason,
-                                           details=json.dumps(details, sort_keys=True), generation=gen))  # fmt: skip
+        row = {"ts": time.time(), "actor": actor, "action": action, "target": target, "reason": reason,
+               "details": json.dumps(details, sort_keys=True), "generation": gen}  # fmt: skip
+        append_chained(conn, audit, row, AUDIT_FIELDS)
         return gen
 
     def generation(self) -> int:
@@ -456,6 +521,16 @@ class Registry:
     def policy_of(snapshot: dict[str, Any], version_id: str, info: dict[str, Any]) -> dict[str, Any]:
         """`policy` of a version as of a `snapshot` (servers and bundles read it so)."""
         return dict(snapshot.get("policies", {}).get(version_id) or info.get("policy") or {})
+
+    def verify_audit(self) -> dict[str, Any]:
+        """Recompute the audit log's hash chain (see `verify_chain`).
+
+        >>> reg = Registry("sqlite://")
+        >>> reg.create_token("admin", "ops", actor="setup")[:9], reg.verify_audit()["ok"]
+        ('dm_admin_', True)
+        """
+        with self.engine.connect() as conn:
+            return verify_chain(conn, audit, AUDIT_FIELDS)
 
     def audit_log(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -91,12 +91,35 @@ def reg_show(version: str, registry: str = RegistryOpt, as_json: bool = JsonOpt)
                      f"dataset {lin.get('dataset_id')}, parent {lin.get('parent_id')}, aliases {v['aliases']}")  # fmt: skip
 
 
+def _chain_line(name: str, v: dict) -> str:
+    state = "intact" if v["ok"] else f"BROKEN at row {v['first_bad']}"
+    return f"{name}: {state}, {v['rows']} rows ({v['unchained']} from before chaining), head {v['head']}"
+
+
 @registry_app.command("audit")
-def reg_audit(registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
+def reg_audit(
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Recompute the hash chains of the audit log and the fleet's event log; exit 1 if broken.",
+    ),
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """The append-only audit log: who, when, what, why."""
     import datetime as dt
 
     _, reg = _open(registry)
+    if verify:
+        from datamoat.edge.fleet import Fleet
+        from datamoat.errors import Tampered
+
+        out = {"audit": reg.verify_audit(), "edge_events": Fleet(reg).verify_events()}
+        text = "\n".join(_chain_line(name, v) for name, v in out.items())
+        emit(out, as_json, text)
+        if not all(v["ok"] for v in out.values()):
+            raise Tampered("the audit trail was altered: a row was changed or deleted (see the first broken row)")
+        return
     log = reg.audit_log()
     lines = [f"{dt.datetime.fromtimestamp(e['ts']).isoformat(timespec='seconds')}  {e['actor']:<12} {e['action']:<11} "
              f"{e['target']:<14} {e['reason']}  {e['details']}" for e in log]  # fmt: skip

@@ -36,7 +36,15 @@ from datamoat.edge.bundle import peek_manifest
 from datamoat.edge.rollout import FAILED, abort_verdict, assign, baseline_for_next, selected
 from datamoat.edge.uploads import RateLimited, UploadRefused, parse_upload
 from datamoat.errors import BadInput, NotFound
-from datamoat.registry import AuthError, Registry, _hash_token
+from datamoat.registry import (
+    AuthError,
+    Registry,
+    _hash_token,
+    add_chain_column,
+    append_chained,
+    append_only_ddl,
+    verify_chain,
+)
 from datamoat.serve.logstore import log_rows, open_reviews, review_rows
 from datamoat.serve.logstore import predictions as serve_predictions
 from datamoat.serve.logstore import review as serve_review
@@ -99,7 +107,10 @@ events = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("rollout_id", sa.String(120)),
     sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("chain", sa.String(64)),  # the hash chain (datamoat.registry.append_chained)
 )  # fmt: skip
+EVENT_FIELDS = ("ts", "device_id", "kind", "rollout_id", "detail")
+EVENTS_LOCK = 2  # Registry.transaction's lock for writers of edge_events: one chain, no forks
 
 
 uploads = sa.Table(
@@ -127,8 +138,12 @@ class Fleet:
         self.registry, self.engine = registry, registry.engine
         for attempt in range(5):  # processes starting together race to create tables
             try:
-                meta.create_all(self.engine)
-                serve_predictions.metadata.create_all(self.engine)  # uploads become log rows and review items
+                with self.engine.begin() as conn:
+                    meta.create_all(conn)
+                    serve_predictions.metadata.create_all(conn)  # uploads become log rows and review items
+                    add_chain_column(conn, events)
+                    for stmt in append_only_ddl(self.engine.dialect.name, events.name):
+                        conn.exec_driver_sql(stmt)
                 break
             except sa.exc.DBAPIError:
                 if attempt == 4:
@@ -138,8 +153,19 @@ class Fleet:
         self._blobs_lock = threading.Lock()
 
     def _event(self, conn: sa.Connection, device: str, kind: str, rollout: str | None = None, /, **detail: Any) -> None:
-        conn.execute(events.insert().values(ts=time.time(), device_id=device, kind=kind, rollout_id=rollout,
-                                            detail=json.dumps(detail, sort_keys=True, default=str)))  # fmt: skip
+        # Callers hold self._tx(): the chain's previous link cannot change under us.
+        row = {"ts": time.time(), "device_id": device, "kind": kind, "rollout_id": rollout,
+               "detail": json.dumps(detail, sort_keys=True, default=str)}  # fmt: skip
+        append_chained(conn, events, row, EVENT_FIELDS)
+
+    def _tx(self) -> Any:
+        """A serialised write transaction for everything that appends to edge_events."""
+        return self.registry.transaction(EVENTS_LOCK)
+
+    def verify_events(self) -> dict[str, Any]:
+        """Recompute edge_events' hash chain (see `datamoat.registry.verify_chain`)."""
+        with self.engine.connect() as conn:
+            return verify_chain(conn, events, EVENT_FIELDS)
 
     # -- devices -------------------------------------------------------------------------
     def enroll(self, device_id: str, group: str, *, actor: str) -> str:
@@ -147,7 +173,7 @@ class Fleet:
         check(bool(_ID.match(device_id)), f"invalid device id {device_id!r}: use letters, digits, '.', '_', '-'")
         check(bool(_ID.match(group)), f"invalid group {group!r}: use letters, digits, '.', '_', '-'")
         token = f"dm_device_{secrets.token_urlsafe(32)}"
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(devices.delete().where(devices.c.id == device_id))
             conn.execute(devices.insert().values(id=device_id, token_hash=_hash_token(token), device_group=group,
                                                  created=time.time(), status="{}", last_event=0))  # fmt: skip
@@ -190,7 +216,7 @@ class Fleet:
             m = peek_manifest(data)
             sequence, version_id = m["sequence"], m["version_id"]
         sha = hashlib.sha256(data).hexdigest()
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             if not conn.execute(sa.select(bundles.c.sha).where(bundles.c.sha == sha)).first():
                 conn.execute(bundles.insert().values(sha=sha, seq=int(sequence), version_id=str(version_id),
                                                      size=len(data), created=time.time(), data=data))  # fmt: skip
@@ -267,7 +293,7 @@ class Fleet:
         )
         sha = self.bundle(bundle_sha)["sha"]
         now = time.time()
-        with self.registry.transaction() as conn:  # read and write as one: two operators cannot interleave
+        with self._tx() as conn:  # read and write as one: two operators cannot interleave
             cur = self.current_rollout(group, conn)
             if cur and cur["bundle_sha"] == sha and cur["state"] == "active":
                 if percent < cur["percent"]:
@@ -301,7 +327,7 @@ class Fleet:
     def abort_rollout(self, group: str, *, actor: str, reason: str) -> dict[str, Any]:
         """Stop the group's rollout: every device goes back to the baseline."""
         check(bool(reason.strip()), "abort needs --reason: say why, for the fleet log")
-        with self.registry.transaction() as conn:
+        with self._tx() as conn:
             cur = self.current_rollout(group, conn)
             if cur is None or cur["state"] != "active":
                 raise BadInput(f"group {group!r} has no active rollout to abort")
@@ -355,7 +381,7 @@ class Fleet:
         status = {k: v for k, v in heartbeat.items() if k != "events"}
         last = max([device["last_event"], *(int(e["n"]) for e in evs)])
         touched, mine = set(), {r["id"]: r for r in self.rollouts(device["device_group"])}
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(devices.update().where(devices.c.id == device["id"]).values(
                 last_seen=time.time(), status=json.dumps(status, default=str), last_event=last))  # fmt: skip
             for e in evs:
@@ -418,7 +444,7 @@ class Fleet:
                               f"{max_per_hour}: keep them and retry later")  # fmt: skip
         stored = new[:room]
         group = device["device_group"]
-        with self.engine.begin() as conn:  # one transaction: each review item has its log row and its upload row
+        with self._tx() as conn:  # one transaction: each review item has its log row and its upload row
             for p in stored:
                 # The cloud's row builders, with the device in the place of a server and its own time.
                 state = SimpleNamespace(alias=f"edge:{group}", generation=p["generation"],

@@ -17,7 +17,7 @@ from datamoat.registry import Registry
 
 
 def busy_registry(url: str) -> tuple[Registry, Fleet]:
-    reg, fleet = Registry(url), None
+    reg = Registry(url)
     for i in range(3):
         reg.create_token("predict", f"app{i}", actor="ops")
     fleet = Fleet(reg)
@@ -54,7 +54,7 @@ def verify(home, url: str) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_l3_a_deleted_or_altered_row_is_found_after_the_triggers_are_dropped(url, ws):
-    reg, fleet = busy_registry(url)
+    reg, _ = busy_registry(url)
     code, out = verify(ws.root, url)
     assert code == 0 and out["audit"]["ok"] and out["edge_events"]["ok"] and out["audit"]["rows"] == 3
     drop_triggers(reg)

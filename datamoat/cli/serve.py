@@ -36,6 +36,9 @@ def serve(
     workers: int = typer.Option(
         1, "--workers", help="Server processes on the port, each with its own batcher and model session."
     ),
+    limit_concurrency: int = typer.Option(
+        1024, "--limit-concurrency", help="Connections and tasks per process; past it uvicorn answers 503."
+    ),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve an alias: predict, feedback, review page and queue, model info, health, metrics and control."""
@@ -62,7 +65,8 @@ def serve(
     if workers == 1:
         app = create_app(reg, cfg)
         err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}", highlight=False)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                    limit_concurrency=limit_concurrency)  # fmt: skip
         return
     # One event loop is one core of HTTP work: more processes share the port (uvicorn's workers), each
     # building its own app from the environment and acknowledging control commands on its own.
@@ -79,7 +83,7 @@ def serve(
     err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}/w<pid> x {workers}", highlight=False)
     try:
         uvicorn.run("datamoat.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,
-                    log_level=log_level, access_log=False)  # fmt: skip
+                    log_level=log_level, access_log=False, limit_concurrency=limit_concurrency)  # fmt: skip
     finally:
         if own:
             shutil.rmtree(os.environ.pop(MULTIPROC_ENV), ignore_errors=True)

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from datamoat.registry import AuthError, Registry
+from datamoat.serve.errors import TooMany
 
 __all__ = ["TokenCache", "predict_actor", "feedback_actor", "admin_actor", "admin_router"]
 
@@ -77,9 +78,12 @@ def _bearer(request: Request) -> str | None:
 
 async def predict_actor(request: Request) -> str:
     ctx = request.app.state.serve
-    if not ctx.config.require_predict_token:
-        return "anonymous"
-    return await ctx.auth.check(_bearer(request), ("predict",))
+    actor = (
+        "anonymous" if not ctx.config.require_predict_token else await ctx.auth.check(_bearer(request), ("predict",))
+    )
+    if not ctx.predict_quota.take(actor):
+        raise TooMany(f"token {actor!r} is over its {ctx.config.predict_rate_per_token:g} requests/s: slow down")
+    return actor
 
 
 async def feedback_actor(request: Request) -> str:

@@ -33,7 +33,7 @@ from datamoat.serve.batcher import Batcher
 from datamoat.serve.config import ServeConfig
 from datamoat.serve.control import Controller
 from datamoat.serve.engine import SessionCache, decide
-from datamoat.serve.errors import Unavailable
+from datamoat.serve.errors import TooLarge, Unavailable
 from datamoat.serve.inputs import (
     PREDICT_BODY,
     Prepare,
@@ -44,6 +44,7 @@ from datamoat.serve.inputs import (
 )
 from datamoat.serve.logstore import PredictionLog, ReviewQueue, log_rows, review_rows
 from datamoat.serve.metrics import ServeMetrics, worker_exited
+from datamoat.serve.quota import Quotas
 from datamoat.serve.review import review_router
 
 __all__ = ["create_app", "app_from_env", "ServeContext"]
@@ -64,6 +65,8 @@ class ServeContext:
     plog: PredictionLog
     auth: TokenCache
     review: ReviewQueue
+    predict_quota: Quotas
+    review_quota: Quotas
 
 
 def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
@@ -78,12 +81,14 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     metrics = ServeMetrics()
     ctl = Controller(registry, cfg, SessionCache(registry, cfg.ort_threads), server_id,
                      cfg.url or f"inprocess:{server_id}", on_ack=metrics.generation.set)  # fmt: skip
-    batcher = Batcher(lambda: ctl.state, cfg.max_batch_size, cfg.max_wait_ms, metrics.batch_size.observe)
+    batcher = Batcher(lambda: ctl.state, cfg.max_batch_size, cfg.max_wait_ms, metrics.batch_size.observe,
+                      max_queued=cfg.max_queued_inputs)  # fmt: skip
     plog = PredictionLog(registry, cfg.log_predictions, review_max_open=cfg.review_max_open,
                          on_review_skipped=metrics.review_skipped.inc)  # fmt: skip
     ctx = ServeContext(registry, cfg, server_id, metrics, ctl, batcher, plog,
                        TokenCache(registry, cfg.auth_cache_s, lambda: ctl.state.generation),
-                       ReviewQueue(registry))  # fmt: skip
+                       ReviewQueue(registry), Quotas(cfg.predict_rate_per_token, 10 * cfg.predict_rate_per_token),
+                       Quotas(cfg.review_rate_per_token, 100))  # fmt: skip
     app = FastAPI(title="datamoat", version="1", lifespan=_lifespan, description=__doc__)
     app.state.serve = ctx
     app.add_exception_handler(DatamoatError, _on_datamoat)
@@ -236,6 +241,8 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
 
     # Small bodies parse faster than a thread hop costs; big ones (a large PNG) stay off the loop.
     prepare, x = parse() if len(data) <= 65536 else await asyncio.to_thread(parse)
+    if len(x) > cfg.max_inputs_per_request:
+        raise TooLarge(f"{len(x)} inputs in one request; the limit is {cfg.max_inputs_per_request}: split the batch")
     for _ in range(3):
         used, probs, x = await ctx.batcher.submit(prepare, x)
         cur = ctx.controller.state  # re-check after inference: the control guarantee
@@ -249,9 +256,17 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
     pol = cur.policy  # `Registry.policy` of the served version, as of the state's generation
     answers = [{"prediction_id": str(uuid.uuid4()), **a} for a in
                decide(probs, cur.model.classes, cur.suppressed, cfg.top_k, pol.get("threshold"), pol.get("per_class"))]  # fmt: skip
-    hashes = [input_hash(xi) for xi in x]
-    queued = review_rows(cur, answers, x) if cfg.review_queue else []
-    ctx.plog.add(log_rows(cur, ctx.server_id, answers, hashes), queued)
+
+    def records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        hashes = [input_hash(xi) for xi in x]
+        return log_rows(cur, ctx.server_id, answers, hashes), review_rows(cur, answers, x) if cfg.review_queue else []
+
+    # Hashing and copying pixels of a big batch would hold the event loop: a thread does it.
+    rows, queued = records() if len(x) <= 8 else await asyncio.to_thread(records)
+    if queued and not ctx.review_quota.take(actor, len(queued)):  # one token cannot fill the review queue
+        ctx.metrics.review_skipped.inc(len(queued))
+        queued = []
+    ctx.plog.add(rows, queued)
     ctx.metrics.answers(answers)
     # A response object skips FastAPI's validation and re-encoding of the returned dict: the answer is
     # built here from plain types, so that pass would only repeat work on the hot path.
@@ -270,7 +285,9 @@ async def feedback(body: FeedbackIn, request: Request, actor: str = Depends(feed
     """Record the correct label for a prediction id (for the data flywheel)."""
     ctx: ServeContext = request.app.state.serve
     await ctx.plog.flush()  # a prediction made a moment ago may still be buffered
-    return await asyncio.to_thread(ctx.plog.record_feedback, body.prediction_id, body.label, body.source, actor)
+    return await asyncio.to_thread(
+        ctx.plog.record_feedback, body.prediction_id, body.label, body.source, actor, ctx.config.feedback_max_per_hour
+    )
 
 
 @router.get("/v1/model")

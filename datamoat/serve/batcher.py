@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from datamoat.errors import DatamoatError
-from datamoat.serve.errors import Unavailable
+from datamoat.serve.errors import Overloaded, Unavailable
 from datamoat.serve.inputs import Prepare
 
 __all__ = ["Batcher"]
@@ -58,6 +58,7 @@ class Batcher:
         max_batch_size: int,
         max_wait_ms: float,
         on_batch: Callable[[int], None] = lambda n: None,
+        max_queued: int = 1 << 30,
     ):
         self.current_state = current_state
         self.max_batch_size = max_batch_size
@@ -65,12 +66,21 @@ class Batcher:
         self.on_batch = on_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # thread-safe, put never blocks
         self._carry: _Item | None = None  # took it, but it did not fit the last batch (inference thread only)
+        self.max_queued, self.queued = max_queued, 0  # inputs submitted and not answered (event loop only)
 
     async def submit(self, prepare: Prepare, x: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
         """(state used, probabilities (n, K), raw inputs used (n, C, H, W)) for one request."""
+        n = len(x)
+        if self.queued + n > self.max_queued:
+            raise Overloaded(f"the server has {self.queued} inputs waiting for the model (limit {self.max_queued}): "
+                             "retry in a moment")  # fmt: skip
         fut = asyncio.get_running_loop().create_future()
-        self._queue.put(_Item(prepare, x, fut))
-        return await fut
+        self.queued += n
+        try:
+            self._queue.put(_Item(prepare, x, fut))
+            return await fut
+        finally:
+            self.queued -= n
 
     async def run(self) -> None:
         """Run the inference thread until cancelled; then let it finish its batch and stop."""

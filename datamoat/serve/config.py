@@ -34,6 +34,12 @@ class ServeConfig(Config):
     # logged prediction, so it is on only while log_predictions is too.
     review_queue: bool = True
     review_max_open: int = 10_000  # open review items the registry may hold; more are counted, not queued
+    # Bounds on what one request, one token and the whole queue can cost (M4, L2).
+    max_inputs_per_request: int = 256
+    max_queued_inputs: int = 4096  # inputs waiting for the model; past it, 503 with Retry-After
+    predict_rate_per_token: float = 0.0  # requests per second per token (0: no quota), burst 10 x rate
+    review_rate_per_token: float = 1.0  # review-queue items per second per token, burst 100; more are counted
+    feedback_max_per_hour: int = 1000  # /v1/feedback rows per token per hour, across every server
     server_id: str = ""
     url: str = ""
 
@@ -51,3 +57,7 @@ class ServeConfig(Config):
         check(self.auth_cache_s >= 0, f"auth_cache_s must be >= 0, got {self.auth_cache_s}")
         check(self.ort_threads >= 0, f"ort_threads must be >= 0, got {self.ort_threads}")
         check(self.review_max_open >= 0, f"review_max_open must be >= 0, got {self.review_max_open}")
+        for name in ("max_inputs_per_request", "max_queued_inputs", "feedback_max_per_hour"):
+            check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("predict_rate_per_token", "review_rate_per_token"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0 (0: no quota), got {getattr(self, name)}")

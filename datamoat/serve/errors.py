@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datamoat.errors import BadInput, DatamoatError
 
-__all__ = ["Unavailable", "Unprocessable", "TooLarge", "Conflict", "UnsupportedMedia"]
+__all__ = ["Unavailable", "Overloaded", "Unprocessable", "TooLarge", "Conflict", "UnsupportedMedia", "TooMany"]
 
 
 class Unavailable(DatamoatError):
@@ -39,3 +39,13 @@ class UnsupportedMedia(BadInput):
     """A request body in a format the endpoint does not read."""
 
     http_status = 415
+
+
+class Overloaded(Unavailable):
+    """The server's queue is full: retry after a moment (503)."""
+
+
+class TooMany(BadInput):
+    """A caller over its quota (429): retry later, or ask for a higher quota."""
+
+    http_status = 429

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from datamoat.errors import NotFound
 from datamoat.registry import Registry
-from datamoat.serve.errors import Conflict, Unprocessable
+from datamoat.serve.errors import Conflict, TooMany, Unprocessable
 from datamoat.serve.inputs import as_uint8
 
 __all__ = [
@@ -169,8 +169,15 @@ class PredictionLog:
             except Exception:  # keep serving; the rows of a failed write are lost, and said so
                 log.exception("writing the prediction log failed")
 
-    def record_feedback(self, prediction_id: str, label: str, source: str, actor: str) -> dict[str, Any]:
-        """Store the correct label for a logged prediction (blocking: call in a thread)."""
+    def record_feedback(
+        self, prediction_id: str, label: str, source: str, actor: str, max_per_hour: int = 1000
+    ) -> dict[str, Any]:
+        """Store the correct label for a logged prediction (blocking: call in a thread).
+
+        One label per token per prediction, and at most `max_per_hour` from one
+        token across every server (L2): the client-chosen `source` describes the
+        label, it does not make room for more of them.
+        """
         with self.registry.engine.connect() as conn:
             row = conn.execute(sa.select(predictions.c.model_version).where(predictions.c.id == prediction_id)).first()
         if row is None:
@@ -186,13 +193,24 @@ class PredictionLog:
         entry = {"prediction_id": prediction_id, "source": source, "label": label,
                  "model_version": row.model_version, "actor": actor, "ts": time.time()}  # fmt: skip
         try:
-            with self.registry.engine.begin() as conn:
+            with self.registry.transaction() as conn:  # serialised: the count and the check hold until commit
+                mine = feedback.c.actor == actor
+                if conn.execute(
+                    sa.select(feedback.c.source).where(mine & (feedback.c.prediction_id == prediction_id))
+                ).first():
+                    raise Conflict(
+                        f"feedback from token {actor!r} for prediction {prediction_id} is already recorded: send it once"
+                    )
+                recent = conn.execute(
+                    sa.select(sa.func.count()).where(mine & (feedback.c.ts > entry["ts"] - 3600))
+                ).scalar_one()
+                if recent >= max_per_hour:
+                    raise TooMany(f"token {actor!r} sent {recent} feedback labels in the last hour, the limit is "
+                                  f"{max_per_hour}: send the rest later")  # fmt: skip
                 conn.execute(feedback.insert().values(**entry))
         except sa.exc.IntegrityError:
-            raise Conflict(
-                f"feedback from source {source!r} for prediction {prediction_id} is already recorded: "
-                "send it once, or use another source"
-            ) from None
+            raise Conflict(f"feedback from source {source!r} for prediction {prediction_id} is already recorded: "
+                           "send it once")  from None  # fmt: skip
         return entry
 
 

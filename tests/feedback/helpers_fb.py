@@ -25,6 +25,7 @@ def served(q: Quarantine, img: np.ndarray, label: str = "0") -> str:
     return pid
 
 
-def server_feedback(q: Quarantine, pid: str, label: str, source: str, actor: str = "anonymous") -> None:
+def server_feedback(q: Quarantine, pid: str, label: str, source: str, actor: str | None = None) -> None:
     """POST /v1/feedback's storage path, without the HTTP layer."""
-    PredictionLog(q.registry).record_feedback(pid, label, source, actor)
+    # Each source speaks through its own token unless the test says otherwise.
+    PredictionLog(q.registry).record_feedback(pid, label, source, actor or f"token-{source}")

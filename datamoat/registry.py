@@ -47,7 +47,7 @@ __all__ = [
     "verify_chain",
 ]
 
-ROLES = ("predict", "admin", "review")
+ROLES = ("predict", "admin", "review", "monitor")  # monitor: /metrics and /v1/model only
 SUPPRESS_MODES = ("abstain", "renormalize")
 ALL_ALIASES = "*"
 # What a review policy may hold: the thresholds serving applies, and where they came from.

@@ -36,6 +36,9 @@ def serve(
     workers: int = typer.Option(
         1, "--workers", help="Server processes on the port, each with its own batcher and model session."
     ),
+    open_paths: list[str] = typer.Option(
+        [], "--open", help="Serve this read-only path without a token: /v1/model, /metrics or /docs (repeatable)."
+    ),
     limit_concurrency: int = typer.Option(
         1024, "--limit-concurrency", help="Connections and tasks per process; past it uvicorn answers 503."
     ),
@@ -58,6 +61,7 @@ def serve(
         require_predict_token=not no_predict_auth,
         review_queue=not no_review_queue,
         review_max_open=review_max_open,
+        open_paths=tuple(open_paths),
         ort_threads=ort_threads,
         server_id=server_id or f"{socket.gethostname()}:{port}:{os.getpid()}",
         url=url or f"http://{host}:{port}",

@@ -89,8 +89,10 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
 
     @app.get("/v1/edge/status")
     async def edge_status(request: Request) -> dict[str, Any]:
-        """Version, health, counters, the event log, and the sync state."""
+        """Version, health, counters, the event log, and the sync state (the install token's holder only)."""
         rt: EdgeRuntime = request.app.state.runtime
+        if not _owner(request, rt):
+            raise DeviceAuth("the device status needs the device's install token: send it as a Bearer token")
         ag = request.app.state.agent
         return {**rt.status(), "events": rt.state["events"][-100:], "online": ag.online if ag else None,
                 "downloading": ag.downloading if ag else None}  # fmt: skip
@@ -106,13 +108,9 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
         Never a downgrade: that needs the runtime stopped and `edge install
         --state-dir DIR --allow-downgrade`."""
         rt: EdgeRuntime = request.app.state.runtime
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), rt.install_token.encode()):
-            return JSONResponse(
-                {"error": "install needs the device's install token: `datamoat edge install FILE --runtime URL "
-                 "--state-dir DIR` reads it from DIR/install.token"},
-                401,
-            )  # fmt: skip
+        if not _owner(request, rt):
+            raise DeviceAuth("install needs the device's install token: `datamoat edge install FILE --runtime URL "
+                             "--state-dir DIR` reads it from DIR/install.token")  # fmt: skip
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/octet-stream":
             raise UnsupportedMedia(f"send the bundle as application/octet-stream, not {ctype or 'no Content-Type'}")
@@ -133,6 +131,18 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
         return {"ready": True, "version": s.model.version_id, "bundle_sequence": s.bundle.sequence}
 
     return app
+
+
+class DeviceAuth(DatamoatError):
+    """A device-local endpoint called without the device's install token."""
+
+    http_status = 401
+
+
+def _owner(request: Request, rt: EdgeRuntime) -> bool:
+    """Whether the caller holds the device's install token (STATE_DIR/install.token)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), rt.install_token.encode())
 
 
 async def _predict(rt: EdgeRuntime, prepare: Any) -> bytes:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from datamoat.registry import AuthError, Registry
 from datamoat.serve.errors import TooMany
 
-__all__ = ["TokenCache", "predict_actor", "feedback_actor", "admin_actor", "admin_router"]
+__all__ = ["TokenCache", "predict_actor", "feedback_actor", "admin_actor", "reader", "admin_router"]
 
 
 class TokenCache:
@@ -84,6 +84,17 @@ async def predict_actor(request: Request) -> str:
     if not ctx.predict_quota.take(actor):
         raise TooMany(f"token {actor!r} is over its {ctx.config.predict_rate_per_token:g} requests/s: slow down")
     return actor
+
+
+async def reader(request: Request) -> str:
+    """Who reads /v1/model or /metrics: anyone where the operator opened the path,
+    else a token of role monitor (or predict and review for /v1/model; admin has all)."""
+    ctx = request.app.state.serve
+    path = request.url.path
+    if path in ctx.config.open_paths:
+        return "anonymous"
+    roles = ("monitor",) if path == "/metrics" else ("monitor", "predict", "review")
+    return await ctx.auth.check(_bearer(request), roles)
 
 
 async def feedback_actor(request: Request) -> str:

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 
 from datamoat.errors import DatamoatError
 from datamoat.registry import Registry
-from datamoat.serve.admin import TokenCache, admin_router, feedback_actor, predict_actor
+from datamoat.serve.admin import TokenCache, admin_router, feedback_actor, predict_actor, reader
 from datamoat.serve.batcher import Batcher
 from datamoat.serve.config import ServeConfig
 from datamoat.serve.control import Controller
@@ -89,7 +89,10 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
                        TokenCache(registry, cfg.auth_cache_s, lambda: ctl.state.generation),
                        ReviewQueue(registry), Quotas(cfg.predict_rate_per_token, 10 * cfg.predict_rate_per_token),
                        Quotas(cfg.review_rate_per_token, 100))  # fmt: skip
-    app = FastAPI(title="datamoat", version="1", lifespan=_lifespan, description=__doc__)
+    docs = "/docs" in cfg.open_paths  # the schema lists every endpoint: closed unless opened
+    app = FastAPI(title="datamoat", version="1", lifespan=_lifespan, description=__doc__,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)  # fmt: skip
     app.state.serve = ctx
     app.add_exception_handler(DatamoatError, _on_datamoat)
     app.add_exception_handler(HTTPException, _on_http)
@@ -157,7 +160,7 @@ async def _on_datamoat(request: Request, exc: DatamoatError) -> JSONResponse:
 async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
     msg = str(exc.detail)
     if exc.status_code in (404, 405) and msg in ("Not Found", "Method Not Allowed"):
-        msg = f"{msg}: {request.method} {request.url.path} is not an endpoint here; /docs lists them"
+        msg = f"{msg}: {request.method} {request.url.path} is not an endpoint here (the README lists them; `serve --open /docs` shows them)"
     return _error(exc.status_code, msg, exc.headers)
 
 
@@ -167,7 +170,7 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
     where = ".".join(errs[0]["loc"]) if errs else "body"
     what = errs[0]["msg"] if errs else "invalid"
     return JSONResponse(
-        {"error": f"invalid request at {where}: {what}; /docs shows the expected body", "detail": errs}, 422
+        {"error": f"invalid request at {where}: {what}; the README shows the expected body", "detail": errs}, 422
     )
 
 
@@ -291,7 +294,7 @@ async def feedback(body: FeedbackIn, request: Request, actor: str = Depends(feed
 
 
 @router.get("/v1/model")
-async def model_info(request: Request) -> dict[str, Any]:
+async def model_info(request: Request, _: str = Depends(reader)) -> dict[str, Any]:
     """What this server serves: version, alias, suppressions, takedown state."""
     ctx: ServeContext = request.app.state.serve
     st = ctx.controller.state
@@ -323,7 +326,7 @@ async def readyz(request: Request) -> dict[str, Any]:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, _: str = Depends(reader)) -> Response:
     """Prometheus text format."""
     ctx: ServeContext = request.app.state.serve
     body, ctype = ctx.metrics.render()

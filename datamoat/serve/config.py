@@ -9,6 +9,9 @@ from datamoat.configs import Config, check
 __all__ = ["ServeConfig"]
 
 
+OPENABLE = ("/v1/model", "/metrics", "/docs")
+
+
 @dataclasses.dataclass
 class ServeConfig(Config):
     """Serving knobs. Empty `server_id`/`url` are derived at startup.
@@ -40,6 +43,9 @@ class ServeConfig(Config):
     predict_rate_per_token: float = 0.0  # requests per second per token (0: no quota), burst 10 x rate
     review_rate_per_token: float = 1.0  # review-queue items per second per token, burst 100; more are counted
     feedback_max_per_hour: int = 1000  # /v1/feedback rows per token per hour, across every server
+    # Read-only paths served without a token (L6). Closed by default: /v1/model names the
+    # takedown reason and suppressions, /metrics the traffic, /docs every endpoint.
+    open_paths: tuple[str, ...] = ()
     server_id: str = ""
     url: str = ""
 
@@ -59,5 +65,8 @@ class ServeConfig(Config):
         check(self.review_max_open >= 0, f"review_max_open must be >= 0, got {self.review_max_open}")
         for name in ("max_inputs_per_request", "max_queued_inputs", "feedback_max_per_hour"):
             check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        self.open_paths = tuple(self.open_paths)
+        bad = [p for p in self.open_paths if p not in OPENABLE]
+        check(not bad, f"cannot open {bad}: choose from {', '.join(OPENABLE)}")
         for name in ("predict_rate_per_token", "review_rate_per_token"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0 (0: no quota), got {getattr(self, name)}")

@@ -82,7 +82,7 @@ def test_m4_one_token_over_its_predict_quota_is_refused_and_others_are_not(world
 def test_m4_one_token_cannot_fill_the_review_queue(world, served):
     reg, vid, tokens = served
     reg.set_policy(vid, {"threshold": 0.999999}, actor="t")  # every answer needs review
-    cfg = ServeConfig(poll_interval_s=0.02, ort_threads=1, review_rate_per_token=0.01)  # burst 100
+    cfg = ServeConfig(poll_interval_s=0.02, ort_threads=1, review_rate_per_token=0.01, open_paths=("/metrics",))
     with Live(create_app(reg, cfg)) as srv:
         for token, n in (("app", 150), ("other", 40)):
             r = srv.post("/v1/predict", json={"inputs": world.x[:n].tolist()}, headers=auth(tokens[token]))

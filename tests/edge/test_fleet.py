@@ -96,7 +96,9 @@ class Fleet:
                     "--poll-interval", str(POLL))  # fmt: skip
 
     def status(self, d: str) -> dict:
-        return httpx.get(f"http://127.0.0.1:{self.dev[d]['port']}/v1/edge/status", timeout=2).json()
+        token = (self.env.tmp / d / "install.token").read_text().strip()  # the device owner's credential
+        url = f"http://127.0.0.1:{self.dev[d]['port']}/v1/edge/status"
+        return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=2).json()
 
     def predict(self, d: str, i: int = 0) -> httpx.Response:
         body = {"inputs": self.env.x[i : i + 1].tolist()}

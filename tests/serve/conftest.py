@@ -61,7 +61,9 @@ def live(reg):
     opened = []
 
     def make(**overrides) -> Live:
-        cfg = ServeConfig(**{"poll_interval_s": 0.02, "heartbeat_s": 0.5, "ort_threads": 1, **overrides})
+        # /v1/model and /metrics open: these tests read them for other facts (test_l6_* checks them closed).
+        cfg = ServeConfig(**{"poll_interval_s": 0.02, "heartbeat_s": 0.5, "ort_threads": 1,
+                             "open_paths": ("/v1/model", "/metrics"), **overrides})  # fmt: skip
         srv = Live(create_app(reg.r, cfg)).__enter__()
         opened.append(srv)
         return srv

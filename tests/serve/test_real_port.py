@@ -41,7 +41,7 @@ def test_rollback_reaches_two_servers_on_real_ports(reg, artifacts, tmp_path):
         for i in range(2):
             port = _free_port()
             log = tmp_path / f"server{i}.log"
-            cmd = [sys.executable, "-m", "datamoat", "--home", str(artifacts.ws.root), "serve", "--port", str(port),
+            cmd = [sys.executable, "-m", "datamoat", "--home", str(artifacts.ws.root), "serve", "--open", "/metrics", "--open", "/v1/model", "--port", str(port),
                    "--registry", url, "--ort-threads", "1", "--server-id", f"srv{i}", "--max-wait-ms", "1"]  # fmt: skip
             procs.append(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env))
             urls.append(f"http://127.0.0.1:{port}")
@@ -81,7 +81,7 @@ def test_workers_share_one_port_and_each_acknowledges(reg, artifacts, tmp_path):
     reg.r.promote(reg.v2, "production", actor="test")
     port = _free_port()
     u, log = f"http://127.0.0.1:{port}", tmp_path / "workers.log"
-    cmd = [sys.executable, "-m", "datamoat", "--home", str(artifacts.ws.root), "serve", "--port", str(port),
+    cmd = [sys.executable, "-m", "datamoat", "--home", str(artifacts.ws.root), "serve", "--open", "/metrics", "--open", "/v1/model", "--port", str(port),
            "--registry", reg.r.url, "--ort-threads", "1", "--server-id", "multi", "--workers", "2"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}

@@ -39,3 +39,16 @@ def test_l6_workspace_and_registry_files_are_the_owners_alone(tmp_path):
     assert all(mode(p) == 0o600 for p in ws.objects.rglob("*") if p.is_file()), sha
     assert mode(ws.root / "reports" / "r1" / "report.html") == 0o600
     assert mode(tmp_path / "reg" / "registry.db") == 0o600 and mode(tmp_path / "reg") == 0o700
+
+
+def test_a_private_signing_key_readable_by_others_is_refused(tmp_path):
+    import pytest
+
+    from datamoat.edge.keys import generate_keys, load_private_key
+    from datamoat.errors import BadInput
+
+    paths = generate_keys(tmp_path / "release.pem")
+    assert mode(paths["private"]) == 0o600 and load_private_key(paths["private"]) is not None
+    os.chmod(paths["private"], 0o644)
+    with pytest.raises(BadInput, match="readable by others"):
+        load_private_key(paths["private"])

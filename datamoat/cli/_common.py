@@ -15,7 +15,18 @@ from rich.console import Console
 
 from datamoat.workspace import Workspace
 
-__all__ = ["console", "err_console", "state", "open_ws", "emit", "json_stdout", "JsonOpt"]
+__all__ = [
+    "console",
+    "err_console",
+    "state",
+    "open_ws",
+    "emit",
+    "json_stdout",
+    "tls_options",
+    "JsonOpt",
+    "CertOpt",
+    "KeyOpt",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,6 +40,26 @@ class _State:
 state = _State()
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
+CertOpt = typer.Option(None, "--ssl-certfile", help="Serve HTTPS with this PEM certificate (chain).")
+KeyOpt = typer.Option(None, "--ssl-keyfile", help="The certificate's PEM private key.")
+
+
+def tls_options(certfile: Path | None, keyfile: Path | None) -> dict[str, Any]:
+    """uvicorn's TLS arguments, or none; a one-line error when half is given.
+
+    >>> tls_options(None, None)
+    {}
+    """
+    if (certfile is None) != (keyfile is None):
+        from datamoat.errors import BadInput
+
+        raise BadInput("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+    for p in (certfile, keyfile):
+        if p is not None and not p.is_file():
+            from datamoat.errors import NotFound
+
+            raise NotFound(f"no file at {p}: give the PEM certificate and key paths")
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)} if certfile else {}
 
 
 def open_ws(create: bool = False) -> Workspace:

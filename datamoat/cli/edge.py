@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from datamoat.cli._common import JsonOpt, console, emit, err_console, open_ws
+from datamoat.cli._common import CertOpt, JsonOpt, KeyOpt, console, emit, err_console, open_ws, tls_options
 
 keys_app = typer.Typer(help="Ed25519 keys that sign bundles.", no_args_is_help=True)
 edge_app = typer.Typer(help="Run a device: serve predictions, follow the control server.", no_args_is_help=True)
@@ -102,6 +102,10 @@ def edge_run(
         True, "--upload/--no-upload", help="Upload low-confidence inputs for people to label in /review."
     ),
     upload_max_items: int = typer.Option(500, "--upload-max-items", help="Outbox cap; the oldest are dropped first."),
+    require_https: bool = typer.Option(
+        False, "--require-https", help="Refuse a control server URL that is not https:// (recommended)."
+    ),
+    ca_cert: Path = typer.Option(None, "--ca-cert", help="PEM CA bundle that signed the control server's certificate."),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve predictions on localhost and follow the control server (polls, downloads, rollbacks)."""
@@ -111,7 +115,8 @@ def edge_run(
     cfg = EdgeConfig(device_id=device_id, state_dir=str(state_dir), trust=tuple(map(str, trust)), server=server,
                      token=token, group=group, poll_interval_s=poll_interval, health_window=health_window,
                      max_abstain_rate=max_abstain_rate, max_error_rate=max_error_rate, ort_threads=ort_threads,
-                     upload_low_confidence=upload, upload_max_items=upload_max_items)  # fmt: skip
+                     upload_low_confidence=upload, upload_max_items=upload_max_items, require_https=require_https,
+                     ca_cert=str(ca_cert) if ca_cert else "")  # fmt: skip
     err_console.print(
         f"edge device {device_id} on http://{host}:{port}, server {server or '(offline)'}", highlight=False
     )
@@ -260,6 +265,8 @@ def fleet_serve(
         10_000, "--review-max-open", help="Open review items the registry may hold; uploads past it wait on the device."
     ),
     registry: str = RegistryOpt,
+    ssl_certfile: Path = CertOpt,
+    ssl_keyfile: Path = KeyOpt,
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Run the control server devices poll."""
@@ -277,8 +284,9 @@ def fleet_serve(
             review_max_open=review_max_open,
         ),  # fmt: skip
     )
-    err_console.print(f"control server on http://{host}:{port}", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    tls = tls_options(ssl_certfile, ssl_keyfile)
+    err_console.print(f"control server on {'https' if tls else 'http'}://{host}:{port}", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, **tls)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,10 +6,11 @@ import os
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 
 import typer
 
-from datamoat.cli._common import err_console, open_ws
+from datamoat.cli._common import CertOpt, KeyOpt, err_console, open_ws, tls_options
 from datamoat.errors import BadInput
 
 
@@ -42,11 +43,15 @@ def serve(
     limit_concurrency: int = typer.Option(
         1024, "--limit-concurrency", help="Connections and tasks per process; past it uvicorn answers 503."
     ),
+    ssl_certfile: Path = CertOpt,
+    ssl_keyfile: Path = KeyOpt,
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve an alias: predict, feedback, review page and queue, model info, health, metrics and control."""
     if not 1 <= workers <= 64:
         raise BadInput(f"--workers must be in 1..64, got {workers}")
+    tls = tls_options(ssl_certfile, ssl_keyfile)
+    scheme = "https" if tls else "http"
     import uvicorn
 
     from datamoat.registry import Registry, registry_url
@@ -64,13 +69,13 @@ def serve(
         open_paths=tuple(open_paths),
         ort_threads=ort_threads,
         server_id=server_id or f"{socket.gethostname()}:{port}:{os.getpid()}",
-        url=url or f"http://{host}:{port}",
+        url=url or f"{scheme}://{host}:{port}",
     )
     if workers == 1:
         app = create_app(reg, cfg)
         err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}", highlight=False)
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
-                    limit_concurrency=limit_concurrency)  # fmt: skip
+                    limit_concurrency=limit_concurrency, **tls)  # fmt: skip
         return
     # One event loop is one core of HTTP work: more processes share the port (uvicorn's workers), each
     # building its own app from the environment and acknowledging control commands on its own.
@@ -87,7 +92,7 @@ def serve(
     err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}/w<pid> x {workers}", highlight=False)
     try:
         uvicorn.run("datamoat.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,
-                    log_level=log_level, access_log=False, limit_concurrency=limit_concurrency)  # fmt: skip
+                    log_level=log_level, access_log=False, limit_concurrency=limit_concurrency, **tls)  # fmt: skip
     finally:
         if own:
             shutil.rmtree(os.environ.pop(MULTIPROC_ENV), ignore_errors=True)

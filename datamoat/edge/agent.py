@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import threading
 from typing import Any
 
@@ -60,8 +61,9 @@ class SyncAgent:
         cfg = runtime.cfg
         self.rt, self.cfg = runtime, cfg
         self.client = client or httpx.Client(
-            base_url=cfg.server, timeout=cfg.request_timeout_s, headers={"Authorization": f"Bearer {cfg.token}"}
-        )
+            base_url=cfg.server, timeout=cfg.request_timeout_s, headers={"Authorization": f"Bearer {cfg.token}"},
+            verify=ssl.create_default_context(cafile=cfg.ca_cert) if cfg.ca_cert else True,
+        )  # fmt: skip
         self.online: bool | None = None
         self.downloading: dict[str, Any] | None = None
         self.assignment: dict[str, Any] | None = None

@@ -84,6 +84,8 @@ class EdgeConfig(Config):
     upload_max_items: int = 500  # outbox cap: the oldest samples are dropped first
     upload_max_bytes: int = 32 << 20
     upload_batch: int = 32  # samples per upload request
+    require_https: bool = False  # refuse a control server that is not https:// (the README recommends it)
+    ca_cert: str = ""  # PEM CA bundle for the control server's certificate; empty: the system's
 
     def validate(self) -> None:
         check(bool(self.device_id) and len(self.device_id) <= 100, f"invalid device id {self.device_id!r}")
@@ -94,6 +96,10 @@ class EdgeConfig(Config):
             check(0 <= getattr(self, name) <= 1, f"{name} must be in 0..1, got {getattr(self, name)}")
         check(self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
         check(not self.server or bool(self.token), "a device polling a server needs its --token")
+        check(
+            not (self.require_https and self.server) or self.server.startswith("https://"),
+            f"control server {self.server!r} is not https:// and --require-https is set: use its https:// URL",
+        )
         for name in ("upload_max_items", "upload_max_bytes", "upload_batch", "max_bundle_bytes"):
             check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
 

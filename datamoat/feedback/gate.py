@@ -16,6 +16,14 @@ says so:
 - **reputation**: a source whose judged items (those other sources or
   people also labelled, and its rejected ones) contradicted the others more
   often than `max_contradiction_rate` is flagged, and all its items held.
+- **surge**: the label stream as a whole, whatever token sent it. For each
+  pair (the model says A, the label says B), the labels received in the
+  last `surge_window_h` are compared with how many a calibrated model
+  expects (the sum of its probabilities of B over the items it calls A).
+  A pair with at least `surge_min` labels and more than `surge_z` standard
+  deviations above that is held for a person, unless a trusted label
+  agrees: an attacker who spreads wrong labels over many tokens and images
+  no one else labels still moves one pair, and that is what it wants.
 
 Trust comes from `trusted_sources` for edge and import items, and from the
 token role (`trusted_roles`: the review UI's ``review`` and ``admin``) for
@@ -31,6 +39,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -59,12 +69,17 @@ class GateConfig(Config):
     trusted_roles: tuple[str, ...] = ("review", "admin")
     require_approval: bool = False
     alias: str = "production"
+    surge_z: float = 4.0  # 0 turns the surge rule off
+    surge_min: int = 20
+    surge_window_h: float = 168.0
 
     def validate(self) -> None:
         check(self.max_per_hour >= 0, "max_per_hour must be >= 0 (0 turns the rate limit off)")
         check(0 <= self.min_model_prob < 1, "min_model_prob must be in [0, 1) (0 turns the model check off)")
         check(0 < self.max_contradiction_rate <= 1, "max_contradiction_rate must be in (0, 1]")
         check(self.min_judged >= 1, "min_judged must be at least 1")
+        check(self.surge_z >= 0, "surge_z must be >= 0 (0 turns the surge rule off)")
+        check(self.surge_min >= 1 and self.surge_window_h > 0, "surge_min must be >= 1 and surge_window_h > 0")
 
 
 def production_scorer(q: Quarantine, alias: str = "production") -> tuple[list[str], Scorer] | None:
@@ -170,9 +185,10 @@ def evaluate_gate(
 
     todo = [r for r in rows if r["id"] not in human]
     probs: dict[int, float] = {}
+    dist: dict[int, np.ndarray] = {}  # item id -> the model's probabilities (K,)
     model_note = None
     scored = [r for r in todo if r["id"] not in trusted and r["has_pixels"]]
-    if cfg.min_model_prob > 0 and scored:
+    if (cfg.min_model_prob > 0 or cfg.surge_z > 0) and scored:
         scorer = scorer or production_scorer(q, cfg.alias)
         if scorer is None:
             model_note = f"no model on alias {cfg.alias!r} to check labels against: promote one"
@@ -182,6 +198,8 @@ def evaluate_gate(
             index = {str(c): i for i, c in enumerate(scorer[0])}
             for r, row in zip(scored, p):
                 probs[r["id"]] = float(row[index[r["label"]]]) if r["label"] in index else 0.0
+                dist[r["id"]] = row
+    surges = _surges(cfg, scored, dist, scorer[0] if scorer else []) if cfg.surge_z > 0 and dist else {}
 
     changes: dict[int, tuple[str, list[str]]] = {}
     for r in todo:
@@ -201,7 +219,12 @@ def evaluate_gate(
         elif label is not None and label != r["label"] and r["id"] not in trusted:
             why.append(f"{'contradicts trusted reviewer' if how == 'trusted' else 'conflicts with other sources'}: "
                        f"they say {label!r}")  # fmt: skip
-        if r["id"] in probs and probs[r["id"]] < cfg.min_model_prob:
+        pair = _pair(r, dist, scorer[0] if scorer else [])
+        if pair in surges and not (how == "trusted" and label == r["label"]):
+            n, expected, z, sources = surges[pair]
+            why.append(f"surge: {n} labels say {pair[1]!r} where the model says {pair[0]!r}, from {sources} "
+                       f"source(s); a calibrated model expects {expected:.0f} (z={z:.1f}): a person confirms them")  # fmt: skip
+        if cfg.min_model_prob > 0 and r["id"] in probs and probs[r["id"]] < cfg.min_model_prob:
             why.append(f"disagrees with model: p({r['label']})={probs[r['id']]:.3f} < {cfg.min_model_prob:g}")
         if model_note and r["id"] not in trusted and r["has_pixels"]:
             why.append(model_note)
@@ -211,4 +234,51 @@ def evaluate_gate(
     q.set_status(changes, GATE)
     status = Counter(r["status"] for r in q.items())
     return {"counts": dict(status), "changed": len(changes), "flagged": sorted(flagged),
+            "surges": [{"model": a, "label": b, "labels": n, "expected": e, "z": z, "sources": s}
+                       for (a, b), (n, e, z, s) in surges.items()],
             "sources": {k: dict(v) for k, v in rep.items()}, "config": cfg.to_dict()}  # fmt: skip
+
+
+def _pair(r: dict[str, Any], dist: dict[int, np.ndarray], classes: list[str]) -> tuple[str, str] | None:
+    """(what the model says, what the label says) where they differ, else None."""
+    p = dist.get(r["id"])
+    if p is None:
+        return None
+    said = classes[int(p.argmax())]
+    return (said, r["label"]) if said != r["label"] else None
+
+
+def _surges(
+    cfg: GateConfig, rows: list[dict[str, Any]], dist: dict[int, np.ndarray], classes: list[str]
+) -> dict[tuple[str, str], tuple[int, float, float, int]]:
+    """Pairs (model says A, label says B) with far more labels than the model expects.
+
+    Over the window's items the model calls A, a calibrated model expects
+    sum p(B) honest B labels, with variance sum p(B)(1 - p(B)); a pair is a
+    surge when its count passes `surge_min` and lies more than `surge_z`
+    deviations above that. The +1 in the variance keeps a handful of labels
+    on a pair the model is sure of from counting as a surge.
+    """
+    since = time.time() - cfg.surge_window_h * 3600
+    window = [r for r in rows if r["ts"] >= since and r["id"] in dist]
+    index = {c: i for i, c in enumerate(classes)}
+    expected: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(classes)))
+    variance: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(classes)))
+    seen: Counter[tuple[str, str]] = Counter()
+    sources: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in window:
+        p = dist[r["id"]]
+        a = classes[int(p.argmax())]
+        expected[a] += p
+        variance[a] += p * (1 - p)
+        pair = _pair(r, dist, classes)
+        if pair is not None and pair[1] in index:
+            seen[pair] += 1
+            sources[pair].add(r["source"])
+    out = {}
+    for (a, b), n in seen.items():
+        e, v = float(expected[a][index[b]]), float(variance[a][index[b]])
+        z = (n - e) / math.sqrt(v + 1.0)
+        if n >= cfg.surge_min and z > cfg.surge_z:
+            out[(a, b)] = (n, e, z, len(sources[(a, b)]))
+    return out

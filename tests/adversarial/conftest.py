@@ -28,3 +28,13 @@ def world(tmp_path_factory) -> SimpleNamespace:
     keys = generate_keys(root / "keys" / "release.pem")
     return SimpleNamespace(root=root, ws=ws, ds=ds, reg=reg, vid=vid, key=load_private_key(keys["private"]),
                            pub=keys["public"], x=ds.subset("test")[0])  # fmt: skip
+
+
+@pytest.fixture
+def fresh(world, tmp_path) -> SimpleNamespace:
+    """A registry of the test's own holding the world's model as version `vid`, promoted to production."""
+    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
+    row = world.reg.version(world.vid)
+    vid = reg.register(world.reg.artifact(row["onnx_sha"]), name="m", kind="fp32", info=row["info"], actor="t")
+    reg.promote(vid, "production", actor="t")
+    return SimpleNamespace(reg=reg, vid=vid)

@@ -12,14 +12,11 @@ import pytest
 from datamoat.edge.bundle import build_bundle
 from datamoat.edge.control import ControlConfig, create_control_app
 from datamoat.edge.fleet import BUNDLE_CACHE
-from datamoat.registry import Registry
 
 
 @pytest.fixture
-def control(world, tmp_path):
-    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
-    row = world.reg.version(world.vid)
-    vid = reg.register(world.reg.artifact(row["onnx_sha"]), name="m", kind="fp32", info=row["info"], actor="t")
+def control(fresh):
+    reg, vid = fresh.reg, fresh.vid
     app = create_control_app(reg, ControlConfig())
     token = app.state.edge.fleet.enroll("a", "lab", actor="ops")
     return app, reg, vid, token

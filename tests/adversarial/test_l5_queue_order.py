@@ -12,12 +12,8 @@ from datamoat.serve.logstore import ReviewQueue
 from .test_h2_review_hash import upload_item
 
 
-def test_l5_the_queue_is_ordered_by_when_the_server_received_an_item(world, tmp_path):
-    from datamoat.registry import Registry
-
-    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
-    row = world.reg.version(world.vid)
-    vid = reg.register(world.reg.artifact(row["onnx_sha"]), name="m", kind="fp32", info=row["info"], actor="t")
+def test_l5_the_queue_is_ordered_by_when_the_server_received_an_item(world, fresh):
+    reg, vid = fresh.reg, fresh.vid
     fleet = Fleet(reg)
     for name in ("honest", "pushy"):
         fleet.enroll(name, "lab", actor="ops")

@@ -25,11 +25,8 @@ def test_m2_a_token_name_is_an_identity_and_is_never_reused(tmp_path):
         ("ana", "review", False), ("cam-app", "predict", True)]  # fmt: skip
 
 
-def test_m3_a_revoked_token_is_refused_by_a_running_server_within_one_poll(world, tmp_path):
-    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
-    row = world.reg.version(world.vid)
-    vid = reg.register(world.reg.artifact(row["onnx_sha"]), name="m", kind="fp32", info=row["info"], actor="t")
-    reg.promote(vid, "production", actor="t")
+def test_m3_a_revoked_token_is_refused_by_a_running_server_within_one_poll(world, fresh):
+    reg = fresh.reg
     leaked = reg.create_token("predict", "leaked-app", actor="ops")
     body = {"inputs": world.x[:1].tolist()}
     cfg = ServeConfig(poll_interval_s=0.02, heartbeat_s=0.5, ort_threads=1, auth_cache_s=3600)

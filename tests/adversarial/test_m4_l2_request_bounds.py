@@ -22,11 +22,8 @@ from datamoat.serve.logstore import open_reviews, predictions
 
 
 @pytest.fixture
-def served(world, tmp_path):
-    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
-    row = world.reg.version(world.vid)
-    vid = reg.register(world.reg.artifact(row["onnx_sha"]), name="m", kind="fp32", info=row["info"], actor="t")
-    reg.promote(vid, "production", actor="t")
+def served(fresh):
+    reg, vid = fresh.reg, fresh.vid
     tokens = {name: reg.create_token("predict", name, actor="t") for name in ("app", "other")}
     return reg, vid, tokens
 

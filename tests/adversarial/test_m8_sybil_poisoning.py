@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 
 from datamoat.feedback import GateConfig, Quarantine, evaluate_gate, production_scorer
-from datamoat.registry import Registry
 
 
 @pytest.fixture
-def q(world, tmp_path) -> Quarantine:
-    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
-    row = world.reg.version(world.vid)
-    vid = reg.register(world.reg.artifact(row["onnx_sha"]), name="m", kind="fp32", info=row["info"], actor="t")
-    reg.promote(vid, "production", actor="t")
-    return Quarantine(reg)
+def q(fresh) -> Quarantine:
+    return Quarantine(fresh.reg)
 
 
 def streams(world, q: Quarantine) -> tuple[np.ndarray, np.ndarray, str, str]:

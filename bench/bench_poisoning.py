@@ -67,6 +67,7 @@ OVERLAP = int(os.environ.get("DM_PO_OVERLAP", 50))  # attacker images also label
 SEEDS = int(os.environ.get("DM_PO_SEEDS", 3))
 THREADS = int(os.environ.get("DM_PO_THREADS", 0))
 PAIR = os.environ.get("DM_PO_PAIR", "")  # "TRUE>WRONG" class names; "": the most confused pair on val
+SYBILS = int(os.environ.get("DM_PO_SYBILS", 50))  # tokens the spread-out attacker uses
 ARCH = "cnn_small"
 BATCH = 50  # images per /v1/predict request
 REDUNDANT = 0.1  # share of honest images a second honest source also labels
@@ -74,7 +75,8 @@ REDUNDANT = 0.1  # share of honest images a second honest source also labels
 # Gate reasons by the rule that gave them (see datamoat.feedback.gate).
 RULES = {"source flagged": "reputation", "rate limit": "rate", "disagrees with model": "model",
          "conflicts with other sources": "sources", "sources disagree": "sources",
-         "contradicts trusted reviewer": "sources", "no pixels": "pixels", "awaiting": "approval"}  # fmt: skip
+         "contradicts trusted reviewer": "sources", "no pixels": "pixels", "awaiting": "approval",
+         "surge": "surge"}  # fmt: skip
 
 
 def _rules(reasons: list[str]) -> set[str]:
@@ -88,11 +90,13 @@ def _per_class(pred: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str,
 
 
 def _plan(rng: np.random.Generator, pool: np.ndarray, y: np.ndarray, target: int, wrong: str,
-          classes: list[str]) -> tuple[list[tuple[str, int, str]], np.ndarray]:  # fmt: skip
-    """The feedback stream [(source, image index, label)] in arrival order, and the attacked images."""
+          classes: list[str], attackers: int = 1, overlap_n: int = OVERLAP,
+          ) -> tuple[list[tuple[str, int, str]], np.ndarray]:  # fmt: skip
+    """The feedback stream [(source, image index, label)] in arrival order, and the attacked images.
+    `attackers` tokens share the attack evenly; `overlap_n` attacked images also get honest labels."""
     attacked = rng.choice(pool[y[pool] == target], size=ATTACK, replace=False)
     rest = np.setdiff1d(pool, attacked)
-    overlap = attacked[: min(OVERLAP, ATTACK)]  # `attacked` is already in random order
+    overlap = attacked[: min(overlap_n, ATTACK)]  # `attacked` is already in random order
     n_pairs = 2 * len(overlap)
     unique = int(round((HONEST - n_pairs) / (1 + REDUNDANT)))
     honest_imgs = rng.choice(rest, size=unique, replace=False)
@@ -102,7 +106,8 @@ def _plan(rng: np.random.Generator, pool: np.ndarray, y: np.ndarray, target: int
     names = [f"user-{k:02d}" for k in range(SOURCES)]
     load = Counter({n: 0 for n in names})
     seen: dict[int, set[str]] = {}
-    events = [("attacker", int(i), wrong) for i in attacked]
+    who = ["attacker"] if attackers == 1 else [f"attacker-{k:03d}" for k in range(attackers)]
+    events = [(who[j % len(who)], int(i), wrong) for j, i in enumerate(attacked)]
     for i, k in wants:
         free = [n for n in names if n not in seen.setdefault(i, set())]
         rng.shuffle(free)
@@ -157,8 +162,8 @@ def _gate(q: Quarantine, cfg: GateConfig) -> dict[str, Any]:
     report = evaluate_gate(q, cfg)
     seconds = time.perf_counter() - t0
     items = q.items()
-    attack = [r for r in items if r["source"] == "attacker"]
-    honest = [r for r in items if r["source"] != "attacker"]
+    attack = [r for r in items if r["source"].startswith("attacker")]
+    honest = [r for r in items if not r["source"].startswith("attacker")]
     held_by = Counter(rule for r in attack if r["status"] == "held" for rule in _rules(r["reasons"]))
     honest_held_by = Counter(rule for r in honest if r["status"] == "held" for rule in _rules(r["reasons"]))
     return {"attack_held": sum(r["status"] == "held" for r in attack) / len(attack),
@@ -184,6 +189,24 @@ def _retrain(ws: Workspace, reg: Registry, target: str, base: dict[int, dict[str
                                                              "overall_paired")}  # fmt: skip
     bad = sum(r["registered"] and r["target_delta"] < -0.5 for r in runs)
     return {"runs": runs, "mean": mean, "registered": sum(r["registered"] for r in runs), "registered_bad": bad}
+
+
+def _sybil(ws: Workspace, prod_id: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, target: int, wrong: str,
+           classes: list[str], seed: int) -> dict[str, Any]:  # fmt: skip
+    """The same attack spread over SYBILS tokens, on images no honest source labels, in a
+    registry of its own with the same production model; the gate with its defaults."""
+    reg = Registry(f"sqlite:///{ws.root / f'sybil-{seed}.db'}")
+    reg.promote(register_model(ws, reg, prod_id, actor="bench"), "production", actor="bench")
+    events, attacked = _plan(np.random.default_rng(seed), pool, y, target, wrong, classes, SYBILS, 0)
+    traffic = asyncio.run(_traffic(reg, x, events))
+    q = Quarantine(reg)
+    q.sync()
+    q.attach_pixels(x[np.unique([i for _, i, _ in events])])
+    out = _gate(q, GateConfig())
+    out["model_agrees"] = float(np.mean([traffic["said"][(s, i)] == wrong for s, i, _ in events
+                                         if s.startswith("attacker")]))  # fmt: skip
+    out["surges"] = evaluate_gate(q, GateConfig())["surges"]
+    return out
 
 
 def main() -> dict:
@@ -230,6 +253,15 @@ def main() -> dict:
         target, w = np.unravel_index(conf.argmax(), conf.shape)
         target, wrong = int(target), classes[int(w)]
     tname = classes[target]
+    # Spread-out attacks on the second and third most confused pairs on val. surge_near was set
+    # after runs on the first two; the third is the scenario no setting was chosen on.
+    conf2 = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(conf2, (y_val, prod.logits(x_val).argmax(1)), 1)
+    np.fill_diagonal(conf2, 0)
+    conf2[target, classes.index(wrong)] = 0
+    t2, w2 = (int(v) for v in np.unravel_index(conf2.argmax(), conf2.shape))
+    conf2[t2, w2] = 0
+    t3, w3 = (int(v) for v in np.unravel_index(conf2.argmax(), conf2.shape))
 
     events, attacked = _plan(rng, pool, full.y, target, wrong, classes)
     traffic = asyncio.run(_traffic(reg, full.x, events))
@@ -247,6 +279,9 @@ def main() -> dict:
     arm_patient = None
     if patient["accepted_ids"] != gate["accepted_ids"]:
         arm_patient = _retrain(ws, reg, tname, base_acc)
+    sybil = _sybil(ws, prod.id, full.x, full.y, pool, target, wrong, classes, 1)
+    sybil2 = _sybil(ws, prod.id, full.x, full.y, pool, t2, classes[w2], classes, 2)
+    sybil3 = _sybil(ws, prod.id, full.x, full.y, pool, t3, classes[w3], classes, 3)
     every = [r["id"] for r in q.items()]
     q.decide(every, "accepted", actor="bench-no-gate", reason="control arm: no gate, accept everything")
     t0 = time.perf_counter()
@@ -276,6 +311,18 @@ def main() -> dict:
          "measured": gate["honest_accepted"], "target": ">= 0.9", "met": yes(gate["honest_accepted"] >= 0.9)},
         {"what": "sources flagged", "measured": ", ".join(gate["flagged"]) or "none", "target": "attacker only",
          "met": yes(flagged_ok)},
+        {"what": f"attack labels held, {ATTACK} spread over {SYBILS} tokens on unshared images ({tname} as {wrong})",
+         "measured": sybil["attack_held"], "target": ">= 0.95", "met": yes(sybil["attack_held"] >= 0.95)},
+        {"what": "honest labels accepted, same run", "measured": sybil["honest_accepted"], "target": ">= 0.9",
+         "met": yes(sybil["honest_accepted"] >= 0.9)},
+        {"what": f"attack labels held, {SYBILS} tokens, second pair ({classes[t2]} as {classes[w2]})",
+         "measured": sybil2["attack_held"], "target": ">= 0.95", "met": yes(sybil2["attack_held"] >= 0.95)},
+        {"what": "honest labels accepted, same run", "measured": sybil2["honest_accepted"], "target": ">= 0.9",
+         "met": yes(sybil2["honest_accepted"] >= 0.9)},
+        {"what": f"attack labels held, {SYBILS} tokens, third pair ({classes[t3]} as {classes[w3]}; not tuned on)",
+         "measured": sybil3["attack_held"], "target": ">= 0.95", "met": yes(sybil3["attack_held"] >= 0.95)},
+        {"what": "honest labels accepted, same run", "measured": sybil3["honest_accepted"], "target": ">= 0.9",
+         "met": yes(sybil3["honest_accepted"] >= 0.9)},
         # Candidates, registered or not: retrain's own guard (no class down > 0.5) decides which become
         # models; the acceptance bound is on those, in the last row.
         {"what": f"{tname} accuracy, gated retrain candidate - production (points, mean of {SEEDS})",
@@ -306,6 +353,9 @@ def main() -> dict:
         "base_retrain_accuracy": {s: {"all": a["all"], tname: a[tname]} for s, a in base_acc.items()},
         "gate": {k: v for k, v in gate.items() if k != "accepted_ids"},
         "gate_patient": {k: v for k, v in patient.items() if k != "accepted_ids"},
+        "gate_sybil": {k: v for k, v in sybil.items() if k != "accepted_ids"},
+        "gate_sybil_second_pair": {k: v for k, v in sybil2.items() if k != "accepted_ids"},
+        "gate_sybil_third_pair": {k: v for k, v in sybil3.items() if k != "accepted_ids"},
         "retrain": {k: a for k, a in arms.items()}, "attack_labels_model_already_gave": float(model_agrees),
         "feedback_synced": synced, "pixels_attached": attached, "labels_per_source": dict(per_source),
         "timings_s": {"base_models": round(base_s, 1), "predict": round(traffic["predict_s"], 1),
@@ -340,6 +390,19 @@ def main() -> dict:
         f"{seeds(arm_control, 'target_delta')}; paired: gated {seeds(arm_gate, 'target_paired')}, no gate "
         f"{seeds(arm_control, 'target_paired')}."
         + ("" if arm_patient else " The patient-attacker gate accepted the same items, so its retrain is the gated one."),
+        "Spread-out attacker: the same number of wrong labels from " + str(SYBILS) + " predict tokens "
+        "(an even share each), on pool images no honest source labels, so no per-token rule (rate, reputation, "
+        "consensus) can see it; each run in a registry of its own with the same production model, the gate with "
+        "its defaults; the gate's surge_near (0.1) was chosen after runs on the first two pairs, the third is "
+        "unseen. Per pair (first, second, third): production already answered the wrong label for "
+        + ", ".join(f"{s['model_agrees']:.1%}" for s in (sybil, sybil2, sybil3))
+        + " of the attacked images; attack items held by rule "
+        + "; ".join(str(s["attack_held_by"]) for s in (sybil, sybil2, sybil3))
+        + "; honest items held "
+        + "; ".join(str(s["honest_held_by"]) for s in (sybil, sybil2, sybil3))
+        + "; surges found (model says, label says, labels, expected) "
+        + "; ".join(str([(g["model"], g["label"], g["labels"], round(g["expected"], 1)) for g in s["surges"]])
+                    for s in (sybil, sybil2, sybil3)) + ".",
         f"Timings (2 shared cores): base models {base_s:.0f}s, gate {gate['seconds']:.1f}s, gated retrains "
         f"{gated_s:.0f}s, no-gate retrains {control_s:.0f}s; total {time.perf_counter() - t_start:.0f}s.",
     ]  # fmt: skip

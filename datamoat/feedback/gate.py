@@ -23,7 +23,9 @@ says so:
   A pair with at least `surge_min` labels and more than `surge_z` standard
   deviations above that is held for a person, unless a trusted label
   agrees: an attacker who spreads wrong labels over many tokens and images
-  no one else labels still moves one pair, and that is what it wants.
+  no one else labels still moves one pair, and that is what it wants. In a
+  surging pair, labels the model agrees with while giving A at least
+  `surge_near` are held too (the attacker's images the model already gets wrong).
 
 Trust comes from `trusted_sources` for edge and import items, and from the
 token role (`trusted_roles`: the review UI's ``review`` and ``admin``) for
@@ -72,6 +74,7 @@ class GateConfig(Config):
     surge_z: float = 4.0  # 0 turns the surge rule off
     surge_min: int = 20
     surge_window_h: float = 168.0
+    surge_near: float = 0.1  # in a surging pair (A, B), label-B items the model gives A this much are held too
 
     def validate(self) -> None:
         check(self.max_per_hour >= 0, "max_per_hour must be >= 0 (0 turns the rate limit off)")
@@ -219,7 +222,7 @@ def evaluate_gate(
         elif label is not None and label != r["label"] and r["id"] not in trusted:
             why.append(f"{'contradicts trusted reviewer' if how == 'trusted' else 'conflicts with other sources'}: "
                        f"they say {label!r}")  # fmt: skip
-        pair = _pair(r, dist, scorer[0] if scorer else [])
+        pair = _pair(r, dist, scorer[0] if scorer else [], surges, cfg.surge_near)
         if pair in surges and not (how == "trusted" and label == r["label"]):
             n, expected, z, sources = surges[pair]
             why.append(f"surge: {n} labels say {pair[1]!r} where the model says {pair[0]!r}, from {sources} "
@@ -239,13 +242,25 @@ def evaluate_gate(
             "sources": {k: dict(v) for k, v in rep.items()}, "config": cfg.to_dict()}  # fmt: skip
 
 
-def _pair(r: dict[str, Any], dist: dict[int, np.ndarray], classes: list[str]) -> tuple[str, str] | None:
-    """(what the model says, what the label says) where they differ, else None."""
+def _pair(
+    r: dict[str, Any], dist: dict[int, np.ndarray], classes: list[str], surges: Any = (), near: float = 1.0
+) -> tuple[str, str] | None:
+    """(what the model says, what the label says) where they differ, else None.
+
+    Where a pair (A, B) surges, a label B that the model agrees with while
+    still giving A at least `near` counts as that pair too: an attacker's
+    wrong label on an image the model already gets wrong looks like agreement.
+    """
     p = dist.get(r["id"])
     if p is None:
         return None
     said = classes[int(p.argmax())]
-    return (said, r["label"]) if said != r["label"] else None
+    if said != r["label"]:
+        return (said, r["label"])
+    for a, b in surges:
+        if b == r["label"] and p[classes.index(a)] >= near:
+            return (a, b)
+    return None
 
 
 def _surges(

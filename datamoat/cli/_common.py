@@ -116,4 +116,4 @@ def emit(obj: dict[str, Any], as_json: bool, human: str | None = None) -> None:
         out.write(json.dumps(obj, default=_default) + "\n")
         out.flush()
     elif human is not None:
-        console.print(human, highlight=False)
+        console.print(human, highlight=False, soft_wrap=True)  # a pipe gets whole lines, not 80-column ones

@@ -166,8 +166,11 @@ def latency(root: Path, data: bytes, trust: str, x: np.ndarray, n: int = 1000, r
 
 def fleet_update(root: Path, reg_url: str, old: bytes, new: bytes, trust: str, poll: float, n: int = 20) -> dict:
     """Seconds from `rollout` to the server seeing all `n` devices on the new bundle."""
+    from datamoat.edge.keys import generate_keys, load_private_key
+
     reg = Registry(reg_url)
-    fleet = Fleet(reg)
+    ctl_keys = generate_keys(root / f"control-{poll:g}.pem", force=True)
+    fleet = Fleet(reg, load_private_key(ctl_keys["private"]))
     tag = f"p{poll:g}".replace(".", "_")
     group = f"bench-{tag}"
     ids = [f"{tag}-dev{i:02d}" for i in range(n)]
@@ -175,14 +178,16 @@ def fleet_update(root: Path, reg_url: str, old: bytes, new: bytes, trust: str, p
     b_old, b_new = fleet.publish(old, actor="bench"), fleet.publish(new, actor="bench")
     fleet.start_rollout(b_old["sha"], group, 100, actor="bench")
     port = _port()
-    ctl = subprocess.Popen([sys.executable, "-m", "datamoat", "fleet", "serve", "--registry", reg_url, "--port", str(port)],
+    ctl = subprocess.Popen([sys.executable, "-m", "datamoat", "fleet", "serve", "--registry", reg_url, "--port", str(port),
+                            "--control-key", ctl_keys["private"]],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)  # fmt: skip
     runtimes, agents = [], []
     try:
         _wait(f"http://127.0.0.1:{port}/healthz", ctl)
         for d in ids:
             cfg = EdgeConfig(device_id=d, group=group, state_dir=str(root / d), trust=(trust,),
-                             server=f"http://127.0.0.1:{port}", token=tokens[d], poll_interval_s=poll)  # fmt: skip
+                             server=f"http://127.0.0.1:{port}", token=tokens[d], poll_interval_s=poll,
+                             control_trust=(ctl_keys["public"],))  # fmt: skip
             rt = EdgeRuntime(cfg)
             runtimes.append(rt)
             agents.append(SyncAgent(rt))

@@ -106,6 +106,12 @@ def edge_run(
         False, "--require-https", help="Refuse a control server URL that is not https:// (recommended)."
     ),
     ca_cert: Path = typer.Option(None, "--ca-cert", help="PEM CA bundle that signed the control server's certificate."),
+    control_trust: list[Path] = typer.Option(
+        [], "--control-trust", help="Public key of the control server's --control-key; repeat to trust several."
+    ),
+    insecure_control: bool = typer.Option(
+        False, "--insecure-control", help="Act on unsigned control answers (a lab bench; never in the field)."
+    ),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve predictions on localhost and follow the control server (polls, downloads, rollbacks)."""
@@ -116,7 +122,8 @@ def edge_run(
                      token=token, group=group, poll_interval_s=poll_interval, health_window=health_window,
                      max_abstain_rate=max_abstain_rate, max_error_rate=max_error_rate, ort_threads=ort_threads,
                      upload_low_confidence=upload, upload_max_items=upload_max_items, require_https=require_https,
-                     ca_cert=str(ca_cert) if ca_cert else "")  # fmt: skip
+                     ca_cert=str(ca_cert) if ca_cert else "", control_trust=tuple(map(str, control_trust)),
+                     insecure_control=insecure_control)  # fmt: skip
     err_console.print(
         f"edge device {device_id} on http://{host}:{port}, server {server or '(offline)'}", highlight=False
     )
@@ -267,12 +274,18 @@ def fleet_serve(
     registry: str = RegistryOpt,
     ssl_certfile: Path = CertOpt,
     ssl_keyfile: Path = KeyOpt,
+    control_key: Path = typer.Option(
+        None, "--control-key", help="Ed25519 key (`datamoat keys generate`) that signs every answer to devices."
+    ),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Run the control server devices poll."""
     import uvicorn
 
     from datamoat.edge.control import ControlConfig, create_control_app
+    from datamoat.edge.keys import load_private_key
+
+    key = load_private_key(control_key) if control_key else None
 
     fleet = _fleet(registry)
     app = create_control_app(
@@ -283,7 +296,11 @@ def fleet_serve(
             upload_max_per_hour=upload_max_per_hour,
             review_max_open=review_max_open,
         ),  # fmt: skip
+        key,
     )
+    if key is None:
+        err_console.print("warning: no --control-key: answers are unsigned, and devices refuse them unless "
+                          "started with --insecure-control", highlight=False)  # fmt: skip
     tls = tls_options(ssl_certfile, ssl_keyfile)
     err_console.print(f"control server on {'https' if tls else 'http'}://{host}:{port}", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, **tls)

@@ -3,7 +3,9 @@
 One poll is one request, ``POST /v1/edge/devices/{id}/sync``: the body is
 the heartbeat (version, health, counters, and the events the server has not
 acknowledged yet), the answer is the assignment (the bundle to run, whether
-a downgrade is allowed, and the policy overlay). The overlay is applied
+a downgrade is allowed, and the policy overlay), signed with the control
+key the device trusts (`datamoat.edge.controldoc`): the device acts on the
+signed text only, and never on an answer older than one it applied. The overlay is applied
 before anything else, so a takedown or suppression reaches the device one
 poll after the registry changed, with no new bundle.
 
@@ -36,6 +38,8 @@ from typing import Any
 
 import httpx
 
+from datamoat.edge.controldoc import ControlRefused, open_answer
+from datamoat.edge.keys import load_public_key
 from datamoat.edge.runtime import EdgeRuntime
 from datamoat.edge.store import is_sha256
 
@@ -64,6 +68,7 @@ class SyncAgent:
             base_url=cfg.server, timeout=cfg.request_timeout_s, headers={"Authorization": f"Bearer {cfg.token}"},
             verify=ssl.create_default_context(cafile=cfg.ca_cert) if cfg.ca_cert else True,
         )  # fmt: skip
+        self.control_trusted = [load_public_key(p) for p in cfg.control_trust]
         self.online: bool | None = None
         self.downloading: dict[str, Any] | None = None
         self.assignment: dict[str, Any] | None = None
@@ -82,7 +87,7 @@ class SyncAgent:
         r = self.client.post(f"/v1/edge/devices/{self.cfg.device_id}/sync", json=body)
         if r.status_code != 200:
             raise SyncError(f"sync refused ({r.status_code}): {_error(r)}")
-        a = r.json()
+        a = self._open(r.json())
         if self.online is False:
             rt.event("online")
         self.online, self.assignment = True, a
@@ -92,6 +97,25 @@ class SyncAgent:
         if download:
             self.follow(a)
         return a
+
+    def _open(self, answer: Any) -> dict[str, Any]:
+        """The answer this device may act on: the signed document, never older than the last applied."""
+        if not isinstance(answer, dict):
+            raise SyncError("sync answer is not a JSON object")
+        if not self.control_trusted:  # insecure_control: validated in EdgeConfig
+            return answer
+        try:
+            doc = open_answer(answer, self.control_trusted, self.cfg.device_id, self.rt.state["control_floor"])
+        except ControlRefused as e:
+            if self.rt.last_error != str(e):  # once per cause, not once per poll
+                self.rt.last_error = str(e)
+                self.rt.event("control_refused", reason=str(e))
+            raise SyncError(str(e)) from None
+        if doc["seq"] != self.rt.state["control_floor"]:
+            with self.rt.lock:
+                self.rt.state["control_floor"] = doc["seq"]
+                self.rt.store.save_state(self.rt.state)
+        return doc
 
     def flush_uploads(self, max_requests: int = 50) -> int:
         """Send the outbox to the control server; returns how many items it acknowledged.

@@ -4,7 +4,7 @@ Endpoints (all under ``/v1/edge``, device endpoints need the device's own
 token as ``Authorization: Bearer``):
 
 - ``POST /devices/{id}/sync``: heartbeat in, assignment out (one request
-  per poll). Another device's id is 403.
+  per poll), signed with the control key. Another device's id is 403.
 - ``GET /devices/{id}/assignment``: the assignment alone, read-only.
 - ``GET /bundles/{sha256}``: the bundle file, with HTTP Range support for
   resumable downloads; only the bundle currently assigned to the calling
@@ -198,10 +198,11 @@ def attach_edge(app: FastAPI, fleet: Fleet, config: ControlConfig | None = None)
     return app
 
 
-def create_control_app(registry: Registry, config: ControlConfig | None = None) -> FastAPI:
-    """The control server, standalone.
+def create_control_app(registry: Registry, config: ControlConfig | None = None, control_key: Any = None) -> FastAPI:
+    """The control server, standalone; `control_key` signs every answer (see `datamoat.edge.controldoc`).
 
-    >>> app = create_control_app(Registry("sqlite:///reg.db"), ControlConfig())  # doctest: +SKIP
+    >>> key = load_private_key("control.pem")  # doctest: +SKIP
+    >>> app = create_control_app(Registry("sqlite:///reg.db"), ControlConfig(), key)  # doctest: +SKIP
     >>> uvicorn.run(app, port=8200)  # doctest: +SKIP
     """
     app = FastAPI(title="datamoat control", version="1", description=__doc__)
@@ -215,4 +216,4 @@ def create_control_app(registry: Registry, config: ControlConfig | None = None) 
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return attach_edge(app, Fleet(registry), config)
+    return attach_edge(app, Fleet(registry, control_key), config)

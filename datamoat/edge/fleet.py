@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from datamoat.configs import check
 from datamoat.edge.bundle import peek_manifest
+from datamoat.edge.controldoc import sign_answer
 from datamoat.edge.rollout import FAILED, abort_verdict, assign, baseline_for_next, selected
 from datamoat.edge.uploads import RateLimited, UploadRefused, parse_upload
 from datamoat.errors import BadInput, NotFound
@@ -134,8 +135,10 @@ class Fleet:
     'lab'
     """
 
-    def __init__(self, registry: Registry):
-        self.registry, self.engine = registry, registry.engine
+    def __init__(self, registry: Registry, control_key: Any = None):
+        # control_key: the Ed25519 private key that signs every answer to a device (see
+        # datamoat.edge.controldoc); None answers unsigned, which devices refuse unless told otherwise.
+        self.registry, self.engine, self.control_key = registry, registry.engine, control_key
         for attempt in range(5):  # processes starting together race to create tables
             try:
                 with self.engine.begin() as conn:
@@ -351,12 +354,20 @@ class Fleet:
 
     # -- what devices see --------------------------------------------------------------------
     def assignment(self, device: dict[str, Any]) -> dict[str, Any]:
-        """A device's assignment: its bundle, the downgrade allowance, and the policy overlay."""
+        """A device's assignment: its bundle, the downgrade allowance, and the policy overlay (signed)."""
+        return self._seal(self._assignment(device))
+
+    def _seal(self, answer: dict[str, Any]) -> dict[str, Any]:
+        return sign_answer(answer, self.control_key) if self.control_key is not None else answer
+
+    def _assignment(self, device: dict[str, Any]) -> dict[str, Any]:
         group = device["device_group"]
         rollout = self.current_rollout(group)
         a = assign(device["id"], rollout)
         bundle = self.bundle(a["bundle_sha"]) if a["bundle_sha"] else None
         snap = self.registry.snapshot()
+        with self.engine.connect() as conn:
+            last_event = int(conn.execute(sa.select(sa.func.max(events.c.seq))).scalar_one() or 0)
         note = None
         if bundle and bundle["version_id"] in snap["takedowns"]:  # send the takedown's fallback, if bundled
             target, note = Registry.serving_target({**snap, "aliases": {"_": bundle["version_id"]}}, "_")
@@ -365,6 +376,7 @@ class Fleet:
                 bundle, a["allow_downgrade"], a["rollout_id"] = fallback, True, None
         return {
             "device_id": device["id"], "group": group, "allow_downgrade": a["allow_downgrade"],
+            "seq": [snap["generation"], last_event],  # both only grow: a device refuses an older answer
             "bundle": None if bundle is None else {
                 "sha256": bundle["sha"], "sequence": bundle["seq"], "version_id": bundle["version_id"],
                 "size": bundle["size"], "url": f"/v1/edge/bundles/{bundle['sha']}"},
@@ -396,7 +408,7 @@ class Fleet:
                     touched.add(rid)
             for rid in touched:
                 self._check_abort(conn, rid)
-        return {**self.assignment({**device, "last_event": last}), "acked_event": last}
+        return self._seal({**self._assignment({**device, "last_event": last}), "acked_event": last})
 
     # -- uploads --------------------------------------------------------------------------------
     def record_uploads(self, device: dict[str, Any], items: list[Any], *, max_per_hour: int,

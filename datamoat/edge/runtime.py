@@ -86,6 +86,8 @@ class EdgeConfig(Config):
     upload_batch: int = 32  # samples per upload request
     require_https: bool = False  # refuse a control server that is not https:// (the README recommends it)
     ca_cert: str = ""  # PEM CA bundle for the control server's certificate; empty: the system's
+    control_trust: tuple[str, ...] = ()  # public keys whose signed control answers this device acts on
+    insecure_control: bool = False  # act on unsigned control answers (tests, a lab bench): never in the field
 
     def validate(self) -> None:
         check(bool(self.device_id) and len(self.device_id) <= 100, f"invalid device id {self.device_id!r}")
@@ -99,6 +101,11 @@ class EdgeConfig(Config):
         check(
             not (self.require_https and self.server) or self.server.startswith("https://"),
             f"control server {self.server!r} is not https:// and --require-https is set: use its https:// URL",
+        )
+        check(
+            not self.server or bool(self.control_trust) or self.insecure_control,
+            "a device polling a control server needs --control-trust CONTROL.pub (the public half of the server's "
+            "--control-key), or --insecure-control to act on unsigned answers",
         )
         for name in ("upload_max_items", "upload_max_bytes", "upload_batch", "max_bundle_bytes"):
             check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")

@@ -5,7 +5,8 @@
       lkg.dmb           the last known good bundle (the previous active)
       staged.dmb        a verified bundle under self-test, not yet serving
       downloads/*.part  partial downloads, kept across restarts to resume
-      state.json        events, counters, rejected bundles, the policy overlay
+      state.json        events, counters, rejected bundles, the policy overlay,
+                        the newest signed control answer's sequence (its floor)
       outbox/*.json     low-confidence samples waiting for upload (`Outbox`)
       lock              held by the one runtime that owns the directory
 
@@ -153,7 +154,8 @@ class DeviceStore:
         p = self.root / "state.json"
         state = json.loads(p.read_text()) if p.exists() else {}
         for key, default in (("rejected", {}), ("refused", {}), ("events", []), ("next_event", 1),
-                             ("acked_event", 0), ("pending", None), ("policy", None), ("active_rollout", None)):  # fmt: skip
+                             ("acked_event", 0), ("pending", None), ("policy", None), ("active_rollout", None),
+                             ("control_floor", [0, 0])):  # fmt: skip
             state.setdefault(key, default)
         return state
 

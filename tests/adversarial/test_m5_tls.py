@@ -14,6 +14,7 @@ import pytest
 
 from datamoat.edge.agent import SyncAgent
 from datamoat.edge.control import ControlConfig, create_control_app
+from datamoat.edge.keys import generate_keys, load_private_key
 from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
 from datamoat.errors import BadInput
 from datamoat.registry import Registry
@@ -49,7 +50,8 @@ def test_m5_a_device_syncs_over_https_with_the_operators_ca_and_refuses_anything
 
     cert, key = self_signed(tmp_path)
     reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
-    app = create_control_app(reg, ControlConfig())
+    ctl = generate_keys(tmp_path / "control.pem")
+    app = create_control_app(reg, ControlConfig(), load_private_key(ctl["private"]))
     token = app.state.edge.fleet.enroll("cam-1", "lab", actor="ops")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off",
                                            ssl_certfile=cert, ssl_keyfile=key))  # fmt: skip
@@ -58,7 +60,14 @@ def test_m5_a_device_syncs_over_https_with_the_operators_ca_and_refuses_anything
     while not server.started:
         time.sleep(0.01)
     url = f"https://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    base = {"device_id": "cam-1", "group": "lab", "trust": (str(world.pub),), "token": token, "require_https": True}
+    base = {
+        "device_id": "cam-1",
+        "group": "lab",
+        "trust": (str(world.pub),),
+        "token": token,
+        "require_https": True,
+        "control_trust": (ctl["public"],),
+    }
     try:
         rt = EdgeRuntime(EdgeConfig(state_dir=str(tmp_path / "a"), server=url, ca_cert=cert, **base))
         assert "policy" in SyncAgent(rt).sync_once()  # the operator's CA: it works

@@ -31,7 +31,7 @@ def models(tmp_path_factory) -> SimpleNamespace:
         row = template.version(register_model(ws, template, m.id, actor="test"))
         versions.append(SimpleNamespace(data=template.artifact(row["onnx_sha"]), name=row["name"], info=row["info"]))
     keys = {}
-    for name in ("release", "rotated", "rogue"):
+    for name in ("release", "rotated", "rogue", "control"):
         paths = generate_keys(root / "keys" / f"{name}.pem")
         keys[name] = SimpleNamespace(private=load_private_key(paths["private"]), path=paths["private"],
                                      public=paths["public"], key_id=paths["key_id"])  # fmt: skip
@@ -45,4 +45,6 @@ def fleet_env(tmp_path: Path, models) -> SimpleNamespace:
 
     reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
     vids = [reg.register(v.data, name=v.name, kind="fp32", info=v.info, actor="test") for v in models.versions]
-    return SimpleNamespace(reg=reg, fleet=Fleet(reg), v=vids, keys=models.keys, x=models.x, tmp=tmp_path)
+    return SimpleNamespace(
+        reg=reg, fleet=Fleet(reg, models.keys["control"].private), v=vids, keys=models.keys, x=models.x, tmp=tmp_path
+    )

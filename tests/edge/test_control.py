@@ -13,7 +13,7 @@ from .helpers import Served, body, bundle
 
 
 def _setup(env):
-    app = create_control_app(env.reg, ControlConfig(chunk_size=4096))
+    app = create_control_app(env.reg, ControlConfig(chunk_size=4096), env.keys["control"].private)
     fleet = app.state.edge.fleet
     tokens = {d: fleet.enroll(d, "lab", actor="ops") for d in ("a", "b")}
     b1 = fleet.publish(bundle(env, 0, 1), actor="ops")
@@ -55,7 +55,7 @@ def test_agent_installs_resumes_reports_and_refuses_downgrade(fleet_env):
     app, fleet, tokens, b1, r1 = _setup(env)
     with Served(app) as srv:
         cfg = EdgeConfig(device_id="a", group="lab", state_dir=str(env.tmp / "a"), trust=(env.keys["release"].public,),
-                         server=srv.url, token=tokens["a"])  # fmt: skip
+                         server=srv.url, token=tokens["a"], control_trust=(env.keys["control"].public,))  # fmt: skip
         rt = EdgeRuntime(cfg)
         agent = SyncAgent(rt)
         try:

@@ -76,7 +76,18 @@ class Fleet:
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.environ)
 
     def start_control(self, *throttle: str) -> None:
-        self._spawn("control", "fleet", "serve", "--registry", self.url, "--port", str(self.ctl_port), *throttle)
+        self._spawn(
+            "control",
+            "fleet",
+            "serve",
+            "--registry",
+            self.url,
+            "--control-key",
+            str(self.env.keys["control"].path),
+            "--port",
+            str(self.ctl_port),
+            *throttle,
+        )
         _wait("control server up", lambda: httpx.get(f"{self.ctl}/healthz", timeout=1).status_code == 200)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
@@ -93,7 +104,7 @@ class Fleet:
         trust = [a for k in info["trust"] for a in ("--trust", self.env.keys[k].public)]
         self._spawn(d, "edge", "run", "--server", self.ctl, "--device-id", d, "--token", info["token"], *trust,
                     "--state-dir", str(self.env.tmp / d), "--group", "lab", "--port", str(info["port"]),
-                    "--poll-interval", str(POLL))  # fmt: skip
+                    "--poll-interval", str(POLL), "--control-trust", self.env.keys["control"].public)  # fmt: skip
 
     def status(self, d: str) -> dict:
         token = (self.env.tmp / d / "install.token").read_text().strip()  # the device owner's credential

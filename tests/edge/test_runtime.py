@@ -127,7 +127,7 @@ def test_an_assignment_hash_is_never_used_as_a_path(fleet_env, sha):
     from datamoat.edge.agent import SyncAgent, SyncError
     from datamoat.errors import BadInput
 
-    rt = _rt(fleet_env, server="http://127.0.0.1:9", token="t")
+    rt = _rt(fleet_env, server="http://127.0.0.1:9", token="t", control_trust=(fleet_env.keys["control"].public,))
     try:
         assignment = {"bundle": {"sha256": sha, "size": 4, "url": "http://127.0.0.1:9/b", "sequence": 1}}
         with pytest.raises(SyncError, match="is not 64 lowercase hex digits"):

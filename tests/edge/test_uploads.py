@@ -28,7 +28,7 @@ THRESHOLD = 0.5
 
 
 def _setup(env, **control):
-    app = create_control_app(env.reg, ControlConfig(**control))
+    app = create_control_app(env.reg, ControlConfig(**control), env.keys["control"].private)
     fleet = app.state.edge.fleet
     tokens = {d: fleet.enroll(d, "lab", actor="ops") for d in ("a", "b")}
     b = fleet.publish(bundle(env, 0, 1, abstain_threshold=THRESHOLD), actor="ops")
@@ -39,7 +39,8 @@ def _setup(env, **control):
 def _runtime(env, name: str, url: str = "", token: str = "", **kw) -> EdgeRuntime:
     # Most answers abstain on purpose here: that must not roll the bundle back.
     cfg = EdgeConfig(device_id=name, group="lab", state_dir=str(env.tmp / name), trust=(env.keys["release"].public,),
-                     server=url, token=token, max_abstain_rate=1.0, **kw)  # fmt: skip
+                     server=url, token=token, max_abstain_rate=1.0,
+                     control_trust=(env.keys["control"].public,) if url else (), **kw)  # fmt: skip
     return EdgeRuntime(cfg)
 
 

@@ -62,8 +62,20 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = name
         self.log = Path(log_dir) / f"{name}-{self.port}.log"
-        self.cmd = [sys.executable, "-m", "datamoat", "serve", "--registry", registry_url, "--port", str(self.port),
-                    "--server-id", name, "--no-predict-auth", *args]  # fmt: skip
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "datamoat",
+            "serve",
+            "--registry",
+            registry_url,
+            "--port",
+            str(self.port),
+            "--server-id",
+            name,
+            "--no-predict-auth",
+            *args,
+        ]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
@@ -143,8 +155,10 @@ class CpuMeter:
         self.others = max(0.0, self.machine - self.client - self.server)  # other users of this machine
 
     def line(self) -> str:
-        return (f"load generator {self.client:.2f} cores, server {self.server:.2f}, "
-                f"others on the machine {self.others:.2f} (of {os.cpu_count()})")  # fmt: skip
+        return (
+            f"load generator {self.client:.2f} cores, server {self.server:.2f}, "
+            f"others on the machine {self.others:.2f} (of {os.cpu_count()})"
+        )
 
 
 def ort_throughput(

@@ -53,8 +53,15 @@ def main() -> dict[str, Any]:
 
     # int8 static QDQ of the teacher against its own fp32.
     fp32 = export(teacher, out / "teacher.onnx")
-    q = quantize(fp32, QuantizeConfig(calibration="minmax"), x_train, teacher.preprocess, eval_x=x_val, eval_y=y_val,
-                 out_path=out / "teacher-int8.onnx")  # fmt: skip
+    q = quantize(
+        fp32,
+        QuantizeConfig(calibration="minmax"),
+        x_train,
+        teacher.preprocess,
+        eval_x=x_val,
+        eval_y=y_val,
+        out_path=out / "teacher-int8.onnx",
+    )
 
     # Structured: half the channels of every prunable layer, fine-tuned.
     structured = prune(
@@ -88,9 +95,15 @@ def main() -> dict[str, Any]:
     res2 = compress(teacher2, data, RECIPE.replace(seed=DRAW), out_dir=out / f"recipe-seed{DRAW}")
     chosen2 = res2.candidate(res2.chosen)
 
-    paths = {"teacher": fp32, "teacher-int8": Path(q.path), "structured": s_onnx, "magnitude": m_onnx,
-             "recipe": Path(chosen["onnx_path"]), "teacher2": Path(res2.candidate("teacher")["onnx_path"]),
-             "recipe2": Path(chosen2["onnx_path"])}  # fmt: skip
+    paths = {
+        "teacher": fp32,
+        "teacher-int8": Path(q.path),
+        "structured": s_onnx,
+        "magnitude": m_onnx,
+        "recipe": Path(chosen["onnx_path"]),
+        "teacher2": Path(res2.candidate("teacher")["onnx_path"]),
+        "recipe2": Path(chosen2["onnx_path"]),
+    }
     # Stock sessions on 1 thread: what a user who loads the files gets.
     lat = measure_latency(paths, data.input_shape, repeats=300, threads=1, plain=True)
     for name, p in paths.items():
@@ -102,32 +115,78 @@ def main() -> dict[str, Any]:
     pts = lambda n: (acc[ref.get(n, "teacher")] - acc[n]) * 100  # noqa: E731
     big = lambda n: b[ref.get(n, "teacher")] / b[n]  # noqa: E731
     rows = [
-        _row("int8 static vs its fp32: bytes", f"{b['teacher-int8'] / b['teacher']:.3f}x", "<= 0.27x", b["teacher-int8"] / b["teacher"] <= 0.27),
-        _row("int8 static vs its fp32: latency b1", f"{r('teacher-int8', 'latency_ms_b1'):.2f}x", "<= 0.5x", r("teacher-int8", "latency_ms_b1") <= 0.5),
-        _row("int8 static vs its fp32: latency b64", f"{r('teacher-int8', 'latency_ms_b64'):.2f}x", "<= 0.5x", r("teacher-int8", "latency_ms_b64") <= 0.5),
-        _row("int8 static vs its fp32: accuracy drop", f"{pts('teacher-int8'):.2f} pts", "<= 0.5 pts", pts("teacher-int8") <= 0.5),
+        _row(
+            "int8 static vs its fp32: bytes",
+            f"{b['teacher-int8'] / b['teacher']:.3f}x",
+            "<= 0.27x",
+            b["teacher-int8"] / b["teacher"] <= 0.27,
+        ),
+        _row(
+            "int8 static vs its fp32: latency b1",
+            f"{r('teacher-int8', 'latency_ms_b1'):.2f}x",
+            "<= 0.5x",
+            r("teacher-int8", "latency_ms_b1") <= 0.5,
+        ),
+        _row(
+            "int8 static vs its fp32: latency b64",
+            f"{r('teacher-int8', 'latency_ms_b64'):.2f}x",
+            "<= 0.5x",
+            r("teacher-int8", "latency_ms_b64") <= 0.5,
+        ),
+        _row(
+            "int8 static vs its fp32: accuracy drop",
+            f"{pts('teacher-int8'):.2f} pts",
+            "<= 0.5 pts",
+            pts("teacher-int8") <= 0.5,
+        ),
         _row("unstructured: sparsity", f"{sparsity:.3f}", ">= 0.90", sparsity >= 0.8995),
         _row("unstructured: accuracy drop", f"{pts('magnitude'):.2f} pts", "<= 0.5 pts", pts("magnitude") <= 0.5),
-        _row("unstructured: stored artifact vs dense", f"{sparse_b / dense_b:.3f}x ({sparse_b:,} / {dense_b:,} B)", "<= 0.2x", sparse_b / dense_b <= 0.2),
+        _row(
+            "unstructured: stored artifact vs dense",
+            f"{sparse_b / dense_b:.3f}x ({sparse_b:,} / {dense_b:,} B)",
+            "<= 0.2x",
+            sparse_b / dense_b <= 0.2,
+        ),
         _row("structured: channels removed", f"{removed:.2f}", ">= 0.50", removed >= 0.5),
-        _row("structured: ORT speed-up b1", f"{1 / r('structured', 'latency_ms_b1'):.2f}x", ">= 2x", 1 / r("structured", "latency_ms_b1") >= 2),
+        _row(
+            "structured: ORT speed-up b1",
+            f"{1 / r('structured', 'latency_ms_b1'):.2f}x",
+            ">= 2x",
+            1 / r("structured", "latency_ms_b1") >= 2,
+        ),
         _row("structured: accuracy drop", f"{pts('structured'):.2f} pts", "<= 1 pt", pts("structured") <= 1.0),
-    ]  # fmt: skip
+    ]
     ks = kd["summary"]
     rows += [
-        _row("distillation: gain over scratch / seed sd", f"{ks['gain'] * 100:.2f} pts / {ks['gain_over_sd']:.1f} sd",
-             "> 3 sd", ks["gain_over_sd"] > 3),
-        _row("distillation: share of scratch-teacher gap closed", f"{ks['gap_closed']:.2f}", ">= 0.50", ks["gap_closed"] >= 0.5),
+        _row(
+            "distillation: gain over scratch / seed sd",
+            f"{ks['gain'] * 100:.2f} pts / {ks['gain_over_sd']:.1f} sd",
+            "> 3 sd",
+            ks["gain_over_sd"] > 3,
+        ),
+        _row(
+            "distillation: share of scratch-teacher gap closed",
+            f"{ks['gap_closed']:.2f}",
+            ">= 0.50",
+            ks["gap_closed"] >= 0.5,
+        ),
         *[
             row
             for n, tag, c in (("recipe", "demo teacher", res.chosen), ("recipe2", f"teacher seed {DRAW}", res2.chosen))
             for row in (
                 _row(f"recipe defaults ({c}) vs {tag}: bytes", f"{big(n):.1f}x fewer", ">= 20x", big(n) >= 20),
-                _row(f"recipe defaults ({c}) vs {tag}: latency b1", f"{1 / r(n, 'latency_ms_b1'):.1f}x faster", ">= 5x", 1 / r(n, "latency_ms_b1") >= 5),
-                _row(f"recipe defaults ({c}) vs {tag}: accuracy drop", f"{pts(n):.2f} pts", "<= 1.5 pts", pts(n) <= 1.5),
+                _row(
+                    f"recipe defaults ({c}) vs {tag}: latency b1",
+                    f"{1 / r(n, 'latency_ms_b1'):.1f}x faster",
+                    ">= 5x",
+                    1 / r(n, "latency_ms_b1") >= 5,
+                ),
+                _row(
+                    f"recipe defaults ({c}) vs {tag}: accuracy drop", f"{pts(n):.2f} pts", "<= 1.5 pts", pts(n) <= 1.5
+                ),
             )
         ],
-    ]  # fmt: skip
+    ]
     measured = "\n".join(
         f"| {n} | {acc[n]:.4f} | {b[n]:,} | {lat[n]['latency_ms_b1']:.3f} | {lat[n]['throughput_b64']:,.0f} |"
         for n in paths
@@ -154,7 +213,7 @@ def main() -> dict[str, Any]:
                 "chosen": res2.chosen,
             },
             "seconds": time.perf_counter() - t_start,
-        },  # fmt: skip
+        },
         "notes": [
             f"Teacher: the `make demo` teacher, {TEACHER['arch']} trained {TEACHER['train'].epochs} epochs with "
             f"{TEACHER['train'].augment} ({teacher_s:.0f}s), test accuracy {t_acc:.4f}; teacher2: the same with seed "

@@ -60,10 +60,15 @@ def label_scarce(ws: Workspace, data: Dataset, n: int, seed: int = 0) -> Dataset
     keep = train_rows[subsample(data.y[train_rows], n, seed)]
     rows = np.sort(np.concatenate([keep, np.flatnonzero(data.split != SPLITS["train"])]))
     return make_dataset(
-        ws, data.x[rows], data.y[rows], data.classes, name=f"{data.name}-{n}",
+        ws,
+        data.x[rows],
+        data.y[rows],
+        data.classes,
+        name=f"{data.name}-{n}",
         source={"subset_of": data.id, "train_samples": n, "seed": seed},
-        split=np.array(data.split[rows]), parent_id=data.id,
-    )  # fmt: skip
+        split=np.array(data.split[rows]),
+        parent_id=data.id,
+    )
 
 
 def accuracy_on_test(model: Model, data: Dataset) -> float:

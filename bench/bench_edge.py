@@ -90,8 +90,21 @@ def _device(root: Path, data: bytes, trust: str) -> Path:
 
 
 def _spawn(state: Path, trust: str, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "datamoat", "edge", "run", "--device-id", "bench", "--trust", trust,
-           "--state-dir", str(state), "--port", str(port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "datamoat",
+        "edge",
+        "run",
+        "--device-id",
+        "bench",
+        "--trust",
+        trust,
+        "--state-dir",
+        str(state),
+        "--port",
+        str(port),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
 
 
@@ -120,8 +133,13 @@ def cold_start(root: Path, data: bytes, trust: str, x: np.ndarray) -> dict[str, 
     t0 = time.perf_counter()
     b = read_bundle(data, load_trust([trust]))
     load_bundle_model(b)
-    return {"cold_start_s": statistics.median(starts), "rss_mb": mem["VmRSS"], "peak_rss_mb": mem["VmHWM"],
-            "verify_load_ms": (time.perf_counter() - t0) * 1e3, "bundle_kb": len(data) / 1024}  # fmt: skip
+    return {
+        "cold_start_s": statistics.median(starts),
+        "rss_mb": mem["VmRSS"],
+        "peak_rss_mb": mem["VmHWM"],
+        "verify_load_ms": (time.perf_counter() - t0) * 1e3,
+        "bundle_kb": len(data) / 1024,
+    }
 
 
 def latency(root: Path, data: bytes, trust: str, x: np.ndarray, n: int = 1000, rounds: int = 5) -> dict[str, float]:
@@ -143,8 +161,11 @@ def latency(root: Path, data: bytes, trust: str, x: np.ndarray, n: int = 1000, r
             r.read()
             assert r.status == 200
 
-        calls = {"raw": lambda: m.session.run(None, {m.input_name: t}), "inproc": lambda: rt.predict(parse_json(body)),
-                 "http": over_http}  # fmt: skip
+        calls = {
+            "raw": lambda: m.session.run(None, {m.input_name: t}),
+            "inproc": lambda: rt.predict(parse_json(body)),
+            "http": over_http,
+        }
         # Rounds of blocks: drift on a shared machine hits all three alike, and each block is a
         # steady stream of requests (per-request alternation would add a process wake-up to HTTP).
         for rnd in range(rounds + 1):
@@ -178,16 +199,38 @@ def fleet_update(root: Path, reg_url: str, old: bytes, new: bytes, trust: str, p
     b_old, b_new = fleet.publish(old, actor="bench"), fleet.publish(new, actor="bench")
     fleet.start_rollout(b_old["sha"], group, 100, actor="bench")
     port = _port()
-    ctl = subprocess.Popen([sys.executable, "-m", "datamoat", "fleet", "serve", "--registry", reg_url, "--port", str(port),
-                            "--control-key", ctl_keys["private"]],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)  # fmt: skip
+    ctl = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "datamoat",
+            "fleet",
+            "serve",
+            "--registry",
+            reg_url,
+            "--port",
+            str(port),
+            "--control-key",
+            ctl_keys["private"],
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     runtimes, agents = [], []
     try:
         _wait(f"http://127.0.0.1:{port}/healthz", ctl)
         for d in ids:
-            cfg = EdgeConfig(device_id=d, group=group, state_dir=str(root / d), trust=(trust,),
-                             server=f"http://127.0.0.1:{port}", token=tokens[d], poll_interval_s=poll,
-                             control_trust=(ctl_keys["public"],))  # fmt: skip
+            cfg = EdgeConfig(
+                device_id=d,
+                group=group,
+                state_dir=str(root / d),
+                trust=(trust,),
+                server=f"http://127.0.0.1:{port}",
+                token=tokens[d],
+                poll_interval_s=poll,
+                control_trust=(ctl_keys["public"],),
+            )
             rt = EdgeRuntime(cfg)
             runtimes.append(rt)
             agents.append(SyncAgent(rt))
@@ -203,8 +246,10 @@ def fleet_update(root: Path, reg_url: str, old: bytes, new: bytes, trust: str, p
         while not all(r["sequence"] == b_new["seq"] for r in fleet.status(group)):
             time.sleep(0.02)
         total = time.time() - t0
-        installed = [next(e["ts"] for e in rt.state["events"] if e["kind"] == "installed" and e["sha256"] == b_new["sha"]) - t0
-                     for rt in runtimes]  # fmt: skip
+        installed = [
+            next(e["ts"] for e in rt.state["events"] if e["kind"] == "installed" and e["sha256"] == b_new["sha"]) - t0
+            for rt in runtimes
+        ]
     finally:
         for a in agents:
             a.stop()
@@ -212,8 +257,12 @@ def fleet_update(root: Path, reg_url: str, old: bytes, new: bytes, trust: str, p
             rt.close()
         ctl.send_signal(signal.SIGTERM)
         ctl.wait(timeout=10)
-    return {"poll_s": poll, "all_reported_s": total, "install_p50_s": float(np.median(installed)),
-            "install_max_s": float(max(installed))}  # fmt: skip
+    return {
+        "poll_s": poll,
+        "all_reported_s": total,
+        "install_p50_s": float(np.median(installed)),
+        "install_max_s": float(max(installed)),
+    }
 
 
 def main() -> dict[str, Any]:
@@ -222,8 +271,12 @@ def main() -> dict[str, Any]:
     data = import_default(ws)
     reg_url = f"sqlite:///{root / 'reg.db'}"
     reg = Registry(reg_url)
-    model = train(new_model("cnn_large", data, seed=0), data,
-                  TrainConfig(epochs=1, max_train_samples=6000, seed=0, threads=1), progress=False)  # fmt: skip
+    model = train(
+        new_model("cnn_large", data, seed=0),
+        data,
+        TrainConfig(epochs=1, max_train_samples=6000, seed=0, threads=1),
+        progress=False,
+    )
     model = save_model(ws, model, name="edge-bench")
     keys = generate_keys(root / "release.pem")
     key, trust = load_private_key(keys["private"]), keys["public"]
@@ -238,26 +291,57 @@ def main() -> dict[str, Any]:
         cs = cold_start(root, b, trust, x)
         lat = latency(root, b, trust, x)
         summary[kind] = {**cs, **lat}
-        rows.append({"bundle": kind, "size KB": cs["bundle_kb"], "cold start s": cs["cold_start_s"],
-                     "verify+load ms": cs["verify_load_ms"], "RSS MB": cs["rss_mb"], "peak RSS MB": cs["peak_rss_mb"],
-                     "raw ORT p50 ms": lat["raw_p50_ms"], "edge HTTP p50 ms": lat["http_p50_ms"],
-                     "edge HTTP p95 ms": lat["http_p95_ms"], "overhead p50 ms": lat["http_p50_ms"] - lat["raw_p50_ms"],
-                     "in-process p50 ms": lat["inproc_p50_ms"]})  # fmt: skip
+        rows.append(
+            {
+                "bundle": kind,
+                "size KB": cs["bundle_kb"],
+                "cold start s": cs["cold_start_s"],
+                "verify+load ms": cs["verify_load_ms"],
+                "RSS MB": cs["rss_mb"],
+                "peak RSS MB": cs["peak_rss_mb"],
+                "raw ORT p50 ms": lat["raw_p50_ms"],
+                "edge HTTP p50 ms": lat["http_p50_ms"],
+                "edge HTTP p95 ms": lat["http_p95_ms"],
+                "overhead p50 ms": lat["http_p50_ms"] - lat["raw_p50_ms"],
+                "in-process p50 ms": lat["inproc_p50_ms"],
+            }
+        )
     summary["fleet"] = [
         fleet_update(root, reg_url, bundles["fp32"], bundles["int8"], trust, poll) for poll in (1.0, 5.0)
     ]
-    notes = ["Update to 100% of a 20-device simulated fleet (fp32 -> int8 bundle, "
-             f"{len(bundles['int8']) // 1024} KB; real control server process, 20 in-process devices over HTTP):"]  # fmt: skip
-    notes += [f"- poll {f['poll_s']:g} s: all 20 reported the new bundle {f['all_reported_s']:.2f} s after the rollout "
-              f"(installs: median {f['install_p50_s']:.2f} s, last {f['install_max_s']:.2f} s)" for f in summary["fleet"]]  # fmt: skip
+    notes = [
+        "Update to 100% of a 20-device simulated fleet (fp32 -> int8 bundle, "
+        f"{len(bundles['int8']) // 1024} KB; real control server process, 20 in-process devices over HTTP):"
+    ]
+    notes += [
+        f"- poll {f['poll_s']:g} s: all 20 reported the new bundle {f['all_reported_s']:.2f} s after the rollout "
+        f"(installs: median {f['install_p50_s']:.2f} s, last {f['install_max_s']:.2f} s)"
+        for f in summary["fleet"]
+    ]
     notes.append(
         "overhead = edge HTTP p50 - raw ORT p50 (target < 1 ms); in-process = the runtime's predict path "
         "(JSON parse, normalise, ORT, decide) without HTTP."
     )
-    cols = ["bundle", "size KB", "cold start s", "verify+load ms", "RSS MB", "peak RSS MB", "raw ORT p50 ms",
-            "in-process p50 ms", "edge HTTP p50 ms", "edge HTTP p95 ms", "overhead p50 ms"]  # fmt: skip
-    return {"title": "Edge runtime: memory, cold start, latency, fleet update", "columns": cols, "rows": rows,
-            "notes": notes, "summary": summary}  # fmt: skip
+    cols = [
+        "bundle",
+        "size KB",
+        "cold start s",
+        "verify+load ms",
+        "RSS MB",
+        "peak RSS MB",
+        "raw ORT p50 ms",
+        "in-process p50 ms",
+        "edge HTTP p50 ms",
+        "edge HTTP p95 ms",
+        "overhead p50 ms",
+    ]
+    return {
+        "title": "Edge runtime: memory, cold start, latency, fleet update",
+        "columns": cols,
+        "rows": rows,
+        "notes": notes,
+        "summary": summary,
+    }
 
 
 if __name__ == "__main__":

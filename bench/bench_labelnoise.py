@@ -80,21 +80,44 @@ def main() -> dict:
     # One fixed subset for every variant: subsample the train split, keep val and test whole.
     train_idx = np.flatnonzero(full.split == SPLITS["train"])
     keep = np.sort(np.r_[train_idx[subsample(full.y[train_idx], SAMPLES, 0)], np.flatnonzero(full.split != 0)])
-    clean = make_dataset(ws, full.x[keep], full.y[keep], full.classes, name=f"fashion-mnist-{SAMPLES}",
-                         source={"kind": "subset", "of": full.id, "train_samples": SAMPLES},
-                         split=full.split[keep], parent_id=full.id)  # fmt: skip
+    clean = make_dataset(
+        ws,
+        full.x[keep],
+        full.y[keep],
+        full.classes,
+        name=f"fashion-mnist-{SAMPLES}",
+        source={"kind": "subset", "of": full.id, "train_samples": SAMPLES},
+        split=full.split[keep],
+        parent_id=full.id,
+    )
     t0 = time.perf_counter()
     clean_acc = [test_accuracy(clean, s) for s in range(SEEDS)]
     train_s = time.perf_counter() - t0
-    rows = [{"flips": "", "version": "clean", "train_samples": int((clean.split == 0).sum()), "wrong_labels": 0,
-             "test_accuracy": statistics.mean(clean_acc), "per_seed": ", ".join(f"{a:.4f}" for a in clean_acc),
-             "recovered": ""}]  # fmt: skip
+    rows = [
+        {
+            "flips": "",
+            "version": "clean",
+            "train_samples": int((clean.split == 0).sum()),
+            "wrong_labels": 0,
+            "test_accuracy": statistics.mean(clean_acc),
+            "per_seed": ", ".join(f"{a:.4f}" for a in clean_acc),
+            "recovered": "",
+        }
+    ]
     draws, gains, costs, find_s = [], {k: [] for k in FIXES}, [], 0.0
     for fs in FLIP_SEEDS:
         noisy, flipped = flip_labels(ws, clean, NOISE, seed=fs)
         t0 = time.perf_counter()
-        issues = find_issues(noisy, folds=FOLDS, epochs=FOLD_EPOCHS, augment=FOLD_AUGMENT, arch=ARCH,
-                             ensemble=ENSEMBLE, seed=0, threads=THREADS)  # fmt: skip
+        issues = find_issues(
+            noisy,
+            folds=FOLDS,
+            epochs=FOLD_EPOCHS,
+            augment=FOLD_AUGMENT,
+            arch=ARCH,
+            ensemble=ENSEMBLE,
+            seed=0,
+            threads=THREADS,
+        )
         find_s += time.perf_counter() - t0
         flagged = issues.flagged
         true = set(flipped.tolist())
@@ -107,19 +130,32 @@ def main() -> dict:
         wrong_after = {
             "flips_missed": len(true) - len(hits),
             "flips_kept": sum(f is None for f in flips_seen),
-            "flips_relabelled_wrong": sum(int(f is not None and "new_label" in f and f["new_label"] != clean.y[i])
-                                          for i, f in zip(hits, flips_seen)),
+            "flips_relabelled_wrong": sum(
+                int(f is not None and "new_label" in f and f["new_label"] != clean.y[i])
+                for i, f in zip(hits, flips_seen)
+            ),
             "correct_relabelled": sum("new_label" in f for i, f in by_index.items() if i not in true),
             "correct_dropped": sum("drop" in f for i, f in by_index.items() if i not in true),
-        }  # fmt: skip
-        draws.append({"flip_seed": fs, "flipped": len(true), "flagged": int(len(flagged)),
-                      "precision": len(hits) / max(len(flagged), 1), "recall": len(hits) / len(true),
-                      # Of the true flips that were caught, how often is the suggestion the original label?
-                      "suggestion_restores_true_label": float(np.mean([suggested[i] == clean.y[i] for i in hits])),
-                      "oof_accuracy": issues.to_dict()["oof_accuracy"], "keep_above": plausible_threshold(issues),
-                      "headline": {"relabelled": sum("new_label" in f for f in fixes),
-                                   "dropped": sum("drop" in f for f in fixes),
-                                   "kept": len(flagged) - len(fixes), **wrong_after}})  # fmt: skip
+        }
+        draws.append(
+            {
+                "flip_seed": fs,
+                "flipped": len(true),
+                "flagged": int(len(flagged)),
+                "precision": len(hits) / max(len(flagged), 1),
+                "recall": len(hits) / len(true),
+                # Of the true flips that were caught, how often is the suggestion the original label?
+                "suggestion_restores_true_label": float(np.mean([suggested[i] == clean.y[i] for i in hits])),
+                "oof_accuracy": issues.to_dict()["oof_accuracy"],
+                "keep_above": plausible_threshold(issues),
+                "headline": {
+                    "relabelled": sum("new_label" in f for f in fixes),
+                    "dropped": sum("drop" in f for f in fixes),
+                    "kept": len(flagged) - len(fixes),
+                    **wrong_after,
+                },
+            }
+        )
         variants = {
             "noisy": noisy,
             # The ceiling of any drop-only fix: a perfect detector that drops exactly the flips.
@@ -143,9 +179,17 @@ def main() -> dict:
                 rec = f"{gain.sum() / cost.sum():.2f}" if cost.sum() > 0 else "n/a (noise cost nothing)"
                 if k == HEADLINE:
                     draws[-1]["headline_recovery"] = gain.sum() / cost.sum() if cost.sum() > 0 else None
-            rows.append({"flips": f"draw {fs}", "version": k, "train_samples": int((ds.split == 0).sum()),
-                         "wrong_labels": wrong, "test_accuracy": statistics.mean(acc[k]),
-                         "per_seed": ", ".join(f"{a:.4f}" for a in acc[k]), "recovered": rec})  # fmt: skip
+            rows.append(
+                {
+                    "flips": f"draw {fs}",
+                    "version": k,
+                    "train_samples": int((ds.split == 0).sum()),
+                    "wrong_labels": wrong,
+                    "test_accuracy": statistics.mean(acc[k]),
+                    "per_seed": ", ".join(f"{a:.4f}" for a in acc[k]),
+                    "recovered": rec,
+                }
+            )
         draws[-1]["noise_cost"] = float(cost.mean())
     rng = np.random.default_rng(0)
     all_costs = np.concatenate(costs)
@@ -153,29 +197,60 @@ def main() -> dict:
     for k in FIXES:
         r, lo, hi = pooled(np.concatenate(gains[k]), all_costs, rng)
         recovery[k] = {"pooled": r, "interval_90": [lo, hi]}
-        rows.append({"flips": f"all {len(FLIP_SEEDS)} draws", "version": k, "train_samples": "", "wrong_labels": "",
-                     "test_accuracy": "", "per_seed": "",
-                     "recovered": f"{r:.2f} (90% interval {lo:.2f} to {hi:.2f})"})  # fmt: skip
+        rows.append(
+            {
+                "flips": f"all {len(FLIP_SEEDS)} draws",
+                "version": k,
+                "train_samples": "",
+                "wrong_labels": "",
+                "test_accuracy": "",
+                "per_seed": "",
+                "recovered": f"{r:.2f} (90% interval {lo:.2f} to {hi:.2f})",
+            }
+        )
     # Paired: the same draws and seeds, so the training noise they share cancels.
     for other in FIXES[1:3]:
         r, lo, hi = pooled(np.concatenate(gains[HEADLINE]) - np.concatenate(gains[other]), all_costs, rng)
         recovery[f"{HEADLINE} minus {other}"] = {"pooled": r, "interval_90": [lo, hi]}
-        rows.append({"flips": f"all {len(FLIP_SEEDS)} draws", "version": f"{HEADLINE} minus {other[len('fixed: '):]}",
-                     "train_samples": "", "wrong_labels": "", "test_accuracy": "", "per_seed": "",
-                     "recovered": f"{r:+.2f} (90% interval {lo:+.2f} to {hi:+.2f})"})  # fmt: skip
+        rows.append(
+            {
+                "flips": f"all {len(FLIP_SEEDS)} draws",
+                "version": f"{HEADLINE} minus {other[len('fixed: ') :]}",
+                "train_samples": "",
+                "wrong_labels": "",
+                "test_accuracy": "",
+                "per_seed": "",
+                "recovered": f"{r:+.2f} (90% interval {lo:+.2f} to {hi:+.2f})",
+            }
+        )
     head = recovery[HEADLINE]["pooled"]
     precision = min(d["precision"] for d in draws)
     recall = min(d["recall"] for d in draws)
     summary = {
-        "draws": draws, "precision_min": precision, "recall_min": recall, "noise_cost": float(all_costs.mean()),
-        "recovery": recovery, "headline_fix": HEADLINE, "headline_settings": RECOMMENDED,
+        "draws": draws,
+        "precision_min": precision,
+        "recall_min": recall,
+        "noise_cost": float(all_costs.mean()),
+        "recovery": recovery,
+        "headline_fix": HEADLINE,
+        "headline_settings": RECOMMENDED,
         "targets": {"precision": 0.8, "recall": 0.8, "recovery": 0.5},
         "met": precision >= 0.8 and recall >= 0.8 and head >= 0.5,
-        "find_issues_s": round(find_s, 1), "train_s": round(train_s, 1),
-        "setup": {"train_samples": SAMPLES, "noise": NOISE, "flip_seeds": FLIP_SEEDS, "folds": FOLDS,
-                  "fold_epochs": FOLD_EPOCHS, "fold_augment": FOLD_AUGMENT, "arch": ARCH, "ensemble": list(ENSEMBLE),
-                  "epochs": EPOCHS, "seeds": SEEDS},
-    }  # fmt: skip
+        "find_issues_s": round(find_s, 1),
+        "train_s": round(train_s, 1),
+        "setup": {
+            "train_samples": SAMPLES,
+            "noise": NOISE,
+            "flip_seeds": FLIP_SEEDS,
+            "folds": FOLDS,
+            "fold_epochs": FOLD_EPOCHS,
+            "fold_augment": FOLD_AUGMENT,
+            "arch": ARCH,
+            "ensemble": list(ENSEMBLE),
+            "epochs": EPOCHS,
+            "seeds": SEEDS,
+        },
+    }
     per_draw = "; ".join(
         f"draw {d['flip_seed']}: {d['flagged']} flagged, precision {d['precision']:.3f}, recall {d['recall']:.3f}, "
         f"suggestion = original label for {d['suggestion_restores_true_label']:.1%} of caught flips; the fix "

@@ -73,10 +73,17 @@ BATCH = 50  # images per /v1/predict request
 REDUNDANT = 0.1  # share of honest images a second honest source also labels
 
 # Gate reasons by the rule that gave them (see datamoat.feedback.gate).
-RULES = {"source flagged": "reputation", "rate limit": "rate", "disagrees with model": "model",
-         "conflicts with other sources": "sources", "sources disagree": "sources",
-         "contradicts trusted reviewer": "sources", "no pixels": "pixels", "awaiting": "approval",
-         "surge": "surge"}  # fmt: skip
+RULES = {
+    "source flagged": "reputation",
+    "rate limit": "rate",
+    "disagrees with model": "model",
+    "conflicts with other sources": "sources",
+    "sources disagree": "sources",
+    "contradicts trusted reviewer": "sources",
+    "no pixels": "pixels",
+    "awaiting": "approval",
+    "surge": "surge",
+}
 
 
 def _rules(reasons: list[str]) -> set[str]:
@@ -89,9 +96,16 @@ def _per_class(pred: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str,
     return {**out, "all": 100 * float((pred == y).mean())}
 
 
-def _plan(rng: np.random.Generator, pool: np.ndarray, y: np.ndarray, target: int, wrong: str,
-          classes: list[str], attackers: int = 1, overlap_n: int = OVERLAP,
-          ) -> tuple[list[tuple[str, int, str]], np.ndarray]:  # fmt: skip
+def _plan(
+    rng: np.random.Generator,
+    pool: np.ndarray,
+    y: np.ndarray,
+    target: int,
+    wrong: str,
+    classes: list[str],
+    attackers: int = 1,
+    overlap_n: int = OVERLAP,
+) -> tuple[list[tuple[str, int, str]], np.ndarray]:
     """The feedback stream [(source, image index, label)] in arrival order, and the attacked images.
     `attackers` tokens share the attack evenly; `overlap_n` attacked images also get honest labels."""
     attacked = rng.choice(pool[y[pool] == target], size=ATTACK, replace=False)
@@ -166,11 +180,16 @@ def _gate(q: Quarantine, cfg: GateConfig) -> dict[str, Any]:
     honest = [r for r in items if not r["source"].startswith("attacker")]
     held_by = Counter(rule for r in attack if r["status"] == "held" for rule in _rules(r["reasons"]))
     honest_held_by = Counter(rule for r in honest if r["status"] == "held" for rule in _rules(r["reasons"]))
-    return {"attack_held": sum(r["status"] == "held" for r in attack) / len(attack),
-            "honest_accepted": sum(r["status"] == "accepted" for r in honest) / len(honest),
-            "attack_held_by": dict(held_by), "honest_held_by": dict(honest_held_by), "flagged": report["flagged"],
-            "accepted_ids": sorted(r["id"] for r in items if r["status"] == "accepted"),
-            "reputation": report["sources"].get("attacker"), "seconds": round(seconds, 2)}  # fmt: skip
+    return {
+        "attack_held": sum(r["status"] == "held" for r in attack) / len(attack),
+        "honest_accepted": sum(r["status"] == "accepted" for r in honest) / len(honest),
+        "attack_held_by": dict(held_by),
+        "honest_held_by": dict(honest_held_by),
+        "flagged": report["flagged"],
+        "accepted_ids": sorted(r["id"] for r in items if r["status"] == "accepted"),
+        "reputation": report["sources"].get("attacker"),
+        "seconds": round(seconds, 2),
+    }
 
 
 def _retrain(ws: Workspace, reg: Registry, target: str, base: dict[int, dict[str, float]]) -> dict[str, Any]:
@@ -180,19 +199,38 @@ def _retrain(ws: Workspace, reg: Registry, target: str, base: dict[int, dict[str
     for seed in range(SEEDS):
         out = retrain_from_feedback(ws, reg, RetrainConfig(seed=seed), actor="bench")
         cls = {c["class"]: c for c in out["per_class"]}
-        runs.append({"seed": seed, "added": out["added"], "registered": out["registered"],
-                     "target_delta": cls[target]["delta"], "overall_delta": out["gain"],
-                     "target_paired": cls[target]["candidate"] - base[seed][target],
-                     "overall_paired": out["candidate"] - base[seed]["all"],
-                     "worst": out["worst_class"], "reasons": out["reasons"]})  # fmt: skip
-    mean = {k: statistics.mean(r[k] for r in runs) for k in ("target_delta", "overall_delta", "target_paired",
-                                                             "overall_paired")}  # fmt: skip
+        runs.append(
+            {
+                "seed": seed,
+                "added": out["added"],
+                "registered": out["registered"],
+                "target_delta": cls[target]["delta"],
+                "overall_delta": out["gain"],
+                "target_paired": cls[target]["candidate"] - base[seed][target],
+                "overall_paired": out["candidate"] - base[seed]["all"],
+                "worst": out["worst_class"],
+                "reasons": out["reasons"],
+            }
+        )
+    mean = {
+        k: statistics.mean(r[k] for r in runs)
+        for k in ("target_delta", "overall_delta", "target_paired", "overall_paired")
+    }
     bad = sum(r["registered"] and r["target_delta"] < -0.5 for r in runs)
     return {"runs": runs, "mean": mean, "registered": sum(r["registered"] for r in runs), "registered_bad": bad}
 
 
-def _sybil(ws: Workspace, prod_id: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, target: int, wrong: str,
-           classes: list[str], seed: int) -> dict[str, Any]:  # fmt: skip
+def _sybil(
+    ws: Workspace,
+    prod_id: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    pool: np.ndarray,
+    target: int,
+    wrong: str,
+    classes: list[str],
+    seed: int,
+) -> dict[str, Any]:
     """The same attack spread over SYBILS tokens, on images no honest source labels, in a
     registry of its own with the same production model; the gate with its defaults."""
     reg = Registry(f"sqlite:///{ws.root / f'sybil-{seed}.db'}")
@@ -203,8 +241,9 @@ def _sybil(ws: Workspace, prod_id: str, x: np.ndarray, y: np.ndarray, pool: np.n
     q.sync()
     q.attach_pixels(x[np.unique([i for _, i, _ in events])])
     out = _gate(q, GateConfig())
-    out["model_agrees"] = float(np.mean([traffic["said"][(s, i)] == wrong for s, i, _ in events
-                                         if s.startswith("attacker")]))  # fmt: skip
+    out["model_agrees"] = float(
+        np.mean([traffic["said"][(s, i)] == wrong for s, i, _ in events if s.startswith("attacker")])
+    )
     out["surges"] = evaluate_gate(q, GateConfig())["surges"]
     return out
 
@@ -219,9 +258,16 @@ def main() -> dict:
     sub = train_idx[subsample(full.y[train_idx], SAMPLES, 0)]
     pool = np.setdiff1d(train_idx, sub)  # feedback images: never train, val or test images
     keep = np.sort(np.r_[sub, np.flatnonzero(full.split != SPLITS["train"])])
-    base = make_dataset(ws, full.x[keep], full.y[keep], full.classes, name=f"fashion-mnist-{SAMPLES}",
-                        source={"kind": "subset", "of": full.id, "train_samples": SAMPLES},
-                        split=full.split[keep], parent_id=full.id)  # fmt: skip
+    base = make_dataset(
+        ws,
+        full.x[keep],
+        full.y[keep],
+        full.classes,
+        name=f"fashion-mnist-{SAMPLES}",
+        source={"kind": "subset", "of": full.id, "train_samples": SAMPLES},
+        split=full.split[keep],
+        parent_id=full.id,
+    )
     x_val, y_val = base.subset("val")
     x_test, y_test = base.subset("test")
 
@@ -230,8 +276,12 @@ def main() -> dict:
     base_acc: dict[int, dict[str, float]] = {}
     prod = None
     for seed in range(SEEDS):
-        m = train(new_model(ARCH, base, seed=seed), base, TrainConfig(epochs=EPOCHS, seed=seed, threads=THREADS),
-                  progress=False)  # fmt: skip
+        m = train(
+            new_model(ARCH, base, seed=seed),
+            base,
+            TrainConfig(epochs=EPOCHS, seed=seed, threads=THREADS),
+            progress=False,
+        )
         base_acc[seed] = _per_class(m.logits(x_test).argmax(1), y_test, classes)
         if seed == 0:
             prod = m
@@ -301,69 +351,171 @@ def main() -> dict:
         return "yes" if ok else "NO"
 
     rows = [
-        {"what": f"attack labels held by the gate (defaults; burst of {ATTACK})", "measured": gate["attack_held"],
-         "target": "1.0", "met": yes(gate["attack_held"] == 1.0)},
-        {"what": "attack labels held, patient attacker (rate rule off)", "measured": patient["attack_held"],
-         "target": "1.0", "met": yes(patient["attack_held"] == 1.0)},
-        {"what": "attack labels the model rule alone holds", "measured": gate["attack_held_by"].get("model", 0) / ATTACK,
-         "target": "", "met": ""},
-        {"what": f"honest labels accepted ({len(events) - ATTACK} from {SOURCES} sources)",
-         "measured": gate["honest_accepted"], "target": ">= 0.9", "met": yes(gate["honest_accepted"] >= 0.9)},
-        {"what": "sources flagged", "measured": ", ".join(gate["flagged"]) or "none", "target": "attacker only",
-         "met": yes(flagged_ok)},
-        {"what": f"attack labels held, {ATTACK} spread over {SYBILS} tokens on unshared images ({tname} as {wrong})",
-         "measured": sybil["attack_held"], "target": ">= 0.95", "met": yes(sybil["attack_held"] >= 0.95)},
-        {"what": "honest labels accepted, same run", "measured": sybil["honest_accepted"], "target": ">= 0.9",
-         "met": yes(sybil["honest_accepted"] >= 0.9)},
-        {"what": f"attack labels held, {SYBILS} tokens, second pair ({classes[t2]} as {classes[w2]})",
-         "measured": sybil2["attack_held"], "target": ">= 0.95", "met": yes(sybil2["attack_held"] >= 0.95)},
-        {"what": "honest labels accepted, same run", "measured": sybil2["honest_accepted"], "target": ">= 0.9",
-         "met": yes(sybil2["honest_accepted"] >= 0.9)},
-        {"what": f"attack labels held, {SYBILS} tokens, third pair ({classes[t3]} as {classes[w3]}; not tuned on)",
-         "measured": sybil3["attack_held"], "target": ">= 0.95", "met": yes(sybil3["attack_held"] >= 0.95)},
-        {"what": "honest labels accepted, same run", "measured": sybil3["honest_accepted"], "target": ">= 0.9",
-         "met": yes(sybil3["honest_accepted"] >= 0.9)},
+        {
+            "what": f"attack labels held by the gate (defaults; burst of {ATTACK})",
+            "measured": gate["attack_held"],
+            "target": "1.0",
+            "met": yes(gate["attack_held"] == 1.0),
+        },
+        {
+            "what": "attack labels held, patient attacker (rate rule off)",
+            "measured": patient["attack_held"],
+            "target": "1.0",
+            "met": yes(patient["attack_held"] == 1.0),
+        },
+        {
+            "what": "attack labels the model rule alone holds",
+            "measured": gate["attack_held_by"].get("model", 0) / ATTACK,
+            "target": "",
+            "met": "",
+        },
+        {
+            "what": f"honest labels accepted ({len(events) - ATTACK} from {SOURCES} sources)",
+            "measured": gate["honest_accepted"],
+            "target": ">= 0.9",
+            "met": yes(gate["honest_accepted"] >= 0.9),
+        },
+        {
+            "what": "sources flagged",
+            "measured": ", ".join(gate["flagged"]) or "none",
+            "target": "attacker only",
+            "met": yes(flagged_ok),
+        },
+        {
+            "what": f"attack labels held, {ATTACK} spread over {SYBILS} tokens on unshared images ({tname} as {wrong})",
+            "measured": sybil["attack_held"],
+            "target": ">= 0.95",
+            "met": yes(sybil["attack_held"] >= 0.95),
+        },
+        {
+            "what": "honest labels accepted, same run",
+            "measured": sybil["honest_accepted"],
+            "target": ">= 0.9",
+            "met": yes(sybil["honest_accepted"] >= 0.9),
+        },
+        {
+            "what": f"attack labels held, {SYBILS} tokens, second pair ({classes[t2]} as {classes[w2]})",
+            "measured": sybil2["attack_held"],
+            "target": ">= 0.95",
+            "met": yes(sybil2["attack_held"] >= 0.95),
+        },
+        {
+            "what": "honest labels accepted, same run",
+            "measured": sybil2["honest_accepted"],
+            "target": ">= 0.9",
+            "met": yes(sybil2["honest_accepted"] >= 0.9),
+        },
+        {
+            "what": f"attack labels held, {SYBILS} tokens, third pair ({classes[t3]} as {classes[w3]}; not tuned on)",
+            "measured": sybil3["attack_held"],
+            "target": ">= 0.95",
+            "met": yes(sybil3["attack_held"] >= 0.95),
+        },
+        {
+            "what": "honest labels accepted, same run",
+            "measured": sybil3["honest_accepted"],
+            "target": ">= 0.9",
+            "met": yes(sybil3["honest_accepted"] >= 0.9),
+        },
         # Candidates, registered or not: retrain's own guard (no class down > 0.5) decides which become
         # models; the acceptance bound is on those, in the last row.
-        {"what": f"{tname} accuracy, gated retrain candidate - production (points, mean of {SEEDS})",
-         "measured": arm_gate["mean"]["target_delta"], "target": "", "met": ""},
-        {"what": f"{tname} accuracy, gated retrain candidate - base retrain, same seed", "measured":
-         arm_gate["mean"]["target_paired"], "target": "", "met": ""},
-        {"what": "overall accuracy, gated retrain - production", "measured": arm_gate["mean"]["overall_delta"],
-         "target": "", "met": ""},
-        {"what": f"{tname} accuracy, no gate (accept all) - production", "measured":
-         arm_control["mean"]["target_delta"], "target": "", "met": ""},
-        {"what": f"{tname} accuracy, no gate - base retrain, same seed", "measured":
-         arm_control["mean"]["target_paired"], "target": "", "met": ""},
-        {"what": "overall accuracy, no gate - production", "measured": arm_control["mean"]["overall_delta"],
-         "target": "", "met": ""},
-        {"what": f"candidates registered: gated / no gate (of {SEEDS} each)",
-         "measured": f"{arm_gate['registered']} / {arm_control['registered']}", "target": "", "met": ""},
-        {"what": f"models retrain registered whose {tname} accuracy drops > 0.5 (gated and no-gate arms)",
-         "measured": registered_bad,
-         "target": "0", "met": yes(registered_bad == 0)},
-    ]  # fmt: skip
+        {
+            "what": f"{tname} accuracy, gated retrain candidate - production (points, mean of {SEEDS})",
+            "measured": arm_gate["mean"]["target_delta"],
+            "target": "",
+            "met": "",
+        },
+        {
+            "what": f"{tname} accuracy, gated retrain candidate - base retrain, same seed",
+            "measured": arm_gate["mean"]["target_paired"],
+            "target": "",
+            "met": "",
+        },
+        {
+            "what": "overall accuracy, gated retrain - production",
+            "measured": arm_gate["mean"]["overall_delta"],
+            "target": "",
+            "met": "",
+        },
+        {
+            "what": f"{tname} accuracy, no gate (accept all) - production",
+            "measured": arm_control["mean"]["target_delta"],
+            "target": "",
+            "met": "",
+        },
+        {
+            "what": f"{tname} accuracy, no gate - base retrain, same seed",
+            "measured": arm_control["mean"]["target_paired"],
+            "target": "",
+            "met": "",
+        },
+        {
+            "what": "overall accuracy, no gate - production",
+            "measured": arm_control["mean"]["overall_delta"],
+            "target": "",
+            "met": "",
+        },
+        {
+            "what": f"candidates registered: gated / no gate (of {SEEDS} each)",
+            "measured": f"{arm_gate['registered']} / {arm_control['registered']}",
+            "target": "",
+            "met": "",
+        },
+        {
+            "what": f"models retrain registered whose {tname} accuracy drops > 0.5 (gated and no-gate arms)",
+            "measured": registered_bad,
+            "target": "0",
+            "met": yes(registered_bad == 0),
+        },
+    ]
     if arm_patient:
-        rows.insert(6, {"what": f"{tname} accuracy, patient-attacker retrain - production",
-                        "measured": arm_patient["mean"]["target_delta"], "target": "", "met": ""})  # fmt: skip
+        rows.insert(
+            6,
+            {
+                "what": f"{tname} accuracy, patient-attacker retrain - production",
+                "measured": arm_patient["mean"]["target_delta"],
+                "target": "",
+                "met": "",
+            },
+        )
     met = all(r["met"] != "NO" for r in rows)
     summary = {
-        "met": met, "pair": {"true": tname, "label": wrong}, "production_version": vid,
-        "production_test_accuracy": base_acc[0]["all"], "production_target_accuracy": base_acc[0][tname],
+        "met": met,
+        "pair": {"true": tname, "label": wrong},
+        "production_version": vid,
+        "production_test_accuracy": base_acc[0]["all"],
+        "production_target_accuracy": base_acc[0][tname],
         "base_retrain_accuracy": {s: {"all": a["all"], tname: a[tname]} for s, a in base_acc.items()},
         "gate": {k: v for k, v in gate.items() if k != "accepted_ids"},
         "gate_patient": {k: v for k, v in patient.items() if k != "accepted_ids"},
         "gate_sybil": {k: v for k, v in sybil.items() if k != "accepted_ids"},
         "gate_sybil_second_pair": {k: v for k, v in sybil2.items() if k != "accepted_ids"},
         "gate_sybil_third_pair": {k: v for k, v in sybil3.items() if k != "accepted_ids"},
-        "retrain": {k: a for k, a in arms.items()}, "attack_labels_model_already_gave": float(model_agrees),
-        "feedback_synced": synced, "pixels_attached": attached, "labels_per_source": dict(per_source),
-        "timings_s": {"base_models": round(base_s, 1), "predict": round(traffic["predict_s"], 1),
-                      "feedback": round(traffic["feedback_s"], 1), "gate": gate["seconds"],
-                      "retrain_gated": round(gated_s, 1), "retrain_no_gate": round(control_s, 1)},
-        "setup": {"train_samples": SAMPLES, "epochs": EPOCHS, "arch": ARCH, "attack": ATTACK, "honest": HONEST,
-                  "sources": SOURCES, "overlap": OVERLAP, "redundant": REDUNDANT, "seeds": SEEDS},
-    }  # fmt: skip
+        "retrain": {k: a for k, a in arms.items()},
+        "attack_labels_model_already_gave": float(model_agrees),
+        "feedback_synced": synced,
+        "pixels_attached": attached,
+        "labels_per_source": dict(per_source),
+        "timings_s": {
+            "base_models": round(base_s, 1),
+            "predict": round(traffic["predict_s"], 1),
+            "feedback": round(traffic["feedback_s"], 1),
+            "gate": gate["seconds"],
+            "retrain_gated": round(gated_s, 1),
+            "retrain_no_gate": round(control_s, 1),
+        },
+        "setup": {
+            "train_samples": SAMPLES,
+            "epochs": EPOCHS,
+            "arch": ARCH,
+            "attack": ATTACK,
+            "honest": HONEST,
+            "sources": SOURCES,
+            "overlap": OVERLAP,
+            "redundant": REDUNDANT,
+            "seeds": SEEDS,
+        },
+    }
     held = ", ".join(f"{k} {v}" for k, v in sorted(gate["attack_held_by"].items(), key=lambda kv: -kv[1]))
     honest_held = ", ".join(f"{k} {v}" for k, v in sorted(gate["honest_held_by"].items(), key=lambda kv: -kv[1]))
     notes = [
@@ -389,7 +541,11 @@ def main() -> dict:
         f"noise. Per seed, {tname} vs production: gated {seeds(arm_gate, 'target_delta')}, no gate "
         f"{seeds(arm_control, 'target_delta')}; paired: gated {seeds(arm_gate, 'target_paired')}, no gate "
         f"{seeds(arm_control, 'target_paired')}."
-        + ("" if arm_patient else " The patient-attacker gate accepted the same items, so its retrain is the gated one."),
+        + (
+            ""
+            if arm_patient
+            else " The patient-attacker gate accepted the same items, so its retrain is the gated one."
+        ),
         "Spread-out attacker: the same number of wrong labels from " + str(SYBILS) + " predict tokens "
         "(an even share each), on pool images no honest source labels, so no per-token rule (rate, reputation, "
         "consensus) can see it; each run in a registry of its own with the same production model, the gate with "
@@ -401,11 +557,14 @@ def main() -> dict:
         + "; honest items held "
         + "; ".join(str(s["honest_held_by"]) for s in (sybil, sybil2, sybil3))
         + "; surges found (model says, label says, labels, expected) "
-        + "; ".join(str([(g["model"], g["label"], g["labels"], round(g["expected"], 1)) for g in s["surges"]])
-                    for s in (sybil, sybil2, sybil3)) + ".",
+        + "; ".join(
+            str([(g["model"], g["label"], g["labels"], round(g["expected"], 1)) for g in s["surges"]])
+            for s in (sybil, sybil2, sybil3)
+        )
+        + ".",
         f"Timings (2 shared cores): base models {base_s:.0f}s, gate {gate['seconds']:.1f}s, gated retrains "
         f"{gated_s:.0f}s, no-gate retrains {control_s:.0f}s; total {time.perf_counter() - t_start:.0f}s.",
-    ]  # fmt: skip
+    ]
     return {
         "title": f"Poisoning: {ATTACK} targeted wrong labels through /v1/feedback, the gate, and retrain",
         "columns": ["what", "measured", "target", "met"],

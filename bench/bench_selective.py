@@ -67,8 +67,9 @@ def validate(probs: np.ndarray, y: np.ndarray, train_conf: np.ndarray, seed: int
                     else:
                         grid = train_grid if method == METHODS[1] else None
                         m = len(ev) if method == BATCH else None
-                        thr = calibrate_threshold((probs[cal], y[cal]), None, target, DELTA, grid=grid,
-                                                  batch_size=m).threshold  # fmt: skip
+                        thr = calibrate_threshold(
+                            (probs[cal], y[cal]), None, target, DELTA, grid=grid, batch_size=m
+                        ).threshold
                     accepted = np.zeros(len(ev), bool) if thr is None else conf[ev] >= thr
                     a = float(correct[ev][accepted].mean()) if accepted.any() else np.nan
                     met.append(bool(np.isnan(a) or a >= target))  # nothing automated: no automated errors
@@ -117,8 +118,10 @@ def report(rows: list[dict], accuracy: float, dataset: str, arch: str) -> dict:
     """The dict `bench/run.py` writes, from `validate` rows."""
     # Each protocol is judged by the guarantee it tests: the population one by
     # every LTT method, the split one (a finite test half) by the batch guarantee.
-    judged = {"population": [r for r in rows if r["protocol"] == "population" and r["method"].startswith("LTT")],
-              "split": [r for r in rows if r["protocol"] == "split" and r["method"] == BATCH]}  # fmt: skip
+    judged = {
+        "population": [r for r in rows if r["protocol"] == "population" and r["method"].startswith("LTT")],
+        "split": [r for r in rows if r["protocol"] == "split" and r["method"] == BATCH],
+    }
     met = {p: all(r["rate_meeting_target"] >= 1 - DELTA for r in rs) for p, rs in judged.items()}
     return {
         "title": "Selective prediction: does the accuracy guarantee hold on fresh data?",
@@ -133,7 +136,7 @@ def report(rows: list[dict], accuracy: float, dataset: str, arch: str) -> dict:
             "mean_accepted_accuracy",
             "worst_accepted_accuracy",
             "draws_automating_nothing",
-        ],  # fmt: skip
+        ],
         "rows": rows,
         "summary": {
             "population_met": met["population"],

@@ -58,8 +58,12 @@ ALTERNATIVES = {
 
 def _row(what: str, value: Any, target: str = "", met: bool | None = None, unit: str = "") -> dict[str, Any]:
     shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-    return {"what": what, "value": f"{shown} {unit}".strip(), "target": target,
-            "met": "" if met is None else ("yes" if met else "NO")}  # fmt: skip
+    return {
+        "what": what,
+        "value": f"{shown} {unit}".strip(),
+        "target": target,
+        "met": "" if met is None else ("yes" if met else "NO"),
+    }
 
 
 def _setup(root: Path) -> tuple[Workspace, Registry, str, str, str, dict[str, str]]:
@@ -110,14 +114,22 @@ def _control(reg: Registry, rec: Recorder, action, is_new, is_old, n_servers: in
     t1 = time.perf_counter()
     time.sleep(1.0)  # answers after the command returned
     recs = [r for r in list(rec.records) if r[1] >= t0]  # (sent, received, server, status, version)
-    firsts = [min((got for _, got, i, s, v in recs if i == k and is_new(s, v)), default=float("inf")) - t0
-              for k in range(n_servers)]  # fmt: skip
+    firsts = [
+        min((got for _, got, i, s, v in recs if i == k and is_new(s, v)), default=float("inf")) - t0
+        for k in range(n_servers)
+    ]
     late = [(sent, got) for sent, got, _, s, v in recs if got > t1 and is_old(s, v)]
-    return {"first_new_s": max(firsts), "first_new_per_server_s": firsts, "command_s": t1 - t0,
-            "stale_after_return": len(late), "stale_sent_after_return": sum(1 for sent, _ in late if sent > t1),
-            "stale_latest_ms": max((1000 * (got - t1) for _, got in late), default=0.0),
-            "answers_after_return": sum(1 for r in recs if r[1] > t1), "acked": acks["acked"],
-            "missing": acks["missing"]}  # fmt: skip
+    return {
+        "first_new_s": max(firsts),
+        "first_new_per_server_s": firsts,
+        "command_s": t1 - t0,
+        "stale_after_return": len(late),
+        "stale_sent_after_return": sum(1 for sent, _ in late if sent > t1),
+        "stale_latest_ms": max((1000 * (got - t1) for _, got in late), default=0.0),
+        "answers_after_return": sum(1 for r in recs if r[1] > t1),
+        "acked": acks["acked"],
+        "missing": acks["missing"],
+    }
 
 
 def _throughput(url: str, root: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -170,8 +182,11 @@ def _incidents(reg: Registry, url: str, root: Path, env: dict[str, str], v1: str
     ok = lambda want: lambda s, v: s == 200 and v == want  # noqa: E731
     with Server(url, args, root, "ctl-a", env) as a, Server(url, args, root, "ctl-b", env) as b:
         with Recorder([a.url, b.url], body, per_server=3) as rec:
-            out = {"rollback": _control(reg, rec, lambda: reg.rollback("production", actor="bench", reason="bench"),
-                                        ok(v1), ok(v2), 2)}  # fmt: skip
+            out = {
+                "rollback": _control(
+                    reg, rec, lambda: reg.rollback("production", actor="bench", reason="bench"), ok(v1), ok(v2), 2
+                )
+            }
             out["takedown with fallback"] = _control(
                 reg, rec, lambda: reg.takedown(v1, actor="bench", reason="bench", fallback=v2), ok(v2), ok(v1), 2
             )
@@ -255,20 +270,20 @@ def _main(root: Path) -> dict[str, Any]:
                 f"{label}: raw ORT, batch 1 / {vb} (the mean formed batch, {vmb:.1f}) / 32",
                 " / ".join(f"{v['raw'][b]:.0f}" for b in (1, vb, 32)),
                 unit="img/s",
-            ),  # fmt: skip
+            ),
             _row(f"{label}: server on / off, c=32, .npy", f"{r_on:.0f} / {r_off:.0f}", unit="req/s"),
             _row(
                 f"{label}: server on / raw ORT at its mean batch",
                 r_on / v["raw"][vb],
                 ">= 0.7",
                 r_on >= 0.7 * v["raw"][vb],
-            ),  # fmt: skip
+            ),
             _row(f"{label}: batching on / off", r_on / r_off, ">= 2", r_on >= 2 * r_off),
             _row(
                 f"{label}: server CPU per request on / off; cores on: {vcpu_on.line()}",
                 f"{ms(vcpu_on.server, von):.2f} / {ms(vcpu_off.server, voff):.2f}",
                 unit="ms",
-            ),  # fmt: skip
+            ),
         ]
     for label, (res, cpu, mb) in t["tried"].items():
         batch = "n/a (per worker)" if mb != mb else f"{mb:.1f}"  # NaN: see _closed
@@ -340,23 +355,46 @@ def _main(root: Path) -> dict[str, Any]:
         "rows": rows,
         "notes": notes,
         "summary": {
-            "arch": ARCH, "seconds_per_window": SECONDS, "ort_threads": ORT_THREADS, "batch_on": BATCH_ON,
-            "raw_ort_img_s": raw, "raw_ort_img_per_cpu_s": raw_cpu, "mean_formed_batch": mean_batch,
-            "server_on_rps": on_rps, "server_off_rps": off_rps,
-            "ratio_vs_raw_mean_batch": ratio, "on_off_ratio": on_rps / off_rps,
-            "closed_on": on.to_dict(), "closed_off": off.to_dict(), "open_loop": opened.to_dict(),
-            "cpu_cores": {k: {"client": c.client, "server": c.server, "others": c.others}
-                          for k, c in (("on", cpu_on), ("off", cpu_off), ("open", cpu_open))},
-            "npy": {"rps": npy.throughput_rps, "mean_batch": npy_batch, "server_cpu": cpu_npy.server,
-                    "client_cpu": cpu_npy.client},
-            "variants": {k: {"on_rps": v["runs"]["on"][0].throughput_rps, "off_rps": v["runs"]["off"][0].throughput_rps,
-                             "mean_batch": v["runs"]["on"][2], "raw_ort_img_s": v["raw"],
-                             "raw_ort_img_per_cpu_s": v["raw_cpu"],
-                             "ratio_vs_raw_mean_batch": v["runs"]["on"][0].throughput_rps / v["raw"][v["b_mean"]],
-                             "on_off_ratio": v["runs"]["on"][0].throughput_rps / v["runs"]["off"][0].throughput_rps}
-                         for k, v in var.items()},
-            "tried": {k: {"rps": r.throughput_rps, "mean_batch": mb, "server_cpu": c.server, "client_cpu": c.client}
-                      for k, (r, c, mb) in t["tried"].items()},
+            "arch": ARCH,
+            "seconds_per_window": SECONDS,
+            "ort_threads": ORT_THREADS,
+            "batch_on": BATCH_ON,
+            "raw_ort_img_s": raw,
+            "raw_ort_img_per_cpu_s": raw_cpu,
+            "mean_formed_batch": mean_batch,
+            "server_on_rps": on_rps,
+            "server_off_rps": off_rps,
+            "ratio_vs_raw_mean_batch": ratio,
+            "on_off_ratio": on_rps / off_rps,
+            "closed_on": on.to_dict(),
+            "closed_off": off.to_dict(),
+            "open_loop": opened.to_dict(),
+            "cpu_cores": {
+                k: {"client": c.client, "server": c.server, "others": c.others}
+                for k, c in (("on", cpu_on), ("off", cpu_off), ("open", cpu_open))
+            },
+            "npy": {
+                "rps": npy.throughput_rps,
+                "mean_batch": npy_batch,
+                "server_cpu": cpu_npy.server,
+                "client_cpu": cpu_npy.client,
+            },
+            "variants": {
+                k: {
+                    "on_rps": v["runs"]["on"][0].throughput_rps,
+                    "off_rps": v["runs"]["off"][0].throughput_rps,
+                    "mean_batch": v["runs"]["on"][2],
+                    "raw_ort_img_s": v["raw"],
+                    "raw_ort_img_per_cpu_s": v["raw_cpu"],
+                    "ratio_vs_raw_mean_batch": v["runs"]["on"][0].throughput_rps / v["raw"][v["b_mean"]],
+                    "on_off_ratio": v["runs"]["on"][0].throughput_rps / v["runs"]["off"][0].throughput_rps,
+                }
+                for k, v in var.items()
+            },
+            "tried": {
+                k: {"rps": r.throughput_rps, "mean_batch": mb, "server_cpu": c.server, "client_cpu": c.client}
+                for k, (r, c, mb) in t["tried"].items()
+            },
             "control": steps,
         },
-    }  # fmt: skip
+    }

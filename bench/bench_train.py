@@ -79,7 +79,7 @@ def main() -> dict:
             "dataset": data.name,
             "samples": int(len(keep)),
             "repeats": REPEATS,
-        },  # fmt: skip
+        },
         "notes": [
             f"cnn_medium on {len(keep)} {data.name} images, batch {cfg.batch_size}, AdamW + one-cycle, "
             f"median of {REPEATS} alternating repeats. Target: train-phase ratio >= 0.95 "

@@ -39,8 +39,13 @@ def machine() -> dict:
 
 def to_markdown(name: str, out: dict, env: str = "") -> str:
     cols = out["columns"]
-    lines = [f"# {out['title']}", "", f"`{env}python bench/run.py {name}` on {out['machine']['cores']} cores, "
-             f"torch {out['machine']['torch']}, {out['machine']['date']}", ""]  # fmt: skip
+    lines = [
+        f"# {out['title']}",
+        "",
+        f"`{env}python bench/run.py {name}` on {out['machine']['cores']} cores, "
+        f"torch {out['machine']['torch']}, {out['machine']['date']}",
+        "",
+    ]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for r in out["rows"]:

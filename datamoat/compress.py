@@ -163,15 +163,20 @@ def _stages(teacher: Model, data: Dataset, cfg: CompressConfig, progress: bool) 
         stages["student"] = (base, steps)
     if cfg.structured:
         kd = cfg.kd_finetune and cfg.distill
-        scfg = StructuredConfig(ratio=cfg.structured_ratio, finetune_epochs=0 if kd else cfg.structured_epochs,
-                                seed=cfg.seed, augment=cfg.augment)  # fmt: skip
+        scfg = StructuredConfig(
+            ratio=cfg.structured_ratio,
+            finetune_epochs=0 if kd else cfg.structured_epochs,
+            seed=cfg.seed,
+            augment=cfg.augment,
+        )
         base, steps = prune(base, scfg, data, latency="none"), [*steps, "structured"]
         if kd and cfg.structured_epochs:
             base = distill(base, teacher, data, _kd_config(cfg, cfg.structured_epochs, lr=1e-3), progress=progress)
         stages["+".join(steps)] = (base, steps)
     if cfg.unstructured:
-        mcfg = MagnitudeConfig(sparsity=cfg.sparsity, steps=cfg.unstructured_steps,
-                               finetune_epochs=cfg.unstructured_epochs, seed=cfg.seed)  # fmt: skip
+        mcfg = MagnitudeConfig(
+            sparsity=cfg.sparsity, steps=cfg.unstructured_steps, finetune_epochs=cfg.unstructured_epochs, seed=cfg.seed
+        )
         base, steps = prune(base, mcfg, data, latency="none"), [*steps, "unstructured"]
         stages["+".join(steps)] = (base, steps)
     return stages
@@ -207,8 +212,9 @@ def compress(
         variants = [(name, fp32, steps)]
         if cfg.quantize:
             qcfg = QuantizeConfig(calibration=cfg.calibration, max_accuracy_drop=max(cfg.max_accuracy_drop, 0.5))
-            q = quantize(fp32, qcfg, x_train, model.preprocess, eval_x=x_val, eval_y=y_val,
-                         out_path=out / f"{name}-int8.onnx")  # fmt: skip
+            q = quantize(
+                fp32, qcfg, x_train, model.preprocess, eval_x=x_val, eval_y=y_val, out_path=out / f"{name}-int8.onnx"
+            )
             variants.append((f"{name}-int8", Path(q.path), [*steps, "int8"]))
         for vname, path, vsteps in variants:
             paths[vname] = path
@@ -288,8 +294,14 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
     lat = np.array([r["latency_ms_b1"] for r in rows])
     sizes = 40 + 300 * (lat / lat.max())
     for r, s in zip(rows, sizes):
-        ax.scatter(r["bytes"] / 1024, r["accuracy"] * 100, s=s, alpha=0.6,
-                   edgecolors="black" if r["pareto"] else "none", color="tab:red" if "int8" in r["steps"] else "tab:blue")  # fmt: skip
+        ax.scatter(
+            r["bytes"] / 1024,
+            r["accuracy"] * 100,
+            s=s,
+            alpha=0.6,
+            edgecolors="black" if r["pareto"] else "none",
+            color="tab:red" if "int8" in r["steps"] else "tab:blue",
+        )
         ax.annotate(
             r["name"], (r["bytes"] / 1024, r["accuracy"] * 100), fontsize=7, xytext=(4, 4), textcoords="offset points"
         )
@@ -343,8 +355,9 @@ def compress_in_workspace(
     }
     reg = Registry(registry_url(ws))
     kind = "int8" if "int8" in chosen["steps"] else "fp32"
-    vid = reg.register(Path(chosen["onnx_path"]).read_bytes(), name=f"{teacher.name}-{res.chosen}", kind=kind,
-                       info=info, actor=actor)  # fmt: skip
+    vid = reg.register(
+        Path(chosen["onnx_path"]).read_bytes(), name=f"{teacher.name}-{res.chosen}", kind=kind, info=info, actor=actor
+    )
     return {
         "candidates": res.candidates,
         "chosen": res.chosen,

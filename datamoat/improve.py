@@ -121,8 +121,13 @@ def improve(ws: Workspace, data: Dataset, config: ImproveConfig | None = None, *
             if n == n_base
             else train(new_model(cfg.arch, data, seed=cfg.seed), data, _recipe(cfg, n), progress=False)
         )
-        curve.append({"fraction": frac, "train_samples": m.history["train_samples"],
-                      "test_accuracy": round(accuracy_on_test(m, data), 6)})  # fmt: skip
+        curve.append(
+            {
+                "fraction": frac,
+                "train_samples": m.history["train_samples"],
+                "test_accuracy": round(accuracy_on_test(m, data), 6),
+            }
+        )
     curve_s = time.perf_counter() - t0
 
     out = {
@@ -135,7 +140,7 @@ def improve(ws: Workspace, data: Dataset, config: ImproveConfig | None = None, *
             "train_samples": base.history["train_samples"],
             "test_accuracy": round(base_acc, 6),
             "seconds": round(baseline_s, 3),
-        },  # fmt: skip
+        },
         "levers": {"model": model_lever, "data": data_lever},
         "curve": curve,
         "budget_s": cfg.budget_minutes * 60,
@@ -152,17 +157,31 @@ def _model_lever(ws: Workspace, data: Dataset, cfg: ImproveConfig, n_base: int, 
     # The search space holds the baseline recipe, which goes first: the study
     # can only match or beat the baseline on val.
     depth = _preset_depth(cfg.arch)
-    tc = TuneConfig(trials=10_000, timeout_s=share, seed=cfg.seed, threads=cfg.threads, max_train_samples=n_base,
-                    study=f"improve-{run_id}", epochs_max=max(8, cfg.epochs), lr_min=min(3e-4, cfg.lr),
-                    lr_max=max(1e-2, cfg.lr), depth_max=max(3, depth),
-                    archs=tuple(dict.fromkeys(("mlp", "cnn_small", "cnn_medium", "resnet", cfg.arch))))  # fmt: skip
+    tc = TuneConfig(
+        trials=10_000,
+        timeout_s=share,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        max_train_samples=n_base,
+        study=f"improve-{run_id}",
+        epochs_max=max(8, cfg.epochs),
+        lr_min=min(3e-4, cfg.lr),
+        lr_max=max(1e-2, cfg.lr),
+        depth_max=max(3, depth),
+        archs=tuple(dict.fromkeys(("mlp", "cnn_small", "cnn_medium", "resnet", cfg.arch))),
+    )
     start = {"arch": cfg.arch, "width": 1.0, "depth": depth, "lr": cfg.lr, "epochs": cfg.epochs}
     res = tune(ws, data, tc, enqueue=[start], name=f"improve-model-{data.name}")
     states = [t["state"] for t in res.trials]
-    return {"kind": "tune and swap (same data as the baseline)", "model_id": res.model.id,
-            "params": res.best_params, "trials": len(states), "pruned": states.count("pruned"),
-            "test_accuracy": round(accuracy_on_test(res.model, data), 6),
-            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    return {
+        "kind": "tune and swap (same data as the baseline)",
+        "model_id": res.model.id,
+        "params": res.best_params,
+        "trials": len(states),
+        "pruned": states.count("pruned"),
+        "test_accuracy": round(accuracy_on_test(res.model, data), 6),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def _preset_depth(arch: str) -> int:
@@ -206,27 +225,48 @@ def _data_lever(ws: Workspace, data: Dataset, cfg: ImproveConfig, share: float, 
         except ImportError:
             steps.append("cleaning skipped: datamoat.data.cleaning is not installed in this build")
         else:
-            cc = CleaningConfig(arch=cfg.arch, folds=cfg.folds, epochs=clean_epochs, lr=cfg.lr, seed=cfg.seed,
-                                threads=cfg.threads, max_duplicate_samples=0, outlier_fraction=0.0)  # fmt: skip
+            cc = CleaningConfig(
+                arch=cfg.arch,
+                folds=cfg.folds,
+                epochs=clean_epochs,
+                lr=cfg.lr,
+                seed=cfg.seed,
+                threads=cfg.threads,
+                max_duplicate_samples=0,
+                outlier_fraction=0.0,
+            )
             # The label-noise benchmark's headline fix (bench/results/labelnoise.md): leave plausible flags,
             # relabel confident suggestions, drop the doubtful rest.
             issues = find_issues(data, cc)
             how = {**RECOMMENDED, "keep_above": plausible_threshold(issues)}  # "auto" resolved once, and recorded
             fixes = fixes_from_issues(issues, **how)
             if fixes:
-                improved = apply_fixes(ws, data, fixes, name=f"{data.name}-improve-fixed",
-                                       source={"kind": "improve", "flagged": len(issues.label_issues), **how})  # fmt: skip
+                improved = apply_fixes(
+                    ws,
+                    data,
+                    fixes,
+                    name=f"{data.name}-improve-fixed",
+                    source={"kind": "improve", "flagged": len(issues.label_issues), **how},
+                )
             dropped = sum(1 for f in fixes if f.get("drop"))
-            steps.append(f"relabelled {len(fixes) - dropped}, dropped {dropped} and kept "
-                         f"{len(issues.label_issues) - len(fixes)} of the likely label errors "
-                         f"(cleanlab, {cfg.folds}-fold)")  # fmt: skip
+            steps.append(
+                f"relabelled {len(fixes) - dropped}, dropped {dropped} and kept "
+                f"{len(issues.label_issues) - len(fixes)} of the likely label errors "
+                f"(cleanlab, {cfg.folds}-fold)"
+            )
     steps.append("trained the baseline recipe on the whole train split")
     m = train(new_model(cfg.arch, improved, seed=cfg.seed), improved, _recipe(cfg, 0), progress=False)
     m = save_model(ws, m, name=f"improve-data-{data.name}")
     # The test split is the original's: fixes only ever touch train labels.
-    return {"kind": "clean labels and use more data (same recipe as the baseline)", "model_id": m.id,
-            "dataset_id": improved.id, "steps": steps, "train_samples": m.history["train_samples"],
-            "test_accuracy": round(accuracy_on_test(m, data), 6), "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    return {
+        "kind": "clean labels and use more data (same recipe as the baseline)",
+        "model_id": m.id,
+        "dataset_id": improved.id,
+        "steps": steps,
+        "train_samples": m.history["train_samples"],
+        "test_accuracy": round(accuracy_on_test(m, data), 6),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def _write_report(folder: Path, data: Dataset, out: dict[str, Any]) -> Path:
@@ -251,21 +291,30 @@ def _write_report(folder: Path, data: Dataset, out: dict[str, Any]) -> Path:
     plt.close(fig)
     b, lv = out["baseline"], out["levers"]
     lines = [
-        f"# Improve: {data.name} ({data.id})", "",
+        f"# Improve: {data.name} ({data.id})",
+        "",
         f"Baseline: {b['arch']} for {out['config']['epochs']} epochs on {b['train_samples']} train samples "
         f"({out['config']['baseline_fraction']:.0%} of the train split, by design): test accuracy {b['test_accuracy']:.4f}.",
         f"Each lever had {out['budget_s'] / 2:.0f}s of wall clock; the baseline and the curve took "
-        f"{out['overhead_s']:.0f}s more.", "",
-        "| lever | what it did | test accuracy | gain | seconds used |", "|---|---|---|---|---|",
+        f"{out['overhead_s']:.0f}s more.",
+        "",
+        "| lever | what it did | test accuracy | gain | seconds used |",
+        "|---|---|---|---|---|",
         f"| model | {lv['model']['kind']}: {lv['model']['trials']} trials, {lv['model']['pruned']} pruned, best "
         f"{lv['model']['params']} | {lv['model']['test_accuracy']:.4f} | {lv['model']['gain']:+.4f} | "
         f"{lv['model']['seconds']:.1f} |",
         f"| data | {lv['data']['kind']}: {'; '.join(lv['data']['steps'])} | {lv['data']['test_accuracy']:.4f} | "
-        f"{lv['data']['gain']:+.4f} | {lv['data']['seconds']:.1f} |", "",
-        "## Learning curve (baseline recipe)", "", "| fraction | train samples | test accuracy |", "|---|---|---|",
+        f"{lv['data']['gain']:+.4f} | {lv['data']['seconds']:.1f} |",
+        "",
+        "## Learning curve (baseline recipe)",
+        "",
+        "| fraction | train samples | test accuracy |",
+        "|---|---|---|",
         *(f"| {p['fraction']:.0%} | {p['train_samples']} | {p['test_accuracy']:.4f} |" for p in out["curve"]),
-        "", "![learning curve](curve.png)", "",
-    ]  # fmt: skip
+        "",
+        "![learning curve](curve.png)",
+        "",
+    ]
     path = folder / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -193,10 +193,15 @@ def _confusion_pairs(y: np.ndarray, pred: np.ndarray, accepted: np.ndarray, clas
     n_err = max(int(cm.sum()), 1)
     order = [(i, j) for i, j in zip(*np.unravel_index(np.argsort(-cm, axis=None, kind="stable"), cm.shape)) if cm[i, j]]
     return [
-        {"true": classes[i], "predicted": classes[j], "count": int(cm[i, j]), "share_of_errors": _r(cm[i, j] / n_err),
-         "automated": int(auto[i, j])}
+        {
+            "true": classes[i],
+            "predicted": classes[j],
+            "count": int(cm[i, j]),
+            "share_of_errors": _r(cm[i, j] / n_err),
+            "automated": int(auto[i, j]),
+        }
         for i, j in order[:10]
-    ]  # fmt: skip
+    ]
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
@@ -211,42 +216,75 @@ def _s(v: Any) -> str:
 
 def _sections(res: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """(title, note, header, rows) in report order; Markdown and HTML both render these."""
-    keys = [("model", f"{res['model']['name']} ({res['model']['id']})"), ("dataset", res["dataset"]["name"]),
-            ("target accuracy", res["target_accuracy"]), ("delta", res["delta"]), ("val samples", res["n_val"]),
-            ("test samples", res["n_test"]), ("accuracy", res["accuracy"]), ("threshold", res["threshold"]),
-            ("coverage", res["coverage"]), ("accepted accuracy", res["accepted_accuracy"]),
-            ("workload per 1000", res["workload_per_1000"]), ("meets target on test", res["meets_target_on_test"]),
-            ("val coverage", res["val_coverage"]), ("upper bound on error", res["upper_bound_error"])]  # fmt: skip
+    keys = [
+        ("model", f"{res['model']['name']} ({res['model']['id']})"),
+        ("dataset", res["dataset"]["name"]),
+        ("target accuracy", res["target_accuracy"]),
+        ("delta", res["delta"]),
+        ("val samples", res["n_val"]),
+        ("test samples", res["n_test"]),
+        ("accuracy", res["accuracy"]),
+        ("threshold", res["threshold"]),
+        ("coverage", res["coverage"]),
+        ("accepted accuracy", res["accepted_accuracy"]),
+        ("workload per 1000", res["workload_per_1000"]),
+        ("meets target on test", res["meets_target_on_test"]),
+        ("val coverage", res["val_coverage"]),
+        ("upper bound on error", res["upper_bound_error"]),
+    ]
     group_head = ["group", "n", "accuracy", "coverage", "accepted accuracy", "warning"]
     groups = ["group", "n", "accuracy", "coverage", "accepted_accuracy", "warning"]
     out = [
-        ("Summary", f"Verdict: {res['verdict']}. {res['verdict_text']} Coverage is the share of test items "
-         "automated; the threshold was calibrated on the val split and measured on the test split.",
-         ["", "value"], [[k, _s(v)] for k, v in keys]),
-        ("Risk-coverage", "Error of the automated predictions as the threshold sweeps down (test split).",
-         ["coverage", "error"], [[_s(p["coverage"]), _s(p["error"])] for p in res["risk_coverage"]]),
-        ("Costliest confusion pairs", "Most frequent mistakes on the test split; 'automated' counts those the "
-         "policy would not send to review.", ["true", "predicted", "count", "share of errors", "automated"],
-         [[p["true"], p["predicted"], _s(p["count"]), _s(p["share_of_errors"]), _s(p["automated"])]
-          for p in res["confusion_pairs"]]),
-        ("Per-class accuracy", "Groups are true classes.", group_head,
-         [[_s(g[k]) for k in groups] for g in res["per_class"]]),
-    ]  # fmt: skip
+        (
+            "Summary",
+            f"Verdict: {res['verdict']}. {res['verdict_text']} Coverage is the share of test items "
+            "automated; the threshold was calibrated on the val split and measured on the test split.",
+            ["", "value"],
+            [[k, _s(v)] for k, v in keys],
+        ),
+        (
+            "Risk-coverage",
+            "Error of the automated predictions as the threshold sweeps down (test split).",
+            ["coverage", "error"],
+            [[_s(p["coverage"]), _s(p["error"])] for p in res["risk_coverage"]],
+        ),
+        (
+            "Costliest confusion pairs",
+            "Most frequent mistakes on the test split; 'automated' counts those the policy would not send to review.",
+            ["true", "predicted", "count", "share of errors", "automated"],
+            [
+                [p["true"], p["predicted"], _s(p["count"]), _s(p["share_of_errors"]), _s(p["automated"])]
+                for p in res["confusion_pairs"]
+            ],
+        ),
+        (
+            "Per-class accuracy",
+            "Groups are true classes.",
+            group_head,
+            [[_s(g[k]) for k in groups] for g in res["per_class"]],
+        ),
+    ]
     if res["slice_by"]:
         rows = [[_s(g[k]) for k in groups] for g in res["slices"]]
         out.append((f"Slices by {res['slice_by']}", "Per-slice accuracy on the test split.", group_head, rows))
-    bias = (f"A group of at least {MIN_GROUP} test samples is flagged when its accuracy is more than "
-            f"{GAP * 100:.0f} points below the overall, its coverage is below half the overall, or its automated "
-            f"predictions are more than {GAP * 100:.0f} points below the target.")  # fmt: skip
+    bias = (
+        f"A group of at least {MIN_GROUP} test samples is flagged when its accuracy is more than "
+        f"{GAP * 100:.0f} points below the overall, its coverage is below half the overall, or its automated "
+        f"predictions are more than {GAP * 100:.0f} points below the target."
+    )
     out.append(("Warnings", bias, ["warning"], [[w] for w in res["warnings"]] or [["none"]]))
     m = res["policy"].get("batch_size")
-    method = (f"{res['policy']['method']}: with probability at least 1 - {res['delta']} over the val draw, the "
-              f"automated predictions are at least {res['target_accuracy']} accurate on average over future items; the "
-              "test split is one finite sample, so its numbers scatter around that.")  # fmt: skip
+    method = (
+        f"{res['policy']['method']}: with probability at least 1 - {res['delta']} over the val draw, the "
+        f"automated predictions are at least {res['target_accuracy']} accurate on average over future items; the "
+        "test split is one finite sample, so its numbers scatter around that."
+    )
     if m:
-        method = (f"{res['policy']['method']}, batch guarantee: with probability at least 1 - {res['delta']} over the "
-                  f"val draw and the batch, the automated predictions among the next {m} items are at least "
-                  f"{res['target_accuracy']} accurate (delta split three ways; see datamoat.selective).")  # fmt: skip
+        method = (
+            f"{res['policy']['method']}, batch guarantee: with probability at least 1 - {res['delta']} over the "
+            f"val draw and the batch, the automated predictions among the next {m} items are at least "
+            f"{res['target_accuracy']} accurate (delta split three ways; see datamoat.selective)."
+        )
     out.append(("Method", method, [], []))
     return out
 
@@ -313,9 +351,13 @@ def _write(res: dict[str, Any], out: Path, curves: dict[str, Any]) -> dict[str, 
         f"Proof of concept: {res['model']['name']} at {res['target_accuracy']} on {res['dataset']['name']}",
     )
     md, page, plots = [f"# {title}", ""], [], _plots(res, curves)
-    page += ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
-             f"<p><strong>Verdict: {e(res['verdict'])}.</strong> {e(res['verdict_text'])}</p>"]  # fmt: skip
+    page += [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f"<p><strong>Verdict: {e(res['verdict'])}.</strong> {e(res['verdict_text'])}</p>",
+    ]
     for section, note, head, rows in _sections(res):
         md += [f"## {section}", "", note, ""]
         page += [f"<h2>{e(section)}</h2>", f'<p class="note">{e(note)}</p>']
@@ -336,9 +378,14 @@ def _write(res: dict[str, Any], out: Path, curves: dict[str, Any]) -> dict[str, 
 
 
 def run_poc(
-    ws: Workspace, model_ref: str, data_ref: str | None, target_accuracy: float, delta: float = 0.05,
-    slice_by: str | None = None, batch_size: int | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    ws: Workspace,
+    model_ref: str,
+    data_ref: str | None,
+    target_accuracy: float,
+    delta: float = 0.05,
+    slice_by: str | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
     """`feasibility` on cataloged refs; report under reports/poc-<id>/, recorded in `evals`.
 
     >>> run_poc(Workspace.open(), "digits-mlp", None, 0.95)["verdict"]  # doctest: +SKIP
@@ -346,8 +393,9 @@ def run_poc(
     """
     poc_id = ws.new_id()
     out = ws.root / "reports" / f"poc-{poc_id}"
-    result = feasibility(model_ref, data_ref, target_accuracy, delta, slice_by=slice_by, out_dir=out, ws=ws,
-                         batch_size=batch_size)  # fmt: skip
+    result = feasibility(
+        model_ref, data_ref, target_accuracy, delta, slice_by=slice_by, out_dir=out, ws=ws, batch_size=batch_size
+    )
     result["poc_id"] = poc_id
     ws.insert(
         "evals",

@@ -111,8 +111,11 @@ def _weights(proto: Any) -> dict[str, Any]:
 def _stem_convs(proto: Any) -> list[str]:
     w = _weights(proto)
     inputs = {i.name for i in proto.graph.input} - set(w)
-    return [n.name for n in proto.graph.node
-            if n.op_type == "Conv" and n.input[0] in inputs and n.input[1] in w and w[n.input[1]].dims[1] <= 4]  # fmt: skip
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Conv" and n.input[0] in inputs and n.input[1] in w and w[n.input[1]].dims[1] <= 4
+    ]
 
 
 def _pool_after_relu(proto: Any, convs: list[str]) -> Any:
@@ -212,16 +215,30 @@ def _reader(feeds: list[dict[str, np.ndarray]]) -> Any:
     return Reader()
 
 
-def _quantize_once(pre: Path, dst: Path, method: str, cfg: QuantizeConfig, excluded: list[str],
-                   feeds: list[dict[str, np.ndarray]], probe_cache: Path | None = None) -> Path:  # fmt: skip
+def _quantize_once(
+    pre: Path,
+    dst: Path,
+    method: str,
+    cfg: QuantizeConfig,
+    excluded: list[str],
+    feeds: list[dict[str, np.ndarray]],
+    probe_cache: Path | None = None,
+) -> Path:
     """One quantization of the pre-processed graph. Sensitivity probes pass
     `probe_cache`: they share one graph, so they can share one calibration."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if method == "dynamic":
-        quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul"], per_channel=cfg.per_channel,
-                         reduce_range=cfg.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)  # fmt: skip
+        quantize_dynamic(
+            str(pre),
+            str(dst),
+            op_types_to_quantize=["MatMul"],
+            per_channel=cfg.per_channel,
+            reduce_range=cfg.reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+        )
         return dst
     src, kwargs = pre, {}
     if probe_cache is None:
@@ -229,8 +246,11 @@ def _quantize_once(pre: Path, dst: Path, method: str, cfg: QuantizeConfig, exclu
         onnx.save(_pool_after_relu(onnx.load(str(pre)), excluded), str(src))
     elif "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # newer onnxruntime only
         kwargs["calibration_cache_path"] = str(probe_cache)
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}  # fmt: skip
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     quantize_static(
         str(src),
         str(dst),
@@ -346,9 +366,18 @@ def quantize(
             excluded[min(errors, key=errors.__getitem__)] = "sensitivity"
             attempts[-1]["probe_mse"] = errors
         q = onnx.load(str(out))
-        set_onnx_metadata(q, {**meta, "recipe": [*meta.get("recipe", []), cfg.to_dict()], "quantize_config": cfg.to_dict(),
-                              "quantize_method": method, "quantize_excluded": excluded,
-                              "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc})  # fmt: skip
+        set_onnx_metadata(
+            q,
+            {
+                **meta,
+                "recipe": [*meta.get("recipe", []), cfg.to_dict()],
+                "quantize_config": cfg.to_dict(),
+                "quantize_method": method,
+                "quantize_excluded": excluded,
+                "fp32_accuracy": fp32_acc,
+                "int8_accuracy": int8_acc,
+            },
+        )
         data = q.SerializeToString()
     dst = Path(out_path) if out_path else src.with_suffix(".int8.onnx")
     atomic_write(dst, data)
@@ -375,7 +404,14 @@ def quantize_model(ws: Workspace, model_ref: Any, config: QuantizeConfig | None 
         fp32, _ = export_to_workspace(ws, model)
     data = load_dataset(ws, ds_id)
     x_val, y_val = data.subset("val")
-    result = quantize(fp32, config, data.subset("train")[0], model.preprocess, eval_x=x_val, eval_y=y_val,
-                      out_path=fp32.with_suffix(".int8.onnx"))  # fmt: skip
+    result = quantize(
+        fp32,
+        config,
+        data.subset("train")[0],
+        model.preprocess,
+        eval_x=x_val,
+        eval_y=y_val,
+        out_path=fp32.with_suffix(".int8.onnx"),
+    )
     result.sha = ws.put_bytes(result.path.read_bytes())
     return result.path, result

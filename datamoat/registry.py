@@ -57,51 +57,58 @@ meta = sa.MetaData()
 _WRITE = "datamoat_write"  # execution option: this transaction writes (see Registry.transaction)
 
 versions = sa.Table(
-    "reg_versions", meta,
+    "reg_versions",
+    meta,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),  # fp32 | int8
     sa.Column("onnx_sha", sa.String(64), nullable=False),
     sa.Column("info", sa.Text, nullable=False),  # JSON: classes, preprocess, lineage, metrics, policy
-)  # fmt: skip
+)
 blobs = sa.Table(
-    "reg_blobs", meta,
+    "reg_blobs",
+    meta,
     sa.Column("sha", sa.String(64), primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
-)  # fmt: skip
+)
 aliases = sa.Table(
-    "reg_aliases", meta,
+    "reg_aliases",
+    meta,
     sa.Column("alias", sa.String(100), primary_key=True),
     sa.Column("version_id", sa.String(32), nullable=False),
     sa.Column("history", sa.Text, nullable=False),  # JSON list of previous holders, newest last
     sa.Column("updated", sa.Float, nullable=False),
-)  # fmt: skip
+)
 takedowns = sa.Table(
-    "reg_takedowns", meta,
+    "reg_takedowns",
+    meta,
     sa.Column("version_id", sa.String(32), primary_key=True),
     sa.Column("fallback_id", sa.String(32)),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
-)  # fmt: skip
+)
 suppressions = sa.Table(
-    "reg_suppressions", meta,
+    "reg_suppressions",
+    meta,
     sa.Column("label", sa.String(200), primary_key=True),
     sa.Column("alias", sa.String(100), primary_key=True),
     sa.Column("mode", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
-)  # fmt: skip
+)
 policies = sa.Table(
-    "reg_policies", meta,  # a version's info is immutable (it hashes into the id): its policy lives here
+    "reg_policies",
+    meta,  # a version's info is immutable (it hashes into the id): its policy lives here
     sa.Column("version_id", sa.String(32), primary_key=True),
     sa.Column("policy", sa.Text, nullable=False),  # JSON, see `Registry.set_policy`
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
-)  # fmt: skip
+)
 audit = sa.Table(
-    "reg_audit", meta,
+    "reg_audit",
+    meta,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
@@ -111,28 +118,31 @@ audit = sa.Table(
     sa.Column("details", sa.Text, nullable=False),
     sa.Column("generation", sa.Integer, nullable=False),
     sa.Column("chain", sa.String(64)),  # sha256(previous row's chain + this row): see append_chained
-)  # fmt: skip
+)
 state = sa.Table(
-    "reg_state", meta,
+    "reg_state",
+    meta,
     sa.Column("key", sa.String(50), primary_key=True),
     sa.Column("value", sa.Integer, nullable=False),
-)  # fmt: skip
+)
 servers = sa.Table(
-    "reg_servers", meta,
+    "reg_servers",
+    meta,
     sa.Column("id", sa.String(100), primary_key=True),
     sa.Column("url", sa.String(300), nullable=False),
     sa.Column("alias", sa.String(100), nullable=False),
     sa.Column("acked_generation", sa.Integer, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
-)  # fmt: skip
+)
 tokens = sa.Table(
-    "reg_tokens", meta,
+    "reg_tokens",
+    meta,
     sa.Column("hash", sa.String(64), primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
-)  # fmt: skip
+)
 
 GENESIS = "0" * 64  # the chain value before a log's first chained row
 
@@ -219,8 +229,11 @@ def registry_url(ws: Workspace | None = None, url: str | None = None) -> str:
 def _probability(name: str, value: Any, low_ok: bool = False) -> float:
     number = isinstance(value, int | float) and not isinstance(value, bool)
     ok = number and (0 <= value < 1 if low_ok else 0 < value < 1)
-    check(ok, f"{name} must be in {'[0' if low_ok else '(0'}, 1), got {value!r}: e.g. 0.9 sends answers "
-              "below 90% confidence to review")  # fmt: skip
+    check(
+        ok,
+        f"{name} must be in {'[0' if low_ok else '(0'}, 1), got {value!r}: e.g. 0.9 sends answers "
+        "below 90% confidence to review",
+    )
     return float(value)
 
 
@@ -235,11 +248,16 @@ def _clean_policy(policy: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     if per is not None:
         check(isinstance(per, dict), "per_class must map class names to thresholds, e.g. {'cat': 0.95}")
         bad = sorted(str(k) for k in per if str(k) not in classes)
-        check(not bad, f"per-class threshold(s) for unknown class(es) {', '.join(bad)}: "
-                       f"the version's classes are {', '.join(classes)}")  # fmt: skip
+        check(
+            not bad,
+            f"per-class threshold(s) for unknown class(es) {', '.join(bad)}: "
+            f"the version's classes are {', '.join(classes)}",
+        )
         # None: that class always goes to review; 0: that class never does.
-        out["per_class"] = {str(k): None if v is None else _probability(f"the threshold of class {k!r}", v, True)
-                            for k, v in per.items()}  # fmt: skip
+        out["per_class"] = {
+            str(k): None if v is None else _probability(f"the threshold of class {k!r}", v, True)
+            for k, v in per.items()
+        }
     for key in ("target_accuracy", "delta"):
         if policy.get(key) is not None:
             out[key] = _probability(key, policy[key])
@@ -340,8 +358,15 @@ class Registry:
     def _bump(self, conn: sa.Connection, actor: str, action: str, target: str, reason: str, **details: Any) -> int:
         conn.execute(state.update().where(state.c.key == "generation").values(value=state.c.value + 1))
         gen = conn.execute(sa.select(state.c.value).where(state.c.key == "generation")).scalar_one()
-        row = {"ts": time.time(), "actor": actor, "action": action, "target": target, "reason": reason,
-               "details": json.dumps(details, sort_keys=True), "generation": gen}  # fmt: skip
+        row = {
+            "ts": time.time(),
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "reason": reason,
+            "details": json.dumps(details, sort_keys=True),
+            "generation": gen,
+        }
         append_chained(conn, audit, row, AUDIT_FIELDS)
         return gen
 
@@ -362,8 +387,16 @@ class Registry:
                 return vid
             if not conn.execute(sa.select(blobs.c.sha).where(blobs.c.sha == sha)).first():
                 conn.execute(blobs.insert().values(sha=sha, data=onnx_bytes))
-            conn.execute(versions.insert().values(id=vid, name=name, created=time.time(), kind=kind, onnx_sha=sha,
-                                                  info=json.dumps(info, sort_keys=True)))  # fmt: skip
+            conn.execute(
+                versions.insert().values(
+                    id=vid,
+                    name=name,
+                    created=time.time(),
+                    kind=kind,
+                    onnx_sha=sha,
+                    info=json.dumps(info, sort_keys=True),
+                )
+            )
             self._bump(conn, actor, "register", vid, "", name=name, kind=kind, onnx_sha=sha)
         return vid
 
@@ -410,8 +443,11 @@ class Registry:
             else:
                 previous = row.version_id
                 hist = json.loads(row.history) + ([previous] if previous != vid else [])
-                conn.execute(aliases.update().where(aliases.c.alias == alias)
-                             .values(version_id=vid, history=json.dumps(hist), updated=time.time()))  # fmt: skip
+                conn.execute(
+                    aliases.update()
+                    .where(aliases.c.alias == alias)
+                    .values(version_id=vid, history=json.dumps(hist), updated=time.time())
+                )
             gen = self._bump(conn, actor, "promote", alias, reason, version=vid, previous=previous)
         return {"alias": alias, "version": vid, "previous": previous, "generation": gen}
 
@@ -425,8 +461,11 @@ class Registry:
             if not hist:
                 raise BadInput(f"alias {alias!r} has no previous version to roll back to")
             target = hist.pop()
-            conn.execute(aliases.update().where(aliases.c.alias == alias)
-                         .values(version_id=target, history=json.dumps(hist), updated=time.time()))  # fmt: skip
+            conn.execute(
+                aliases.update()
+                .where(aliases.c.alias == alias)
+                .values(version_id=target, history=json.dumps(hist), updated=time.time())
+            )
             gen = self._bump(conn, actor, "rollback", alias, reason, version=target, previous=row.version_id)
         return {"alias": alias, "version": target, "previous": row.version_id, "generation": gen}
 
@@ -495,8 +534,15 @@ class Registry:
         vid = row["id"]
         with self.transaction() as conn:
             conn.execute(policies.delete().where(policies.c.version_id == vid))
-            conn.execute(policies.insert().values(version_id=vid, policy=json.dumps(clean, sort_keys=True),
-                                                  actor=actor, reason=reason, created=time.time()))  # fmt: skip
+            conn.execute(
+                policies.insert().values(
+                    version_id=vid,
+                    policy=json.dumps(clean, sort_keys=True),
+                    actor=actor,
+                    reason=reason,
+                    created=time.time(),
+                )
+            )
             gen = self._bump(conn, actor, "policy", vid, reason, **clean)
         return {"version": vid, "policy": self.policy(vid), "generation": gen}
 
@@ -547,8 +593,10 @@ class Registry:
                 r.version_id: {"fallback": r.fallback_id, "reason": r.reason}
                 for r in conn.execute(sa.select(takedowns))
             }
-            sup = [{"label": r.label, "alias": r.alias, "mode": r.mode, "reason": r.reason}
-                   for r in conn.execute(sa.select(suppressions))]  # fmt: skip
+            sup = [
+                {"label": r.label, "alias": r.alias, "mode": r.mode, "reason": r.reason}
+                for r in conn.execute(sa.select(suppressions))
+            ]
             pol = {r.version_id: json.loads(r.policy) for r in conn.execute(sa.select(policies))}
         return {"generation": gen, "aliases": al, "takedowns": td, "suppressions": sup, "policies": pol}
 

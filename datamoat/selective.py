@@ -47,9 +47,13 @@ from datamoat.configs import Config, check
 from datamoat.errors import BadInput
 
 __all__ = [
-    "SelectivePolicy", "calibrate_threshold", "confidence_grid", "min_calibration_size", "risk_coverage",
+    "SelectivePolicy",
+    "calibrate_threshold",
+    "confidence_grid",
+    "min_calibration_size",
+    "risk_coverage",
     "batch_error_levels",
-]  # fmt: skip
+]
 
 METHOD = "learn-then-test, fixed-sequence, Clopper-Pearson"
 GRID_FRACTION = 5  # 1/5 of the calibration set places the default grid
@@ -266,8 +270,9 @@ def _calibrate_one(
         if n_grid:
             perm = np.random.default_rng(seed).permutation(n)
             head = perm[:n_grid]
-            grid = confidence_grid(conf[head], n - n_grid, target, delta, reference_correct=correct[head],
-                                   batch_size=batch_size)  # fmt: skip
+            grid = confidence_grid(
+                conf[head], n - n_grid, target, delta, reference_correct=correct[head], batch_size=batch_size
+            )
             conf, correct = conf[perm[n_grid:]], correct[perm[n_grid:]]
         else:  # too few to spare any: one data-free hypothesis, "automate everything"
             grid = np.array([0.0])
@@ -377,16 +382,20 @@ def calibrate_threshold(
             k, thresholds, bounds, n_grid, review = len(names), {}, [], 0, []
             for c, name in enumerate(names):
                 m = pred == c
-                thr, ucb, g, why = _calibrate_one(conf[m], correct[m], target, delta / k, grid_arr, seed + c,
-                                                  batch_size)  # fmt: skip
+                thr, ucb, g, why = _calibrate_one(
+                    conf[m], correct[m], target, delta / k, grid_arr, seed + c, batch_size
+                )
                 thresholds[name], n_grid = thr, n_grid + g
                 bounds += [ucb] if ucb is not None else []
                 review += [f"{name} ({why})"] if thr is None else []
             note = f"always review: {', '.join(review)}" if review else ""
             pol = SelectivePolicy(
-                classes=names, per_class=thresholds, upper_bound_error=max(bounds) if bounds else None,
-                n_grid=n_grid, note=note,
-            )  # fmt: skip
+                classes=names,
+                per_class=thresholds,
+                upper_bound_error=max(bounds) if bounds else None,
+                n_grid=n_grid,
+                note=note,
+            )
         accepted, _ = pol.apply(probs)
         return dataclasses.replace(
             pol,

@@ -263,11 +263,19 @@ def train(
             if ckpt_path is not None:
                 buf = io.BytesIO()
                 torch.save(
-                    {"config": cfg.to_dict(), "net": net.state_dict(), "opt": opt.state_dict(),
-                     "sched": sched.state_dict(), "rng": g.get_state(), "torch_rng": torch.get_rng_state(),
-                     "curve": curve, "best": best, "epoch": epoch + 1},
+                    {
+                        "config": cfg.to_dict(),
+                        "net": net.state_dict(),
+                        "opt": opt.state_dict(),
+                        "sched": sched.state_dict(),
+                        "rng": g.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "curve": curve,
+                        "best": best,
+                        "epoch": epoch + 1,
+                    },
                     buf,
-                )  # fmt: skip
+                )
                 atomic_write(ckpt_path, buf.getvalue())
             if on_epoch:  # after the checkpoint, so a callback that interrupts can resume
                 on_epoch(point)
@@ -351,8 +359,10 @@ def run_training(
         run_id = ws.new_id()
         name = name or f"{arch}-{data.name}"
         cfg_dict = {"train": config.to_dict(), "model": model.config.to_dict()}
-        ws.insert("runs", {"id": run_id, "name": name, "dataset_id": data.id, "arch": arch,
-                           "status": "running", "config": cfg_dict})  # fmt: skip
+        ws.insert(
+            "runs",
+            {"id": run_id, "name": name, "dataset_id": data.id, "arch": arch, "status": "running", "config": cfg_dict},
+        )
     ckpt = ws.path_for("runs", run_id) / "checkpoint.pt"
     ws.update("runs", run_id, status="running")
     try:

@@ -133,8 +133,10 @@ def arch_overrides(arch: str, width: float, depth: int) -> dict[str, Any]:
         stem = base["channels"][0]
         return {"channels": (w(stem), *(w(stem * 2**i) for i in range(depth) for _ in range(2)))}
     # ConvNets: depth = conv blocks, widths doubling from the preset's first
-    return {"channels": tuple(w(base["channels"][0] * 2**i) for i in range(depth)),
-            "hidden": tuple(w(h) for h in base["hidden"])}  # fmt: skip
+    return {
+        "channels": tuple(w(base["channels"][0] * 2**i) for i in range(depth)),
+        "hidden": tuple(w(h) for h in base["hidden"]),
+    }
 
 
 def _storage(url: str) -> Any:
@@ -228,10 +230,16 @@ def tune(
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker)
         params = _suggest(trial, cfg)
-        model = new_model(params["arch"], data, seed=cfg.seed,
-                          **arch_overrides(params["arch"], params["width"], params["depth"]))  # fmt: skip
-        tc = TrainConfig(epochs=params["epochs"], lr=params["lr"], seed=cfg.seed, threads=cfg.threads,
-                         max_train_samples=cfg.max_train_samples)  # fmt: skip
+        model = new_model(
+            params["arch"], data, seed=cfg.seed, **arch_overrides(params["arch"], params["width"], params["depth"])
+        )
+        tc = TrainConfig(
+            epochs=params["epochs"],
+            lr=params["lr"],
+            seed=cfg.seed,
+            threads=cfg.threads,
+            max_train_samples=cfg.max_train_samples,
+        )
 
         def on_epoch(point: dict[str, Any]) -> None:
             trial.report(point["val_accuracy"], point["epoch"])
@@ -265,17 +273,39 @@ def tune(
     model = best["model"]
     if bt.number != best["number"]:  # another worker found it: retrain its params here to save it
         p = bt.params
-        model = train(new_model(p["arch"], data, seed=cfg.seed, **arch_overrides(p["arch"], p["width"], p["depth"])),
-                      data, TrainConfig(epochs=p["epochs"], lr=p["lr"], seed=cfg.seed, threads=cfg.threads,
-                                        max_train_samples=cfg.max_train_samples), progress=False)  # fmt: skip
+        model = train(
+            new_model(p["arch"], data, seed=cfg.seed, **arch_overrides(p["arch"], p["width"], p["depth"])),
+            data,
+            TrainConfig(
+                epochs=p["epochs"],
+                lr=p["lr"],
+                seed=cfg.seed,
+                threads=cfg.threads,
+                max_train_samples=cfg.max_train_samples,
+            ),
+            progress=False,
+        )
     lineage = dict(model.lineage)
-    lineage["tune"] = {"study": cfg.study, "storage": _redact(url), "trial": bt.number, "params": bt.params,
-                       "val_accuracy": bt.value}  # fmt: skip
+    lineage["tune"] = {
+        "study": cfg.study,
+        "storage": _redact(url),
+        "trial": bt.number,
+        "params": bt.params,
+        "val_accuracy": bt.value,
+    }
     lineage["recipe"] = [*lineage.get("recipe", []), cfg.replace(storage=_redact(url)).to_dict()]
     model = dataclasses.replace(model, lineage=lineage)
     saved = save_model(ws, model, name=name or f"tuned-{bt.params['arch']}-{data.name}")
-    return TuneResult(cfg.study, _redact(url), dict(bt.params), float(bt.value), bt.number,
-                      [_trial_row(t) for t in study.trials], saved, time.perf_counter() - t0)  # fmt: skip
+    return TuneResult(
+        cfg.study,
+        _redact(url),
+        dict(bt.params),
+        float(bt.value),
+        bt.number,
+        [_trial_row(t) for t in study.trials],
+        saved,
+        time.perf_counter() - t0,
+    )
 
 
 def _suggest(trial: Any, cfg: TuneConfig) -> dict[str, Any]:

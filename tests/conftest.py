@@ -67,9 +67,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     import doctest
 
     skip = doctest.OPTIONFLAGS_BY_NAME["SKIP"]
-    docs_only = [
-        it for it in items if hasattr(it, "dtest") and all(ex.options.get(skip) for ex in it.dtest.examples)
-    ]  # fmt: skip
+    docs_only = [it for it in items if hasattr(it, "dtest") and all(ex.options.get(skip) for ex in it.dtest.examples)]
     if docs_only:
         config.hook.pytest_deselected(items=docs_only)
         drop = set(docs_only)

@@ -72,8 +72,12 @@ def test_near_duplicates_find_injected_twins_with_conflicting_labels(ws, digits)
 
 
 def test_fixes_from_issues_filters_by_confidence_and_drops():
-    doc = {"label_issues": [{"index": 4, "suggested_label": 1, "confidence": 0.9},
-                            {"index": 8, "suggested_label": 2, "confidence": 0.4}]}  # fmt: skip
+    doc = {
+        "label_issues": [
+            {"index": 4, "suggested_label": 1, "confidence": 0.9},
+            {"index": 8, "suggested_label": 2, "confidence": 0.4},
+        ]
+    }
     assert fixes_from_issues(doc, min_confidence=0.5) == [{"index": 4, "new_label": 1}]
     assert fixes_from_issues(doc, drop=True) == [{"index": 4, "drop": True}, {"index": 8, "drop": True}]
     assert fixes_from_issues(doc, drop_below=0.5) == [{"index": 4, "new_label": 1}, {"index": 8, "drop": True}]
@@ -82,9 +86,13 @@ def test_fixes_from_issues_filters_by_confidence_and_drops():
 
 
 def test_keep_above_leaves_flags_whose_given_label_is_still_plausible():
-    doc = {"label_issues": [{"index": 1, "suggested_label": 3, "confidence": 0.95, "quality": 0.01},
-                            {"index": 2, "suggested_label": 3, "confidence": 0.95, "quality": 0.06},
-                            {"index": 3, "suggested_label": 0, "confidence": 0.50, "quality": 0.04}]}  # fmt: skip
+    doc = {
+        "label_issues": [
+            {"index": 1, "suggested_label": 3, "confidence": 0.95, "quality": 0.01},
+            {"index": 2, "suggested_label": 3, "confidence": 0.95, "quality": 0.06},
+            {"index": 3, "suggested_label": 0, "confidence": 0.50, "quality": 0.04},
+        ]
+    }
     assert fixes_from_issues(doc, drop=True, keep_above=0.05) == [
         {"index": 1, "drop": True},
         {"index": 3, "drop": True},
@@ -94,8 +102,10 @@ def test_keep_above_leaves_flags_whose_given_label_is_still_plausible():
 
 
 def test_keep_above_auto_is_twice_the_uniform_noise_share_per_wrong_class():
-    issues = [{"index": i, "suggested_label": 1, "confidence": 0.8, "quality": q}
-              for i, q in enumerate([0.001, 0.01, 0.019, 0.021, 0.03])]  # fmt: skip
+    issues = [
+        {"index": i, "suggested_label": 1, "confidence": 0.8, "quality": q}
+        for i, q in enumerate([0.001, 0.01, 0.019, 0.021, 0.03])
+    ]
     doc = {"examined": 50, "num_classes": 11, "label_issues": issues}
     assert plausible_threshold(doc) == 0.02  # 2 * (5 / 50) / 10
     auto = fixes_from_issues(doc, keep_above="auto", drop_below=0.9)
@@ -122,9 +132,15 @@ def test_ensemble_averages_each_architectures_out_of_fold_probabilities(ws, digi
 
 @pytest.mark.parametrize(
     "field, value, match",
-    [("folds", 1, "folds"), ("epochs", 0, "epochs"), ("arch", "vit", "architecture"), ("filter_by", "magic", "filter_by"),
-     ("ensemble", ("vit",), "ensemble architecture"), ("ensemble", ("cnn_small",), "repeats")],
-)  # fmt: skip
+    [
+        ("folds", 1, "folds"),
+        ("epochs", 0, "epochs"),
+        ("arch", "vit", "architecture"),
+        ("filter_by", "magic", "filter_by"),
+        ("ensemble", ("vit",), "ensemble architecture"),
+        ("ensemble", ("cnn_small",), "repeats"),
+    ],
+)
 def test_cleaning_config_rejects_bad_values(field, value, match):
     with pytest.raises(BadInput, match=match):
         CleaningConfig(**{field: value})
@@ -136,8 +152,9 @@ def test_find_issues_needs_enough_samples_per_fold(ws, digits):
 
 
 def dm(home, *args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "datamoat", "--home", str(home), *args],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "datamoat", "--home", str(home), *args], capture_output=True, text=True, timeout=300
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -160,15 +177,47 @@ def test_cli_issues_then_fix_then_diff(tmp_path):
     assert (fixed.y != load_dataset(ws, "digits").y).sum() < len(flipped) / 2
     d = json.loads(dm(home, "data", "diff", noisy.id, fix["dataset_id"], "--json").stdout)
     assert d["totals"]["relabelled"] == fix["diff"]["relabelled"] and d["totals"]["added"] == 0
-    drop = json.loads(dm(home, "data", "fix", noisy.id, "--from", str(issues_file), "--drop", "--min-confidence",
-                         "0.9", "--json").stdout)  # fmt: skip
+    drop = json.loads(
+        dm(
+            home, "data", "fix", noisy.id, "--from", str(issues_file), "--drop", "--min-confidence", "0.9", "--json"
+        ).stdout
+    )
     kept = sum(i["confidence"] >= 0.9 for i in full["label_issues"])
     assert drop["diff"]["removed"] == kept and drop["diff"]["relabelled"] == 0
-    some = json.loads(dm(home, "data", "fix", noisy.id, "--from", str(issues_file), "--drop", "--keep-above", "0.02",
-                         "--name", "keep", "--json").stdout)  # fmt: skip
+    some = json.loads(
+        dm(
+            home,
+            "data",
+            "fix",
+            noisy.id,
+            "--from",
+            str(issues_file),
+            "--drop",
+            "--keep-above",
+            "0.02",
+            "--name",
+            "keep",
+            "--json",
+        ).stdout
+    )
     assert some["diff"]["removed"] == sum(i["quality"] < 0.02 for i in full["label_issues"]) < len(full["label_issues"])
-    rec = json.loads(dm(home, "data", "fix", noisy.id, "--from", str(issues_file), "--keep-above", "auto",
-                        "--drop-below", "0.7", "--name", "rec", "--json").stdout)  # fmt: skip
+    rec = json.loads(
+        dm(
+            home,
+            "data",
+            "fix",
+            noisy.id,
+            "--from",
+            str(issues_file),
+            "--keep-above",
+            "auto",
+            "--drop-below",
+            "0.7",
+            "--name",
+            "rec",
+            "--json",
+        ).stdout
+    )
     want = fixes_from_issues(full, **RECOMMENDED)
     assert rec["fixes"] == len(want) < len(full["label_issues"])
     assert rec["left_alone"] == len(full["label_issues"]) - len(want) > 0 and fix["left_alone"] == 0

@@ -151,7 +151,7 @@ def test_serving_feedback_and_capacity(dm, flow):
             log_level="warning",
             access_log=False,
             lifespan="on",
-        )  # fmt: skip
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -161,8 +161,20 @@ def test_serving_feedback_and_capacity(dm, flow):
         time.sleep(0.02)
     url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     try:
-        load = dm("loadtest", url, "--concurrency", "2", "--duration", "0.5", "--warmup", "0", "--token",
-                  flow["predict"], "--shape", "1,8,8")  # fmt: skip
+        load = dm(
+            "loadtest",
+            url,
+            "--concurrency",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--token",
+            flow["predict"],
+            "--shape",
+            "1,8,8",
+        )
         assert load["requests"] > 0
     finally:
         server.should_exit = True

@@ -52,8 +52,18 @@ def test_bad_config():
         CompressConfig(sparsity=1.0)
 
 
-FAST = dict(distill_epochs=2, augment="none", structured_epochs=1, unstructured=True, unstructured_steps=1, unstructured_epochs=1,
-            latency_repeats=5, student_arch="cnn_small", student_channels=(8, 16), student_hidden=(32,))  # fmt: skip
+FAST = dict(
+    distill_epochs=2,
+    augment="none",
+    structured_epochs=1,
+    unstructured=True,
+    unstructured_steps=1,
+    unstructured_epochs=1,
+    latency_repeats=5,
+    student_arch="cnn_small",
+    student_channels=(8, 16),
+    student_hidden=(32,),
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +83,16 @@ def test_recipe_end_to_end(teacher_ws, tmp_path):
     ws, data, teacher = teacher_ws
     res = compress(teacher, data, CompressConfig(max_accuracy_drop=5.0, **FAST), out_dir=tmp_path)
     names = [c["name"] for c in res.candidates]
-    assert names == ["teacher", "teacher-int8", "student", "student-int8", "distill+structured",
-                     "distill+structured-int8", "distill+structured+unstructured", "distill+structured+unstructured-int8"]  # fmt: skip
+    assert names == [
+        "teacher",
+        "teacher-int8",
+        "student",
+        "student-int8",
+        "distill+structured",
+        "distill+structured-int8",
+        "distill+structured+unstructured",
+        "distill+structured+unstructured-int8",
+    ]
     x, y = data.subset("test")
     for c in res.candidates:
         sess = ort.InferenceSession(c["onnx_path"], providers=["CPUExecutionProvider"])
@@ -102,8 +120,13 @@ def test_recipe_end_to_end(teacher_ws, tmp_path):
 
 
 def dm(home, *args):
-    return subprocess.run([sys.executable, "-m", "datamoat", "--home", str(home), *args], capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ))  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "datamoat", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )
 
 
 def test_cli_registers_the_choice_or_nothing(teacher_ws):

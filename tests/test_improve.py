@@ -75,8 +75,13 @@ def test_cli_prints_both_gains_and_the_curve(ws, digits):
     bad = subprocess.run([*cmd, "--budget-minutes", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "budget_minutes must be positive" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
-    ok = subprocess.run([*cmd, "--budget-minutes", "0.02", "--epochs", "2", "--threads", "1", "--json"],
-                        capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    ok = subprocess.run(
+        [*cmd, "--budget-minutes", "0.02", "--epochs", "2", "--threads", "1", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr
     out = json.loads(ok.stdout)
     assert {"gain", "test_accuracy"} <= set(out["levers"]["model"]) & set(out["levers"]["data"])

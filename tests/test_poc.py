@@ -65,9 +65,11 @@ def saved(tmp_path_factory):
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "datamoat", "--home", str(home), "poc", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "datamoat", "--home", str(home), "poc", *args],
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
 
 
 def test_report_renders_with_plots_and_verdict(saved, tmp_path):
@@ -112,10 +114,15 @@ def test_bias_warnings_follow_the_documented_rule(saved):
     res = feasibility(model, ds, 0.9, 0.05, slice_by="predicted")
     for column, groups in (("class", res["per_class"]), ("predicted", res["slices"])):
         for g in groups:
-            expect = g["n"] >= MIN_GROUP and (
-                g["accuracy"] < res["accuracy"] - GAP or g["coverage"] < res["coverage"] / 2
-            ) or (g["accepted_accuracy"] is not None and g["n"] * g["coverage"] >= MIN_GROUP
-                  and g["accepted_accuracy"] < 0.9 - GAP)  # fmt: skip
+            expect = (
+                g["n"] >= MIN_GROUP
+                and (g["accuracy"] < res["accuracy"] - GAP or g["coverage"] < res["coverage"] / 2)
+                or (
+                    g["accepted_accuracy"] is not None
+                    and g["n"] * g["coverage"] >= MIN_GROUP
+                    and g["accepted_accuracy"] < 0.9 - GAP
+                )
+            )
             assert bool(g["warning"]) == expect, g
             assert (f"{column} {g['group']}: {g['warning']}" in res["warnings"]) == expect
     assert res["warnings"]  # this under-trained model has classes far below the rest
@@ -156,10 +163,18 @@ def test_cli_json_matches_the_report(saved):
     def shown(v):
         return "\u2014" if v is None else ("yes" if v else "no") if isinstance(v, bool) else str(v)
 
-    summary = {"accuracy": "accuracy", "threshold": "threshold", "coverage": "coverage",
-               "accepted accuracy": "accepted_accuracy", "workload per 1000": "workload_per_1000",
-               "val coverage": "val_coverage", "upper bound on error": "upper_bound_error",
-               "meets target on test": "meets_target_on_test", "test samples": "n_test", "val samples": "n_val"}  # fmt: skip
+    summary = {
+        "accuracy": "accuracy",
+        "threshold": "threshold",
+        "coverage": "coverage",
+        "accepted accuracy": "accepted_accuracy",
+        "workload per 1000": "workload_per_1000",
+        "val coverage": "val_coverage",
+        "upper bound on error": "upper_bound_error",
+        "meets target on test": "meets_target_on_test",
+        "test samples": "n_test",
+        "val samples": "n_val",
+    }
     for label, key in summary.items():
         assert f"| {label} | {shown(res[key])} |" in md
         assert f"<tr><td>{label}</td><td>{shown(res[key])}</td></tr>" in html_text

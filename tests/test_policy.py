@@ -60,13 +60,27 @@ def test_set_policy_is_audited_bumps_the_generation_and_wins_over_the_version_in
     plain = reg.register(b"onnx-2", name="m2", kind="fp32", info=INFO, actor="alice")
     assert reg.policy(vid) == {"threshold": 0.5} and reg.policy(plain) == {}  # fallbacks: info, then nothing
     gen = reg.generation()
-    out = reg.set_policy("m", {"threshold": 0.9, "per_class": {"cat": 0.95, "bird": None}, "target_accuracy": 0.99,
-                               "delta": 0.05, "method": "ltt"}, actor="bob", reason="poc 17")  # fmt: skip
+    out = reg.set_policy(
+        "m",
+        {
+            "threshold": 0.9,
+            "per_class": {"cat": 0.95, "bird": None},
+            "target_accuracy": 0.99,
+            "delta": 0.05,
+            "method": "ltt",
+        },
+        actor="bob",
+        reason="poc 17",
+    )
     assert out["generation"] == gen + 1 == reg.generation() and out["version"] == vid
     pol = reg.policy(vid)
     assert {k: pol[k] for k in ("threshold", "per_class", "target_accuracy", "set_by", "reason")} == {
-        "threshold": 0.9, "per_class": {"cat": 0.95, "bird": None}, "target_accuracy": 0.99, "set_by": "bob",
-        "reason": "poc 17"}  # fmt: skip
+        "threshold": 0.9,
+        "per_class": {"cat": 0.95, "bird": None},
+        "target_accuracy": 0.99,
+        "set_by": "bob",
+        "reason": "poc 17",
+    }
     last = reg.audit_log()[-1]
     assert (last["action"], last["actor"], last["target"], last["generation"]) == ("policy", "bob", vid, gen + 1)
     assert last["details"]["threshold"] == 0.9
@@ -99,8 +113,9 @@ def test_bad_policies_are_refused_and_change_nothing(reg, policy, match):
 
 
 def test_a_running_server_flags_answers_by_their_class_threshold(served, reg):
-    vid = reg.register(served.reg.artifact(served.row["onnx_sha"]), name="mlp", kind="fp32",
-                       info=served.row["info"], actor="test")  # fmt: skip
+    vid = reg.register(
+        served.reg.artifact(served.row["onnx_sha"]), name="mlp", kind="fp32", info=served.row["info"], actor="test"
+    )
     reg.promote(vid, "production", actor="test")
     classes = [str(c) for c in served.row["info"]["classes"]]
     pred, conf = served.probs.argmax(1), served.probs.max(1)  # (60,), (60,)
@@ -120,8 +135,12 @@ def test_a_running_server_flags_answers_by_their_class_threshold(served, reg):
             return [a["needs_review"] for a in r.json()["predictions"]]
 
         assert not any(flags())  # no policy yet
-        out = reg.set_policy(vid, {"threshold": t, "per_class": {classes[free]: 0.0, classes[always]: None}},
-                             actor="ops", reason="review the doubtful ones")  # fmt: skip
+        out = reg.set_policy(
+            vid,
+            {"threshold": t, "per_class": {classes[free]: 0.0, classes[always]: None}},
+            actor="ops",
+            reason="review the doubtful ones",
+        )
         assert reg.wait_for_acks(out["generation"], timeout=10)["missing"] == []
         assert flags() == want.tolist()
         answers = client.post("/v1/predict", json={"inputs": served.x.tolist()}).json()["predictions"]
@@ -130,8 +149,9 @@ def test_a_running_server_flags_answers_by_their_class_threshold(served, reg):
 
 
 def test_bundles_carry_the_set_policy(served, reg):
-    vid = reg.register(served.reg.artifact(served.row["onnx_sha"]), name="mlp", kind="fp32",
-                       info=served.row["info"], actor="test")  # fmt: skip
+    vid = reg.register(
+        served.reg.artifact(served.row["onnx_sha"]), name="mlp", kind="fp32", info=served.row["info"], actor="test"
+    )
     key = Ed25519PrivateKey.generate()
 
     def policy_json(seq: int) -> dict:
@@ -146,8 +166,9 @@ def test_bundles_carry_the_set_policy(served, reg):
 
 
 def dm(home, *args):
-    return subprocess.run([sys.executable, "-m", "datamoat", "--home", str(home), *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "datamoat", "--home", str(home), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_sets_from_a_poc_report_shows_it_and_exits_2_on_bad_input(served, tmp_path):
@@ -192,16 +213,19 @@ def test_an_edge_device_applies_the_bundled_per_class_policy(served, reg, tmp_pa
 
     from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
 
-    vid = reg.register(served.reg.artifact(served.row["onnx_sha"]), name="mlp", kind="fp32",
-                       info=served.row["info"], actor="test")  # fmt: skip
+    vid = reg.register(
+        served.reg.artifact(served.row["onnx_sha"]), name="mlp", kind="fp32", info=served.row["info"], actor="test"
+    )
     classes = [str(c) for c in served.row["info"]["classes"]]
     pred, conf = served.probs.argmax(1), served.probs.max(1)  # (60,), (60,)
     t = _gap_threshold(conf)
     always = int(pred[np.argmax(conf)])  # the most confident answer's class: reviewed only by its own rule
     reg.set_policy(vid, {"threshold": t, "per_class": {classes[always]: None}}, actor="ops")
     key = Ed25519PrivateKey.generate()
-    rt = EdgeRuntime(EdgeConfig(device_id="cam", state_dir=str(tmp_path / "dev"), upload_low_confidence=False),
-                     trusted=[key.public_key()])  # fmt: skip
+    rt = EdgeRuntime(
+        EdgeConfig(device_id="cam", state_dir=str(tmp_path / "dev"), upload_low_confidence=False),
+        trusted=[key.public_key()],
+    )
     try:
         assert (
             rt.install_bytes(build_bundle(reg, vid, key, 1, inputs=served.x[:2]), source="usb")["status"] == "installed"

@@ -87,9 +87,13 @@ def test_dynamic_on_a_conv_net_leaves_convs_float_so_stock_ort_runs_it(trained, 
 
 @pytest.mark.parametrize(
     "arch, widths",
-    [("cnn_medium", {"channels": (4, 8), "hidden": (16,)}), ("cnn_large", {"channels": (4, 4, 8, 8), "hidden": (16,)}),
-     ("resnet", {"channels": (4, 4, 4, 8, 8)}), ("cnn_small", {"channels": (5, 7), "hidden": (9,)})],
-)  # fmt: skip
+    [
+        ("cnn_medium", {"channels": (4, 8), "hidden": (16,)}),
+        ("cnn_large", {"channels": (4, 4, 8, 8), "hidden": (16,)}),
+        ("resnet", {"channels": (4, 4, 4, 8, 8)}),
+        ("cnn_small", {"channels": (5, 7), "hidden": (9,)}),
+    ],
+)
 def test_every_conv_arch_quantizes_statically_and_runs(trained, tmp_path, arch, widths):
     _, ds, _, _ = trained
     m = new_model(arch, ds, **widths)

@@ -131,8 +131,13 @@ def test_tokens_are_hashed_and_roles_enforced(reg):
 
 
 def dm(home, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "datamoat", "--home", str(home), *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "datamoat", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_control_commands_and_admin_token(ws, digits):

@@ -17,8 +17,13 @@ SMALL = {"archs": ("mlp", "cnn_small"), "epochs_min": 1, "epochs_max": 2, "depth
 
 def dm(home, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "datamoat", "--home", str(home), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "datamoat", "--home", str(home), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_tune_returns_best_config_and_saves_model(ws, digits):
@@ -46,8 +51,19 @@ def test_arch_overrides_build_every_searched_arch(digits):
 
 
 def test_clearly_bad_trial_is_pruned(ws, digits):
-    cfg = TuneConfig(trials=3, archs=("cnn_small",), widths=(1.0,), depth_min=2, depth_max=2, epochs_min=3,
-                     epochs_max=3, lr_min=1e-7, lr_max=1e-2, startup_trials=2, threads=1)  # fmt: skip
+    cfg = TuneConfig(
+        trials=3,
+        archs=("cnn_small",),
+        widths=(1.0,),
+        depth_min=2,
+        depth_max=2,
+        epochs_min=3,
+        epochs_max=3,
+        lr_min=1e-7,
+        lr_max=1e-2,
+        startup_trials=2,
+        threads=1,
+    )
     good = {"arch": "cnn_small", "width": 1.0, "depth": 2, "epochs": 3, "lr": 5e-3}
     res = tune(ws, digits, cfg, enqueue=[good, {**good, "lr": 4e-3}, {**good, "lr": 1e-7}])
     states = [t["state"] for t in res.trials]
@@ -58,8 +74,24 @@ def test_clearly_bad_trial_is_pruned(ws, digits):
 
 def test_two_workers_share_one_study(tmp_path, ws, digits):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    args = ("tune", "--data", "digits", "--trials", "3", "--storage", url, "--study", "s", "--archs", "mlp,cnn_small",
-            "--epochs-max", "2", "--threads", "1", "--json")  # fmt: skip
+    args = (
+        "tune",
+        "--data",
+        "digits",
+        "--trials",
+        "3",
+        "--storage",
+        url,
+        "--study",
+        "s",
+        "--archs",
+        "mlp,cnn_small",
+        "--epochs-max",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+    )
     procs = [dm(ws.root, *args) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
@@ -82,10 +114,13 @@ def test_bad_input():
     TuneConfig(storage="postgresql+psycopg2://u:p@db.example/optuna")  # a shared database is a valid URL
 
 
-@pytest.mark.parametrize("args,message", [
-    (("--trials", "0"), "trials must be at least 1"),
-    (("--storage", "ftp://host/db"), "unknown storage URL scheme"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--trials", "0"), "trials must be at least 1"),
+        (("--storage", "ftp://host/db"), "unknown storage URL scheme"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(ws, digits, args, message):
     out, err = (p := dm(ws.root, "tune", "--data", "digits", *args)).communicate(timeout=120)
     assert p.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -49,8 +49,17 @@ def _writer(root: str, who: int, n: int) -> None:
     ws = Workspace.open(root)
     for i in range(n):
         ws.put_bytes(f"{who}-{i}".encode())
-        ws.insert("runs", {"id": f"{who}-{i}", "name": "r", "dataset_id": "d", "arch": "mlp",
-                           "status": "running", "config": {"i": i}})  # fmt: skip
+        ws.insert(
+            "runs",
+            {
+                "id": f"{who}-{i}",
+                "name": "r",
+                "dataset_id": "d",
+                "arch": "mlp",
+                "status": "running",
+                "config": {"i": i},
+            },
+        )
 
 
 def test_two_processes_writing_at_once_corrupt_nothing(tmp_path):

@@ -55,16 +55,31 @@ def data_import(
     elif path.is_file():
         if labels is None:
             raise BadInput(f"{path} is a file: pass its IDX labels with --labels, or give an image folder")
-        ds = d.import_idx(ws, path, labels, test_images=test_images, test_labels=test_labels,
-                          classes=class_list, name=name or path.stem, seed=seed)  # fmt: skip
+        ds = d.import_idx(
+            ws,
+            path,
+            labels,
+            test_images=test_images,
+            test_labels=test_labels,
+            classes=class_list,
+            name=name or path.stem,
+            seed=seed,
+        )
     elif path.is_dir() and any(path.glob("train-images-idx3-ubyte*")):
         if class_list is None and path.resolve() == d.FASHION_MNIST_DIR.resolve():
             ds = d.import_fashion_mnist(ws, path, seed=seed)
         else:
             find = lambda stem: next(iter(sorted(path.glob(stem + "*"))), path / stem)  # noqa: E731
-            ds = d.import_idx(ws, find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"),
-                              test_images=find("t10k-images-idx3-ubyte"), test_labels=find("t10k-labels-idx1-ubyte"),
-                              classes=class_list, name=name or path.name, seed=seed)  # fmt: skip
+            ds = d.import_idx(
+                ws,
+                find("train-images-idx3-ubyte"),
+                find("train-labels-idx1-ubyte"),
+                test_images=find("t10k-images-idx3-ubyte"),
+                test_labels=find("t10k-labels-idx1-ubyte"),
+                classes=class_list,
+                name=name or path.name,
+                seed=seed,
+            )
     elif path.is_dir():
         ds = d.import_folder(ws, path, name=name, seed=seed)
     else:
@@ -85,8 +100,16 @@ def data_list(as_json: bool = JsonOpt) -> None:
     from rich.table import Table
 
     rows = open_ws().rows("datasets")
-    out = [{"id": r["id"], "name": r["name"], "samples": r["manifest"]["shape"][0],
-            "classes": len(r["manifest"]["classes"]), "parent_id": r["parent_id"]} for r in rows]  # fmt: skip
+    out = [
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "samples": r["manifest"]["shape"][0],
+            "classes": len(r["manifest"]["classes"]),
+            "parent_id": r["parent_id"],
+        }
+        for r in rows
+    ]
     if as_json:
         emit({"datasets": out}, True)
         return
@@ -131,9 +154,18 @@ def models_list(as_json: bool = JsonOpt) -> None:
     from datamoat.cli._common import console
 
     rows = open_ws().rows("models")
-    out = [{"id": r["id"], "name": r["name"], "arch": r["arch"], "params": r["meta"].get("params"),
-            "dataset_id": r["dataset_id"], "parent_id": r["parent_id"],
-            "val_accuracy": (r["meta"].get("history") or {}).get("val_accuracy")} for r in rows]  # fmt: skip
+    out = [
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "arch": r["arch"],
+            "params": r["meta"].get("params"),
+            "dataset_id": r["dataset_id"],
+            "parent_id": r["parent_id"],
+            "val_accuracy": (r["meta"].get("history") or {}).get("val_accuracy"),
+        }
+        for r in rows
+    ]
     if as_json:
         emit({"models": out}, True)
         return
@@ -150,12 +182,22 @@ def models_show(model: str, as_json: bool = JsonOpt) -> None:
     ws = open_ws()
     row = ws.resolve("models", model)
     meta = row["meta"]
-    out = {"id": row["id"], "name": row["name"], "arch": row["arch"], "dataset_id": row["dataset_id"],
-           "parent_id": row["parent_id"], "run_id": row["run_id"], "weights_sha256": row["weights_sha"], **meta}  # fmt: skip
+    out = {
+        "id": row["id"],
+        "name": row["name"],
+        "arch": row["arch"],
+        "dataset_id": row["dataset_id"],
+        "parent_id": row["parent_id"],
+        "run_id": row["run_id"],
+        "weights_sha256": row["weights_sha"],
+        **meta,
+    }
     hist = meta.get("history") or {}
-    lines = [f"model {row['id']} ({row['name']}): {row['arch']}, {meta['params']:,} parameters",
-             f"dataset {row['dataset_id']}, parent {row['parent_id']}, run {row['run_id']}",
-             f"config {meta['config']}"]  # fmt: skip
+    lines = [
+        f"model {row['id']} ({row['name']}): {row['arch']}, {meta['params']:,} parameters",
+        f"dataset {row['dataset_id']}, parent {row['parent_id']}, run {row['run_id']}",
+        f"config {meta['config']}",
+    ]
     for p in hist.get("curve", []):
         lines.append(f"  epoch {p['epoch']}: train loss {p['train_loss']:.4f}  val acc {p['val_accuracy']:.4f}")
     if hist.get("plateau"):
@@ -211,15 +253,35 @@ def train(
     ws = open_ws()
     cfg = None
     if not resume:
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
-                          augment=augment, patience=patience, seed=seed, threads=threads)  # fmt: skip
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            schedule=schedule,
+            augment=augment,
+            patience=patience,
+            seed=seed,
+            threads=threads,
+        )
     model, run_id = run_training(ws, data, arch, cfg, name=name, resume=resume, progress=True)
     h = model.history
-    out = {"run_id": run_id, "model_id": model.id, "dataset_id": model.lineage["dataset_id"], "arch": model.config.arch,
-           "params": model.params, "val_accuracy": h["val_accuracy"], "best_epoch": h["best_epoch"],
-           "stopped_early": h["stopped_early"], "plateau": h["plateau"], "curve": h["curve"]}  # fmt: skip
-    text = (f"model {model.id} ({model.name}): val accuracy {h['val_accuracy']:.4f} at epoch {h['best_epoch']}, "
-            f"{h['seconds']:.0f}s; run {run_id}")  # fmt: skip
+    out = {
+        "run_id": run_id,
+        "model_id": model.id,
+        "dataset_id": model.lineage["dataset_id"],
+        "arch": model.config.arch,
+        "params": model.params,
+        "val_accuracy": h["val_accuracy"],
+        "best_epoch": h["best_epoch"],
+        "stopped_early": h["stopped_early"],
+        "plateau": h["plateau"],
+        "curve": h["curve"],
+    }
+    text = (
+        f"model {model.id} ({model.name}): val accuracy {h['val_accuracy']:.4f} at epoch {h['best_epoch']}, "
+        f"{h['seconds']:.0f}s; run {run_id}"
+    )
     if h["plateau"]:
         text += "\n" + h["plateau"]["message"]
     emit(out, as_json, text)

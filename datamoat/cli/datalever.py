@@ -34,8 +34,16 @@ def data_issues(
     from datamoat.data import load_dataset
     from datamoat.data.cleaning import CleaningConfig, find_issues
 
-    cfg = CleaningConfig(arch=arch, ensemble=tuple(ensemble), folds=folds, epochs=epochs, augment=augment,
-                         seed=seed, max_train_samples=max_train_samples, threads=threads)  # fmt: skip
+    cfg = CleaningConfig(
+        arch=arch,
+        ensemble=tuple(ensemble),
+        folds=folds,
+        epochs=epochs,
+        augment=augment,
+        seed=seed,
+        max_train_samples=max_train_samples,
+        threads=threads,
+    )
     if top < 0:
         raise BadInput(f"--top must be >= 0, got {top}")
     ws = open_ws()
@@ -45,8 +53,12 @@ def data_issues(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(issues, indent=1) + "\n")
     counts = {k: len(issues[k]) for k in ("label_issues", "near_duplicates", "outliers")}
-    out = {**{k: v for k, v in issues.items() if k not in counts}, "counts": counts,
-           **{k: issues[k][:top] for k in counts}, "output": str(output) if output else None}  # fmt: skip
+    out = {
+        **{k: v for k, v in issues.items() if k not in counts},
+        "counts": counts,
+        **{k: issues[k][:top] for k in counts},
+        "output": str(output) if output else None,
+    }
     if as_json:
         emit(out, True)
         return
@@ -64,15 +76,27 @@ def _print_issues(classes: list[str], out: dict[str, Any], counts: dict[str, int
     )
     t = Table("rank", "index", "given", "suggested", "quality", "confidence", title="likely label errors")
     for i in out["label_issues"]:
-        t.add_row(str(i["rank"]), str(i["index"]), i["given_class"], i["suggested_class"],
-                  f"{i['quality']:.4f}", f"{i['confidence']:.3f}")  # fmt: skip
+        t.add_row(
+            str(i["rank"]),
+            str(i["index"]),
+            i["given_class"],
+            i["suggested_class"],
+            f"{i['quality']:.4f}",
+            f"{i['confidence']:.3f}",
+        )
     console.print(t)
     if out["near_duplicates"]:
         t = Table("a", "b", "similarity", "labels", "splits", "conflict", title="near duplicates")
         for p in out["near_duplicates"]:
             labels = " / ".join(classes[k] for k in p["labels"])
-            t.add_row(str(p["a"]), str(p["b"]), "exact" if p["exact"] else f"{p['similarity']:.4f}", labels,
-                      " / ".join(p["splits"]), "yes" if p["conflict"] else "")  # fmt: skip
+            t.add_row(
+                str(p["a"]),
+                str(p["b"]),
+                "exact" if p["exact"] else f"{p['similarity']:.4f}",
+                labels,
+                " / ".join(p["splits"]),
+                "yes" if p["conflict"] else "",
+            )
         console.print(t)
     if out["outliers"]:
         t = Table("index", "label", "score", title="outliers (least typical first)")
@@ -83,8 +107,9 @@ def _print_issues(classes: list[str], out: dict[str, Any], counts: dict[str, int
         console.print(f"all issues written to {out['output']}: apply them with `datamoat data fix`", highlight=False)
 
 
-def _read_fixes(path: Path, ds_id: str, drop: bool, min_confidence: float,
-                drop_below: float = 0.0, keep_above: float | str = 0.0) -> tuple[list[dict[str, Any]], Any, int]:  # fmt: skip
+def _read_fixes(
+    path: Path, ds_id: str, drop: bool, min_confidence: float, drop_below: float = 0.0, keep_above: float | str = 0.0
+) -> tuple[list[dict[str, Any]], Any, int]:
     """The fixes to apply, the keep-above threshold as a number, and how many flags the file held."""
     from datamoat.data.cleaning import fixes_from_issues, plausible_threshold
 
@@ -95,14 +120,17 @@ def _read_fixes(path: Path, ds_id: str, drop: bool, min_confidence: float,
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadInput(f"{path} is not valid JSON ({e}): pass the file `datamoat data issues -o` wrote") from None
     if isinstance(doc, dict) and doc.get("dataset_id") not in (None, ds_id):
-        raise BadInput(f"{path} lists issues of dataset {doc['dataset_id']}, not {ds_id}: "
-                       "fix that version, or run `datamoat data issues` on this one")  # fmt: skip
+        raise BadInput(
+            f"{path} lists issues of dataset {doc['dataset_id']}, not {ds_id}: "
+            "fix that version, or run `datamoat data issues` on this one"
+        )
     if isinstance(doc, dict) and isinstance(doc.get("fixes"), list):
         return doc["fixes"], keep_above, len(doc["fixes"])  # hand-written fixes: [{index, new_label} | {index, drop}]
     if keep_above == "auto" and isinstance(doc, dict) and isinstance(doc.get("label_issues"), list):
         keep_above = plausible_threshold(doc)  # recorded with the version as the number it was
-    fixes = fixes_from_issues(doc, drop=drop, min_confidence=min_confidence, drop_below=drop_below,
-                              keep_above=keep_above)  # fmt: skip
+    fixes = fixes_from_issues(
+        doc, drop=drop, min_confidence=min_confidence, drop_below=drop_below, keep_above=keep_above
+    )
     return fixes, keep_above, len(doc["label_issues"])
 
 
@@ -138,17 +166,37 @@ def data_fix(
     ws = open_ws()
     ds = load_dataset(ws, dataset)
     fixes, keep, flagged = _read_fixes(source, ds.id, drop, min_confidence, drop_below, keep)
-    fixed = apply_fixes(ws, ds, fixes, name=name,
-                        source={"issues_file": str(source), "mode": "drop" if drop else "relabel",
-                                "min_confidence": min_confidence, "drop_below": drop_below,
-                                "keep_above": keep})  # fmt: skip
+    fixed = apply_fixes(
+        ws,
+        ds,
+        fixes,
+        name=name,
+        source={
+            "issues_file": str(source),
+            "mode": "drop" if drop else "relabel",
+            "min_confidence": min_confidence,
+            "drop_below": drop_below,
+            "keep_above": keep,
+        },
+    )
     totals = diff(ws, ds, fixed)["totals"]
     # Flags left alone: below --min-confidence or, with --keep-above, given labels still plausible.
     left = flagged - len(fixes)
-    out = {"dataset_id": fixed.id, "name": fixed.name, "parent_id": ds.id, "fixes": len(fixes), "left_alone": left,
-           "keep_above": keep, "diff": totals}  # fmt: skip
-    emit(out, as_json, f"dataset {fixed.id} ({fixed.name}) from {ds.id}: {totals['relabelled']} relabelled, "
-                       f"{totals['removed']} dropped, {left} flags left alone; {ds.id} is unchanged")  # fmt: skip
+    out = {
+        "dataset_id": fixed.id,
+        "name": fixed.name,
+        "parent_id": ds.id,
+        "fixes": len(fixes),
+        "left_alone": left,
+        "keep_above": keep,
+        "diff": totals,
+    }
+    emit(
+        out,
+        as_json,
+        f"dataset {fixed.id} ({fixed.name}) from {ds.id}: {totals['relabelled']} relabelled, "
+        f"{totals['removed']} dropped, {left} flags left alone; {ds.id} is unchanged",
+    )
 
 
 def data_diff(

@@ -63,12 +63,19 @@ def distill_cmd(
     saved = save_model(ws, trained, name=name or f"{arch}-distilled-{t.name}")
     acc = float(saved.history["val_accuracy"])
     emit(
-        {"model_id": saved.id, "name": saved.name, "teacher_id": t.id, "val_accuracy": acc,
-         "params": saved.params, "teacher_params": t.params, "config": config.to_dict()},
+        {
+            "model_id": saved.id,
+            "name": saved.name,
+            "teacher_id": t.id,
+            "val_accuracy": acc,
+            "params": saved.params,
+            "teacher_params": t.params,
+            "config": config.to_dict(),
+        },
         as_json,
         f"saved {saved.name} ({saved.id}, {saved.params:,} params) distilled from {t.name} "
         f"({t.params:,} params): val accuracy {acc:.4f}",
-    )  # fmt: skip
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -63,8 +63,10 @@ def bundle(
     key: Path = typer.Option(..., "--key", help="Private signing key (from `datamoat keys generate`)."),
     abstain_threshold: float = typer.Option(None, "--abstain-threshold", help="Abstain below this top probability."),
     selftest: int = typer.Option(4, "--selftest", help="Number of self-test vectors."),
-    token: str = TokenOpt, registry: str = RegistryOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Build, sign and publish a bundle: model, labels, preprocessing, policy, self-test vectors."""
     from datamoat.edge.bundle import BundleConfig
     from datamoat.edge.keys import load_private_key
@@ -79,8 +81,12 @@ def bundle(
 
         atomic_write(output, fleet.bundle_bytes(info["sha"]))
         info["file"] = str(output)
-    emit(info, as_json, f"bundle {info['sha'][:12]}: version {vid}, sequence {info['seq']}, {info['size']} bytes"
-                        + (f", written to {output}" if output else ""))  # fmt: skip
+    emit(
+        info,
+        as_json,
+        f"bundle {info['sha'][:12]}: version {vid}, sequence {info['seq']}, {info['size']} bytes"
+        + (f", written to {output}" if output else ""),
+    )
 
 
 @edge_app.command("run")
@@ -118,12 +124,25 @@ def edge_run(
     from datamoat.edge.runtime import EdgeConfig
     from datamoat.edge.server import run_edge
 
-    cfg = EdgeConfig(device_id=device_id, state_dir=str(state_dir), trust=tuple(map(str, trust)), server=server,
-                     token=token, group=group, poll_interval_s=poll_interval, health_window=health_window,
-                     max_abstain_rate=max_abstain_rate, max_error_rate=max_error_rate, ort_threads=ort_threads,
-                     upload_low_confidence=upload, upload_max_items=upload_max_items, require_https=require_https,
-                     ca_cert=str(ca_cert) if ca_cert else "", control_trust=tuple(map(str, control_trust)),
-                     insecure_control=insecure_control)  # fmt: skip
+    cfg = EdgeConfig(
+        device_id=device_id,
+        state_dir=str(state_dir),
+        trust=tuple(map(str, trust)),
+        server=server,
+        token=token,
+        group=group,
+        poll_interval_s=poll_interval,
+        health_window=health_window,
+        max_abstain_rate=max_abstain_rate,
+        max_error_rate=max_error_rate,
+        ort_threads=ort_threads,
+        upload_low_confidence=upload,
+        upload_max_items=upload_max_items,
+        require_https=require_https,
+        ca_cert=str(ca_cert) if ca_cert else "",
+        control_trust=tuple(map(str, control_trust)),
+        insecure_control=insecure_control,
+    )
     err_console.print(
         f"edge device {device_id} on http://{host}:{port}, server {server or '(offline)'}", highlight=False
     )
@@ -176,13 +195,16 @@ def rollout(
     model: str = typer.Argument(..., help="Registry version (or catalog model) to roll out."),
     group: str = typer.Option(..., "--group", "-g"),
     percent: float = typer.Option(..., "--percent", "-p", help="Share of the group, by a stable hash of device ids."),
-    abort_if_failed_percent: float = typer.Option(None, "--abort-if-failed-percent",
-                                                  help="Abort and return the fleet when this share of assigned devices failed."),  # fmt: skip
+    abort_if_failed_percent: float = typer.Option(
+        None, "--abort-if-failed-percent", help="Abort and return the fleet when this share of assigned devices failed."
+    ),
     allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Let devices install an older bundle."),
     key: Path = typer.Option(None, "--key", help="Sign a new bundle with this key if the version has none."),
     bundle_ref: str = typer.Option(None, "--bundle", help="A specific published bundle (sha prefix)."),
-    token: str = TokenOpt, registry: str = RegistryOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Start a staged rollout, or raise its percent (devices already in stay in)."""
     from datamoat.errors import BadInput
 
@@ -199,23 +221,33 @@ def rollout(
             from datamoat.edge.keys import load_private_key
 
             b = fleet.publish_version(vid, load_private_key(key), actor=actor)
-    r = fleet.start_rollout(b["sha"], group, percent, actor=actor, abort_percent=abort_if_failed_percent,
-                            allow_downgrade=allow_downgrade)  # fmt: skip
-    emit(r, as_json, f"rollout {r['id']}: bundle {b['sha'][:12]} (version {b['version_id']}, sequence {b['seq']}) "
-                     f"to {r['percent']:g}% of {group}")  # fmt: skip
+    r = fleet.start_rollout(
+        b["sha"], group, percent, actor=actor, abort_percent=abort_if_failed_percent, allow_downgrade=allow_downgrade
+    )
+    emit(
+        r,
+        as_json,
+        f"rollout {r['id']}: bundle {b['sha'][:12]} (version {b['version_id']}, sequence {b['seq']}) "
+        f"to {r['percent']:g}% of {group}",
+    )
 
 
 @fleet_app.command("enroll")
 def fleet_enroll(
     device_id: str = typer.Argument(...),
     group: str = typer.Option("default", "--group", "-g"),
-    token: str = TokenOpt, registry: str = RegistryOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Register a device (or rotate its token); the token is printed once and stored hashed."""
     fleet = _fleet(registry)
     new = fleet.enroll(device_id, group, actor=_actor(fleet, token))
-    emit({"device_id": device_id, "group": group, "token": new}, as_json,
-         f"device {device_id} in {group}; its token (shown once):\n{new}")  # fmt: skip
+    emit(
+        {"device_id": device_id, "group": group, "token": new},
+        as_json,
+        f"device {device_id} in {group}; its token (shown once):\n{new}",
+    )
 
 
 @fleet_app.command("status")
@@ -241,9 +273,12 @@ def fleet_status(
 
 @fleet_app.command("abort")
 def fleet_abort(
-    group: str = typer.Option(..., "--group", "-g"), reason: str = typer.Option(..., "--reason"),
-    token: str = TokenOpt, registry: str = RegistryOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    group: str = typer.Option(..., "--group", "-g"),
+    reason: str = typer.Option(..., "--reason"),
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Stop a group's rollout: every device returns to the baseline bundle."""
     fleet = _fleet(registry)
     r = fleet.abort_rollout(group, actor=_actor(fleet, token), reason=reason)
@@ -256,8 +291,11 @@ def fleet_events(since: int = typer.Option(0, "--since"), registry: str = Regist
     import datetime as dt
 
     evs = _fleet(registry).events(since)
-    lines = [f"{dt.datetime.fromtimestamp(e['ts']).isoformat(timespec='milliseconds')} {e['device_id'] or '-':<12} "
-             f"{e['kind']:<16} {e['rollout_id'] or '':<10} {e['detail'].get('reason') or ''}" for e in evs]  # fmt: skip
+    lines = [
+        f"{dt.datetime.fromtimestamp(e['ts']).isoformat(timespec='milliseconds')} {e['device_id'] or '-':<12} "
+        f"{e['kind']:<16} {e['rollout_id'] or '':<10} {e['detail'].get('reason') or ''}"
+        for e in evs
+    ]
     emit({"events": evs}, as_json, "\n".join(lines) or "no events")
 
 
@@ -295,12 +333,15 @@ def fleet_serve(
             chunk_delay_s=chunk_delay,
             upload_max_per_hour=upload_max_per_hour,
             review_max_open=review_max_open,
-        ),  # fmt: skip
+        ),
         key,
     )
     if key is None:
-        err_console.print("warning: no --control-key: answers are unsigned, and devices refuse them unless "
-                          "started with --insecure-control", highlight=False)  # fmt: skip
+        err_console.print(
+            "warning: no --control-key: answers are unsigned, and devices refuse them unless "
+            "started with --insecure-control",
+            highlight=False,
+        )
     tls = tls_options(ssl_certfile, ssl_keyfile)
     err_console.print(f"control server on {'https' if tls else 'http'}://{host}:{port}", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, **tls)

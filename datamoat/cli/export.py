@@ -70,8 +70,10 @@ def register(app: typer.Typer) -> None:
         out = r.to_dict()
         acc = "not checked (the dataset has no val split)"
         if r.accuracy_drop is not None:
-            acc = (f"fp32 {100 * r.fp32_accuracy:.2f}%  int8 {100 * r.int8_accuracy:.2f}%  "
-                   f"(drop {r.accuracy_drop:.2f} points, budget {cfg.max_accuracy_drop:g})")  # fmt: skip
+            acc = (
+                f"fp32 {100 * r.fp32_accuracy:.2f}%  int8 {100 * r.int8_accuracy:.2f}%  "
+                f"(drop {r.accuracy_drop:.2f} points, budget {cfg.max_accuracy_drop:g})"
+            )
         lines = [
             f"int8 ({r.method}, {cfg.calibration} calibration) written to {path}",
             f"  accuracy  {acc}",

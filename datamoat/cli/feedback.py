@@ -85,17 +85,23 @@ def _read_labelled(path: Path, classes: list[str], shape: list[int]) -> tuple[np
 def fb_import(
     path: Path = typer.Argument(..., help="A folder with one subfolder per class, or an .npz with x and y."),
     source: str = typer.Option(..., "--source", help="Who labelled these (the gate judges each source)."),
-    model_version: str = typer.Option(None, "--model-version", help="Version whose classes apply (default production)."),
+    model_version: str = typer.Option(
+        None, "--model-version", help="Version whose classes apply (default production)."
+    ),
     skip_duplicates: bool = typer.Option(False, "--skip-duplicates", help="Skip items this source already sent."),
-    registry: str = RegistryOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Put labelled images into quarantine (never straight into training data)."""
     _, _, q = _open(registry)
     vid, classes, shape = q._classes(model_version)
     x, labels = _read_labelled(path, classes, shape)
     ids = q.import_items(x, labels, source=source, model_version=vid, skip_duplicates=skip_duplicates)
-    emit({"imported": len(ids), "ids": ids, "source": source, "model_version": vid}, as_json,
-         f"{len(ids)} item(s) from {source!r} in quarantine; run `datamoat feedback gate`")  # fmt: skip
+    emit(
+        {"imported": len(ids), "ids": ids, "source": source, "model_version": vid},
+        as_json,
+        f"{len(ids)} item(s) from {source!r} in quarantine; run `datamoat feedback gate`",
+    )
 
 
 @feedback_app.command("sync")
@@ -115,21 +121,30 @@ def fb_gate(
     trusted: list[str] = typer.Option([], "--trusted", help="A trusted edge/import source (repeatable)."),
     require_approval: bool = typer.Option(False, "--require-approval", help="Hold everything for a person."),
     alias: str = typer.Option("production", "--alias"),
-    registry: str = RegistryOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Sync server feedback, then accept or hold every undecided item."""
     from datamoat.feedback import GateConfig, evaluate_gate
 
-    cfg = GateConfig(max_per_hour=max_per_hour, min_model_prob=min_model_prob, min_judged=min_judged,
-                     max_contradiction_rate=max_contradiction_rate, trusted_sources=tuple(trusted),
-                     require_approval=require_approval, alias=alias)  # fmt: skip
+    cfg = GateConfig(
+        max_per_hour=max_per_hour,
+        min_model_prob=min_model_prob,
+        min_judged=min_judged,
+        max_contradiction_rate=max_contradiction_rate,
+        trusted_sources=tuple(trusted),
+        require_approval=require_approval,
+        alias=alias,
+    )
     _, _, q = _open(registry)
     synced = q.sync()
     out = evaluate_gate(q, cfg)
     out["synced"] = synced
     c = out["counts"]
-    text = (f"accepted {c.get('accepted', 0)}, held {c.get('held', 0)}, rejected {c.get('rejected', 0)} "
-            f"({out['changed']} changed, {synced} synced)")  # fmt: skip
+    text = (
+        f"accepted {c.get('accepted', 0)}, held {c.get('held', 0)}, rejected {c.get('rejected', 0)} "
+        f"({out['changed']} changed, {synced} synced)"
+    )
     if out["flagged"]:
         text += f"\n[yellow]flagged sources: {', '.join(out['flagged'])}[/yellow]"
     emit(out, as_json, text)
@@ -138,14 +153,17 @@ def fb_gate(
 @feedback_app.command("review")
 def fb_review(
     show_all: bool = typer.Option(False, "--all", help="Every item, not only held ones."),
-    registry: str = RegistryOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """List held items with their reasons (decide with accept / reject)."""
     _, _, q = _open(registry)
     rows = q.items() if show_all else q.items(status="held")
-    lines = [f"{r['id']:>6}  {r['status']:<8} {r['source']:<16} {r['label']:<12} "
-             f"{dt.datetime.fromtimestamp(r['ts']).isoformat(timespec='seconds')}  {'; '.join(r['reasons'])}"
-             for r in rows]  # fmt: skip
+    lines = [
+        f"{r['id']:>6}  {r['status']:<8} {r['source']:<16} {r['label']:<12} "
+        f"{dt.datetime.fromtimestamp(r['ts']).isoformat(timespec='seconds')}  {'; '.join(r['reasons'])}"
+        for r in rows
+    ]
     emit({"items": rows}, as_json, "\n".join(lines) or "nothing held")
 
 
@@ -156,15 +174,25 @@ def _decide(ids: list[int], decision: str, reason: str, registry: str | None, to
 
 
 @feedback_app.command("accept")
-def fb_accept(ids: list[int] = typer.Argument(...), reason: str = typer.Option("", "--reason"),
-              registry: str = RegistryOpt, token: str = TokenOpt, as_json: bool = JsonOpt) -> None:  # fmt: skip
+def fb_accept(
+    ids: list[int] = typer.Argument(...),
+    reason: str = typer.Option("", "--reason"),
+    registry: str = RegistryOpt,
+    token: str = TokenOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Accept items for training (final: the gate will not hold them again)."""
     _decide(ids, "accepted", reason, registry, token, as_json)
 
 
 @feedback_app.command("reject")
-def fb_reject(ids: list[int] = typer.Argument(...), reason: str = typer.Option("", "--reason"),
-              registry: str = RegistryOpt, token: str = TokenOpt, as_json: bool = JsonOpt) -> None:  # fmt: skip
+def fb_reject(
+    ids: list[int] = typer.Argument(...),
+    reason: str = typer.Option("", "--reason"),
+    registry: str = RegistryOpt,
+    token: str = TokenOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Reject items (counts against their source's reputation)."""
     _decide(ids, "rejected", reason, registry, token, as_json)
 
@@ -174,8 +202,11 @@ def fb_log(registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
     """The append-only log of every decision, by the gate or a person."""
     _, _, q = _open(registry)
     log = q.decisions()
-    lines = [f"{dt.datetime.fromtimestamp(e['ts']).isoformat(timespec='seconds')}  item {e['item_id']:<6} "
-             f"{e['decision']:<8} {e['actor']:<12} {e['reason']}" for e in log]  # fmt: skip
+    lines = [
+        f"{dt.datetime.fromtimestamp(e['ts']).isoformat(timespec='seconds')}  item {e['item_id']:<6} "
+        f"{e['decision']:<8} {e['actor']:<12} {e['reason']}"
+        for e in log
+    ]
     emit({"decisions": log}, as_json, "\n".join(lines) or "no decisions yet")
 
 
@@ -187,8 +218,9 @@ def retrain(
     epochs: int = typer.Option(0, "--epochs", help="0: as many as the production recipe."),
     alias: str = typer.Option("production", "--alias"),
     seed: int = typer.Option(0, "--seed"),
-    registry: str = RegistryOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Train on base + accepted feedback; register a candidate only if it beats production.
 
     Exit code 0 either way: `registered` in --json says whether it did."""
@@ -200,14 +232,21 @@ def retrain(
     cfg = RetrainConfig(margin=margin, max_class_drop=max_class_drop, epochs=epochs, alias=alias, base=base, seed=seed)
     ws, reg, _ = _open(registry)
     out = retrain_from_feedback(ws, reg, cfg, actor=os.environ.get("USER") or getpass.getuser(), progress=not as_json)
-    lines = [f"test split of {out['base']} ({out['test_samples']} samples), {out['added']} feedback item(s) "
-             f"merged into {out['dataset']}",
-             f"production {out['production_version']}: {out['production']:.2f}   candidate: {out['candidate']:.2f}   "
-             f"gain {out['gain']:+.2f} points (margin {margin:g})"]  # fmt: skip
-    lines += [f"  {c['class']:<14} {c['production']:6.2f} -> {c['candidate']:6.2f}  ({c['delta']:+.2f})"
-              for c in out["per_class"]]  # fmt: skip
-    lines.append(f"[green]registered candidate {out['version']} (model {out['model_id']}); promote it to serve it"
-                 if out["registered"] else f"[yellow]not registered: {'; '.join(out['reasons'])}")  # fmt: skip
+    lines = [
+        f"test split of {out['base']} ({out['test_samples']} samples), {out['added']} feedback item(s) "
+        f"merged into {out['dataset']}",
+        f"production {out['production_version']}: {out['production']:.2f}   candidate: {out['candidate']:.2f}   "
+        f"gain {out['gain']:+.2f} points (margin {margin:g})",
+    ]
+    lines += [
+        f"  {c['class']:<14} {c['production']:6.2f} -> {c['candidate']:6.2f}  ({c['delta']:+.2f})"
+        for c in out["per_class"]
+    ]
+    lines.append(
+        f"[green]registered candidate {out['version']} (model {out['model_id']}); promote it to serve it"
+        if out["registered"]
+        else f"[yellow]not registered: {'; '.join(out['reasons'])}"
+    )
     emit(out, as_json, "\n".join(lines))
 
 

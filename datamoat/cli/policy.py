@@ -20,8 +20,9 @@ from datamoat.errors import BadInput
 
 __all__ = ["register", "policy_from_poc"]
 
-policy_app = typer.Typer(help="A version's review policy: answers below its threshold need review.",
-                         no_args_is_help=True)  # fmt: skip
+policy_app = typer.Typer(
+    help="A version's review policy: answers below its threshold need review.", no_args_is_help=True
+)
 
 
 def policy_from_poc(path: Path) -> dict[str, Any]:
@@ -41,8 +42,10 @@ def policy_from_poc(path: Path) -> dict[str, Any]:
     if not isinstance(pol, dict):
         raise BadInput(f"{path} holds no 'policy': {how}")
     if pol.get("threshold") is None and pol.get("per_class") is None:
-        raise BadInput(f"the report certified no threshold at target accuracy {pol.get('target_accuracy')}: nothing "
-                       "can be automated at it; lower the target, add calibration data, or pass --threshold")  # fmt: skip
+        raise BadInput(
+            f"the report certified no threshold at target accuracy {pol.get('target_accuracy')}: nothing "
+            "can be automated at it; lower the target, add calibration data, or pass --threshold"
+        )
     return {
         # A certified 0 accepts every answer, which is what no threshold does in serving.
         "threshold": pol.get("threshold") or None,
@@ -102,8 +105,11 @@ def policy_set(
         None, "--from-poc", help="JSON of `datamoat poc --json`: use its calibrated threshold(s) and guarantee."
     ),
     reason: str = typer.Option("", "--reason", help="Why, for the audit log."),
-    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    wait: float = WaitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Set a version's review policy; running servers apply it without a restart."""
     if threshold is None and not class_threshold and from_poc is None:
         raise BadInput("give --threshold T, --class-threshold LABEL=T or --from-poc poc.json")
@@ -113,8 +119,9 @@ def policy_set(
     if class_threshold:
         policy["per_class"] = {**(policy.get("per_class") or {}), **_class_thresholds(class_threshold)}
     _, reg = _open(registry)
-    out = reg.set_policy(version, {k: v for k, v in policy.items() if v is not None}, actor=_admin(reg, token),
-                         reason=reason)  # fmt: skip
+    out = reg.set_policy(
+        version, {k: v for k, v in policy.items() if v is not None}, actor=_admin(reg, token), reason=reason
+    )
     _finish(reg, out, as_json, f"policy of {out['version']}: {_describe(out['policy'])}", wait)
 
 

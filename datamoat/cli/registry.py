@@ -62,9 +62,17 @@ def reg_list(registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
     by_version: dict[str, list[str]] = {}
     for alias, vid in snap["aliases"].items():
         by_version.setdefault(vid, []).append(alias)
-    rows = [{"id": v["id"], "name": v["name"], "kind": v["kind"], "aliases": sorted(by_version.get(v["id"], [])),
-             "taken_down": v["id"] in snap["takedowns"], "model_id": v["info"].get("model_id")}
-            for v in reg.versions()]  # fmt: skip
+    rows = [
+        {
+            "id": v["id"],
+            "name": v["name"],
+            "kind": v["kind"],
+            "aliases": sorted(by_version.get(v["id"], [])),
+            "taken_down": v["id"] in snap["takedowns"],
+            "model_id": v["info"].get("model_id"),
+        }
+        for v in reg.versions()
+    ]
     if as_json:
         emit({"versions": rows, "aliases": snap["aliases"], "suppressions": snap["suppressions"]}, True)
         return
@@ -87,8 +95,12 @@ def reg_show(version: str, registry: str = RegistryOpt, as_json: bool = JsonOpt)
     v["aliases"] = sorted(a for a, vid in snap["aliases"].items() if vid == v["id"])
     v["taken_down"] = snap["takedowns"].get(v["id"])
     lin = v["info"].get("lineage", {})
-    emit(v, as_json, f"version {v['id']} ({v['name']}, {v['kind']}): model {v['info'].get('model_id')}, "
-                     f"dataset {lin.get('dataset_id')}, parent {lin.get('parent_id')}, aliases {v['aliases']}")  # fmt: skip
+    emit(
+        v,
+        as_json,
+        f"version {v['id']} ({v['name']}, {v['kind']}): model {v['info'].get('model_id')}, "
+        f"dataset {lin.get('dataset_id')}, parent {lin.get('parent_id')}, aliases {v['aliases']}",
+    )
 
 
 def _chain_line(name: str, v: dict) -> str:
@@ -121,8 +133,11 @@ def reg_audit(
             raise Tampered("the audit trail was altered: a row was changed or deleted (see the first broken row)")
         return
     log = reg.audit_log()
-    lines = [f"{dt.datetime.fromtimestamp(e['ts']).isoformat(timespec='seconds')}  {e['actor']:<12} {e['action']:<11} "
-             f"{e['target']:<14} {e['reason']}  {e['details']}" for e in log]  # fmt: skip
+    lines = [
+        f"{dt.datetime.fromtimestamp(e['ts']).isoformat(timespec='seconds')}  {e['actor']:<12} {e['action']:<11} "
+        f"{e['target']:<14} {e['reason']}  {e['details']}"
+        for e in log
+    ]
     emit({"audit": log}, as_json, "\n".join(lines) or "no entries")
 
 
@@ -131,8 +146,11 @@ def promote(
     alias: str = typer.Option("production", "--alias", "-a"),
     reason: str = typer.Option("", "--reason"),
     int8: bool = typer.Option(False, "--int8", help="Register the int8-quantized ONNX of a catalog model."),
-    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    wait: float = WaitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Point an alias at a version; servers switch without a restart."""
     from datamoat.deploy import register_model, resolve_version
 
@@ -148,8 +166,11 @@ def promote(
 def rollback(
     alias: str = typer.Option("production", "--alias", "-a"),
     reason: str = typer.Option("", "--reason"),
-    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    wait: float = WaitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Point an alias back at its previous version."""
     _, reg = _open(registry)
     out = reg.rollback(alias, actor=_admin(reg, token), reason=reason)
@@ -160,8 +181,11 @@ def takedown(
     model: str = typer.Argument(..., help="Registry version to stop serving."),
     reason: str = typer.Option(..., "--reason", help="Why (required, goes to the audit log)."),
     fallback: str = typer.Option(None, "--fallback", help="A safe version to serve instead (else 503)."),
-    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    wait: float = WaitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Kill switch: servers stop answering with this version."""
     _, reg = _open(registry)
     out = reg.takedown(model, actor=_admin(reg, token), reason=reason, fallback=fallback)
@@ -172,8 +196,11 @@ def takedown(
 def restore(
     model: str = typer.Argument(...),
     reason: str = typer.Option(..., "--reason"),
-    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    wait: float = WaitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Undo a takedown."""
     _, reg = _open(registry)
     out = reg.restore(model, actor=_admin(reg, token), reason=reason)
@@ -185,8 +212,11 @@ def suppress(
     reason: str = typer.Option(..., "--reason"),
     alias: str = typer.Option("*", "--alias", "-a", help="Alias to apply to ('*': everywhere)."),
     mode: str = typer.Option("abstain", "--mode", help="abstain (needs review) or renormalize."),
-    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    wait: float = WaitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Never output a label: abstain, or renormalise over the other labels."""
     _, reg = _open(registry)
     out = reg.suppress(label, actor=_admin(reg, token), reason=reason, alias=alias, mode=mode)
@@ -197,8 +227,11 @@ def unsuppress(
     label: str = typer.Argument(...),
     reason: str = typer.Option(..., "--reason"),
     alias: str = typer.Option("*", "--alias", "-a"),
-    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    wait: float = WaitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Undo a suppression."""
     _, reg = _open(registry)
     out = reg.unsuppress(label, actor=_admin(reg, token), reason=reason, alias=alias)
@@ -209,8 +242,10 @@ def unsuppress(
 def tokens_create(
     role: str = typer.Option(..., "--role", help="predict, admin or review."),
     name: str = typer.Option(..., "--name", help="Who holds it (recorded in the audit log)."),
-    token: str = TokenOpt, registry: str = RegistryOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Create a token; it is printed once and stored only as a hash."""
     _, reg = _open(registry)
     actor = _admin(reg, token)
@@ -232,8 +267,11 @@ def tokens_list(token: str = TokenOpt, registry: str = RegistryOpt, as_json: boo
 def tokens_revoke(
     name: str = typer.Argument(..., help="The token's name (`datamoat tokens list`)."),
     reason: str = typer.Option(..., "--reason"),
-    token: str = TokenOpt, registry: str = RegistryOpt, wait: float = WaitOpt, as_json: bool = JsonOpt,
-) -> None:  # fmt: skip
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    wait: float = WaitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Revoke a token: every running server refuses it from its next poll on."""
     _, reg = _open(registry)
     out = reg.revoke_token(name, actor=_admin(reg, token), reason=reason)

@@ -74,8 +74,9 @@ def serve(
     if workers == 1:
         app = create_app(reg, cfg)
         err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}", highlight=False)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
-                    limit_concurrency=limit_concurrency, **tls)  # fmt: skip
+        uvicorn.run(
+            app, host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=limit_concurrency, **tls
+        )
         return
     # One event loop is one core of HTTP work: more processes share the port (uvicorn's workers), each
     # building its own app from the environment and acknowledging control commands on its own.
@@ -91,8 +92,17 @@ def serve(
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="datamoat-metrics-")
     err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}/w<pid> x {workers}", highlight=False)
     try:
-        uvicorn.run("datamoat.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,
-                    log_level=log_level, access_log=False, limit_concurrency=limit_concurrency, **tls)  # fmt: skip
+        uvicorn.run(
+            "datamoat.serve.app:app_from_env",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            limit_concurrency=limit_concurrency,
+            **tls,
+        )
     finally:
         if own:
             shutil.rmtree(os.environ.pop(MULTIPROC_ENV), ignore_errors=True)

@@ -26,9 +26,18 @@ def tune(
     from datamoat.tune import TuneConfig
     from datamoat.tune import tune as run_tune
 
-    cfg = TuneConfig(trials=trials, storage=storage, study=study, timeout_s=timeout, seed=seed, threads=threads,
-                     archs=tuple(a.strip() for a in archs.split(",") if a.strip()), epochs_max=epochs_max,
-                     epochs_min=min(2, epochs_max), max_train_samples=max_train_samples)  # fmt: skip
+    cfg = TuneConfig(
+        trials=trials,
+        storage=storage,
+        study=study,
+        timeout_s=timeout,
+        seed=seed,
+        threads=threads,
+        archs=tuple(a.strip() for a in archs.split(",") if a.strip()),
+        epochs_max=epochs_max,
+        epochs_min=min(2, epochs_max),
+        max_train_samples=max_train_samples,
+    )
     ws = open_ws()
     res = run_tune(ws, load_dataset(ws, data), cfg)
     out = res.to_dict()
@@ -43,11 +52,23 @@ def tune(
     for r in out["trials"]:
         p = r["params"]
         acc = "" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
-        t.add_row(str(r["number"]), r["state"], acc, str(r["epochs_run"]), str(p.get("arch", "")),
-                  str(p.get("width", "")), str(p.get("depth", "")), f"{p.get('lr', 0):.2e}", str(r["worker"]))  # fmt: skip
+        t.add_row(
+            str(r["number"]),
+            r["state"],
+            acc,
+            str(r["epochs_run"]),
+            str(p.get("arch", "")),
+            str(p.get("width", "")),
+            str(p.get("depth", "")),
+            f"{p.get('lr', 0):.2e}",
+            str(r["worker"]),
+        )
     console.print(t)
-    console.print(f"best: trial {res.best_trial}, val accuracy {res.best_val_accuracy:.4f}, {res.best_params}; "
-                  f"saved as model {res.model.id} ({res.model.name})", highlight=False)  # fmt: skip
+    console.print(
+        f"best: trial {res.best_trial}, val accuracy {res.best_val_accuracy:.4f}, {res.best_params}; "
+        f"saved as model {res.model.id} ({res.model.name})",
+        highlight=False,
+    )
 
 
 def improve(
@@ -71,18 +92,29 @@ def improve(
 
     if arch not in ARCHS:
         raise BadInput(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
-    cfg = ImproveConfig(budget_minutes=budget_minutes, arch=arch, epochs=epochs, baseline_fraction=baseline_fraction,
-                        clean=not no_clean, seed=seed, threads=threads)  # fmt: skip
+    cfg = ImproveConfig(
+        budget_minutes=budget_minutes,
+        arch=arch,
+        epochs=epochs,
+        baseline_fraction=baseline_fraction,
+        clean=not no_clean,
+        seed=seed,
+        threads=threads,
+    )
     ws = open_ws()
     out = run_improve(ws, load_dataset(ws, data), cfg)
     b, lv = out["baseline"], out["levers"]
     lines = [f"baseline {b['arch']} on {b['train_samples']} train samples: test accuracy {b['test_accuracy']:.4f}"]
     for key in ("model", "data"):
         r = lv[key]
-        lines.append(f"{key} lever ({r['kind']}): test accuracy {r['test_accuracy']:.4f}, gain {r['gain']:+.4f}, "
-                     f"{r['seconds']:.1f}s of {r['budget_s']:.1f}s")  # fmt: skip
-    lines.append("data-size curve (baseline recipe): " + ", ".join(
-        f"{p['fraction']:.0%} ({p['train_samples']}) {p['test_accuracy']:.4f}" for p in out["curve"]))  # fmt: skip
+        lines.append(
+            f"{key} lever ({r['kind']}): test accuracy {r['test_accuracy']:.4f}, gain {r['gain']:+.4f}, "
+            f"{r['seconds']:.1f}s of {r['budget_s']:.1f}s"
+        )
+    lines.append(
+        "data-size curve (baseline recipe): "
+        + ", ".join(f"{p['fraction']:.0%} ({p['train_samples']}) {p['test_accuracy']:.4f}" for p in out["curve"])
+    )
     lines.append(f"overhead (baseline and curve) {out['overhead_s']:.1f}s; report {out['report']}")
     emit(out, as_json, "\n".join(lines))
 

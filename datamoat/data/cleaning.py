@@ -38,8 +38,15 @@ __all__ = [
     "RECOMMENDED",
 ]
 
-FILTERS = ("low_self_confidence", "prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
-           "predicted_neq_given", "low_normalized_margin")  # fmt: skip
+FILTERS = (
+    "low_self_confidence",
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_normalized_margin",
+)
 _ARCHS = ("mlp", "cnn_small", "cnn_medium", "cnn_large", "resnet")
 MAX_NEAR_PAIRS = 1000  # keep the issues file readable; the ranking puts the useful pairs first
 # The label-noise benchmark's headline fix, `data fix --keep-above auto --drop-below 0.7`: leave flags whose
@@ -194,8 +201,9 @@ def _downsampled(x: np.ndarray) -> torch.Tensor:
     return F.normalize(v, dim=1)
 
 
-def near_duplicates(data: Dataset, examined: np.ndarray, threshold: float, max_samples: int,
-                    seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+def near_duplicates(
+    data: Dataset, examined: np.ndarray, threshold: float, max_samples: int, seed: int = 0
+) -> list[dict[str, Any]]:
     """Exact twins anywhere in `data`, then nearest neighbours with cosine
     similarity >= `threshold` among (at most `max_samples` of) `examined`.
     Conflicting labels first, then by similarity.
@@ -225,9 +233,17 @@ def near_duplicates(data: Dataset, examined: np.ndarray, threshold: float, max_s
     out = []
     for (a, b), s in pairs.items():
         ya, yb = int(data.y[a]), int(data.y[b])
-        out.append({"a": a, "b": b, "similarity": round(s, 6), "exact": s == 1.0 and _same(data, a, b),
-                    "labels": [ya, yb], "conflict": ya != yb,
-                    "splits": [_split_name(data, a), _split_name(data, b)]})  # fmt: skip
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "similarity": round(s, 6),
+                "exact": s == 1.0 and _same(data, a, b),
+                "labels": [ya, yb],
+                "conflict": ya != yb,
+                "splits": [_split_name(data, a), _split_name(data, b)],
+            }
+        )
     out.sort(key=lambda p: (not p["conflict"], not p["exact"], -p["similarity"], p["a"], p["b"]))
     return out[:MAX_NEAR_PAIRS]
 
@@ -240,8 +256,9 @@ def _split_name(data: Dataset, i: int) -> str:
     return {c: n for n, c in SPLITS.items()}.get(int(data.split[i]), "?")
 
 
-def find_issues(data: Dataset, config: CleaningConfig | None = None, *, progress: bool = False,
-                **fields: Any) -> Issues:  # fmt: skip
+def find_issues(
+    data: Dataset, config: CleaningConfig | None = None, *, progress: bool = False, **fields: Any
+) -> Issues:
     """Rank likely label errors in the TRAIN split of `data`, plus near
     duplicates and outliers. Keyword `fields` set `CleaningConfig` fields.
 
@@ -260,16 +277,19 @@ def find_issues(data: Dataset, config: CleaningConfig | None = None, *, progress
     sel = train_global[subsample(data.y[train_global], cfg.max_train_samples, cfg.seed)]
     per_class = np.bincount(data.y[sel], minlength=data.num_classes)
     if per_class[per_class > 0].min() < cfg.folds:
-        raise BadInput(f"a class has only {per_class[per_class > 0].min()} train samples, fewer than "
-                       f"{cfg.folds} folds: lower --folds or add data")  # fmt: skip
+        raise BadInput(
+            f"a class has only {per_class[per_class > 0].min()} train samples, fewer than "
+            f"{cfg.folds} folds: lower --folds or add data"
+        )
     if not (data.split == SPLITS["val"]).any():
         raise BadInput(
             f"dataset {data.id} has no val split, which picks each fold's best epoch: re-import with val > 0"
         )
     labels = data.y[sel]
     probs = _out_of_fold(data, sel, cfg, progress)  # (n, K)
-    ranked = find_label_issues(labels, probs, filter_by=cfg.filter_by,
-                               return_indices_ranked_by="self_confidence", n_jobs=1)  # fmt: skip
+    ranked = find_label_issues(
+        labels, probs, filter_by=cfg.filter_by, return_indices_ranked_by="self_confidence", n_jobs=1
+    )
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
     label_issues = []
     for rank, i in enumerate(ranked):
@@ -277,12 +297,19 @@ def find_issues(data: Dataset, config: CleaningConfig | None = None, *, progress
         # The best class other than the given one: usually the argmax, but a
         # flagged sample can keep a weak plurality for its given label.
         suggested = int(np.argmax(np.where(np.arange(data.num_classes) == labels[i], -1.0, probs[i])))
-        label_issues.append({
-            "rank": rank, "index": g, "train_index": int(np.searchsorted(train_global, g)),
-            "given_label": int(labels[i]), "given_class": data.classes[int(labels[i])],
-            "suggested_label": suggested, "suggested_class": data.classes[suggested],
-            "quality": round(float(quality[i]), 6), "confidence": round(float(probs[i, suggested]), 6),
-        })  # fmt: skip
+        label_issues.append(
+            {
+                "rank": rank,
+                "index": g,
+                "train_index": int(np.searchsorted(train_global, g)),
+                "given_label": int(labels[i]),
+                "given_class": data.classes[int(labels[i])],
+                "suggested_label": suggested,
+                "suggested_class": data.classes[suggested],
+                "quality": round(float(quality[i]), 6),
+                "confidence": round(float(probs[i, suggested]), 6),
+            }
+        )
     outliers = []
     n_out = int(round(cfg.outlier_fraction * len(sel)))
     if n_out:
@@ -306,14 +333,22 @@ def plausible_threshold(issues: Issues | dict[str, Any]) -> float:
     """
     d = issues.to_dict() if isinstance(issues, Issues) else issues
     if not isinstance(d.get("examined"), int) or not isinstance(d.get("num_classes"), int) or d["num_classes"] < 2:
-        raise BadInput("the issues file lacks 'examined' or 'num_classes', which --keep-above auto needs: "
-                       "regenerate it with `datamoat data issues -o FILE`")  # fmt: skip
+        raise BadInput(
+            "the issues file lacks 'examined' or 'num_classes', which --keep-above auto needs: "
+            "regenerate it with `datamoat data issues -o FILE`"
+        )
     share = len(d["label_issues"]) / max(d["examined"], 1)
     return round(2 * share / (d["num_classes"] - 1), 3)
 
 
-def fixes_from_issues(issues: Issues | dict[str, Any], *, drop: bool = False, min_confidence: float = 0.0,
-                      drop_below: float = 0.0, keep_above: float | str = 0.0) -> list[dict[str, Any]]:  # fmt: skip
+def fixes_from_issues(
+    issues: Issues | dict[str, Any],
+    *,
+    drop: bool = False,
+    min_confidence: float = 0.0,
+    drop_below: float = 0.0,
+    keep_above: float | str = 0.0,
+) -> list[dict[str, Any]]:
     """Turn label issues into fixes for `apply_fixes`.
 
     Issues whose suggested label has probability below `min_confidence` are

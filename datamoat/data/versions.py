@@ -24,11 +24,20 @@ __all__ = ["merge", "diff", "flip_labels", "apply_fixes", "pixel_hashes"]
 _SPLIT_NAMES = {code: name for name, code in SPLITS.items()}
 
 
-def _derive(ws: Workspace, base: Dataset, x: np.ndarray, y: np.ndarray, split: np.ndarray,
-            *, name: str, source: dict[str, Any]) -> Dataset:  # fmt: skip
+def _derive(
+    ws: Workspace, base: Dataset, x: np.ndarray, y: np.ndarray, split: np.ndarray, *, name: str, source: dict[str, Any]
+) -> Dataset:
     """Store a child version of `base` (same classes, explicit splits)."""
-    return make_dataset(ws, x, y, base.classes, name=name, source={**source, "parent_id": base.id},
-                        split=np.asarray(split, dtype=np.uint8), parent_id=base.id)  # fmt: skip
+    return make_dataset(
+        ws,
+        x,
+        y,
+        base.classes,
+        name=name,
+        source={**source, "parent_id": base.id},
+        split=np.asarray(split, dtype=np.uint8),
+        parent_id=base.id,
+    )
 
 
 def merge(
@@ -76,8 +85,9 @@ def merge(
     return _derive(ws, base, x, y, codes, name=name, source={"kind": "merge", "added": added, "from": source})
 
 
-def flip_labels(ws: Workspace, base: Dataset, fraction: float, seed: int = 0,
-                *, name: str | None = None) -> tuple[Dataset, np.ndarray]:  # fmt: skip
+def flip_labels(
+    ws: Workspace, base: Dataset, fraction: float, seed: int = 0, *, name: str | None = None
+) -> tuple[Dataset, np.ndarray]:
     """A noisy copy of `base`: exactly round(fraction * n_train) TRAIN labels
     flipped, each uniformly to one of the other classes. Returns the new
     version and the sorted global indices that were flipped.
@@ -95,14 +105,25 @@ def flip_labels(ws: Workspace, base: Dataset, fraction: float, seed: int = 0,
     y = base.y.copy()
     # Adding 1..K-1 modulo K lands uniformly on every class but the original.
     y[flipped] = (y[flipped] + rng.integers(1, base.num_classes, size=n_flip)) % base.num_classes
-    source = {"kind": "flip_labels", "fraction": fraction, "seed": seed, "flipped": n_flip,
-              "flipped_sha256": ws.put_array(flipped)}  # fmt: skip
+    source = {
+        "kind": "flip_labels",
+        "fraction": fraction,
+        "seed": seed,
+        "flipped": n_flip,
+        "flipped_sha256": ws.put_array(flipped),
+    }
     name = name or f"{base.name}-noisy{round(fraction * 100)}"
     return _derive(ws, base, base.x, y, base.split, name=name, source=source), flipped
 
 
-def apply_fixes(ws: Workspace, base: Dataset, fixes: list[dict[str, Any]],
-                *, name: str | None = None, source: dict[str, Any] | None = None) -> Dataset:  # fmt: skip
+def apply_fixes(
+    ws: Workspace,
+    base: Dataset,
+    fixes: list[dict[str, Any]],
+    *,
+    name: str | None = None,
+    source: dict[str, Any] | None = None,
+) -> Dataset:
     """Apply `fixes` (``{"index": i, "new_label": k}`` or ``{"index": i,
     "drop": true}``, global indices) as a new version; `base` stays as it was.
 
@@ -118,8 +139,10 @@ def apply_fixes(ws: Workspace, base: Dataset, fixes: list[dict[str, Any]],
     for i, fix in enumerate(fixes):
         idx = fix.get("index")
         if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < n:
-            raise BadInput(f"fix #{i} names index {idx!r} but {base.name} ({base.id}) has samples 0..{n - 1}: "
-                           "use indices from `datamoat data issues` on this version")  # fmt: skip
+            raise BadInput(
+                f"fix #{i} names index {idx!r} but {base.name} ({base.id}) has samples 0..{n - 1}: "
+                "use indices from `datamoat data issues` on this version"
+            )
         if idx in seen:
             raise BadInput(f"fix #{i} names index {idx} a second time: give one fix per sample")
         seen.add(idx)
@@ -195,13 +218,18 @@ def diff(ws: Workspace, a: Dataset | str, b: Dataset | str) -> dict[str, Any]:
                 row["removed"][old] += 1
             for new in rest_b[pairs:]:
                 row["added"][new] += 1
-        counts = {"added": sum(row["added"]), "removed": sum(row["removed"]),
-                  "relabelled": sum(row["relabelled_from"]), "unchanged": unchanged}  # fmt: skip
+        counts = {
+            "added": sum(row["added"]),
+            "removed": sum(row["removed"]),
+            "relabelled": sum(row["relabelled_from"]),
+            "unchanged": unchanged,
+        }
         for key, val in counts.items():
             totals[key] += val
         out["splits"][split] = {**counts, "per_class": row}
-        out["relabels"] += [{"split": split, "from": int(o), "to": int(n), "count": c}
-                            for (o, n), c in sorted(moves.items())]  # fmt: skip
+        out["relabels"] += [
+            {"split": split, "from": int(o), "to": int(n), "count": c} for (o, n), c in sorted(moves.items())
+        ]
     out["totals"] = totals
     changes = []
     for i in range(max(ka, kb)):

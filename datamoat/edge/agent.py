@@ -65,9 +65,11 @@ class SyncAgent:
         cfg = runtime.cfg
         self.rt, self.cfg = runtime, cfg
         self.client = client or httpx.Client(
-            base_url=cfg.server, timeout=cfg.request_timeout_s, headers={"Authorization": f"Bearer {cfg.token}"},
+            base_url=cfg.server,
+            timeout=cfg.request_timeout_s,
+            headers={"Authorization": f"Bearer {cfg.token}"},
             verify=ssl.create_default_context(cafile=cfg.ca_cert) if cfg.ca_cert else True,
-        )  # fmt: skip
+        )
         self.control_trusted = [load_public_key(p) for p in cfg.control_trust]
         self.online: bool | None = None
         self.downloading: dict[str, Any] | None = None
@@ -176,8 +178,10 @@ class SyncAgent:
             return None
         if cur is not None and b["sequence"] <= cur.sequence and not a["allow_downgrade"]:
             # Checked again on the signed manifest after download; this saves fetching a replay.
-            why = (f"downgrade refused: assigned sequence {b['sequence']} is not newer than the running "
-                   f"{cur.sequence}, and the operator did not allow a rollback")  # fmt: skip
+            why = (
+                f"downgrade refused: assigned sequence {b['sequence']} is not newer than the running "
+                f"{cur.sequence}, and the operator did not allow a rollback"
+            )
             return rt._outcome("refused", sha, why, a.get("rollout_id"), "ota")
         data = rt.local_copy(sha) or self._download(b)
         if data is None:

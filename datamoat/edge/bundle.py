@@ -127,11 +127,17 @@ def pack_bundle(parts: dict[str, bytes], *, sequence: int, version_id: str, name
 
     check(sorted(parts) == sorted(PARTS), f"a bundle holds exactly {', '.join(PARTS)}")
     check(isinstance(sequence, int) and sequence >= 1, f"sequence must be a positive integer, got {sequence!r}")
-    manifest = _dumps({
-        "format": FORMAT, "sequence": sequence, "version_id": version_id, "name": name, "kind": kind,
-        "key_id": key_id(key.public_key()),
-        "parts": {p: {"sha256": hashlib.sha256(parts[p]).hexdigest(), "size": len(parts[p])} for p in PARTS},
-    })  # fmt: skip
+    manifest = _dumps(
+        {
+            "format": FORMAT,
+            "sequence": sequence,
+            "version_id": version_id,
+            "name": name,
+            "kind": kind,
+            "key_id": key_id(key.public_key()),
+            "parts": {p: {"sha256": hashlib.sha256(parts[p]).hexdigest(), "size": len(parts[p])} for p in PARTS},
+        }
+    )
     return _zip(manifest, key.sign(manifest), parts)
 
 
@@ -249,11 +255,19 @@ def _loaded(sess: Any, meta: dict[str, Any]) -> LoadedVersion:
     channel = lambda v: np.asarray(v, np.float32).reshape(1, -1, 1, 1)  # noqa: E731
     c, h, w = (int(d) for d in meta["input_shape"])
     return LoadedVersion(
-        version_id=meta["version_id"], name=meta["name"], kind=meta["kind"], info=meta, session=sess,
-        input_name=inp.name, fixed_batch=batch if isinstance(batch, int) and batch > 0 else None,
-        classes=[str(x) for x in meta["classes"]], input_shape=(c, h, w), scale=float(pre["scale"]),
-        mean=channel(pre["mean"]), std=channel(pre["std"]),
-    )  # fmt: skip
+        version_id=meta["version_id"],
+        name=meta["name"],
+        kind=meta["kind"],
+        info=meta,
+        session=sess,
+        input_name=inp.name,
+        fixed_batch=batch if isinstance(batch, int) and batch > 0 else None,
+        classes=[str(x) for x in meta["classes"]],
+        input_shape=(c, h, w),
+        scale=float(pre["scale"]),
+        mean=channel(pre["mean"]),
+        std=channel(pre["std"]),
+    )
 
 
 def self_test(model: LoadedVersion, selftest: dict[str, Any]) -> str | None:
@@ -271,9 +285,13 @@ def self_test(model: LoadedVersion, selftest: dict[str, Any]) -> str | None:
 
 
 def build_bundle(
-    registry: Registry, ref: str, key: Any, sequence: int, config: BundleConfig | None = None,
+    registry: Registry,
+    ref: str,
+    key: Any,
+    sequence: int,
+    config: BundleConfig | None = None,
     inputs: np.ndarray | None = None,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """A signed bundle of registry version `ref` with bundle sequence `sequence`.
 
     `inputs` (N, C, H, W) uint8 are the self-test vectors; default: seeded noise.
@@ -291,8 +309,15 @@ def build_bundle(
     onnx = registry.artifact(row["onnx_sha"])
     sess = ort_session(onnx, threads=1)
     shape = [int(d) for d in (info.get("input_shape") or sess.get_inputs()[0].shape[1:])]
-    meta = {"version_id": row["id"], "name": row["name"], "kind": row["kind"], "classes": info["classes"],
-            "preprocess": info["preprocess"], "input_shape": shape, "recipe": [cfg.to_dict()]}  # fmt: skip
+    meta = {
+        "version_id": row["id"],
+        "name": row["name"],
+        "kind": row["kind"],
+        "classes": info["classes"],
+        "preprocess": info["preprocess"],
+        "input_shape": shape,
+        "recipe": [cfg.to_dict()],
+    }
     if inputs is None:
         inputs = np.random.default_rng(cfg.seed).integers(0, 256, (cfg.selftest_count, *shape), dtype=np.uint8)
     check(inputs.ndim == 4 and list(inputs.shape[1:]) == shape, f"self-test inputs must be (N, {shape}) uint8")
@@ -306,6 +331,10 @@ def build_bundle(
         "generation": snap["generation"],
     }
     selftest = {"inputs": inputs.astype(np.uint8).tolist(), "probabilities": probs.tolist(), "atol": cfg.selftest_atol}
-    parts = {"model.onnx": onnx, "meta.json": _dumps(meta), "policy.json": _dumps(policy),
-             "selftest.json": _dumps(selftest)}  # fmt: skip
+    parts = {
+        "model.onnx": onnx,
+        "meta.json": _dumps(meta),
+        "policy.json": _dumps(policy),
+        "selftest.json": _dumps(selftest),
+    }
     return pack_bundle(parts, sequence=sequence, version_id=row["id"], name=row["name"], kind=row["kind"], key=key)

@@ -114,8 +114,10 @@ async def upload(device_id: str, request: Request) -> Response:
     if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
         raise Unprocessable('the upload must be a JSON object with an "items" list')
     if len(doc["items"]) > ctx.config.upload_max_items:
-        raise TooLarge(f"{len(doc['items'])} samples in one upload, the limit is {ctx.config.upload_max_items}: "
-                       "send smaller batches")  # fmt: skip
+        raise TooLarge(
+            f"{len(doc['items'])} samples in one upload, the limit is {ctx.config.upload_max_items}: "
+            "send smaller batches"
+        )
     try:
         out = await asyncio.to_thread(
             ctx.fleet.record_uploads,

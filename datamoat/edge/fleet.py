@@ -59,7 +59,8 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 meta = sa.MetaData()
 devices = sa.Table(
-    "edge_devices", meta,
+    "edge_devices",
+    meta,
     sa.Column("id", sa.String(100), primary_key=True),
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("device_group", sa.String(100), nullable=False),
@@ -67,18 +68,20 @@ devices = sa.Table(
     sa.Column("last_seen", sa.Float),
     sa.Column("status", sa.Text, nullable=False),  # JSON: the last heartbeat
     sa.Column("last_event", sa.Integer, nullable=False),  # highest device event number stored
-)  # fmt: skip
+)
 bundles = sa.Table(
-    "edge_bundles", meta,
+    "edge_bundles",
+    meta,
     sa.Column("sha", sa.String(64), primary_key=True),
     sa.Column("seq", sa.Integer, nullable=False),  # as the manifest claims; devices check the signed one
     sa.Column("version_id", sa.String(32), nullable=False),
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
-)  # fmt: skip
+)
 rollouts = sa.Table(
-    "edge_rollouts", meta,
+    "edge_rollouts",
+    meta,
     sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("id", sa.String(120), nullable=False, unique=True),
     sa.Column("device_group", sa.String(100), nullable=False),
@@ -91,17 +94,19 @@ rollouts = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("updated", sa.Float, nullable=False),
-)  # fmt: skip
+)
 reports = sa.Table(
-    "edge_reports", meta,
+    "edge_reports",
+    meta,
     sa.Column("device_id", sa.String(100), primary_key=True),
     sa.Column("rollout_id", sa.String(120), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
-)  # fmt: skip
+)
 events = sa.Table(
-    "edge_events", meta,
+    "edge_events",
+    meta,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("device_id", sa.String(100), nullable=False),  # "" for operator actions
@@ -109,13 +114,14 @@ events = sa.Table(
     sa.Column("rollout_id", sa.String(120)),
     sa.Column("detail", sa.Text, nullable=False),
     sa.Column("chain", sa.String(64)),  # the hash chain (datamoat.registry.append_chained)
-)  # fmt: skip
+)
 EVENT_FIELDS = ("ts", "device_id", "kind", "rollout_id", "detail")
 EVENTS_LOCK = 2  # Registry.transaction's lock for writers of edge_events: one chain, no forks
 
 
 uploads = sa.Table(
-    "edge_uploads", meta,
+    "edge_uploads",
+    meta,
     sa.Column("prediction_id", sa.String(36), primary_key=True),  # the device's, also the review item's id
     sa.Column("device_id", sa.String(100), nullable=False),
     sa.Column("received", sa.Float, nullable=False),
@@ -123,7 +129,7 @@ uploads = sa.Table(
     sa.Column("model_version", sa.String(32), nullable=False),
     sa.Column("size", sa.Integer, nullable=False),  # pixel bytes
     sa.Index("edge_uploads_by_device", "device_id", "received"),
-)  # fmt: skip
+)
 
 
 class Fleet:
@@ -157,8 +163,13 @@ class Fleet:
 
     def _event(self, conn: sa.Connection, device: str, kind: str, rollout: str | None = None, /, **detail: Any) -> None:
         # Callers hold self._tx(): the chain's previous link cannot change under us.
-        row = {"ts": time.time(), "device_id": device, "kind": kind, "rollout_id": rollout,
-               "detail": json.dumps(detail, sort_keys=True, default=str)}  # fmt: skip
+        row = {
+            "ts": time.time(),
+            "device_id": device,
+            "kind": kind,
+            "rollout_id": rollout,
+            "detail": json.dumps(detail, sort_keys=True, default=str),
+        }
         append_chained(conn, events, row, EVENT_FIELDS)
 
     def _tx(self) -> Any:
@@ -178,8 +189,16 @@ class Fleet:
         token = f"dm_device_{secrets.token_urlsafe(32)}"
         with self._tx() as conn:
             conn.execute(devices.delete().where(devices.c.id == device_id))
-            conn.execute(devices.insert().values(id=device_id, token_hash=_hash_token(token), device_group=group,
-                                                 created=time.time(), status="{}", last_event=0))  # fmt: skip
+            conn.execute(
+                devices.insert().values(
+                    id=device_id,
+                    token_hash=_hash_token(token),
+                    device_group=group,
+                    created=time.time(),
+                    status="{}",
+                    last_event=0,
+                )
+            )
             self._event(conn, "", "enroll", device=device_id, group=group, actor=actor)
         return token
 
@@ -221,8 +240,16 @@ class Fleet:
         sha = hashlib.sha256(data).hexdigest()
         with self._tx() as conn:
             if not conn.execute(sa.select(bundles.c.sha).where(bundles.c.sha == sha)).first():
-                conn.execute(bundles.insert().values(sha=sha, seq=int(sequence), version_id=str(version_id),
-                                                     size=len(data), created=time.time(), data=data))  # fmt: skip
+                conn.execute(
+                    bundles.insert().values(
+                        sha=sha,
+                        seq=int(sequence),
+                        version_id=str(version_id),
+                        size=len(data),
+                        created=time.time(),
+                        data=data,
+                    )
+                )
                 self._event(conn, "", "publish", sha=sha, sequence=sequence, version=version_id, actor=actor)
         return self.bundle(sha)
 
@@ -286,9 +313,15 @@ class Fleet:
         return int(conn.execute(q).scalar_one())
 
     def start_rollout(
-        self, bundle_sha: str, group: str, percent: float, *, actor: str, abort_percent: float | None = None,
+        self,
+        bundle_sha: str,
+        group: str,
+        percent: float,
+        *,
+        actor: str,
+        abort_percent: float | None = None,
         allow_downgrade: bool = False,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """Send a published bundle to `percent` of `group`; the same bundle again raises the percent."""
         check(0 < percent <= 100, f"percent must be in (0, 100], got {percent:g}")
         check(
@@ -300,7 +333,9 @@ class Fleet:
             cur = self.current_rollout(group, conn)
             if cur and cur["bundle_sha"] == sha and cur["state"] == "active":
                 if percent < cur["percent"]:
-                    raise BadInput(f"rollout {cur['id']} is at {cur['percent']:g}%; percent only grows: abort it with `datamoat fleet abort`")  # fmt: skip
+                    raise BadInput(
+                        f"rollout {cur['id']} is at {cur['percent']:g}%; percent only grows: abort it with `datamoat fleet abort`"
+                    )
                 vals = {
                     "percent": percent,
                     "updated": now,
@@ -309,22 +344,52 @@ class Fleet:
                 if abort_percent is not None:
                     vals["abort_percent"] = abort_percent
                 conn.execute(rollouts.update().where(rollouts.c.id == cur["id"]).values(**vals))
-                self._event(conn, "", "rollout-percent", cur["id"], percent=percent, actor=actor,
-                            allow_downgrade=vals["allow_downgrade"])  # fmt: skip
+                self._event(
+                    conn,
+                    "",
+                    "rollout-percent",
+                    cur["id"],
+                    percent=percent,
+                    actor=actor,
+                    allow_downgrade=vals["allow_downgrade"],
+                )
                 rid = cur["id"]
             else:
                 installed = self._count(conn, cur["id"], ("installed",)) if cur else 0
                 baseline = baseline_for_next(cur, installed)
                 if cur and cur["state"] == "active":
-                    conn.execute(rollouts.update().where(rollouts.c.id == cur["id"]).values(state="superseded", updated=now))  # fmt: skip
+                    conn.execute(
+                        rollouts.update().where(rollouts.c.id == cur["id"]).values(state="superseded", updated=now)
+                    )
                 n = int(conn.execute(sa.select(sa.func.count()).select_from(rollouts)).scalar_one()) + 1
                 rid = f"{group}-{n}"
-                conn.execute(rollouts.insert().values(
-                    id=rid, device_group=group, bundle_sha=sha, baseline_sha=baseline, percent=percent,
-                    abort_percent=abort_percent, allow_downgrade=allow_downgrade, state="active", reason="",
-                    created=now, updated=now))  # fmt: skip
-                self._event(conn, "", "rollout-start", rid, bundle=sha, baseline=baseline, percent=percent,
-                            abort_percent=abort_percent, allow_downgrade=allow_downgrade, actor=actor)  # fmt: skip
+                conn.execute(
+                    rollouts.insert().values(
+                        id=rid,
+                        device_group=group,
+                        bundle_sha=sha,
+                        baseline_sha=baseline,
+                        percent=percent,
+                        abort_percent=abort_percent,
+                        allow_downgrade=allow_downgrade,
+                        state="active",
+                        reason="",
+                        created=now,
+                        updated=now,
+                    )
+                )
+                self._event(
+                    conn,
+                    "",
+                    "rollout-start",
+                    rid,
+                    bundle=sha,
+                    baseline=baseline,
+                    percent=percent,
+                    abort_percent=abort_percent,
+                    allow_downgrade=allow_downgrade,
+                    actor=actor,
+                )
         return next(r for r in self.rollouts(group) if r["id"] == rid)
 
     def abort_rollout(self, group: str, *, actor: str, reason: str) -> dict[str, Any]:
@@ -338,8 +403,11 @@ class Fleet:
         return next(r for r in self.rollouts(group) if r["id"] == cur["id"])
 
     def _abort(self, conn: sa.Connection, rollout_id: str, reason: str) -> None:
-        conn.execute(rollouts.update().where(rollouts.c.id == rollout_id)
-                     .values(state="aborted", reason=reason, updated=time.time()))  # fmt: skip
+        conn.execute(
+            rollouts.update()
+            .where(rollouts.c.id == rollout_id)
+            .values(state="aborted", reason=reason, updated=time.time())
+        )
         self._event(conn, "", "rollout-abort", rollout_id, reason=reason)
 
     def _check_abort(self, conn: sa.Connection, rollout_id: str) -> None:
@@ -375,17 +443,35 @@ class Fleet:
             if fallback:
                 bundle, a["allow_downgrade"], a["rollout_id"] = fallback, True, None
         return {
-            "device_id": device["id"], "group": group, "allow_downgrade": a["allow_downgrade"],
+            "device_id": device["id"],
+            "group": group,
+            "allow_downgrade": a["allow_downgrade"],
             "seq": [snap["generation"], last_event],  # both only grow: a device refuses an older answer
-            "bundle": None if bundle is None else {
-                "sha256": bundle["sha"], "sequence": bundle["seq"], "version_id": bundle["version_id"],
-                "size": bundle["size"], "url": f"/v1/edge/bundles/{bundle['sha']}"},
-            "rollout": None if rollout is None else {
-                "id": rollout["id"], "state": rollout["state"], "percent": rollout["percent"], "selected": a["selected"]},
-            "rollout_id": a["rollout_id"], "note": note,
-            "policy": {"generation": snap["generation"], "suppressed": Registry.suppressed_for(snap, group),
-                       "takedowns": snap["takedowns"]},
-        }  # fmt: skip
+            "bundle": None
+            if bundle is None
+            else {
+                "sha256": bundle["sha"],
+                "sequence": bundle["seq"],
+                "version_id": bundle["version_id"],
+                "size": bundle["size"],
+                "url": f"/v1/edge/bundles/{bundle['sha']}",
+            },
+            "rollout": None
+            if rollout is None
+            else {
+                "id": rollout["id"],
+                "state": rollout["state"],
+                "percent": rollout["percent"],
+                "selected": a["selected"],
+            },
+            "rollout_id": a["rollout_id"],
+            "note": note,
+            "policy": {
+                "generation": snap["generation"],
+                "suppressed": Registry.suppressed_for(snap, group),
+                "takedowns": snap["takedowns"],
+            },
+        }
 
     def sync(self, device: dict[str, Any], heartbeat: dict[str, Any]) -> dict[str, Any]:
         """Record a heartbeat (status, new events, install reports), check aborts, return the assignment."""
@@ -394,25 +480,43 @@ class Fleet:
         last = max([device["last_event"], *(int(e["n"]) for e in evs)])
         touched, mine = set(), {r["id"]: r for r in self.rollouts(device["device_group"])}
         with self._tx() as conn:
-            conn.execute(devices.update().where(devices.c.id == device["id"]).values(
-                last_seen=time.time(), status=json.dumps(status, default=str), last_event=last))  # fmt: skip
+            conn.execute(
+                devices.update()
+                .where(devices.c.id == device["id"])
+                .values(last_seen=time.time(), status=json.dumps(status, default=str), last_event=last)
+            )
             for e in evs:
                 rid = e.get("rollout_id")
-                self._event(conn, device["id"], str(e.get("kind", "?"))[:32], rid, **{k: v for k, v in e.items()
-                            if k not in ("kind", "rollout_id")})  # fmt: skip
+                self._event(
+                    conn,
+                    device["id"],
+                    str(e.get("kind", "?"))[:32],
+                    rid,
+                    **{k: v for k, v in e.items() if k not in ("kind", "rollout_id")},
+                )
                 r = mine.get(rid)  # a device reports only on rollouts it is in: it cannot abort others'
                 if r is not None and e.get("kind") in OUTCOMES and selected(device["id"], rid, r["percent"]):
-                    conn.execute(reports.delete().where((reports.c.device_id == device["id"]) & (reports.c.rollout_id == rid)))  # fmt: skip
-                    conn.execute(reports.insert().values(device_id=device["id"], rollout_id=rid, status=e["kind"],
-                                                         reason=str(e.get("reason") or ""), ts=time.time()))  # fmt: skip
+                    conn.execute(
+                        reports.delete().where((reports.c.device_id == device["id"]) & (reports.c.rollout_id == rid))
+                    )
+                    conn.execute(
+                        reports.insert().values(
+                            device_id=device["id"],
+                            rollout_id=rid,
+                            status=e["kind"],
+                            reason=str(e.get("reason") or ""),
+                            ts=time.time(),
+                        )
+                    )
                     touched.add(rid)
             for rid in touched:
                 self._check_abort(conn, rid)
         return self._seal({**self._assignment({**device, "last_event": last}), "acked_event": last})
 
     # -- uploads --------------------------------------------------------------------------------
-    def record_uploads(self, device: dict[str, Any], items: list[Any], *, max_per_hour: int,
-                       max_open: int = 10_000) -> dict[str, Any]:  # fmt: skip
+    def record_uploads(
+        self, device: dict[str, Any], items: list[Any], *, max_per_hour: int, max_open: int = 10_000
+    ) -> dict[str, Any]:
         """Store a device's low-confidence samples as review-queue items (see the module docstring).
 
         All or nothing per item check: an invalid item raises `UploadRefused`
@@ -431,36 +535,53 @@ class Fleet:
         parsed = [parse_upload(i, it, versions, self.registry, now) for i, it in enumerate(items)]
         ids = [p["prediction_id"] for p in parsed]
         with self.engine.connect() as conn:
-            mine = {r.prediction_id: r.device_id for r in conn.execute(
-                sa.select(uploads.c.prediction_id, uploads.c.device_id).where(uploads.c.prediction_id.in_(ids)))}  # fmt: skip
+            mine = {
+                r.prediction_id: r.device_id
+                for r in conn.execute(
+                    sa.select(uploads.c.prediction_id, uploads.c.device_id).where(uploads.c.prediction_id.in_(ids))
+                )
+            }
             logged = set(
                 conn.execute(sa.select(serve_predictions.c.id).where(serve_predictions.c.id.in_(ids))).scalars()
             )
-            recent = conn.execute(sa.select(sa.func.count()).select_from(uploads).where(
-                (uploads.c.device_id == device["id"]) & (uploads.c.received > now - 3600))).scalar_one()  # fmt: skip
+            recent = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(uploads)
+                .where((uploads.c.device_id == device["id"]) & (uploads.c.received > now - 3600))
+            ).scalar_one()
             n_open = open_reviews(conn)
         new, dup, seen = [], [], set()
         for i, p in enumerate(parsed):
             pid = p["prediction_id"]
             if mine.get(pid, device["id"]) != device["id"] or (pid in logged and pid not in mine):
-                raise UploadRefused(f"prediction id {pid} is already used by another source: a device uploads "
-                                    "only its own answers", i, 409)  # fmt: skip
+                raise UploadRefused(
+                    f"prediction id {pid} is already used by another source: a device uploads only its own answers",
+                    i,
+                    409,
+                )
             (dup if pid in mine or pid in seen else new).append(p)
             seen.add(pid)
         room = max(0, min(max_per_hour - recent, max_open - n_open))
         if new and room == 0:
             if n_open >= max_open:
-                raise RateLimited(f"the review queue is full ({n_open} open items, the limit is {max_open}): "
-                                  "keep the samples and retry later")  # fmt: skip
-            raise RateLimited(f"device {device['id']!r} sent {recent} samples in the last hour, its limit is "
-                              f"{max_per_hour}: keep them and retry later")  # fmt: skip
+                raise RateLimited(
+                    f"the review queue is full ({n_open} open items, the limit is {max_open}): "
+                    "keep the samples and retry later"
+                )
+            raise RateLimited(
+                f"device {device['id']!r} sent {recent} samples in the last hour, its limit is "
+                f"{max_per_hour}: keep them and retry later"
+            )
         stored = new[:room]
         group = device["device_group"]
         with self._tx() as conn:  # one transaction: each review item has its log row and its upload row
             for p in stored:
                 # The cloud's row builders, with the device in the place of a server and its own time.
-                state = SimpleNamespace(alias=f"edge:{group}", generation=p["generation"],
-                                        model=SimpleNamespace(version_id=p["model_version"]))  # fmt: skip
+                state = SimpleNamespace(
+                    alias=f"edge:{group}",
+                    generation=p["generation"],
+                    model=SimpleNamespace(version_id=p["model_version"]),
+                )
                 answer = {k: p[k] for k in ("prediction_id", "label", "abstained", "top_k")}
                 answer.update(needs_review=True, reason=f"from device {device['id']}: {p['reason']}")
                 log_row = log_rows(state, f"device:{device['id']}", [answer], [p["input_sha256"]])[0]
@@ -468,9 +589,16 @@ class Fleet:
                 conn.execute(serve_predictions.insert().values({**log_row, "ts": p["ts"]}))
                 # The queue is ordered by when the server received an item, never by the device's clock (L5).
                 conn.execute(serve_review.insert().values({**rev, "ts": now, "exact": p["exact"]}))
-                conn.execute(uploads.insert().values(prediction_id=p["prediction_id"], device_id=device["id"],
-                                                     received=now, ts=p["ts"], model_version=p["model_version"],
-                                                     size=int(p["pixels"].nbytes)))  # fmt: skip
+                conn.execute(
+                    uploads.insert().values(
+                        prediction_id=p["prediction_id"],
+                        device_id=device["id"],
+                        received=now,
+                        ts=p["ts"],
+                        model_version=p["model_version"],
+                        size=int(p["pixels"].nbytes),
+                    )
+                )
             if stored:
                 self._event(conn, device["id"], "uploads", None, stored=len(stored), duplicates=len(dup))
         acked = [p["prediction_id"] for p in [*stored, *dup]]
@@ -496,16 +624,31 @@ class Fleet:
             rollout_state = None
             if cur is not None:
                 rep = reps.get((d["id"], cur["id"]))
-                what = (rep.status + (f" ({rep.reason})" if rep.reason else "")) if rep else (
-                    "pending" if a["selected"] else ("back to baseline" if cur["state"] == "aborted" else "not selected"))  # fmt: skip
+                what = (
+                    (rep.status + (f" ({rep.reason})" if rep.reason else ""))
+                    if rep
+                    else (
+                        "pending"
+                        if a["selected"]
+                        else ("back to baseline" if cur["state"] == "aborted" else "not selected")
+                    )
+                )
                 rollout_state = f"{cur['id']} [{cur['state']} {cur['percent']:g}%]: {what}"
             age = None if d["last_seen"] is None else now - d["last_seen"]
-            out.append({
-                "device_id": d["id"], "group": d["device_group"], "version": st.get("version_id"),
-                "sequence": st.get("bundle_sequence"), "health": st.get("health", "never seen"),
-                "last_heartbeat_s": age, "online": age is not None and age <= live_within, "rollout": rollout_state,
-                "last_error": st.get("last_error"), "uploads": st.get("uploads"),
-            })  # fmt: skip
+            out.append(
+                {
+                    "device_id": d["id"],
+                    "group": d["device_group"],
+                    "version": st.get("version_id"),
+                    "sequence": st.get("bundle_sequence"),
+                    "health": st.get("health", "never seen"),
+                    "last_heartbeat_s": age,
+                    "online": age is not None and age <= live_within,
+                    "rollout": rollout_state,
+                    "last_error": st.get("last_error"),
+                    "uploads": st.get("uploads"),
+                }
+            )
         return out
 
     def events(self, since: int = 0) -> list[dict[str, Any]]:

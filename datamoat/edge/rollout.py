@@ -54,8 +54,12 @@ def assign(device_id: str, rollout: dict[str, Any] | None) -> dict[str, Any]:
     if rollout["state"] == "aborted":  # the operator's threshold authorised returning the fleet
         return {"bundle_sha": rollout["baseline_sha"], "allow_downgrade": True, "rollout_id": None, "selected": False}
     if selected(device_id, rollout["id"], rollout["percent"]):
-        return {"bundle_sha": rollout["bundle_sha"], "allow_downgrade": bool(rollout["allow_downgrade"]),
-                "rollout_id": rollout["id"], "selected": True}  # fmt: skip
+        return {
+            "bundle_sha": rollout["bundle_sha"],
+            "allow_downgrade": bool(rollout["allow_downgrade"]),
+            "rollout_id": rollout["id"],
+            "selected": True,
+        }
     return {"bundle_sha": rollout["baseline_sha"], "allow_downgrade": False, "rollout_id": None, "selected": False}
 
 

@@ -52,8 +52,19 @@ __all__ = ["EdgeConfig", "EdgeRuntime", "Serving"]
 log = logging.getLogger("datamoat.edge")
 
 MAX_REMEMBERED = 100  # rejected and refused bundle hashes kept in state.json, newest last
-COUNTERS = ("predictions", "errors", "abstained", "polls", "poll_failures", "downloads", "resumed_downloads",
-            "installs", "rejected", "refused", "rolled_back")  # fmt: skip
+COUNTERS = (
+    "predictions",
+    "errors",
+    "abstained",
+    "polls",
+    "poll_failures",
+    "downloads",
+    "resumed_downloads",
+    "installs",
+    "rejected",
+    "refused",
+    "rolled_back",
+)
 
 
 @dataclasses.dataclass
@@ -223,8 +234,10 @@ class EdgeRuntime:
         with self.lock:
             try:
                 if len(data) > self.cfg.max_bundle_bytes:
-                    raise BundleError(f"bundle rejected: {len(data)} bytes is over this device's "
-                                      f"{self.cfg.max_bundle_bytes}-byte limit")  # fmt: skip
+                    raise BundleError(
+                        f"bundle rejected: {len(data)} bytes is over this device's "
+                        f"{self.cfg.max_bundle_bytes}-byte limit"
+                    )
                 b = read_bundle(data, self.trusted)
             except BundleError as e:
                 return self._outcome("rejected", sha, str(e), rollout_id, source)
@@ -232,8 +245,10 @@ class EdgeRuntime:
             if cur is not None and cur.bundle.sha256 == sha:
                 return {"status": "installed", "reason": "already active", "sha256": sha}
             if cur is not None and b.sequence <= cur.bundle.sequence and not allow_downgrade:
-                why = (f"downgrade refused: bundle sequence {b.sequence} is not newer than the running "
-                       f"{cur.bundle.sequence}, and the operator did not allow a rollback")  # fmt: skip
+                why = (
+                    f"downgrade refused: bundle sequence {b.sequence} is not newer than the running "
+                    f"{cur.bundle.sequence}, and the operator did not allow a rollback"
+                )
                 return self._outcome("refused", sha, why, rollout_id, source)
             self.store.stage(data)
             self.state.update(pending=sha, pending_rollout=rollout_id)
@@ -293,8 +308,15 @@ class EdgeRuntime:
         ov = self.state["policy"] or {}
         td_all = ov.get("takedowns", {})
         if self.active is None:
-            self.serving = Serving(None, None, "no bundle installed yet: wait for the control server, or run "
-                                   "`datamoat edge install FILE`", {}, None, None, ov.get("generation", -1))  # fmt: skip
+            self.serving = Serving(
+                None,
+                None,
+                "no bundle installed yet: wait for the control server, or run `datamoat edge install FILE`",
+                {},
+                None,
+                None,
+                ov.get("generation", -1),
+            )
             return
         slot, reason = self.active, "active bundle"
         td = td_all.get(slot.bundle.version_id)
@@ -310,10 +332,16 @@ class EdgeRuntime:
                 return
         pol = slot.bundle.part_json("policy.json")
         newer = ov and ov.get("generation", -1) >= pol.get("generation", -1)
-        self.serving = Serving(slot.model, slot.bundle, reason, dict(ov["suppressed"] if newer else pol["suppressed"]),
-                               pol.get("threshold"), pol.get("abstain_threshold"),
-                               ov["generation"] if newer else pol.get("generation", -1),
-                               pol.get("per_class"))  # fmt: skip
+        self.serving = Serving(
+            slot.model,
+            slot.bundle,
+            reason,
+            dict(ov["suppressed"] if newer else pol["suppressed"]),
+            pol.get("threshold"),
+            pol.get("abstain_threshold"),
+            ov["generation"] if newer else pol.get("generation", -1),
+            pol.get("per_class"),
+        )
 
     # -- predictions ----------------------------------------------------------------------
     def predict(self, prepare: Prepare) -> tuple[dict[str, Any], str | None]:
@@ -333,17 +361,28 @@ class EdgeRuntime:
             for a in answers:
                 top = a["top_k"][0]["probability"] if a["top_k"] else 0.0
                 if not a["abstained"] and top < s.abstain_threshold:
-                    a.update(label=None, label_index=None, abstained=True, needs_review=True,
-                             reason=f"confidence {top:.3f} is below the abstain threshold {s.abstain_threshold:g}")  # fmt: skip
+                    a.update(
+                        label=None,
+                        label_index=None,
+                        abstained=True,
+                        needs_review=True,
+                        reason=f"confidence {top:.3f} is below the abstain threshold {s.abstain_threshold:g}",
+                    )
                     low += 1
         self.counters["abstained"] += sum(a["abstained"] for a in answers)
         verdict = self._observe(s, len(x), 0, low)
         answers = [{"prediction_id": str(uuid.uuid4()), **a} for a in answers]
         if self.cfg.upload_low_confidence:
             self._keep(s, answers, x)
-        out = {"model_version": s.model.version_id, "model_name": s.model.name, "alias": f"edge:{self.cfg.group}",
-               "generation": s.generation, "device_id": self.cfg.device_id, "bundle_sequence": s.bundle.sequence,
-               "predictions": answers}  # fmt: skip
+        out = {
+            "model_version": s.model.version_id,
+            "model_name": s.model.name,
+            "alias": f"edge:{self.cfg.group}",
+            "generation": s.generation,
+            "device_id": self.cfg.device_id,
+            "bundle_sequence": s.bundle.sequence,
+            "predictions": answers,
+        }
         return out, verdict
 
     def _keep(self, s: Serving, answers: list[dict[str, Any]], x: np.ndarray) -> None:
@@ -353,12 +392,23 @@ class EdgeRuntime:
             if not (a["needs_review"] or a["abstained"]):
                 continue
             u, exact = as_uint8(xi)  # (C, H, W)
-            item = {"prediction_id": a["prediction_id"], "ts": now, "model_version": s.model.version_id,
-                    "bundle_sequence": s.bundle.sequence, "generation": s.generation, "label": a["label"],
-                    "abstained": a["abstained"], "needs_review": a["needs_review"], "reason": a["reason"],
-                    "top_k": a["top_k"][:3], "shape": list(u.shape), "pixels": base64.b64encode(u.tobytes()).decode(),
-                    # The cloud's input hash (float32 of what the model saw), so a reviewer's label matches it.
-                    "input_sha256": input_hash(xi), "exact": exact}  # fmt: skip
+            item = {
+                "prediction_id": a["prediction_id"],
+                "ts": now,
+                "model_version": s.model.version_id,
+                "bundle_sequence": s.bundle.sequence,
+                "generation": s.generation,
+                "label": a["label"],
+                "abstained": a["abstained"],
+                "needs_review": a["needs_review"],
+                "reason": a["reason"],
+                "top_k": a["top_k"][:3],
+                "shape": list(u.shape),
+                "pixels": base64.b64encode(u.tobytes()).decode(),
+                # The cloud's input hash (float32 of what the model saw), so a reviewer's label matches it.
+                "input_sha256": input_hash(xi),
+                "exact": exact,
+            }
             try:
                 self.outbox.add(item)
             except OSError as e:  # a full disk must not fail the prediction
@@ -393,14 +443,22 @@ class EdgeRuntime:
             "ok" if s.model is not None and s.reason == "active bundle" else ("fallback" if s.model else "unavailable")
         )
         return {
-            "device_id": self.cfg.device_id, "group": self.cfg.group, "health": health, "reason": s.reason,
-            "version_id": a.bundle.version_id if a else None, "bundle_sequence": a.bundle.sequence if a else None,
-            "bundle_sha256": a.bundle.sha256 if a else None, "serving_version": s.model.version_id if s.model else None,
+            "device_id": self.cfg.device_id,
+            "group": self.cfg.group,
+            "health": health,
+            "reason": s.reason,
+            "version_id": a.bundle.version_id if a else None,
+            "bundle_sequence": a.bundle.sequence if a else None,
+            "bundle_sha256": a.bundle.sha256 if a else None,
+            "serving_version": s.model.version_id if s.model else None,
             "lkg": {"version_id": lkg.bundle.version_id, "sequence": lkg.bundle.sequence} if lkg else None,
-            "policy_generation": s.generation, "counters": dict(self.counters), "last_error": self.last_error,
-            "watching_health": self.window is not None, "uptime_s": round(time.time() - self.started, 3),
+            "policy_generation": s.generation,
+            "counters": dict(self.counters),
+            "last_error": self.last_error,
+            "watching_health": self.window is not None,
+            "uptime_s": round(time.time() - self.started, 3),
             "uploads": self.outbox.stats(),
-        }  # fmt: skip
+        }
 
     def heartbeat(self) -> dict[str, Any]:
         with self.lock:

@@ -81,11 +81,19 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
         rt: EdgeRuntime = request.app.state.runtime
         s = rt.serving
         m = s.model
-        return {"version": m.version_id if m else None, "name": m.name if m else None, "kind": m.kind if m else None,
-                "classes": m.classes if m else None, "input_shape": list(m.input_shape) if m else None,
-                "serving": m is not None, "reason": s.reason, "bundle_sequence": s.bundle.sequence if s.bundle else None,
-                "suppressed": [{"label": k, "mode": v} for k, v in sorted(s.suppressed.items())],
-                "generation": s.generation, "device_id": rt.cfg.device_id}  # fmt: skip
+        return {
+            "version": m.version_id if m else None,
+            "name": m.name if m else None,
+            "kind": m.kind if m else None,
+            "classes": m.classes if m else None,
+            "input_shape": list(m.input_shape) if m else None,
+            "serving": m is not None,
+            "reason": s.reason,
+            "bundle_sequence": s.bundle.sequence if s.bundle else None,
+            "suppressed": [{"label": k, "mode": v} for k, v in sorted(s.suppressed.items())],
+            "generation": s.generation,
+            "device_id": rt.cfg.device_id,
+        }
 
     @app.get("/v1/edge/status")
     async def edge_status(request: Request) -> dict[str, Any]:
@@ -94,8 +102,12 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
         if not _owner(request, rt):
             raise DeviceAuth("the device status needs the device's install token: send it as a Bearer token")
         ag = request.app.state.agent
-        return {**rt.status(), "events": rt.state["events"][-100:], "online": ag.online if ag else None,
-                "downloading": ag.downloading if ag else None}  # fmt: skip
+        return {
+            **rt.status(),
+            "events": rt.state["events"][-100:],
+            "online": ag.online if ag else None,
+            "downloading": ag.downloading if ag else None,
+        }
 
     @app.post("/v1/edge/install")
     async def install(request: Request) -> dict[str, Any]:
@@ -109,8 +121,10 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
         --state-dir DIR --allow-downgrade`."""
         rt: EdgeRuntime = request.app.state.runtime
         if not _owner(request, rt):
-            raise DeviceAuth("install needs the device's install token: `datamoat edge install FILE --runtime URL "
-                             "--state-dir DIR` reads it from DIR/install.token")  # fmt: skip
+            raise DeviceAuth(
+                "install needs the device's install token: `datamoat edge install FILE --runtime URL "
+                "--state-dir DIR` reads it from DIR/install.token"
+            )
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/octet-stream":
             raise UnsupportedMedia(f"send the bundle as application/octet-stream, not {ctype or 'no Content-Type'}")

@@ -153,9 +153,17 @@ class DeviceStore:
     def load_state(self) -> dict[str, Any]:
         p = self.root / "state.json"
         state = json.loads(p.read_text()) if p.exists() else {}
-        for key, default in (("rejected", {}), ("refused", {}), ("events", []), ("next_event", 1),
-                             ("acked_event", 0), ("pending", None), ("policy", None), ("active_rollout", None),
-                             ("control_floor", [0, 0])):  # fmt: skip
+        for key, default in (
+            ("rejected", {}),
+            ("refused", {}),
+            ("events", []),
+            ("next_event", 1),
+            ("acked_event", 0),
+            ("pending", None),
+            ("policy", None),
+            ("active_rollout", None),
+            ("control_floor", [0, 0]),
+        ):
             state.setdefault(key, default)
         return state
 

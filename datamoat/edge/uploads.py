@@ -62,8 +62,10 @@ def parse_upload(i: int, it: Any, versions: dict[str, Any], registry: Registry, 
     info = versions.get(vid)
     need(info is not None, f"model version {vid!r} is not in this registry: upload samples of registered versions")
     classes, shape = [str(c) for c in info["info"]["classes"]], info["info"].get("input_shape")
-    need(isinstance(shape, list) and it.get("shape") == shape,
-         f"shape {it.get('shape')} does not match model {vid}'s input {shape}")  # fmt: skip
+    need(
+        isinstance(shape, list) and it.get("shape") == shape,
+        f"shape {it.get('shape')} does not match model {vid}'s input {shape}",
+    )
     try:
         raw = base64.b64decode(it.get("pixels") or "", validate=True)
     except (binascii.Error, TypeError, ValueError):
@@ -94,10 +96,19 @@ def parse_upload(i: int, it: Any, versions: dict[str, Any], registry: Registry, 
     reason, gen = it.get("reason") or "", it.get("generation", -1)
     need(isinstance(reason, str) and len(reason) <= 500, "reason must be text of at most 500 characters")
     need(isinstance(gen, int), "generation must be an integer")
-    return {"prediction_id": pid, "model_version": vid, "pixels": pixels, "label": label,
-            "top_k": [{"label": t["label"], "probability": float(t["probability"])} for t in top],
-            "abstained": flags[0], "ts": min(float(ts), now), "exact": exact, "input_sha256": digest,
-            "reason": reason, "generation": gen}  # fmt: skip
+    return {
+        "prediction_id": pid,
+        "model_version": vid,
+        "pixels": pixels,
+        "label": label,
+        "top_k": [{"label": t["label"], "probability": float(t["probability"])} for t in top],
+        "abstained": flags[0],
+        "ts": min(float(ts), now),
+        "exact": exact,
+        "input_sha256": digest,
+        "reason": reason,
+        "generation": gen,
+    }
 
 
 def _is_uuid(s: str) -> bool:

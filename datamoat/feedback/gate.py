@@ -106,8 +106,12 @@ def _trusted(q: Quarantine, cfg: GateConfig, rows: list[dict[str, Any]]) -> set[
     # rule, identifies nobody, so it earns no trust (M2). Nor does a revoked token.
     counts = collections.Counter(r.name for r in every)
     roles = {r.name: r.role for r in every if counts[r.name] == 1 and not r.revoked}
-    return {r["id"] for r in rows if (r["source"] in cfg.trusted_sources and r["kind"] != "serve")
-            or (r["kind"] == "serve" and roles.get(r["actor"]) in cfg.trusted_roles)}  # fmt: skip
+    return {
+        r["id"]
+        for r in rows
+        if (r["source"] in cfg.trusted_sources and r["kind"] != "serve")
+        or (r["kind"] == "serve" and roles.get(r["actor"]) in cfg.trusted_roles)
+    }
 
 
 def _identity(row: dict[str, Any]) -> str:
@@ -169,8 +173,11 @@ def evaluate_gate(
     trusted_sources = {r["source"] for r in rows if r["id"] in trusted and r["id"] not in human}
     for name, s in rep.items():
         s["contradiction_rate"] = s["contradicted"] / s["judged"] if s["judged"] else 0.0
-        s["flagged"] = (name not in trusted_sources and s["judged"] >= cfg.min_judged
-                        and s["contradiction_rate"] > cfg.max_contradiction_rate)  # fmt: skip
+        s["flagged"] = (
+            name not in trusted_sources
+            and s["judged"] >= cfg.min_judged
+            and s["contradiction_rate"] > cfg.max_contradiction_rate
+        )
     flagged = {name for name, s in rep.items() if s["flagged"]}
 
     over_rate: set[int] = set()
@@ -220,13 +227,17 @@ def evaluate_gate(
         if how in ("tie", "trusted-conflict"):
             why.append("sources disagree on this input")
         elif label is not None and label != r["label"] and r["id"] not in trusted:
-            why.append(f"{'contradicts trusted reviewer' if how == 'trusted' else 'conflicts with other sources'}: "
-                       f"they say {label!r}")  # fmt: skip
+            why.append(
+                f"{'contradicts trusted reviewer' if how == 'trusted' else 'conflicts with other sources'}: "
+                f"they say {label!r}"
+            )
         pair = _pair(r, dist, scorer[0] if scorer else [], surges, cfg.surge_near)
         if pair in surges and not (how == "trusted" and label == r["label"]):
             n, expected, z, sources = surges[pair]
-            why.append(f"surge: {n} labels say {pair[1]!r} where the model says {pair[0]!r}, from {sources} "
-                       f"source(s); a calibrated model expects {expected:.0f} (z={z:.1f}): a person confirms them")  # fmt: skip
+            why.append(
+                f"surge: {n} labels say {pair[1]!r} where the model says {pair[0]!r}, from {sources} "
+                f"source(s); a calibrated model expects {expected:.0f} (z={z:.1f}): a person confirms them"
+            )
         if cfg.min_model_prob > 0 and r["id"] in probs and probs[r["id"]] < cfg.min_model_prob:
             why.append(f"disagrees with model: p({r['label']})={probs[r['id']]:.3f} < {cfg.min_model_prob:g}")
         if model_note and r["id"] not in trusted and r["has_pixels"]:
@@ -236,10 +247,17 @@ def evaluate_gate(
             changes[r["id"]] = new
     q.set_status(changes, GATE)
     status = Counter(r["status"] for r in q.items())
-    return {"counts": dict(status), "changed": len(changes), "flagged": sorted(flagged),
-            "surges": [{"model": a, "label": b, "labels": n, "expected": e, "z": z, "sources": s}
-                       for (a, b), (n, e, z, s) in surges.items()],
-            "sources": {k: dict(v) for k, v in rep.items()}, "config": cfg.to_dict()}  # fmt: skip
+    return {
+        "counts": dict(status),
+        "changed": len(changes),
+        "flagged": sorted(flagged),
+        "surges": [
+            {"model": a, "label": b, "labels": n, "expected": e, "z": z, "sources": s}
+            for (a, b), (n, e, z, s) in surges.items()
+        ],
+        "sources": {k: dict(v) for k, v in rep.items()},
+        "config": cfg.to_dict(),
+    }
 
 
 def _pair(

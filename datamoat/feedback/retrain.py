@@ -45,8 +45,14 @@ class RetrainConfig(Config):
         check(self.epochs >= 0, "epochs must be >= 0 (0 keeps the production recipe)")
 
 
-def compare(y: np.ndarray, pred_prod: np.ndarray, pred_cand: np.ndarray, classes: list[str],
-            margin: float, max_class_drop: float) -> dict[str, Any]:  # fmt: skip
+def compare(
+    y: np.ndarray,
+    pred_prod: np.ndarray,
+    pred_cand: np.ndarray,
+    classes: list[str],
+    margin: float,
+    max_class_drop: float,
+) -> dict[str, Any]:
     """Accuracy (points) of both models, overall and per class, and the verdict.
 
     >>> r = compare(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0]), np.array([0, 0, 1, 1]), ["a", "b"], 10, 0.5)
@@ -68,8 +74,16 @@ def compare(y: np.ndarray, pred_prod: np.ndarray, pred_cand: np.ndarray, classes
         reasons.append(f"gain {gain:+.2f} points is below the margin {margin:g}")
     if worst["delta"] < -max_class_drop:
         reasons.append(f"class {worst['class']!r} drops {-worst['delta']:.2f} points (bound {max_class_drop:g})")
-    return {"production": acc["production"], "candidate": acc["candidate"], "gain": gain, "per_class": per_class,
-            "worst_class": worst, "test_samples": int(len(y)), "better": not reasons, "reasons": reasons}  # fmt: skip
+    return {
+        "production": acc["production"],
+        "candidate": acc["candidate"],
+        "gain": gain,
+        "per_class": per_class,
+        "worst_class": worst,
+        "test_samples": int(len(y)),
+        "better": not reasons,
+        "reasons": reasons,
+    }
 
 
 def accepted_feedback(
@@ -88,15 +102,18 @@ def accepted_feedback(
     test = {input_hash(img) for img in base.subset("test")[0]}
     usable = [r for r in items if pix[r["id"]].shape == base.input_shape and r["input_sha256"] not in test]
     if not usable:
-        raise BadInput("no accepted feedback with images to train on: run `datamoat feedback gate`, "
-                       "then `datamoat feedback review` and `accept`")  # fmt: skip
+        raise BadInput(
+            "no accepted feedback with images to train on: run `datamoat feedback gate`, "
+            "then `datamoat feedback review` and `accept`"
+        )
     x = np.stack([pix[r["id"]] for r in usable])  # (N, C, H, W)
     y = np.array([classes.index(r["label"]) for r in usable], np.int64)
     return x, y, [r["id"] for r in usable], len(items) - len(usable)
 
 
-def retrain_from_feedback(ws: Workspace, reg: Registry, config: RetrainConfig | None = None, *,
-                          actor: str, progress: bool = False) -> dict[str, Any]:  # fmt: skip
+def retrain_from_feedback(
+    ws: Workspace, reg: Registry, config: RetrainConfig | None = None, *, actor: str, progress: bool = False
+) -> dict[str, Any]:
     """Merge accepted feedback, train a candidate, compare, register if better.
 
     Returns the comparison plus the new dataset id, how many accepted items
@@ -128,18 +145,31 @@ def retrain_from_feedback(ws: Workspace, reg: Registry, config: RetrainConfig | 
     base = load_dataset(ws, cfg.base or prod.lineage.get("dataset_id") or "")
     classes = [str(c) for c in row["info"]["classes"]]
     if list(base.classes) != classes:
-        raise BadInput(f"dataset {base.name} has classes {base.classes} but version {vid} has {classes}: "
-                       "pass --base with the production model's dataset")  # fmt: skip
+        raise BadInput(
+            f"dataset {base.name} has classes {base.classes} but version {vid} has {classes}: "
+            "pass --base with the production model's dataset"
+        )
     x_new, y_new, ids, skipped = accepted_feedback(Quarantine(reg), base, classes)
-    merged = merge(ws, base, x_new, y_new, name=f"{base.name}+feedback",
-                   source={"kind": "feedback", "item_ids": ids, "production_version": vid})  # fmt: skip
+    merged = merge(
+        ws,
+        base,
+        x_new,
+        y_new,
+        name=f"{base.name}+feedback",
+        source={"kind": "feedback", "item_ids": ids, "production_version": vid},
+    )
 
     recipe = [r for r in prod.lineage.get("recipe", []) if r.get("type") == "TrainConfig"]
     tcfg = config_from_dict(recipe[-1]) if recipe else TrainConfig()
     tcfg = tcfg.replace(seed=cfg.seed, **({"epochs": cfg.epochs} if cfg.epochs else {}))
     torch.manual_seed(cfg.seed)
-    fresh = Model(build(prod.config), prod.config, classes, dict(merged.preprocess),
-                  {"dataset_id": merged.id, "retrained_from": {"model_id": prod.id, "version": vid}})  # fmt: skip
+    fresh = Model(
+        build(prod.config),
+        prod.config,
+        classes,
+        dict(merged.preprocess),
+        {"dataset_id": merged.id, "retrained_from": {"model_id": prod.id, "version": vid}},
+    )
     cand = train(fresh, merged, tcfg, progress=progress)
 
     x_test, y_test = base.subset("test")  # the frozen split both models are judged on
@@ -147,8 +177,17 @@ def retrain_from_feedback(ws: Workspace, reg: Registry, config: RetrainConfig | 
     p_prod = onnx_predict_proba(reg.artifact(row["onnx_sha"]), x_test, row["info"]["preprocess"]).argmax(1)
     p_cand = onnx_predict_proba(onnx_cand, x_test, cand.preprocess).argmax(1)
     out = compare(y_test, p_prod, p_cand, classes, cfg.margin, cfg.max_class_drop)
-    out.update(dataset=merged.id, base=base.id, added=len(ids), skipped=skipped, production_version=vid, registered=False,
-               model_id=None, version=None, config=cfg.to_dict())  # fmt: skip
+    out.update(
+        dataset=merged.id,
+        base=base.id,
+        added=len(ids),
+        skipped=skipped,
+        production_version=vid,
+        registered=False,
+        model_id=None,
+        version=None,
+        config=cfg.to_dict(),
+    )
     if out["better"]:
         saved = save_model(ws, cand, name=f"{prod.name}-feedback")
         out.update(registered=True, model_id=saved.id, version=register_model(ws, reg, saved.id, actor=actor))

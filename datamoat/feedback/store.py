@@ -45,7 +45,8 @@ STATUSES = ("pending", "accepted", "held", "rejected")
 
 meta = sa.MetaData()
 items = sa.Table(
-    "fb_items", meta,
+    "fb_items",
+    meta,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("source", sa.String(100), nullable=False),
@@ -62,16 +63,17 @@ items = sa.Table(
     sa.Column("reasons", sa.Text, nullable=False),  # JSON list
     sa.Column("decided_by", sa.String(200)),  # "gate", or the person who accepted/rejected it
     sa.UniqueConstraint("source", "dedup", name="fb_items_once_per_source"),
-)  # fmt: skip
+)
 decisions = sa.Table(
-    "fb_decisions", meta,
+    "fb_decisions",
+    meta,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("item_id", sa.Integer, nullable=False),
     sa.Column("decision", sa.String(16), nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
-)  # fmt: skip
+)
 
 _APPEND_ONLY = {
     "sqlite": [
@@ -116,9 +118,18 @@ class Quarantine:
         info = self.registry.version(model_version)
         return info["id"], [str(c) for c in info["info"]["classes"]], info["info"].get("input_shape")
 
-    def _row(self, *, source: str, kind: str, label: str, model_version: str | None,
-             prediction_id: str | None, pixels: np.ndarray | None, ts: float | None,
-             actor: str = "") -> dict[str, Any]:  # fmt: skip
+    def _row(
+        self,
+        *,
+        source: str,
+        kind: str,
+        label: str,
+        model_version: str | None,
+        prediction_id: str | None,
+        pixels: np.ndarray | None,
+        ts: float | None,
+        actor: str = "",
+    ) -> dict[str, Any]:
         check(bool(source) and len(source) <= 100, f"source must be 1..100 characters, got {source!r}")
         check_choice("feedback kind", kind, KINDS)
         logged = None
@@ -146,16 +157,29 @@ class Quarantine:
                 )
             own = input_hash(pixels)
             if digest is not None and own != digest:
-                raise BadInput(f"the pixels do not match the input logged for prediction {prediction_id}: send the "
-                               "image that prediction was made on")  # fmt: skip
+                raise BadInput(
+                    f"the pixels do not match the input logged for prediction {prediction_id}: send the "
+                    "image that prediction was made on"
+                )
             digest, blob = own, pixels.tobytes()
         if digest is None:
             raise BadInput("feedback needs the image: pass pixels, or a prediction_id the server logged")
-        return {"ts": time.time() if ts is None else ts, "source": source, "actor": actor, "kind": kind,
-                "prediction_id": prediction_id, "model_version": vid, "label": label, "input_sha256": digest,
-                "dedup": f"p:{prediction_id}" if prediction_id else f"h:{digest}", "pixels": blob,
-                "shape": json.dumps(list(pixels.shape)) if blob is not None else None,
-                "status": "pending", "reasons": "[]", "decided_by": None}  # fmt: skip
+        return {
+            "ts": time.time() if ts is None else ts,
+            "source": source,
+            "actor": actor,
+            "kind": kind,
+            "prediction_id": prediction_id,
+            "model_version": vid,
+            "label": label,
+            "input_sha256": digest,
+            "dedup": f"p:{prediction_id}" if prediction_id else f"h:{digest}",
+            "pixels": blob,
+            "shape": json.dumps(list(pixels.shape)) if blob is not None else None,
+            "status": "pending",
+            "reasons": "[]",
+            "decided_by": None,
+        }
 
     def _insert(self, rows: list[dict[str, Any]], skip_duplicates: bool = False) -> list[int]:
         ids = []
@@ -168,14 +192,25 @@ class Quarantine:
                     if skip_duplicates:
                         continue
                     what = f"prediction {row['prediction_id']}" if row["prediction_id"] else "this image"
-                    raise Conflict(f"source {row['source']!r} already sent feedback for {what} (item {dup.id}): "
-                                   "send each item once")  # fmt: skip
+                    raise Conflict(
+                        f"source {row['source']!r} already sent feedback for {what} (item {dup.id}): "
+                        "send each item once"
+                    )
                 ids.append(conn.execute(items.insert().values(**row)).inserted_primary_key[0])
         return ids
 
-    def submit(self, *, source: str, label: str, pixels: np.ndarray | None = None, prediction_id: str | None = None,
-               model_version: str | None = None, kind: str = "edge", ts: float | None = None,
-               actor: str = "") -> int:  # fmt: skip
+    def submit(
+        self,
+        *,
+        source: str,
+        label: str,
+        pixels: np.ndarray | None = None,
+        prediction_id: str | None = None,
+        model_version: str | None = None,
+        kind: str = "edge",
+        ts: float | None = None,
+        actor: str = "",
+    ) -> int:
         """Put one item in quarantine; returns its id. An edge upload passes its
         pixels (uint8 (C, H, W)) and the version that predicted; a server
         prediction passes its logged `prediction_id` (kind "serve").
@@ -183,12 +218,27 @@ class Quarantine:
         >>> q.submit(source="cam-7", label="3", pixels=img, model_version="3f2a9c")  # doctest: +SKIP
         12
         """
-        row = self._row(source=source, kind=kind, label=label, model_version=model_version,
-                        prediction_id=prediction_id, pixels=pixels, ts=ts, actor=actor)  # fmt: skip
+        row = self._row(
+            source=source,
+            kind=kind,
+            label=label,
+            model_version=model_version,
+            prediction_id=prediction_id,
+            pixels=pixels,
+            ts=ts,
+            actor=actor,
+        )
         return self._insert([row])[0]
 
-    def import_items(self, x: np.ndarray, labels: list[str], *, source: str, model_version: str | None = None,
-                     skip_duplicates: bool = False) -> list[int]:  # fmt: skip
+    def import_items(
+        self,
+        x: np.ndarray,
+        labels: list[str],
+        *,
+        source: str,
+        model_version: str | None = None,
+        skip_duplicates: bool = False,
+    ) -> list[int]:
         """Put labelled images (uint8 (N, C, H, W)) in quarantine, all or none.
 
         >>> q.import_items(x, ["3", "8"], source="vendor-a")  # doctest: +SKIP
@@ -196,23 +246,58 @@ class Quarantine:
         """
         check(len(x) == len(labels) and len(x) > 0, f"{len(x)} images but {len(labels)} labels: give one label each")
         now = time.time()
-        rows = [self._row(source=source, kind="import", label=str(lab), model_version=model_version,
-                          prediction_id=None, pixels=img, ts=now) for img, lab in zip(x, labels)]  # fmt: skip
+        rows = [
+            self._row(
+                source=source,
+                kind="import",
+                label=str(lab),
+                model_version=model_version,
+                prediction_id=None,
+                pixels=img,
+                ts=now,
+            )
+            for img, lab in zip(x, labels)
+        ]
         return self._insert(rows, skip_duplicates)
 
     def sync(self) -> int:
         """Copy new ``/v1/feedback`` rows into quarantine; returns how many."""
         with self.registry.engine.connect() as conn:
-            have = {(r.source, r.prediction_id) for r in conn.execute(
-                sa.select(items.c.source, items.c.prediction_id).where(items.c.prediction_id.is_not(None)))}  # fmt: skip
+            have = {
+                (r.source, r.prediction_id)
+                for r in conn.execute(
+                    sa.select(items.c.source, items.c.prediction_id).where(items.c.prediction_id.is_not(None))
+                )
+            }
             j = serve_feedback.join(serve_predictions, serve_feedback.c.prediction_id == serve_predictions.c.id)
-            new = [r for r in conn.execute(
-                sa.select(serve_feedback, serve_predictions.c.input_sha256).select_from(j).order_by(serve_feedback.c.ts))
-                if (r.source, r.prediction_id) not in have]  # fmt: skip
-        rows = [{"ts": r.ts, "source": r.source, "actor": r.actor, "kind": "serve", "prediction_id": r.prediction_id,
-                 "model_version": r.model_version, "label": r.label, "input_sha256": r.input_sha256,
-                 "dedup": f"p:{r.prediction_id}", "pixels": None, "shape": None, "status": "pending",
-                 "reasons": "[]", "decided_by": None} for r in new]  # fmt: skip
+            new = [
+                r
+                for r in conn.execute(
+                    sa.select(serve_feedback, serve_predictions.c.input_sha256)
+                    .select_from(j)
+                    .order_by(serve_feedback.c.ts)
+                )
+                if (r.source, r.prediction_id) not in have
+            ]
+        rows = [
+            {
+                "ts": r.ts,
+                "source": r.source,
+                "actor": r.actor,
+                "kind": "serve",
+                "prediction_id": r.prediction_id,
+                "model_version": r.model_version,
+                "label": r.label,
+                "input_sha256": r.input_sha256,
+                "dedup": f"p:{r.prediction_id}",
+                "pixels": None,
+                "shape": None,
+                "status": "pending",
+                "reasons": "[]",
+                "decided_by": None,
+            }
+            for r in new
+        ]
         return len(self._insert(rows, skip_duplicates=True))
 
     def attach_pixels(self, x: np.ndarray) -> int:
@@ -224,8 +309,11 @@ class Quarantine:
             for r in conn.execute(sa.select(items.c.id, items.c.input_sha256).where(items.c.pixels.is_(None))).all():
                 img = by_hash.get(r.input_sha256)
                 if img is not None:
-                    conn.execute(items.update().where(items.c.id == r.id).values(
-                        pixels=img.tobytes(), shape=json.dumps(list(img.shape))))  # fmt: skip
+                    conn.execute(
+                        items.update()
+                        .where(items.c.id == r.id)
+                        .values(pixels=img.tobytes(), shape=json.dumps(list(img.shape)))
+                    )
                     n += 1
         return n
 
@@ -245,8 +333,11 @@ class Quarantine:
     def pixels(self, ids: list[int]) -> dict[int, np.ndarray]:
         """uint8 (C, H, W) images of the items that have them."""
         with self.registry.engine.connect() as conn:
-            rows = conn.execute(sa.select(items.c.id, items.c.pixels, items.c.shape)
-                                .where(items.c.id.in_(ids) & items.c.pixels.is_not(None))).all()  # fmt: skip
+            rows = conn.execute(
+                sa.select(items.c.id, items.c.pixels, items.c.shape).where(
+                    items.c.id.in_(ids) & items.c.pixels.is_not(None)
+                )
+            ).all()
         return {r.id: np.frombuffer(r.pixels, np.uint8).reshape(json.loads(r.shape)) for r in rows}
 
     def decisions(self) -> list[dict[str, Any]]:
@@ -259,10 +350,16 @@ class Quarantine:
         now = time.time()
         with self.registry.engine.begin() as conn:
             for item_id, (status, reasons) in changes.items():
-                conn.execute(items.update().where(items.c.id == item_id)
-                             .values(status=status, reasons=json.dumps(reasons), decided_by=actor))  # fmt: skip
-                conn.execute(decisions.insert().values(ts=now, item_id=item_id, decision=status, actor=actor,
-                                                       reason="; ".join(reasons)))  # fmt: skip
+                conn.execute(
+                    items.update()
+                    .where(items.c.id == item_id)
+                    .values(status=status, reasons=json.dumps(reasons), decided_by=actor)
+                )
+                conn.execute(
+                    decisions.insert().values(
+                        ts=now, item_id=item_id, decision=status, actor=actor, reason="; ".join(reasons)
+                    )
+                )
 
     def decide(self, ids: list[int], decision: str, *, actor: str, reason: str = "") -> list[dict[str, Any]]:
         """A person accepts or rejects items; final, the gate does not revisit them.

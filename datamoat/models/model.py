@@ -154,6 +154,13 @@ def load_model(ws: Workspace, ref: str) -> Model:
     net.load_state_dict(state)
     net.eval()
     return Model(
-        net, cfg, meta["classes"], meta["preprocess"], meta.get("lineage", {}), meta.get("history", {}),
-        row["id"], row["name"], storage,
-    )  # fmt: skip
+        net,
+        cfg,
+        meta["classes"],
+        meta["preprocess"],
+        meta.get("lineage", {}),
+        meta.get("history", {}),
+        row["id"],
+        row["name"],
+        storage,
+    )

@@ -47,8 +47,21 @@ __all__ = [
 
 MAGIC = b"DMSPARSE1\n"
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8,
-                               torch.int16, torch.int32, torch.int64, torch.bool)}  # fmt: skip
+_DTYPES = {
+    str(d): d
+    for d in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    )
+}
 
 
 def dense_state_bytes(state: dict[str, torch.Tensor]) -> bytes:

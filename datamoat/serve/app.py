@@ -79,20 +79,47 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     server_id = cfg.server_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     install_pillow_limits(cfg.max_image_pixels)
     metrics = ServeMetrics()
-    ctl = Controller(registry, cfg, SessionCache(registry, cfg.ort_threads), server_id,
-                     cfg.url or f"inprocess:{server_id}", on_ack=metrics.generation.set)  # fmt: skip
-    batcher = Batcher(lambda: ctl.state, cfg.max_batch_size, cfg.max_wait_ms, metrics.batch_size.observe,
-                      max_queued=cfg.max_queued_inputs)  # fmt: skip
-    plog = PredictionLog(registry, cfg.log_predictions, review_max_open=cfg.review_max_open,
-                         on_review_skipped=metrics.review_skipped.inc)  # fmt: skip
-    ctx = ServeContext(registry, cfg, server_id, metrics, ctl, batcher, plog,
-                       TokenCache(registry, cfg.auth_cache_s, lambda: ctl.state.generation),
-                       ReviewQueue(registry), Quotas(cfg.predict_rate_per_token, 10 * cfg.predict_rate_per_token),
-                       Quotas(cfg.review_rate_per_token, 100))  # fmt: skip
+    ctl = Controller(
+        registry,
+        cfg,
+        SessionCache(registry, cfg.ort_threads),
+        server_id,
+        cfg.url or f"inprocess:{server_id}",
+        on_ack=metrics.generation.set,
+    )
+    batcher = Batcher(
+        lambda: ctl.state,
+        cfg.max_batch_size,
+        cfg.max_wait_ms,
+        metrics.batch_size.observe,
+        max_queued=cfg.max_queued_inputs,
+    )
+    plog = PredictionLog(
+        registry, cfg.log_predictions, review_max_open=cfg.review_max_open, on_review_skipped=metrics.review_skipped.inc
+    )
+    ctx = ServeContext(
+        registry,
+        cfg,
+        server_id,
+        metrics,
+        ctl,
+        batcher,
+        plog,
+        TokenCache(registry, cfg.auth_cache_s, lambda: ctl.state.generation),
+        ReviewQueue(registry),
+        Quotas(cfg.predict_rate_per_token, 10 * cfg.predict_rate_per_token),
+        Quotas(cfg.review_rate_per_token, 100),
+    )
     docs = "/docs" in cfg.open_paths  # the schema lists every endpoint: closed unless opened
-    app = FastAPI(title="datamoat", version="1", lifespan=_lifespan, description=__doc__,
-                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
-                  openapi_url="/openapi.json" if docs else None)  # fmt: skip
+    app = FastAPI(
+        title="datamoat",
+        version="1",
+        lifespan=_lifespan,
+        description=__doc__,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.serve = ctx
     app.add_exception_handler(DatamoatError, _on_datamoat)
     app.add_exception_handler(HTTPException, _on_http)
@@ -165,8 +192,10 @@ async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errs = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
-            for e in exc.errors()[:20]]  # fmt: skip
+    errs = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+        for e in exc.errors()[:20]
+    ]
     where = ".".join(errs[0]["loc"]) if errs else "body"
     what = errs[0]["msg"] if errs else "invalid"
     return JSONResponse(
@@ -257,8 +286,10 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
     else:
         raise Unavailable("the served model changed three times during this request: retry it")
     pol = cur.policy  # `Registry.policy` of the served version, as of the state's generation
-    answers = [{"prediction_id": str(uuid.uuid4()), **a} for a in
-               decide(probs, cur.model.classes, cur.suppressed, cfg.top_k, pol.get("threshold"), pol.get("per_class"))]  # fmt: skip
+    answers = [
+        {"prediction_id": str(uuid.uuid4()), **a}
+        for a in decide(probs, cur.model.classes, cur.suppressed, cfg.top_k, pol.get("threshold"), pol.get("per_class"))
+    ]
 
     def records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         hashes = [input_hash(xi) for xi in x]
@@ -273,8 +304,15 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
     ctx.metrics.answers(answers)
     # A response object skips FastAPI's validation and re-encoding of the returned dict: the answer is
     # built here from plain types, so that pass would only repeat work on the hot path.
-    return JSONResponse({"model_version": cur.model.version_id, "model_name": cur.model.name, "alias": cur.alias,
-                         "generation": cur.generation, "predictions": answers})  # fmt: skip
+    return JSONResponse(
+        {
+            "model_version": cur.model.version_id,
+            "model_name": cur.model.name,
+            "alias": cur.alias,
+            "generation": cur.generation,
+            "predictions": answers,
+        }
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -300,14 +338,22 @@ async def model_info(request: Request, _: str = Depends(reader)) -> dict[str, An
     st = ctx.controller.state
     m = st.model
     return {
-        "alias": st.alias, "version": st.version_id, "name": m.name if m else None, "kind": m.kind if m else None,
-        "classes": m.classes if m else None, "input_shape": list(m.input_shape) if m else None,
-        "serving": m is not None, "reason": st.reason,
+        "alias": st.alias,
+        "version": st.version_id,
+        "name": m.name if m else None,
+        "kind": m.kind if m else None,
+        "classes": m.classes if m else None,
+        "input_shape": list(m.input_shape) if m else None,
+        "serving": m is not None,
+        "reason": st.reason,
         "suppressed": [{"label": k, "mode": v} for k, v in sorted(st.suppressed.items())],
-        "alias_version": st.alias_version, "taken_down": st.takedowns.get(st.alias_version) is not None,
+        "alias_version": st.alias_version,
+        "taken_down": st.takedowns.get(st.alias_version) is not None,
         "takedown": st.takedowns.get(st.alias_version),
-        "generation": st.generation, "acked_generation": ctx.controller.acked, "server_id": ctx.server_id,
-    }  # fmt: skip
+        "generation": st.generation,
+        "acked_generation": ctx.controller.acked,
+        "server_id": ctx.server_id,
+    }
 
 
 @router.get("/healthz")

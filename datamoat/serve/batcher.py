@@ -72,8 +72,10 @@ class Batcher:
         """(state used, probabilities (n, K), raw inputs used (n, C, H, W)) for one request."""
         n = len(x)
         if self.queued + n > self.max_queued:
-            raise Overloaded(f"the server has {self.queued} inputs waiting for the model (limit {self.max_queued}): "
-                             "retry in a moment")  # fmt: skip
+            raise Overloaded(
+                f"the server has {self.queued} inputs waiting for the model (limit {self.max_queued}): "
+                "retry in a moment"
+            )
         fut = asyncio.get_running_loop().create_future()
         self.queued += n
         try:

@@ -83,8 +83,15 @@ class Controller:
     >>> await ctl.start()  # doctest: +SKIP
     """
 
-    def __init__(self, registry: Registry, config: ServeConfig, cache: SessionCache, server_id: str, url: str,
-                 on_ack: Callable[[int], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        registry: Registry,
+        config: ServeConfig,
+        cache: SessionCache,
+        server_id: str,
+        url: str,
+        on_ack: Callable[[int], None] | None = None,
+    ):
         self.registry, self.config, self.cache = registry, config, cache
         self.server_id, self.url, self.on_ack = server_id, url, on_ack
         self.state = ServingState(-1, config.alias, None, "starting", {}, None, {})
@@ -118,8 +125,16 @@ class Controller:
                 log.exception("loading version %s failed", target)
                 why = f"version {target} could not be loaded ({type(e).__name__}: {e}): promote or roll back"
         policy = Registry.policy_of(snap, model.version_id, model.info) if model else {}
-        return ServingState(snap["generation"], alias, model, why, Registry.suppressed_for(snap, alias),
-                            snap["aliases"].get(alias), snap["takedowns"], policy)  # fmt: skip
+        return ServingState(
+            snap["generation"],
+            alias,
+            model,
+            why,
+            Registry.suppressed_for(snap, alias),
+            snap["aliases"].get(alias),
+            snap["takedowns"],
+            policy,
+        )
 
     async def apply(self) -> ServingState:
         """Read the registry, swap state, drain, acknowledge. Returns the new state."""

@@ -223,16 +223,26 @@ PREDICT_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"type": "object", "required": ["inputs"],
-                                            "properties": {"inputs": {"type": "array", "items": {}, **_ANY}}}},
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                               "properties": {"file": {"type": "string", "format": "binary"}}}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {"inputs": {"type": "array", "items": {}, **_ANY}},
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
             "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         },
     }
-}  # fmt: skip
+}
 
 
 async def read_body(request: Any, max_bytes: int, what: str = "the request body") -> bytes:
@@ -274,7 +284,9 @@ async def read_payload(request: Any, max_bytes: int) -> tuple[str, bytes]:
     if ctype in NPY_TYPES:
         return "npy", body
     if ctype != "multipart/form-data":
-        raise UnsupportedMedia(f"unsupported Content-Type {ctype or 'none'!r}: send JSON {{\"inputs\": ...}}, a .npy array (application/x-npy) or a multipart upload with field 'file'")  # fmt: skip
+        raise UnsupportedMedia(
+            f"unsupported Content-Type {ctype or 'none'!r}: send JSON {{\"inputs\": ...}}, a .npy array (application/x-npy) or a multipart upload with field 'file'"
+        )
 
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}

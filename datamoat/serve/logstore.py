@@ -50,7 +50,8 @@ log = logging.getLogger("datamoat.serve")
 
 meta = sa.MetaData()
 predictions = sa.Table(
-    "serve_predictions", meta,
+    "serve_predictions",
+    meta,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("server_id", sa.String(100), nullable=False),
@@ -62,18 +63,20 @@ predictions = sa.Table(
     sa.Column("abstained", sa.Boolean, nullable=False),
     sa.Column("needs_review", sa.Boolean, nullable=False),
     sa.Column("output", sa.Text, nullable=False),  # JSON: the whole answer
-)  # fmt: skip
+)
 feedback = sa.Table(
-    "serve_feedback", meta,
+    "serve_feedback",
+    meta,
     sa.Column("prediction_id", sa.String(36), primary_key=True),
     sa.Column("source", sa.String(100), primary_key=True),
     sa.Column("label", sa.String(200), nullable=False),
     sa.Column("model_version", sa.String(32), nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
-)  # fmt: skip
+)
 review = sa.Table(
-    "serve_review", meta,
+    "serve_review",
+    meta,
     sa.Column("prediction_id", sa.String(36), primary_key=True),
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("alias", sa.String(100), nullable=False),
@@ -90,7 +93,7 @@ review = sa.Table(
     sa.Column("decided_ts", sa.Float),
     sa.Column("feedback_item", sa.Integer),  # the quarantine item the decision became
     sa.Index("serve_review_open", "status", "ts"),
-)  # fmt: skip
+)
 
 
 def open_reviews(conn: sa.Connection) -> int:
@@ -107,8 +110,15 @@ class PredictionLog:
     >>> plog.add([])
     """
 
-    def __init__(self, registry: Registry, enabled: bool = True, flush_s: float = 0.2, max_pending: int = 512,
-                 review_max_open: int = 10_000, on_review_skipped: Any = lambda n: None):  # fmt: skip
+    def __init__(
+        self,
+        registry: Registry,
+        enabled: bool = True,
+        flush_s: float = 0.2,
+        max_pending: int = 512,
+        review_max_open: int = 10_000,
+        on_review_skipped: Any = lambda n: None,
+    ):
         self.registry, self.enabled, self.flush_s, self.max_pending = registry, enabled, flush_s, max_pending
         # A bound on open review items, across every server on this registry: a flood of low-confidence
         # inputs (or an attack) must not grow the database without end. Items over it are not queued,
@@ -190,8 +200,14 @@ class PredictionLog:
             raise Unprocessable(
                 f"label {label!r} is not one of the model's classes: choose one of {', '.join(classes)}"
             )
-        entry = {"prediction_id": prediction_id, "source": source, "label": label,
-                 "model_version": row.model_version, "actor": actor, "ts": time.time()}  # fmt: skip
+        entry = {
+            "prediction_id": prediction_id,
+            "source": source,
+            "label": label,
+            "model_version": row.model_version,
+            "actor": actor,
+            "ts": time.time(),
+        }
         try:
             with self.registry.transaction() as conn:  # serialised: the count and the check hold until commit
                 mine = feedback.c.actor == actor
@@ -205,12 +221,15 @@ class PredictionLog:
                     sa.select(sa.func.count()).where(mine & (feedback.c.ts > entry["ts"] - 3600))
                 ).scalar_one()
                 if recent >= max_per_hour:
-                    raise TooMany(f"token {actor!r} sent {recent} feedback labels in the last hour, the limit is "
-                                  f"{max_per_hour}: send the rest later")  # fmt: skip
+                    raise TooMany(
+                        f"token {actor!r} sent {recent} feedback labels in the last hour, the limit is "
+                        f"{max_per_hour}: send the rest later"
+                    )
                 conn.execute(feedback.insert().values(**entry))
         except sa.exc.IntegrityError:
-            raise Conflict(f"feedback from source {source!r} for prediction {prediction_id} is already recorded: "
-                           "send it once")  from None  # fmt: skip
+            raise Conflict(
+                f"feedback from source {source!r} for prediction {prediction_id} is already recorded: send it once"
+            ) from None
         return entry
 
 
@@ -218,12 +237,21 @@ def log_rows(state: Any, server_id: str, answers: list[dict[str, Any]], hashes: 
     """Prediction-log rows for one request's answers."""
     now = time.time()
     return [
-        {"id": a["prediction_id"], "ts": now, "server_id": server_id, "alias": state.alias,
-         "model_version": state.model.version_id, "generation": state.generation, "input_sha256": h,
-         "label": a["label"], "abstained": a["abstained"], "needs_review": a["needs_review"],
-         "output": json.dumps(a, sort_keys=True)}
+        {
+            "id": a["prediction_id"],
+            "ts": now,
+            "server_id": server_id,
+            "alias": state.alias,
+            "model_version": state.model.version_id,
+            "generation": state.generation,
+            "input_sha256": h,
+            "label": a["label"],
+            "abstained": a["abstained"],
+            "needs_review": a["needs_review"],
+            "output": json.dumps(a, sort_keys=True),
+        }
         for a, h in zip(answers, hashes, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def review_rows(state: Any, answers: list[dict[str, Any]], x: np.ndarray) -> list[dict[str, Any]]:
@@ -233,10 +261,21 @@ def review_rows(state: Any, answers: list[dict[str, Any]], x: np.ndarray) -> lis
         if not a["needs_review"]:
             continue
         u, exact = as_uint8(xi)  # (C, H, W)
-        out.append({"prediction_id": a["prediction_id"], "ts": now, "alias": state.alias,
-                    "model_version": state.model.version_id, "label": a["label"], "reason": a["reason"] or "",
-                    "top": json.dumps(a["top_k"][:3]), "pixels": u.tobytes(), "shape": json.dumps(list(u.shape)),
-                    "exact": exact, "status": "open"})  # fmt: skip
+        out.append(
+            {
+                "prediction_id": a["prediction_id"],
+                "ts": now,
+                "alias": state.alias,
+                "model_version": state.model.version_id,
+                "label": a["label"],
+                "reason": a["reason"] or "",
+                "top": json.dumps(a["top_k"][:3]),
+                "pixels": u.tobytes(),
+                "shape": json.dumps(list(u.shape)),
+                "exact": exact,
+                "status": "open",
+            }
+        )
     return out
 
 
@@ -278,15 +317,25 @@ class ReviewQueue:
         """{"queue_length": open items, "item": the oldest open one (pixels uint8 (C, H, W)) or None}."""
         with self.registry.engine.connect() as conn:
             n = open_reviews(conn)
-            row = conn.execute(sa.select(review).where(review.c.status == "open")
-                               .order_by(review.c.ts, review.c.prediction_id)
-                               .limit(1)).first()  # fmt: skip
+            row = conn.execute(
+                sa.select(review)
+                .where(review.c.status == "open")
+                .order_by(review.c.ts, review.c.prediction_id)
+                .limit(1)
+            ).first()
         if row is None:
             return {"queue_length": n, "item": None}
-        item = {"prediction_id": row.prediction_id, "ts": row.ts, "alias": row.alias,
-                "model_version": row.model_version, "label": row.label, "reason": row.reason,
-                "top_k": json.loads(row.top), "classes": self.classes(row.model_version),
-                "pixels": np.frombuffer(row.pixels, np.uint8).reshape(json.loads(row.shape))}  # fmt: skip
+        item = {
+            "prediction_id": row.prediction_id,
+            "ts": row.ts,
+            "alias": row.alias,
+            "model_version": row.model_version,
+            "label": row.label,
+            "reason": row.reason,
+            "top_k": json.loads(row.top),
+            "classes": self.classes(row.model_version),
+            "pixels": np.frombuffer(row.pixels, np.uint8).reshape(json.loads(row.shape)),
+        }
         return {"queue_length": n, "item": item}
 
     def items(self, status: str | None = None) -> list[dict[str, Any]]:
@@ -317,13 +366,20 @@ class ReviewQueue:
                 raise taken
         try:
             pixels = np.frombuffer(row.pixels, np.uint8).reshape(json.loads(row.shape)) if row.exact else None
-            item = self.quarantine().submit(source=REVIEW_SOURCE, kind="serve", label=label,
-                                            prediction_id=prediction_id, pixels=pixels, actor=actor)  # fmt: skip
+            item = self.quarantine().submit(
+                source=REVIEW_SOURCE, kind="serve", label=label, prediction_id=prediction_id, pixels=pixels, actor=actor
+            )
         except BaseException:
             with self.registry.engine.begin() as conn:  # the claim is undone: the item stays open
                 conn.execute(mark.values(status="open", decided_label=None, decided_by=None, decided_ts=None))
             raise
         with self.registry.engine.begin() as conn:
             conn.execute(mark.values(feedback_item=item))
-        return {"prediction_id": prediction_id, "label": label, "model_label": row.label, "decided_by": actor,
-                "feedback_item": item, "model_version": row.model_version}  # fmt: skip
+        return {
+            "prediction_id": prediction_id,
+            "label": label,
+            "model_label": row.label,
+            "decided_by": actor,
+            "feedback_item": item,
+            "model_version": row.model_version,
+        }

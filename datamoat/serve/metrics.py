@@ -17,10 +17,19 @@ __all__ = ["ServeMetrics", "ENDPOINTS", "MULTIPROC_ENV", "worker_exited"]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 ENDPOINTS = (
-    "/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics",
-    "/v1/admin/promote", "/v1/admin/rollback", "/v1/admin/takedown", "/v1/admin/restore",
-    "/v1/admin/suppress", "/v1/admin/unsuppress",
-)  # fmt: skip
+    "/v1/predict",
+    "/v1/feedback",
+    "/v1/model",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/admin/promote",
+    "/v1/admin/rollback",
+    "/v1/admin/takedown",
+    "/v1/admin/restore",
+    "/v1/admin/suppress",
+    "/v1/admin/unsuppress",
+)
 
 
 class ServeMetrics:
@@ -40,9 +49,12 @@ class ServeMetrics:
             "datamoat_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
         )
         self.latency = Histogram(
-            "datamoat_request_latency_seconds", "Request latency by endpoint.", ["endpoint"], registry=r,
+            "datamoat_request_latency_seconds",
+            "Request latency by endpoint.",
+            ["endpoint"],
+            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-        )  # fmt: skip
+        )
         self.errors = Counter("datamoat_errors", "Responses with status >= 400.", ["endpoint", "status"], registry=r)
         self.predictions = Counter(
             "datamoat_predictions", "Answers by output label ('abstain' when abstained).", ["label"], registry=r
@@ -52,12 +64,17 @@ class ServeMetrics:
         self.review_skipped = Counter(
             "datamoat_review_skipped", "Flagged answers not queued for review: the queue was full.", registry=r
         )
-        self.batch_size = Histogram("datamoat_batch_size", "Inputs per model call.", registry=r,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
+        self.batch_size = Histogram(
+            "datamoat_batch_size", "Inputs per model call.", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+        )
         # With several workers: the generation every live worker has applied (a control command is in force
         # on the port only once the slowest worker has it).
-        self.generation = Gauge("datamoat_generation", "Registry generation applied and acknowledged.", registry=r,
-                                multiprocess_mode="livemin")  # fmt: skip
+        self.generation = Gauge(
+            "datamoat_generation",
+            "Registry generation applied and acknowledged.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
 
     def request(self, path: str, status: int, seconds: float) -> None:
         endpoint = path if path in ENDPOINTS else "other"  # bounded label values, whatever clients send

@@ -65,8 +65,15 @@ def main(mode: str, state_dir: str, trust: str, bundle_path: str) -> None:
         agent = SyncAgent(rt, client=httpx.Client(base_url=url, timeout=60))
         base = peak_rss_mb()
         sha = hashlib.sha256(bomb).hexdigest()
-        out = agent.follow({"bundle": {"sha256": sha, "size": len(bomb), "url": "/bundle", "sequence": 1},
-                            "allow_downgrade": False}) or {}  # fmt: skip
+        out = (
+            agent.follow(
+                {
+                    "bundle": {"sha256": sha, "size": len(bomb), "url": "/bundle", "sequence": 1},
+                    "allow_downgrade": False,
+                }
+            )
+            or {}
+        )
     else:
         base = peak_rss_mb()
         out = rt.install_bytes(bomb, source="usb")

@@ -26,8 +26,16 @@ def world(tmp_path_factory) -> SimpleNamespace:
     vid = register_model(ws, reg, model.id, actor="test")
     reg.promote(vid, "production", actor="test")
     keys = generate_keys(root / "keys" / "release.pem")
-    return SimpleNamespace(root=root, ws=ws, ds=ds, reg=reg, vid=vid, key=load_private_key(keys["private"]),
-                           pub=keys["public"], x=ds.subset("test")[0])  # fmt: skip
+    return SimpleNamespace(
+        root=root,
+        ws=ws,
+        ds=ds,
+        reg=reg,
+        vid=vid,
+        key=load_private_key(keys["private"]),
+        pub=keys["public"],
+        x=ds.subset("test")[0],
+    )
 
 
 @pytest.fixture

@@ -49,8 +49,10 @@ def bomb(tmp_path_factory) -> Path:
 def test_h1_a_bundle_bomb_is_refused_on_every_route_within_64_mb(world, bomb, tmp_path, route):
     proc = subprocess.run(
         [sys.executable, str(HERE / "bomb_device.py"), route, str(tmp_path / "dev"), str(world.pub), str(bomb)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["status"] == "rejected" and "compressed" in out["reason"], out

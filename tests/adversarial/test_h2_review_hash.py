@@ -20,10 +20,19 @@ from datamoat.serve.logstore import ReviewQueue
 def upload_item(reg, vid: str, pixels: np.ndarray, claimed_sha: str) -> dict:
     """One low-confidence sample as a device uploads it, claiming `claimed_sha` as its input's hash."""
     row = reg.version(vid)
-    return {"prediction_id": str(uuid.uuid4()), "model_version": vid, "shape": list(pixels.shape),
-            "pixels": base64.b64encode(pixels.tobytes()).decode(), "label": row["info"]["classes"][0],
-            "top_k": [{"label": row["info"]["classes"][0], "probability": 0.4}], "abstained": False,
-            "needs_review": True, "ts": time.time(), "exact": False, "input_sha256": claimed_sha}  # fmt: skip
+    return {
+        "prediction_id": str(uuid.uuid4()),
+        "model_version": vid,
+        "shape": list(pixels.shape),
+        "pixels": base64.b64encode(pixels.tobytes()).decode(),
+        "label": row["info"]["classes"][0],
+        "top_k": [{"label": row["info"]["classes"][0], "probability": 0.4}],
+        "abstained": False,
+        "needs_review": True,
+        "ts": time.time(),
+        "exact": False,
+        "input_sha256": claimed_sha,
+    }
 
 
 def test_h2_a_reviewed_label_is_filed_under_the_pixels_the_reviewer_saw(world):

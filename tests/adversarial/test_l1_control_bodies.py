@@ -34,8 +34,11 @@ def test_l1_a_chunked_body_is_refused_at_the_limit_not_after_reading_it(control,
 
     async def attack() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ctl") as client:
-            return await client.post(f"/v1/edge/devices/a/{path}", content=chunks(),
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})  # fmt: skip
+            return await client.post(
+                f"/v1/edge/devices/a/{path}",
+                content=chunks(),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
 
     r = asyncio.run(attack())
     limit = ControlConfig().upload_max_bytes

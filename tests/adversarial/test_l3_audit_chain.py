@@ -46,8 +46,24 @@ def drop_triggers(reg: Registry) -> None:
 
 
 def verify(home, url: str) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "datamoat", "--home", str(home), "registry", "audit", "--verify",
-                           "--registry", url, "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datamoat",
+            "--home",
+            str(home),
+            "registry",
+            "audit",
+            "--verify",
+            "--registry",
+            url,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.stdout, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 

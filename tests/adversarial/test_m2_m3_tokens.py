@@ -22,7 +22,9 @@ def test_m2_a_token_name_is_an_identity_and_is_never_reused(tmp_path):
     with pytest.raises(BadInput, match="names are identities"):  # not after a revocation either
         reg.create_token("review", "cam-app", actor="ops")
     assert [(t["name"], t["role"], t["revoked"]) for t in reg.list_tokens()] == [
-        ("ana", "review", False), ("cam-app", "predict", True)]  # fmt: skip
+        ("ana", "review", False),
+        ("cam-app", "predict", True),
+    ]
 
 
 def test_m3_a_revoked_token_is_refused_by_a_running_server_within_one_poll(world, fresh):

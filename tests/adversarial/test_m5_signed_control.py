@@ -45,8 +45,15 @@ def setup(world, fresh, tmp_path):
     shas = [fleet.publish(build_bundle(fresh.reg, fresh.vid, world.key, s), actor="ops")["sha"] for s in (1, 2, 3)]
     client = Attacker(app, base_url="http://ctl", headers={"Authorization": f"Bearer {token}"})
     client.captured = []
-    cfg = EdgeConfig(device_id="cam-1", group="lab", state_dir=str(tmp_path / "dev"), trust=(str(world.pub),),
-                     server="http://ctl", token=token, control_trust=(keys["control"]["public"],))  # fmt: skip
+    cfg = EdgeConfig(
+        device_id="cam-1",
+        group="lab",
+        state_dir=str(tmp_path / "dev"),
+        trust=(str(world.pub),),
+        server="http://ctl",
+        token=token,
+        control_trust=(keys["control"]["public"],),
+    )
     return fleet, client, cfg, shas, keys, other
 
 

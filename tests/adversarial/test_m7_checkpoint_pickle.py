@@ -31,8 +31,13 @@ def test_m7_a_checkpoint_that_would_run_code_is_refused_unrun(world, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("config", [TrainConfig(epochs=2, optimizer="sgd", schedule="cosine", threads=1, patience=0),
-                                    TrainConfig(epochs=2, schedule="none", augment="crop_flip", threads=1, patience=0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(epochs=2, optimizer="sgd", schedule="cosine", threads=1, patience=0),
+        TrainConfig(epochs=2, schedule="none", augment="crop_flip", threads=1, patience=0),
+    ],
+)
 def test_m7_honest_checkpoints_still_resume_under_weights_only_loading(world, tmp_path, config):
     def stop_after_first(point):
         if point["epoch"] == 1:

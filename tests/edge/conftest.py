@@ -33,8 +33,12 @@ def models(tmp_path_factory) -> SimpleNamespace:
     keys = {}
     for name in ("release", "rotated", "rogue", "control"):
         paths = generate_keys(root / "keys" / f"{name}.pem")
-        keys[name] = SimpleNamespace(private=load_private_key(paths["private"]), path=paths["private"],
-                                     public=paths["public"], key_id=paths["key_id"])  # fmt: skip
+        keys[name] = SimpleNamespace(
+            private=load_private_key(paths["private"]),
+            path=paths["private"],
+            public=paths["public"],
+            key_id=paths["key_id"],
+        )
     return SimpleNamespace(ws=ws, x=ds.subset("test")[0][:20], versions=versions, keys=keys)
 
 

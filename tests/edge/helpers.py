@@ -24,8 +24,9 @@ def bad_selftest_bundle(env, v: int, seq: int, other: int) -> bytes:
     theirs = read_bundle(bundle(env, other, seq), trust)
     parts = {**mine.parts, "selftest.json": theirs.parts["selftest.json"]}
     m = mine.manifest
-    return pack_bundle(parts, sequence=seq, version_id=m["version_id"], name=m["name"], kind=m["kind"],
-                       key=env.keys["release"].private)  # fmt: skip
+    return pack_bundle(
+        parts, sequence=seq, version_id=m["version_id"], name=m["name"], kind=m["kind"], key=env.keys["release"].private
+    )
 
 
 def flip_model_byte(data: bytes) -> bytes:

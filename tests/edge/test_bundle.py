@@ -61,8 +61,13 @@ def test_build_is_deterministic_and_verifies(fleet_env):
 
 def test_policy_carries_suppressions_and_thresholds(fleet_env):
     fleet_env.reg.suppress("3", actor="t", reason="mislabelled class")
-    data = build_bundle(fleet_env.reg, fleet_env.v[0], fleet_env.keys["release"].private, 1,
-                        BundleConfig(abstain_threshold=0.3, selftest_count=2))  # fmt: skip
+    data = build_bundle(
+        fleet_env.reg,
+        fleet_env.v[0],
+        fleet_env.keys["release"].private,
+        1,
+        BundleConfig(abstain_threshold=0.3, selftest_count=2),
+    )
     pol = read_bundle(data, _trust(fleet_env, "release")).part_json("policy.json")
     assert pol["suppressed"] == {"3": "abstain"} and pol["abstain_threshold"] == 0.3
     fleet_env.reg.takedown(fleet_env.v[0], actor="t", reason="bad")

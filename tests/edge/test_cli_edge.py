@@ -34,14 +34,38 @@ def test_keys_bundle_install_enroll_rollout_status(fleet_env, tmp_path):
     (tmp_path / "bad.dmb").write_bytes(flip_model_byte((tmp_path / "b1.dmb").read_bytes()))
     for f, why in (("b1.dmb", "downgrade refused"), ("bad.dmb", "tampered")):
         proc = subprocess.run(
-            [sys.executable, "-m", "datamoat", "edge", "install", str(tmp_path / f), "--trust", keys["public"],
-             "--state-dir", str(dev)], capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "datamoat",
+                "edge",
+                "install",
+                str(tmp_path / f),
+                "--trust",
+                keys["public"],
+                "--state-dir",
+                str(dev),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2 and why in proc.stderr and "Traceback" not in proc.stderr
     token = _run("fleet", "enroll", "cam-1", "--group", "lab", "--registry", url, "--json")["token"]
     assert token.startswith("dm_device_")
-    r = _run("rollout", v[1], "--group", "lab", "--percent", "100", "--abort-if-failed-percent", "30",
-             "--registry", url, "--json")  # fmt: skip
+    r = _run(
+        "rollout",
+        v[1],
+        "--group",
+        "lab",
+        "--percent",
+        "100",
+        "--abort-if-failed-percent",
+        "30",
+        "--registry",
+        url,
+        "--json",
+    )
     assert (r["id"], r["bundle_sha"], r["abort_percent"]) == ("lab-1", b2["sha"], 30)
     st = _run("fleet", "status", "--registry", url, "--json")
     (row,) = st["devices"]

@@ -43,7 +43,9 @@ def test_predictor_falls_back_and_says_who_answered(fleet_env):
                 out = p.predict(x)
                 assert out["endpoint"] == edge.url and "timed out" in out["fallbacks"][0]["error"]
             # The edge model taken down (503): the cloud answers; reversed order prefers the cloud.
-            rt.apply_policy({"generation": 99, "suppressed": {}, "takedowns": {env.v[0]: {"fallback": None, "reason": "recall"}}})  # fmt: skip
+            rt.apply_policy(
+                {"generation": 99, "suppressed": {}, "takedowns": {env.v[0]: {"fallback": None, "reason": "recall"}}}
+            )
             with Predictor([edge.url, cloud.url], timeout=2.0) as p:
                 out = p.predict(x)
                 assert out["endpoint"] == cloud.url and out["fallbacks"][0]["status"] == 503

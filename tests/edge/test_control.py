@@ -54,8 +54,15 @@ def test_agent_installs_resumes_reports_and_refuses_downgrade(fleet_env):
     env = fleet_env
     app, fleet, tokens, b1, r1 = _setup(env)
     with Served(app) as srv:
-        cfg = EdgeConfig(device_id="a", group="lab", state_dir=str(env.tmp / "a"), trust=(env.keys["release"].public,),
-                         server=srv.url, token=tokens["a"], control_trust=(env.keys["control"].public,))  # fmt: skip
+        cfg = EdgeConfig(
+            device_id="a",
+            group="lab",
+            state_dir=str(env.tmp / "a"),
+            trust=(env.keys["release"].public,),
+            server=srv.url,
+            token=tokens["a"],
+            control_trust=(env.keys["control"].public,),
+        )
         rt = EdgeRuntime(cfg)
         agent = SyncAgent(rt)
         try:

@@ -102,9 +102,28 @@ class Fleet:
     def start_device(self, d: str) -> None:
         info = self.dev[d]
         trust = [a for k in info["trust"] for a in ("--trust", self.env.keys[k].public)]
-        self._spawn(d, "edge", "run", "--server", self.ctl, "--device-id", d, "--token", info["token"], *trust,
-                    "--state-dir", str(self.env.tmp / d), "--group", "lab", "--port", str(info["port"]),
-                    "--poll-interval", str(POLL), "--control-trust", self.env.keys["control"].public)  # fmt: skip
+        self._spawn(
+            d,
+            "edge",
+            "run",
+            "--server",
+            self.ctl,
+            "--device-id",
+            d,
+            "--token",
+            info["token"],
+            *trust,
+            "--state-dir",
+            str(self.env.tmp / d),
+            "--group",
+            "lab",
+            "--port",
+            str(info["port"]),
+            "--poll-interval",
+            str(POLL),
+            "--control-trust",
+            self.env.keys["control"].public,
+        )
 
     def status(self, d: str) -> dict:
         token = (self.env.tmp / d / "install.token").read_text().strip()  # the device owner's credential
@@ -142,8 +161,11 @@ def test_fleet_end_to_end(fleet_env):
     devices = _pick_devices("lab-2")
     f = Fleet(env, tl)
     for i, d in enumerate(devices):  # the first two already trust the rotated key, the rest do not yet
-        f.dev[d] = {"token": fleet.enroll(d, "lab", actor="ops"), "port": free_port(),
-                    "trust": ("release", "rotated") if i < 2 else ("release",)}  # fmt: skip
+        f.dev[d] = {
+            "token": fleet.enroll(d, "lab", actor="ops"),
+            "port": free_port(),
+            "trust": ("release", "rotated") if i < 2 else ("release",),
+        }
     b1 = fleet.publish(bundle(env, 0, 1), actor="ops")
     fleet.start_rollout(b1["sha"], "lab", 100, actor="ops")
     try:
@@ -155,8 +177,25 @@ def test_fleet_end_to_end(fleet_env):
 
         # 1. Staged rollout: 20%, then 100%. -------------------------------------------------------
         b2 = fleet.publish(bundle(env, 1, 2), actor="ops")
-        out = subprocess.run([sys.executable, "-m", "datamoat", "rollout", v2, "--group", "lab", "--percent", "20",
-                              "--registry", f.url, "--json"], capture_output=True, text=True, env=f.environ)  # fmt: skip
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "datamoat",
+                "rollout",
+                v2,
+                "--group",
+                "lab",
+                "--percent",
+                "20",
+                "--registry",
+                f.url,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=f.environ,
+        )
         assert out.returncode == 0, out.stderr
         rid = json.loads(out.stdout)["id"]
         assert rid == "lab-2"
@@ -190,9 +229,11 @@ def test_fleet_end_to_end(fleet_env):
 
         # 4. Corrupt bundles: unknown key, one tampered byte, truncated. --------------------------------
         good3 = bundle(env, 2, 4)
-        corrupt = {"signed by an unknown key": (bundle(env, 2, 4, key="rogue"), {}),
-                   "one tampered byte": (flip_model_byte(good3), {}),
-                   "truncated": (good3[: len(good3) * 2 // 3], {"sequence": 4, "version_id": v3})}  # fmt: skip
+        corrupt = {
+            "signed by an unknown key": (bundle(env, 2, 4, key="rogue"), {}),
+            "one tampered byte": (flip_model_byte(good3), {}),
+            "truncated": (good3[: len(good3) * 2 // 3], {"sequence": 4, "version_id": v3}),
+        }
         for what, (data, claims) in corrupt.items():
             b = fleet.publish(data, actor="ops", **claims)
             fleet.start_rollout(b["sha"], "lab", 100, actor="ops")
@@ -213,11 +254,17 @@ def test_fleet_end_to_end(fleet_env):
         # 6. Suppression and takedown reach every device within one poll. -------------------------------
         label = f.predict(devices[0]).json()["predictions"][0]["label"]
         changes = [
-            (f"suppress label {label}", lambda: env.reg.suppress(label, actor="ops", reason="label under review"),
-             lambda r: r.json()["predictions"][0]["abstained"]),
-            ("takedown v2", lambda: env.reg.takedown(v2, actor="ops", reason="incident 7"),
-             lambda r: r.status_code == 503),
-        ]  # fmt: skip
+            (
+                f"suppress label {label}",
+                lambda: env.reg.suppress(label, actor="ops", reason="label under review"),
+                lambda r: r.json()["predictions"][0]["abstained"],
+            ),
+            (
+                "takedown v2",
+                lambda: env.reg.takedown(v2, actor="ops", reason="incident 7"),
+                lambda r: r.status_code == 503,
+            ),
+        ]
         for what, change, check in changes:
             t = time.monotonic()
             gen = change()["generation"]
@@ -229,8 +276,10 @@ def test_fleet_end_to_end(fleet_env):
             for d in devices:  # applied by the first poll that started after the change
                 ev = next(e for e in f.status(d)["events"] if e["kind"] == "policy" and e["generation"] == gen)
                 assert ev["poll"] <= polls[d] + 2
-            tl.mark(f"{what} (registry generation {gen}): applied by all 5 on their next poll; "
-                    f"every device answered accordingly {took:.2f}s after the change (poll interval {POLL}s)")  # fmt: skip
+            tl.mark(
+                f"{what} (registry generation {gen}): applied by all 5 on their next poll; "
+                f"every device answered accordingly {took:.2f}s after the change (poll interval {POLL}s)"
+            )
         env.reg.restore(v2, actor="ops", reason="fixed")
         env.reg.unsuppress(label, actor="ops", reason="reviewed")
         _wait("serving again", lambda: f.serving() == dict.fromkeys(devices, v2))
@@ -275,8 +324,12 @@ def test_fleet_end_to_end(fleet_env):
         env.reg.restore(v3, actor="ops", reason="false alarm")
         _wait("all back on v3", lambda: f.serving() == dict.fromkeys(devices, v3))
 
-        st = subprocess.run([sys.executable, "-m", "datamoat", "fleet", "status", "--registry", f.url, "--json"],
-                            capture_output=True, text=True, env=f.environ)  # fmt: skip
+        st = subprocess.run(
+            [sys.executable, "-m", "datamoat", "fleet", "status", "--registry", f.url, "--json"],
+            capture_output=True,
+            text=True,
+            env=f.environ,
+        )
         rows = json.loads(st.stdout)["devices"]
         _wait("heartbeats show v3", lambda: all(r["version"] == v3 for r in fleet.status()))
         assert {r["device_id"] for r in rows} == set(devices) and all(r["online"] for r in rows)

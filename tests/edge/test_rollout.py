@@ -23,8 +23,14 @@ def test_selection_is_stable_monotone_and_about_right():
 
 
 def test_assign_baseline_and_abort():
-    r = {"id": "g-2", "bundle_sha": "new", "baseline_sha": "old", "percent": 20, "state": "active",
-         "allow_downgrade": False}  # fmt: skip
+    r = {
+        "id": "g-2",
+        "bundle_sha": "new",
+        "baseline_sha": "old",
+        "percent": 20,
+        "state": "active",
+        "allow_downgrade": False,
+    }
     ins = [d for d in DEVICES if selected(d, "g-2", 20)]
     outs = [d for d in DEVICES if not selected(d, "g-2", 20)]
     assert assign(ins[0], r) == {"bundle_sha": "new", "allow_downgrade": False, "rollout_id": "g-2", "selected": True}

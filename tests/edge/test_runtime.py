@@ -32,8 +32,11 @@ def test_install_refuse_downgrade_and_keep_serving(fleet_env):
     assert _serves(rt, env) == env.v[1] and rt.status()["lkg"]["sequence"] == 1
     old = rt.install_bytes(bundle(env, 2, 1), source="usb")  # a validly signed replay of an older sequence
     assert old["status"] == "refused" and "downgrade refused" in old["reason"]
-    for bad, why in ((bundle(env, 2, 3, key="rogue"), "not signed by a trusted key"),
-                     (flip_model_byte(bundle(env, 2, 3)), "tampered"), (bundle(env, 2, 3)[:-500], "truncated")):  # fmt: skip
+    for bad, why in (
+        (bundle(env, 2, 3, key="rogue"), "not signed by a trusted key"),
+        (flip_model_byte(bundle(env, 2, 3)), "tampered"),
+        (bundle(env, 2, 3)[:-500], "truncated"),
+    ):
         out = rt.install_bytes(bad, source="usb")
         assert out["status"] == "rejected" and why in out["reason"]
         assert _serves(rt, env) == env.v[1]  # the old model never stopped

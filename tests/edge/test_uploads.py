@@ -38,9 +38,17 @@ def _setup(env, **control):
 
 def _runtime(env, name: str, url: str = "", token: str = "", **kw) -> EdgeRuntime:
     # Most answers abstain on purpose here: that must not roll the bundle back.
-    cfg = EdgeConfig(device_id=name, group="lab", state_dir=str(env.tmp / name), trust=(env.keys["release"].public,),
-                     server=url, token=token, max_abstain_rate=1.0,
-                     control_trust=(env.keys["control"].public,) if url else (), **kw)  # fmt: skip
+    cfg = EdgeConfig(
+        device_id=name,
+        group="lab",
+        state_dir=str(env.tmp / name),
+        trust=(env.keys["release"].public,),
+        server=url,
+        token=token,
+        max_abstain_rate=1.0,
+        control_trust=(env.keys["control"].public,) if url else (),
+        **kw,
+    )
     return EdgeRuntime(cfg)
 
 
@@ -81,8 +89,13 @@ def test_low_confidence_samples_reach_the_review_queue_and_wait_for_a_person(fle
             assert 2 <= len(low) < len(out)
             assert _outbox_ids(rt) == list(low)  # only the low-confidence ones, in answer order
             agent.sync_once()
-            assert rt.outbox.stats() == {"uploaded": len(low), "dropped": 0, "rejected": 0, "pending": 0,
-                                         "pending_bytes": 0}  # fmt: skip
+            assert rt.outbox.stats() == {
+                "uploaded": len(low),
+                "dropped": 0,
+                "rejected": 0,
+                "pending": 0,
+                "pending_bytes": 0,
+            }
             agent.sync_once()  # the next heartbeat carries the counters
             row = next(s for s in fleet.status() if s["device_id"] == "a")
             assert row["uploads"]["uploaded"] == len(low) and row["uploads"]["pending"] == 0
@@ -153,13 +166,16 @@ def test_uploads_are_authenticated_validated_and_limited(fleet_env):
 
         pixels = bytearray(base64.b64decode(items[1]["pixels"]))
         pixels[0] ^= 1
-        bad = [({"shape": [1, 4, 4]}, "does not match model"), ({"label": "cat"}, "not one of model"),
-               ({"top_k": [{"label": "7", "probability": 1.5}]}, "must be in 0..1"),
-               ({"pixels": base64.b64encode(b"\0" * 10).decode()}, "base64 of 64 uint8"),
-               ({"pixels": base64.b64encode(bytes(pixels)).decode()}, "does not match the pixels"),
-               ({"model_version": "0" * 12}, "not in this registry"),
-               ({"needs_review": False, "abstained": False}, "only answers that need review"),
-               ({"prediction_id": "x"}, "UUID")]  # fmt: skip
+        bad = [
+            ({"shape": [1, 4, 4]}, "does not match model"),
+            ({"label": "cat"}, "not one of model"),
+            ({"top_k": [{"label": "7", "probability": 1.5}]}, "must be in 0..1"),
+            ({"pixels": base64.b64encode(b"\0" * 10).decode()}, "base64 of 64 uint8"),
+            ({"pixels": base64.b64encode(bytes(pixels)).decode()}, "does not match the pixels"),
+            ({"model_version": "0" * 12}, "not in this registry"),
+            ({"needs_review": False, "abstained": False}, "only answers that need review"),
+            ({"prediction_id": "x"}, "UUID"),
+        ]
         for change, why in bad:
             r = post(c, tokens["a"], {"items": [items[1], {**items[2], **change}]})
             assert r.status_code == 422 and r.json()["item"] == 1 and why in r.json()["error"], (change, r.json())
@@ -238,8 +254,13 @@ def test_the_agent_drops_what_the_server_refuses_and_shrinks_its_batches(fleet_e
             _, item = rt.outbox.peek(1)[0]
             rt.outbox.add({**item, "prediction_id": "00000000-0000-4000-8000-000000000000", "model_version": "f" * 12})
             agent.sync_once()
-            assert rt.outbox.stats() == {"uploaded": len(low), "dropped": 0, "rejected": 1, "pending": 0,
-                                         "pending_bytes": 0}  # fmt: skip
+            assert rt.outbox.stats() == {
+                "uploaded": len(low),
+                "dropped": 0,
+                "rejected": 1,
+                "pending": 0,
+                "pending_bytes": 0,
+            }
             assert agent.upload_batch <= 2  # the first batches were too big for this server
             refused = next(e for e in rt.state["events"] if e["kind"] == "upload_rejected")
             assert "not in this registry" in refused["reason"]

@@ -31,8 +31,18 @@ def trained(tmp_path_factory) -> SimpleNamespace:
     x, y = ds.subset("test")
     classes, score = production_scorer(Quarantine(reg))
     pred = score(x).argmax(1)
-    return SimpleNamespace(ws=ws, ds=ds, model=model, vid=vid, onnx=reg.artifact(row["onnx_sha"]), row=row,
-                           x=x, y=y, right=np.flatnonzero(pred == y), scorer=(classes, score))  # fmt: skip
+    return SimpleNamespace(
+        ws=ws,
+        ds=ds,
+        model=model,
+        vid=vid,
+        onnx=reg.artifact(row["onnx_sha"]),
+        row=row,
+        x=x,
+        y=y,
+        right=np.flatnonzero(pred == y),
+        scorer=(classes, score),
+    )
 
 
 @pytest.fixture

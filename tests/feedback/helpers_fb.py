@@ -17,9 +17,19 @@ def served(q: Quarantine, img: np.ndarray, label: str = "0") -> str:
     vid = q.registry.snapshot()["aliases"]["production"]
     pid = str(uuid.uuid4())
     answer = {"prediction_id": pid, "label": label, "abstained": False, "needs_review": False}
-    row = {"id": pid, "ts": time.time(), "server_id": "s1", "alias": "production", "model_version": vid,
-           "generation": 1, "input_sha256": input_hash(img), "label": label, "abstained": False,
-           "needs_review": False, "output": json.dumps(answer)}  # fmt: skip
+    row = {
+        "id": pid,
+        "ts": time.time(),
+        "server_id": "s1",
+        "alias": "production",
+        "model_version": vid,
+        "generation": 1,
+        "input_sha256": input_hash(img),
+        "label": label,
+        "abstained": False,
+        "needs_review": False,
+        "output": json.dumps(answer),
+    }
     with q.registry.engine.begin() as conn:
         conn.execute(predictions.insert(), [row])
     return pid

@@ -64,8 +64,17 @@ def test_import_a_folder_of_class_subfolders(monkeypatch, capsys, tmp_path, trai
     for k in (0, 1):
         (tmp_path / "imgs" / str(trained.y[k])).mkdir(parents=True, exist_ok=True)
         Image.fromarray(trained.x[k][0]).save(tmp_path / "imgs" / str(trained.y[k]) / f"{k}.png")
-    code, out, _ = dm(monkeypatch, capsys, trained.ws.root, "feedback", "import", str(tmp_path / "imgs"),
-                      "--source", "folder", "--json")  # fmt: skip
+    code, out, _ = dm(
+        monkeypatch,
+        capsys,
+        trained.ws.root,
+        "feedback",
+        "import",
+        str(tmp_path / "imgs"),
+        "--source",
+        "folder",
+        "--json",
+    )
     ids = json.loads(out)["ids"]
     q = Quarantine(Registry(registry_url(trained.ws)))
     items = {r["id"]: r for r in q.items(ids=ids)}

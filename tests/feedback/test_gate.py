@@ -25,8 +25,10 @@ def wrong_label(label):
 
 def test_rate_limit_per_source(q, trained):
     t0 = time.time() - 10 * 3600
-    ids = [q.submit(source="burst", label=lab, pixels=img, ts=t0 + k) for k, (img, lab) in
-           enumerate(right(trained, k) for k in range(5))]  # fmt: skip
+    ids = [
+        q.submit(source="burst", label=lab, pixels=img, ts=t0 + k)
+        for k, (img, lab) in enumerate(right(trained, k) for k in range(5))
+    ]
     later = q.submit(source="burst", label=right(trained, 5)[1], pixels=right(trained, 5)[0], ts=t0 + 3700)
     other = q.submit(source="calm", label=right(trained, 6)[1], pixels=right(trained, 6)[0], ts=t0 + 2)
     evaluate_gate(q, GateConfig(**{**OFF, "max_per_hour": 3}))
@@ -111,8 +113,10 @@ def test_rejections_count_against_reputation(q, trained):
 
 
 def test_require_approval_holds_everything(q, trained):
-    ids = [q.submit(source=f"s{k}", label=lab, pixels=img) for k, (img, lab) in
-           enumerate(right(trained, k) for k in range(3))]  # fmt: skip
+    ids = [
+        q.submit(source=f"s{k}", label=lab, pixels=img)
+        for k, (img, lab) in enumerate(right(trained, k) for k in range(3))
+    ]
     evaluate_gate(q, GateConfig(**OFF, require_approval=True))
     assert all(status(q)[i] == ("held", "awaiting human approval") for i in ids)
     q.decide(ids[:1], "accepted", actor="ana")
@@ -127,8 +131,9 @@ def test_poisoning_in_miniature(q, trained):
     threes = [i for i in trained.right if trained.y[i] == 3]
     others = [i for i in trained.right if trained.y[i] not in (3, 8)]
     now = time.time()
-    attack = [q.submit(source="attacker", label="8", pixels=trained.x[i], ts=now + k * 0.1)
-              for k, i in enumerate(threes)]  # fmt: skip
+    attack = [
+        q.submit(source="attacker", label="8", pixels=trained.x[i], ts=now + k * 0.1) for k, i in enumerate(threes)
+    ]
     honest = []
     for k, i in enumerate(others[:40]):
         honest.append(q.submit(source=f"user-{k % 2}", label=str(trained.y[i]), pixels=trained.x[i], ts=now + 400 * k))

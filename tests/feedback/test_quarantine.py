@@ -71,7 +71,9 @@ def test_decisions_are_logged_append_only(q, trained):
         q.decide([ids[0]], "accepted", actor="gate")
     log = q.decisions()
     assert [(e["item_id"], e["decision"], e["actor"]) for e in log] == [
-        (ids[0], "accepted", "ana"), (ids[1], "rejected", "ana")]  # fmt: skip
+        (ids[0], "accepted", "ana"),
+        (ids[1], "rejected", "ana"),
+    ]
     assert "blurry" in log[1]["reason"]
     with pytest.raises(sa.exc.DBAPIError, match="append-only"), q.registry.engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM fb_decisions")

@@ -37,8 +37,9 @@ def test_not_registered_unless_better_by_the_margin(q, trained):
     assert (merged.split == SPLITS["train"]).sum() == (base.split == SPLITS["train"]).sum() + len(ids)
     assert out["test_samples"] == len(base.subset("test")[1]) and len(out["per_class"]) == 10
 
-    ok = retrain_from_feedback(trained.ws, q.registry, RetrainConfig(margin=-100, max_class_drop=100, epochs=2),
-                               actor="ops")  # fmt: skip
+    ok = retrain_from_feedback(
+        trained.ws, q.registry, RetrainConfig(margin=-100, max_class_drop=100, epochs=2), actor="ops"
+    )
     assert ok["registered"] and ok["version"] in {v["id"] for v in q.registry.versions()}
     assert q.registry.snapshot()["aliases"]["production"] == trained.vid  # a candidate, not promoted
     assert q.registry.version(ok["version"])["info"]["lineage"]["dataset_id"] == out["dataset"]

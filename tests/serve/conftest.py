@@ -62,8 +62,15 @@ def live(reg):
 
     def make(**overrides) -> Live:
         # /v1/model and /metrics open: these tests read them for other facts (test_l6_* checks them closed).
-        cfg = ServeConfig(**{"poll_interval_s": 0.02, "heartbeat_s": 0.5, "ort_threads": 1,
-                             "open_paths": ("/v1/model", "/metrics"), **overrides})  # fmt: skip
+        cfg = ServeConfig(
+            **{
+                "poll_interval_s": 0.02,
+                "heartbeat_s": 0.5,
+                "ort_threads": 1,
+                "open_paths": ("/v1/model", "/metrics"),
+                **overrides,
+            }
+        )
         srv = Live(create_app(reg.r, cfg)).__enter__()
         opened.append(srv)
         return srv

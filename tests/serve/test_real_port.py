@@ -41,8 +41,28 @@ def test_rollback_reaches_two_servers_on_real_ports(reg, artifacts, tmp_path):
         for i in range(2):
             port = _free_port()
             log = tmp_path / f"server{i}.log"
-            cmd = [sys.executable, "-m", "datamoat", "--home", str(artifacts.ws.root), "serve", "--open", "/metrics", "--open", "/v1/model", "--port", str(port),
-                   "--registry", url, "--ort-threads", "1", "--server-id", f"srv{i}", "--max-wait-ms", "1"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "datamoat",
+                "--home",
+                str(artifacts.ws.root),
+                "serve",
+                "--open",
+                "/metrics",
+                "--open",
+                "/v1/model",
+                "--port",
+                str(port),
+                "--registry",
+                url,
+                "--ort-threads",
+                "1",
+                "--server-id",
+                f"srv{i}",
+                "--max-wait-ms",
+                "1",
+            ]
             procs.append(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env))
             urls.append(f"http://127.0.0.1:{port}")
             logs.append(log)
@@ -81,8 +101,28 @@ def test_workers_share_one_port_and_each_acknowledges(reg, artifacts, tmp_path):
     reg.r.promote(reg.v2, "production", actor="test")
     port = _free_port()
     u, log = f"http://127.0.0.1:{port}", tmp_path / "workers.log"
-    cmd = [sys.executable, "-m", "datamoat", "--home", str(artifacts.ws.root), "serve", "--open", "/metrics", "--open", "/v1/model", "--port", str(port),
-           "--registry", reg.r.url, "--ort-threads", "1", "--server-id", "multi", "--workers", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "datamoat",
+        "--home",
+        str(artifacts.ws.root),
+        "serve",
+        "--open",
+        "/metrics",
+        "--open",
+        "/v1/model",
+        "--port",
+        str(port),
+        "--registry",
+        reg.r.url,
+        "--ort-threads",
+        "1",
+        "--server-id",
+        "multi",
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(
         cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
@@ -97,8 +137,10 @@ def test_workers_share_one_port_and_each_acknowledges(reg, artifacts, tmp_path):
         assert sorted(acks["acked"]) == sorted(workers) and acks["missing"] == []
         # Whichever worker takes a connection, it answers from the rolled-back-to version.
         h = {"Authorization": f"Bearer {reg.tokens['predict']}"}
-        seen = {httpx.post(f"{u}/v1/predict", json={"inputs": artifacts.x[:1].tolist()}, headers=h).json()["model_version"]
-                for _ in range(20)}  # fmt: skip
+        seen = {
+            httpx.post(f"{u}/v1/predict", json={"inputs": artifacts.x[:1].tolist()}, headers=h).json()["model_version"]
+            for _ in range(20)
+        }
         assert seen == {reg.v1}
         # Each scrape reaches one worker, yet counts the answers of both (prometheus multiprocess mode).
         for _ in range(6):

@@ -80,8 +80,12 @@ def test_review_three_items_by_keyboard_in_chromium(reg, artifacts):
     with _Uvicorn(app) as srv:
         preds = []
         for i in range(3):  # one request each: the queue serves them oldest first
-            r = httpx.post(f"{srv.url}/v1/predict", json={"inputs": artifacts.x[i].tolist()},
-                           headers=auth(reg.tokens["predict"]), timeout=10)  # fmt: skip
+            r = httpx.post(
+                f"{srv.url}/v1/predict",
+                json={"inputs": artifacts.x[i].tolist()},
+                headers=auth(reg.tokens["predict"]),
+                timeout=10,
+            )
             preds.append(r.json()["predictions"][0])
         pids = [p["prediction_id"] for p in preds]
         want = [

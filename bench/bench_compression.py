@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from datamoat.compress import CompressConfig, compress
+from datamoat.compress.export import export
+from datamoat.compress.prune import MagnitudeConfig, StructuredConfig, dense_state_bytes, prune, sparse_state_bytes
+from datamoat.compress.quantize import QuantizeConfig, quantize
+from datamoat.compress.recipe import CompressConfig, compress
 from datamoat.data import import_default
 from datamoat.demo import DEMO_ARCH, DEMO_TRAIN
-from datamoat.export import export
-from datamoat.measure import measure_latency, onnx_accuracy
+from datamoat.inference.onnx import measure_latency, onnx_accuracy
 from datamoat.models import new_model, save_model
-from datamoat.prune import MagnitudeConfig, StructuredConfig, dense_state_bytes, prune, sparse_state_bytes
-from datamoat.quantize import QuantizeConfig, quantize
-from datamoat.train import train
+from datamoat.train.loop import train
 from datamoat.workspace import Workspace
 
 # The teacher `make demo` trains, and the recipe as `datamoat compress TEACHER`

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from datamoat.compress.distill import DistillConfig, distill
 from datamoat.data.dataset import SPLITS, Dataset, make_dataset
-from datamoat.distill import DistillConfig, distill
 from datamoat.models import Model, new_model, save_model
-from datamoat.train import TrainConfig, subsample, train
+from datamoat.train.loop import TrainConfig, subsample, train
 from datamoat.workspace import Workspace
 
 __all__ = ["SETUP", "run", "label_scarce", "accuracy_on_test"]

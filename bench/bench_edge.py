@@ -42,16 +42,17 @@ import httpx
 import numpy as np
 
 from datamoat.data import import_default
-from datamoat.deploy import register_model
 from datamoat.edge.agent import SyncAgent
 from datamoat.edge.bundle import load_bundle_model, read_bundle
+from datamoat.edge.config import EdgeConfig
 from datamoat.edge.fleet import Fleet
 from datamoat.edge.keys import generate_keys, load_private_key, load_trust
-from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+from datamoat.edge.runtime import EdgeRuntime
+from datamoat.inference.inputs import parse_json
 from datamoat.models import new_model, save_model
-from datamoat.registry import Registry
-from datamoat.serve.inputs import parse_json
-from datamoat.train import TrainConfig, train
+from datamoat.registry.core import Registry
+from datamoat.registry.register import register_model
+from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -32,10 +32,10 @@ import time
 import numpy as np
 
 from datamoat.data import SPLITS, import_fashion_mnist, make_dataset
-from datamoat.data.cleaning import RECOMMENDED, find_issues, fixes_from_issues, plausible_threshold
 from datamoat.data.versions import apply_fixes, diff, flip_labels
 from datamoat.models import new_model
-from datamoat.train import TrainConfig, subsample, train
+from datamoat.train.cleaning import RECOMMENDED, find_issues, fixes_from_issues, plausible_threshold
+from datamoat.train.loop import TrainConfig, subsample, train
 from datamoat.workspace import Workspace
 
 SAMPLES = int(os.environ.get("DM_LN_SAMPLES", 20_000))

@@ -47,13 +47,13 @@ from typing import Any
 import numpy as np
 
 from datamoat.data import SPLITS, import_fashion_mnist, make_dataset
-from datamoat.deploy import register_model
 from datamoat.errors import BadInput
 from datamoat.feedback import GateConfig, Quarantine, RetrainConfig, evaluate_gate, retrain_from_feedback
 from datamoat.models import new_model, save_model
-from datamoat.registry import Registry, registry_url
+from datamoat.registry.core import Registry, registry_url
+from datamoat.registry.register import register_model
 from datamoat.serve import ServeConfig, create_app
-from datamoat.train import TrainConfig, subsample, train
+from datamoat.train.loop import TrainConfig, subsample, train
 from datamoat.workspace import Workspace
 
 __all__ = ["main"]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from datamoat.selective import calibrate_threshold, confidence_grid, risk_coverage
+from datamoat.evaluate.selective import calibrate_threshold, confidence_grid, risk_coverage
 
 TARGETS = (0.95, 0.98, 0.99)
 DELTA = 0.05
@@ -98,7 +98,7 @@ def validate(probs: np.ndarray, y: np.ndarray, train_conf: np.ndarray, seed: int
 def main(model: Any = None, data: Any = None) -> dict:
     from datamoat.data import import_fashion_mnist
     from datamoat.models import new_model
-    from datamoat.train import TrainConfig, set_threads, train
+    from datamoat.train.loop import TrainConfig, set_threads, train
     from datamoat.workspace import Workspace
 
     set_threads(0)

@@ -3,7 +3,7 @@ Runtime, batching on against off, p99 at half the maximum throughput, and
 how fast a rollback and a takedown reach two running servers under load.
 
 Servers are real `datamoat serve` subprocesses on loopback ports, sharing a
-SQLite registry; the load comes from `datamoat.loadtest` in this process
+SQLite registry; the load comes from `datamoat.serve.loadtest` in this process
 (one JSON image per request), so the load generator shares the 2 cores with
 the server, and its CPU use is reported. `DATAMOAT_BENCH_MODEL_ARCH` picks
 another architecture; `DATAMOAT_BENCH_SERVING_SECONDS` the length of each
@@ -23,12 +23,12 @@ import numpy as np
 from _serving_util import CpuMeter, Recorder, Server, metric_sum, ort_throughput
 
 from datamoat.data import import_default
-from datamoat.deploy import register_model
-from datamoat.loadtest import LoadTestConfig, loadtest
 from datamoat.models import new_model, save_model
-from datamoat.registry import Registry
+from datamoat.registry.core import Registry
+from datamoat.registry.register import register_model
 from datamoat.serve.engine import load_version
-from datamoat.train import TrainConfig, train
+from datamoat.serve.loadtest import LoadTestConfig, loadtest
+from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 
 ARCH = os.environ.get("DATAMOAT_BENCH_MODEL_ARCH", "cnn_medium")
@@ -318,7 +318,7 @@ def _main(root: Path) -> dict[str, Any]:
         "token: the server caches an accepted token, so a token would add a dict lookup, not a database read.",
         f"Settings: {ORT_THREADS} ORT thread leaves the other core to the event loop and the load generator; the "
         "'tried' rows run the alternatives for half as long in this run (2 threads = ORT's default on 2 cores).",
-        f"Load: `datamoat.loadtest` (an aiohttp client) closed loop, concurrency {CONCURRENCY}, one JSON image per request, "
+        f"Load: `datamoat.serve.loadtest` (an aiohttp client) closed loop, concurrency {CONCURRENCY}, one JSON image per request, "
         f"{SECONDS:g} s after a 2 s warm-up, in this process on the same 2 cores. CPU in cores (CPU s / wall s) "
         f"during batching on: {cpu_on.line()}; off: {cpu_off.line()}; open loop: {cpu_open.line()}.",
         "Raw ORT: `session.run` alone on pre-normalised float32 input (no HTTP, JSON, normalisation or softmax), "

@@ -63,7 +63,7 @@ class Config:
 def config_from_dict(d: dict[str, Any]) -> Config:
     """Load a config written by `Config.to_dict`; only registered types load.
 
-    >>> from datamoat.train import TrainConfig
+    >>> from datamoat.train.loop import TrainConfig
     >>> config_from_dict(TrainConfig(epochs=2).to_dict()).epochs
     2
     """

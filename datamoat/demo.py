@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from datamoat.data import fashion_mnist_missing, import_default
-from datamoat.train import TrainConfig, run_training
+from datamoat.train.loop import TrainConfig, train_in_workspace
 from datamoat.workspace import Workspace
 
 __all__ = ["DEMO_ARCH", "DEMO_TRAIN", "run_demo"]
@@ -31,13 +31,13 @@ def run_demo(
     >>> sorted(out)[:3]  # doctest: +SKIP
     ['arch', 'dataset', 'dataset_id']
     """
-    from datamoat.report import run_eval
+    from datamoat.evaluate.report import evaluate_in_workspace
 
     t0 = time.perf_counter()
     data = import_default(ws)
     fallback = None if data.name == "fashion-mnist" else fashion_mnist_missing(data.name)
-    model, run_id = run_training(ws, data.id, arch, config, name=f"teacher-{data.name}", progress=progress)
-    evaluation, paths, eval_id = run_eval(ws, model.id, data.id)
+    model, run_id = train_in_workspace(ws, data.id, arch, config, name=f"teacher-{data.name}", progress=progress)
+    evaluation, paths, eval_id = evaluate_in_workspace(ws, model.id, data.id)
     return {
         "dataset_id": data.id,
         "dataset": data.name,

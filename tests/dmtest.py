@@ -1,7 +1,12 @@
-"""Helpers shared by tests (a uniquely named module: tests/serve has its own conftest)."""
+"""Helpers shared by tests (a uniquely named module: tests/serve has its own conftest):
+IDX files, and the one way tests run the `datamoat` command."""
 
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -12,3 +17,42 @@ def write_idx(path: Path, arr: np.ndarray) -> Path:
     header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
     path.write_bytes(header + arr.tobytes())
     return path
+
+
+def dm(home: Path | None, *args: Any, check: bool = False, timeout: float = 300, env: dict | None = None, popen=False):
+    """Run `python -m datamoat [--home HOME] ARGS` in a subprocess, the way a user does.
+
+    Returns the `CompletedProcess` (text stdout/stderr); `check` asserts exit code 0 and shows
+    stderr otherwise; `popen` starts it and returns the `Popen` (for concurrent runs).
+    """
+    cmd = [sys.executable, "-m", "datamoat", *(["--home", str(home)] if home is not None else []), *map(str, args)]
+    environ = {**os.environ, **(env or {})}
+    if popen:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def dm_ok(home: Path | None, *args: Any, **kw: Any) -> subprocess.CompletedProcess:
+    """`dm` that must exit 0."""
+    return dm(home, *args, check=True, **kw)
+
+
+def dm_main(monkeypatch, capture, home: Path | None, *args: Any) -> tuple[int, str, str]:
+    """Run `datamoat [--home HOME] ARGS` in this process through its real entry point
+    (`datamoat.cli.main`: exit codes, the --json stdout guarantee); returns (exit code, stdout, stderr).
+    `capture` is pytest's capsys or capfd."""
+    from datamoat.cli import main
+
+    argv = ["datamoat", *(["--home", str(home)] if home is not None else []), *map(str, args)]
+    monkeypatch.setattr(sys, "argv", argv)
+    capture.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capture.readouterr()
+    return code, out.out, out.err

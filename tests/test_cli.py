@@ -2,21 +2,10 @@
 
 import gzip
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from dmtest import write_idx
-
-
-def dm(home, *args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "datamoat", "--home", str(home), *args], capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+from dmtest import dm, dm_ok, write_idx
 
 
 def catalog_counts(home):
@@ -29,28 +18,30 @@ def catalog_counts(home):
 @pytest.fixture
 def home(tmp_path):
     home = tmp_path / "ws"
-    dm(home, "init")
+    dm_ok(home, "init")
     return home
 
 
+@pytest.mark.slow
 def test_import_train_and_list_json(home):
-    out = json.loads(dm(home, "data", "import", "digits", "--json").stdout)
+    out = json.loads(dm_ok(home, "data", "import", "digits", "--json").stdout)
     assert out["dataset_id"] and out["samples"] == 1797
-    again = json.loads(dm(home, "data", "import", "digits", "--json").stdout)
+    again = json.loads(dm_ok(home, "data", "import", "digits", "--json").stdout)
     assert again["dataset_id"] == out["dataset_id"]
     tr = json.loads(
-        dm(home, "train", "--data", "digits", "--arch", "mlp", "--epochs", "2", "--threads", "1", "--json").stdout
+        dm_ok(home, "train", "--data", "digits", "--arch", "mlp", "--epochs", "2", "--threads", "1", "--json").stdout
     )
     assert tr["dataset_id"] == out["dataset_id"] and 0.5 < tr["val_accuracy"] <= 1 and len(tr["curve"]) == 2
-    models = json.loads(dm(home, "models", "list", "--json").stdout)["models"]
+    models = json.loads(dm_ok(home, "models", "list", "--json").stdout)["models"]
     assert [m["id"] for m in models] == [tr["model_id"]]
-    shown = json.loads(dm(home, "models", "show", tr["model_id"][:6], "--json").stdout)
+    shown = json.loads(dm_ok(home, "models", "show", tr["model_id"][:6], "--json").stdout)
     assert shown["config"]["arch"] == "mlp" and shown["lineage"]["dataset_id"] == out["dataset_id"]
-    assert "train" in json.loads(dm(home, "data", "show", "digits", "--json").stdout)["splits"]
+    assert "train" in json.loads(dm_ok(home, "data", "show", "digits", "--json").stdout)["splits"]
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line_and_leave_catalog_untouched(home, tmp_path):
-    dm(home, "data", "import", "digits")
+    dm_ok(home, "data", "import", "digits")
     before = catalog_counts(home)
     rng = np.random.default_rng(0)
     imgs = write_idx(tmp_path / "imgs", rng.integers(0, 255, (30, 4, 4)))
@@ -78,13 +69,14 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_catalog_untouched(home, tmp_p
         "unknown model": (["models", "show", "nosuchmodel"], "unknown model 'nosuchmodel'"),
     }
     for case, (args, needle) in cases.items():
-        proc = dm(home, *args, check=False)
+        proc = dm(home, *args)
         assert proc.returncode == 2, (case, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (case, proc.stderr)
     assert catalog_counts(home) == before
 
 
+@pytest.mark.slow
 def test_missing_workspace_says_how_to_fix(tmp_path):
-    proc = dm(tmp_path / "none", "data", "list", check=False)
+    proc = dm(tmp_path / "none", "data", "list")
     assert proc.returncode == 2 and "datamoat init" in proc.stderr

@@ -10,15 +10,15 @@ that every command that has `--json` was run here, so a new one cannot slip by.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dmtest import dm_main
 
-from datamoat.cli import app, main
+from datamoat.cli import app
 
 RAN: set[str] = set()
 
@@ -53,23 +53,17 @@ def dm(flow, capfd, monkeypatch):
     """Run `datamoat --home HOME ARGS --json`; return the one parsed object."""
 
     def run(*args: str) -> dict:
-        monkeypatch.setattr(sys, "argv", ["datamoat", "--home", str(flow["home"]), *args, "--json"])
-        capfd.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        out = capfd.readouterr()
-        assert code == 0, f"{' '.join(args)} exited {code}: {out.err[-2000:]}"
-        obj = json.loads(out.out)  # the whole of stdout: one object, nothing before or after
-        assert isinstance(obj, dict) and out.out.count("\n") == 1, out.out[:500]
+        code, out, err = dm_main(monkeypatch, capfd, flow["home"], *args, "--json")
+        assert code == 0, f"{' '.join(args)} exited {code}: {err[-2000:]}"
+        obj = json.loads(out)  # the whole of stdout: one object, nothing before or after
+        assert isinstance(obj, dict) and out.count("\n") == 1, out[:500]
         RAN.add(command_path(args))
         return obj
 
     return run
 
 
+@pytest.mark.slow
 def test_data_train_and_catalog(dm, flow, monkeypatch):
     from datamoat.data import sources
 
@@ -89,6 +83,7 @@ def test_data_train_and_catalog(dm, flow, monkeypatch):
     assert dm("eval", "small")["accuracy"] > 0.3
 
 
+@pytest.mark.slow
 def test_compress_stages(dm, flow):
     assert dm("export", "small")
     # Entropy calibration prints its progress with print(): it must not reach stdout.
@@ -99,6 +94,7 @@ def test_compress_stages(dm, flow):
     assert out["chosen"]
 
 
+@pytest.mark.slow
 def test_registry_and_control(dm, flow):
     v1 = dm("promote", "small", "--alias", "production", "--reason", "launch", "--wait", "0")["version"]
     v2 = dm("promote", "small", "--int8", "--alias", "production", "--reason", "int8", "--wait", "0")["version"]
@@ -119,6 +115,7 @@ def test_registry_and_control(dm, flow):
     assert [t["name"] for t in dm("tokens", "list", "--token", flow["admin"])["tokens"]] == ["ops", "app", "old-app"]
 
 
+@pytest.mark.slow
 def test_edge(dm, flow):
     tmp, admin = flow["tmp"], flow["admin"]
     key = tmp / "release.pem"
@@ -133,11 +130,12 @@ def test_edge(dm, flow):
     assert dm("fleet", "abort", "--group", "lab", "--reason", "test", "--token", admin)
 
 
+@pytest.mark.slow
 def test_serving_feedback_and_capacity(dm, flow):
     import uvicorn
 
     from datamoat.data import load_dataset
-    from datamoat.registry import Registry, registry_url
+    from datamoat.registry.core import Registry, registry_url
     from datamoat.serve import ServeConfig, create_app
     from datamoat.workspace import Workspace
 
@@ -195,6 +193,7 @@ def test_serving_feedback_and_capacity(dm, flow):
     assert dm("retrain", "--from-feedback", "--epochs", "1", "--margin", "100")
 
 
+@pytest.mark.slow
 def test_levers(dm, flow):
     issues = flow["tmp"] / "issues.json"
     assert dm("data", "issues", "digits", "--folds", "2", "--epochs", "1", "--arch", "mlp", "-o", str(issues))

@@ -2,9 +2,12 @@ import importlib
 import subprocess
 import sys
 
+import pytest
+
 import datamoat
 
 
+@pytest.mark.slow
 def test_import_datamoat_is_light():
     code = "import sys, datamoat; print(sorted(m for m in ('torch', 'onnxruntime', 'fastapi', 'optuna', 'cleanlab', 'sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -31,6 +34,7 @@ def test_every_module_declares_all():
             assert hasattr(mod, name), f"{info.name}.__all__ names missing {name}"
 
 
+@pytest.mark.slow
 def test_lock_check_finds_a_version_the_lock_does_not_pin(tmp_path):
     from pathlib import Path
 

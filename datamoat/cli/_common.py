@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import sys
@@ -117,3 +118,30 @@ def emit(obj: dict[str, Any], as_json: bool, human: str | None = None) -> None:
         out.flush()
     elif human is not None:
         console.print(human, highlight=False, soft_wrap=True)  # a pipe gets whole lines, not 80-column ones
+
+
+def open_registry(url: str | None) -> tuple[Any, Any]:
+    """(workspace, Registry) for a command's --registry URL (default: the workspace's)."""
+    from datamoat.registry.core import Registry, registry_url
+
+    ws = open_ws()
+    return ws, Registry(registry_url(ws, url))
+
+
+def admin_actor(reg: Any, token: str | None) -> str:
+    """The actor for the audit log: the admin token's name, or the OS user
+    while the registry has no admin token yet (bootstrap)."""
+    if reg.has_token("admin") or token:
+        return reg.check_token(token, "admin")
+    return os.environ.get("USER") or getpass.getuser()
+
+
+def finish_control(reg: Any, out: dict, as_json: bool, text: str, wait: float) -> None:
+    """Wait for the servers' acknowledgements of a control change, then print the result."""
+    acks = reg.wait_for_acks(out["generation"], timeout=wait) if wait > 0 else {"acked": [], "missing": []}
+    out["servers"] = acks
+    if acks["missing"]:
+        text += f"\n[yellow]not acknowledged within {wait:g}s by: {', '.join(acks['missing'])}[/yellow]"
+    elif acks["acked"]:
+        text += f"\nacknowledged by {len(acks['acked'])} server(s)"
+    emit(out, as_json, text)

@@ -37,7 +37,7 @@ def compress(
     Every option left out takes CompressConfig's default, the recipe that
     bench/results/compression.md measures on the `make demo` teacher.
     """
-    from datamoat.compress import CompressConfig, compress_in_workspace
+    from datamoat.compress.recipe import CompressConfig, compress_in_workspace
 
     given = {
         "max_accuracy_drop": max_accuracy_drop,
@@ -54,7 +54,12 @@ def compress(
     }
     cfg = CompressConfig(**{k: v for k, v in given.items() if v is not None})
     actor = os.environ.get("USER") or getpass.getuser()
-    out = compress_in_workspace(open_ws(), model, cfg, actor=actor, progress=not as_json)
+    from datamoat.registry import Registry, registry_url
+    from datamoat.registry.register import register_compressed
+
+    ws = open_ws()
+    out = compress_in_workspace(ws, model, cfg, progress=not as_json)
+    out["model_id"] = register_compressed(Registry(registry_url(ws)), out, actor=actor)
     if as_json:
         emit(out, True)
         return

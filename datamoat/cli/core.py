@@ -246,7 +246,7 @@ def train(
 ) -> None:
     """Train a zoo model on a dataset version, with a learning curve and checkpoints."""
     from datamoat.models import ARCHS
-    from datamoat.train import TrainConfig, run_training
+    from datamoat.train.loop import TrainConfig, train_in_workspace
 
     if arch not in ARCHS:
         raise BadInput(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
@@ -264,7 +264,7 @@ def train(
             seed=seed,
             threads=threads,
         )
-    model, run_id = run_training(ws, data, arch, cfg, name=name, resume=resume, progress=True)
+    model, run_id = train_in_workspace(ws, data, arch, cfg, name=name, resume=resume, progress=True)
     h = model.history
     out = {
         "run_id": run_id,

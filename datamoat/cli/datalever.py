@@ -32,7 +32,7 @@ def data_issues(
 ) -> None:
     """Find likely label errors (cleanlab on out-of-fold predictions), near duplicates and outliers."""
     from datamoat.data import load_dataset
-    from datamoat.data.cleaning import CleaningConfig, find_issues
+    from datamoat.train.cleaning import CleaningConfig, find_issues
 
     cfg = CleaningConfig(
         arch=arch,
@@ -111,7 +111,7 @@ def _read_fixes(
     path: Path, ds_id: str, drop: bool, min_confidence: float, drop_below: float = 0.0, keep_above: float | str = 0.0
 ) -> tuple[list[dict[str, Any]], Any, int]:
     """The fixes to apply, the keep-above threshold as a number, and how many flags the file held."""
-    from datamoat.data.cleaning import fixes_from_issues, plausible_threshold
+    from datamoat.train.cleaning import fixes_from_issues, plausible_threshold
 
     if not path.is_file():
         raise NotFound(f"issues file {path} does not exist: write one with `datamoat data issues DATASET -o FILE`")

@@ -43,8 +43,8 @@ def distill_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Distill TEACHER into a fresh student of another (smaller) architecture."""
+    from datamoat.compress.distill import DistillConfig, distill
     from datamoat.data.dataset import load_dataset
-    from datamoat.distill import DistillConfig, distill
     from datamoat.errors import BadInput
     from datamoat.models import load_model, new_model, save_model
 

@@ -20,15 +20,15 @@ TrustOpt = typer.Option(..., "--trust", help="Public key the device accepts bund
 
 def _fleet(registry: str | None):
     from datamoat.edge.fleet import Fleet
-    from datamoat.registry import Registry, registry_url
+    from datamoat.registry.core import Registry, registry_url
 
     return Fleet(Registry(registry_url(None if registry else open_ws(), registry)))
 
 
 def _actor(fleet, token: str | None) -> str:
-    from datamoat.cli.registry import _admin
+    from datamoat.cli._common import admin_actor
 
-    return _admin(fleet.registry, token)
+    return admin_actor(fleet.registry, token)
 
 
 def _version(fleet, model: str, actor: str) -> str:
@@ -38,7 +38,7 @@ def _version(fleet, model: str, actor: str) -> str:
     try:
         return fleet.registry.version(model)["id"]
     except NotFound:
-        from datamoat.deploy import resolve_version
+        from datamoat.registry.register import resolve_version
 
         return resolve_version(open_ws(), fleet.registry, model, actor=actor)
 
@@ -121,7 +121,7 @@ def edge_run(
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve predictions on localhost and follow the control server (polls, downloads, rollbacks)."""
-    from datamoat.edge.runtime import EdgeConfig
+    from datamoat.edge.config import EdgeConfig
     from datamoat.edge.server import run_edge
 
     cfg = EdgeConfig(
@@ -177,7 +177,8 @@ def edge_install(
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
         out = httpx.post(f"{runtime.rstrip('/')}/v1/edge/install", content=data, headers=headers, timeout=120).json()
     elif state_dir:
-        from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+        from datamoat.edge.config import EdgeConfig
+        from datamoat.edge.runtime import EdgeRuntime
 
         rt = EdgeRuntime(EdgeConfig(state_dir=str(state_dir), trust=tuple(map(str, trust))))
         try:

@@ -9,46 +9,44 @@ from datamoat.cli._common import JsonOpt, console, emit, open_ws
 __all__ = ["register"]
 
 
+def eval_cmd(
+    model: str = typer.Argument(..., help="Model id, id prefix or name."),
+    data: str = typer.Option(None, "--data", help="Dataset id or name (default: the model's own dataset)."),
+    split: str = typer.Option("test", "--split", help="Split to score: train, val or test."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Accuracy, per-class F1, calibration (ECE) and an HTML report."""
+    from rich.table import Table
+
+    from datamoat.evaluate.metrics import EvalConfig
+    from datamoat.evaluate.report import evaluate_in_workspace
+
+    ws = open_ws()
+    ev, paths, eval_id = evaluate_in_workspace(ws, model, data, EvalConfig(split=split))
+    obj = {
+        "eval_id": eval_id,
+        "model_id": ev.model_id,
+        "dataset_id": ev.dataset_id,
+        "split": ev.split,
+        "n": ev.n,
+        "accuracy": ev.accuracy,
+        "macro_f1": ev.macro_f1,
+        "ece": ev.ece,
+        "per_class": ev.per_class,
+        "confusion": ev.confusion,
+        "report": str(paths["html"].resolve()),
+        "report_md": str(paths["md"].resolve()),
+    }
+    if as_json:
+        emit(obj, True)
+        return
+    table = Table("class", "precision", "recall", "F1", "support", title=f"{ev.split} split, {ev.n} samples")
+    for p in ev.per_class:
+        table.add_row(p["class"], f"{p['precision']:.3f}", f"{p['recall']:.3f}", f"{p['f1']:.3f}", str(p["support"]))
+    emit(obj, False, f"accuracy {ev.accuracy:.4f}   macro F1 {ev.macro_f1:.4f}   ECE {ev.ece:.4f}")
+    console.print(table)
+    emit(obj, False, f"report:   {obj['report']}\nmarkdown: {obj['report_md']}\neval id:  {eval_id}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the `eval` command to `app`."""
-
-    @app.command("eval")
-    def eval_cmd(
-        model: str = typer.Argument(..., help="Model id, id prefix or name."),
-        data: str = typer.Option(None, "--data", help="Dataset id or name (default: the model's own dataset)."),
-        split: str = typer.Option("test", "--split", help="Split to score: train, val or test."),
-        as_json: bool = JsonOpt,
-    ) -> None:
-        """Accuracy, per-class F1, calibration (ECE) and an HTML report."""
-        from rich.table import Table
-
-        from datamoat.evaluate import EvalConfig
-        from datamoat.report import run_eval
-
-        ws = open_ws()
-        ev, paths, eval_id = run_eval(ws, model, data, EvalConfig(split=split))
-        obj = {
-            "eval_id": eval_id,
-            "model_id": ev.model_id,
-            "dataset_id": ev.dataset_id,
-            "split": ev.split,
-            "n": ev.n,
-            "accuracy": ev.accuracy,
-            "macro_f1": ev.macro_f1,
-            "ece": ev.ece,
-            "per_class": ev.per_class,
-            "confusion": ev.confusion,
-            "report": str(paths["html"].resolve()),
-            "report_md": str(paths["md"].resolve()),
-        }
-        if as_json:
-            emit(obj, True)
-            return
-        table = Table("class", "precision", "recall", "F1", "support", title=f"{ev.split} split, {ev.n} samples")
-        for p in ev.per_class:
-            table.add_row(
-                p["class"], f"{p['precision']:.3f}", f"{p['recall']:.3f}", f"{p['f1']:.3f}", str(p["support"])
-            )
-        emit(obj, False, f"accuracy {ev.accuracy:.4f}   macro F1 {ev.macro_f1:.4f}   ECE {ev.ece:.4f}")
-        console.print(table)
-        emit(obj, False, f"report:   {obj['report']}\nmarkdown: {obj['report_md']}\neval id:  {eval_id}")
+    app.command("eval")(eval_cmd)

@@ -30,12 +30,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Export a model to ONNX, checked against PyTorch, into the workspace."""
-        from datamoat.export import ExportConfig, export_to_workspace
+        from datamoat.compress.export import ExportConfig, export_in_workspace
         from datamoat.workspace import atomic_write
 
         cfg = ExportConfig(opset=opset)
         ws = open_ws()
-        path, info = export_to_workspace(ws, _catalog_ref(model), cfg)
+        path, info = export_in_workspace(ws, _catalog_ref(model), cfg)
         if output is not None:
             atomic_write(output, path.read_bytes())
             info["path"] = str(output)
@@ -61,12 +61,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Quantize a model to int8 within an accuracy budget, and time it against fp32."""
-        from datamoat.measure import measure_latency
-        from datamoat.quantize import QuantizeConfig, quantize_model
+        from datamoat.compress.quantize import QuantizeConfig, quantize_in_workspace
+        from datamoat.inference.onnx import measure_latency
 
         cfg = QuantizeConfig(method=method, calibration=calibration, max_accuracy_drop=max_accuracy_drop)
         ws = open_ws()
-        path, r = quantize_model(ws, _catalog_ref(model), cfg)
+        path, r = quantize_in_workspace(ws, _catalog_ref(model), cfg)
         out = r.to_dict()
         acc = "not checked (the dataset has no val split)"
         if r.accuracy_drop is not None:
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
             "  kept fp32 " + (", ".join(f"{n} ({why})" for n, why in r.excluded.items()) or "nothing"),
         ]
         if bench:
-            from datamoat.export import onnx_metadata
+            from datamoat.compress.export import onnx_metadata
 
             shape = tuple(onnx_metadata(r.source)["input_shape"])
             lat = measure_latency({"fp32": r.source, "int8": path}, shape, threads=threads)

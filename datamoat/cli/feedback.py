@@ -20,7 +20,7 @@ TokenOpt = typer.Option(None, "--token", envvar="DATAMOAT_TOKEN", help="Review o
 
 def _open(url: str | None):
     from datamoat.feedback import Quarantine
-    from datamoat.registry import Registry, registry_url
+    from datamoat.registry.core import Registry, registry_url
 
     ws = open_ws()
     reg = Registry(registry_url(ws, url))
@@ -29,13 +29,7 @@ def _open(url: str | None):
 
 def _actor(reg, token: str | None) -> str:
     """A review (or admin) token's name once the registry has such tokens; the OS user before that."""
-    import sqlalchemy as sa
-
-    from datamoat.registry import tokens
-
-    with reg.engine.connect() as conn:
-        guarded = conn.execute(sa.select(tokens.c.hash).where(tokens.c.role.in_(("admin", "review")))).first()
-    if guarded is not None or token:
+    if reg.has_token("admin", "review") or token:
         return reg.check_token(token, "review")
     return os.environ.get("USER") or getpass.getuser()
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import typer
 
-from datamoat.cli._common import JsonOpt, emit
-from datamoat.cli.registry import RegistryOpt, TokenOpt, WaitOpt, _admin, _finish, _open
+from datamoat.cli._common import JsonOpt, admin_actor, emit, finish_control, open_registry
+from datamoat.cli.registry import RegistryOpt, TokenOpt, WaitOpt
 from datamoat.errors import BadInput
 
 __all__ = ["register", "policy_from_poc"]
@@ -118,11 +118,11 @@ def policy_set(
         policy["threshold"] = threshold
     if class_threshold:
         policy["per_class"] = {**(policy.get("per_class") or {}), **_class_thresholds(class_threshold)}
-    _, reg = _open(registry)
+    _, reg = open_registry(registry)
     out = reg.set_policy(
-        version, {k: v for k, v in policy.items() if v is not None}, actor=_admin(reg, token), reason=reason
+        version, {k: v for k, v in policy.items() if v is not None}, actor=admin_actor(reg, token), reason=reason
     )
-    _finish(reg, out, as_json, f"policy of {out['version']}: {_describe(out['policy'])}", wait)
+    finish_control(reg, out, as_json, f"policy of {out['version']}: {_describe(out['policy'])}", wait)
 
 
 @policy_app.command("show")
@@ -132,7 +132,7 @@ def policy_show(
     as_json: bool = JsonOpt,
 ) -> None:
     """A version's review policy, and who set it."""
-    _, reg = _open(registry)
+    _, reg = open_registry(registry)
     vid = reg.version(version)["id"]
     pol = reg.policy(vid)
     origin = "registry" if "set_by" in pol else ("version info" if pol else "none")

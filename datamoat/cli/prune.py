@@ -35,11 +35,17 @@ def register(app: typer.Typer) -> None:
         """Prune a model, fine-tune it on its dataset, and save it with the input as parent."""
         from rich.table import Table
 
+        from datamoat.compress.prune import (
+            MagnitudeConfig,
+            StructuredConfig,
+            load_sparse_model,
+            prune,
+            save_sparse_model,
+        )
         from datamoat.configs import check_choice
         from datamoat.data import load_dataset
         from datamoat.errors import BadInput
         from datamoat.models import save_model
-        from datamoat.prune import MagnitudeConfig, StructuredConfig, load_sparse_model, prune, save_sparse_model
 
         check_choice("method", method, ("magnitude", "structured"))
         if method == "magnitude":

@@ -4,12 +4,9 @@ live server acknowledged the change (or says which did not)."""
 
 from __future__ import annotations
 
-import getpass
-import os
-
 import typer
 
-from datamoat.cli._common import JsonOpt, console, emit, open_ws
+from datamoat.cli._common import JsonOpt, admin_actor, console, emit, finish_control, open_registry
 
 registry_app = typer.Typer(help="Model versions, aliases and the audit log.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Create, list and revoke API tokens (stored hashed).", no_args_is_help=True)
@@ -21,43 +18,12 @@ RegistryOpt = typer.Option(None, "--registry", envvar="DATAMOAT_REGISTRY_URL", h
 WaitOpt = typer.Option(5.0, "--wait", help="Seconds to wait for running servers to acknowledge.")
 
 
-def _open(url: str | None):
-    from datamoat.registry import Registry, registry_url
-
-    ws = open_ws()
-    return ws, Registry(registry_url(ws, url))
-
-
-def _admin(reg, token: str | None) -> str:
-    """The actor for the audit log: the admin token's name, or the OS user
-    while the registry has no admin token yet (bootstrap)."""
-    import sqlalchemy as sa
-
-    from datamoat.registry import tokens
-
-    with reg.engine.connect() as conn:
-        has_admin = conn.execute(sa.select(tokens.c.hash).where(tokens.c.role == "admin")).first() is not None
-    if has_admin or token:
-        return reg.check_token(token, "admin")
-    return os.environ.get("USER") or getpass.getuser()
-
-
-def _finish(reg, out: dict, as_json: bool, text: str, wait: float) -> None:
-    acks = reg.wait_for_acks(out["generation"], timeout=wait) if wait > 0 else {"acked": [], "missing": []}
-    out["servers"] = acks
-    if acks["missing"]:
-        text += f"\n[yellow]not acknowledged within {wait:g}s by: {', '.join(acks['missing'])}[/yellow]"
-    elif acks["acked"]:
-        text += f"\nacknowledged by {len(acks['acked'])} server(s)"
-    emit(out, as_json, text)
-
-
 @registry_app.command("list")
 def reg_list(registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
     """Versions, the aliases pointing at them, and takedown state."""
     from rich.table import Table
 
-    _, reg = _open(registry)
+    _, reg = open_registry(registry)
     snap = reg.snapshot()
     by_version: dict[str, list[str]] = {}
     for alias, vid in snap["aliases"].items():
@@ -89,7 +55,7 @@ def reg_list(registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
 @registry_app.command("show")
 def reg_show(version: str, registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
     """One version: lineage, classes, preprocessing, aliases."""
-    _, reg = _open(registry)
+    _, reg = open_registry(registry)
     v = reg.version(version)
     snap = reg.snapshot()
     v["aliases"] = sorted(a for a, vid in snap["aliases"].items() if vid == v["id"])
@@ -121,7 +87,7 @@ def reg_audit(
     """The append-only audit log: who, when, what, why."""
     import datetime as dt
 
-    _, reg = _open(registry)
+    _, reg = open_registry(registry)
     if verify:
         from datamoat.edge.fleet import Fleet
         from datamoat.errors import Tampered
@@ -152,15 +118,15 @@ def promote(
     as_json: bool = JsonOpt,
 ) -> None:
     """Point an alias at a version; servers switch without a restart."""
-    from datamoat.deploy import register_model, resolve_version
+    from datamoat.registry.register import register_model, resolve_version
 
-    ws, reg = _open(registry)
-    actor = _admin(reg, token)
+    ws, reg = open_registry(registry)
+    actor = admin_actor(reg, token)
     vid = (
         register_model(ws, reg, model, actor=actor, int8=True) if int8 else resolve_version(ws, reg, model, actor=actor)
     )
     out = reg.promote(vid, alias, actor=actor, reason=reason)
-    _finish(reg, out, as_json, f"{alias} -> {vid} (was {out['previous']})", wait)
+    finish_control(reg, out, as_json, f"{alias} -> {vid} (was {out['previous']})", wait)
 
 
 def rollback(
@@ -172,9 +138,9 @@ def rollback(
     as_json: bool = JsonOpt,
 ) -> None:
     """Point an alias back at its previous version."""
-    _, reg = _open(registry)
-    out = reg.rollback(alias, actor=_admin(reg, token), reason=reason)
-    _finish(reg, out, as_json, f"{alias} rolled back to {out['version']} (from {out['previous']})", wait)
+    _, reg = open_registry(registry)
+    out = reg.rollback(alias, actor=admin_actor(reg, token), reason=reason)
+    finish_control(reg, out, as_json, f"{alias} rolled back to {out['version']} (from {out['previous']})", wait)
 
 
 def takedown(
@@ -187,10 +153,10 @@ def takedown(
     as_json: bool = JsonOpt,
 ) -> None:
     """Kill switch: servers stop answering with this version."""
-    _, reg = _open(registry)
-    out = reg.takedown(model, actor=_admin(reg, token), reason=reason, fallback=fallback)
+    _, reg = open_registry(registry)
+    out = reg.takedown(model, actor=admin_actor(reg, token), reason=reason, fallback=fallback)
     then = f"fallback {out['fallback']}" if out["fallback"] else "503"
-    _finish(reg, out, as_json, f"took down {out['version']}: servers answer with {then}", wait)
+    finish_control(reg, out, as_json, f"took down {out['version']}: servers answer with {then}", wait)
 
 
 def restore(
@@ -202,9 +168,9 @@ def restore(
     as_json: bool = JsonOpt,
 ) -> None:
     """Undo a takedown."""
-    _, reg = _open(registry)
-    out = reg.restore(model, actor=_admin(reg, token), reason=reason)
-    _finish(reg, out, as_json, f"restored {out['version']}", wait)
+    _, reg = open_registry(registry)
+    out = reg.restore(model, actor=admin_actor(reg, token), reason=reason)
+    finish_control(reg, out, as_json, f"restored {out['version']}", wait)
 
 
 def suppress(
@@ -218,9 +184,9 @@ def suppress(
     as_json: bool = JsonOpt,
 ) -> None:
     """Never output a label: abstain, or renormalise over the other labels."""
-    _, reg = _open(registry)
-    out = reg.suppress(label, actor=_admin(reg, token), reason=reason, alias=alias, mode=mode)
-    _finish(reg, out, as_json, f"suppressed {label!r} on {alias} ({mode})", wait)
+    _, reg = open_registry(registry)
+    out = reg.suppress(label, actor=admin_actor(reg, token), reason=reason, alias=alias, mode=mode)
+    finish_control(reg, out, as_json, f"suppressed {label!r} on {alias} ({mode})", wait)
 
 
 def unsuppress(
@@ -233,9 +199,9 @@ def unsuppress(
     as_json: bool = JsonOpt,
 ) -> None:
     """Undo a suppression."""
-    _, reg = _open(registry)
-    out = reg.unsuppress(label, actor=_admin(reg, token), reason=reason, alias=alias)
-    _finish(reg, out, as_json, f"unsuppressed {label!r} on {alias}", wait)
+    _, reg = open_registry(registry)
+    out = reg.unsuppress(label, actor=admin_actor(reg, token), reason=reason, alias=alias)
+    finish_control(reg, out, as_json, f"unsuppressed {label!r} on {alias}", wait)
 
 
 @tokens_app.command("create")
@@ -247,8 +213,8 @@ def tokens_create(
     as_json: bool = JsonOpt,
 ) -> None:
     """Create a token; it is printed once and stored only as a hash."""
-    _, reg = _open(registry)
-    actor = _admin(reg, token)
+    _, reg = open_registry(registry)
+    actor = admin_actor(reg, token)
     new = reg.create_token(role, name, actor=actor)
     emit({"token": new, "role": role, "name": name}, as_json, f"{role} token for {name} (shown once):\n{new}")
 
@@ -256,8 +222,8 @@ def tokens_create(
 @tokens_app.command("list")
 def tokens_list(token: str = TokenOpt, registry: str = RegistryOpt, as_json: bool = JsonOpt) -> None:
     """Every token's name, role and state (never the token itself)."""
-    _, reg = _open(registry)
-    _admin(reg, token)
+    _, reg = open_registry(registry)
+    admin_actor(reg, token)
     rows = reg.list_tokens()
     lines = [f"{r['name']:<24} {r['role']:<8} {'revoked' if r['revoked'] else 'active'}" for r in rows]
     emit({"tokens": rows}, as_json, "\n".join(lines) or "no tokens")
@@ -273,9 +239,9 @@ def tokens_revoke(
     as_json: bool = JsonOpt,
 ) -> None:
     """Revoke a token: every running server refuses it from its next poll on."""
-    _, reg = _open(registry)
-    out = reg.revoke_token(name, actor=_admin(reg, token), reason=reason)
-    _finish(reg, out, as_json, f"revoked {out['role']} token {name!r}", wait)
+    _, reg = open_registry(registry)
+    out = reg.revoke_token(name, actor=admin_actor(reg, token), reason=reason)
+    finish_control(reg, out, as_json, f"revoked {out['role']} token {name!r}", wait)
 
 
 def register(app: typer.Typer) -> None:

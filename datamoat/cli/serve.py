@@ -54,7 +54,7 @@ def serve(
     scheme = "https" if tls else "http"
     import uvicorn
 
-    from datamoat.registry import Registry, registry_url
+    from datamoat.registry.core import Registry, registry_url
     from datamoat.serve import ServeConfig, create_app
 
     reg = Registry(registry_url(None if registry else open_ws(), registry))

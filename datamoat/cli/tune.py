@@ -23,8 +23,8 @@ def tune(
 ) -> None:
     """Search hyperparameters, width, depth and architecture with Optuna, pruning poor trials."""
     from datamoat.data import load_dataset
-    from datamoat.tune import TuneConfig
-    from datamoat.tune import tune as run_tune
+    from datamoat.train.tune import TuneConfig
+    from datamoat.train.tune import tune as run_tune
 
     cfg = TuneConfig(
         trials=trials,
@@ -86,9 +86,9 @@ def improve(
 ) -> None:
     """Baseline, then the model lever and the data lever on equal budgets, and the data-size curve."""
     from datamoat.data import load_dataset
-    from datamoat.improve import ImproveConfig
-    from datamoat.improve import improve as run_improve
     from datamoat.models.zoo import ARCHS
+    from datamoat.train.improve import ImproveConfig
+    from datamoat.train.improve import improve as run_improve
 
     if arch not in ARCHS:
         raise BadInput(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")

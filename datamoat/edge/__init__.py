@@ -5,13 +5,17 @@ rollback, staged rollouts, offline operation.
 - `bundle`: build, sign and verify bundles (model, labels, preprocessing,
   policy, self-test vectors, signed manifest).
 - `store`: a device's files and the crash-safe install sequence.
+- `config`: `EdgeConfig`, one device's settings.
 - `runtime`: install / self-test / swap / roll back / predict on a device.
 - `agent`: the device's polling loop, resumable downloads, heartbeats.
 - `server`: the device's local HTTP API (`datamoat edge run`).
 - `rollout`: stable-hash device selection, baselines, abort verdicts.
-- `fleet`: devices, bundles, rollouts and the event log in the registry DB.
-- `uploads`: the checks on low-confidence samples a device sends back.
+- `fleet`: devices, rollouts and assignments in the registry DB, over
+  `publish` (published bundles) and `events` (the hash-chained timeline).
+- `uploads`: the checks and the store of low-confidence samples a device sends back.
+- `controldoc`: signing and opening control answers (the device acts on signed text only).
 - `control`: the control server's HTTP API (`datamoat fleet serve`).
+- `client`: `Predictor`, a client that falls back from a device to the cloud.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ _EXPORTS = {
     "build_bundle": "datamoat.edge.bundle",
     "read_bundle": "datamoat.edge.bundle",
     "ControlConfig": "datamoat.edge.control",
-    "EdgeConfig": "datamoat.edge.runtime",
+    "EdgeConfig": "datamoat.edge.config",
     "Fleet": "datamoat.edge.fleet",
     "generate_keys": "datamoat.edge.keys",
 }

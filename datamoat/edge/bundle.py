@@ -36,8 +36,8 @@ import numpy as np
 
 from datamoat.configs import Config, check
 from datamoat.errors import BadInput, DatamoatError
-from datamoat.registry import Registry
-from datamoat.serve.engine import LoadedVersion
+from datamoat.inference.engine import LoadedVersion, open_version
+from datamoat.registry.core import Registry
 
 __all__ = [
     "FORMAT",
@@ -241,33 +241,8 @@ def _signer(trusted: list[Any], sig: bytes, manifest: bytes) -> Any:
 
 
 def load_bundle_model(bundle: Bundle, threads: int = 1) -> LoadedVersion:
-    """An ONNX Runtime session over the bundle's model, as the cloud server loads one."""
-    from datamoat.measure import ort_session
-
-    meta = bundle.part_json("meta.json")
-    return _loaded(ort_session(bundle.parts["model.onnx"], threads), meta)
-
-
-def _loaded(sess: Any, meta: dict[str, Any]) -> LoadedVersion:
-    inp = sess.get_inputs()[0]
-    batch = inp.shape[0]
-    pre = meta["preprocess"]
-    channel = lambda v: np.asarray(v, np.float32).reshape(1, -1, 1, 1)  # noqa: E731
-    c, h, w = (int(d) for d in meta["input_shape"])
-    return LoadedVersion(
-        version_id=meta["version_id"],
-        name=meta["name"],
-        kind=meta["kind"],
-        info=meta,
-        session=sess,
-        input_name=inp.name,
-        fixed_batch=batch if isinstance(batch, int) and batch > 0 else None,
-        classes=[str(x) for x in meta["classes"]],
-        input_shape=(c, h, w),
-        scale=float(pre["scale"]),
-        mean=channel(pre["mean"]),
-        std=channel(pre["std"]),
-    )
+    """An ONNX Runtime session over the bundle's model, through the same core the cloud server uses."""
+    return open_version(bundle.parts["model.onnx"], bundle.part_json("meta.json"), threads)
 
 
 def self_test(model: LoadedVersion, selftest: dict[str, Any]) -> str | None:
@@ -298,8 +273,6 @@ def build_bundle(
 
     >>> data = build_bundle(reg, "mlp-seed0", load_private_key("release.pem"), 3)  # doctest: +SKIP
     """
-    from datamoat.measure import ort_session
-
     cfg = config or BundleConfig()
     row = registry.version(ref)
     snap = registry.snapshot()
@@ -307,8 +280,8 @@ def build_bundle(
         raise BadInput(f"version {row['id']} is taken down: restore it or bundle another version")
     info = row["info"]
     onnx = registry.artifact(row["onnx_sha"])
-    sess = ort_session(onnx, threads=1)
-    shape = [int(d) for d in (info.get("input_shape") or sess.get_inputs()[0].shape[1:])]
+    loaded = open_version(onnx, {**info, "version_id": row["id"], "name": row["name"], "kind": row["kind"]}, 1)
+    shape = list(loaded.input_shape)
     meta = {
         "version_id": row["id"],
         "name": row["name"],
@@ -321,7 +294,7 @@ def build_bundle(
     if inputs is None:
         inputs = np.random.default_rng(cfg.seed).integers(0, 256, (cfg.selftest_count, *shape), dtype=np.uint8)
     check(inputs.ndim == 4 and list(inputs.shape[1:]) == shape, f"self-test inputs must be (N, {shape}) uint8")
-    probs = _loaded(sess, meta).probabilities(inputs)  # (N, K)
+    probs = loaded.probabilities(inputs)  # (N, K)
     review = Registry.policy_of(snap, row["id"], info)  # read in the same snapshot as the suppressions
     policy = {
         "suppressed": Registry.suppressed_for(snap, "*"),

@@ -36,10 +36,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from datamoat.configs import Config, check
 from datamoat.edge.fleet import Fleet, RateLimited, UploadRefused
-from datamoat.errors import BadInput, DatamoatError
-from datamoat.registry import AuthError, Registry
-from datamoat.serve.errors import TooLarge, Unprocessable
-from datamoat.serve.inputs import read_body
+from datamoat.errors import BadInput, TooLarge, Unprocessable
+from datamoat.inference.http import bearer, install_error_handlers
+from datamoat.inference.inputs import read_body
+from datamoat.registry.core import AuthError, Registry
 
 __all__ = ["ControlConfig", "edge_router", "attach_edge", "create_control_app"]
 
@@ -77,11 +77,6 @@ class EdgeContext:
 edge_router = APIRouter(prefix="/v1/edge", tags=["edge"])
 
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
 def _ctx(request: Request) -> EdgeContext:
     return request.app.state.edge
 
@@ -90,7 +85,7 @@ def _ctx(request: Request) -> EdgeContext:
 async def sync(device_id: str, request: Request) -> dict[str, Any]:
     """Heartbeat in (version, health, counters, new events), assignment out."""
     fleet = _ctx(request).fleet
-    dev = await asyncio.to_thread(fleet.authenticate, _bearer(request), device_id)
+    dev = await asyncio.to_thread(fleet.authenticate, bearer(request), device_id)
     body = await read_body(request, _MAX_HEARTBEAT, "the heartbeat")
     try:
         hb = json.loads(body or b"{}")
@@ -105,7 +100,7 @@ async def sync(device_id: str, request: Request) -> dict[str, Any]:
 async def upload(device_id: str, request: Request) -> Response:
     """A device's low-confidence samples, into the review queue (its own token only)."""
     ctx = _ctx(request)
-    dev = await asyncio.to_thread(ctx.fleet.authenticate, _bearer(request), device_id)
+    dev = await asyncio.to_thread(ctx.fleet.authenticate, bearer(request), device_id)
     body = await read_body(request, ctx.config.upload_max_bytes, "the upload (send fewer samples per request)")
     try:
         doc = json.loads(body)
@@ -137,7 +132,7 @@ async def upload(device_id: str, request: Request) -> Response:
 async def assignment(device_id: str, request: Request) -> dict[str, Any]:
     """What this device should run, and the current policy overlay."""
     fleet = _ctx(request).fleet
-    dev = await asyncio.to_thread(fleet.authenticate, _bearer(request), device_id)
+    dev = await asyncio.to_thread(fleet.authenticate, bearer(request), device_id)
     return await asyncio.to_thread(fleet.assignment, dev)
 
 
@@ -157,7 +152,7 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 async def bundle(sha: str, request: Request) -> Response:
     """The bundle assigned to the calling device; supports ``Range: bytes=N-``."""
     ctx = _ctx(request)
-    dev = await asyncio.to_thread(ctx.fleet.authenticate, _bearer(request))
+    dev = await asyncio.to_thread(ctx.fleet.authenticate, bearer(request))
     a = await asyncio.to_thread(ctx.fleet.assignment, dev)
     if not a["bundle"] or a["bundle"]["sha256"] != sha:
         err = AuthError(f"bundle {sha[:12]} is not assigned to device {dev['id']!r}: poll for the assignment")
@@ -188,7 +183,7 @@ async def bundle(sha: str, request: Request) -> Response:
 async def fleet_status(request: Request) -> dict[str, Any]:
     """Every device's version, last heartbeat, health and rollout state (admin token)."""
     fleet = _ctx(request).fleet
-    await asyncio.to_thread(fleet.registry.check_token, _bearer(request), "admin")
+    await asyncio.to_thread(fleet.registry.check_token, bearer(request), "admin")
     devices, rollouts = await asyncio.gather(asyncio.to_thread(fleet.status), asyncio.to_thread(fleet.rollouts))
     return {"devices": devices, "rollouts": rollouts}
 
@@ -209,10 +204,7 @@ def create_control_app(registry: Registry, config: ControlConfig | None = None, 
     """
     app = FastAPI(title="datamoat control", version="1", description=__doc__)
 
-    @app.exception_handler(DatamoatError)
-    async def _on_user_error(request: Request, exc: DatamoatError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
-        return JSONResponse({"error": str(exc)}, exc.http_status, headers=headers)
+    install_error_handlers(app, "control server")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -12,47 +12,38 @@ training data by themselves: each becomes a row of the prediction log
 (``serve_predictions``, server ``device:<id>``) and an open item of the
 review queue (``serve_review``, the model's answer only as a suggestion),
 so it reaches the feedback quarantine only when a person labels it on
-/review (`datamoat.serve.logstore.ReviewQueue.decide`), as a trusted
+/review (`datamoat.feedback.review.ReviewQueue.decide`), as a trusted
 reviewer's label that the gate checks like any other. ``edge_uploads``
 records who sent what, for deduplication and the per-device rate limit.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 
 from datamoat.configs import check
-from datamoat.edge.bundle import peek_manifest
 from datamoat.edge.controldoc import sign_answer
+from datamoat.edge.events import ensure_events
+from datamoat.edge.publish import BundleShelf
+from datamoat.edge.publish import meta as bundles_meta
 from datamoat.edge.rollout import FAILED, abort_verdict, assign, baseline_for_next, selected
-from datamoat.edge.uploads import RateLimited, UploadRefused, parse_upload
-from datamoat.errors import BadInput, NotFound
-from datamoat.registry import (
-    AuthError,
-    Registry,
-    _hash_token,
-    add_chain_column,
-    append_chained,
-    append_only_ddl,
-    verify_chain,
-)
-from datamoat.serve.logstore import log_rows, open_reviews, review_rows
-from datamoat.serve.logstore import predictions as serve_predictions
-from datamoat.serve.logstore import review as serve_review
+from datamoat.edge.uploads import RateLimited, UploadRefused, parse_upload, record_uploads, upload_log
+from datamoat.edge.uploads import meta as uploads_meta
+from datamoat.errors import BadInput
+from datamoat.registry.core import AuthError, Registry, hash_token
+from datamoat.registry.ledger import ensure_ledger
+from datamoat.registry.schema import ensure_schema
 
 __all__ = ["Fleet", "OUTCOMES", "RateLimited", "UploadRefused"]
 
-BUNDLE_CACHE = 4  # published bundles kept in memory, newest used last
 
 OUTCOMES = ("installed", *FAILED)  # device events that report on a rollout
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -68,16 +59,6 @@ devices = sa.Table(
     sa.Column("last_seen", sa.Float),
     sa.Column("status", sa.Text, nullable=False),  # JSON: the last heartbeat
     sa.Column("last_event", sa.Integer, nullable=False),  # highest device event number stored
-)
-bundles = sa.Table(
-    "edge_bundles",
-    meta,
-    sa.Column("sha", sa.String(64), primary_key=True),
-    sa.Column("seq", sa.Integer, nullable=False),  # as the manifest claims; devices check the signed one
-    sa.Column("version_id", sa.String(32), nullable=False),
-    sa.Column("size", sa.Integer, nullable=False),
-    sa.Column("created", sa.Float, nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=False),
 )
 rollouts = sa.Table(
     "edge_rollouts",
@@ -104,35 +85,9 @@ reports = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
 )
-events = sa.Table(
-    "edge_events",
-    meta,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("ts", sa.Float, nullable=False),
-    sa.Column("device_id", sa.String(100), nullable=False),  # "" for operator actions
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("rollout_id", sa.String(120)),
-    sa.Column("detail", sa.Text, nullable=False),
-    sa.Column("chain", sa.String(64)),  # the hash chain (datamoat.registry.append_chained)
-)
-EVENT_FIELDS = ("ts", "device_id", "kind", "rollout_id", "detail")
-EVENTS_LOCK = 2  # Registry.transaction's lock for writers of edge_events: one chain, no forks
 
 
-uploads = sa.Table(
-    "edge_uploads",
-    meta,
-    sa.Column("prediction_id", sa.String(36), primary_key=True),  # the device's, also the review item's id
-    sa.Column("device_id", sa.String(100), nullable=False),
-    sa.Column("received", sa.Float, nullable=False),
-    sa.Column("ts", sa.Float, nullable=False),  # when the device answered
-    sa.Column("model_version", sa.String(32), nullable=False),
-    sa.Column("size", sa.Integer, nullable=False),  # pixel bytes
-    sa.Index("edge_uploads_by_device", "device_id", "received"),
-)
-
-
-class Fleet:
+class Fleet(BundleShelf):
     """Devices, published bundles and rollouts, over a `Registry`'s database.
 
     >>> fleet = Fleet(Registry("sqlite://"))
@@ -145,41 +100,13 @@ class Fleet:
         # control_key: the Ed25519 private key that signs every answer to a device (see
         # datamoat.edge.controldoc); None answers unsigned, which devices refuse unless told otherwise.
         self.registry, self.engine, self.control_key = registry, registry.engine, control_key
-        for attempt in range(5):  # processes starting together race to create tables
-            try:
-                with self.engine.begin() as conn:
-                    meta.create_all(conn)
-                    serve_predictions.metadata.create_all(conn)  # uploads become log rows and review items
-                    add_chain_column(conn, events)
-                    for stmt in append_only_ddl(self.engine.dialect.name, events.name):
-                        conn.exec_driver_sql(stmt)
-                break
-            except sa.exc.DBAPIError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.1 * (attempt + 1))
+        ensure_ledger(self.engine)  # uploads become log rows and review items
+        ensure_schema(self.engine, "edge", meta)
+        ensure_events(self.engine)
+        ensure_schema(self.engine, "edge_uploads", uploads_meta)
+        ensure_schema(self.engine, "edge_bundles", bundles_meta)
         self._blobs: OrderedDict[str, bytes] = OrderedDict()
         self._blobs_lock = threading.Lock()
-
-    def _event(self, conn: sa.Connection, device: str, kind: str, rollout: str | None = None, /, **detail: Any) -> None:
-        # Callers hold self._tx(): the chain's previous link cannot change under us.
-        row = {
-            "ts": time.time(),
-            "device_id": device,
-            "kind": kind,
-            "rollout_id": rollout,
-            "detail": json.dumps(detail, sort_keys=True, default=str),
-        }
-        append_chained(conn, events, row, EVENT_FIELDS)
-
-    def _tx(self) -> Any:
-        """A serialised write transaction for everything that appends to edge_events."""
-        return self.registry.transaction(EVENTS_LOCK)
-
-    def verify_events(self) -> dict[str, Any]:
-        """Recompute edge_events' hash chain (see `datamoat.registry.verify_chain`)."""
-        with self.engine.connect() as conn:
-            return verify_chain(conn, events, EVENT_FIELDS)
 
     # -- devices -------------------------------------------------------------------------
     def enroll(self, device_id: str, group: str, *, actor: str) -> str:
@@ -192,7 +119,7 @@ class Fleet:
             conn.execute(
                 devices.insert().values(
                     id=device_id,
-                    token_hash=_hash_token(token),
+                    token_hash=hash_token(token),
                     device_group=group,
                     created=time.time(),
                     status="{}",
@@ -207,7 +134,7 @@ class Fleet:
         if not token:
             raise AuthError("a device token is required: pass it as 'Authorization: Bearer <token>'")
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(devices).where(devices.c.token_hash == _hash_token(token))).mappings().first()
+            row = conn.execute(sa.select(devices).where(devices.c.token_hash == hash_token(token))).mappings().first()
         if row is None:
             raise AuthError("unknown device token: enroll the device with `datamoat fleet enroll`")
         if device_id is not None and row["id"] != device_id:
@@ -222,76 +149,6 @@ class Fleet:
             q = q.where(devices.c.device_group == group)
         with self.engine.connect() as conn:
             return [{**r, "status": json.loads(r["status"])} for r in conn.execute(q).mappings()]
-
-    # -- bundles ---------------------------------------------------------------------------
-    def next_sequence(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.max(bundles.c.seq))).scalar() or 0) + 1
-
-    def publish(self, data: bytes, *, actor: str, sequence: int | None = None, version_id: str | None = None) -> dict:
-        """Make a bundle file downloadable by devices; returns its info (idempotent).
-
-        The control server does not verify signatures (devices do, against
-        their own trust list); it only reads the manifest for listings.
-        """
-        if sequence is None or version_id is None:
-            m = peek_manifest(data)
-            sequence, version_id = m["sequence"], m["version_id"]
-        sha = hashlib.sha256(data).hexdigest()
-        with self._tx() as conn:
-            if not conn.execute(sa.select(bundles.c.sha).where(bundles.c.sha == sha)).first():
-                conn.execute(
-                    bundles.insert().values(
-                        sha=sha,
-                        seq=int(sequence),
-                        version_id=str(version_id),
-                        size=len(data),
-                        created=time.time(),
-                        data=data,
-                    )
-                )
-                self._event(conn, "", "publish", sha=sha, sequence=sequence, version=version_id, actor=actor)
-        return self.bundle(sha)
-
-    def publish_version(self, ref: str, key: Any, *, actor: str, config: Any = None) -> dict:
-        """Build, sign and publish a bundle of registry version `ref` with the next sequence number."""
-        from datamoat.edge.bundle import build_bundle
-
-        return self.publish(build_bundle(self.registry, ref, key, self.next_sequence(), config), actor=actor)
-
-    def bundles(self) -> list[dict[str, Any]]:
-        cols = [c for c in bundles.c if c.name != "data"]
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.select(*cols).order_by(bundles.c.created)).mappings()]
-
-    def bundle(self, ref: str) -> dict[str, Any]:
-        """A published bundle by sha (or unique prefix), without its bytes."""
-        rows = [b for b in self.bundles() if b["sha"].startswith(ref)] if len(ref) >= 6 else []
-        if len(rows) != 1:
-            raise NotFound(f"no single published bundle matches {ref!r}: `datamoat fleet status --json` lists them")
-        return rows[0]
-
-    def latest_bundle(self, version_id: str) -> dict[str, Any] | None:
-        rows = [b for b in self.bundles() if b["version_id"] == version_id]
-        return max(rows, key=lambda b: (b["seq"], b["created"])) if rows else None
-
-    def bundle_bytes(self, sha: str) -> bytes:
-        """A published bundle's bytes. The few newest are cached (immutable by
-        content address), so a rollout's downloads do not each hit the database,
-        while a fleet with many versions holds no more than BUNDLE_CACHE of them."""
-        with self._blobs_lock:
-            if sha in self._blobs:
-                self._blobs.move_to_end(sha)
-                return self._blobs[sha]
-        with self.engine.connect() as conn:
-            data = conn.execute(sa.select(bundles.c.data).where(bundles.c.sha == sha)).scalar_one_or_none()
-        if data is None:
-            raise NotFound(f"bundle {sha[:12]} is not published")
-        with self._blobs_lock:
-            self._blobs[sha] = bytes(data)
-            while len(self._blobs) > BUNDLE_CACHE:
-                self._blobs.popitem(last=False)
-            return self._blobs[sha]
 
     # -- rollouts ----------------------------------------------------------------------------
     def rollouts(self, group: str | None = None, conn: sa.Connection | None = None) -> list[dict[str, Any]]:
@@ -435,7 +292,7 @@ class Fleet:
         bundle = self.bundle(a["bundle_sha"]) if a["bundle_sha"] else None
         snap = self.registry.snapshot()
         with self.engine.connect() as conn:
-            last_event = int(conn.execute(sa.select(sa.func.max(events.c.seq))).scalar_one() or 0)
+            last_event = self.last_event_seq(conn)
         note = None
         if bundle and bundle["version_id"] in snap["takedowns"]:  # send the takedown's fallback, if bundled
             target, note = Registry.serving_target({**snap, "aliases": {"_": bundle["version_id"]}}, "_")
@@ -517,100 +374,22 @@ class Fleet:
     def record_uploads(
         self, device: dict[str, Any], items: list[Any], *, max_per_hour: int, max_open: int = 10_000
     ) -> dict[str, Any]:
-        """Store a device's low-confidence samples as review-queue items (see the module docstring).
-
-        All or nothing per item check: an invalid item raises `UploadRefused`
-        naming it, and nothing of the batch is stored. Items already sent by
-        this device are acknowledged again (an ack lost on the way). Beyond
-        `max_per_hour` new items an hour, or beyond `max_open` open items in
-        the whole review queue (the bound the servers keep too), the rest are
-        left unacknowledged (``rate_limited``), or `RateLimited` (429) when
-        none fit: the device keeps them and sends them again later.
-        Returns {"acked": prediction ids, "stored": n, "duplicates": n, "rate_limited": bool}.
+        """Store a device's low-confidence samples as review-queue items (`datamoat.edge.uploads.record_uploads`).
 
         >>> fleet.record_uploads(fleet.authenticate(token, "cam-01"), [item], max_per_hour=600)  # doctest: +SKIP
         {'acked': ['1b9d...'], 'stored': 1, 'duplicates': 0, 'rate_limited': False}
         """
         now, versions = time.time(), {}
         parsed = [parse_upload(i, it, versions, self.registry, now) for i, it in enumerate(items)]
-        ids = [p["prediction_id"] for p in parsed]
-        with self.engine.connect() as conn:
-            mine = {
-                r.prediction_id: r.device_id
-                for r in conn.execute(
-                    sa.select(uploads.c.prediction_id, uploads.c.device_id).where(uploads.c.prediction_id.in_(ids))
-                )
-            }
-            logged = set(
-                conn.execute(sa.select(serve_predictions.c.id).where(serve_predictions.c.id.in_(ids))).scalars()
-            )
-            recent = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(uploads)
-                .where((uploads.c.device_id == device["id"]) & (uploads.c.received > now - 3600))
-            ).scalar_one()
-            n_open = open_reviews(conn)
-        new, dup, seen = [], [], set()
-        for i, p in enumerate(parsed):
-            pid = p["prediction_id"]
-            if mine.get(pid, device["id"]) != device["id"] or (pid in logged and pid not in mine):
-                raise UploadRefused(
-                    f"prediction id {pid} is already used by another source: a device uploads only its own answers",
-                    i,
-                    409,
-                )
-            (dup if pid in mine or pid in seen else new).append(p)
-            seen.add(pid)
-        room = max(0, min(max_per_hour - recent, max_open - n_open))
-        if new and room == 0:
-            if n_open >= max_open:
-                raise RateLimited(
-                    f"the review queue is full ({n_open} open items, the limit is {max_open}): "
-                    "keep the samples and retry later"
-                )
-            raise RateLimited(
-                f"device {device['id']!r} sent {recent} samples in the last hour, its limit is "
-                f"{max_per_hour}: keep them and retry later"
-            )
-        stored = new[:room]
-        group = device["device_group"]
-        with self._tx() as conn:  # one transaction: each review item has its log row and its upload row
-            for p in stored:
-                # The cloud's row builders, with the device in the place of a server and its own time.
-                state = SimpleNamespace(
-                    alias=f"edge:{group}",
-                    generation=p["generation"],
-                    model=SimpleNamespace(version_id=p["model_version"]),
-                )
-                answer = {k: p[k] for k in ("prediction_id", "label", "abstained", "top_k")}
-                answer.update(needs_review=True, reason=f"from device {device['id']}: {p['reason']}")
-                log_row = log_rows(state, f"device:{device['id']}", [answer], [p["input_sha256"]])[0]
-                rev = review_rows(state, [answer], p["pixels"][None])[0]
-                conn.execute(serve_predictions.insert().values({**log_row, "ts": p["ts"]}))
-                # The queue is ordered by when the server received an item, never by the device's clock (L5).
-                conn.execute(serve_review.insert().values({**rev, "ts": now, "exact": p["exact"]}))
-                conn.execute(
-                    uploads.insert().values(
-                        prediction_id=p["prediction_id"],
-                        device_id=device["id"],
-                        received=now,
-                        ts=p["ts"],
-                        model_version=p["model_version"],
-                        size=int(p["pixels"].nbytes),
-                    )
-                )
-            if stored:
-                self._event(conn, device["id"], "uploads", None, stored=len(stored), duplicates=len(dup))
-        acked = [p["prediction_id"] for p in [*stored, *dup]]
-        return {"acked": acked, "stored": len(stored), "duplicates": len(dup), "rate_limited": len(stored) < len(new)}
+        with self._tx() as conn:  # serialised with the event log: one transaction per batch
+            out = record_uploads(conn, device, parsed, max_per_hour=max_per_hour, max_open=max_open)
+            if out["stored"]:
+                self._event(conn, device["id"], "uploads", None, stored=out["stored"], duplicates=out["duplicates"])
+        return out
 
     def uploads(self, device_id: str | None = None) -> list[dict[str, Any]]:
         """Who uploaded which sample, oldest first."""
-        q = sa.select(uploads).order_by(uploads.c.received, uploads.c.ts)
-        if device_id:
-            q = q.where(uploads.c.device_id == device_id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+        return upload_log(self.engine, device_id)
 
     # -- what operators see ------------------------------------------------------------------
     def status(self, group: str | None = None, live_within: float = 30.0) -> list[dict[str, Any]]:
@@ -650,8 +429,3 @@ class Fleet:
                 }
             )
         return out
-
-    def events(self, since: int = 0) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(events).where(events.c.seq > since).order_by(events.c.seq)).mappings()
-            return [{**r, "detail": json.loads(r["detail"])} for r in rows]

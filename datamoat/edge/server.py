@@ -2,7 +2,7 @@
 
 The request and answer shapes are the cloud API's (`POST /v1/predict`
 with JSON ``{"inputs": ...}`` or a PNG/JPEG upload), so a client can switch
-between the device and the cloud (`datamoat.client.Predictor`). Inference
+between the device and the cloud (`datamoat.edge.client.Predictor`). Inference
 runs on the event loop itself, not a worker thread: a device serves one
 local application, and at batch 1 a thread hop would cost more than the
 model. Verification, downloads and self-tests run on the sync thread and
@@ -18,14 +18,13 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
+from fastapi.responses import Response
 
-from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
-from datamoat.errors import DatamoatError
-from datamoat.serve.errors import TooLarge, Unavailable, UnsupportedMedia
-from datamoat.serve.inputs import (
+from datamoat.edge.config import EdgeConfig
+from datamoat.edge.runtime import EdgeRuntime
+from datamoat.errors import DatamoatError, TooLarge, Unavailable, UnsupportedMedia
+from datamoat.inference.http import install_error_handlers
+from datamoat.inference.inputs import (
     PREDICT_BODY,
     install_pillow_limits,
     parse_json,
@@ -48,22 +47,7 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
     app = FastAPI(title="datamoat edge", version="1", description=__doc__)
     app.state.runtime, app.state.agent = runtime, agent
 
-    @app.exception_handler(DatamoatError)
-    async def _on_user_error(request: Request, exc: DatamoatError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, exc.http_status)
-
-    @app.exception_handler(HTTPException)
-    async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": f"invalid request: {exc.errors()[:1]}"}, 422)
-
-    @app.exception_handler(Exception)
-    async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return JSONResponse({"error": "internal error: the device logged it"}, 500)
+    install_error_handlers(app, "device")
 
     app.add_middleware(_JsonPredict, runtime=runtime)
 

@@ -1,4 +1,4 @@
-"""What a device may upload: the per-item checks behind `Fleet.record_uploads`.
+"""What a device may upload, and who uploaded what (`edge_uploads`): the checks and writes behind `Fleet.record_uploads`.
 
 Each item is one low-confidence answer the device kept (pixels, its top-k,
 the model version that answered). An item that can never be stored raises
@@ -11,16 +11,32 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 
-from datamoat.registry import Registry
-from datamoat.serve.errors import Unprocessable
-from datamoat.serve.inputs import input_hash
+from datamoat.errors import Unprocessable
+from datamoat.registry.core import Registry
+from datamoat.registry.ledger import add_logged_review, input_hash, log_rows, logged_ids, open_reviews, review_rows
 
-__all__ = ["RateLimited", "UploadRefused", "parse_upload"]
+__all__ = ["RateLimited", "UploadRefused", "parse_upload", "record_uploads", "uploads", "upload_log"]
+
+meta = sa.MetaData()
+uploads = sa.Table(
+    "edge_uploads",
+    meta,
+    sa.Column("prediction_id", sa.String(36), primary_key=True),  # the device's, also the review item's id
+    sa.Column("device_id", sa.String(100), nullable=False),
+    sa.Column("received", sa.Float, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),  # when the device answered
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),  # pixel bytes
+    sa.Index("edge_uploads_by_device", "device_id", "received"),
+)
 
 
 class UploadRefused(Unprocessable):
@@ -116,3 +132,101 @@ def _is_uuid(s: str) -> bool:
         return str(uuid.UUID(s)) == s
     except ValueError:
         return False
+
+
+def record_uploads(
+    conn: sa.Connection,
+    device: dict[str, Any],
+    parsed: list[dict[str, Any]],
+    *,
+    max_per_hour: int,
+    max_open: int = 10_000,
+) -> dict[str, Any]:
+    """Store a device's low-confidence samples as review-queue items (see the module docstring).
+
+    All or nothing per item check: an invalid item raises `UploadRefused`
+    naming it, and nothing of the batch is stored. Items already sent by
+    this device are acknowledged again (an ack lost on the way). Beyond
+    `max_per_hour` new items an hour, or beyond `max_open` open items in
+    the whole review queue (the bound the servers keep too), the rest are
+    left unacknowledged (``rate_limited``), or `RateLimited` (429) when
+    none fit: the device keeps them and sends them again later.
+    Returns {"acked": prediction ids, "stored": n, "duplicates": n, "rate_limited": bool}.
+
+    `parsed` are the items through `parse_upload`, checked before the
+    transaction; call this in a serialised one (`Fleet.record_uploads` does),
+    so the room it counts stays true until commit.
+    """
+    now = time.time()
+    ids = [p["prediction_id"] for p in parsed]
+    mine = {
+        r.prediction_id: r.device_id
+        for r in conn.execute(
+            sa.select(uploads.c.prediction_id, uploads.c.device_id).where(uploads.c.prediction_id.in_(ids))
+        )
+    }
+    logged = logged_ids(conn, ids)
+    recent = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(uploads)
+        .where((uploads.c.device_id == device["id"]) & (uploads.c.received > now - 3600))
+    ).scalar_one()
+    n_open = open_reviews(conn)
+    new, dup, seen = [], [], set()
+    for i, p in enumerate(parsed):
+        pid = p["prediction_id"]
+        if mine.get(pid, device["id"]) != device["id"] or (pid in logged and pid not in mine):
+            raise UploadRefused(
+                f"prediction id {pid} is already used by another source: a device uploads only its own answers",
+                i,
+                409,
+            )
+        (dup if pid in mine or pid in seen else new).append(p)
+        seen.add(pid)
+    room = max(0, min(max_per_hour - recent, max_open - n_open))
+    if new and room == 0:
+        if n_open >= max_open:
+            raise RateLimited(
+                f"the review queue is full ({n_open} open items, the limit is {max_open}): "
+                "keep the samples and retry later"
+            )
+        raise RateLimited(
+            f"device {device['id']!r} sent {recent} samples in the last hour, its limit is "
+            f"{max_per_hour}: keep them and retry later"
+        )
+    stored = new[:room]
+    group = device["device_group"]
+    for p in stored:  # in one transaction: each review item has its log row and its upload row
+        # The cloud's row builders, with the device in the place of a server and its own time.
+        state = SimpleNamespace(
+            alias=f"edge:{group}",
+            generation=p["generation"],
+            model=SimpleNamespace(version_id=p["model_version"]),
+        )
+        answer = {k: p[k] for k in ("prediction_id", "label", "abstained", "top_k")}
+        answer.update(needs_review=True, reason=f"from device {device['id']}: {p['reason']}")
+        log_row = log_rows(state, f"device:{device['id']}", [answer], [p["input_sha256"]])[0]
+        rev = review_rows(state, [answer], p["pixels"][None])[0]
+        # The queue is ordered by when the server received an item, never by the device's clock (L5).
+        add_logged_review(conn, {**log_row, "ts": p["ts"]}, {**rev, "ts": now, "exact": p["exact"]})
+        conn.execute(
+            uploads.insert().values(
+                prediction_id=p["prediction_id"],
+                device_id=device["id"],
+                received=now,
+                ts=p["ts"],
+                model_version=p["model_version"],
+                size=int(p["pixels"].nbytes),
+            )
+        )
+    acked = [p["prediction_id"] for p in [*stored, *dup]]
+    return {"acked": acked, "stored": len(stored), "duplicates": len(dup), "rate_limited": len(stored) < len(new)}
+
+
+def upload_log(engine: sa.Engine, device_id: str | None = None) -> list[dict[str, Any]]:
+    """Who uploaded which sample, oldest first."""
+    q = sa.select(uploads).order_by(uploads.c.received, uploads.c.ts)
+    if device_id:
+        q = q.where(uploads.c.device_id == device_id)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]

@@ -9,7 +9,8 @@ dataset version and a candidate model registered only if it is better.
 from typing import Any
 
 from datamoat.feedback.gate import GATE, GateConfig, evaluate_gate, production_scorer
-from datamoat.feedback.store import KINDS, STATUSES, Quarantine, input_hash
+from datamoat.feedback.store import KINDS, STATUSES, Quarantine
+from datamoat.registry.ledger import input_hash
 
 # `retrain` trains models, so it loads torch; the serving process (review
 # decisions go through the quarantine) should not pay for that. Loaded on use.

@@ -48,7 +48,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from datamoat.configs import Config, check
 from datamoat.feedback.store import Quarantine
@@ -87,7 +86,7 @@ class GateConfig(Config):
 
 def production_scorer(q: Quarantine, alias: str = "production") -> tuple[list[str], Scorer] | None:
     """(classes, scorer) of the ONNX version `alias` points at, or None."""
-    from datamoat.measure import onnx_predict_proba, ort_session
+    from datamoat.inference.onnx import onnx_predict_proba, ort_session
 
     vid = q.registry.snapshot()["aliases"].get(alias)
     if vid is None:
@@ -98,14 +97,11 @@ def production_scorer(q: Quarantine, alias: str = "production") -> tuple[list[st
 
 
 def _trusted(q: Quarantine, cfg: GateConfig, rows: list[dict[str, Any]]) -> set[int]:
-    from datamoat.registry import tokens
-
-    with q.registry.engine.connect() as conn:
-        every = conn.execute(sa.select(tokens.c.name, tokens.c.role, tokens.c.revoked)).all()
+    every = q.registry.list_tokens()
     # Names are identities (never reused); one held twice, in a database from before that
     # rule, identifies nobody, so it earns no trust (M2). Nor does a revoked token.
-    counts = collections.Counter(r.name for r in every)
-    roles = {r.name: r.role for r in every if counts[r.name] == 1 and not r.revoked}
+    counts = collections.Counter(r["name"] for r in every)
+    roles = {r["name"]: r["role"] for r in every if counts[r["name"]] == 1 and not r["revoked"]}
     return {
         r["id"]
         for r in rows

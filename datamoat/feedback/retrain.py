@@ -22,7 +22,7 @@ from datamoat.configs import Config, check, config_from_dict
 from datamoat.data.dataset import Dataset, load_dataset
 from datamoat.errors import BadInput, NotFound
 from datamoat.feedback.store import Quarantine
-from datamoat.registry import Registry
+from datamoat.registry.core import Registry
 from datamoat.workspace import Workspace
 
 __all__ = ["RetrainConfig", "retrain_from_feedback", "compare", "accepted_feedback"]
@@ -95,7 +95,7 @@ def accepted_feedback(
 
     >>> x, y, ids, skipped = accepted_feedback(Quarantine(reg), base, base.classes)  # doctest: +SKIP
     """
-    from datamoat.feedback.store import input_hash
+    from datamoat.registry.ledger import input_hash
 
     items = [r for r in q.items(status="accepted") if r["has_pixels"] and r["label"] in classes]
     pix = q.pixels([r["id"] for r in items])
@@ -124,14 +124,14 @@ def retrain_from_feedback(
     >>> out["registered"]  # doctest: +SKIP
     False
     """
+    from datamoat.compress.export import export_bytes
     from datamoat.data.versions import merge
-    from datamoat.deploy import register_model
-    from datamoat.export import export_bytes
-    from datamoat.measure import onnx_predict_proba
+    from datamoat.inference.onnx import onnx_predict_proba
     from datamoat.models import load_model, save_model
     from datamoat.models.model import Model
     from datamoat.models.zoo import build
-    from datamoat.train import TrainConfig, train
+    from datamoat.registry.register import register_model
+    from datamoat.train.loop import TrainConfig, train
 
     cfg = config or RetrainConfig()
     vid = reg.snapshot()["aliases"].get(cfg.alias)

@@ -31,12 +31,11 @@ import numpy as np
 import sqlalchemy as sa
 
 from datamoat.configs import check, check_choice
-from datamoat.errors import BadInput, NotFound
-from datamoat.registry import Registry
-from datamoat.serve.errors import Conflict
-from datamoat.serve.inputs import input_hash
-from datamoat.serve.logstore import feedback as serve_feedback
-from datamoat.serve.logstore import predictions as serve_predictions
+from datamoat.errors import BadInput, Conflict, NotFound
+from datamoat.registry.chain import append_only_ddl
+from datamoat.registry.core import Registry
+from datamoat.registry.ledger import ensure_ledger, feedback_rows, input_hash, logged_prediction
+from datamoat.registry.schema import ensure_schema
 
 __all__ = ["Quarantine", "input_hash", "KINDS", "STATUSES"]
 
@@ -75,21 +74,10 @@ decisions = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
 )
 
-_APPEND_ONLY = {
-    "sqlite": [
-        "CREATE TRIGGER IF NOT EXISTS fb_decisions_no_update BEFORE UPDATE ON fb_decisions "
-        "BEGIN SELECT RAISE(ABORT, 'fb_decisions is append-only'); END",
-        "CREATE TRIGGER IF NOT EXISTS fb_decisions_no_delete BEFORE DELETE ON fb_decisions "
-        "BEGIN SELECT RAISE(ABORT, 'fb_decisions is append-only'); END",
-    ],
-    "postgresql": [
-        "CREATE OR REPLACE FUNCTION fb_decisions_append_only() RETURNS trigger AS $$ "
-        "BEGIN RAISE EXCEPTION 'fb_decisions is append-only'; END $$ LANGUAGE plpgsql",
-        "DROP TRIGGER IF EXISTS fb_decisions_no_change ON fb_decisions",
-        "CREATE TRIGGER fb_decisions_no_change BEFORE UPDATE OR DELETE ON fb_decisions "
-        "FOR EACH ROW EXECUTE FUNCTION fb_decisions_append_only()",
-    ],
-}
+
+def _append_only(conn: sa.Connection) -> None:
+    for stmt in append_only_ddl(conn.dialect.name, decisions.name):  # a decision, once made, stays on record
+        conn.exec_driver_sql(stmt)
 
 
 class Quarantine:
@@ -102,11 +90,8 @@ class Quarantine:
 
     def __init__(self, registry: Registry):
         self.registry = registry
-        serve_predictions.metadata.create_all(registry.engine)  # sync() reads them even before a server ran
-        with registry.engine.begin() as conn:
-            meta.create_all(conn)
-            for stmt in _APPEND_ONLY.get(registry.engine.dialect.name, []):
-                conn.exec_driver_sql(stmt)
+        ensure_ledger(registry.engine)  # sync() reads it even before a server ran
+        ensure_schema(registry.engine, "feedback", meta, after=_append_only)
 
     # -- intake ------------------------------------------------------------------
     def _classes(self, model_version: str | None) -> tuple[str, list[str], list[int]]:
@@ -134,10 +119,7 @@ class Quarantine:
         check_choice("feedback kind", kind, KINDS)
         logged = None
         if prediction_id is not None:
-            with self.registry.engine.connect() as conn:
-                logged = conn.execute(
-                    sa.select(serve_predictions).where(serve_predictions.c.id == prediction_id)
-                ).first()
+            logged = logged_prediction(self.registry.engine, prediction_id)
             if logged is None and kind == "serve":
                 raise NotFound(
                     f"unknown prediction id {prediction_id!r}: send the prediction_id a /v1/predict answer gave"
@@ -269,16 +251,7 @@ class Quarantine:
                     sa.select(items.c.source, items.c.prediction_id).where(items.c.prediction_id.is_not(None))
                 )
             }
-            j = serve_feedback.join(serve_predictions, serve_feedback.c.prediction_id == serve_predictions.c.id)
-            new = [
-                r
-                for r in conn.execute(
-                    sa.select(serve_feedback, serve_predictions.c.input_sha256)
-                    .select_from(j)
-                    .order_by(serve_feedback.c.ts)
-                )
-                if (r.source, r.prediction_id) not in have
-            ]
+            new = [r for r in feedback_rows(conn) if (r.source, r.prediction_id) not in have]
         rows = [
             {
                 "ts": r.ts,

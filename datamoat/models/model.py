@@ -23,7 +23,7 @@ from datamoat.errors import BadInput
 from datamoat.models.zoo import ModelConfig, build, param_count, preset
 from datamoat.workspace import Workspace, short_hash
 
-__all__ = ["Model", "new_model", "save_model", "load_model"]
+__all__ = ["Model", "new_model", "save_model", "load_model", "save_sparse_model", "load_sparse_model"]
 
 
 @dataclasses.dataclass
@@ -102,7 +102,7 @@ def new_model(arch: str, data: Dataset, *, seed: int = 0, **overrides: Any) -> M
 def _state_bytes(net: nn.Module, storage: str = "dense") -> bytes:
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     if storage == "sparse":
-        from datamoat.prune.sparse import sparse_state_bytes
+        from datamoat.models.sparse import sparse_state_bytes
 
         return sparse_state_bytes(state)
     buf = io.BytesIO()
@@ -146,7 +146,7 @@ def load_model(ws: Workspace, ref: str) -> Model:
     raw = ws.get_bytes(row["weights_sha"])
     storage = meta.get("storage", "dense")
     if storage == "sparse":
-        from datamoat.prune.sparse import load_state_bytes
+        from datamoat.models.sparse import load_state_bytes
 
         state = load_state_bytes(raw)
     else:
@@ -164,3 +164,21 @@ def load_model(ws: Workspace, ref: str) -> Model:
         row["name"],
         storage,
     )
+
+
+def save_sparse_model(ws: Workspace, model: Model, *, name: str | None = None, run_id: str | None = None) -> Model:
+    """`save_model`, but the weights go through `sparse_state_bytes`; meta gets ``"storage": "sparse"``.
+
+    >>> from datamoat.data import import_digits
+    >>> from datamoat.models import new_model
+    >>> ws = Workspace.init("/tmp/dm-doc")
+    >>> m = new_model("mlp", import_digits(ws))
+    >>> load_sparse_model(ws, save_sparse_model(ws, m).id).params == m.params
+    True
+    """
+    return save_model(ws, dataclasses.replace(model, storage="sparse"), name=name, run_id=run_id)
+
+
+def load_sparse_model(ws: Workspace, ref: str) -> Model:
+    """`load_model`: it reads sparse and dense rows alike (kept for symmetry)."""
+    return load_model(ws, ref)

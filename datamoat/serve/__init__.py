@@ -2,12 +2,16 @@
 
 - `config`: `ServeConfig`, the knobs of one server process.
 - `app`: `create_app(registry, config)`, endpoints and error mapping.
-- `engine`: sessions per version, normalisation, suppression and top-k.
-- `inputs`: safe decoding of uploads and JSON pixel arrays.
+- `engine`: registry versions as cached sessions (the inference core,
+  `datamoat.inference`, loads, decodes and decides).
 - `batcher`: dynamic batching of concurrent requests.
 - `control`: the registry watcher, acknowledgements, and the takedown
   guarantee with its documented bound.
-- `logstore`: the prediction log and feedback tables.
+- `logstore`: the prediction log's buffered writer (the tables are the
+  ledger's, `datamoat.registry.ledger`).
+- `review`: the /review page and API over `datamoat.feedback.review.ReviewQueue`.
+- `quota`: per-token rate limits.
+- `loadtest`, `capacity`: measure a server, size a deployment.
 - `admin`: tokens and the HTTP control endpoints.
 - `metrics`: Prometheus metrics.
 """

@@ -20,8 +20,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from datamoat.registry import AuthError, Registry
-from datamoat.serve.errors import TooMany
+from datamoat.errors import TooMany
+from datamoat.inference.http import bearer
+from datamoat.registry.core import AuthError, Registry
 
 __all__ = ["TokenCache", "predict_actor", "feedback_actor", "admin_actor", "reader", "admin_router"]
 
@@ -34,7 +35,7 @@ class TokenCache:
     >>> asyncio.run(TokenCache(Registry("sqlite://"), 5.0).check(None, ("admin",)))
     Traceback (most recent call last):
     ...
-    datamoat.registry.AuthError: missing token: this endpoint needs a token with role admin, sent as 'Authorization: Bearer <token>'
+    datamoat.registry.tokens.AuthError: missing token: this endpoint needs a token with role admin, sent as 'Authorization: Bearer <token>'
     """
 
     def __init__(self, registry: Registry, ttl: float, generation: Callable[[], int] = lambda: 0):
@@ -71,16 +72,9 @@ class TokenCache:
         raise AssertionError("unreachable")
 
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
 async def predict_actor(request: Request) -> str:
     ctx = request.app.state.serve
-    actor = (
-        "anonymous" if not ctx.config.require_predict_token else await ctx.auth.check(_bearer(request), ("predict",))
-    )
+    actor = "anonymous" if not ctx.config.require_predict_token else await ctx.auth.check(bearer(request), ("predict",))
     if not ctx.predict_quota.take(actor):
         raise TooMany(f"token {actor!r} is over its {ctx.config.predict_rate_per_token:g} requests/s: slow down")
     return actor
@@ -94,18 +88,18 @@ async def reader(request: Request) -> str:
     if path in ctx.config.open_paths:
         return "anonymous"
     roles = ("monitor",) if path == "/metrics" else ("monitor", "predict", "review")
-    return await ctx.auth.check(_bearer(request), roles)
+    return await ctx.auth.check(bearer(request), roles)
 
 
 async def feedback_actor(request: Request) -> str:
     ctx = request.app.state.serve
     if not ctx.config.require_predict_token:
         return "anonymous"
-    return await ctx.auth.check(_bearer(request), ("predict", "review"))
+    return await ctx.auth.check(bearer(request), ("predict", "review"))
 
 
 async def admin_actor(request: Request) -> str:
-    return await request.app.state.serve.auth.check(_bearer(request), ("admin",))
+    return await request.app.state.serve.auth.check(bearer(request), ("admin",))
 
 
 admin_router = APIRouter(prefix="/v1/admin", tags=["admin"])

@@ -21,28 +21,23 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from datamoat.errors import DatamoatError
-from datamoat.registry import Registry
+from datamoat.errors import TooLarge, Unavailable
+from datamoat.feedback.review import ReviewQueue
+from datamoat.inference.engine import decide
+from datamoat.inference.http import install_error_handlers
+from datamoat.inference.inputs import PREDICT_BODY, Prepare, install_pillow_limits, parse_payload, read_payload
+from datamoat.registry.core import Registry
+from datamoat.registry.ledger import input_hash, log_rows, review_rows
 from datamoat.serve.admin import TokenCache, admin_router, feedback_actor, predict_actor, reader
 from datamoat.serve.batcher import Batcher
 from datamoat.serve.config import ServeConfig
 from datamoat.serve.control import Controller
-from datamoat.serve.engine import SessionCache, decide
-from datamoat.serve.errors import TooLarge, Unavailable
-from datamoat.serve.inputs import (
-    PREDICT_BODY,
-    Prepare,
-    input_hash,
-    install_pillow_limits,
-    parse_payload,
-    read_payload,
-)
-from datamoat.serve.logstore import PredictionLog, ReviewQueue, log_rows, review_rows
+from datamoat.serve.engine import SessionCache
+from datamoat.serve.logstore import PredictionLog
 from datamoat.serve.metrics import ServeMetrics, worker_exited
 from datamoat.serve.quota import Quotas
 from datamoat.serve.review import review_router
@@ -121,10 +116,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.serve = ctx
-    app.add_exception_handler(DatamoatError, _on_datamoat)
-    app.add_exception_handler(HTTPException, _on_http)
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(Exception, _on_crash)
+    install_error_handlers(app, "server", "the README lists them; `serve --open /docs` shows them")
     app.add_middleware(_Gate, ctx=ctx)
     app.include_router(router)
     app.include_router(admin_router)
@@ -175,37 +167,8 @@ async def _lifespan(app: FastAPI):
             worker_exited(os.getpid())
 
 
-# -- errors -------------------------------------------------------------------------------
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-async def _on_datamoat(request: Request, exc: DatamoatError) -> JSONResponse:
-    return _error(exc.http_status, str(exc), {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None)
-
-
-async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
-    msg = str(exc.detail)
-    if exc.status_code in (404, 405) and msg in ("Not Found", "Method Not Allowed"):
-        msg = f"{msg}: {request.method} {request.url.path} is not an endpoint here (the README lists them; `serve --open /docs` shows them)"
-    return _error(exc.status_code, msg, exc.headers)
-
-
-async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errs = [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
-        for e in exc.errors()[:20]
-    ]
-    where = ".".join(errs[0]["loc"]) if errs else "body"
-    what = errs[0]["msg"] if errs else "invalid"
-    return JSONResponse(
-        {"error": f"invalid request at {where}: {what}; the README shows the expected body", "detail": errs}, 422
-    )
-
-
-async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s", request.url.path, exc_info=exc)
-    return _error(500, "internal error: the server logged it; please report it with the request that caused it")
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
 
 
 class _Gate:

@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from datamoat.errors import DatamoatError
-from datamoat.serve.errors import Overloaded, Unavailable
-from datamoat.serve.inputs import Prepare
+from datamoat.errors import DatamoatError, Overloaded, Unavailable
+from datamoat.inference.inputs import Prepare
 
 __all__ = ["Batcher"]
 

@@ -49,9 +49,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from datamoat.registry import Registry
+from datamoat.inference.engine import LoadedVersion
+from datamoat.registry.core import Registry
 from datamoat.serve.config import ServeConfig
-from datamoat.serve.engine import LoadedVersion, SessionCache
+from datamoat.serve.engine import SessionCache
 
 __all__ = ["ServingState", "Controller"]
 

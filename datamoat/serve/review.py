@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from datamoat.serve.admin import _bearer
+from datamoat.inference.http import bearer
 
 __all__ = ["review_router", "review_actor", "png_data_url", "PAGE"]
 
@@ -36,7 +36,7 @@ review_router = APIRouter(tags=["review"])
 
 async def review_actor(request: Request) -> str:
     """The reviewer's token name (role review, or admin): always required."""
-    return await request.app.state.serve.auth.check(_bearer(request), ("review",))
+    return await request.app.state.serve.auth.check(bearer(request), ("review",))
 
 
 def png_data_url(pixels: np.ndarray) -> str:

@@ -40,7 +40,8 @@ def main(mode: str, state_dir: str, trust: str, bundle_path: str) -> None:
     import httpx
 
     from datamoat.edge.agent import SyncAgent
-    from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+    from datamoat.edge.config import EdgeConfig
+    from datamoat.edge.runtime import EdgeRuntime
     from datamoat.edge.server import create_edge_app
 
     bomb = Path(bundle_path).read_bytes()

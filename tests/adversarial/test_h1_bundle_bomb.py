@@ -78,7 +78,8 @@ def test_h1_the_install_endpoint_needs_the_device_token_and_a_binary_type(world,
 
     import httpx
 
-    from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+    from datamoat.edge.config import EdgeConfig
+    from datamoat.edge.runtime import EdgeRuntime
     from datamoat.edge.server import create_edge_app
 
     rt = EdgeRuntime(EdgeConfig(device_id="d", state_dir=str(tmp_path / "d"), trust=(str(world.pub),)))
@@ -108,7 +109,8 @@ def test_h1_the_install_endpoint_needs_the_device_token_and_a_binary_type(world,
 
 def test_h1_an_over_the_air_assignment_larger_than_the_device_allows_is_not_fetched(world, tmp_path):
     from datamoat.edge.agent import SyncAgent
-    from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+    from datamoat.edge.config import EdgeConfig
+    from datamoat.edge.runtime import EdgeRuntime
 
     cfg = EdgeConfig(device_id="d", state_dir=str(tmp_path / "d"), trust=(str(world.pub),), max_bundle_bytes=1 << 20)
     rt = EdgeRuntime(cfg)

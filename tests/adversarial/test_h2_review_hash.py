@@ -13,8 +13,8 @@ import numpy as np
 
 from datamoat.edge.fleet import Fleet
 from datamoat.feedback import Quarantine
-from datamoat.serve.inputs import input_hash
-from datamoat.serve.logstore import ReviewQueue
+from datamoat.feedback.review import ReviewQueue
+from datamoat.registry.ledger import input_hash
 
 
 def upload_item(reg, vid: str, pixels: np.ndarray, claimed_sha: str) -> dict:

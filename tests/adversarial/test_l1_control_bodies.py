@@ -11,7 +11,7 @@ import pytest
 
 from datamoat.edge.bundle import build_bundle
 from datamoat.edge.control import ControlConfig, create_control_app
-from datamoat.edge.fleet import BUNDLE_CACHE
+from datamoat.edge.publish import BUNDLE_CACHE
 
 
 @pytest.fixture

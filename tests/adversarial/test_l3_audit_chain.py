@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from datamoat.edge.fleet import Fleet
-from datamoat.registry import Registry
+from datamoat.registry.core import Registry
 
 
 def busy_registry(url: str) -> tuple[Registry, Fleet]:

@@ -8,7 +8,7 @@ import os
 import stat
 import time
 
-from datamoat.registry import Registry
+from datamoat.registry.core import Registry
 from datamoat.workspace import Workspace, atomic_write
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from datamoat.edge.fleet import Fleet
-from datamoat.serve.inputs import input_hash
-from datamoat.serve.logstore import ReviewQueue
+from datamoat.feedback.review import ReviewQueue
+from datamoat.registry.ledger import input_hash
 
 from .test_h2_review_hash import upload_item
 

@@ -10,10 +10,11 @@ import httpx
 import pytest
 from serve.serve_util import Live, auth
 
-from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+from datamoat.edge.config import EdgeConfig
+from datamoat.edge.runtime import EdgeRuntime
 from datamoat.edge.server import create_edge_app
 from datamoat.errors import BadInput
-from datamoat.registry import Registry
+from datamoat.registry.core import Registry
 from datamoat.serve import ServeConfig, create_app
 
 

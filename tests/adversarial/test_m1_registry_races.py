@@ -14,7 +14,8 @@ import threading
 import sqlalchemy as sa
 
 from datamoat.errors import BadInput
-from datamoat.registry import Registry, aliases
+from datamoat.registry.core import Registry
+from datamoat.registry.tables import aliases
 
 INFO = {"classes": ["a", "b"], "preprocess": {"scale": 1 / 255, "mean": [0.5], "std": [0.25]}}
 OPERATORS = 50

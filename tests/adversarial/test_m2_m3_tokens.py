@@ -8,7 +8,7 @@ import pytest
 from serve.serve_util import Live, auth
 
 from datamoat.errors import BadInput
-from datamoat.registry import AuthError, Registry
+from datamoat.registry.core import AuthError, Registry
 from datamoat.serve import ServeConfig, create_app
 
 

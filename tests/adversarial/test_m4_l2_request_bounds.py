@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 from serve.serve_util import Live, auth
 
-from datamoat.registry import Registry
+from datamoat.errors import Overloaded
+from datamoat.registry.core import Registry
+from datamoat.registry.ledger import open_reviews, predictions
 from datamoat.serve import ServeConfig, create_app
 from datamoat.serve.batcher import Batcher
-from datamoat.serve.errors import Overloaded
-from datamoat.serve.logstore import open_reviews, predictions
 
 
 @pytest.fixture

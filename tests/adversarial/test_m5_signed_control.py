@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 
 from datamoat.edge.agent import SyncAgent, SyncError
 from datamoat.edge.bundle import build_bundle
+from datamoat.edge.config import EdgeConfig
 from datamoat.edge.control import ControlConfig, create_control_app
 from datamoat.edge.keys import generate_keys, load_private_key
-from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+from datamoat.edge.runtime import EdgeRuntime
 from datamoat.errors import BadInput
 
 

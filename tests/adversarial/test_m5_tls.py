@@ -13,11 +13,12 @@ import httpx
 import pytest
 
 from datamoat.edge.agent import SyncAgent
+from datamoat.edge.config import EdgeConfig
 from datamoat.edge.control import ControlConfig, create_control_app
 from datamoat.edge.keys import generate_keys, load_private_key
-from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+from datamoat.edge.runtime import EdgeRuntime
 from datamoat.errors import BadInput
-from datamoat.registry import Registry
+from datamoat.registry.core import Registry
 
 
 def self_signed(folder) -> tuple[str, str]:

@@ -9,7 +9,8 @@ import json
 
 import httpx
 
-from datamoat.edge.runtime import MAX_REMEMBERED, EdgeConfig, EdgeRuntime
+from datamoat.edge.config import EdgeConfig
+from datamoat.edge.runtime import MAX_REMEMBERED, EdgeRuntime
 from datamoat.edge.server import create_edge_app
 
 

@@ -10,7 +10,7 @@ import torch
 
 from datamoat.errors import BadInput
 from datamoat.models import new_model
-from datamoat.train import TrainConfig, train
+from datamoat.train.loop import TrainConfig, train
 
 
 class _Payload:

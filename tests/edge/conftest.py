@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from datamoat.data import import_digits
-from datamoat.deploy import register_model
 from datamoat.edge.keys import generate_keys, load_private_key
 from datamoat.models import new_model, save_model
-from datamoat.registry import Registry
-from datamoat.train import TrainConfig, train
+from datamoat.registry.core import Registry
+from datamoat.registry.register import register_model
+from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 
 

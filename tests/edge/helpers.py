@@ -8,7 +8,7 @@ import zipfile
 
 from datamoat.edge.bundle import build_bundle, pack_bundle, read_bundle
 from datamoat.edge.keys import load_public_key
-from datamoat.serve.inputs import parse_json
+from datamoat.inference.inputs import parse_json
 
 
 def bundle(env, v: int, seq: int, key: str = "release", **config) -> bytes:

@@ -5,23 +5,27 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 
-from typer.testing import CliRunner
-
-from datamoat.cli import app
+import pytest
+from dmtest import dm, dm_main
 
 from .helpers import flip_model_byte
 
 
-def _run(*args: str) -> dict:
-    res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)
+@pytest.fixture
+def _run(monkeypatch, capsys):
+    """`datamoat ARGS` in this process; must exit 0; returns its one JSON object."""
+
+    def run(*args) -> dict:
+        code, out, err = dm_main(monkeypatch, capsys, None, *args)
+        assert code == 0, err
+        return json.loads(out)
+
+    return run
 
 
-def test_keys_bundle_install_enroll_rollout_status(fleet_env, tmp_path):
+@pytest.mark.slow
+def test_keys_bundle_install_enroll_rollout_status(fleet_env, tmp_path, _run):
     url, v = fleet_env.reg.url, fleet_env.v
     keys = _run("keys", "generate", "-o", tmp_path / "k" / "release.pem", "--json")
     assert stat.S_IMODE(os.stat(keys["private"]).st_mode) == 0o600
@@ -33,23 +37,7 @@ def test_keys_bundle_install_enroll_rollout_status(fleet_env, tmp_path):
     assert out["status"] == "installed"
     (tmp_path / "bad.dmb").write_bytes(flip_model_byte((tmp_path / "b1.dmb").read_bytes()))
     for f, why in (("b1.dmb", "downgrade refused"), ("bad.dmb", "tampered")):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "datamoat",
-                "edge",
-                "install",
-                str(tmp_path / f),
-                "--trust",
-                keys["public"],
-                "--state-dir",
-                str(dev),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = dm(None, "edge", "install", tmp_path / f, "--trust", keys["public"], "--state-dir", dev, timeout=120)
         assert proc.returncode == 2 and why in proc.stderr and "Traceback" not in proc.stderr
     token = _run("fleet", "enroll", "cam-1", "--group", "lab", "--registry", url, "--json")["token"]
     assert token.startswith("dm_device_")

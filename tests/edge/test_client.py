@@ -7,8 +7,9 @@ import socket
 
 import pytest
 
-from datamoat.client import NoEndpointAnswered, Predictor
-from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+from datamoat.edge.client import NoEndpointAnswered, Predictor
+from datamoat.edge.config import EdgeConfig
+from datamoat.edge.runtime import EdgeRuntime
 from datamoat.edge.server import create_edge_app
 from datamoat.errors import BadInput
 from datamoat.serve import ServeConfig, create_app
@@ -16,6 +17,7 @@ from datamoat.serve import ServeConfig, create_app
 from .helpers import Served, bundle, free_port
 
 
+@pytest.mark.slow
 def test_predictor_falls_back_and_says_who_answered(fleet_env):
     env = fleet_env
     rt = EdgeRuntime(EdgeConfig(device_id="d", state_dir=str(env.tmp / "d"), trust=(env.keys["release"].public,)))

@@ -4,10 +4,12 @@ runtime talking to it: auth, ranges, resumable downloads, reports."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from datamoat.edge.agent import SyncAgent
+from datamoat.edge.config import EdgeConfig
 from datamoat.edge.control import ControlConfig, create_control_app
-from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+from datamoat.edge.runtime import EdgeRuntime
 
 from .helpers import Served, body, bundle
 
@@ -25,6 +27,7 @@ def _auth(token):
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.slow
 def test_device_auth_and_ranges(fleet_env):
     app, fleet, tokens, b1, _ = _setup(fleet_env)
     with Served(app) as srv, httpx.Client(base_url=srv.url) as c:
@@ -50,6 +53,7 @@ def _check_auth_and_ranges(fleet_env, c, fleet, tokens, b1):
     assert c.get("/v1/edge/fleet", headers=_auth(tokens["a"])).status_code == 401  # device tokens are not admin
 
 
+@pytest.mark.slow
 def test_agent_installs_resumes_reports_and_refuses_downgrade(fleet_env):
     env = fleet_env
     app, fleet, tokens, b1, r1 = _setup(env)

@@ -19,6 +19,8 @@ import sys
 import time
 
 import httpx
+import pytest
+from dmtest import dm
 
 from datamoat.edge.rollout import selected
 
@@ -154,6 +156,7 @@ class Fleet:
             self.procs.pop(name).wait()
 
 
+@pytest.mark.slow
 def test_fleet_end_to_end(fleet_env):
     env, tl = fleet_env, Timeline()
     fleet = env.fleet
@@ -324,12 +327,7 @@ def test_fleet_end_to_end(fleet_env):
         env.reg.restore(v3, actor="ops", reason="false alarm")
         _wait("all back on v3", lambda: f.serving() == dict.fromkeys(devices, v3))
 
-        st = subprocess.run(
-            [sys.executable, "-m", "datamoat", "fleet", "status", "--registry", f.url, "--json"],
-            capture_output=True,
-            text=True,
-            env=f.environ,
-        )
+        st = dm(None, "fleet", "status", "--registry", f.url, "--json", env=f.environ)
         rows = json.loads(st.stdout)["devices"]
         _wait("heartbeats show v3", lambda: all(r["version"] == v3 for r in fleet.status()))
         assert {r["device_id"] for r in rows} == set(devices) and all(r["online"] for r in rows)

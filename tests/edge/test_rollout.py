@@ -7,7 +7,7 @@ import pytest
 from datamoat.edge.bundle import build_bundle
 from datamoat.edge.rollout import abort_verdict, assign, baseline_for_next, selected
 from datamoat.errors import BadInput
-from datamoat.registry import AuthError
+from datamoat.registry.core import AuthError
 
 DEVICES = [f"dev-{i:03d}" for i in range(400)]
 

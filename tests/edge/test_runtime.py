@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
-from datamoat.serve.errors import Unavailable
+from datamoat.edge.config import EdgeConfig
+from datamoat.edge.runtime import EdgeRuntime
+from datamoat.errors import Unavailable
 
 from .helpers import bad_selftest_bundle, body, bundle, flip_model_byte
 

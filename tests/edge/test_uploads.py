@@ -15,10 +15,12 @@ import pytest
 import sqlalchemy as sa
 
 from datamoat.edge.agent import SyncAgent
+from datamoat.edge.config import EdgeConfig
 from datamoat.edge.control import ControlConfig, create_control_app
-from datamoat.edge.runtime import EdgeConfig, EdgeRuntime
+from datamoat.edge.runtime import EdgeRuntime
 from datamoat.feedback import GateConfig, Quarantine, evaluate_gate
-from datamoat.serve.logstore import ReviewQueue, predictions, review
+from datamoat.feedback.review import ReviewQueue
+from datamoat.registry.ledger import predictions, review
 
 from .helpers import Served, body, bundle
 
@@ -76,6 +78,7 @@ def _outbox_ids(rt: EdgeRuntime) -> list[str]:
     return [item["prediction_id"] for _, item in rt.outbox.peek(1000)]
 
 
+@pytest.mark.slow
 def test_low_confidence_samples_reach_the_review_queue_and_wait_for_a_person(fleet_env):
     env = fleet_env
     app, fleet, tokens = _setup(env)
@@ -137,6 +140,7 @@ def test_low_confidence_samples_reach_the_review_queue_and_wait_for_a_person(fle
     assert len(quarantine.items()) == 1 and len(ReviewQueue(env.reg).items(status="open")) == len(low) - 1
 
 
+@pytest.mark.slow
 def test_uploads_are_authenticated_validated_and_limited(fleet_env):
     env = fleet_env
     app, fleet, tokens = _setup(env, upload_max_items=4, upload_max_bytes=4000, upload_max_per_hour=3)
@@ -193,6 +197,7 @@ def test_uploads_are_authenticated_validated_and_limited(fleet_env):
     assert [u["prediction_id"] for u in fleet.uploads()] == [items[i]["prediction_id"] for i in range(3)]
 
 
+@pytest.mark.slow
 def test_the_outbox_survives_an_outage_and_a_restart_and_is_flushed_after(fleet_env):
     env = fleet_env
     app, fleet, tokens = _setup(env)
@@ -240,6 +245,7 @@ def test_the_outbox_cap_drops_the_oldest_first_and_uploads_can_be_turned_off(fle
     rt.close()
 
 
+@pytest.mark.slow
 def test_the_agent_drops_what_the_server_refuses_and_shrinks_its_batches(fleet_env):
     env = fleet_env
     app, fleet, tokens = _setup(env, upload_max_items=2)
@@ -270,6 +276,7 @@ def test_the_agent_drops_what_the_server_refuses_and_shrinks_its_batches(fleet_e
     assert sorted(u["prediction_id"] for u in fleet.uploads("a")) == sorted(low)
 
 
+@pytest.mark.slow
 def test_a_full_review_queue_leaves_uploads_on_the_device(fleet_env):
     env = fleet_env
     app, fleet, tokens = _setup(env, review_max_open=2)

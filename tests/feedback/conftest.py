@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from datamoat.data import import_digits
-from datamoat.deploy import register_model
 from datamoat.feedback import Quarantine, production_scorer
 from datamoat.models import new_model, save_model
-from datamoat.registry import Registry, registry_url
-from datamoat.train import TrainConfig, train
+from datamoat.registry.core import Registry, registry_url
+from datamoat.registry.register import register_model
+from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 
 

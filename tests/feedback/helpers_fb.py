@@ -9,7 +9,8 @@ import uuid
 import numpy as np
 
 from datamoat.feedback import Quarantine, input_hash
-from datamoat.serve.logstore import PredictionLog, predictions
+from datamoat.registry.ledger import predictions
+from datamoat.serve.logstore import PredictionLog
 
 
 def served(q: Quarantine, img: np.ndarray, label: str = "0") -> str:

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from datamoat.errors import BadInput, NotFound
+from datamoat.errors import BadInput, Conflict, NotFound
 from datamoat.feedback import GateConfig, evaluate_gate, input_hash
-from datamoat.serve.errors import Conflict
 
 from .helpers_fb import served, server_feedback
 

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from datamoat.data import import_digits
-from datamoat.deploy import register_model
+from datamoat.inference.engine import softmax
 from datamoat.models import load_model, new_model, save_model
-from datamoat.registry import Registry
+from datamoat.registry.core import Registry
+from datamoat.registry.register import register_model
 from datamoat.serve import ServeConfig, create_app
-from datamoat.serve.engine import softmax
-from datamoat.train import TrainConfig, train
+from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 
 from .serve_util import Live

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from datamoat.serve.logstore import feedback, predictions
+from datamoat.registry.ledger import feedback, predictions
 
 from .serve_util import auth, png_bytes
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from schemathesis.checks import not_a_server_error
 
-from datamoat.registry import Registry
+from datamoat.registry.core import Registry
 from datamoat.serve import ServeConfig, create_app
 
 from .serve_util import auth

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from datamoat.serve.engine import LoadedVersion
+from datamoat.inference.engine import LoadedVersion
 
 from .serve_util import auth
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 
 def _free_port() -> int:
@@ -32,6 +33,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log, timeout: float = 60.0) ->
     raise AssertionError(f"{url} not ready after {timeout}s: {log.read_text()}")
 
 
+@pytest.mark.slow
 def test_rollback_reaches_two_servers_on_real_ports(reg, artifacts, tmp_path):
     reg.r.promote(reg.v2, "production", actor="test")  # production: v1 -> v2, so rollback goes to v1
     url = reg.r.url
@@ -97,6 +99,7 @@ def test_rollback_reaches_two_servers_on_real_ports(reg, artifacts, tmp_path):
     assert {s["id"] for s in reg.r.servers()} & {"srv0", "srv1"} == set()  # both forgot themselves on shutdown
 
 
+@pytest.mark.slow
 def test_workers_share_one_port_and_each_acknowledges(reg, artifacts, tmp_path):
     reg.r.promote(reg.v2, "production", actor="test")
     port = _free_port()
@@ -159,6 +162,7 @@ def test_workers_share_one_port_and_each_acknowledges(reg, artifacts, tmp_path):
     assert not [s for s in reg.r.servers() if s["id"].startswith("multi/w")]  # each worker forgot itself
 
 
+@pytest.mark.slow
 def test_bad_worker_count_is_one_line_and_exit_2(tmp_path):
     for n in ("0", "65"):
         cmd = [

@@ -13,7 +13,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from datamoat.feedback import GateConfig, Quarantine, evaluate_gate
-from datamoat.serve.logstore import predictions, review
+from datamoat.registry.ledger import predictions, review
 
 from .serve_util import auth
 

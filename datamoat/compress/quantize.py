@@ -1,0 +1,419 @@
+"""`quantize`: an fp32 ONNX classifier to int8 that stays within an accuracy budget.
+
+Conv nets get static QDQ quantization (calibrated on a seeded sample of the
+train split): onnxruntime's CPU optimiser fuses each DQ -> Conv/Gemm -> Q
+group into QLinearConv / QGemm int8 kernels. Linear-only nets (the `mlp`)
+get dynamic quantization of their MatMuls, which needs no calibration. We
+never dynamically quantize a Conv: that yields ConvInteger, which stock
+onnxruntime does not run with int8 weights ("ConvInteger is not implemented").
+
+Accuracy-aware retry: when eval data is given and int8 loses more than
+`max_accuracy_drop` points, every still-quantized Conv/Gemm/MatMul is tried
+in turn as fp32 (leave-one-out) and scored by the mean squared error of the
+int8 logits against the fp32 logits on the eval images. The node whose fp32
+copy helps most stays fp32 and quantization runs again, up to `max_retries`
+times. We score on eval rather than calibration images on purpose: MinMax
+ranges never clip the data they were computed on, so the calibration sample
+would hide exactly the clipping errors that cause large drops. The score
+uses no labels, and one probe costs one re-quantization (calibration shared
+through onnxruntime's cache where available) plus one inference pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamoat.configs import Config, check, check_choice
+from datamoat.errors import DatamoatError
+from datamoat.inference.onnx import file_bytes, normalise, onnx_accuracy, ort_session
+from datamoat.workspace import Workspace, atomic_write
+
+__all__ = ["QuantizeConfig", "QuantizeResult", "QuantizeAccuracyError", "quantize", "quantize_in_workspace"]
+
+METHODS = ("auto", "static", "dynamic")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+QUANTIZABLE = ("Conv", "Gemm", "MatMul")
+
+
+@dataclasses.dataclass
+class QuantizeConfig(Config):
+    """How to quantize. `max_accuracy_drop` is in accuracy points (0.5 = 0.5%)."""
+
+    method: str = "auto"
+    calibration: str = "minmax"
+    calibration_samples: int = 512
+    per_channel: bool = True
+    max_accuracy_drop: float = 0.5
+    exclude: tuple[str, ...] = ()
+    max_retries: int = 3
+    # A first Conv reading <= 4 channels stays fp32: its int8 kernel is ~4x
+    # slower than fp32 on x86 (K = Cin*9 is too short for int8 dot products;
+    # 1.6 ms vs 0.34 ms for cnn_medium's 1->32 conv at batch 64) and it holds
+    # well under 1% of the weights.
+    float_stem: bool = True
+    # 7-bit weights avoid u8*s8 overflow on x86 CPUs without VNNI; with VNNI
+    # (and on ARM) they only cost accuracy.
+    reduce_range: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_choice("quantization method", self.method, METHODS)
+        check_choice("calibration method", self.calibration, CALIBRATIONS)
+        check(self.calibration_samples >= 1, "calibration_samples must be at least 1")
+        check(self.max_accuracy_drop >= 0, f"max_accuracy_drop must be >= 0 points, got {self.max_accuracy_drop}")
+        check(self.max_retries >= 0, f"max_retries must be >= 0, got {self.max_retries}")
+        self.exclude = tuple(str(e) for e in self.exclude)
+
+
+class QuantizeAccuracyError(DatamoatError):
+    """int8 lost more accuracy than the budget allows, even after retries."""
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    """What `quantize` produced. `excluded` maps node name -> why it stayed fp32."""
+
+    path: Path
+    source: Path
+    method: str
+    fp32_accuracy: float | None
+    int8_accuracy: float | None
+    excluded: dict[str, str]
+    config: QuantizeConfig
+    fp32_bytes: int
+    int8_bytes: int
+    attempts: list[dict[str, Any]]
+    sha: str | None = None
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        """fp32 minus int8 accuracy, in points."""
+        if self.fp32_accuracy is None or self.int8_accuracy is None:
+            return None
+        return 100.0 * (self.fp32_accuracy - self.int8_accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d.update(path=str(self.path), source=str(self.source), config=self.config.to_dict())
+        return {**d, "accuracy_drop": self.accuracy_drop, "bytes_ratio": self.int8_bytes / self.fp32_bytes}
+
+
+def _weights(proto: Any) -> dict[str, Any]:
+    return {t.name: t for t in proto.graph.initializer}
+
+
+def _stem_convs(proto: Any) -> list[str]:
+    w = _weights(proto)
+    inputs = {i.name for i in proto.graph.input} - set(w)
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Conv" and n.input[0] in inputs and n.input[1] in w and w[n.input[1]].dims[1] <= 4
+    ]
+
+
+def _pool_after_relu(proto: Any, convs: list[str]) -> Any:
+    """For each fp32 Conv -> Relu -> MaxPool, compute MaxPool -> Relu (exact,
+    as ReLU is monotonic). onnxruntime's QDQ propagation moves a Q node back
+    across MaxPool but not across Relu, so this keeps the int8 boundary after
+    the pool instead of creating a uint8 NCHW MaxPool (~30x slower there)."""
+    nodes = list(proto.graph.node)
+    consumers = lambda t: [n for n in nodes if t in n.input]  # noqa: E731
+    stale = set()
+    for conv in (n for n in nodes if n.name in convs):
+        relus = consumers(conv.output[0])
+        if len(relus) != 1 or relus[0].op_type != "Relu":
+            continue
+        relu = relus[0]
+        pools = consumers(relu.output[0])
+        if len(pools) != 1 or pools[0].op_type != "MaxPool" or len(pools[0].output) > 1:
+            continue
+        pool = pools[0]
+        mid, out = relu.output[0], pool.output[0]
+        pool.input[0], pool.output[0], relu.input[0], relu.output[0] = conv.output[0], mid, mid, out
+        i, j = nodes.index(relu), nodes.index(pool)
+        nodes[i], nodes[j] = pool, relu
+        stale.add(mid)  # its shape is now the pooled one
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    keep = [v for v in proto.graph.value_info if v.name not in stale]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
+    return proto
+
+
+def _gemm_to_matmul(proto: Any) -> Any:
+    """Gemm -> MatMul (+ Add): dynamic quantization only handles MatMul."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    w = _weights(proto)
+    nodes = []
+    for n in proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        simple = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if n.op_type != "Gemm" or not simple or n.input[1] not in w:
+            nodes.append(n)
+            continue
+        b = numpy_helper.to_array(w[n.input[1]])
+        if attrs.get("transB", 0):
+            b = np.ascontiguousarray(b.T)  # (in, out)
+        proto.graph.initializer.append(numpy_helper.from_array(b, n.input[1] + "_kn"))
+        has_bias = len(n.input) > 2 and n.input[2]
+        mm_out = n.output[0] + "_matmul" if has_bias else n.output[0]
+        nodes.append(helper.make_node("MatMul", [n.input[0], n.input[1] + "_kn"], [mm_out], name=n.name))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=n.name + "_bias"))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return onnx.shape_inference.infer_shapes(_prune_initializers(proto))
+
+
+def _float_outputs(proto: Any) -> Any:
+    """Drop the Q -> DQ pair the quantizer puts on graph outputs: QGemm then
+    emits float logits itself, one kernel fewer and no 8-bit rounding of the
+    logits (only ~200 distinct values were left, coarsening probabilities)."""
+    outputs = {o.name for o in proto.graph.output}
+    producer = {t: n for n in proto.graph.node for t in n.output}
+    drop = []
+    for dq in (n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in outputs):
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in producer:
+            src = producer[q.input[0]]
+            src.output[list(src.output).index(q.input[0])] = dq.output[0]
+            drop += [q, dq]
+    for n in drop:
+        proto.graph.node.remove(n)
+    return _prune_initializers(proto)
+
+
+def _prune_initializers(proto: Any) -> Any:
+    used = {t for n in proto.graph.node for t in n.input}
+    keep = [t for t in proto.graph.initializer if t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    return proto
+
+
+def _reader(feeds: list[dict[str, np.ndarray]]) -> Any:
+    """A calibration reader over prepared input batches."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    return Reader()
+
+
+def _quantize_once(
+    pre: Path,
+    dst: Path,
+    method: str,
+    cfg: QuantizeConfig,
+    excluded: list[str],
+    feeds: list[dict[str, np.ndarray]],
+    probe_cache: Path | None = None,
+) -> Path:
+    """One quantization of the pre-processed graph. Sensitivity probes pass
+    `probe_cache`: they share one graph, so they can share one calibration."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if method == "dynamic":
+        quantize_dynamic(
+            str(pre),
+            str(dst),
+            op_types_to_quantize=["MatMul"],
+            per_channel=cfg.per_channel,
+            reduce_range=cfg.reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+        )
+        return dst
+    src, kwargs = pre, {}
+    if probe_cache is None:
+        src = dst.with_suffix(".in.onnx")
+        onnx.save(_pool_after_relu(onnx.load(str(pre)), excluded), str(src))
+    elif "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # newer onnxruntime only
+        kwargs["calibration_cache_path"] = str(probe_cache)
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    quantize_static(
+        str(src),
+        str(dst),
+        _reader(feeds),
+        quant_format=QuantFormat.QDQ,
+        # uint8 activations + int8 weights: the u8s8 kernels x86 runs fastest
+        # (VNNI vpdpbusd). Asymmetric activations put ReLU outputs on the full
+        # 0..255 range and let ORT drop the ReLU; symmetric int8 activations
+        # kept ReLU and MaxPool in float and ran 1.2-2x slower than fp32.
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=cfg.per_channel,
+        reduce_range=cfg.reduce_range,
+        nodes_to_exclude=excluded,
+        calibrate_method=methods[cfg.calibration],
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        **kwargs,
+    )
+    onnx.save(_float_outputs(onnx.load(str(dst))), str(dst))
+    return dst
+
+
+def _logits(path: Path, x: np.ndarray, step: int) -> np.ndarray:
+    sess = ort_session(path, threads=1)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + step]})[0] for i in range(0, len(x), step)])
+
+
+def _sample(x: np.ndarray, n: int, seed: int, step: int, preprocess: dict[str, Any]) -> np.ndarray:
+    """A seeded sample of `n` images, normalised, cut to whole `step` batches."""
+    idx = np.sort(np.random.default_rng(seed).choice(len(x), min(n, len(x)), replace=False))
+    out = normalise(x[idx], preprocess)  # (n, C, H, W)
+    return out[: len(out) // step * step or len(out)]
+
+
+def quantize(
+    onnx_path: str | Path,
+    config: QuantizeConfig | None,
+    calibration_x: np.ndarray,
+    preprocess: dict[str, Any] | None,
+    *,
+    eval_x: np.ndarray | None = None,
+    eval_y: np.ndarray | None = None,
+    out_path: str | Path | None = None,
+) -> QuantizeResult:
+    """Quantize an fp32 ONNX classifier to int8 (``<name>.int8.onnx`` beside it
+    unless `out_path`); with eval data, keep the accuracy drop within budget.
+    `preprocess` None reads it from the file's metadata.
+
+    >>> r = quantize("m.onnx", QuantizeConfig(), x_train, None, eval_x=x_val, eval_y=y_val)  # doctest: +SKIP
+    >>> r.int8_bytes / r.fp32_bytes  # doctest: +SKIP
+    0.26
+    """
+    import onnx
+    from onnxruntime.quantization import quant_pre_process
+
+    from datamoat.compress.export import onnx_metadata, set_onnx_metadata
+
+    cfg = config or QuantizeConfig()
+    src = Path(onnx_path)
+    meta = onnx_metadata(src)  # also says clearly when `src` is missing or not ONNX
+    proto = onnx.load(str(src))
+    preprocess = preprocess or meta.get("preprocess")
+    check(preprocess is not None, f"{src} carries no preprocess metadata: pass the model's preprocess dict")
+    x = np.asarray(calibration_x)
+    check(
+        x.dtype == np.uint8 and x.ndim == 4 and len(x) > 0,
+        f"calibration images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}",
+    )
+    method = (
+        cfg.method
+        if cfg.method != "auto"
+        else ("static" if any(n.op_type == "Conv" for n in proto.graph.node) else "dynamic")
+    )
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    step = dim.dim_value if dim.dim_value > 0 else 64  # a fixed batch size must be fed as is
+    x_cal = _sample(x, cfg.calibration_samples, cfg.seed, step, preprocess)
+    name = next(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})
+    feeds = [{name: x_cal[i : i + step]} for i in range(0, len(x_cal), step)]
+    has_eval = eval_x is not None and eval_y is not None and len(eval_y) > 0
+    fp32_acc = onnx_accuracy(src, eval_x, eval_y, preprocess) if has_eval else None
+    with tempfile.TemporaryDirectory(prefix="datamoat-q-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        fp32, pre = tmp / "fp32.onnx", tmp / "pre.onnx"
+        onnx.save(_gemm_to_matmul(proto) if method == "dynamic" else proto, str(fp32))
+        quant_pre_process(str(fp32), str(pre))  # shape inference + ORT's basic fusions, as the quantizer expects
+        names = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in QUANTIZABLE]
+        unknown = [e for e in cfg.exclude if e not in names]
+        check(not unknown, f"no quantizable node named {', '.join(unknown)}: choose from {', '.join(names)}")
+        excluded = dict.fromkeys(cfg.exclude, "user")
+        if method == "static" and cfg.float_stem:
+            excluded.update({n: "stem" for n in _stem_convs(proto) if n not in excluded})
+        attempts: list[dict[str, Any]] = []
+        while True:
+            out = _quantize_once(pre, tmp / f"int8_{len(attempts)}.onnx", method, cfg, list(excluded), feeds)
+            int8_acc = onnx_accuracy(out, eval_x, eval_y, preprocess) if has_eval else None
+            drop = 100 * (fp32_acc - int8_acc) if has_eval else 0.0  # type: ignore[operator]
+            attempts.append({"excluded": list(excluded), "int8_accuracy": int8_acc, "accuracy_drop": drop})
+            if drop <= cfg.max_accuracy_drop + 1e-9:
+                break
+            left = [n for n in names if n not in excluded]
+            if len(attempts) > cfg.max_retries or not left:
+                raise QuantizeAccuracyError(
+                    f"int8 accuracy drop {drop:.2f} points > budget {cfg.max_accuracy_drop:g} after {len(attempts)} "
+                    f"attempt(s) keeping [{', '.join(excluded) or 'nothing'}] fp32 ({method}, {cfg.calibration} "
+                    "calibration): raise --max-accuracy-drop, try another --calibration, or ship the fp32 model"
+                )
+            x_probe = _sample(eval_x, 1024, cfg.seed, step, preprocess)  # type: ignore[arg-type]
+            ref, cache, errors = _logits(src, x_probe, step), tmp / f"calib_{len(attempts)}.json", {}
+            for i, n in enumerate(left):  # node names may hold '/', so the file is named by index
+                probe = _quantize_once(pre, tmp / f"probe_{i}.onnx", method, cfg, [*excluded, n], feeds, cache)
+                errors[n] = float(np.mean((_logits(probe, x_probe, step) - ref) ** 2))
+            excluded[min(errors, key=errors.__getitem__)] = "sensitivity"
+            attempts[-1]["probe_mse"] = errors
+        q = onnx.load(str(out))
+        set_onnx_metadata(
+            q,
+            {
+                **meta,
+                "recipe": [*meta.get("recipe", []), cfg.to_dict()],
+                "quantize_config": cfg.to_dict(),
+                "quantize_method": method,
+                "quantize_excluded": excluded,
+                "fp32_accuracy": fp32_acc,
+                "int8_accuracy": int8_acc,
+            },
+        )
+        data = q.SerializeToString()
+    dst = Path(out_path) if out_path else src.with_suffix(".int8.onnx")
+    atomic_write(dst, data)
+    return QuantizeResult(dst, src, method, fp32_acc, int8_acc, excluded, cfg, file_bytes(src), len(data), attempts)
+
+
+def quantize_in_workspace(
+    ws: Workspace, model_ref: Any, config: QuantizeConfig | None = None
+) -> tuple[Path, QuantizeResult]:
+    """Export a catalog model if needed, quantize it calibrating on its
+    dataset's train split and checking on its val split, and store the int8
+    file in the artifact store (its sha in `result.sha`).
+
+    >>> path, result = quantize_in_workspace(ws, "cnn_medium-fashion")  # doctest: +SKIP
+    """
+    from datamoat.compress.export import export_in_workspace, onnx_metadata
+    from datamoat.data.dataset import load_dataset
+    from datamoat.models.model import load_model
+
+    model = load_model(ws, model_ref) if isinstance(model_ref, str) else model_ref
+    check(model.id is not None, "the model is not saved: save it to the workspace before quantizing it there")
+    ds_id = model.lineage.get("dataset_id")
+    check(ds_id is not None, f"model {model.name} records no dataset: quantize it with `quantize()` and your own data")
+    fp32 = ws.root / "onnx" / f"{model.id}.onnx"
+    if not fp32.is_file() or onnx_metadata(fp32).get("model_id") != model.id:
+        fp32, _ = export_in_workspace(ws, model)
+    data = load_dataset(ws, ds_id)
+    x_val, y_val = data.subset("val")
+    result = quantize(
+        fp32,
+        config,
+        data.subset("train")[0],
+        model.preprocess,
+        eval_x=x_val,
+        eval_y=y_val,
+        out_path=fp32.with_suffix(".int8.onnx"),
+    )
+    result.sha = ws.put_bytes(result.path.read_bytes())
+    return result.path, result

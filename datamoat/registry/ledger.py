@@ -1,0 +1,313 @@
+"""The ledger: every prediction, the feedback on it, and the review queue,
+in the registry database. This module owns those tables: every other module
+reads and writes them through its functions.
+
+- ``serve_predictions``: each answer (input hash, output, model version,
+  alias, server or device, time), for audit and for the data flywheel.
+- ``serve_feedback``: the correct label a client sent for a logged prediction.
+- ``serve_review``: answers that need a person (below the policy threshold,
+  or abstained), with their pixels, until someone decides their label.
+
+``input_sha256`` hashes the raw pixels the model saw, float32 (C, H, W) in
+0..255 after decoding and resizing, so a PNG and the same pixels sent as
+JSON hash alike; the server always computes it from pixels it holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from datamoat.errors import Conflict, NotFound, TooMany, Unprocessable
+from datamoat.registry.core import Registry
+from datamoat.registry.schema import ensure_schema
+
+__all__ = [
+    "REVIEW_SOURCE",
+    "predictions",
+    "feedback",
+    "review",
+    "ensure_ledger",
+    "input_hash",
+    "as_uint8",
+    "log_rows",
+    "review_rows",
+    "open_reviews",
+    "write_predictions",
+    "record_feedback",
+]
+
+REVIEW_SOURCE = "review"  # the quarantine source of /review decisions; trust comes from the token's role
+
+meta = sa.MetaData()
+predictions = sa.Table(
+    "serve_predictions",
+    meta,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("server_id", sa.String(100), nullable=False),
+    sa.Column("alias", sa.String(100), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("input_sha256", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(200)),  # NULL when it abstained
+    sa.Column("abstained", sa.Boolean, nullable=False),
+    sa.Column("needs_review", sa.Boolean, nullable=False),
+    sa.Column("output", sa.Text, nullable=False),  # JSON: the whole answer
+)
+feedback = sa.Table(
+    "serve_feedback",
+    meta,
+    sa.Column("prediction_id", sa.String(36), primary_key=True),
+    sa.Column("source", sa.String(100), primary_key=True),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+)
+review = sa.Table(
+    "serve_review",
+    meta,
+    sa.Column("prediction_id", sa.String(36), primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("alias", sa.String(100), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("label", sa.String(200)),  # the model's answer, NULL when it abstained
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("top", sa.Text, nullable=False),  # JSON: the answer's top labels (at most 3) with probabilities
+    sa.Column("pixels", sa.LargeBinary, nullable=False),  # uint8 (C, H, W)
+    sa.Column("shape", sa.String(40), nullable=False),  # JSON [C, H, W]
+    sa.Column("exact", sa.Boolean, nullable=False),  # the uint8 pixels are exactly the logged input
+    sa.Column("status", sa.String(16), nullable=False),  # open | decided
+    sa.Column("decided_label", sa.String(200)),
+    sa.Column("decided_by", sa.String(200)),
+    sa.Column("decided_ts", sa.Float),
+    sa.Column("feedback_item", sa.Integer),  # the quarantine item the decision became
+    sa.Index("serve_review_open", "status", "ts"),
+)
+
+
+def open_reviews(conn: sa.Connection) -> int:
+    """How many review items are open, in `conn`'s transaction (the servers' and the fleet's bound)."""
+    return int(
+        conn.execute(sa.select(sa.func.count()).select_from(review).where(review.c.status == "open")).scalar_one()
+    )
+
+
+def ensure_ledger(engine: sa.Engine) -> None:
+    """Create the ledger's tables if missing (every reader and writer calls it first)."""
+    ensure_schema(engine, "ledger", meta)
+
+
+def input_hash(pixels: np.ndarray) -> str:
+    """The input hash every route shares: sha256 of one image's float32 (C, H, W) pixels in 0..255.
+
+    >>> input_hash(np.zeros((1, 2, 2), np.uint8))[:12]
+    '374708fff771'
+    """
+    return hashlib.sha256(np.ascontiguousarray(pixels, np.float32).tobytes()).hexdigest()
+
+
+def as_uint8(pixels: np.ndarray) -> tuple[np.ndarray, bool]:
+    """One image (C, H, W) as uint8 for storage, and whether that is exactly the input (JSON may hold fractions).
+
+    >>> as_uint8(np.array([[[1.0, 2.5]]]))[1]
+    False
+    """
+    u = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)  # (C, H, W)
+    return u, bool(np.array_equal(u, pixels))
+
+
+def log_rows(state: Any, server_id: str, answers: list[dict[str, Any]], hashes: list[str]) -> list[dict[str, Any]]:
+    """Prediction-log rows for one request's answers."""
+    now = time.time()
+    return [
+        {
+            "id": a["prediction_id"],
+            "ts": now,
+            "server_id": server_id,
+            "alias": state.alias,
+            "model_version": state.model.version_id,
+            "generation": state.generation,
+            "input_sha256": h,
+            "label": a["label"],
+            "abstained": a["abstained"],
+            "needs_review": a["needs_review"],
+            "output": json.dumps(a, sort_keys=True),
+        }
+        for a, h in zip(answers, hashes, strict=True)
+    ]
+
+
+def review_rows(state: Any, answers: list[dict[str, Any]], x: np.ndarray) -> list[dict[str, Any]]:
+    """Review-queue rows for the answers that need review, with their raw pixels `x` (N, C, H, W)."""
+    now, out = time.time(), []
+    for a, xi in zip(answers, x, strict=True):
+        if not a["needs_review"]:
+            continue
+        u, exact = as_uint8(xi)  # (C, H, W)
+        out.append(
+            {
+                "prediction_id": a["prediction_id"],
+                "ts": now,
+                "alias": state.alias,
+                "model_version": state.model.version_id,
+                "label": a["label"],
+                "reason": a["reason"] or "",
+                "top": json.dumps(a["top_k"][:3]),
+                "pixels": u.tobytes(),
+                "shape": json.dumps(list(u.shape)),
+                "exact": exact,
+                "status": "open",
+            }
+        )
+    return out
+
+
+def write_predictions(
+    engine: sa.Engine, rows: list[dict[str, Any]], queued: list[dict[str, Any]], max_open: int
+) -> int:
+    """Write log rows and as many review rows as `max_open` allows; returns how many were not queued."""
+    with engine.begin() as conn:  # one transaction: a queued item's prediction is logged
+        conn.execute(predictions.insert(), rows)
+        if not queued:
+            return 0
+        room = max(0, max_open - open_reviews(conn))
+        if room:
+            conn.execute(review.insert(), queued[:room])
+        return len(queued) - min(room, len(queued))
+
+
+def record_feedback(
+    registry: Registry,
+    prediction_id: str,
+    label: str,
+    source: str,
+    actor: str,
+    max_per_hour: int = 1000,
+    logging_on: bool = True,
+) -> dict[str, Any]:
+    """Store the correct label for a logged prediction (blocking: call in a thread).
+
+    One label per token per prediction, and at most `max_per_hour` from one
+    token across every server (L2): the client-chosen `source` describes the
+    label, it does not make room for more of them.
+    """
+    with registry.engine.connect() as conn:
+        row = conn.execute(sa.select(predictions.c.model_version).where(predictions.c.id == prediction_id)).first()
+    if row is None:
+        why = "" if logging_on else " (this server does not log predictions)"
+        raise NotFound(
+            f"unknown prediction id {prediction_id!r}{why}: send the prediction_id a /v1/predict answer gave"
+        )
+    classes = [str(c) for c in registry.version(row.model_version)["info"]["classes"]]
+    if label not in classes:
+        raise Unprocessable(f"label {label!r} is not one of the model's classes: choose one of {', '.join(classes)}")
+    entry = {
+        "prediction_id": prediction_id,
+        "source": source,
+        "label": label,
+        "model_version": row.model_version,
+        "actor": actor,
+        "ts": time.time(),
+    }
+    try:
+        with registry.transaction() as conn:  # serialised: the count and the check hold until commit
+            mine = feedback.c.actor == actor
+            if conn.execute(
+                sa.select(feedback.c.source).where(mine & (feedback.c.prediction_id == prediction_id))
+            ).first():
+                raise Conflict(
+                    f"feedback from token {actor!r} for prediction {prediction_id} is already recorded: send it once"
+                )
+            recent = conn.execute(
+                sa.select(sa.func.count()).where(mine & (feedback.c.ts > entry["ts"] - 3600))
+            ).scalar_one()
+            if recent >= max_per_hour:
+                raise TooMany(
+                    f"token {actor!r} sent {recent} feedback labels in the last hour, the limit is "
+                    f"{max_per_hour}: send the rest later"
+                )
+            conn.execute(feedback.insert().values(**entry))
+    except sa.exc.IntegrityError:
+        raise Conflict(
+            f"feedback from source {source!r} for prediction {prediction_id} is already recorded: send it once"
+        ) from None
+    return entry
+
+
+# -- the review queue ---------------------------------------------------------------------
+def oldest_open_review(engine: sa.Engine) -> tuple[int, Any]:
+    """(open items, the oldest open row or None); the queue is ordered by the server's receive time."""
+    with engine.connect() as conn:
+        n = open_reviews(conn)
+        row = conn.execute(
+            sa.select(review).where(review.c.status == "open").order_by(review.c.ts, review.c.prediction_id).limit(1)
+        ).first()
+    return n, row
+
+
+def review_items(engine: sa.Engine, status: str | None = None) -> list[dict[str, Any]]:
+    """Queue rows without pixels, oldest first."""
+    q = sa.select(*[c for c in review.c if c.name != "pixels"]).order_by(review.c.ts, review.c.prediction_id)
+    with engine.connect() as conn:
+        rows = conn.execute(q if status is None else q.where(review.c.status == status)).mappings().all()
+    return [{**r, "top": json.loads(r["top"])} for r in rows]
+
+
+def review_item(engine: sa.Engine, prediction_id: str) -> Any:
+    """One review row (with pixels), or None."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(review).where(review.c.prediction_id == prediction_id)).first()
+
+
+def review_pixels(row: Any) -> np.ndarray:
+    """A review row's pixels, uint8 (C, H, W)."""
+    return np.frombuffer(row.pixels, np.uint8).reshape(json.loads(row.shape))
+
+
+def claim_review(engine: sa.Engine, prediction_id: str, label: str, actor: str) -> bool:
+    """Mark an open item decided; False when someone else decided it first."""
+    mark = review.update().where((review.c.prediction_id == prediction_id) & (review.c.status == "open"))
+    with engine.begin() as conn:
+        done = dict(status="decided", decided_label=label, decided_by=actor, decided_ts=time.time())
+        return conn.execute(mark.values(**done)).rowcount > 0
+
+
+def release_review(engine: sa.Engine, prediction_id: str, feedback_item: int | None = None) -> None:
+    """Finish a claim: link the quarantine item it became, or (None) reopen the item."""
+    mark = review.update().where(review.c.prediction_id == prediction_id)
+    with engine.begin() as conn:
+        if feedback_item is None:
+            conn.execute(mark.values(status="open", decided_label=None, decided_by=None, decided_ts=None))
+        else:
+            conn.execute(mark.values(feedback_item=feedback_item))
+
+
+# -- what the feedback quarantine and the fleet read and write -----------------------------------
+def logged_prediction(engine: sa.Engine, prediction_id: str) -> Any:
+    """The prediction-log row of `prediction_id`, or None."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(predictions).where(predictions.c.id == prediction_id)).first()
+
+
+def feedback_rows(conn: sa.Connection) -> list[Any]:
+    """Every ``/v1/feedback`` row with its prediction's input hash, oldest first."""
+    j = feedback.join(predictions, feedback.c.prediction_id == predictions.c.id)
+    return list(conn.execute(sa.select(feedback, predictions.c.input_sha256).select_from(j).order_by(feedback.c.ts)))
+
+
+def logged_ids(conn: sa.Connection, ids: list[str]) -> set[str]:
+    """Which of `ids` are in the prediction log."""
+    return set(conn.execute(sa.select(predictions.c.id).where(predictions.c.id.in_(ids))).scalars())
+
+
+def add_logged_review(conn: sa.Connection, log_row: dict[str, Any], review_row: dict[str, Any]) -> None:
+    """One prediction and its review item, in the caller's transaction (a device's upload)."""
+    conn.execute(predictions.insert().values(log_row))
+    conn.execute(review.insert().values(review_row))

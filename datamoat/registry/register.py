@@ -1,0 +1,68 @@
+"""Put a catalog model into the registry as a servable ONNX version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from datamoat.errors import NotFound
+from datamoat.registry.core import Registry
+from datamoat.workspace import Workspace
+
+__all__ = ["register_model", "register_compressed", "resolve_version"]
+
+
+def register_model(ws: Workspace, reg: Registry, model_ref: str, *, actor: str, int8: bool = False) -> str:
+    """Export a catalog model to ONNX (int8 if asked), register it, return the version id.
+
+    >>> vid = register_model(ws, Registry("sqlite://"), "teacher-fashion-mnist", actor="ci")  # doctest: +SKIP
+    """
+    from datamoat.compress.export import export_bytes
+    from datamoat.models import load_model
+
+    model = load_model(ws, model_ref)
+    info: dict[str, Any] = {
+        "model_id": model.id,
+        "classes": model.classes,
+        "preprocess": model.preprocess,
+        "input_shape": [model.config.in_channels, *model.config.image_size],
+        "arch": model.config.arch,
+        "params": model.params,
+        "lineage": model.lineage,
+        "val_accuracy": model.history.get("val_accuracy"),
+        "policy": model.lineage.get("policy", {}),
+    }
+    if int8:
+        from datamoat.compress.quantize import quantize_in_workspace
+
+        path, result = quantize_in_workspace(ws, model.id)
+        data = path.read_bytes()
+        info["quantize"] = {"fp32_accuracy": result.fp32_accuracy, "int8_accuracy": result.int8_accuracy}
+        kind = "int8"
+    else:
+        data, _ = export_bytes(model)
+        kind = "fp32"
+    return reg.register(data, name=f"{model.name}{'-int8' if int8 else ''}", kind=kind, info=info, actor=actor)
+
+
+def resolve_version(ws: Workspace, reg: Registry, ref: str, *, actor: str) -> str:
+    """A registry version id for `ref`: a version, or a catalog model registered on the fly."""
+    try:
+        return reg.version(ref)["id"]
+    except NotFound:
+        try:
+            ws.resolve("models", ref)
+        except NotFound:
+            raise NotFound(
+                f"unknown model or version {ref!r}: `datamoat models list` and `datamoat registry list` show them"
+            ) from None
+        return register_model(ws, reg, ref, actor=actor)
+
+
+def register_compressed(reg: Registry, out: dict[str, Any], *, actor: str) -> str:
+    """Register the candidate `datamoat.compress.compress_in_workspace` chose; returns the version id.
+
+    >>> vid = register_compressed(reg, compress_in_workspace(ws, "teacher", CompressConfig()), actor="ci")  # doctest: +SKIP
+    """
+    c = out["candidate"]
+    return reg.register(Path(c["onnx_path"]).read_bytes(), name=c["name"], kind=c["kind"], info=c["info"], actor=actor)

@@ -1,0 +1,388 @@
+"""`find_issues`: likely label errors, near duplicates and outliers, ranked.
+
+Label errors come from confident learning (cleanlab) on *out-of-fold*
+predicted probabilities: the train split is cut into K stratified folds and
+each fold is predicted by a fresh zoo model trained on the other K-1, so no
+sample is ever scored by a model that memorised its (possibly wrong) label.
+The fold datasets live only in memory; nothing is written to the workspace.
+
+Near duplicates are exact pixel-hash twins anywhere in the dataset plus
+nearest neighbours by cosine similarity of centred, downsampled images within
+the examined train samples; pairs with conflicting labels rank first.
+Outliers are the lowest cleanlab out-of-distribution scores computed from the
+same out-of-fold probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datamoat.configs import Config, check, check_choice
+from datamoat.data.dataset import SPLITS, Dataset
+from datamoat.data.versions import pixel_hashes
+from datamoat.errors import BadInput
+
+__all__ = [
+    "CleaningConfig",
+    "Issues",
+    "find_issues",
+    "fixes_from_issues",
+    "near_duplicates",
+    "plausible_threshold",
+    "RECOMMENDED",
+]
+
+FILTERS = (
+    "low_self_confidence",
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_normalized_margin",
+)
+_ARCHS = ("mlp", "cnn_small", "cnn_medium", "cnn_large", "resnet")
+MAX_NEAR_PAIRS = 1000  # keep the issues file readable; the ranking puts the useful pairs first
+# The label-noise benchmark's headline fix, `data fix --keep-above auto --drop-below 0.7`: leave flags whose
+# given label is still plausible, relabel confident suggestions, drop the doubtful rest. Pooled over five
+# draws of 10% flips (`python bench/run.py labelnoise`, fold models of 10 epochs with random shifts) it won
+# back 0.58 of the accuracy the noise cost, relabelling every flag 0.59 (a tie), dropping every flag 0.41;
+# with 5-epoch fold models without shifts (DM_LN_FOLD_EPOCHS=5 DM_LN_FOLD_AUGMENT=none) it won back 0.49,
+# relabelling every flag 0.43.
+RECOMMENDED: dict[str, Any] = {"keep_above": "auto", "drop_below": 0.7}
+
+
+@dataclasses.dataclass
+class CleaningConfig(Config):
+    """How to look for issues. Defaults: 5 folds of cnn_small, 5 epochs each,
+    no augmentation (cheap; shifts were measured only on 28x28 images, and 2
+    pixels is a quarter of an 8x8 one). On 28x28 images, fold models trained twice as long with random
+    shifts (`epochs=10, augment="crop"`) are better: on Fashion-MNIST with
+    10% flips the recommended fix then left fewer wrong labels on each of
+    five draws and won back 0.58 of what the noise cost instead of 0.49
+    (bench/results/labelnoise.md). crop_flip underfit in 5 epochs and
+    flagged worse."""
+
+    arch: str = "cnn_small"
+    # More architectures whose out-of-fold probabilities are averaged with
+    # `arch`'s: a second opinion catches flips and spares hard but correct
+    # samples. On draw 0 of `python bench/run.py labelnoise` cnn_small +
+    # cnn_medium flagged with precision 0.866, recall 0.947, in 204 s
+    # (bench/results/labelnoise.md at d0758db); cnn_small alone, as that
+    # benchmark ran at f1e2b37, with 0.837 and 0.953 in 57 s.
+    ensemble: tuple[str, ...] = ()
+    folds: int = 5
+    epochs: int = 5
+    lr: float = 2e-3
+    augment: str = "none"
+    seed: int = 0
+    max_train_samples: int = 0
+    # How many to flag: cleanlab's estimate of the number of label errors, taken
+    # lowest self-confidence first. On Fashion-MNIST with 10% flips this was
+    # more precise than prune_by_noise_rate at similar recall (0.84/0.95 vs
+    # 0.66/0.93), which over-flags classes that are merely confusable.
+    filter_by: str = "low_self_confidence"
+    duplicate_threshold: float = 0.995  # on Fashion-MNIST: 51 pairs among 20k at 0.995, 663 at 0.99
+    max_duplicate_samples: int = 20_000
+    outlier_fraction: float = 0.01
+    threads: int = 0
+
+    def validate(self) -> None:
+        check_choice("architecture", self.arch, _ARCHS)
+        for a in self.ensemble:
+            check_choice("ensemble architecture", a, _ARCHS)
+        archs = (self.arch, *self.ensemble)
+        check(len(set(archs)) == len(archs), f"each architecture once: {', '.join(archs)} repeats one")
+        check(self.folds >= 2, f"folds must be at least 2 (cross-validation needs a held-out fold), got {self.folds}")
+        check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check_choice("augmentation", self.augment, ("none", "crop", "crop_flip"))
+        check(self.max_train_samples >= 0, "max_train_samples must be >= 0 (0 uses the whole train split)")
+        check_choice("filter_by", self.filter_by, FILTERS)
+        check(0 < self.duplicate_threshold <= 1, "duplicate_threshold is a cosine similarity in (0, 1]")
+        check(self.max_duplicate_samples >= 0, "max_duplicate_samples must be >= 0 (0 skips near duplicates)")
+        check(0 <= self.outlier_fraction < 1, "outlier_fraction must be in [0, 1)")
+        check(self.threads >= 0, "threads must be >= 0 (0 uses every core)")
+
+
+@dataclasses.dataclass
+class Issues:
+    """What `find_issues` found. Indices are global (into the dataset's
+    arrays); label issues also carry `train_index`, the position within
+    `data.subset("train")`."""
+
+    dataset_id: str
+    config: dict[str, Any]
+    examined: np.ndarray  # (n,) global indices of the train samples scored
+    labels: np.ndarray  # (n,) their given labels
+    pred_probs: np.ndarray  # (n, K) out-of-fold probabilities, rows follow `examined`
+    label_issues: list[dict[str, Any]]
+    near_duplicates: list[dict[str, Any]]
+    outliers: list[dict[str, Any]]
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """Global indices of the samples flagged as label errors, best first."""
+        return np.array([i["index"] for i in self.label_issues], dtype=np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        agree = self.pred_probs.argmax(1) == self.labels
+        return {
+            "dataset_id": self.dataset_id,
+            "config": self.config,
+            "examined": int(len(self.examined)),
+            "num_classes": int(self.pred_probs.shape[1]),
+            "oof_accuracy": round(float(agree.mean()), 6) if len(agree) else 0.0,
+            "label_issues": self.label_issues,
+            "near_duplicates": self.near_duplicates,
+            "outliers": self.outliers,
+        }
+
+
+def _fold_ids(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A stratified fold number per sample: each class dealt round-robin."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    offset = 0
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        # Rotate the start so small classes do not all land in fold 0.
+        fold[idx] = (np.arange(len(idx)) + offset) % folds
+        offset += len(idx)
+    return fold
+
+
+def _out_of_fold(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, progress: bool) -> np.ndarray:
+    """(n, K) probabilities for the global indices `sel`, each from models
+    that never saw it: the mean over `arch` and the `ensemble` archs."""
+    probs = [_out_of_fold_arch(data, sel, cfg, arch, progress) for arch in (cfg.arch, *cfg.ensemble)]
+    return np.mean(probs, axis=0, dtype=np.float64).astype(np.float32)  # (n, K)
+
+
+def _out_of_fold_arch(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, arch: str, progress: bool) -> np.ndarray:
+    """(n, K) out-of-fold probabilities from one architecture's K fold models."""
+    from datamoat.models import new_model
+    from datamoat.train.loop import TrainConfig, train
+
+    fold = _fold_ids(data.y[sel], cfg.folds, cfg.seed)
+    probs = np.zeros((len(sel), data.num_classes), dtype=np.float32)
+    tcfg = TrainConfig(
+        epochs=cfg.epochs, lr=cfg.lr, augment=cfg.augment, patience=0, seed=cfg.seed, threads=cfg.threads
+    )
+    for k in range(cfg.folds):
+        held = sel[fold == k]
+        # The fold's view: the other folds are "train", the val split stays val
+        # (best-epoch choice), everything else (held-out fold, unexamined train
+        # samples, test) is coded as test so `train` never sees it.
+        split = np.where(data.split == SPLITS["val"], SPLITS["val"], SPLITS["test"]).astype(np.uint8)
+        split[sel[fold != k]] = SPLITS["train"]
+        view = dataclasses.replace(data, id=f"{data.id}-fold{k}", split=split)
+        model = new_model(arch, view, seed=cfg.seed + k)
+        model = train(model, view, tcfg.replace(seed=cfg.seed + k), progress=progress)
+        probs[fold == k] = model.predict_proba(data.x[held])
+    return probs
+
+
+def _downsampled(x: np.ndarray) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, D) unit vectors of centred, <=14x14 images."""
+    t = torch.from_numpy(np.asarray(x, dtype=np.float32))  # (N, C, H, W)
+    factor = max(1, min(t.shape[2], t.shape[3]) // 14)
+    if factor > 1:
+        t = F.avg_pool2d(t, factor)  # (N, C, H/f, W/f)
+    v = t.flatten(1)
+    v = v - v.mean(1, keepdim=True)  # centred: cosine becomes correlation, so a blank background does not dominate
+    return F.normalize(v, dim=1)
+
+
+def near_duplicates(
+    data: Dataset, examined: np.ndarray, threshold: float, max_samples: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Exact twins anywhere in `data`, then nearest neighbours with cosine
+    similarity >= `threshold` among (at most `max_samples` of) `examined`.
+    Conflicting labels first, then by similarity.
+
+    >>> pairs = near_duplicates(ds, np.flatnonzero(ds.split == 0), 0.99, 5000)  # doctest: +SKIP
+    """
+    pairs: dict[tuple[int, int], float] = {}
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, h in enumerate(pixel_hashes(data.x)):
+        groups[h].append(i)
+    for members in groups.values():
+        for other in members[1:]:
+            pairs[(members[0], other)] = 1.0
+    pool = examined
+    if max_samples and len(pool) > max_samples:
+        pool = np.sort(np.random.default_rng(seed).choice(pool, size=max_samples, replace=False))
+    if max_samples and len(pool) > 1:
+        v = _downsampled(data.x[pool])  # (n, D)
+        for start in range(0, len(pool), 1024):
+            sim = v[start : start + 1024] @ v.T  # (b, n), blocked so memory stays ~4 MB per 1k samples
+            rows = torch.arange(sim.shape[0])
+            sim[rows, rows + start] = -1.0  # not yourself
+            best, j = sim.max(1)
+            for r in torch.nonzero(best >= threshold).flatten().tolist():
+                a, b = sorted((int(pool[start + r]), int(pool[int(j[r])])))
+                pairs.setdefault((a, b), min(1.0, float(best[r])))
+    out = []
+    for (a, b), s in pairs.items():
+        ya, yb = int(data.y[a]), int(data.y[b])
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "similarity": round(s, 6),
+                "exact": s == 1.0 and _same(data, a, b),
+                "labels": [ya, yb],
+                "conflict": ya != yb,
+                "splits": [_split_name(data, a), _split_name(data, b)],
+            }
+        )
+    out.sort(key=lambda p: (not p["conflict"], not p["exact"], -p["similarity"], p["a"], p["b"]))
+    return out[:MAX_NEAR_PAIRS]
+
+
+def _same(data: Dataset, a: int, b: int) -> bool:
+    return bool(np.array_equal(data.x[a], data.x[b]))
+
+
+def _split_name(data: Dataset, i: int) -> str:
+    return {c: n for n, c in SPLITS.items()}.get(int(data.split[i]), "?")
+
+
+def find_issues(
+    data: Dataset, config: CleaningConfig | None = None, *, progress: bool = False, **fields: Any
+) -> Issues:
+    """Rank likely label errors in the TRAIN split of `data`, plus near
+    duplicates and outliers. Keyword `fields` set `CleaningConfig` fields.
+
+    >>> issues = find_issues(noisy, folds=3, epochs=2)  # doctest: +SKIP
+    >>> issues.label_issues[0]["suggested_label"]  # doctest: +SKIP
+    3
+    """
+    from cleanlab.filter import find_label_issues
+    from cleanlab.outlier import OutOfDistribution
+    from cleanlab.rank import get_label_quality_scores
+
+    from datamoat.train.loop import subsample
+
+    cfg = config.replace(**fields) if config is not None else CleaningConfig(**fields)
+    train_global = np.flatnonzero(data.split == SPLITS["train"])
+    sel = train_global[subsample(data.y[train_global], cfg.max_train_samples, cfg.seed)]
+    per_class = np.bincount(data.y[sel], minlength=data.num_classes)
+    if per_class[per_class > 0].min() < cfg.folds:
+        raise BadInput(
+            f"a class has only {per_class[per_class > 0].min()} train samples, fewer than "
+            f"{cfg.folds} folds: lower --folds or add data"
+        )
+    if not (data.split == SPLITS["val"]).any():
+        raise BadInput(
+            f"dataset {data.id} has no val split, which picks each fold's best epoch: re-import with val > 0"
+        )
+    labels = data.y[sel]
+    probs = _out_of_fold(data, sel, cfg, progress)  # (n, K)
+    ranked = find_label_issues(
+        labels, probs, filter_by=cfg.filter_by, return_indices_ranked_by="self_confidence", n_jobs=1
+    )
+    quality = get_label_quality_scores(labels, probs, method="self_confidence")
+    label_issues = []
+    for rank, i in enumerate(ranked):
+        g = int(sel[i])
+        # The best class other than the given one: usually the argmax, but a
+        # flagged sample can keep a weak plurality for its given label.
+        suggested = int(np.argmax(np.where(np.arange(data.num_classes) == labels[i], -1.0, probs[i])))
+        label_issues.append(
+            {
+                "rank": rank,
+                "index": g,
+                "train_index": int(np.searchsorted(train_global, g)),
+                "given_label": int(labels[i]),
+                "given_class": data.classes[int(labels[i])],
+                "suggested_label": suggested,
+                "suggested_class": data.classes[suggested],
+                "quality": round(float(quality[i]), 6),
+                "confidence": round(float(probs[i, suggested]), 6),
+            }
+        )
+    outliers = []
+    n_out = int(round(cfg.outlier_fraction * len(sel)))
+    if n_out:
+        ood = OutOfDistribution().fit_score(pred_probs=probs, labels=labels, verbose=False)
+        for i in np.argsort(ood, kind="stable")[:n_out]:
+            outliers.append({"index": int(sel[i]), "label": int(labels[i]), "score": round(float(ood[i]), 6)})
+    dups = near_duplicates(data, sel, cfg.duplicate_threshold, cfg.max_duplicate_samples, cfg.seed)
+    return Issues(data.id, cfg.to_dict(), sel, labels, probs, label_issues, dups, outliers)
+
+
+def plausible_threshold(issues: Issues | dict[str, Any]) -> float:
+    """`keep_above="auto"`: 2 x (flagged share) / (classes - 1).
+
+    Uniform noise at rate r gives a sample a given wrong label with
+    probability r / (K - 1); a flag whose given label keeps more than twice
+    that out-of-fold probability is more often a hard but correct sample than
+    a flip. With 10% flips on Fashion-MNIST this is about 0.024.
+
+    >>> plausible_threshold({"examined": 1000, "num_classes": 10, "label_issues": [{}] * 90})
+    0.02
+    """
+    d = issues.to_dict() if isinstance(issues, Issues) else issues
+    if not isinstance(d.get("examined"), int) or not isinstance(d.get("num_classes"), int) or d["num_classes"] < 2:
+        raise BadInput(
+            "the issues file lacks 'examined' or 'num_classes', which --keep-above auto needs: "
+            "regenerate it with `datamoat data issues -o FILE`"
+        )
+    share = len(d["label_issues"]) / max(d["examined"], 1)
+    return round(2 * share / (d["num_classes"] - 1), 3)
+
+
+def fixes_from_issues(
+    issues: Issues | dict[str, Any],
+    *,
+    drop: bool = False,
+    min_confidence: float = 0.0,
+    drop_below: float = 0.0,
+    keep_above: float | str = 0.0,
+) -> list[dict[str, Any]]:
+    """Turn label issues into fixes for `apply_fixes`.
+
+    Issues whose suggested label has probability below `min_confidence` are
+    left alone, and so (when `keep_above` > 0) are those whose given label
+    still has out-of-fold probability `quality` >= `keep_above` ("auto":
+    `plausible_threshold`): a flip is rarely given even 5% by a model that
+    never saw it, a hard but correct sample often is. The rest are relabelled
+    to the suggestion, except that those below `drop_below` (or all of them,
+    with `drop`) are dropped instead: a doubtful suggestion is more often a
+    confusable but correct sample, and relabelling it would teach the model
+    its own mistake. `RECOMMENDED` holds the label-noise benchmark's headline.
+
+    >>> doc = {"label_issues": [{"index": 4, "suggested_label": 1, "confidence": 0.95, "quality": 0.01},
+    ...                         {"index": 7, "suggested_label": 2, "confidence": 0.6, "quality": 0.02},
+    ...                         {"index": 9, "suggested_label": 2, "confidence": 0.8, "quality": 0.07}]}
+    >>> fixes_from_issues(doc, drop_below=0.9, keep_above=0.05)
+    [{'index': 4, 'new_label': 1}, {'index': 7, 'drop': True}]
+    """
+    d = issues.to_dict() if isinstance(issues, Issues) else issues
+    if not isinstance(d, dict) or not isinstance(d.get("label_issues"), list):
+        raise BadInput("the issues file has no 'label_issues' list: write it with `datamoat data issues -o FILE`")
+    if keep_above == "auto":
+        keep_above = plausible_threshold(d)
+    elif isinstance(keep_above, str):
+        raise BadInput(f"keep_above is a probability or 'auto', got {keep_above!r}")
+    fixes = []
+    for i, issue in enumerate(d["label_issues"]):
+        if not isinstance(issue, dict) or "index" not in issue or "suggested_label" not in issue:
+            raise BadInput(f"label issue #{i} lacks 'index' or 'suggested_label': regenerate the issues file")
+        conf = float(issue.get("confidence", 1.0))
+        if conf < min_confidence or (keep_above > 0 and float(issue.get("quality", 0.0)) >= keep_above):
+            continue
+        if drop or conf < drop_below:
+            fixes.append({"index": issue["index"], "drop": True})
+        else:
+            fixes.append({"index": issue["index"], "new_label": issue["suggested_label"]})
+    return fixes

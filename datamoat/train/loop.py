@@ -1,0 +1,375 @@
+"""`train`: fit a model on a dataset version, with a learning curve.
+
+The loop is deliberately plain PyTorch over in-memory tensors (no DataLoader
+workers: the whole split fits in memory and workers would fight the math
+threads for two cores). Each epoch records train loss, val accuracy and
+seconds; the run checkpoints every epoch so it can resume, stops early when
+val accuracy stops improving, and says when it hit a plateau.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import pickle
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datamoat.configs import Config, check, check_choice
+from datamoat.data.dataset import Dataset, load_dataset
+from datamoat.data.transforms import AUGMENTATIONS, augment
+from datamoat.errors import BadInput, NotFound
+from datamoat.models.model import Model, new_model, save_model
+from datamoat.workspace import Workspace, atomic_write
+
+__all__ = ["TrainConfig", "train", "train_in_workspace", "detect_plateau", "set_threads", "PLATEAU_ADVICE"]
+
+PLATEAU_ADVICE = "more data, cleaner data, or a different model"
+
+
+@dataclasses.dataclass
+class TrainConfig(Config):
+    """How to train. Defaults suit a small CNN on Fashion-MNIST on 2 cores."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.0
+    augment: str = "none"
+    patience: int = 3
+    min_delta: float = 1e-3
+    seed: int = 0
+    threads: int = 0  # 0: torch's default, every core (or OMP_NUM_THREADS)
+    max_train_samples: int = 0
+
+    def validate(self) -> None:
+        check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        check(self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}")
+        check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
+        check_choice("schedule", self.schedule, ("onecycle", "cosine", "none"))
+        check_choice("augmentation", self.augment, AUGMENTATIONS)
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, "weight_decay must be >= 0")
+        check(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
+        check(self.patience >= 0, "patience must be >= 0 (0 turns early stopping off)")
+        check(self.threads >= 0, "threads must be >= 0 (0 uses every core)")
+        check(self.max_train_samples >= 0, "max_train_samples must be >= 0 (0 uses all)")
+
+
+def set_threads(n: int = 0) -> int:
+    """Use `n` torch threads; 0 keeps torch's setting, which is every core
+    unless OMP_NUM_THREADS says otherwise. Returns the number in use."""
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def detect_plateau(val_acc: list[float], patience: int, min_delta: float) -> int | None:
+    """1-based epoch after which val accuracy never improved by `min_delta`,
+    provided at least `max(patience, 1)` epochs followed it; else None.
+
+    >>> detect_plateau([0.8, 0.85, 0.851, 0.849], patience=2, min_delta=0.005)
+    2
+    >>> detect_plateau([0.8, 0.85, 0.9], patience=2, min_delta=0.005) is None
+    True
+    """
+    if not val_acc:
+        return None
+    best_i, best = 0, val_acc[0]
+    for i, a in enumerate(val_acc[1:], start=1):
+        if a > best + min_delta:
+            best_i, best = i, a
+    return best_i + 1 if len(val_acc) - 1 - best_i >= max(patience, 1) else None
+
+
+def _optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm parameters (the usual practice).
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded, class-stratified subsample of size ~n (all if n is 0)."""
+    if not n or n >= len(y):
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = max(1, int(round(n * len(idx) / len(y))))
+        keep.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+@torch.no_grad()
+def evaluate_split(model: Model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """(loss, accuracy) of `model` on normalised tensors, in eval mode."""
+    model.net.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        out = model.net(x[i : i + batch_size])  # (B, K)
+        loss_sum += float(F.cross_entropy(out, y[i : i + batch_size], reduction="sum"))
+        correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
+    model.net.train()
+    n = max(len(y), 1)
+    return loss_sum / n, correct / n
+
+
+def train(
+    model: Model,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+) -> Model:
+    """Train `model` on `data`'s train split, validating on its val split.
+
+    Returns a new `Model` holding the best-val-accuracy weights, with
+    `history` (the learning curve, best epoch, plateau) and the config
+    appended to `lineage["recipe"]`. `loss_fn(logits, y, x, idx)` replaces
+    cross-entropy (distillation uses it).
+
+    >>> from datamoat.data import import_digits
+    >>> ws = Workspace.init("/tmp/dm-doc")
+    >>> ds = import_digits(ws)
+    >>> m = train(new_model("mlp", ds), ds, TrainConfig(epochs=1), progress=False)
+    >>> len(m.history["curve"])
+    1
+    """
+    cfg = config or TrainConfig()
+    if tuple(data.input_shape) != (model.config.in_channels, *model.config.image_size):
+        raise BadInput(
+            f"model expects inputs {(model.config.in_channels, *model.config.image_size)} but dataset "
+            f"{data.name} has {data.input_shape}: build the model for this dataset"
+        )
+    if data.num_classes != model.config.num_classes:
+        raise BadInput(f"model has {model.config.num_classes} classes but dataset has {data.num_classes}")
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    x_np, y_np = data.subset("train")
+    keep = subsample(y_np, cfg.max_train_samples, cfg.seed)
+    x_tr, y_tr = model.to_tensor(x_np[keep]), torch.from_numpy(y_np[keep])  # (N, C, H, W), (N,)
+    xv_np, yv_np = data.subset("val")
+    x_val, y_val = model.to_tensor(xv_np), torch.from_numpy(yv_np)
+    n = len(y_tr)
+    # A final batch of one sample breaks BatchNorm; drop such a remainder.
+    steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
+    net = model.net
+    net.train()
+    opt = _optimizer(net, cfg)
+    sched = _scheduler(opt, cfg, cfg.epochs * steps)
+    curve: list[dict[str, Any]] = []
+    best = {"acc": -1.0, "epoch": 0, "state": None}
+    start_epoch = 0
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    if resume:
+        if ckpt_path is None or not ckpt_path.exists():
+            raise NotFound(f"no checkpoint at {ckpt_path}: the run never finished an epoch; start it again")
+        # weights_only: tensors and plain containers, never arbitrary objects, so a
+        # checkpoint someone else could write cannot run code here (M7).
+        try:
+            state = torch.load(ckpt_path, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise BadInput(
+                f"checkpoint {ckpt_path} holds more than tensors and plain data, so it was not loaded "
+                f"({str(e).splitlines()[0][:120]}): start the run again"
+            ) from None
+        if state["config"] != cfg.to_dict():
+            raise BadInput("the checkpoint was written with a different TrainConfig: resume with the same config")
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        curve, best, start_epoch = state["curve"], state["best"], state["epoch"]
+
+    loss_fn = loss_fn or (lambda out, yb, xb, idx: F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing))
+    bar_ctx = _progress_bar() if progress else contextlib.nullcontext(None)
+    stopped_early = False
+    with bar_ctx as bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, loss=float("nan")) if bar else None
+            perm = torch.randperm(n, generator=g)
+            loss_sum, correct, seen = 0.0, 0, 0
+            for s in range(steps):
+                idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                xb, yb = x_tr[idx], y_tr[idx]  # (B, C, H, W), (B,)
+                xb = augment(xb, cfg.augment, g)
+                out = net(xb)  # (B, K)
+                loss = loss_fn(out, yb, xb, idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += float(loss.detach()) * len(yb)
+                correct += int((out.argmax(1) == yb).sum())
+                seen += len(yb)
+                if bar and (s % 20 == 0 or s == steps - 1):
+                    bar.update(task, completed=s + 1, loss=loss_sum / seen)
+            train_s = time.perf_counter() - t0
+            val_loss, val_acc = evaluate_split(model, x_val, y_val)
+            point = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / seen,
+                "train_accuracy": correct / seen,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+                "samples_per_s": seen / train_s,
+            }
+            curve.append(point)
+            # With no val split there is nothing to select on: keep the last epoch.
+            no_val = len(y_val) == 0
+            if no_val or val_acc > best["acc"] + (cfg.min_delta if best["state"] is not None else -1.0):
+                best = {"acc": val_acc, "epoch": epoch + 1, "state": _clone_state(net)}
+            if bar:
+                bar.console.print(
+                    f"epoch {epoch + 1}: train loss {point['train_loss']:.4f}  val acc {val_acc:.4f}  "
+                    f"{point['seconds']:.1f}s  {point['samples_per_s']:.0f} samples/s"
+                )
+                bar.remove_task(task)
+            if ckpt_path is not None:
+                buf = io.BytesIO()
+                torch.save(
+                    {
+                        "config": cfg.to_dict(),
+                        "net": net.state_dict(),
+                        "opt": opt.state_dict(),
+                        "sched": sched.state_dict(),
+                        "rng": g.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "curve": curve,
+                        "best": best,
+                        "epoch": epoch + 1,
+                    },
+                    buf,
+                )
+                atomic_write(ckpt_path, buf.getvalue())
+            if on_epoch:  # after the checkpoint, so a callback that interrupts can resume
+                on_epoch(point)
+            if cfg.patience and not no_val and epoch + 1 - best["epoch"] >= cfg.patience and epoch + 1 < cfg.epochs:
+                stopped_early = True
+                break
+
+    if best["state"] is not None:
+        net.load_state_dict(best["state"])
+    net.eval()
+    accs = [p["val_accuracy"] for p in curve]
+    plateau = detect_plateau(accs, cfg.patience or 2, cfg.min_delta)
+    history = {
+        "curve": curve,
+        "best_epoch": best["epoch"],
+        "val_accuracy": best["acc"],
+        "stopped_early": stopped_early,
+        "train_samples": n,
+        "seconds": sum(p["seconds"] for p in curve),
+        "plateau": {"epoch": plateau, "message": f"plateau at epoch {plateau}: {PLATEAU_ADVICE}"} if plateau else None,
+    }
+    lineage = dict(model.lineage)
+    lineage["dataset_id"] = data.id
+    if model.id:
+        lineage["parent_id"] = model.id
+    lineage["recipe"] = [*lineage.get("recipe", []), cfg.to_dict()]
+    return dataclasses.replace(model, net=net, lineage=lineage, history=history, id=None, name=None)
+
+
+def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _progress_bar():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # On stderr, so `--json` output on stdout stays clean.
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def train_in_workspace(
+    ws: Workspace,
+    data_ref: str | None = None,
+    arch: str = "cnn_medium",
+    config: TrainConfig | None = None,
+    *,
+    name: str | None = None,
+    resume: str | None = None,
+    progress: bool = True,
+) -> tuple[Model, str]:
+    """Train inside a workspace: a catalog run row, per-epoch checkpoints under
+    `runs/<id>/`, and the model saved at the end. `resume` takes a run id.
+
+    Returns (saved model, run id).
+    """
+    if resume:
+        row = ws.resolve("runs", resume)
+        if row["status"] == "completed":
+            raise BadInput(f"run {row['id']} already completed (model {row['model_id']}): nothing to resume")
+        from datamoat.configs import config_from_dict
+
+        config = config_from_dict(row["config"]["train"])  # type: ignore[assignment]
+        data = load_dataset(ws, row["dataset_id"])
+        overrides = {k: v for k, v in row["config"]["model"].items() if k not in ("type", "version")}
+        model = new_model(row["arch"], data, seed=config.seed, **overrides)  # type: ignore[union-attr]
+        run_id, name = row["id"], row["name"]
+    else:
+        if data_ref is None:
+            raise BadInput("give --data: a dataset id or name (`datamoat data list` shows them)")
+        config = config or TrainConfig()
+        data = load_dataset(ws, data_ref)
+        model = new_model(arch, data, seed=config.seed)
+        run_id = ws.new_id()
+        name = name or f"{arch}-{data.name}"
+        cfg_dict = {"train": config.to_dict(), "model": model.config.to_dict()}
+        ws.insert(
+            "runs",
+            {"id": run_id, "name": name, "dataset_id": data.id, "arch": arch, "status": "running", "config": cfg_dict},
+        )
+    ckpt = ws.path_for("runs", run_id) / "checkpoint.pt"
+    ws.update("runs", run_id, status="running")
+    try:
+        trained = train(model, data, config, checkpoint=ckpt, resume=bool(resume), progress=progress)
+    except KeyboardInterrupt:
+        ws.update("runs", run_id, status="interrupted")
+        raise
+    saved = save_model(ws, trained, name=name, run_id=run_id)
+    ws.update("runs", run_id, status="completed", model_id=saved.id, result=trained.history)
+    return saved, run_id

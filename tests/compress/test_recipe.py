@@ -1,0 +1,137 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dmtest import dm
+
+from datamoat.compress.recipe import CompressConfig, choose, compress, pareto_front
+from datamoat.errors import BadInput
+from datamoat.models import new_model, save_model
+from datamoat.train.loop import TrainConfig, train
+
+ROWS = [
+    {"name": "teacher", "accuracy": 0.92, "bytes": 4000, "bytes_zlib": 3600, "latency_ms_b1": 1.0},
+    {"name": "student", "accuracy": 0.915, "bytes": 1000, "bytes_zlib": 900, "latency_ms_b1": 0.4},
+    {"name": "student-int8", "accuracy": 0.905, "bytes": 300, "bytes_zlib": 250, "latency_ms_b1": 0.3},
+    {"name": "slow-small", "accuracy": 0.90, "bytes": 280, "bytes_zlib": 240, "latency_ms_b1": 2.0},
+]
+
+
+def rows():
+    return [dict(r) for r in ROWS]
+
+
+def test_pareto_front_drops_dominated():
+    extra = [*rows(), {"name": "worse", "accuracy": 0.90, "bytes": 1200, "bytes_zlib": 1, "latency_ms_b1": 0.5}]
+    assert set(pareto_front(extra)) == {"teacher", "student", "student-int8", "slow-small"}
+
+
+def test_choose_honours_each_constraint():
+    assert choose(rows(), CompressConfig(max_accuracy_drop=2.5), 0.92) == "slow-small"
+    assert choose(rows(), CompressConfig(max_accuracy_drop=2.5, max_latency_ms=1.0), 0.92) == "student-int8"
+    assert choose(rows(), CompressConfig(max_accuracy_drop=1.0), 0.92) == "student"
+    assert choose(rows(), CompressConfig(max_accuracy_drop=0.1, max_size_kb=4), 0.92) == "teacher"
+    r = rows()
+    choose(r, CompressConfig(max_accuracy_drop=1.5, max_size_kb=0.3), 0.92)
+    assert [x["meets"] for x in r] == [False, False, True, False]
+    assert "size 3.9 KB > 0.3 KB" in r[0]["why_not"] and "accuracy drop 2.00 > 1.5" in r[3]["why_not"]
+
+
+def test_choose_says_when_nothing_fits():
+    with pytest.raises(BadInput, match="no candidate meets the constraints"):
+        choose(rows(), CompressConfig(max_accuracy_drop=0.1, max_size_kb=0.1), 0.92)
+
+
+def test_bad_config():
+    with pytest.raises(BadInput, match="unknown calibration method"):
+        CompressConfig(calibration="kl")
+    with pytest.raises(BadInput, match="sparsity"):
+        CompressConfig(sparsity=1.0)
+
+
+FAST = dict(
+    distill_epochs=2,
+    augment="none",
+    structured_epochs=1,
+    unstructured=True,
+    unstructured_steps=1,
+    unstructured_epochs=1,
+    latency_repeats=5,
+    student_arch="cnn_small",
+    student_channels=(8, 16),
+    student_hidden=(32,),
+)
+
+
+@pytest.fixture(scope="module")
+def teacher_ws(tmp_path_factory):
+    from datamoat.data import import_digits
+    from datamoat.workspace import Workspace
+
+    ws = Workspace.init(tmp_path_factory.mktemp("cws"))
+    data = import_digits(ws)
+    teacher = train(new_model("cnn_medium", data), data, TrainConfig(epochs=4, threads=1), progress=False)
+    return ws, data, save_model(ws, teacher, name="teacher")
+
+
+def test_recipe_end_to_end(teacher_ws, tmp_path):
+    import onnxruntime as ort
+
+    ws, data, teacher = teacher_ws
+    res = compress(teacher, data, CompressConfig(max_accuracy_drop=5.0, **FAST), out_dir=tmp_path)
+    names = [c["name"] for c in res.candidates]
+    assert names == [
+        "teacher",
+        "teacher-int8",
+        "student",
+        "student-int8",
+        "distill+structured",
+        "distill+structured-int8",
+        "distill+structured+unstructured",
+        "distill+structured+unstructured-int8",
+    ]
+    x, y = data.subset("test")
+    for c in res.candidates:
+        sess = ort.InferenceSession(c["onnx_path"], providers=["CPUExecutionProvider"])
+        assert sess.run(None, {"input": np.zeros((2, 1, 8, 8), np.float32)})[0].shape == (2, 10)
+        assert c["latency_ms_b1"] > 0 and c["throughput_b64"] > 0 and c["bytes"] == Path(c["onnx_path"]).stat().st_size
+    int8 = res.candidate("teacher-int8")
+    assert int8["bytes"] < 0.5 * res.candidate("teacher")["bytes"]
+    pruned = res.candidate("distill+structured")
+    assert pruned["params"] < res.candidate("student")["params"] < res.candidate("teacher")["params"]
+    # The pruned student is fine-tuned against the teacher, not the labels alone.
+    steps = [r["type"] for r in res.models["distill+structured"].lineage["recipe"]]
+    assert steps[-2:] == ["StructuredConfig", "DistillConfig"], steps
+    # Where int8 is not clearly faster than its own fp32 model, the table says so, by name.
+    weak = [c["name"] for c in res.candidates if "int8" in c["steps"] and c["int8_speedup_b1"] < 1.25]
+    assert ("int8 barely pays" in res.table_md) == bool(weak)
+    assert all(f"{n} (" in res.table_md.split("barely pays")[-1] for n in weak)
+    sparse = res.candidate("distill+structured+unstructured")
+    assert sparse["bytes_zlib"] < pruned["bytes_zlib"]
+    chosen = res.candidate(res.chosen)
+    assert chosen["meets"] and chosen["accuracy_drop_points"] <= 5.0
+    assert all(chosen["bytes"] <= c["bytes"] for c in res.candidates if c["meets"])
+    saved = json.loads((tmp_path / "candidates.json").read_text())
+    assert [c["name"] for c in saved["candidates"]] == names
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_cli_registers_the_choice_or_nothing(teacher_ws):
+    from datamoat.registry.core import Registry, registry_url
+
+    ws, _, teacher = teacher_ws
+    fast = ["--distill-epochs", "1", "--no-unstructured", "--student", "mlp"]
+    refused = dm(ws.root, "compress", teacher.id, "--max-size-kb", "0.01", *fast)
+    assert refused.returncode == 2 and "no candidate meets the constraints" in refused.stderr
+    assert Registry(registry_url(ws)).versions() == []
+    ok = dm(ws.root, "compress", teacher.id, "--max-accuracy-drop", "10", "--json", *fast)
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert {"candidates", "chosen", "model_id"} <= set(out)
+    for c in out["candidates"]:
+        assert {"name", "steps", "accuracy", "bytes", "latency_ms_b1", "throughput_b64", "onnx_path"} <= set(c)
+    version = Registry(registry_url(ws)).version(out["model_id"])
+    assert version["info"]["lineage"]["teacher_id"] == teacher.id
+    assert version["info"]["recipe"]["type"] == "CompressConfig"

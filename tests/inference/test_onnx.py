@@ -1,0 +1,55 @@
+"""Running and timing ONNX models: preprocessing parity, probabilities, accuracy, latency."""
+
+import numpy as np
+import pytest
+
+from datamoat.compress.export import ExportConfig, export
+from datamoat.inference.onnx import (
+    file_bytes,
+    measure_latency,
+    normalise,
+    onnx_accuracy,
+    onnx_predict_proba,
+    ort_session,
+)
+from datamoat.models import new_model
+
+
+@pytest.fixture
+def exported(digits, tmp_path):
+    m = new_model("cnn_small", digits, channels=(4, 8), hidden=(16,))
+    m.net.eval()
+    return m, export(m, tmp_path / "m.onnx")
+
+
+def test_normalise_is_exactly_model_to_tensor(digits):
+    m = new_model("mlp", digits, hidden=(8,))
+    x, _ = digits.subset("val")
+    np.testing.assert_array_equal(normalise(x, m.preprocess), m.to_tensor(x).numpy())
+
+
+def test_predict_proba_and_accuracy_match_pytorch(digits, exported):
+    m, path = exported
+    x, y = digits.subset("val")
+    p = onnx_predict_proba(path, x, m.preprocess, batch_size=50)  # several batches, one partial
+    np.testing.assert_allclose(p, m.predict_proba(x), atol=1e-5)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    torch_acc = float((m.logits(x).argmax(1) == y).mean())
+    assert onnx_accuracy(ort_session(path, threads=1), x, y, m.preprocess) == pytest.approx(torch_acc)
+
+
+def test_measure_latency_reports_interleaved_medians_per_candidate(digits, exported, tmp_path):
+    m, path = exported
+    fixed = export(m, tmp_path / "b1.onnx", ExportConfig(dynamic_batch=False))
+    res = measure_latency(
+        {"a": path, "b": path, "fixed": fixed}, (1, 8, 8), batch_sizes=(1, 4), warmup=2, repeats=7, threads=1
+    )
+    assert set(res) == {"a", "b", "fixed"}
+    for name in ("a", "b"):
+        r = res[name]
+        assert set(r) == {f"{k}_b{b}" for k in ("latency_ms", "p90_ms", "throughput") for b in (1, 4)}
+        assert 0 < r["latency_ms_b1"] <= r["p90_ms_b1"]
+        assert r["throughput_b4"] == pytest.approx(4 / (r["latency_ms_b4"] / 1e3))
+    # A model whose batch axis is fixed to 1 is timed at batch 1 only.
+    assert set(res["fixed"]) == {"latency_ms_b1", "p90_ms_b1", "throughput_b1"}
+    assert file_bytes(path) == path.stat().st_size > 0

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+
+from datamoat.errors import BadInput
+from datamoat.models import new_model
+from datamoat.train.loop import PLATEAU_ADVICE, TrainConfig, detect_plateau, train, train_in_workspace
+
+
+def _acc(model, data):
+    x, y = data.subset("test")
+    return float((model.logits(x).argmax(1) == y).mean())
+
+
+def test_training_learns_and_records_a_curve(digits):
+    m = train(new_model("cnn_small", digits), digits, TrainConfig(epochs=3, threads=1), progress=False)
+    curve = m.history["curve"]
+    assert [p["epoch"] for p in curve] == [1, 2, 3]
+    assert {"train_loss", "val_accuracy", "seconds", "samples_per_s"} <= set(curve[0])
+    assert curve[-1]["train_loss"] < curve[0]["train_loss"]
+    assert _acc(m, digits) > 0.85
+    assert m.lineage["dataset_id"] == digits.id and m.lineage["recipe"][0]["type"] == "TrainConfig"
+
+
+def test_same_seed_same_result(digits):
+    cfg = TrainConfig(epochs=2, threads=1, seed=7, augment="crop")
+    a = train(new_model("cnn_small", digits, seed=7), digits, cfg, progress=False)
+    b = train(new_model("cnn_small", digits, seed=7), digits, cfg, progress=False)
+    assert _acc(a, digits) == _acc(b, digits)
+    for (ka, va), (_, vb) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
+        assert torch.equal(va, vb), ka
+
+
+def test_sgd_cosine_and_subsampling(digits):
+    cfg = TrainConfig(
+        epochs=4, batch_size=32, optimizer="sgd", lr=0.05, schedule="cosine", max_train_samples=300, threads=1
+    )
+    m = train(new_model("mlp", digits), digits, cfg, progress=False)
+    assert abs(m.history["train_samples"] - 300) <= 10
+    assert _acc(m, digits) > 0.5
+
+
+def test_plateau_detection_and_early_stopping(digits):
+    assert detect_plateau([0.5, 0.7, 0.7, 0.69, 0.7], patience=2, min_delta=0.01) == 2
+    assert detect_plateau([0.5, 0.6, 0.7], patience=2, min_delta=0.01) is None
+    # An lr of ~0 cannot improve after epoch 1: the run must stop early and say why.
+    cfg = TrainConfig(epochs=10, lr=1e-9, schedule="none", patience=2, threads=1)
+    m = train(new_model("mlp", digits), digits, cfg, progress=False)
+    assert m.history["stopped_early"] and len(m.history["curve"]) == 3
+    assert m.history["plateau"]["epoch"] == 1
+    assert m.history["plateau"]["message"] == f"plateau at epoch 1: {PLATEAU_ADVICE}"
+
+
+def test_interrupted_run_resumes_to_the_same_model(digits, tmp_path):
+    cfg = TrainConfig(epochs=3, threads=1, augment="crop_flip", patience=0)
+    full = train(new_model("cnn_small", digits), digits, cfg, progress=False)
+
+    def stop_after_first(point):
+        if point["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ck.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(new_model("cnn_small", digits), digits, cfg, checkpoint=ckpt, on_epoch=stop_after_first, progress=False)
+    resumed = train(new_model("cnn_small", digits, seed=99), digits, cfg, checkpoint=ckpt, resume=True, progress=False)
+    assert [p["epoch"] for p in resumed.history["curve"]] == [1, 2, 3]
+    for k, v in full.net.state_dict().items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
+
+
+def test_run_training_in_workspace(ws, digits):
+    model, run_id = train_in_workspace(ws, digits.id, "mlp", TrainConfig(epochs=1, threads=1), progress=False)
+    run = ws.resolve("runs", run_id)
+    assert run["status"] == "completed" and run["model_id"] == model.id
+    assert (ws.root / "runs" / run_id / "checkpoint.pt").exists()
+    with pytest.raises(BadInput, match="already completed"):
+        train_in_workspace(ws, resume=run_id, progress=False)
+
+
+def test_bad_train_config():
+    with pytest.raises(BadInput, match="unknown optimizer 'adam'"):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(BadInput, match="epochs"):
+        TrainConfig(epochs=0)
+
+
+def test_model_and_data_must_match(ws, digits, idx_pair):
+    from datamoat.data import import_idx
+
+    other = import_idx(ws, idx_pair[0], idx_pair[1])
+    with pytest.raises(BadInput, match="build the model for this dataset"):
+        train(new_model("mlp", digits), other, TrainConfig(epochs=1), progress=False)
+    assert np.unique(other.y).size == 3
+
+
+def test_without_a_val_split_the_last_epoch_is_kept(digits):
+    import dataclasses
+
+    split = digits.split.copy()
+    split[split == 1] = 0  # val samples join train
+    no_val = dataclasses.replace(digits, split=split)
+    m = train(new_model("mlp", digits), no_val, TrainConfig(epochs=3, threads=1, patience=1), progress=False)
+    assert m.history["best_epoch"] == 3 and len(m.history["curve"]) == 3

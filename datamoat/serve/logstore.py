@@ -22,6 +22,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -138,7 +139,7 @@ class PredictionLog:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
-    def add(self, rows: list[dict[str, Any]], review_items: list[dict[str, Any]] = ()) -> None:
+    def add(self, rows: list[dict[str, Any]], review_items: Sequence[dict[str, Any]] = ()) -> None:
         """Buffer prediction-log rows and review-queue rows (`review_rows`) of those predictions."""
         if not self.enabled or not rows:
             return

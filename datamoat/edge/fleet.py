@@ -531,7 +531,8 @@ class Fleet:
         >>> fleet.record_uploads(fleet.authenticate(token, "cam-01"), [item], max_per_hour=600)  # doctest: +SKIP
         {'acked': ['1b9d...'], 'stored': 1, 'duplicates': 0, 'rate_limited': False}
         """
-        now, versions = time.time(), {}
+        now = time.time()
+        versions: dict[str, Any] = {}
         parsed = [parse_upload(i, it, versions, self.registry, now) for i, it in enumerate(items)]
         ids = [p["prediction_id"] for p in parsed]
         with self.engine.connect() as conn:
@@ -550,7 +551,9 @@ class Fleet:
                 .where((uploads.c.device_id == device["id"]) & (uploads.c.received > now - 3600))
             ).scalar_one()
             n_open = open_reviews(conn)
-        new, dup, seen = [], [], set()
+        new: list[dict[str, Any]] = []
+        dup: list[dict[str, Any]] = []
+        seen = set()
         for i, p in enumerate(parsed):
             pid = p["prediction_id"]
             if mine.get(pid, device["id"]) != device["id"] or (pid in logged and pid not in mine):

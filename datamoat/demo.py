@@ -37,6 +37,7 @@ def run_demo(
     data = import_default(ws)
     fallback = None if data.name == "fashion-mnist" else fashion_mnist_missing(data.name)
     model, run_id = run_training(ws, data.id, arch, config, name=f"teacher-{data.name}", progress=progress)
+    assert model.id is not None  # run_training saves the model
     evaluation, paths, eval_id = run_eval(ws, model.id, data.id)
     return {
         "dataset_id": data.id,

@@ -49,6 +49,7 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check datamoat tests bench scripts
 	$(VENV)/bin/ruff format --check datamoat tests bench scripts
+	$(VENV)/bin/mypy datamoat
 	$(PY) scripts/check_lock.py $(LOCK)
 
 format: install

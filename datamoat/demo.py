@@ -37,6 +37,7 @@ def run_demo(
     data = import_default(ws)
     fallback = None if data.name == "fashion-mnist" else fashion_mnist_missing(data.name)
     model, run_id = train_in_workspace(ws, data.id, arch, config, name=f"teacher-{data.name}", progress=progress)
+    assert model.id is not None  # train_in_workspace saves the model
     evaluation, paths, eval_id = evaluate_in_workspace(ws, model.id, data.id)
     return {
         "dataset_id": data.id,

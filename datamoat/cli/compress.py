@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -39,7 +40,7 @@ def compress(
     """
     from datamoat.compress.recipe import CompressConfig, compress_in_workspace
 
-    given = {
+    given: dict[str, Any] = {
         "max_accuracy_drop": max_accuracy_drop,
         "max_size_kb": max_size_kb,
         "max_latency_ms": max_latency_ms,

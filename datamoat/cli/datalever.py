@@ -161,7 +161,7 @@ def data_fix(
         except ValueError:
             raise BadInput(f"--keep-above is a probability in [0, 1] or 'auto', got {keep_above!r}") from None
     for opt, val in (("--min-confidence", min_confidence), ("--drop-below", drop_below), ("--keep-above", keep)):
-        if val != "auto" and not 0.0 <= val <= 1.0:
+        if not isinstance(val, str) and not 0.0 <= val <= 1.0:  # the only str is "auto"
             raise BadInput(f"{opt} is a probability in [0, 1], got {val}")
     ws = open_ws()
     ds = load_dataset(ws, dataset)

@@ -19,7 +19,7 @@ def demo(
         note = sources.fashion_mnist_missing("digits")
         err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     cfg = DEMO_TRAIN.replace(epochs=epochs) if epochs else DEMO_TRAIN
-    out = run_demo(open_ws(create=True), config=cfg)  # type: ignore[arg-type]
+    out = run_demo(open_ws(create=True), config=cfg)
     text = (
         f"dataset {out['dataset_id']} ({out['dataset']}), model {out['model_id']} ({out['arch']}, {out['params']:,} params)\n"
         f"test accuracy {out['test_accuracy']:.4f}, ECE {out['ece']:.4f}, {out['seconds']:.0f}s\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from datamoat.cli._common import JsonOpt, emit, open_ws
@@ -54,7 +56,7 @@ def distill_cmd(
     if not data_ref:
         raise BadInput(f"teacher {t.name} records no dataset: pass --data with a dataset id or name")
     ds = load_dataset(ws, data_ref)
-    train = {"seed": seed, "max_train_samples": max_train_samples}
+    train: dict[str, Any] = {"seed": seed, "max_train_samples": max_train_samples}
     train.update({k: v for k, v in {"epochs": epochs, "augment": augment, "lr": lr}.items() if v is not None})
     config = DistillConfig(temperature=temperature, alpha=alpha, train=train)
     widths = {k: v for k, v in {"channels": _widths(channels), "hidden": _widths(hidden)}.items() if v is not None}

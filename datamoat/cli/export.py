@@ -70,6 +70,7 @@ def register(app: typer.Typer) -> None:
         out = r.to_dict()
         acc = "not checked (the dataset has no val split)"
         if r.accuracy_drop is not None:
+            assert r.fp32_accuracy is not None and r.int8_accuracy is not None  # accuracy_drop needs both
             acc = (
                 f"fp32 {100 * r.fp32_accuracy:.2f}%  int8 {100 * r.int8_accuracy:.2f}%  "
                 f"(drop {r.accuracy_drop:.2f} points, budget {cfg.max_accuracy_drop:g})"

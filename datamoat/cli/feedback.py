@@ -46,6 +46,7 @@ def _read_labelled(path: Path, classes: list[str], shape: list[int]) -> tuple[np
             for f in sorted(d.iterdir()):
                 if f.suffix.lower() not in (".png", ".jpg", ".jpeg"):
                     continue
+                im: Image.Image
                 try:
                     with Image.open(f) as im:
                         im = im.convert("L" if shape[0] == 1 else "RGB").resize((shape[2], shape[1]))

@@ -64,7 +64,8 @@ def register(app: typer.Typer) -> None:
         saved = save(ws, out, name=name or f"{src.name}-{method}")
         rep = out.history["prune"]
         # Real sizes of the stored artifacts, not in-memory estimates.
-        size = {m.id: ws.object_path(ws.resolve("models", m.id)["weights_sha"]).stat().st_size for m in (src, saved)}
+        assert src.id is not None and saved.id is not None  # both are in the catalog
+        size = {i: ws.object_path(ws.resolve("models", i)["weights_sha"]).stat().st_size for i in (src.id, saved.id)}
         obj = {
             "model_id": saved.id,
             "name": saved.name,

@@ -147,6 +147,7 @@ def export_bytes(model: Model, config: ExportConfig | None = None) -> tuple[byte
             )
     finally:
         net.train(was_training)
+    assert program is not None  # the dynamo exporter returns its ONNXProgram
     proto = program.model_proto
     for node in proto.graph.node:
         # The exporter stamps each node with its Python stack trace: local

@@ -14,6 +14,7 @@ re-deriving shapes from the config.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ def count_flops(model_or_net: object, input_shape: Sequence[int] | None = None, 
     >>> count_flops(net, (1, 4, 4))  # conv 4*4 positions * 2*1*3*3, linear 32*3
     384
     """
-    net: nn.Module = getattr(model_or_net, "net", model_or_net)  # type: ignore[assignment]
+    net = cast(nn.Module, getattr(model_or_net, "net", model_or_net))
     if input_shape is None:
         cfg = getattr(model_or_net, "config", None)
         if cfg is None:
@@ -45,7 +46,9 @@ def count_flops(model_or_net: object, input_shape: Sequence[int] | None = None, 
     total = 0
 
     def weight_count(m: nn.Module) -> int:
-        w = m.weight.detach()  # computed by prune's pre-hook when pruning is active
+        # A Conv2d's or Linear's (typed Tensor | Module by nn.Module.__getattr__);
+        # computed by prune's pre-hook when pruning is active.
+        w = cast(torch.Tensor, m.weight).detach()
         return int(torch.count_nonzero(w)) if nonzero else w.numel()
 
     def conv_hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:

@@ -315,6 +315,7 @@ def quantize(
     proto = onnx.load(str(src))
     preprocess = preprocess or meta.get("preprocess")
     check(preprocess is not None, f"{src} carries no preprocess metadata: pass the model's preprocess dict")
+    assert preprocess is not None
     x = np.asarray(calibration_x)
     check(
         x.dtype == np.uint8 and x.ndim == 4 and len(x) > 0,
@@ -330,8 +331,9 @@ def quantize(
     x_cal = _sample(x, cfg.calibration_samples, cfg.seed, step, preprocess)
     name = next(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})
     feeds = [{name: x_cal[i : i + step]} for i in range(0, len(x_cal), step)]
-    has_eval = eval_x is not None and eval_y is not None and len(eval_y) > 0
-    fp32_acc = onnx_accuracy(src, eval_x, eval_y, preprocess) if has_eval else None
+    # (x, y) to hold the accuracy drop to, None without eval data
+    evals = (eval_x, eval_y) if eval_x is not None and eval_y is not None and len(eval_y) > 0 else None
+    fp32_acc = onnx_accuracy(src, *evals, preprocess) if evals is not None else None
     with tempfile.TemporaryDirectory(prefix="datamoat-q-") as tmp_dir:
         tmp = Path(tmp_dir)
         fp32, pre = tmp / "fp32.onnx", tmp / "pre.onnx"
@@ -346,8 +348,8 @@ def quantize(
         attempts: list[dict[str, Any]] = []
         while True:
             out = _quantize_once(pre, tmp / f"int8_{len(attempts)}.onnx", method, cfg, list(excluded), feeds)
-            int8_acc = onnx_accuracy(out, eval_x, eval_y, preprocess) if has_eval else None
-            drop = 100 * (fp32_acc - int8_acc) if has_eval else 0.0  # type: ignore[operator]
+            int8_acc = onnx_accuracy(out, *evals, preprocess) if evals is not None else None
+            drop = 100 * (fp32_acc - int8_acc) if fp32_acc is not None and int8_acc is not None else 0.0
             attempts.append({"excluded": list(excluded), "int8_accuracy": int8_acc, "accuracy_drop": drop})
             if drop <= cfg.max_accuracy_drop + 1e-9:
                 break
@@ -358,7 +360,8 @@ def quantize(
                     f"attempt(s) keeping [{', '.join(excluded) or 'nothing'}] fp32 ({method}, {cfg.calibration} "
                     "calibration): raise --max-accuracy-drop, try another --calibration, or ship the fp32 model"
                 )
-            x_probe = _sample(eval_x, 1024, cfg.seed, step, preprocess)  # type: ignore[arg-type]
+            assert evals is not None  # without eval data the drop is 0, within any budget
+            x_probe = _sample(evals[0], 1024, cfg.seed, step, preprocess)
             ref, cache, errors = _logits(src, x_probe, step), tmp / f"calib_{len(attempts)}.json", {}
             for i, n in enumerate(left):  # node names may hold '/', so the file is named by index
                 probe = _quantize_once(pre, tmp / f"probe_{i}.onnx", method, cfg, [*excluded, n], feeds, cache)
@@ -401,6 +404,7 @@ def quantize_in_workspace(
     check(model.id is not None, "the model is not saved: save it to the workspace before quantizing it there")
     ds_id = model.lineage.get("dataset_id")
     check(ds_id is not None, f"model {model.name} records no dataset: quantize it with `quantize()` and your own data")
+    assert ds_id is not None
     fp32 = ws.root / "onnx" / f"{model.id}.onnx"
     if not fp32.is_file() or onnx_metadata(fp32).get("model_id") != model.id:
         fp32, _ = export_in_workspace(ws, model)

@@ -119,6 +119,7 @@ def _load_image(path: Path, size: tuple[int, int] | None, mode: str):
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    im: Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -130,7 +131,7 @@ def _load_image(path: Path, size: tuple[int, int] | None, mode: str):
     except (OSError, SyntaxError, ValueError) as e:
         raise BadInput(f"image {path} is truncated or corrupt ({e}): remove or re-export it") from None
     if size is not None and im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.BILINEAR)
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
 

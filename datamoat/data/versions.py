@@ -233,9 +233,9 @@ def diff(ws: Workspace, a: Dataset | str, b: Dataset | str) -> dict[str, Any]:
     out["totals"] = totals
     changes = []
     for i in range(max(ka, kb)):
-        old = a.classes[i] if i < ka else None
-        new = b.classes[i] if i < kb else None
-        if old != new:
-            changes.append({"index": i, "a": old, "b": new})
+        name_a = a.classes[i] if i < ka else None
+        name_b = b.classes[i] if i < kb else None
+        if name_a != name_b:
+            changes.append({"index": i, "a": name_a, "b": name_b})
     out["classes"] = {"a": a.classes, "b": b.classes, "changes": changes}
     return out

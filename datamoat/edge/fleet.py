@@ -379,7 +379,8 @@ class Fleet(BundleShelf):
         >>> fleet.record_uploads(fleet.authenticate(token, "cam-01"), [item], max_per_hour=600)  # doctest: +SKIP
         {'acked': ['1b9d...'], 'stored': 1, 'duplicates': 0, 'rate_limited': False}
         """
-        now, versions = time.time(), {}
+        now = time.time()
+        versions: dict[str, Any] = {}
         parsed = [parse_upload(i, it, versions, self.registry, now) for i, it in enumerate(items)]
         with self._tx() as conn:  # serialised with the event log: one transaction per batch
             out = record_uploads(conn, device, parsed, max_per_hour=max_per_hour, max_open=max_open)

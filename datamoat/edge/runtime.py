@@ -190,6 +190,7 @@ class EdgeRuntime:
             cur = self.active
             if cur is not None and cur.bundle.sha256 == sha:
                 return {"status": "installed", "reason": "already active", "sha256": sha}
+            why: str | None
             if cur is not None and b.sequence <= cur.bundle.sequence and not allow_downgrade:
                 why = (
                     f"downgrade refused: bundle sequence {b.sequence} is not newer than the running "
@@ -295,6 +296,7 @@ class EdgeRuntime:
         s = self.serving
         if s.model is None:
             raise Unavailable(s.reason)
+        assert s.bundle is not None  # a serving model comes with its bundle
         x = prepare(s.model.input_shape)  # (N, C, H, W)
         try:
             probs = s.model.probabilities(x)  # (N, K)
@@ -333,6 +335,7 @@ class EdgeRuntime:
 
     def _keep(self, s: Serving, answers: list[dict[str, Any]], x: np.ndarray) -> None:
         """Put the answers that need review, with their inputs x (N, C, H, W), in the outbox."""
+        assert s.model is not None and s.bundle is not None  # `predict` answered with them
         now = time.time()
         for a, xi in zip(answers, x):
             if not (a["needs_review"] or a["abstained"]):

@@ -77,6 +77,7 @@ def parse_upload(i: int, it: Any, versions: dict[str, Any], registry: Registry, 
         versions.update({r["id"]: r for r in registry.versions()})
     info = versions.get(vid)
     need(info is not None, f"model version {vid!r} is not in this registry: upload samples of registered versions")
+    assert info is not None
     classes, shape = [str(c) for c in info["info"]["classes"]], info["info"].get("input_shape")
     need(
         isinstance(shape, list) and it.get("shape") == shape,
@@ -87,6 +88,7 @@ def parse_upload(i: int, it: Any, versions: dict[str, Any], registry: Registry, 
     except (binascii.Error, TypeError, ValueError):
         raw = None
     need(raw is not None and len(raw) == math.prod(shape), f"pixels must be base64 of {math.prod(shape)} uint8 values")
+    assert raw is not None
     pixels = np.frombuffer(raw, np.uint8).reshape(shape)  # (C, H, W)
     label = it.get("label")
     need(label is None or label in classes, f"label {label!r} is not one of model {vid}'s classes")
@@ -172,7 +174,9 @@ def record_uploads(
         .where((uploads.c.device_id == device["id"]) & (uploads.c.received > now - 3600))
     ).scalar_one()
     n_open = open_reviews(conn)
-    new, dup, seen = [], [], set()
+    new: list[dict[str, Any]] = []
+    dup: list[dict[str, Any]] = []
+    seen = set()
     for i, p in enumerate(parsed):
         pid = p["prediction_id"]
         if mine.get(pid, device["id"]) != device["id"] or (pid in logged and pid not in mine):

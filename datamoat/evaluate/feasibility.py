@@ -56,7 +56,7 @@ def _groups(column: str, slices: list, correct: np.ndarray, accepted: np.ndarray
     rows, warnings = [], []
     for name, m in slices:
         n, n_acc = int(m.sum()), int((m & accepted).sum())
-        row = {
+        row: dict[str, Any] = {
             "group": str(name),
             "n": n,
             "accuracy": _r(correct[m].mean()) if n else None,
@@ -107,10 +107,11 @@ def feasibility(
         if ws is None:
             raise BadInput("pass a Workspace (ws=) to look up models and datasets by reference")
         model = load_model(ws, model) if isinstance(model, str) else model
-        ref = data or model.lineage.get("dataset_id")
-        if not ref:
-            raise BadInput(f"model {model.name} records no dataset: give one with --data (`datamoat data list`)")
-        data = load_dataset(ws, ref)
+        if not isinstance(data, Dataset):  # a model by reference may come with a Dataset object
+            ref = data or model.lineage.get("dataset_id")
+            if not ref:
+                raise BadInput(f"model {model.name} records no dataset: give one with --data (`datamoat data list`)")
+            data = load_dataset(ws, ref)
     if list(model.classes) != list(data.classes):
         raise BadInput(f"model classes {model.classes} differ from {data.name}'s {data.classes}: use its dataset")
     classes = list(model.classes)

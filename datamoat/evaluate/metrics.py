@@ -82,6 +82,7 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
         mean_conf = float(conf[mask].mean()) if count else None
         acc = float(hit[mask].mean()) if count else None
         if count:
+            assert acc is not None and mean_conf is not None  # both set when count
             ece += count / n * abs(acc - mean_conf)
         bins.append(
             {

@@ -61,7 +61,7 @@ def compare(
     """
     y = np.asarray(y)
     acc = {k: 100 * float((p == y).mean()) for k, p in (("production", pred_prod), ("candidate", pred_cand))}
-    per_class = []
+    per_class: list[dict[str, Any]] = []
     for i, name in enumerate(classes):
         m = y == i
         if m.any():
@@ -161,6 +161,7 @@ def retrain_from_feedback(
 
     recipe = [r for r in prod.lineage.get("recipe", []) if r.get("type") == "TrainConfig"]
     tcfg = config_from_dict(recipe[-1]) if recipe else TrainConfig()
+    assert isinstance(tcfg, TrainConfig)  # the recipe entries kept are TrainConfigs
     tcfg = tcfg.replace(seed=cfg.seed, **({"epochs": cfg.epochs} if cfg.epochs else {}))
     torch.manual_seed(cfg.seed)
     fresh = Model(
@@ -190,5 +191,6 @@ def retrain_from_feedback(
     )
     if out["better"]:
         saved = save_model(ws, cand, name=f"{prod.name}-feedback")
+        assert saved.id is not None  # save_model sets it
         out.update(registered=True, model_id=saved.id, version=register_model(ws, reg, saved.id, actor=actor))
     return out

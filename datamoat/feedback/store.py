@@ -157,7 +157,7 @@ class Quarantine:
             "input_sha256": digest,
             "dedup": f"p:{prediction_id}" if prediction_id else f"h:{digest}",
             "pixels": blob,
-            "shape": json.dumps(list(pixels.shape)) if blob is not None else None,
+            "shape": json.dumps(list(pixels.shape)) if pixels is not None else None,  # iff blob is not None
             "status": "pending",
             "reasons": "[]",
             "decided_by": None,
@@ -178,7 +178,9 @@ class Quarantine:
                         f"source {row['source']!r} already sent feedback for {what} (item {dup.id}): "
                         "send each item once"
                     )
-                ids.append(conn.execute(items.insert().values(**row)).inserted_primary_key[0])
+                pk = conn.execute(items.insert().values(**row)).inserted_primary_key
+                assert pk is not None  # a single-row insert has one
+                ids.append(pk[0])
         return ids
 
     def submit(

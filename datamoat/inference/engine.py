@@ -144,7 +144,7 @@ def decide(
             )
         else:
             own = per_class is not None and classes[best] in per_class
-            t = per_class[classes[best]] if own else threshold
+            t = per_class[classes[best]] if own and per_class is not None else threshold
             if own and t is None:
                 ans.update(needs_review=True, reason=f"the policy sends every {classes[best]!r} answer to review")
             elif t is not None and row[best] < t:

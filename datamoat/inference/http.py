@@ -7,6 +7,7 @@ with the status of the `DatamoatError` raised (401 adds ``WWW-Authenticate``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from datamoat.errors import DatamoatError
@@ -39,7 +40,7 @@ def install_error_handlers(app: Any, who: str = "server", endpoints_hint: str = 
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    def error(status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any) -> JSONResponse:
         return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
     async def on_datamoat(request: Any, exc: DatamoatError) -> JSONResponse:

@@ -86,7 +86,7 @@ def sparse_state_bytes(state: dict[str, torch.Tensor], *, level: int = 9) -> byt
         nonzero = (raw != 0).numpy()  # on the bit pattern: -0.0 stays a value
         nnz = int(nonzero.sum())
         n = flat.numel()
-        entry = {"name": name, "dtype": str(t.dtype), "shape": list(t.shape)}
+        entry: dict[str, Any] = {"name": name, "dtype": str(t.dtype), "shape": list(t.shape)}
         # Sparse when the mask (n/8 bytes) plus the values is smaller than the raw tensor.
         if t.is_floating_point() and n // 8 + 1 + nnz * k < n * k:
             values = flat.view(torch.uint8).numpy().reshape(n, k)[nonzero]  # (nnz, k) bytes

@@ -168,9 +168,8 @@ def preset(
     if arch not in ARCHS:
         raise BadInput(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
     fields = {**ARCHS[arch][1], **overrides}
-    return ModelConfig(
-        arch=arch, in_channels=in_channels, image_size=tuple(image_size), num_classes=num_classes, **fields
-    )
+    # validate() turns image_size into a tuple, as it does for a config loaded from JSON
+    return ModelConfig(arch=arch, in_channels=in_channels, image_size=image_size, num_classes=num_classes, **fields)
 
 
 def build(cfg: ModelConfig) -> nn.Module:

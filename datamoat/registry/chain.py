@@ -64,7 +64,8 @@ def verify_chain(conn: sa.Connection, table: sa.Table, fields: tuple[str, ...]) 
     """Recompute a log's chain: {ok, rows, unchained, head, first_bad}. `head` is the
     last link: record it elsewhere, and a later verify that ends elsewhere shows
     rows removed from the end too."""
-    prev, out = GENESIS, {"ok": True, "rows": 0, "unchained": 0, "head": None, "first_bad": None}
+    prev = GENESIS
+    out: dict[str, Any] = {"ok": True, "rows": 0, "unchained": 0, "head": None, "first_bad": None}
     for r in conn.execute(sa.select(table).order_by(table.c.seq)).mappings():
         out["rows"] += 1
         if r["chain"] is None:  # written before chaining existed

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 import numpy as np
@@ -185,7 +186,7 @@ class _Gate:
         limit, t0, status, path = self.ctx.config.max_upload_bytes, time.perf_counter(), [500], scope["path"]
         too_big = f"the request body is over the {limit}-byte limit: send a smaller image or fewer inputs"
 
-        async def counted_send(msg: dict) -> None:
+        async def counted_send(msg: MutableMapping[str, Any]) -> None:
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
             await send(msg)
@@ -230,9 +231,11 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
     if state.model is None:
         raise Unavailable(state.reason)
 
+    shape = state.model.input_shape  # the state is a frozen snapshot
+
     def parse() -> tuple[Prepare, np.ndarray]:
         prep = parse_payload(kind, data, cfg.max_image_pixels)
-        return prep, prep(state.model.input_shape)
+        return prep, prep(shape)
 
     # Small bodies parse faster than a thread hop costs; big ones (a large PNG) stay off the loop.
     prepare, x = parse() if len(data) <= 65536 else await asyncio.to_thread(parse)
@@ -300,6 +303,7 @@ async def model_info(request: Request, _: str = Depends(reader)) -> dict[str, An
     ctx: ServeContext = request.app.state.serve
     st = ctx.controller.state
     m = st.model
+    takedown = st.takedowns.get(st.alias_version) if st.alias_version is not None else None
     return {
         "alias": st.alias,
         "version": st.version_id,
@@ -311,8 +315,8 @@ async def model_info(request: Request, _: str = Depends(reader)) -> dict[str, An
         "reason": st.reason,
         "suppressed": [{"label": k, "mode": v} for k, v in sorted(st.suppressed.items())],
         "alias_version": st.alias_version,
-        "taken_down": st.takedowns.get(st.alias_version) is not None,
-        "takedown": st.takedowns.get(st.alias_version),
+        "taken_down": takedown is not None,
+        "takedown": takedown,
         "generation": st.generation,
         "acked_generation": ctx.controller.acked,
         "server_id": ctx.server_id,

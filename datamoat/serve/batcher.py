@@ -171,6 +171,7 @@ def _infer(model: Any, items: list[_Item]) -> list[Any]:
         if isinstance(x, Exception):
             out.append(x)
         else:
+            assert probs is not None  # some input was good
             out.append((probs[i : i + len(x)], x))
             i += len(x)
     return out

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -342,6 +343,7 @@ async def _run(config: LoadTestConfig) -> LoadTestResult:
         payloads = _payloads(config, shape, rng)  # type: ignore[arg-type]
         run = _Run(config, predict_url, payloads)
         clients = [session] * config.concurrency  # in-flight slots; the connector holds the connections
+        work: Awaitable[Any]
         if config.rate > 0:
             work = run.open_loop(clients, rng)
         else:

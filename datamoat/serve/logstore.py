@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from datamoat.registry.core import Registry
@@ -48,7 +49,7 @@ class PredictionLog:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
-    def add(self, rows: list[dict[str, Any]], review_items: list[dict[str, Any]] = ()) -> None:
+    def add(self, rows: list[dict[str, Any]], review_items: Sequence[dict[str, Any]] = ()) -> None:
         """Buffer prediction-log rows and review-queue rows (`review_rows`) of those predictions."""
         if not self.enabled or not rows:
             return

@@ -163,7 +163,7 @@ def _out_of_fold(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, progress: 
     """(n, K) probabilities for the global indices `sel`, each from models
     that never saw it: the mean over `arch` and the `ensemble` archs."""
     probs = [_out_of_fold_arch(data, sel, cfg, arch, progress) for arch in (cfg.arch, *cfg.ensemble)]
-    return np.mean(probs, axis=0, dtype=np.float64).astype(np.float32)  # (n, K)
+    return np.asarray(np.mean(probs, axis=0, dtype=np.float64)).astype(np.float32)  # (n, K)
 
 
 def _out_of_fold_arch(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, arch: str, progress: bool) -> np.ndarray:
@@ -230,7 +230,7 @@ def near_duplicates(
             for r in torch.nonzero(best >= threshold).flatten().tolist():
                 a, b = sorted((int(pool[start + r]), int(pool[int(j[r])])))
                 pairs.setdefault((a, b), min(1.0, float(best[r])))
-    out = []
+    out: list[dict[str, Any]] = []
     for (a, b), s in pairs.items():
         ya, yb = int(data.y[a]), int(data.y[b])
         out.append(

@@ -189,7 +189,7 @@ def train(
     opt = _optimizer(net, cfg)
     sched = _scheduler(opt, cfg, cfg.epochs * steps)
     curve: list[dict[str, Any]] = []
-    best = {"acc": -1.0, "epoch": 0, "state": None}
+    best: dict[str, Any] = {"acc": -1.0, "epoch": 0, "state": None}
     start_epoch = 0
     ckpt_path = Path(checkpoint) if checkpoint else None
     if resume:

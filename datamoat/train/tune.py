@@ -144,7 +144,7 @@ def _storage(url: str) -> Any:
     import sqlalchemy.exc
 
     kwargs: dict[str, Any] = {}
-    lock = contextlib.nullcontext()
+    lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if url.startswith("sqlite"):
         # Several workers on one SQLite file: wait for the write lock instead of
         # failing, and take turns creating the tables (two workers starting at
@@ -296,6 +296,7 @@ def tune(
     lineage["recipe"] = [*lineage.get("recipe", []), cfg.replace(storage=_redact(url)).to_dict()]
     model = dataclasses.replace(model, lineage=lineage)
     saved = save_model(ws, model, name=name or f"tuned-{bt.params['arch']}-{data.name}")
+    assert bt.value is not None  # the best trial is a completed one
     return TuneResult(
         cfg.study,
         _redact(url),

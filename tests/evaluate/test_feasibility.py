@@ -141,6 +141,12 @@ def test_bad_input(saved):
         feasibility("digits-mlp", None, 0.9)
 
 
+def test_a_model_by_reference_with_a_dataset_object(saved):
+    ws, ds, model = saved
+    res = feasibility("digits-mlp", ds, 0.9, 0.05, ws=ws)  # the dataset object is used, not looked up
+    assert res["accuracy"] == feasibility(model, ds, 0.9, 0.05)["accuracy"]
+
+
 @pytest.mark.slow
 def test_cli_json_matches_the_report(saved):
     ws, _, _ = saved

@@ -23,6 +23,7 @@ through; the inner width is free, which is why the zoo's config lists it.
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import torch
 from torch import nn
@@ -74,8 +75,10 @@ def filter_scores(layer: nn.Module, bn: nn.BatchNorm2d | None, norm: str) -> tor
     >>> filter_scores(lin, None, "l2").tolist()
     [5.0, 1.0]
     """
-    w = layer.weight.detach().flatten(1)  # (C_out, C_in * kh * kw)
+    # A Conv2d's or Linear's weight; nn.Module.__getattr__ types it Tensor | Module.
+    w = cast(torch.Tensor, layer.weight).detach().flatten(1)  # (C_out, C_in * kh * kw)
     if bn is not None:
+        assert bn.running_var is not None  # the zoo's BatchNorm layers track running stats
         scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
         w = w * scale[:, None]
     return w.abs().sum(1) if norm == "l1" else w.pow(2).sum(1).sqrt()
@@ -111,6 +114,7 @@ def _slice_chain(net: nn.Module, cfg: ModelConfig, ratio: float, norm: str) -> t
     linears = [n for n, m in named.items() if isinstance(m, nn.Linear)]
     state = {k: v.clone() for k, v in net.state_dict().items()}
     prev: torch.Tensor | None = None  # kept inputs of the next layer; None = all
+    keep: torch.Tensor | None
     kept_channels = []
     for conv, bn in zip(convs, bns, strict=True):
         keep = _keep(filter_scores(named[conv], named[bn], norm), ratio)
@@ -129,7 +133,7 @@ def _slice_chain(net: nn.Module, cfg: ModelConfig, ratio: float, norm: str) -> t
         if keep is not None:
             kept_hidden.append(len(keep))
         prev = keep
-    return cfg.replace(channels=tuple(kept_channels), hidden=tuple(kept_hidden)), state  # type: ignore[return-value]
+    return cfg.replace(channels=tuple(kept_channels), hidden=tuple(kept_hidden)), state
 
 
 def _slice_resnet(net: ResNet, cfg: ModelConfig, ratio: float, norm: str) -> tuple[ModelConfig, dict]:
@@ -143,7 +147,7 @@ def _slice_resnet(net: ResNet, cfg: ModelConfig, ratio: float, norm: str) -> tup
         _put(state, f"{name}.bn1", block.bn1, keep, None)
         _put(state, f"{name}.conv2", block.conv2, None, keep)
         channels[1 + 2 * i] = len(keep)  # (stem, mid1, out1, mid2, out2, ...)
-    return cfg.replace(channels=tuple(channels)), state  # type: ignore[return-value]
+    return cfg.replace(channels=tuple(channels)), state
 
 
 def slice_network(net: nn.Module, cfg: ModelConfig, ratio: float, norm: str = "l1") -> tuple[ModelConfig, nn.Module]:
@@ -197,11 +201,13 @@ def structured_prune(
     total, kept = _prunable_width(model.config), _prunable_width(new_cfg)
     report = compare(before, after)
     report.update(
-        method="structured",
-        storage="dense",
-        val_accuracy_pruned=acc_pruned,
-        channels_removed_fraction=(total - kept) / max(total, 1),
-        widths_before=_widths(model.config),
-        widths_after=_widths(new_cfg),
+        {
+            "method": "structured",
+            "storage": "dense",
+            "val_accuracy_pruned": acc_pruned,
+            "channels_removed_fraction": (total - kept) / max(total, 1),
+            "widths_before": _widths(model.config),
+            "widths_after": _widths(new_cfg),
+        }
     )
     return finish(model, pruned, config, data, report, latency)

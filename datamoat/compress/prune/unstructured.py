@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import cast
 
 import torch
 from torch import nn
@@ -78,7 +79,7 @@ def sparsity_schedule(final: float, step: int, steps: int, kind: str = "cubic") 
     return final * (1.0 - (1.0 - frac) ** 3) if kind == "cubic" else final * frac
 
 
-def prunable_weights(net: nn.Module) -> list[tuple[nn.Module, str]]:
+def prunable_weights(net: nn.Module) -> list[tuple[nn.Conv2d | nn.Linear, str]]:
     """(module, "weight") for every Conv2d and Linear, in registration order."""
     return [(m, "weight") for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
@@ -95,11 +96,12 @@ def weight_sparsity(net: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in ws) / max(total, 1)
 
 
-def _current_weight(m: nn.Module) -> torch.Tensor:
+def _current_weight(m: nn.Conv2d | nn.Linear) -> torch.Tensor:
     # `m.weight` is refreshed only by a forward pass; after `train` reloads its
     # best state it can be stale, so rebuild it from the reparametrisation.
     if hasattr(m, "weight_orig"):
-        return (m.weight_orig * m.weight_mask).detach()
+        # torch_prune's parameter and buffer, set as attributes: typed Tensor | Module
+        return (cast(torch.Tensor, m.weight_orig) * cast(torch.Tensor, m.weight_mask)).detach()
     return m.weight.detach()
 
 
@@ -119,7 +121,9 @@ def magnitude_prune(
     steps = []
     for k in range(1, config.steps + 1):
         target = sparsity_schedule(config.sparsity, k, config.steps, config.schedule)
-        masked = sum(int((m.weight_mask == 0).sum()) for m, _ in params if hasattr(m, "weight_mask"))
+        masked = sum(
+            int((cast(torch.Tensor, m.weight_mask) == 0).sum()) for m, _ in params if hasattr(m, "weight_mask")
+        )
         amount = round(target * total) - masked  # an int: how many more weights to zero
         if amount > 0:
             scores = {(m, n): _current_weight(m) for m, n in params}
@@ -147,13 +151,15 @@ def magnitude_prune(
     report = compare(before, after)
     state = {k: v.detach() for k, v in work.net.state_dict().items()}
     report.update(
-        method="magnitude",
-        storage="sparse",
-        bytes_after=len(sparse_state_bytes(state)),
-        dense_bytes_after=after["bytes"],
-        target_sparsity=config.sparsity,
-        sparsity=weight_sparsity(work.net),
-        steps=steps,
+        {
+            "method": "magnitude",
+            "storage": "sparse",
+            "bytes_after": len(sparse_state_bytes(state)),
+            "dense_bytes_after": after["bytes"],
+            "target_sparsity": config.sparsity,
+            "sparsity": weight_sparsity(work.net),
+            "steps": steps,
+        }
     )
     # Sparse storage is what makes the zeros pay: save_model honours it.
     return dataclasses.replace(finish(model, work, config, data, report, latency), storage="sparse")

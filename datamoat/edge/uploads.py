@@ -1,4 +1,5 @@
-"""What a device may upload, and who uploaded what (`edge_uploads`): the checks and writes behind `Fleet.record_uploads`.
+"""What a device may upload, and who uploaded what (`edge_uploads`): the checks
+and writes behind `Fleet.record_uploads`.
 
 Each item is one low-confidence answer the device kept (pixels, its top-k,
 the model version that answered). An item that can never be stored raises

@@ -62,7 +62,8 @@ def resolve_version(ws: Workspace, reg: Registry, ref: str, *, actor: str) -> st
 def register_compressed(reg: Registry, out: dict[str, Any], *, actor: str) -> str:
     """Register the candidate `datamoat.compress.compress_in_workspace` chose; returns the version id.
 
-    >>> vid = register_compressed(reg, compress_in_workspace(ws, "teacher", CompressConfig()), actor="ci")  # doctest: +SKIP
+    >>> out = compress_in_workspace(ws, "teacher", CompressConfig())  # doctest: +SKIP
+    >>> vid = register_compressed(reg, out, actor="ci")  # doctest: +SKIP
     """
     c = out["candidate"]
     return reg.register(Path(c["onnx_path"]).read_bytes(), name=c["name"], kind=c["kind"], info=c["info"], actor=actor)

@@ -109,9 +109,9 @@ class Config:
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Field values by name; with `deep`, a nested config's as ``name__field`` too (scikit-learn's names).
 
-        >>> from datamoat.train import TrainConfig
-        >>> TrainConfig().get_params()["epochs"]
-        3
+        >>> from datamoat.distill import DistillConfig
+        >>> DistillConfig().get_params()["train__epochs"]
+        10
         """
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
@@ -126,8 +126,8 @@ class Config:
         Nested configs along a changed path are copied, never changed in place;
         a dict for a nested config changes those of its fields.
 
-        >>> from datamoat.train import TrainConfig
-        >>> TrainConfig().replace(lr=0.01, epochs=2).epochs
+        >>> from datamoat.distill import DistillConfig
+        >>> DistillConfig().replace(alpha=0.1, train__epochs=2).train.epochs
         2
         """
         names = {f.name for f in dataclasses.fields(self)}

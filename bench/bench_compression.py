@@ -65,14 +65,19 @@ def main() -> dict[str, Any]:
 
     # Structured: half the channels of every prunable layer, fine-tuned.
     structured = prune(
-        teacher, StructuredConfig(ratio=0.5, finetune_epochs=2, augment="crop", seed=0), data, latency="none"
+        teacher,
+        StructuredConfig(ratio=0.5, finetune={"epochs": 2, "augment": "crop", "seed": 0}),
+        data,
+        latency="none",
     )
     s_onnx = export(structured, out / "teacher-structured.onnx")
     widths = lambda m: sum(m.config.channels) + sum(m.config.hidden)  # noqa: E731
     removed = 1 - widths(structured) / widths(teacher)
 
     # Unstructured: 90% global magnitude sparsity, iterative, stored sparse.
-    sparse = prune(teacher, MagnitudeConfig(sparsity=0.9, steps=3, finetune_epochs=1, seed=0), data, latency="none")
+    sparse = prune(
+        teacher, MagnitudeConfig(sparsity=0.9, steps=3, finetune={"epochs": 1, "seed": 0}), data, latency="none"
+    )
     dense_b = len(dense_state_bytes(teacher.net.state_dict()))
     sparse_b = len(sparse_state_bytes(sparse.net.state_dict()))
     sparsity = sparse.history["prune"]["sparsity"]

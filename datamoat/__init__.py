@@ -40,6 +40,7 @@ _EXPORTS = {
     "distill": "datamoat.distill",
     "MagnitudeConfig": "datamoat.prune",
     "StructuredConfig": "datamoat.prune",
+    "FinetuneConfig": "datamoat.prune",
     "prune": "datamoat.prune",
     "ExportConfig": "datamoat.export",
     "export": "datamoat.export",

@@ -165,9 +165,7 @@ def _stages(teacher: Model, data: Dataset, cfg: CompressConfig, progress: bool) 
         kd = cfg.kd_finetune and cfg.distill
         scfg = StructuredConfig(
             ratio=cfg.structured_ratio,
-            finetune_epochs=0 if kd else cfg.structured_epochs,
-            seed=cfg.seed,
-            augment=cfg.augment,
+            finetune={"epochs": 0 if kd else cfg.structured_epochs, "seed": cfg.seed, "augment": cfg.augment},
         )
         base, steps = prune(base, scfg, data, latency="none"), [*steps, "structured"]
         if kd and cfg.structured_epochs:
@@ -175,7 +173,9 @@ def _stages(teacher: Model, data: Dataset, cfg: CompressConfig, progress: bool) 
         stages["+".join(steps)] = (base, steps)
     if cfg.unstructured:
         mcfg = MagnitudeConfig(
-            sparsity=cfg.sparsity, steps=cfg.unstructured_steps, finetune_epochs=cfg.unstructured_epochs, seed=cfg.seed
+            sparsity=cfg.sparsity,
+            steps=cfg.unstructured_steps,
+            finetune={"epochs": cfg.unstructured_epochs, "seed": cfg.seed},
         )
         base, steps = prune(base, mcfg, data, latency="none"), [*steps, "unstructured"]
         stages["+".join(steps)] = (base, steps)

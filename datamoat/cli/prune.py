@@ -43,9 +43,9 @@ def register(app: typer.Typer) -> None:
 
         check_choice("method", method, ("magnitude", "structured"))
         if method == "magnitude":
-            config = MagnitudeConfig(sparsity=sparsity, steps=steps, finetune_epochs=epochs)
+            config = MagnitudeConfig(sparsity=sparsity, steps=steps, finetune={"epochs": epochs})
         else:
-            config = StructuredConfig(ratio=ratio, norm=norm, finetune_epochs=epochs)  # type: ignore[assignment]
+            config = StructuredConfig(ratio=ratio, norm=norm, finetune={"epochs": epochs})  # type: ignore[assignment]
         ws = open_ws()
         src = load_sparse_model(ws, model)
         if not src.lineage.get("dataset_id"):

@@ -88,3 +88,69 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_catalog_untouched(home, tmp_p
 def test_missing_workspace_says_how_to_fix(tmp_path):
     proc = dm(tmp_path / "none", "data", "list", check=False)
     assert proc.returncode == 2 and "datamoat init" in proc.stderr
+
+
+# -- option defaults come from the configs -----------------------------------------
+
+
+def _parsed(command, *args):
+    """The values `command` receives for `args`: every option left out takes its default."""
+    import typer.main
+
+    from datamoat.cli import app
+
+    return typer.main.get_command(app).commands[command].make_context(command, list(args)).params
+
+
+def test_cli_import_reads_no_config_module():
+    # Defaults are read from the configs only when needed: `datamoat --help` does not import torch.
+    code = (
+        "import sys, typer.main; from datamoat.cli import app; typer.main.get_command(app); "
+        "print(sorted(m for m in ('torch', 'datamoat.train', 'datamoat.compress') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_train_defaults_are_train_configs():
+    from datamoat.models import ModelConfig
+    from datamoat.train import TrainConfig
+
+    p = _parsed("train")
+    fields = ("epochs", "batch_size", "optimizer", "lr", "schedule", "augment", "patience", "seed", "threads")
+    assert {f: p[f] for f in fields} == {f: getattr(TrainConfig(), f) for f in fields}
+    assert p["arch"] == ModelConfig().arch
+
+
+def test_distill_defaults_are_distill_configs():
+    from datamoat.distill import DistillConfig
+
+    p = _parsed("distill", "teacher", "--arch", "mlp")
+    train = {k: p[k] for k in ("epochs", "augment", "lr", "max_train_samples", "seed")}
+    assert DistillConfig(temperature=p["temperature"], alpha=p["alpha"], train=train) == DistillConfig()
+
+
+def test_prune_export_and_quantize_defaults_are_their_configs():
+    from datamoat.export import ExportConfig
+    from datamoat.prune import FinetuneConfig, MagnitudeConfig, StructuredConfig
+    from datamoat.quantize import QuantizeConfig
+
+    p = _parsed("prune", "m")
+    assert (
+        MagnitudeConfig(sparsity=p["sparsity"], steps=p["steps"], finetune={"epochs": p["epochs"]}) == MagnitudeConfig()
+    )
+    assert StructuredConfig(ratio=p["ratio"], norm=p["norm"], finetune={"epochs": p["epochs"]}) == StructuredConfig()
+    assert p["epochs"] == FinetuneConfig().epochs
+    assert _parsed("export", "m")["opset"] == ExportConfig().opset
+    p = _parsed("quantize", "m")
+    cfg = QuantizeConfig(method=p["method"], calibration=p["calibration"], max_accuracy_drop=p["max_accuracy_drop"])
+    assert cfg == QuantizeConfig()
+
+
+def test_help_shows_the_config_defaults():
+    from typer.testing import CliRunner
+
+    from datamoat.cli import app
+
+    out = " ".join(CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "Student epochs. [default: 10]" in out and "Peak learning rate. [default: 0.002]" in out

@@ -97,7 +97,7 @@ def main() -> dict[str, Any]:
     teacher2 = train(new_model(TEACHER["arch"], data, seed=DRAW), data, TEACHER["train"].replace(seed=DRAW))
     teacher2 = save_model(ws, teacher2, name=f"teacher-seed{DRAW}")
     teacher2_s = time.perf_counter() - t0
-    res2 = compress(teacher2, data, RECIPE.replace(seed=DRAW), out_dir=out / f"recipe-seed{DRAW}")
+    res2 = compress(teacher2, data, RECIPE.with_seed(DRAW), out_dir=out / f"recipe-seed{DRAW}")
     chosen2 = res2.candidate(res2.chosen)
 
     paths = {

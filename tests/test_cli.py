@@ -147,10 +147,30 @@ def test_prune_export_and_quantize_defaults_are_their_configs():
     assert cfg == QuantizeConfig()
 
 
+def _recipe(*args):
+    from datamoat.cli.compress import recipe_from_options
+
+    p = _parsed("compress", "teacher", *args)
+    steps = {s: p.pop(s) for s in ("distill", "structured", "unstructured", "quantize")}
+    p.pop("model"), p.pop("as_json")
+    return recipe_from_options(steps=steps, **p)
+
+
+def test_compress_defaults_are_the_recipes():
+    from datamoat.compress import CompressConfig
+
+    assert _recipe() == CompressConfig()
+    got = _recipe("--unstructured", "--no-quantize", "--distill-epochs", "2", "--seed", "3", "--max-size-kb", "40")
+    want = CompressConfig(max_size_kb=40, unstructured={}, quantize=None).replace(distill__train__epochs=2)
+    assert got == want.with_seed(3)
+    # A skipped step's options are ignored, as they were when the recipe was flat.
+    assert _recipe("--no-distill", "--distill-epochs", "2").distill is None
+
+
 def test_help_shows_the_config_defaults():
     from typer.testing import CliRunner
 
     from datamoat.cli import app
 
-    out = " ".join(CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "200"}).stdout.split())
-    assert "Student epochs. [default: 10]" in out and "Peak learning rate. [default: 0.002]" in out
+    out = " ".join(CliRunner().invoke(app, ["compress", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "Student epochs. [default: 16]" in out and "[default: no-unstructured]" in out

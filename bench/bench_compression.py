@@ -65,14 +65,19 @@ def main() -> dict[str, Any]:
 
     # Structured: half the channels of every prunable layer, fine-tuned.
     structured = prune(
-        teacher, StructuredConfig(ratio=0.5, finetune_epochs=2, augment="crop", seed=0), data, latency="none"
+        teacher,
+        StructuredConfig(ratio=0.5, finetune={"epochs": 2, "augment": "crop", "seed": 0}),
+        data,
+        latency="none",
     )
     s_onnx = export(structured, out / "teacher-structured.onnx")
     widths = lambda m: sum(m.config.channels) + sum(m.config.hidden)  # noqa: E731
     removed = 1 - widths(structured) / widths(teacher)
 
     # Unstructured: 90% global magnitude sparsity, iterative, stored sparse.
-    sparse = prune(teacher, MagnitudeConfig(sparsity=0.9, steps=3, finetune_epochs=1, seed=0), data, latency="none")
+    sparse = prune(
+        teacher, MagnitudeConfig(sparsity=0.9, steps=3, finetune={"epochs": 1, "seed": 0}), data, latency="none"
+    )
     dense_b = len(dense_state_bytes(teacher.net.state_dict()))
     sparse_b = len(sparse_state_bytes(sparse.net.state_dict()))
     sparsity = sparse.history["prune"]["sparsity"]
@@ -92,7 +97,7 @@ def main() -> dict[str, Any]:
     teacher2 = train(new_model(TEACHER["arch"], data, seed=DRAW), data, TEACHER["train"].replace(seed=DRAW))
     teacher2 = save_model(ws, teacher2, name=f"teacher-seed{DRAW}")
     teacher2_s = time.perf_counter() - t0
-    res2 = compress(teacher2, data, RECIPE.replace(seed=DRAW), out_dir=out / f"recipe-seed{DRAW}")
+    res2 = compress(teacher2, data, RECIPE.with_seed(DRAW), out_dir=out / f"recipe-seed{DRAW}")
     chosen2 = res2.candidate(res2.chosen)
 
     paths = {

@@ -40,6 +40,7 @@ _EXPORTS = {
     "distill": "datamoat.compress.distill",
     "MagnitudeConfig": "datamoat.compress.prune",
     "StructuredConfig": "datamoat.compress.prune",
+    "FinetuneConfig": "datamoat.compress.prune",
     "prune": "datamoat.compress.prune",
     "ExportConfig": "datamoat.compress.export",
     "export": "datamoat.compress.export",

@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +82,89 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_catalog_untouched(home, tmp_p
 def test_missing_workspace_says_how_to_fix(tmp_path):
     proc = dm(tmp_path / "none", "data", "list")
     assert proc.returncode == 2 and "datamoat init" in proc.stderr
+
+
+# -- option defaults come from the configs -----------------------------------------
+
+
+def _parsed(command, *args):
+    """The values `command` receives for `args`: every option left out takes its default."""
+    import typer.main
+
+    from datamoat.cli import app
+
+    return typer.main.get_command(app).commands[command].make_context(command, list(args)).params
+
+
+def test_cli_import_reads_no_config_module():
+    # Defaults are read from the configs only when needed: `datamoat --help` does not import torch.
+    code = (
+        "import sys, typer.main; from datamoat.cli import app; typer.main.get_command(app); "
+        "print(sorted(m for m in ('torch', 'datamoat.train.loop', 'datamoat.compress.recipe') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_train_defaults_are_train_configs():
+    from datamoat.models import ModelConfig
+    from datamoat.train.loop import TrainConfig
+
+    p = _parsed("train")
+    fields = ("epochs", "batch_size", "optimizer", "lr", "schedule", "augment", "patience", "seed", "threads")
+    assert {f: p[f] for f in fields} == {f: getattr(TrainConfig(), f) for f in fields}
+    assert p["arch"] == ModelConfig().arch
+
+
+def test_distill_defaults_are_distill_configs():
+    from datamoat.compress.distill import DistillConfig
+
+    p = _parsed("distill", "teacher", "--arch", "mlp")
+    train = {k: p[k] for k in ("epochs", "augment", "lr", "max_train_samples", "seed")}
+    assert DistillConfig(temperature=p["temperature"], alpha=p["alpha"], train=train) == DistillConfig()
+
+
+def test_prune_export_and_quantize_defaults_are_their_configs():
+    from datamoat.compress.export import ExportConfig
+    from datamoat.compress.prune import FinetuneConfig, MagnitudeConfig, StructuredConfig
+    from datamoat.compress.quantize import QuantizeConfig
+
+    p = _parsed("prune", "m")
+    assert (
+        MagnitudeConfig(sparsity=p["sparsity"], steps=p["steps"], finetune={"epochs": p["epochs"]}) == MagnitudeConfig()
+    )
+    assert StructuredConfig(ratio=p["ratio"], norm=p["norm"], finetune={"epochs": p["epochs"]}) == StructuredConfig()
+    assert p["epochs"] == FinetuneConfig().epochs
+    assert _parsed("export", "m")["opset"] == ExportConfig().opset
+    p = _parsed("quantize", "m")
+    cfg = QuantizeConfig(method=p["method"], calibration=p["calibration"], max_accuracy_drop=p["max_accuracy_drop"])
+    assert cfg == QuantizeConfig()
+
+
+def _recipe(*args):
+    from datamoat.cli.compress import recipe_from_options
+
+    p = _parsed("compress", "teacher", *args)
+    steps = {s: p.pop(s) for s in ("distill", "structured", "unstructured", "quantize")}
+    p.pop("model"), p.pop("as_json")
+    return recipe_from_options(steps=steps, **p)
+
+
+def test_compress_defaults_are_the_recipes():
+    from datamoat.compress.recipe import CompressConfig
+
+    assert _recipe() == CompressConfig()
+    got = _recipe("--unstructured", "--no-quantize", "--distill-epochs", "2", "--seed", "3", "--max-size-kb", "40")
+    want = CompressConfig(max_size_kb=40, unstructured={}, quantize=None).replace(distill__train__epochs=2)
+    assert got == want.with_seed(3)
+    # A skipped step's options are ignored, as they were when the recipe was flat.
+    assert _recipe("--no-distill", "--distill-epochs", "2").distill is None
+
+
+def test_help_shows_the_config_defaults():
+    from typer.testing import CliRunner
+
+    from datamoat.cli import app
+
+    out = " ".join(CliRunner().invoke(app, ["compress", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "Student epochs. [default: 16]" in out and "[default: no-unstructured]" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import importlib
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ __all__ = [
     "emit",
     "json_stdout",
     "tls_options",
+    "ConfigDefault",
     "JsonOpt",
     "CertOpt",
     "KeyOpt",
@@ -61,6 +63,37 @@ def tls_options(certfile: Path | None, keyfile: Path | None) -> dict[str, Any]:
 
             raise NotFound(f"no file at {p}: give the PEM certificate and key paths")
     return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)} if certfile else {}
+
+
+class ConfigDefault:
+    """An option's default read from a config's defaults, so the CLI restates none of them.
+
+    `config` is ``"module:Class"`` and `param` a `Config.get_params` name
+    (``distill__train__epochs``); with `present`, the default is whether that
+    nested config is set (a step that runs). The config is imported only when
+    a value or the help text is needed: config modules import torch, and
+    `datamoat --help` and commands that never train must not wait for it.
+
+    >>> ConfigDefault("datamoat.train:TrainConfig", "epochs")()
+    3
+    """
+
+    def __init__(self, config: str, param: str, *, present: bool = False) -> None:
+        self.config, self.param, self.present = config, param, present
+
+    def __call__(self) -> Any:  # click calls a callable default for the value
+        module, _, name = self.config.partition(":")
+        value = getattr(importlib.import_module(module), name)().get_params()[self.param]
+        return value is not None if self.present else value
+
+    def __str__(self) -> str:  # what --help prints after "default:"
+        return str(self())
+
+    def __bool__(self) -> bool:  # an on/off flag's help names the side the default takes
+        return bool(self())
+
+    def __repr__(self) -> str:
+        return f"ConfigDefault({self.config!r}, {self.param!r})"
 
 
 def open_ws(create: bool = False) -> Workspace:

@@ -5,32 +5,47 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from datamoat.cli._common import JsonOpt, console, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, console, emit, open_ws
+
+if TYPE_CHECKING:
+    from datamoat.compress.recipe import CompressConfig
+
+
+def _recipe(param: str, *, present: bool = False) -> ConfigDefault:
+    return ConfigDefault("datamoat.compress.recipe:CompressConfig", param, present=present)
 
 
 def compress(
     model: str = typer.Argument(..., help="Teacher: a catalog model id or name."),
-    max_accuracy_drop: float = typer.Option(None, help="Most test-accuracy points the result may lose [default: 1.0]."),
-    max_size_kb: float = typer.Option(None, help="Largest ONNX file in KB [default: 0, no limit]."),
-    max_latency_ms: float = typer.Option(None, help="Slowest batch-1 ORT latency in ms [default: 0, no limit]."),
-    student: str = typer.Option(None, help="Student architecture for distillation [default: cnn_small]."),
-    distill: bool = typer.Option(None, "--distill/--no-distill", help="Distill a student [default: on]."),
+    max_accuracy_drop: float = typer.Option(
+        _recipe("max_accuracy_drop"), help="Most test-accuracy points the result may lose."
+    ),
+    max_size_kb: float = typer.Option(_recipe("max_size_kb"), help="Largest ONNX file in KB (0: no limit)."),
+    max_latency_ms: float = typer.Option(
+        _recipe("max_latency_ms"), help="Slowest batch-1 ORT latency in ms (0: no limit)."
+    ),
+    student: str = typer.Option(_recipe("student_arch"), help="Student architecture for distillation."),
+    distill: bool = typer.Option(_recipe("distill", present=True), "--distill/--no-distill", help="Distill a student."),
     structured: bool = typer.Option(
-        None, "--structured/--no-structured", help="Prune the student's channels [default: on]."
+        _recipe("structured", present=True), "--structured/--no-structured", help="Prune the student's channels."
     ),
     unstructured: bool = typer.Option(
-        None,
+        _recipe("unstructured", present=True),
         "--unstructured/--no-unstructured",
-        help="Add magnitude-pruned candidates [default: off: ONNX stores them dense, so they are no smaller or faster].",
+        help="Add magnitude-pruned candidates (off by default: ONNX stores them dense, so they are no smaller or faster).",
     ),
-    quantize: bool = typer.Option(None, "--quantize/--no-quantize", help="int8 of every candidate [default: on]."),
-    distill_epochs: int = typer.Option(None, help="Student epochs [default: 16]."),
-    calibration: str = typer.Option(None, help="minmax, entropy or percentile [default: minmax]."),
-    seed: int = typer.Option(None, help="[default: 0]"),
+    quantize: bool = typer.Option(
+        _recipe("quantize", present=True), "--quantize/--no-quantize", help="int8 of every candidate."
+    ),
+    distill_epochs: int = typer.Option(_recipe("distill__train__epochs"), help="Student epochs."),
+    calibration: str = typer.Option(_recipe("quantize__calibration"), help="minmax, entropy or percentile."),
+    seed: int = typer.Option(
+        _recipe("distill__train__seed"), help="Seed of every training step: the student's init, order and shifts."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Distill, prune, quantize; measure every candidate; register the best that fits.
@@ -38,24 +53,20 @@ def compress(
     Every option left out takes CompressConfig's default, the recipe that
     bench/results/compression.md measures on the `make demo` teacher.
     """
-    from datamoat.compress.recipe import CompressConfig, compress_in_workspace
+    from datamoat.compress.recipe import compress_in_workspace
 
-    given: dict[str, Any] = {
-        "max_accuracy_drop": max_accuracy_drop,
-        "max_size_kb": max_size_kb,
-        "max_latency_ms": max_latency_ms,
-        "student_arch": student,
-        "distill": distill,
-        "structured": structured,
-        "unstructured": unstructured,
-        "quantize": quantize,
-        "distill_epochs": distill_epochs,
-        "calibration": calibration,
-        "seed": seed,
-    }
-    cfg = CompressConfig(**{k: v for k, v in given.items() if v is not None})
+    cfg = recipe_from_options(
+        max_accuracy_drop=max_accuracy_drop,
+        max_size_kb=max_size_kb,
+        max_latency_ms=max_latency_ms,
+        student=student,
+        steps={"distill": distill, "structured": structured, "unstructured": unstructured, "quantize": quantize},
+        distill_epochs=distill_epochs,
+        calibration=calibration,
+        seed=seed,
+    )
     actor = os.environ.get("USER") or getpass.getuser()
-    from datamoat.registry import Registry, registry_url
+    from datamoat.registry.core import Registry, registry_url
     from datamoat.registry.register import register_compressed
 
     ws = open_ws()
@@ -66,6 +77,50 @@ def compress(
         return
     console.print(Path(out["table"]).read_text(), markup=False)
     console.print(f"chosen: {out['chosen']}, registered as version {out['model_id']}; plot: {out['plot']}")
+
+
+def recipe_from_options(
+    *,
+    max_accuracy_drop: float,
+    max_size_kb: float,
+    max_latency_ms: float,
+    student: str,
+    steps: dict[str, bool],
+    distill_epochs: int,
+    calibration: str,
+    seed: int,
+) -> CompressConfig:
+    """The `CompressConfig` the options describe: its defaults, each step on or off
+    (a step turned on that the recipe skips takes its own config's defaults), and
+    the step options applied to the steps that run.
+
+    >>> from datamoat.compress.recipe import CompressConfig
+    >>> steps = {"distill": True, "structured": True, "unstructured": False, "quantize": True}
+    >>> cfg = recipe_from_options(max_accuracy_drop=1.0, max_size_kb=0, max_latency_ms=0, student="cnn_small",
+    ...                           steps=steps, distill_epochs=16, calibration="minmax", seed=0)
+    >>> cfg == CompressConfig()
+    True
+    """
+    from datamoat.compress.recipe import CompressConfig
+
+    cfg = CompressConfig()
+    toggles: dict[str, Any] = {}
+    for step, on in steps.items():
+        if not on:
+            toggles[step] = None
+        elif getattr(cfg, step) is None:
+            toggles[step] = {}  # no changes: the step config's own defaults
+    cfg = cfg.replace(
+        max_accuracy_drop=max_accuracy_drop,
+        max_size_kb=max_size_kb,
+        max_latency_ms=max_latency_ms,
+        student_arch=student,
+        **toggles,
+    )
+    # A skipped step's options are ignored, as they were when the recipe's fields were flat.
+    changes = {"distill__train__epochs": distill_epochs, "quantize__calibration": calibration}
+    cfg = cfg.replace(**{k: v for k, v in changes.items() if getattr(cfg, k.partition("__")[0]) is not None})
+    return cfg.with_seed(seed)
 
 
 def register(app: typer.Typer) -> None:

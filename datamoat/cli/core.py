@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from datamoat.cli._common import JsonOpt, emit, open_ws, state
+from datamoat.cli._common import ConfigDefault, JsonOpt, emit, open_ws, state
 from datamoat.errors import BadInput, NotFound
 
 data_app = typer.Typer(help="Import, list and inspect dataset versions.", no_args_is_help=True)
@@ -228,18 +228,27 @@ def archs(as_json: bool = JsonOpt) -> None:
     emit({"archs": out}, as_json, "\n".join(f"{r['arch']:<11} {r['params']:>9,} params" for r in out))
 
 
+def _train(param: str) -> ConfigDefault:
+    return ConfigDefault("datamoat.train.loop:TrainConfig", param)
+
+
 def train(
     data: str = typer.Option(None, "--data", "-d", help="Dataset id or name."),
-    arch: str = typer.Option("cnn_medium", "--arch", "-a", help="Architecture from the zoo (`datamoat archs`)."),
-    epochs: int = typer.Option(3, help="Maximum epochs."),
-    batch_size: int = typer.Option(128, help="Batch size."),
-    optimizer: str = typer.Option("adamw", help="adamw or sgd."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate."),
-    schedule: str = typer.Option("onecycle", help="onecycle, cosine or none."),
-    augment: str = typer.Option("none", help="none, crop or crop_flip."),
-    patience: int = typer.Option(3, help="Early-stopping patience in epochs (0: off)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    threads: int = typer.Option(0, help="Torch threads (0: every core)."),
+    arch: str = typer.Option(
+        ConfigDefault("datamoat.models.zoo:ModelConfig", "arch"),
+        "--arch",
+        "-a",
+        help="Architecture from the zoo (`datamoat archs`).",
+    ),
+    epochs: int = typer.Option(_train("epochs"), help="Maximum epochs."),
+    batch_size: int = typer.Option(_train("batch_size"), help="Batch size."),
+    optimizer: str = typer.Option(_train("optimizer"), help="adamw or sgd."),
+    lr: float = typer.Option(_train("lr"), help="Peak learning rate."),
+    schedule: str = typer.Option(_train("schedule"), help="onecycle, cosine or none."),
+    augment: str = typer.Option(_train("augment"), help="none, crop or crop_flip."),
+    patience: int = typer.Option(_train("patience"), help="Early-stopping patience in epochs (0: off)."),
+    seed: int = typer.Option(_train("seed"), help="Random seed."),
+    threads: int = typer.Option(_train("threads"), help="Torch threads (0: every core)."),
     name: str = typer.Option(None, help="Human name for the model."),
     resume: str = typer.Option(None, "--resume", help="Resume an interrupted run by its id."),
     as_json: bool = JsonOpt,

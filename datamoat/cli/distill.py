@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
-from datamoat.cli._common import JsonOpt, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, emit, open_ws
 
 __all__ = ["register"]
 
@@ -24,23 +22,33 @@ def _widths(text: str | None) -> tuple[int, ...] | None:
         raise BadInput(f"widths {text!r} must be comma-separated integers such as 8,16 (or 'none')") from None
 
 
+def _distill(param: str) -> ConfigDefault:
+    return ConfigDefault("datamoat.compress.distill:DistillConfig", param)
+
+
 def distill_cmd(
     teacher: str = typer.Argument(..., help="Teacher model id, id prefix or name."),
     arch: str = typer.Option(..., "--arch", help="Student architecture (mlp, cnn_small, ...)."),
     channels: str = typer.Option(None, "--channels", help="Student conv widths, e.g. 8,16 (default: the preset)."),
     hidden: str = typer.Option(None, "--hidden", help="Student hidden widths, e.g. 64 or none (default: the preset)."),
     data: str = typer.Option(None, "--data", help="Dataset id or name (default: the teacher's dataset)."),
-    temperature: float = typer.Option(4.0, "--temperature", "-T", help="Softmax temperature T > 0."),
-    alpha: float = typer.Option(0.3, "--alpha", help="Weight of the soft (teacher) term, in [0, 1]."),
-    epochs: int = typer.Option(None, "--epochs", help="Student epochs (default 10)."),
-    augment: str = typer.Option(
-        None,
-        "--augment",
-        help="none (default; teacher logits cached), crop or crop_flip (teacher sees the same batch).",
+    temperature: float = typer.Option(
+        _distill("temperature"), "--temperature", "-T", help="Softmax temperature T > 0."
     ),
-    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default 2e-3)."),
-    max_train_samples: int = typer.Option(0, "--max-train-samples", help="Use a stratified subset (0: all)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the student's init, order and augmentation."),
+    alpha: float = typer.Option(_distill("alpha"), "--alpha", help="Weight of the soft (teacher) term, in [0, 1]."),
+    epochs: int = typer.Option(_distill("train__epochs"), "--epochs", help="Student epochs."),
+    augment: str = typer.Option(
+        _distill("train__augment"),
+        "--augment",
+        help="none (teacher logits cached), crop or crop_flip (teacher sees the same batch).",
+    ),
+    lr: float = typer.Option(_distill("train__lr"), "--lr", help="Peak learning rate."),
+    max_train_samples: int = typer.Option(
+        _distill("train__max_train_samples"), "--max-train-samples", help="Use a stratified subset (0: all)."
+    ),
+    seed: int = typer.Option(
+        _distill("train__seed"), "--seed", help="Seed for the student's init, order and augmentation."
+    ),
     name: str = typer.Option(None, "--name", help="Name for the saved student."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -56,9 +64,11 @@ def distill_cmd(
     if not data_ref:
         raise BadInput(f"teacher {t.name} records no dataset: pass --data with a dataset id or name")
     ds = load_dataset(ws, data_ref)
-    train: dict[str, Any] = {"seed": seed, "max_train_samples": max_train_samples}
-    train.update({k: v for k, v in {"epochs": epochs, "augment": augment, "lr": lr}.items() if v is not None})
-    config = DistillConfig(temperature=temperature, alpha=alpha, train=train)
+    train = {"epochs": epochs, "augment": augment, "lr": lr, "max_train_samples": max_train_samples, "seed": seed}
+    # Options left out keep distillation's own training defaults.
+    config = DistillConfig(temperature=temperature, alpha=alpha).replace(
+        **{f"train__{k}": v for k, v in train.items() if v is not None}
+    )
     widths = {k: v for k, v in {"channels": _widths(channels), "hidden": _widths(hidden)}.items() if v is not None}
     student = new_model(arch, ds, seed=seed, **widths)
     trained = distill(student, t, ds, config, progress=not as_json)

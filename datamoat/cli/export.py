@@ -6,9 +6,11 @@ from pathlib import Path
 
 import typer
 
-from datamoat.cli._common import JsonOpt, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, emit, open_ws
 
 __all__ = ["register"]
+
+_QUANTIZE = "datamoat.compress.quantize:QuantizeConfig"
 
 
 def _catalog_ref(model: str) -> str:
@@ -26,7 +28,9 @@ def register(app: typer.Typer) -> None:
     def export_cmd(
         model: str = typer.Argument(..., help="Model id, id prefix or name."),
         output: Path = typer.Option(None, "-o", "--output", help="Also write the ONNX file here."),
-        opset: int = typer.Option(18, "--opset", help="ONNX opset (18-21)."),
+        opset: int = typer.Option(
+            ConfigDefault("datamoat.compress.export:ExportConfig", "opset"), "--opset", help="ONNX opset (18-21)."
+        ),
         as_json: bool = JsonOpt,
     ) -> None:
         """Export a model to ONNX, checked against PyTorch, into the workspace."""
@@ -49,11 +53,17 @@ def register(app: typer.Typer) -> None:
     @app.command("quantize")
     def quantize_cmd(
         model: str = typer.Argument(..., help="Model id, id prefix or name."),
-        calibration: str = typer.Option("minmax", "--calibration", help="minmax, entropy or percentile."),
-        method: str = typer.Option(
-            "auto", "--method", help="auto (static for conv nets, else dynamic), static, dynamic."
+        calibration: str = typer.Option(
+            ConfigDefault(_QUANTIZE, "calibration"), "--calibration", help="minmax, entropy or percentile."
         ),
-        max_accuracy_drop: float = typer.Option(0.5, "--max-accuracy-drop", help="Accuracy budget in points."),
+        method: str = typer.Option(
+            ConfigDefault(_QUANTIZE, "method"),
+            "--method",
+            help="auto (static for conv nets, else dynamic), static, dynamic.",
+        ),
+        max_accuracy_drop: float = typer.Option(
+            ConfigDefault(_QUANTIZE, "max_accuracy_drop"), "--max-accuracy-drop", help="Accuracy budget in points."
+        ),
         bench: bool = typer.Option(True, "--bench/--no-bench", help="Time fp32 vs int8 on this machine."),
         threads: int = typer.Option(
             1, "--threads", help="onnxruntime threads for the timing (0: all cores; 1 is steadiest)."

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import JsonOpt, console, emit, err_console, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, console, emit, err_console, open_ws
 
 __all__ = ["register"]
+
+_MAGNITUDE = "datamoat.compress.prune:MagnitudeConfig"
+_STRUCTURED = "datamoat.compress.prune:StructuredConfig"
 
 
 def register(app: typer.Typer) -> None:
@@ -21,11 +24,29 @@ def register(app: typer.Typer) -> None:
             help="magnitude: zero weights, stored sparse (smaller file, same speed); "
             "structured: remove filters (smaller and faster model).",
         ),
-        sparsity: float = typer.Option(0.9, "--sparsity", help="magnitude: fraction of conv/linear weights zeroed."),
-        steps: int = typer.Option(3, "--steps", help="magnitude: prune + fine-tune rounds to reach --sparsity."),
-        ratio: float = typer.Option(0.5, "--ratio", help="structured: fraction of each layer's channels removed."),
-        norm: str = typer.Option("l1", "--norm", help="structured: rank filters by l1 or l2 norm."),
-        epochs: int = typer.Option(1, "--epochs", help="Fine-tuning epochs (per round for magnitude; 0: none)."),
+        sparsity: float = typer.Option(
+            ConfigDefault(_MAGNITUDE, "sparsity"),
+            "--sparsity",
+            help="magnitude: fraction of conv/linear weights zeroed.",
+        ),
+        steps: int = typer.Option(
+            ConfigDefault(_MAGNITUDE, "steps"),
+            "--steps",
+            help="magnitude: prune + fine-tune rounds to reach --sparsity.",
+        ),
+        ratio: float = typer.Option(
+            ConfigDefault(_STRUCTURED, "ratio"),
+            "--ratio",
+            help="structured: fraction of each layer's channels removed.",
+        ),
+        norm: str = typer.Option(
+            ConfigDefault(_STRUCTURED, "norm"), "--norm", help="structured: rank filters by l1 or l2 norm."
+        ),
+        epochs: int = typer.Option(
+            ConfigDefault("datamoat.compress.prune:FinetuneConfig", "epochs"),
+            "--epochs",
+            help="Fine-tuning epochs (per round for magnitude; 0: none).",
+        ),
         latency: str = typer.Option(
             "onnxruntime", "--latency", help="Time both models in onnxruntime (exported), torch, or none."
         ),
@@ -49,9 +70,10 @@ def register(app: typer.Typer) -> None:
 
         check_choice("method", method, ("magnitude", "structured"))
         if method == "magnitude":
-            config = MagnitudeConfig(sparsity=sparsity, steps=steps, finetune_epochs=epochs)
+            config: MagnitudeConfig | StructuredConfig = MagnitudeConfig(sparsity=sparsity, steps=steps)
         else:
-            config = StructuredConfig(ratio=ratio, norm=norm, finetune_epochs=epochs)  # type: ignore[assignment]
+            config = StructuredConfig(ratio=ratio, norm=norm)
+        config = config.replace(finetune__epochs=epochs)
         ws = open_ws()
         src = load_sparse_model(ws, model)
         if not src.lineage.get("dataset_id"):

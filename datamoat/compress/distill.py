@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,6 @@ from datamoat.train.loop import TrainConfig, subsample, train
 
 __all__ = ["DistillConfig", "TRAIN_DEFAULTS", "kd_loss", "distill", "teacher_logits"]
 
-_TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # Where distillation's defaults differ from plain training: more epochs and no
 # early stopping, because a student follows soft targets slowly (it kept
 # gaining long after the scratch student had peaked, in the measurements
@@ -44,48 +43,53 @@ _TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 10, "patience": 0}
 
 
+def _train_defaults() -> TrainConfig:
+    return TrainConfig(**TRAIN_DEFAULTS)
+
+
 @dataclasses.dataclass
 class DistillConfig(Config):
     """How to distill: temperature, soft/hard mix, and the student's training.
 
-    `train` holds `TrainConfig` fields over `TRAIN_DEFAULTS`; it is filled
-    with every default so the recipe records the whole run. `cache_teacher`
-    computes the teacher's logits once when there is no augmentation (with
-    augmentation the teacher has to see each augmented batch).
+    `train` is the student's `TrainConfig`, by default `TrainConfig` with
+    `TRAIN_DEFAULTS`. A dict for it changes those fields over distillation's
+    defaults (``train={"epochs": 2}`` keeps patience 0), as does
+    ``replace(train__epochs=2)``; a `TrainConfig` is taken whole.
+    `cache_teacher` computes the teacher's logits once when there is no
+    augmentation (with augmentation the teacher has to see each augmented batch).
 
     >>> cfg = DistillConfig(temperature=4, alpha=0.3, train={"epochs": 2})
-    >>> cfg.train_config().epochs, cfg.train["patience"]
+    >>> cfg.train.epochs, cfg.train.patience
     (2, 0)
     """
+
+    # Version 2: `train` is a nested TrainConfig (version 1 stored its fields as a plain dict).
+    VERSION: ClassVar[int] = 2
 
     temperature: float = 4.0
     # With the T^2 factor the soft term is already as strong as the hard one:
     # alpha 0.1-0.3 measured best, 0.9 lost to scratch in every setting tried.
     alpha: float = 0.3
     cache_teacher: bool = True
-    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train: TrainConfig = dataclasses.field(default_factory=_train_defaults)
 
     def validate(self) -> None:
         t, a = float(self.temperature), float(self.alpha)
         check(math.isfinite(t) and t > 0, f"temperature must be > 0, got {self.temperature}: try 2 to 8")
         check(0.0 <= a <= 1.0, f"alpha must be in [0, 1], got {self.alpha}: it weighs the soft term (1: teacher only)")
-        check(isinstance(self.train, dict), "train must be a dict of TrainConfig fields, e.g. {'epochs': 5}")
-        unknown = sorted(set(self.train) - set(_TRAIN_FIELDS) - {"type", "version"})
         check(
-            not unknown,
-            f"train has no field(s) {', '.join(unknown)}: use TrainConfig fields {', '.join(_TRAIN_FIELDS)}",
+            not self.train.label_smoothing,
+            "train.label_smoothing does not apply to distillation (the teacher's soft targets replace it): leave it 0",
         )
-        check(
-            not self.train.get("label_smoothing"),
-            "label_smoothing does not apply to distillation (the teacher's soft targets replace it): drop it",
-        )
-        # Validate the training fields now and record every default.
-        fields = {**TRAIN_DEFAULTS, **{k: v for k, v in self.train.items() if k not in ("type", "version")}}
-        self.train = {k: v for k, v in TrainConfig(**fields).to_dict().items() if k not in ("type", "version")}
+
+    @classmethod
+    def upgrade(cls, d: dict[str, Any], version: object) -> dict[str, Any]:
+        # Version 1's `train` dict held every TrainConfig field: as a dict it loads over the same defaults.
+        return dict(d) if version == 1 else super().upgrade(d, version)
 
     def train_config(self) -> TrainConfig:
-        """The student's `TrainConfig`."""
-        return TrainConfig(**self.train)
+        """The student's `TrainConfig` (the `train` field)."""
+        return self.train
 
 
 def kd_loss(
@@ -171,7 +175,7 @@ def distill(
     """
     cfg = config or DistillConfig()
     _check_pair(student, teacher, data)
-    tcfg = cfg.train_config()
+    tcfg = cfg.train
     was_training = teacher.net.training
     teacher.net.eval()  # BatchNorm uses its running stats and never updates them
     try:

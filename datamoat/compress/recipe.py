@@ -16,13 +16,15 @@ import json
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from datamoat.compress.distill import DistillConfig
+from datamoat.compress.prune import FinetuneConfig, MagnitudeConfig, StructuredConfig
+from datamoat.compress.quantize import QuantizeConfig
 from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import Dataset
-from datamoat.data.transforms import AUGMENTATIONS
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
 from datamoat.models.zoo import ARCHS
@@ -34,53 +36,117 @@ __all__ = ["CompressConfig", "CompressResult", "compress", "pareto_front", "choo
 INT8_PAYS = 1.25
 
 
+def _distill_step() -> DistillConfig:
+    # Students follow soft targets slowly: 16 epochs reach the size, speed and
+    # accuracy targets on the demo teacher (bench/results/compression.md).
+    return DistillConfig().replace(train__epochs=16, train__augment="crop")
+
+
+def _structured_step() -> StructuredConfig:
+    # 3 epochs of fine-tuning (by distillation when `kd_finetune`), with the student's shifts.
+    return StructuredConfig().replace(finetune__epochs=3, finetune__augment="crop")
+
+
 @dataclasses.dataclass
 class CompressConfig(Config):
-    """Constraints and the steps of the recipe. Accuracy drop is in points (1.0 = 1%)."""
+    """Constraints, how to pick, and each step's own config (None: the step is skipped).
+
+    Accuracy drop is in points (1.0 = 1%). The student is a fresh `student_arch`
+    (widths from the preset unless `student_channels` / `student_hidden` are
+    given) initialised with the distill step's training seed; `with_seed`
+    seeds every training step at once. Nested fields compose as in
+    scikit-learn: ``CompressConfig().replace(distill__train__epochs=4)``.
+
+    >>> cfg = CompressConfig(max_accuracy_drop=0.5, unstructured={"sparsity": 0.8})
+    >>> cfg.distill.train.epochs, cfg.structured.finetune.epochs, cfg.unstructured.sparsity
+    (16, 3, 0.8)
+    """
+
+    # Version 2: the steps' fields live in their own configs (version 1 held them flat).
+    VERSION: ClassVar[int] = 2
 
     max_accuracy_drop: float = 1.0
     max_size_kb: float = 0.0  # 0: no size constraint
     max_latency_ms: float = 0.0  # 0: no latency constraint (batch 1)
     size_metric: str = "onnx"  # "onnx" file bytes, or "zlib" (the file compressed, as shipped)
-    distill: bool = True
     student_arch: str = "cnn_small"
     student_channels: tuple[int, ...] = ()
     student_hidden: tuple[int, ...] = ()
-    temperature: float = 4.0
-    alpha: float = 0.3  # see DistillConfig: with the T^2 factor, low alpha measured best
-    # Students follow soft targets slowly: 16 epochs reach the size, speed and
-    # accuracy targets on the demo teacher (bench/results/compression.md).
-    distill_epochs: int = 16
-    augment: str = "crop"
-    structured: bool = True
-    structured_ratio: float = 0.5
-    structured_epochs: int = 3
+    distill: DistillConfig | None = dataclasses.field(default_factory=_distill_step)
+    structured: StructuredConfig | None = dataclasses.field(default_factory=_structured_step)
     # Fine-tune a pruned student against the teacher's soft targets rather than
     # the labels alone: it recovers what pruning cost from the better signal.
+    # That fine-tune is the distill step's training with the structured step's
+    # fine-tune epochs, lr, batch size, augmentation and seed.
     kd_finetune: bool = True
     # Off by default: ONNX stores a magnitude-pruned model dense, so on a device it
     # is no smaller and no faster; `datamoat prune --method magnitude` keeps it sparse.
-    unstructured: bool = False
-    sparsity: float = 0.9
-    unstructured_steps: int = 3
-    unstructured_epochs: int = 1
-    quantize: bool = True
-    calibration: str = "minmax"
+    unstructured: MagnitudeConfig | None = None
+    # Its `max_accuracy_drop` is a floor: int8 may spend the recipe's whole budget.
+    quantize: QuantizeConfig | None = dataclasses.field(default_factory=QuantizeConfig)
     latency_repeats: int = 50
-    seed: int = 0
 
     def validate(self) -> None:
         check(self.max_accuracy_drop >= 0, f"max_accuracy_drop must be >= 0 points, got {self.max_accuracy_drop}")
         check(self.max_size_kb >= 0 and self.max_latency_ms >= 0, "size and latency limits must be >= 0 (0: none)")
         check_choice("size metric", self.size_metric, ("onnx", "zlib"))
         check_choice("student architecture", self.student_arch, tuple(ARCHS))
-        check_choice("augmentation", self.augment, AUGMENTATIONS)
-        check_choice("calibration method", self.calibration, ("minmax", "entropy", "percentile"))
-        check(0 < self.structured_ratio < 1, f"structured_ratio must be in (0, 1), got {self.structured_ratio}")
-        check(0 <= self.sparsity < 1, f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.structured is not None:  # StructuredConfig allows 0: here it would only repeat the student
+            check(self.structured.ratio > 0, f"structured.ratio must be in (0, 1), got {self.structured.ratio}")
         check(self.latency_repeats >= 5, "latency_repeats must be at least 5")
         self.student_channels = tuple(self.student_channels)
         self.student_hidden = tuple(self.student_hidden)
+
+    def with_seed(self, seed: int) -> CompressConfig:
+        """A copy whose training steps all use `seed`: the student's initialisation,
+        order and augmentation, and both prune steps' fine-tuning. The int8 step
+        keeps its own seed (its calibration sample), as version 1's `seed` never
+        reached it.
+
+        >>> CompressConfig().with_seed(1).structured.finetune.seed
+        1
+        """
+        paths = {"distill": "train__seed", "structured": "finetune__seed", "unstructured": "finetune__seed"}
+        return self.replace(**{f"{step}__{p}": seed for step, p in paths.items() if getattr(self, step) is not None})
+
+    @classmethod
+    def upgrade(cls, d: dict[str, Any], version: object) -> dict[str, Any]:
+        """Version 1's flat fields, each moved into the step that uses it."""
+        if version != 1:
+            return super().upgrade(d, version)
+        flat = dict(d)
+        on = {"distill": True, "structured": True, "unstructured": False, "quantize": True}  # version 1's defaults
+        on.update({step: bool(flat.pop(step)) for step in list(on) if step in flat})
+        steps: dict[str, Any] = {step: {} if on[step] else None for step in on}
+        for key, paths in _V1_FIELDS.items():
+            if key not in flat:
+                continue
+            value = flat.pop(key)
+            for path in paths:
+                step, *inner, name = path.split("__")
+                node = steps[step]
+                if node is None:  # a skipped step's fields were never used
+                    continue
+                for part in inner:
+                    node = node.setdefault(part, {})
+                node[name] = value
+        return {**flat, **steps}
+
+
+# Version 1 (flat) field -> where each of its uses lives now.
+_V1_FIELDS = {
+    "temperature": ("distill__temperature",),
+    "alpha": ("distill__alpha",),
+    "distill_epochs": ("distill__train__epochs",),
+    "augment": ("distill__train__augment", "structured__finetune__augment"),
+    "structured_ratio": ("structured__ratio",),
+    "structured_epochs": ("structured__finetune__epochs",),
+    "sparsity": ("unstructured__sparsity",),
+    "unstructured_steps": ("unstructured__steps",),
+    "unstructured_epochs": ("unstructured__finetune__epochs",),
+    "calibration": ("quantize__calibration",),
+    "seed": ("distill__train__seed", "structured__finetune__seed", "unstructured__finetune__seed"),
+}
 
 
 @dataclasses.dataclass
@@ -137,47 +203,46 @@ def choose(rows: list[dict[str, Any]], cfg: CompressConfig, teacher_accuracy: fl
     return min(ok, key=lambda r: (r[key], r["latency_ms_b1"]))["name"]
 
 
-def _kd_config(cfg: CompressConfig, epochs: int, **train: Any) -> Any:
-    from datamoat.compress.distill import DistillConfig
-
-    fields = {"epochs": epochs, "augment": cfg.augment, "seed": cfg.seed, **train}
-    return DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, train=fields)
+def _kd_finetune(distill: DistillConfig, finetune: FinetuneConfig) -> DistillConfig:
+    """The pruned student's fine-tune by distillation: the distill step's training, run for the
+    structured step's fine-tune epochs with its lr, batch size, augmentation and seed."""
+    return distill.replace(
+        train__epochs=finetune.epochs,
+        train__lr=finetune.lr,
+        train__batch_size=finetune.batch_size,
+        train__augment=finetune.augment,
+        train__seed=finetune.seed,
+    )
 
 
 def _stages(teacher: Model, data: Dataset, cfg: CompressConfig, progress: bool) -> dict[str, tuple[Model, list[str]]]:
     from datamoat.compress.distill import distill
-    from datamoat.compress.prune import MagnitudeConfig, StructuredConfig, prune
+    from datamoat.compress.prune import prune
     from datamoat.models.model import new_model
 
     stages: dict[str, tuple[Model, list[str]]] = {"teacher": (teacher, [])}
     base, steps = teacher, []
-    if cfg.distill:
+    if cfg.distill is not None:
         overrides: dict[str, Any] = {}
         if cfg.student_channels:
             overrides["channels"] = cfg.student_channels
         if cfg.student_hidden:
             overrides["hidden"] = cfg.student_hidden
-        student = new_model(cfg.student_arch, data, seed=cfg.seed, **overrides)
-        dcfg = _kd_config(cfg, cfg.distill_epochs)
-        base, steps = distill(student, teacher, data, dcfg, progress=progress), ["distill"]
+        student = new_model(cfg.student_arch, data, seed=cfg.distill.train.seed, **overrides)
+        base, steps = distill(student, teacher, data, cfg.distill, progress=progress), ["distill"]
         stages["student"] = (base, steps)
-    if cfg.structured:
-        kd = cfg.kd_finetune and cfg.distill
-        scfg = StructuredConfig(
-            ratio=cfg.structured_ratio,
-            finetune_epochs=0 if kd else cfg.structured_epochs,
-            seed=cfg.seed,
-            augment=cfg.augment,
-        )
+    if cfg.structured is not None:
+        kd = cfg.kd_finetune and cfg.distill is not None
+        ft = cfg.structured.finetune
+        # With kd the pruning itself does not fine-tune: distillation below does.
+        scfg = cfg.structured.replace(finetune__epochs=0) if kd else cfg.structured
         base, steps = prune(base, scfg, data, latency="none"), [*steps, "structured"]
-        if kd and cfg.structured_epochs:
-            base = distill(base, teacher, data, _kd_config(cfg, cfg.structured_epochs, lr=1e-3), progress=progress)
+        if kd and ft.epochs:
+            assert cfg.distill is not None
+            base = distill(base, teacher, data, _kd_finetune(cfg.distill, ft), progress=progress)
         stages["+".join(steps)] = (base, steps)
-    if cfg.unstructured:
-        mcfg = MagnitudeConfig(
-            sparsity=cfg.sparsity, steps=cfg.unstructured_steps, finetune_epochs=cfg.unstructured_epochs, seed=cfg.seed
-        )
-        base, steps = prune(base, mcfg, data, latency="none"), [*steps, "unstructured"]
+    if cfg.unstructured is not None:
+        base, steps = prune(base, cfg.unstructured, data, latency="none"), [*steps, "unstructured"]
         stages["+".join(steps)] = (base, steps)
     return stages
 
@@ -195,7 +260,7 @@ def compress(
     'distill+structured-int8'
     """
     from datamoat.compress.export import export
-    from datamoat.compress.quantize import QuantizeConfig, quantize
+    from datamoat.compress.quantize import quantize
     from datamoat.inference.onnx import measure_latency, onnx_accuracy
 
     cfg = config or CompressConfig()
@@ -210,8 +275,9 @@ def compress(
     for name, (model, steps) in stages.items():
         fp32 = export(model, out / f"{name}.onnx")
         variants = [(name, fp32, steps)]
-        if cfg.quantize:
-            qcfg = QuantizeConfig(calibration=cfg.calibration, max_accuracy_drop=max(cfg.max_accuracy_drop, 0.5))
+        if cfg.quantize is not None:
+            budget = max(cfg.max_accuracy_drop, cfg.quantize.max_accuracy_drop)
+            qcfg = cfg.quantize.replace(max_accuracy_drop=budget)
             q = quantize(
                 fp32, qcfg, x_train, model.preprocess, eval_x=x_val, eval_y=y_val, out_path=out / f"{name}-int8.onnx"
             )

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 
 from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import SPLITS, Dataset
+from datamoat.data.transforms import AUGMENTATIONS
 from datamoat.data.versions import pixel_hashes
 from datamoat.errors import BadInput
+from datamoat.models.zoo import ARCHS
 
 __all__ = [
     "CleaningConfig",
@@ -47,7 +49,6 @@ FILTERS = (
     "predicted_neq_given",
     "low_normalized_margin",
 )
-_ARCHS = ("mlp", "cnn_small", "cnn_medium", "cnn_large", "resnet")
 MAX_NEAR_PAIRS = 1000  # keep the issues file readable; the ranking puts the useful pairs first
 # The label-noise benchmark's headline fix, `data fix --keep-above auto --drop-below 0.7`: leave flags whose
 # given label is still plausible, relabel confident suggestions, drop the doubtful rest. Pooled over five
@@ -94,15 +95,15 @@ class CleaningConfig(Config):
     threads: int = 0
 
     def validate(self) -> None:
-        check_choice("architecture", self.arch, _ARCHS)
+        check_choice("architecture", self.arch, tuple(ARCHS))
         for a in self.ensemble:
-            check_choice("ensemble architecture", a, _ARCHS)
+            check_choice("ensemble architecture", a, tuple(ARCHS))
         archs = (self.arch, *self.ensemble)
         check(len(set(archs)) == len(archs), f"each architecture once: {', '.join(archs)} repeats one")
         check(self.folds >= 2, f"folds must be at least 2 (cross-validation needs a held-out fold), got {self.folds}")
         check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        check_choice("augmentation", self.augment, ("none", "crop", "crop_flip"))
+        check_choice("augmentation", self.augment, AUGMENTATIONS)
         check(self.max_train_samples >= 0, "max_train_samples must be >= 0 (0 uses the whole train split)")
         check_choice("filter_by", self.filter_by, FILTERS)
         check(0 < self.duplicate_threshold <= 1, "duplicate_threshold is a cosine similarity in (0, 1]")

@@ -112,10 +112,35 @@ def test_bad_config_is_bad_input(kwargs):
 
 def test_config_records_every_training_field_and_round_trips():
     cfg = DistillConfig(temperature=3.0, alpha=0.7, train={"epochs": 2})
-    assert set(cfg.train) == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert cfg.train_config() == TrainConfig(**cfg.train)
-    assert cfg.train["epochs"] == 2 and cfg.train["patience"] == 0  # distillation's own default
-    assert config_from_dict(json.loads(cfg.to_json())) == cfg
+    assert isinstance(cfg.train, TrainConfig) and cfg.train_config() is cfg.train
+    assert set(cfg.to_dict()["train"]) == {f.name for f in dataclasses.fields(TrainConfig)} | {"type", "version"}
+    assert cfg.train.epochs == 2 and cfg.train.patience == 0  # distillation's own default
+    assert DistillConfig().replace(train__epochs=2).train == cfg.train
+    back = config_from_dict(json.loads(cfg.to_json()))
+    assert back == cfg and isinstance(back.train, TrainConfig)
+
+
+def test_a_whole_train_config_is_taken_as_given():
+    assert DistillConfig(train=TrainConfig(epochs=2)).train.patience == TrainConfig().patience
+
+
+def test_version_1_with_a_plain_train_dict_still_loads():
+    fields = {f.name: getattr(TrainConfig(epochs=2, patience=0), f.name) for f in dataclasses.fields(TrainConfig)}
+    old = {"type": "DistillConfig", "version": 1, "temperature": 3.0, "alpha": 0.7, "cache_teacher": True}
+    assert config_from_dict({**old, "train": fields}) == DistillConfig(temperature=3.0, alpha=0.7, train={"epochs": 2})
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"epochs": 0}, r"^train: epochs must be at least 1, got 0$"),
+        ({"epoch": 3}, r"^train: TrainConfig has no field.s. epoch: its fields are "),
+        ({"label_smoothing": 0.1}, r"^train\.label_smoothing does not apply to distillation"),
+    ],
+)
+def test_bad_training_fields_are_named(train, message):
+    with pytest.raises(BadInput, match=message):
+        DistillConfig(train=train)
 
 
 def test_student_is_fresh_and_distill_never_copies_teacher_weights(ds, teacher):

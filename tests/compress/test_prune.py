@@ -7,6 +7,7 @@ from torch import nn
 
 from datamoat.compress.flops import count_flops
 from datamoat.compress.prune import (
+    FinetuneConfig,
     MagnitudeConfig,
     StructuredConfig,
     dense_state_bytes,
@@ -18,6 +19,7 @@ from datamoat.compress.prune import (
     weight_sparsity,
 )
 from datamoat.compress.prune.unstructured import prunable_weights
+from datamoat.configs import config_from_dict
 from datamoat.data import import_digits
 from datamoat.errors import BadInput
 from datamoat.models import load_model, new_model, save_model
@@ -62,12 +64,41 @@ def test_other_bad_configs_say_what_is_wrong():
         MagnitudeConfig(schedule="exp")
 
 
+def test_both_methods_share_one_finetune_config():
+    assert MagnitudeConfig().finetune == StructuredConfig().finetune == FinetuneConfig()
+    with pytest.raises(BadInput, match=r"^finetune: epochs must be >= 0, got -1"):
+        StructuredConfig(finetune={"epochs": -1})
+    with pytest.raises(BadInput, match=r"^finetune: unknown augmentation 'rotate'"):
+        MagnitudeConfig(finetune={"augment": "rotate"})
+    with pytest.raises(BadInput, match=r"^finetune: batch_size must be at least 2"):
+        MagnitudeConfig().replace(finetune__batch_size=1)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [StructuredConfig(ratio=0.25, norm="l2", finetune=FinetuneConfig(epochs=2, augment="crop")), MagnitudeConfig()],
+)
+def test_prune_configs_round_trip_nested(cfg):
+    d = json.loads(cfg.to_json())
+    assert d["finetune"]["type"] == "FinetuneConfig"
+    assert config_from_dict(d) == cfg
+
+
+def test_version_1_prune_configs_with_flat_finetune_fields_still_load():
+    flat = {"finetune_epochs": 3, "lr": 0.01, "batch_size": 64, "seed": 2, "augment": "crop"}
+    ft = FinetuneConfig(epochs=3, lr=0.01, batch_size=64, seed=2, augment="crop")
+    old = {"type": "StructuredConfig", "version": 1, "ratio": 0.25, "norm": "l2", **flat}
+    assert config_from_dict(old) == StructuredConfig(ratio=0.25, norm="l2", finetune=ft)
+    old = {"type": "MagnitudeConfig", "version": 1, "sparsity": 0.8, "steps": 2, "schedule": "linear", **flat}
+    assert config_from_dict(old) == MagnitudeConfig(sparsity=0.8, steps=2, schedule="linear", finetune=ft)
+
+
 def test_prune_dispatches_on_config_type_only(digits):
     m = new_model("mlp", digits, hidden=(8,))
     with pytest.raises(BadInput, match="prune has no method for TrainConfig"):
         prune(m, TrainConfig())
     with pytest.raises(BadInput, match="needs a dataset"):
-        prune(m, MagnitudeConfig(finetune_epochs=1), latency="none")
+        prune(m, MagnitudeConfig(finetune=FinetuneConfig(epochs=1)), latency="none")
 
 
 # -- magnitude pruning --------------------------------------------------------------
@@ -76,7 +107,7 @@ def test_prune_dispatches_on_config_type_only(digits):
 def test_magnitude_reaches_target_and_keeps_it_through_finetuning(trained):
     ws, ds, m = trained
     before = state_of(m)
-    cfg = MagnitudeConfig(sparsity=0.8, steps=2, finetune_epochs=1, lr=3e-3, batch_size=64)
+    cfg = MagnitudeConfig(sparsity=0.8, steps=2, finetune=FinetuneConfig(epochs=1, lr=3e-3, batch_size=64))
     p = prune(m, cfg, ds, latency="none")
     total = sum(w.weight.numel() for w, _ in prunable_weights(p.net))
     # Measured after the last fine-tuning epoch: masks held the zeros in place.
@@ -88,7 +119,7 @@ def test_magnitude_reaches_target_and_keeps_it_through_finetuning(trained):
     assert rep["nonzero_flops_after"] < rep["flops_after"] == rep["flops_before"]
     assert not any("_orig" in k or "_mask" in k for k in p.net.state_dict())  # pruning made permanent
     # Fine-tuning recovers what one-shot pruning loses.
-    one_shot = prune(m, MagnitudeConfig(sparsity=0.8, steps=1, finetune_epochs=0), ds, latency="none")
+    one_shot = prune(m, MagnitudeConfig(sparsity=0.8, steps=1, finetune=FinetuneConfig(epochs=0)), ds, latency="none")
     assert p.history["val_accuracy"] >= 0.8 > one_shot.history["val_accuracy"]
     # The input model is untouched; lineage points at it; recipe gains only the prune config.
     assert all(torch.equal(before[k], v) for k, v in m.net.state_dict().items())
@@ -99,7 +130,7 @@ def test_magnitude_reaches_target_and_keeps_it_through_finetuning(trained):
 def test_sparse_round_trip_is_bit_exact_and_deterministic(digits):
     m = prune(
         new_model("cnn_small", digits, **TINY),
-        MagnitudeConfig(sparsity=0.9, steps=1, finetune_epochs=0),
+        MagnitudeConfig(sparsity=0.9, steps=1, finetune=FinetuneConfig(epochs=0)),
         latency="none",
     )
     state = state_of(m)
@@ -128,7 +159,7 @@ def test_load_state_bytes_rejects_torch_save_bytes(digits):
 
 def test_sparse_artifact_at_90_percent_is_under_015x_dense(digits):
     m = new_model("cnn_medium", digits)
-    p = prune(m, MagnitudeConfig(sparsity=0.9, steps=1, finetune_epochs=0), latency="none")
+    p = prune(m, MagnitudeConfig(sparsity=0.9, steps=1, finetune=FinetuneConfig(epochs=0)), latency="none")
     dense = len(dense_state_bytes(p.net.state_dict()))
     sparse = len(sparse_state_bytes(p.net.state_dict()))
     # Mask 1/32 of dense + values 1/10 = 0.13 before zlib; 0.2 is the target, 0.15 catches a leak
@@ -143,7 +174,7 @@ def test_sparse_artifact_at_90_percent_is_under_015x_dense(digits):
 def test_save_sparse_model_stores_the_small_bytes_and_loads_back(ws, digits):
     m = new_model("cnn_medium", digits)
     dense_row = ws.resolve("models", save_model(ws, m).id)
-    p = prune(m, MagnitudeConfig(sparsity=0.9, steps=1, finetune_epochs=0), latency="none")
+    p = prune(m, MagnitudeConfig(sparsity=0.9, steps=1, finetune=FinetuneConfig(epochs=0)), latency="none")
     saved = save_sparse_model(ws, p, name="sparse")
     row = ws.resolve("models", saved.id)
     on_disk = ws.object_path(row["weights_sha"]).stat().st_size
@@ -170,7 +201,7 @@ ARCH_CASES = [
 @pytest.mark.parametrize(("arch", "widths", "channels", "hidden"), ARCH_CASES, ids=[c[0] for c in ARCH_CASES])
 def test_structured_shapes_per_arch(digits, arch, widths, channels, hidden):
     m = new_model(arch, digits, **widths)
-    p = prune(m, StructuredConfig(ratio=0.5, finetune_epochs=0), latency="none")
+    p = prune(m, StructuredConfig(ratio=0.5, finetune=FinetuneConfig(epochs=0)), latency="none")
     assert (p.config.channels, p.config.hidden) == (channels, hidden)
     assert p.params < m.params and count_flops(p) < count_flops(m)
     x, _ = digits.subset("val")
@@ -214,7 +245,7 @@ def randomize_bn_and_zero_units(net: nn.Module, ratio: float, seed: int) -> None
 def test_removing_only_silent_units_leaves_outputs_unchanged(digits, arch, widths, channels, hidden):
     m = new_model(arch, digits, **widths)
     randomize_bn_and_zero_units(m.net, 0.5, seed=1)
-    p = prune(m, StructuredConfig(ratio=0.5, norm="l2", finetune_epochs=0), latency="none")
+    p = prune(m, StructuredConfig(ratio=0.5, norm="l2", finetune=FinetuneConfig(epochs=0)), latency="none")
     assert (p.config.channels, p.config.hidden) == (channels, hidden)
     x, _ = digits.subset("val")
     ref = m.logits(x)
@@ -224,7 +255,7 @@ def test_removing_only_silent_units_leaves_outputs_unchanged(digits, arch, width
 
 def test_structured_finetune_recovers_and_records(trained):
     ws, ds, m = trained
-    cfg = StructuredConfig(ratio=0.5, finetune_epochs=1, lr=3e-3, batch_size=64)
+    cfg = StructuredConfig(ratio=0.5, finetune=FinetuneConfig(epochs=1, lr=3e-3, batch_size=64))
     p = prune(m, cfg, ds, latency="torch")
     rep = p.history["prune"]
     assert rep["method"] == "structured" and rep["channels_removed_fraction"] == 0.5
@@ -237,7 +268,7 @@ def test_structured_finetune_recovers_and_records(trained):
 def test_structured_model_rebuilds_from_its_saved_config(ws, digits):
     p = prune(
         new_model("cnn_large", digits, **ARCH_CASES[2][1]),
-        StructuredConfig(ratio=0.5, finetune_epochs=0),
+        StructuredConfig(ratio=0.5, finetune=FinetuneConfig(epochs=0)),
         latency="none",
     )
     again = load_model(ws, save_model(ws, p).id)
@@ -250,7 +281,7 @@ def test_structured_model_exports_to_onnx_and_is_timed_in_onnxruntime(digits):
     from datamoat.compress import export
 
     m = new_model("cnn_small", digits, **TINY)
-    p = prune(m, StructuredConfig(ratio=0.5, finetune_epochs=0), latency="onnxruntime")
+    p = prune(m, StructuredConfig(ratio=0.5, finetune=FinetuneConfig(epochs=0)), latency="onnxruntime")
     rep = p.history["prune"]
     # Both models exported (with the exporter's parity check) and timed: no fallback note.
     assert rep["latency_backend"] == "onnxruntime-cpu-1-thread" and "latency_note" not in rep, rep.get("latency_note")
@@ -261,9 +292,12 @@ def test_structured_model_exports_to_onnx_and_is_timed_in_onnxruntime(digits):
 
 def test_latency_none_skips_timing_and_unknown_backend_is_bad_input(digits):
     m = new_model("mlp", digits, hidden=(8,))
-    assert "latency_ms_after" not in prune(m, StructuredConfig(finetune_epochs=0), latency="none").history["prune"]
+    assert (
+        "latency_ms_after"
+        not in prune(m, StructuredConfig(finetune=FinetuneConfig(epochs=0)), latency="none").history["prune"]
+    )
     with pytest.raises(BadInput, match="unknown latency backend 'tvm'"):
-        prune(m, StructuredConfig(finetune_epochs=0), latency="tvm")
+        prune(m, StructuredConfig(finetune=FinetuneConfig(epochs=0)), latency="tvm")
 
 
 # -- CLI ----------------------------------------------------------------------------

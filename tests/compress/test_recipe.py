@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from dmtest import dm
 
+from datamoat.compress.distill import DistillConfig
+from datamoat.compress.prune import MagnitudeConfig, StructuredConfig
 from datamoat.compress.recipe import CompressConfig, choose, compress, pareto_front
+from datamoat.configs import config_from_dict
 from datamoat.errors import BadInput
 from datamoat.models import new_model, save_model
 from datamoat.train.loop import TrainConfig, train
@@ -44,19 +47,105 @@ def test_choose_says_when_nothing_fits():
 
 
 def test_bad_config():
-    with pytest.raises(BadInput, match="unknown calibration method"):
-        CompressConfig(calibration="kl")
-    with pytest.raises(BadInput, match="sparsity"):
-        CompressConfig(sparsity=1.0)
+    with pytest.raises(BadInput, match=r"^quantize: unknown calibration method"):
+        CompressConfig(quantize={"calibration": "kl"})
+    with pytest.raises(BadInput, match=r"^unstructured: sparsity must be in \[0, 1\)"):
+        CompressConfig(unstructured={"sparsity": 1.0})
+    with pytest.raises(BadInput, match=r"^structured.ratio must be in \(0, 1\), got 0"):
+        CompressConfig(structured={"ratio": 0.0})
+    with pytest.raises(BadInput, match=r"^distill\.train: epochs must be at least 1, got 0$"):
+        CompressConfig().replace(distill__train__epochs=0)
+    with pytest.raises(BadInput, match=r"^structured\.finetune: unknown augmentation 'rotate'"):
+        config_from_dict({**CompressConfig().to_dict(), "structured": {"finetune": {"augment": "rotate"}}})
+    with pytest.raises(BadInput, match="unknown student architecture 'vit'"):
+        CompressConfig(student_arch="vit")
+
+
+# The recipe the compression benchmark chose and measured (bench/results/compression.md),
+# field by field: each step config holds the recipe's value, not necessarily its own default.
+BENCHMARKED = {
+    "max_accuracy_drop": 1.0,
+    "max_size_kb": 0.0,
+    "max_latency_ms": 0.0,
+    "size_metric": "onnx",
+    "student_arch": "cnn_small",
+    "student_channels": (),
+    "student_hidden": (),
+    "distill__temperature": 4.0,
+    "distill__alpha": 0.3,
+    "distill__train__epochs": 16,
+    "distill__train__patience": 0,
+    "distill__train__augment": "crop",
+    "distill__train__seed": 0,
+    "structured__ratio": 0.5,
+    "structured__finetune__epochs": 3,
+    "structured__finetune__lr": 1e-3,
+    "structured__finetune__augment": "crop",
+    "structured__finetune__seed": 0,
+    "kd_finetune": True,
+    "unstructured": None,
+    "quantize__calibration": "minmax",
+    "quantize__max_accuracy_drop": 0.5,
+    "latency_repeats": 50,
+}
+
+
+def test_defaults_are_the_benchmarked_recipe():
+    params = CompressConfig().get_params()
+    assert {k: params[k] for k in BENCHMARKED} == BENCHMARKED
+    # Where the recipe differs from a step config's own defaults, it says so itself.
+    assert DistillConfig().train.epochs == 10 and StructuredConfig().finetune.epochs == 1
+    # Turned on, the magnitude step is what the flat recipe ran: 90% over 3 rounds of 1 epoch.
+    on = CompressConfig(unstructured={})
+    assert (on.unstructured.sparsity, on.unstructured.steps, on.unstructured.finetune.epochs) == (0.9, 3, 1)
+
+
+def test_nested_recipe_round_trips():
+    cfg = CompressConfig(max_size_kb=50, unstructured={"sparsity": 0.8}, quantize=None).with_seed(3)
+    d = json.loads(cfg.to_json())
+    assert d["version"] == 2 and d["distill"]["train"]["type"] == "TrainConfig" and d["quantize"] is None
+    assert config_from_dict(d) == cfg
+
+
+def test_with_seed_seeds_every_training_step_but_not_calibration():
+    cfg = CompressConfig(unstructured={}).with_seed(7)
+    assert cfg.distill.train.seed == cfg.structured.finetune.seed == cfg.unstructured.finetune.seed == 7
+    assert cfg.quantize.seed == 0  # version 1's seed never reached the int8 step's calibration sample
+    assert CompressConfig(distill=None, structured=None).with_seed(7).distill is None
+
+
+def test_version_1_flat_recipes_still_load():
+    # What `datamoat compress` recorded before the steps had configs of their own: the benchmark's run.
+    stored = json.loads((Path(__file__).parents[2] / "bench/results/compression.json").read_text())
+    old = stored["summary"]["recipe_config"]
+    assert old["version"] == 1 and old["distill_epochs"] == 16
+    assert config_from_dict(old) == CompressConfig()
+    flat = {
+        **old,
+        "distill": False,
+        "augment": "none",
+        "structured_ratio": 0.25,
+        "structured_epochs": 1,
+        "unstructured": True,
+        "sparsity": 0.8,
+        "unstructured_steps": 2,
+        "unstructured_epochs": 0,
+        "calibration": "entropy",
+        "seed": 4,
+    }
+    assert config_from_dict(flat) == CompressConfig(
+        distill=None,
+        structured={"ratio": 0.25, "finetune": {"epochs": 1, "augment": "none"}},
+        unstructured={"sparsity": 0.8, "steps": 2, "finetune": {"epochs": 0}},
+        quantize={"calibration": "entropy"},
+    ).with_seed(4)
+    assert config_from_dict({**old, "quantize": False}).quantize is None
 
 
 FAST = dict(
-    distill_epochs=2,
-    augment="none",
-    structured_epochs=1,
-    unstructured=True,
-    unstructured_steps=1,
-    unstructured_epochs=1,
+    distill={"train": {"epochs": 2, "augment": "none"}},
+    structured={"finetune": {"epochs": 1, "augment": "none"}},
+    unstructured=MagnitudeConfig(steps=1, finetune={"epochs": 1}),
     latency_repeats=5,
     student_arch="cnn_small",
     student_channels=(8, 16),
@@ -134,4 +223,7 @@ def test_cli_registers_the_choice_or_nothing(teacher_ws):
         assert {"name", "steps", "accuracy", "bytes", "latency_ms_b1", "throughput_b64", "onnx_path"} <= set(c)
     version = Registry(registry_url(ws)).version(out["model_id"])
     assert version["info"]["lineage"]["teacher_id"] == teacher.id
-    assert version["info"]["recipe"]["type"] == "CompressConfig"
+    recipe = version["info"]["recipe"]
+    assert recipe["type"] == "CompressConfig" and recipe["distill"]["train"]["epochs"] == 1
+    assert recipe["unstructured"] is None and recipe["distill"]["type"] == "DistillConfig"
+    assert config_from_dict(recipe).student_arch == "mlp"

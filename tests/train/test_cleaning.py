@@ -145,6 +145,18 @@ def test_cleaning_config_rejects_bad_values(field, value, match):
         CleaningConfig(**{field: value})
 
 
+def test_cleaning_config_takes_the_zoos_architectures_and_the_trainers_augmentations():
+    from datamoat.data.transforms import AUGMENTATIONS
+    from datamoat.models.zoo import ARCHS
+
+    assert [CleaningConfig(arch=a).arch for a in ARCHS] == list(ARCHS)
+    assert [CleaningConfig(augment=a).augment for a in AUGMENTATIONS] == list(AUGMENTATIONS)
+    with pytest.raises(BadInput, match="choose one of " + ", ".join(ARCHS) + "$"):
+        CleaningConfig(arch="vit")
+    with pytest.raises(BadInput, match="choose one of " + ", ".join(AUGMENTATIONS) + "$"):
+        CleaningConfig(augment="rotate")
+
+
 def test_find_issues_needs_enough_samples_per_fold(ws, digits):
     with pytest.raises(BadInput, match="folds"):
         find_issues(digits, folds=500, epochs=1)

@@ -6,10 +6,11 @@
 - `StructuredConfig`: remove whole filters and hidden units; the result is a
   smaller dense model, faster on any runtime.
 
-Both fine-tune on `data` afterwards (when `finetune_epochs` > 0), return a new
-`Model` whose lineage points at the input and whose recipe gains the config,
-and record a `PruneReport` (params, MACs, bytes, latency, val accuracy before
-and after) in `history["prune"]`.
+Both fine-tune on `data` afterwards as their shared `FinetuneConfig` (the
+config's `finetune`) says, when its `epochs` > 0; both return a new `Model`
+whose lineage points at the input and whose recipe gains the config, and
+record a `PruneReport` (params, MACs, bytes, latency, val accuracy before and
+after) in `history["prune"]`.
 
 Adding a method means adding a config and a function to `_METHODS`.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from datamoat.compress.prune.common import PruneReport
+from datamoat.compress.prune.common import FinetuneConfig, PruneReport
 from datamoat.compress.prune.structured import StructuredConfig, slice_network, structured_prune
 from datamoat.compress.prune.unstructured import MagnitudeConfig, magnitude_prune, weight_sparsity
 from datamoat.configs import Config
@@ -31,6 +32,7 @@ __all__ = [
     "prune",
     "MagnitudeConfig",
     "StructuredConfig",
+    "FinetuneConfig",
     "PruneReport",
     "MAGIC",
     "sparse_state_bytes",
@@ -58,7 +60,7 @@ def prune(model: Model, config: Config, data: Dataset | None = None, *, latency:
     >>> from datamoat.models import new_model
     >>> from datamoat.workspace import Workspace
     >>> m = new_model("cnn_small", import_digits(Workspace.init("/tmp/dm-doc")))
-    >>> small = prune(m, StructuredConfig(ratio=0.5, finetune_epochs=0), latency="none")
+    >>> small = prune(m, StructuredConfig(ratio=0.5, finetune=FinetuneConfig(epochs=0)), latency="none")
     >>> small.config.channels, small.params < m.params
     ((8, 16), True)
     """

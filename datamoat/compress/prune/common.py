@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from datamoat.compress.flops import count_flops
-from datamoat.configs import Config, check_choice
+from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import Dataset
+from datamoat.data.transforms import AUGMENTATIONS
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
 from datamoat.models.sparse import dense_state_bytes
@@ -21,6 +22,8 @@ from datamoat.train.loop import TrainConfig, train
 LATENCY_BACKENDS = ("onnxruntime", "torch", "none")
 
 __all__ = [
+    "FinetuneConfig",
+    "nest_finetune",
     "LATENCY_BACKENDS",
     "latency",
     "PruneReport",
@@ -31,6 +34,49 @@ __all__ = [
     "val_accuracy",
     "finish",
 ]
+
+
+@dataclasses.dataclass
+class FinetuneConfig(Config):
+    """How a pruned model is fine-tuned (`finetune`): `epochs` of training (0: none) on the
+    model's dataset, with this peak `lr`, batch size, seed and augmentation.
+
+    >>> FinetuneConfig(epochs=2, augment="crop").lr
+    0.001
+    """
+
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 128
+    seed: int = 0
+    augment: str = "none"
+
+    def validate(self) -> None:
+        check(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs} (0: no fine-tuning)")
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}")
+        check_choice("augmentation", self.augment, AUGMENTATIONS)
+
+
+# Version 1 of the prune configs kept the fine-tune fields flat, under these names.
+_FLAT_FINETUNE = {
+    "finetune_epochs": "epochs",
+    "lr": "lr",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "augment": "augment",
+}
+
+
+def nest_finetune(d: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 prune config's fields with its flat fine-tune fields moved under `finetune`.
+
+    >>> nest_finetune({"ratio": 0.5, "finetune_epochs": 0, "lr": 0.01})
+    {'ratio': 0.5, 'finetune': {'epochs': 0, 'lr': 0.01}}
+    """
+    out = {k: v for k, v in d.items() if k not in _FLAT_FINETUNE}
+    finetune = {new: d[old] for old, new in _FLAT_FINETUNE.items() if old in d}
+    return {**out, "finetune": finetune} if finetune else out
 
 
 class PruneReport(TypedDict, total=False):
@@ -71,23 +117,24 @@ class PruneReport(TypedDict, total=False):
 
 
 def need_data(config: Config, data: Dataset | None) -> None:
-    epochs = getattr(config, "finetune_epochs", 0)
+    ft = getattr(config, "finetune", None)
+    epochs = ft.epochs if ft is not None else 0
     if epochs and data is None:
         raise BadInput(
             f"{type(config).__name__} fine-tunes for {epochs} epoch(s) and needs a dataset: pass data, "
-            "or set finetune_epochs=0"
+            "or set finetune=FinetuneConfig(epochs=0)"
         )
 
 
-def finetune(model: Model, data: Dataset, config: Any, seed_offset: int = 0) -> Model:
-    """`train` for `config.finetune_epochs` epochs with the config's lr, batch size, seed and augmentation.
+def finetune(model: Model, data: Dataset, config: FinetuneConfig, seed_offset: int = 0) -> Model:
+    """`train` for `config.epochs` epochs with the config's lr, batch size, seed and augmentation.
 
     A cosine schedule from `lr` down (no warm-up: the weights are already
     trained), no early stopping (there are only a few epochs), and the
     caller's torch thread count.
     """
     tc = TrainConfig(
-        epochs=config.finetune_epochs,
+        epochs=config.epochs,
         lr=config.lr,
         batch_size=config.batch_size,
         seed=config.seed + seed_offset,

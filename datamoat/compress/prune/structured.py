@@ -23,15 +23,24 @@ through; the inner width is free, which is why the zoo's config lists it.
 from __future__ import annotations
 
 import dataclasses
-from typing import cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
-from datamoat.compress.prune.common import LATENCY_BACKENDS, compare, finetune, finish, measure, need_data, val_accuracy
+from datamoat.compress.prune.common import (
+    LATENCY_BACKENDS,
+    FinetuneConfig,
+    compare,
+    finetune,
+    finish,
+    measure,
+    need_data,
+    nest_finetune,
+    val_accuracy,
+)
 from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import Dataset
-from datamoat.data.transforms import AUGMENTATIONS
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
 from datamoat.models.zoo import MLP, BasicBlock, ConvNet, ModelConfig, ResNet, build
@@ -43,17 +52,16 @@ __all__ = ["StructuredConfig", "structured_prune", "filter_scores", "slice_netwo
 class StructuredConfig(Config):
     """Remove `ratio` of the filters/units of every prunable layer, lowest `norm` first, then fine-tune.
 
-    >>> StructuredConfig(ratio=0.5, norm="l2").norm
-    'l2'
+    >>> StructuredConfig(ratio=0.5, norm="l2", finetune=FinetuneConfig(epochs=0)).finetune.epochs
+    0
     """
+
+    # Version 2: the fine-tune fields moved into `finetune` (version 1 held them flat).
+    VERSION: ClassVar[int] = 2
 
     ratio: float = 0.5
     norm: str = "l1"
-    finetune_epochs: int = 1
-    lr: float = 1e-3
-    batch_size: int = 128
-    seed: int = 0
-    augment: str = "none"
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
 
     def validate(self) -> None:
         r = float(self.ratio)
@@ -62,10 +70,10 @@ class StructuredConfig(Config):
             f"ratio must be in [0, 1), got {self.ratio}: it is the fraction of channels removed per layer",
         )
         check_choice("norm", self.norm, ("l1", "l2"))
-        check(self.finetune_epochs >= 0, f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        check(self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}")
-        check_choice("augmentation", self.augment, AUGMENTATIONS)
+
+    @classmethod
+    def upgrade(cls, d: dict[str, Any], version: object) -> dict[str, Any]:
+        return nest_finetune(d) if version == 1 else super().upgrade(d, version)
 
 
 def filter_scores(layer: nn.Module, bn: nn.BatchNorm2d | None, norm: str) -> torch.Tensor:
@@ -194,9 +202,9 @@ def structured_prune(
     new_cfg, net = slice_network(model.net, model.config, config.ratio, config.norm)
     pruned = dataclasses.replace(model, net=net, config=new_cfg, id=None)
     acc_pruned = val_accuracy(pruned, data)
-    if config.finetune_epochs:
+    if config.finetune.epochs:
         assert data is not None
-        pruned = finetune(pruned, data, config)
+        pruned = finetune(pruned, data, config.finetune)
     after = measure(pruned, data)
     total, kept = _prunable_width(model.config), _prunable_width(new_cfg)
     report = compare(before, after)

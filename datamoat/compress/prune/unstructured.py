@@ -19,16 +19,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from datamoat.compress.prune.common import LATENCY_BACKENDS, compare, finetune, finish, measure, need_data, val_accuracy
+from datamoat.compress.prune.common import (
+    LATENCY_BACKENDS,
+    FinetuneConfig,
+    compare,
+    finetune,
+    finish,
+    measure,
+    need_data,
+    nest_finetune,
+    val_accuracy,
+)
 from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import Dataset
-from datamoat.data.transforms import AUGMENTATIONS
 from datamoat.models.model import Model
 from datamoat.models.sparse import sparse_state_bytes
 from datamoat.models.zoo import build
@@ -40,18 +49,19 @@ __all__ = ["MagnitudeConfig", "magnitude_prune", "prunable_weights", "weight_spa
 class MagnitudeConfig(Config):
     """Unstructured global magnitude pruning to `sparsity`, over `steps` prune + fine-tune rounds.
 
-    >>> MagnitudeConfig(sparsity=0.9, steps=3).sparsity
-    0.9
+    `finetune` is each round's fine-tuning; round k seeds it with its seed + k - 1.
+
+    >>> MagnitudeConfig(sparsity=0.9, steps=3).finetune.epochs
+    1
     """
+
+    # Version 2: the fine-tune fields moved into `finetune` (version 1 held them flat).
+    VERSION: ClassVar[int] = 2
 
     sparsity: float = 0.9
     steps: int = 3
     schedule: str = "cubic"
-    finetune_epochs: int = 1
-    lr: float = 1e-3
-    batch_size: int = 128
-    seed: int = 0
-    augment: str = "none"
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
 
     def validate(self) -> None:
         s = float(self.sparsity)
@@ -61,10 +71,10 @@ class MagnitudeConfig(Config):
         )
         check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         check_choice("schedule", self.schedule, ("cubic", "linear"))
-        check(self.finetune_epochs >= 0, f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        check(self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}")
-        check_choice("augmentation", self.augment, AUGMENTATIONS)
+
+    @classmethod
+    def upgrade(cls, d: dict[str, Any], version: object) -> dict[str, Any]:
+        return nest_finetune(d) if version == 1 else super().upgrade(d, version)
 
 
 def sparsity_schedule(final: float, step: int, steps: int, kind: str = "cubic") -> float:
@@ -130,9 +140,9 @@ def magnitude_prune(
             torch_prune.global_unstructured(
                 params, pruning_method=torch_prune.L1Unstructured, importance_scores=scores, amount=amount
             )
-        if config.finetune_epochs:
+        if config.finetune.epochs:
             assert data is not None
-            work = finetune(work, data, config, seed_offset=k - 1)
+            work = finetune(work, data, config.finetune, seed_offset=k - 1)
         steps.append({"step": k, "target_sparsity": target, "val_accuracy": val_accuracy(work, data)})
     for m, name in params:
         if torch_prune.is_pruned(m):

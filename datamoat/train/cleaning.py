@@ -51,11 +51,8 @@ FILTERS = (
 )
 MAX_NEAR_PAIRS = 1000  # keep the issues file readable; the ranking puts the useful pairs first
 # The label-noise benchmark's headline fix, `data fix --keep-above auto --drop-below 0.7`: leave flags whose
-# given label is still plausible, relabel confident suggestions, drop the doubtful rest. Pooled over five
-# draws of 10% flips (`python bench/run.py labelnoise`, fold models of 10 epochs with random shifts) it won
-# back 0.58 of the accuracy the noise cost, relabelling every flag 0.59 (a tie), dropping every flag 0.41;
-# with 5-epoch fold models without shifts (DM_LN_FOLD_EPOCHS=5 DM_LN_FOLD_AUGMENT=none) it won back 0.49,
-# relabelling every flag 0.43.
+# given label is still plausible, relabel confident suggestions, drop the doubtful rest
+# (bench/results/labelnoise.md compares it with relabelling or dropping every flag).
 RECOMMENDED: dict[str, Any] = {"keep_above": "auto", "drop_below": 0.7}
 
 
@@ -64,19 +61,13 @@ class CleaningConfig(Config):
     """How to look for issues. Defaults: 5 folds of cnn_small, 5 epochs each,
     no augmentation (cheap; shifts were measured only on 28x28 images, and 2
     pixels is a quarter of an 8x8 one). On 28x28 images, fold models trained twice as long with random
-    shifts (`epochs=10, augment="crop"`) are better: on Fashion-MNIST with
-    10% flips the recommended fix then left fewer wrong labels on each of
-    five draws and won back 0.58 of what the noise cost instead of 0.49
-    (bench/results/labelnoise.md). crop_flip underfit in 5 epochs and
-    flagged worse."""
+    shifts (`epochs=10, augment="crop"`) are better, and crop_flip underfit
+    in 5 epochs: bench/results/labelnoise.md has the measurements."""
 
     arch: str = "cnn_small"
     # More architectures whose out-of-fold probabilities are averaged with
     # `arch`'s: a second opinion catches flips and spares hard but correct
-    # samples. On draw 0 of `python bench/run.py labelnoise` cnn_small +
-    # cnn_medium flagged with precision 0.866, recall 0.947, in 204 s
-    # (bench/results/labelnoise.md at d0758db); cnn_small alone, as that
-    # benchmark ran at f1e2b37, with 0.837 and 0.953 in 57 s.
+    # samples, at the cost of training each (bench/results/labelnoise.md).
     ensemble: tuple[str, ...] = ()
     folds: int = 5
     epochs: int = 5

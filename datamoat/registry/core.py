@@ -33,7 +33,7 @@ from datamoat.configs import check, check_choice
 from datamoat.errors import BadInput, NotFound
 from datamoat.registry.chain import add_chain_column, append_chained, append_only_ddl, verify_chain
 from datamoat.registry.policy import clean_policy
-from datamoat.registry.schema import ensure_schema
+from datamoat.registry.schema import WRITE_OPTION, ensure_schema
 from datamoat.registry.servers import ServerRoster
 from datamoat.registry.tables import (
     ALL_ALIASES,
@@ -63,7 +63,7 @@ __all__ = [
     "hash_token",
 ]
 
-_WRITE = "datamoat_write"  # execution option: this transaction writes (see Registry.transaction)
+_WRITE = WRITE_OPTION  # this transaction writes (see Registry.transaction)
 
 
 def _add_audit_chain(conn: sa.Connection) -> None:

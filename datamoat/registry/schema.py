@@ -31,6 +31,10 @@ schema_versions = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
 )
 ATTEMPTS = 5
+# Execution option: this transaction writes. Registry's engine opens such a transaction with
+# BEGIN IMMEDIATE on SQLite, so it waits for the write lock (busy timeout) instead of failing
+# when a read inside it would have to upgrade while another process writes.
+WRITE_OPTION = "datamoat_write"
 
 
 def stored_version(conn: sa.Connection, component: str) -> int | None:
@@ -60,7 +64,7 @@ def ensure_schema(
     target = len(migrations)
     for attempt in range(ATTEMPTS):  # processes starting together race to create tables: the loser retries
         try:
-            with engine.begin() as conn:
+            with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
                 _meta.create_all(conn)
                 metadata.create_all(conn)
                 have = stored_version(conn, component)

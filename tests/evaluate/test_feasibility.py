@@ -10,12 +10,8 @@ import pytest
 from dmtest import dm
 from PIL import Image
 
-from datamoat.data import import_digits
 from datamoat.errors import BadInput
 from datamoat.evaluate.feasibility import GAP, MIN_GROUP, feasibility, feasibility_in_workspace
-from datamoat.models import new_model, save_model
-from datamoat.train.loop import TrainConfig, train
-from datamoat.workspace import Workspace
 
 PNG = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -52,14 +48,6 @@ def check_html(text: str) -> tuple[dict[str, Image.Image], str]:
         im.load()
         assert im.format == "PNG" and im.size[0] >= 300 and im.size[1] >= 200
     return images, "".join(p.text)
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    ws = Workspace.init(tmp_path_factory.mktemp("ws"))
-    ds = import_digits(ws)
-    model = train(new_model("mlp", ds), ds, TrainConfig(epochs=2, threads=1), progress=False)
-    return ws, ds, save_model(ws, model, name="digits-mlp")
 
 
 def test_report_renders_with_plots_and_verdict(saved, tmp_path):

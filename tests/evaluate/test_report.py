@@ -14,13 +14,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from datamoat.cli import app
-from datamoat.data import import_digits, make_dataset
+from datamoat.data import make_dataset
 from datamoat.errors import BadInput, NotFound
 from datamoat.evaluate.metrics import EvalConfig, evaluate, evaluate_probs
 from datamoat.evaluate.report import evaluate_in_workspace, write_report
-from datamoat.models import new_model, save_model
-from datamoat.train.loop import TrainConfig, train
-from datamoat.workspace import Workspace
+from datamoat.models import new_model
 
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -57,14 +55,6 @@ def check_html(text):
         im.load()  # raises on a truncated or corrupt PNG
         assert im.format == "PNG" and im.size[0] >= 200 and im.size[1] >= 200
     return images, "".join(p.text)
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    ws = Workspace.init(tmp_path_factory.mktemp("ws"))
-    ds = import_digits(ws)
-    model = train(new_model("mlp", ds), ds, TrainConfig(epochs=2, threads=1), progress=False)
-    return ws, ds, save_model(ws, model, name="digits-mlp")
 
 
 def test_report_with_learning_curve(saved, tmp_path):

@@ -7,7 +7,8 @@ torch, builds resnet18, resnet50, mobilenet_v3_small, mobilenet_v3_large and
 efficientnet_b0 (num_classes=1000, no weights) and records, per model, every
 state_dict entry as [name, shape] in order, every leaf module with the
 settings that shapes do not show (conv stride/padding/groups, BatchNorm
-eps/momentum, dropout and stochastic-depth rates), and the parameter count.
+eps/momentum, dropout and stochastic-depth rates), the parameter count, and a
+forward probe: logits on a fixed input under deterministic synthetic weights.
 `datamoat.models.backbones` is tested against that file.
 
 Executed as torchvision ships them: models/resnet.py, mobilenetv3.py,
@@ -36,12 +37,14 @@ import argparse
 import enum
 import importlib
 import json
+import math
 import subprocess
 import sys
 import types
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
@@ -83,6 +86,33 @@ def describe(net: nn.Module) -> dict[str, Any]:
         "state": [[k, list(v.shape)] for k, v in net.state_dict().items()],
         "modules": [leaf(n, m) for n, m in net.named_modules() if n and not any(True for _ in m.children())],
     }
+
+
+def synthetic_state(state: list[list[Any]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Deterministic, well-scaled weights for the ordered [name, shape] list `state` (no real weights needed)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in state:
+        if name.endswith("num_batches_tracked"):
+            t = torch.tensor(0)
+        elif name.endswith("running_var") or (len(shape) == 1 and name.endswith(".weight")):
+            t = torch.rand(shape, generator=g) * 0.5 + 0.75  # BatchNorm variances and scales near 1
+        elif len(shape) == 1:  # BatchNorm means and every bias: small, or they drown the input's signal
+            t = torch.randn(shape, generator=g) * 0.01
+        else:  # conv / linear weights: He scale keeps the input visible in the logits of all five nets
+            t = torch.randn(shape, generator=g) * (2.0 / math.prod(shape[1:])) ** 0.5
+        out[name] = t
+    return out
+
+
+def probe(net: nn.Module, state: list[list[Any]]) -> list[list[float]]:
+    """Logits (every 25th class) of `net` in eval mode, given `synthetic_state(state)` and a fixed
+    (2, 3, 64, 64) input: two implementations that compute the same function give the same numbers."""
+    net.load_state_dict(synthetic_state(state), strict=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # (B, C, H, W)
+    with torch.no_grad():
+        out = net.eval()(x)  # (B, K)
+    return [[float(f"{v:.7g}") for v in row] for row in out[:, ::25].tolist()]
 
 
 def _package(name: str, path: Path) -> types.ModuleType:
@@ -164,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare with --out instead of writing it")
     args = ap.parse_args(argv)
     builders = load_torchvision_models(args.root)
-    fixture = {"source": source_info(args.root), "models": {n: describe(builders[n]()) for n in MODELS}}
+    fixture: dict[str, Any] = {"source": source_info(args.root), "models": {}}
+    for n in MODELS:
+        net = builders[n]()
+        entry = describe(net)
+        entry["probe"] = probe(net, entry["state"])
+        fixture["models"][n] = entry
     text = render(fixture)
     assert json.loads(text) == fixture
     if args.check:

@@ -151,7 +151,7 @@ class ResNet(nn.Module):
 def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """ResNet-18, torchvision's ``resnet18`` layout.
 
-    >>> resnet18(10)(torch.zeros(1, 3, 32, 32)).shape
+    >>> resnet18(10).eval()(torch.zeros(1, 3, 32, 32)).shape
     torch.Size([1, 10])
     """
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels)
@@ -160,7 +160,7 @@ def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
 def resnet50(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """ResNet-50, torchvision's ``resnet50`` layout (stride on the 3x3 conv).
 
-    >>> resnet50(10, in_channels=1)(torch.zeros(1, 1, 32, 32)).shape
+    >>> resnet50(10, in_channels=1).eval()(torch.zeros(1, 1, 32, 32)).shape
     torch.Size([1, 10])
     """
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels)
@@ -215,7 +215,7 @@ def replace_head(net: nn.Module, name: str, num_classes: int) -> nn.Module:
     The new layer is initialised as the architecture initialises it and sits
     on the old one's device and dtype; everything else is untouched.
 
-    >>> net = replace_head(build_backbone("resnet18"), "resnet18", 5)
+    >>> net = replace_head(build_backbone("resnet18"), "resnet18", 5).eval()
     >>> net.fc, net(torch.zeros(1, 3, 32, 32)).shape
     (Linear(in_features=512, out_features=5, bias=True), torch.Size([1, 5]))
     """

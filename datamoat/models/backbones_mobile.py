@@ -237,7 +237,7 @@ class MobileNetV3(nn.Module):
 def mobilenet_v3_small(num_classes: int = 1000, in_channels: int = 3) -> MobileNetV3:
     """MobileNetV3-Small, torchvision's ``mobilenet_v3_small`` layout.
 
-    >>> mobilenet_v3_small(10)(torch.zeros(1, 3, 32, 32)).shape
+    >>> mobilenet_v3_small(10).eval()(torch.zeros(1, 3, 32, 32)).shape
     torch.Size([1, 10])
     """
     return MobileNetV3("small", num_classes, in_channels)
@@ -246,7 +246,7 @@ def mobilenet_v3_small(num_classes: int = 1000, in_channels: int = 3) -> MobileN
 def mobilenet_v3_large(num_classes: int = 1000, in_channels: int = 3) -> MobileNetV3:
     """MobileNetV3-Large, torchvision's ``mobilenet_v3_large`` layout.
 
-    >>> mobilenet_v3_large(10, in_channels=1)(torch.zeros(1, 1, 32, 32)).shape
+    >>> mobilenet_v3_large(10, in_channels=1).eval()(torch.zeros(1, 1, 32, 32)).shape
     torch.Size([1, 10])
     """
     return MobileNetV3("large", num_classes, in_channels)
@@ -343,7 +343,7 @@ class EfficientNet(nn.Module):
 def efficientnet_b0(num_classes: int = 1000, in_channels: int = 3) -> EfficientNet:
     """EfficientNet-B0, torchvision's ``efficientnet_b0`` layout (dropout 0.2, stochastic depth 0.2).
 
-    >>> efficientnet_b0(10)(torch.zeros(1, 3, 32, 32)).shape
+    >>> efficientnet_b0(10).eval()(torch.zeros(1, 3, 32, 32)).shape
     torch.Size([1, 10])
     """
     return EfficientNet(EFFICIENTNET_B0, num_classes, in_channels)

@@ -31,8 +31,8 @@ def _listing(kind: str, items: list[str]) -> str:
     return f"{len(items)} {kind}: {', '.join(items[:SHOW])}{more}"
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors in checkpoint `path`, unwrapped, with a ``module.`` prefix on every key removed.
+def read_state_dict(path: str | Path, *, strip_module: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors in checkpoint `path`, unwrapped; with `strip_module`, a ``module.`` prefix on every key removed.
 
     Uses ``torch.load(weights_only=True)``: a file that holds pickled objects
     other than tensors and plain containers is refused with `BadInput`.
@@ -61,8 +61,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            # torch raises UnpicklingError both for a refused global and for bytes that are no pickle at all
-            if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            # torch raises UnpicklingError both for a refused object and for bytes that are no pickle at all
+            text = str(e)
+            if isinstance(e, pickle.UnpicklingError) and "Weights only" in text and "Unsupported operand" not in text:
                 raise BadInput(
                     f"{path} holds pickled objects other than tensors, which are never unpickled here "
                     "(weights_only): save just the weights, torch.save(model.state_dict(), path)"
@@ -79,7 +80,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise BadInput(f"{path}: {_listing('entries are not named tensors', bad)}: save model.state_dict()")
-    if all(k.startswith("module.") for k in state):  # saved from nn.DataParallel / DistributedDataParallel
+    if strip_module and all(
+        k.startswith("module.") for k in state
+    ):  # saved from nn.DataParallel / DistributedDataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
@@ -105,8 +108,9 @@ def load_weights(net: nn.Module, path: str | Path, *, head: str | None = None) -
     >>> load_weights(net, path, head="fc")
     {'loaded': 120, 'skipped_head': ['fc.bias', 'fc.weight']}
     """
-    state = read_state_dict(path)
     want = net.state_dict()
+    # keep the prefix only for a network that is itself wrapped in DataParallel
+    state = read_state_dict(path, strip_module=not all(k.startswith("module.") for k in want))
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
     mismatched = [k for k in want if k in state and state[k].shape != want[k].shape]

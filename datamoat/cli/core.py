@@ -218,14 +218,14 @@ def runs_list(as_json: bool = JsonOpt) -> None:
 
 
 def archs(as_json: bool = JsonOpt) -> None:
-    """List the model zoo with parameter counts for 28x28 grayscale, 10 classes."""
+    """List the model zoo with parameter counts for 28x28 grayscale, 10 classes (backbones: their own layers)."""
     from datamoat.models import ARCHS, build, param_count, preset
 
     out = []
     for a in ARCHS:
         cfg = preset(a, in_channels=1, image_size=(28, 28), num_classes=10)
         out.append({"arch": a, "params": param_count(build(cfg)), "channels": cfg.channels, "hidden": cfg.hidden})
-    emit({"archs": out}, as_json, "\n".join(f"{r['arch']:<11} {r['params']:>9,} params" for r in out))
+    emit({"archs": out}, as_json, "\n".join(f"{r['arch']:<19} {r['params']:>11,} params" for r in out))
 
 
 def _train(param: str) -> ConfigDefault:
@@ -251,6 +251,12 @@ def train(
     threads: int = typer.Option(_train("threads"), help="Torch threads (0: every core)."),
     name: str = typer.Option(None, help="Human name for the model."),
     resume: str = typer.Option(None, "--resume", help="Resume an interrupted run by its id."),
+    weights: Path = typer.Option(
+        None,
+        "--weights",
+        help="Start from this checkpoint (a torchvision .pth for resnet18/50, mobilenet_v3_*, efficientnet_b0); "
+        "the classifier is resized to the dataset's classes.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a zoo model on a dataset version, with a learning curve and checkpoints."""
@@ -273,7 +279,11 @@ def train(
             seed=seed,
             threads=threads,
         )
-    model, run_id = train_in_workspace(ws, data, arch, cfg, name=name, resume=resume, progress=True)
+    if weights and resume:
+        raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")
+    model, run_id = train_in_workspace(
+        ws, data, arch, cfg, name=name, resume=resume, weights=str(weights) if weights else None, progress=True
+    )
     h = model.history
     out = {
         "run_id": run_id,
@@ -286,6 +296,7 @@ def train(
         "stopped_early": h["stopped_early"],
         "plateau": h["plateau"],
         "curve": h["curve"],
+        "pretrained": model.lineage.get("pretrained"),
     }
     text = (
         f"model {model.id} ({model.name}): val accuracy {h['val_accuracy']:.4f} at epoch {h['best_epoch']}, "

@@ -1,13 +1,18 @@
-"""The model zoo: small architectures for images, all rebuilt from a config.
+"""The model zoo, every network rebuilt from a config.
 
-Every network is built from a `ModelConfig`, whose layer widths are explicit
-lists, so a structurally pruned model (fewer channels in some layers) is just
-another config and rebuilds exactly from the catalog.
+- Small architectures (`mlp`, `cnn_*`, `resnet`) whose layer widths are
+  explicit lists, so a structurally pruned model (fewer channels in some
+  layers) is just another config and rebuilds exactly from the catalog.
+- Photo backbones a team starts from (`resnet18`, `resnet50`,
+  `mobilenet_v3_small`, `mobilenet_v3_large`, `efficientnet_b0`), with
+  torchvision's parameter names, so its published checkpoints load
+  (`datamoat.models.backbones`, `datamoat train --weights FILE`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,6 +20,7 @@ from torch import nn
 
 from datamoat.configs import Config, check
 from datamoat.errors import BadInput
+from datamoat.models.backbones import BACKBONES, build_backbone
 
 __all__ = ["ModelConfig", "ARCHS", "build", "preset", "param_count", "MLP", "ConvNet", "ResNet"]
 
@@ -147,13 +153,22 @@ class ResNet(nn.Module):
         return self.classifier(self.pool(self.blocks(self.stem(x))))
 
 
-# name -> (class, preset fields). Widths chosen for 28x28 grayscale on 2 cores.
-ARCHS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+def _backbone(name: str) -> Callable[[ModelConfig], nn.Module]:
+    def make(cfg: ModelConfig) -> nn.Module:
+        return build_backbone(name, num_classes=cfg.num_classes, in_channels=cfg.in_channels)
+
+    return make
+
+
+# name -> (builder, preset fields). The small ones' widths suit 28x28 grayscale on 2 cores; a
+# backbone's layers are fixed by its published definition (its config holds no widths).
+ARCHS: dict[str, tuple[Callable[[ModelConfig], nn.Module], dict[str, Any]]] = {
     "mlp": (MLP, {"hidden": (256, 128), "dropout": 0.1}),
     "cnn_small": (ConvNet, {"channels": (16, 32), "hidden": (64,)}),
     "cnn_medium": (ConvNet, {"channels": (32, 64), "hidden": (128,), "dropout": 0.25}),
     "cnn_large": (ConvNet, {"channels": (32, 32, 64, 64), "hidden": (256,), "dropout": 0.3, "pool_every": 2}),
     "resnet": (ResNet, {"channels": (32, 32, 32, 64, 64, 128, 128)}),
+    **{name: (_backbone(name), {}) for name in BACKBONES},
 }
 
 

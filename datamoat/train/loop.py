@@ -324,6 +324,19 @@ def _progress_bar():
     )
 
 
+def _start_from(model: Model, arch: str, path: str) -> Model:
+    import hashlib
+
+    from datamoat.models.backbones import BACKBONES, head_name
+    from datamoat.models.weights import load_weights
+
+    # the classifier may differ (other classes); for the small zoo models every key must match
+    done = load_weights(model.net, path, head=head_name(arch) if arch in BACKBONES else None)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # the file's content, never its name
+    pretrained = {"sha256": digest, "loaded": done["loaded"], "skipped_head": done["skipped_head"]}
+    return dataclasses.replace(model, lineage={**model.lineage, "pretrained": pretrained})
+
+
 def train_in_workspace(
     ws: Workspace,
     data_ref: str | None = None,
@@ -332,10 +345,15 @@ def train_in_workspace(
     *,
     name: str | None = None,
     resume: str | None = None,
+    weights: str | None = None,
     progress: bool = True,
 ) -> tuple[Model, str]:
     """Train inside a workspace: a catalog run row, per-epoch checkpoints under
     `runs/<id>/`, and the model saved at the end. `resume` takes a run id.
+    `weights` starts from a checkpoint (a torchvision-format ``.pth`` for the
+    photo backbones): every key and shape is checked, except the classifier
+    head's, which is left freshly initialised when the classes differ; the
+    file's sha256 and what was skipped go into the model's lineage.
 
     Returns (saved model, run id).
     """
@@ -356,6 +374,8 @@ def train_in_workspace(
         config = config or TrainConfig()
         data = load_dataset(ws, data_ref)
         model = new_model(arch, data, seed=config.seed)
+        if weights:
+            model = _start_from(model, arch, weights)
         run_id = ws.new_id()
         name = name or f"{arch}-{data.name}"
         cfg_dict = {"train": config.to_dict(), "model": model.config.to_dict()}

@@ -101,3 +101,28 @@ def test_without_a_val_split_the_last_epoch_is_kept(digits):
     no_val = dataclasses.replace(digits, split=split)
     m = train(new_model("mlp", digits), no_val, TrainConfig(epochs=3, threads=1, patience=1), progress=False)
     assert m.history["best_epoch"] == 3 and len(m.history["curve"]) == 3
+
+
+def test_weights_start_a_backbone_with_its_head_resized_and_the_file_recorded(ws, digits, tmp_path):
+    import hashlib
+
+    from datamoat.models.backbones import build_backbone
+
+    torch.manual_seed(7)
+    src = build_backbone("mobilenet_v3_small", num_classes=4, in_channels=1).state_dict()  # other classes
+    path = tmp_path / "pretrained.pth"
+    torch.save(src, path)
+    # An AdamW step moves a weight by about lr: at 1e-9 the loaded weights stay where the file put them.
+    cfg = TrainConfig(epochs=1, lr=1e-9, max_train_samples=64, batch_size=32, threads=1, patience=0)
+    model, _ = train_in_workspace(ws, digits.id, "mobilenet_v3_small", cfg, weights=str(path), progress=False)
+    pre = model.lineage["pretrained"]
+    assert pre["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert pre["skipped_head"] == ["classifier.3.bias", "classifier.3.weight"] and pre["loaded"] > 100
+    got = model.net.state_dict()
+    assert torch.allclose(got["features.0.0.weight"], src["features.0.0.weight"], atol=1e-5)
+    assert tuple(got["classifier.3.weight"].shape) == (10, 1024)  # the dataset's ten classes
+    scratch, _ = train_in_workspace(ws, digits.id, "mobilenet_v3_small", cfg, progress=False)
+    assert not torch.allclose(scratch.net.state_dict()["features.0.0.weight"], src["features.0.0.weight"], atol=1e-3)
+    # A small zoo model has no head to spare: every key must match, and the message names them.
+    with pytest.raises(BadInput, match="missing keys"):
+        train_in_workspace(ws, digits.id, "cnn_small", cfg, weights=str(path), progress=False)

@@ -1,16 +1,12 @@
 """A synthetic photo benchmark: Fashion-MNIST items drawn as colour objects on textured backgrounds.
 
-No real photo dataset can be downloaded where datamoat is tested, so this makes a stand-in with what
-photos have and Fashion-MNIST lacks: colour, clutter, varied sizes and aspect ratios, JPEG artefacts.
-Each item (a small grayscale image and its class) is tinted with a random colour, masked by its own
-intensity (dark pixels are transparent), upscaled smoothly, flipped, rotated and placed at a random
-scale and position, some with a soft shadow, over a random crop of scikit-learn's two sample photos or
-a procedural texture (smoothed noise, stripes, gradient), so the background says nothing about the
-class. The RGB JPEGs form an image folder, ``OUT/<split>/<label>_<class name>/<index>.jpg`` (the label
-prefix keeps the folders' sorted order equal to the label order), with ``manifest.jsonl`` and ``README.txt``.
-
-Source items are chosen from ``SeedSequence(seed)``, image ``i`` is drawn from its ``i``-th spawned
-child: the same seed and parameters give byte-identical files whatever the number of workers.
+No real photo dataset can be downloaded where datamoat is tested; this stand-in has what photos have and
+Fashion-MNIST lacks: colour, clutter, varied sizes and aspect ratios, JPEG artefacts. Each item is tinted,
+masked by its own intensity, upscaled, flipped, rotated and placed at random (some with a shadow) over a
+crop of scikit-learn's sample photos or a procedural texture that says nothing about the class. Output:
+``OUT/<split>/<label>_<class name>/<index>.jpg`` (the label prefix keeps sorted folders in label order),
+``manifest.jsonl`` and ``README.txt``. Items are chosen from ``SeedSequence(seed)``, image ``i`` is drawn
+from its ``i``-th spawned child: the same seed gives byte-identical files whatever the number of workers.
 
 >>> import tempfile
 >>> rng = np.random.default_rng(0)
@@ -39,6 +35,8 @@ import re
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -157,10 +155,6 @@ def load_fashion_mnist(root: str | Path = FASHION_MNIST_DIR) -> PhotoSource:
     return as_source(PhotoSource(x, y, FASHION_CLASSES, "fashion-mnist", pool))
 
 
-def _class_dir(label: int, name: str, width: int) -> str:
-    return f"{label:0{width}d}_" + (re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_.") or "class")
-
-
 def _plan(src: PhotoSource, cfg: SynthConfig) -> list[dict[str, Any]]:
     """One row per image, index order: split, label, path and the source item it draws."""
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed))  # the items' own seeds are its children
@@ -184,13 +178,16 @@ def _plan(src: PhotoSource, cfg: SynthConfig) -> list[dict[str, Any]]:
             reps = math.ceil(need[split] / max(len(pool), 1))  # reuse items only when the pool is too small
             picks[split, label] = np.concatenate([rng.permutation(pool) for _ in range(reps)] or [pool])[: need[split]]
     width = len(str(max(labels)))
+    dirs = {
+        c: f"{c:0{width}d}_" + (re.sub(r"[^A-Za-z0-9.-]+", "_", src.classes[c]).strip("_.") or "class") for c in labels
+    }
     digits = max(6, len(str(cfg.n_per_class * len(labels) - 1)))
     rows: list[dict[str, Any]] = []
     for split in SPLITS:
         for label in labels:
             for s in picks[split, label]:
                 i = len(rows)
-                path = f"{split}/{_class_dir(label, src.classes[label], width)}/{i:0{digits}d}.jpg"
+                path = f"{split}/{dirs[label]}/{i:0{digits}d}.jpg"
                 row = {"index": i, "split": split, "label": label, "class_name": src.classes[label], "path": path}
                 rows.append({**row, "source": src.name, "source_index": int(s), "seed": cfg.seed})
     return rows
@@ -324,13 +321,13 @@ def render_photo(
     return out, info
 
 
-_STATE: dict[str, Any] = {}  # per process: config, output folder and photos for `_make`
+_STATE: dict[str, Any] = {}  # per process: the config and output folder for `_make`
 
 
-def _init(config: SynthConfig, out: str, photos: list[np.ndarray]) -> None:
+def _init(config: SynthConfig, out: str) -> None:
+    # Workers read the photos themselves: a large start-up payload blocks the parent if a worker dies early.
     _STATE.update(config=config, out=Path(out))
-    if not _PHOTOS:
-        _PHOTOS.extend(Image.fromarray(p) for p in photos)
+    _sample_photos()
 
 
 def _make(task: tuple[dict[str, Any], np.ndarray]) -> tuple[dict[str, Any], int]:
@@ -410,22 +407,29 @@ def make_photos(
         (out / d).mkdir(parents=True)
     tasks = [(r, src.x[r["source_index"]]) for r in rows]
     workers = min(cfg.workers or os.cpu_count() or 1, max(1, len(rows) // 8))
-    photos = [np.asarray(p) for p in _sample_photos()]
     done, size = [], 0  # manifest rows in index order, bytes written
     with contextlib.ExitStack() as stack:
         if workers == 1:
-            _init(cfg, str(out), photos)
+            _init(cfg, str(out))
             results: Any = map(_make, tasks)
-        else:  # spawn, not fork: the parent may hold torch's threads
+        else:  # spawn, not fork: the parent may hold torch's threads; a worker that dies raises, never hangs
             spawn = multiprocessing.get_context("spawn")
-            pool = stack.enter_context(spawn.Pool(workers, _init, (cfg, str(out), photos)))
-            results = pool.imap(_make, tasks, chunksize=8)
-        bar = stack.enter_context(_bar(len(rows))) if progress else None
-        for row, nbytes in results:
-            done.append(row)
-            size += nbytes
-            if bar is not None:
-                bar.advance(bar.task_ids[0])
+            pool = stack.enter_context(ProcessPoolExecutor(workers, spawn, _init, (cfg, str(out))))
+            results = pool.map(_make, tasks, chunksize=8)
+        if progress:
+            from rich.console import Console
+            from rich.progress import track
+
+            results = track(results, "photos", total=len(rows), console=Console(stderr=True))  # stdout: --json
+        try:
+            for row, nbytes in results:
+                done.append(row)
+                size += nbytes
+        except BrokenProcessPool:
+            raise BadInput(
+                f"workers={workers}: a worker process failed to start; call make_photos under "
+                "`if __name__ == '__main__':` in a script file, or use workers=1"
+            ) from None
     (out / "manifest.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in done))
     seconds = time.perf_counter() - t0
     n = Counter((r["split"], r["class_name"]) for r in done)
@@ -434,13 +438,3 @@ def make_photos(
     summary = {"out_dir": str(out), "images": len(done), "counts": counts, "bytes": size, "seconds": round(seconds, 3)}
     rate = round(len(done) / max(seconds, 1e-9), 1)
     return {**summary, "images_per_s": rate, "workers": workers, "source": src.name, "seed": cfg.seed}
-
-
-def _bar(total: int) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    # On stderr, so `--json` output on stdout stays clean.
-    bar = Progress(BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True))
-    bar.add_task("photos", total=total)
-    return bar

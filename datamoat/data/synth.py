@@ -306,7 +306,7 @@ def render_photo(
     x0 = round(cx * (w - side)) - (obj.width - side) // 2
     y0 = round(cy * (h - side)) - (obj.height - side) // 2
     inten = np.asarray(obj, np.float32) / 255  # (oh, ow): the item's intensity, upscaled and rotated
-    alpha = np.clip(inten * 4, 0, 1)  # dark pixels transparent, anything brighter than a quarter opaque
+    alpha = np.clip(inten * 10, 0, 1)  # the item's black background transparent, anything above a tenth opaque
     bbox = [max(x0, 0), max(y0, 0), min(x0 + obj.width, w), min(y0 + obj.height, h)]
     if draw_object:
         if shadow:

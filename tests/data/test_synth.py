@@ -203,3 +203,12 @@ def test_fashion_mnist_test_images_come_from_its_test_set(tmp_path):
     assert summary["source"] == "fashion-mnist" and summary["counts"]["test"] == {"T-shirt/top": 1, "Ankle boot": 1}
     assert {r["path"].split("/")[1] for r in rows} == {"0_T-shirt_top", "9_Ankle_boot"}
     assert all((r["source_index"] >= 60_000) == (r["split"] == "test") for r in rows)
+
+
+def test_the_folder_imports_with_classes_in_label_order(made, ws):
+    from datamoat.data import import_folder
+
+    out, _ = made
+    ds = import_folder(ws, out / "train", size=(32, 32), val=0.0, test=0.0)
+    assert ds.classes == ["1_1", "3_3", "5_5"] and ds.x.shape == (18, 3, 32, 32)
+    assert np.bincount(ds.y).tolist() == [6, 6, 6]

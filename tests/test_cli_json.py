@@ -76,6 +76,8 @@ def test_data_train_and_catalog(dm, flow, monkeypatch):
     assert dm("archs")
     assert dm("data", "list")
     assert dm("data", "show", "digits")
+    syn = dm("data", "synth", str(flow["tmp"] / "synth"), "--n-per-class", "2", "--source", "digits")
+    assert syn["images"] == 20 and len(list((flow["tmp"] / "synth").rglob("*.jpg"))) == 20
     flow["model"] = dm("train", "--data", "digits", "--arch", "cnn_small", "--epochs", "2", "--name", "small")[
         "model_id"
     ]

@@ -249,6 +249,10 @@ def train(
     patience: int = typer.Option(_train("patience"), help="Early-stopping patience in epochs (0: off)."),
     seed: int = typer.Option(_train("seed"), help="Random seed."),
     threads: int = typer.Option(_train("threads"), help="Torch threads (0: every core)."),
+    label_smoothing: float = typer.Option(_train("label_smoothing"), help="Label smoothing in [0, 1)."),
+    probe_epochs: int = typer.Option(_train("probe_epochs"), help="First train only the classifier (linear probe)."),
+    body_lr_scale: float = typer.Option(_train("body_lr_scale"), help="The body's learning rate, times --lr."),
+    warmup_epochs: float = typer.Option(_train("warmup_epochs"), help="Linear warm-up (cosine/none schedules)."),
     name: str = typer.Option(None, help="Human name for the model."),
     resume: str = typer.Option(None, "--resume", help="Resume an interrupted run by its id."),
     weights: Path = typer.Option(
@@ -278,6 +282,10 @@ def train(
             patience=patience,
             seed=seed,
             threads=threads,
+            label_smoothing=label_smoothing,
+            probe_epochs=probe_epochs,
+            body_lr_scale=body_lr_scale,
+            warmup_epochs=warmup_epochs,
         )
     if weights and resume:
         raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")

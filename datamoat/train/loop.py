@@ -47,6 +47,12 @@ class TrainConfig(Config):
     momentum: float = 0.9
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
+    # Fine-tuning from pretrained weights: `probe_epochs` train the classifier alone first (a linear
+    # probe), then every layer trains with the body's learning rate scaled by `body_lr_scale`;
+    # `warmup_epochs` ramp the learning rate up linearly (onecycle has its own warm-up).
+    probe_epochs: int = 0
+    body_lr_scale: float = 1.0
+    warmup_epochs: float = 0.0
     augment: str = "none"
     patience: int = 3
     min_delta: float = 1e-3
@@ -63,6 +69,16 @@ class TrainConfig(Config):
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
         check(self.weight_decay >= 0, "weight_decay must be >= 0")
         check(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
+        check(
+            0 <= self.probe_epochs < self.epochs,
+            f"probe_epochs must be in [0, epochs): {self.probe_epochs} of {self.epochs} leaves no full fine-tuning",
+        )
+        check(0 < self.body_lr_scale <= 1, f"body_lr_scale must be in (0, 1], got {self.body_lr_scale}")
+        check(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        check(
+            not (self.warmup_epochs and self.schedule == "onecycle"),
+            "warmup_epochs applies to the cosine and none schedules (onecycle warms up itself): set --schedule cosine",
+        )
         check(self.patience >= 0, "patience must be >= 0 (0 turns early stopping off)")
         check(self.threads >= 0, "threads must be >= 0 (0 uses every core)")
         check(self.max_train_samples >= 0, "max_train_samples must be >= 0 (0 uses all)")
@@ -94,11 +110,33 @@ def detect_plateau(val_acc: list[float], patience: int, min_delta: float) -> int
     return best_i + 1 if len(val_acc) - 1 - best_i >= max(patience, 1) else None
 
 
+def head_parameters(net: torch.nn.Module) -> list[str]:
+    """Names of the classifier's parameters: those of the network's last Linear layer.
+
+    >>> from datamoat.models.backbones import build_backbone
+    >>> head_parameters(build_backbone("resnet18", num_classes=3))
+    ['fc.weight', 'fc.bias']
+    """
+    last = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    return [f"{last}.{p}" for p, _ in net.get_submodule(last).named_parameters()]
+
+
 def _optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on biases and norm parameters (the usual practice).
     decay = [p for p in net.parameters() if p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.body_lr_scale != 1.0:  # the head first: the curve records group 0's learning rate
+        head = set(head_parameters(net))
+        named = list(net.named_parameters())
+        groups = [
+            {"params": [p for n, p in named if n in head and p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for n, p in named if n in head and p.ndim <= 1], "weight_decay": 0.0},
+            {"params": [p for n, p in named if n not in head and p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for n, p in named if n not in head and p.ndim <= 1], "weight_decay": 0.0},
+        ]
+        for g in groups[2:]:
+            g["lr"] = cfg.lr * cfg.body_lr_scale
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -106,7 +144,20 @@ def _optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15)
+        peaks = [g.get("lr", cfg.lr) for g in opt.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peaks, total_steps=total_steps, pct_start=0.15)
+    warm = int(round(cfg.warmup_epochs * total_steps / cfg.epochs))
+    if warm:
+        import math
+
+        cosine = cfg.schedule == "cosine"
+
+        def factor(step: int) -> float:  # linear ramp to the peak, then cosine decay (or flat) over the rest
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm))) if cosine else 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -217,8 +268,12 @@ def train(
     bar_ctx = _progress_bar() if progress else contextlib.nullcontext(None)
     stopped_early = False
     with bar_ctx as bar:
+        head = set(head_parameters(net)) if cfg.probe_epochs else set()
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
+            if cfg.probe_epochs:  # a linear probe first: the body frozen, only the classifier learns
+                for name, p in net.named_parameters():
+                    p.requires_grad_(name in head or epoch >= cfg.probe_epochs)
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, loss=float("nan")) if bar else None
             perm = torch.randperm(n, generator=g)
             loss_sum, correct, seen = 0.0, 0, 0
@@ -283,6 +338,8 @@ def train(
                 stopped_early = True
                 break
 
+    for p in net.parameters():  # whatever the probe left frozen (early stopping can end it) trains again later
+        p.requires_grad_(True)
     if best["state"] is not None:
         net.load_state_dict(best["state"])
     net.eval()

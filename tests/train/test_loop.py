@@ -126,3 +126,60 @@ def test_weights_start_a_backbone_with_its_head_resized_and_the_file_recorded(ws
     # A small zoo model has no head to spare: every key must match, and the message names them.
     with pytest.raises(BadInput, match="missing keys"):
         train_in_workspace(ws, digits.id, "cnn_small", cfg, weights=str(path), progress=False)
+
+
+def _delta(a: dict, b: dict, keys) -> float:
+    return float(sum((a[k] - b[k]).abs().sum() for k in keys))
+
+
+def test_a_linear_probe_trains_only_the_head_then_everything(digits):
+    from datamoat.train.loop import head_parameters
+
+    model = new_model("cnn_small", digits, seed=0)
+    start = {k: v.clone() for k, v in model.net.state_dict().items()}
+    head = head_parameters(model.net)
+    body = [k for k, _ in model.net.named_parameters() if k not in head]
+    snaps = []
+    cfg = TrainConfig(epochs=2, probe_epochs=1, patience=0, threads=1, batch_size=64)
+    model_net = model.net
+    train(model, digits, cfg, progress=False, on_epoch=lambda p: snaps.append(_clone(model_net)))
+    assert _delta(snaps[0], start, body) == 0 and _delta(snaps[0], start, head) > 0  # epoch 1: the probe
+    assert _delta(snaps[1], snaps[0], body) > 0  # epoch 2: every layer
+    assert all(p.requires_grad for p in model_net.parameters())
+
+
+def test_a_lower_body_learning_rate_moves_the_body_less(digits):
+    from datamoat.train.loop import head_parameters
+
+    moved = {}
+    for scale in (1.0, 0.01):
+        model = new_model("cnn_small", digits, seed=0)
+        start = {k: v.clone() for k, v in model.net.state_dict().items()}
+        body = [k for k, _ in model.net.named_parameters() if k not in head_parameters(model.net)]
+        out = train(model, digits, TrainConfig(epochs=1, body_lr_scale=scale, threads=1, batch_size=64), progress=False)
+        moved[scale] = _delta(out.net.state_dict(), start, body)
+    assert moved[0.01] < 0.2 * moved[1.0]
+
+
+def test_warmup_ramps_the_learning_rate_then_decays_it(digits):
+    cfg = TrainConfig(epochs=4, warmup_epochs=2, schedule="cosine", lr=1e-3, patience=0, threads=1, batch_size=64)
+    lrs = [p["lr"] for p in train(new_model("mlp", digits), digits, cfg, progress=False).history["curve"]]
+    assert lrs[0] == pytest.approx(5e-4, rel=0.05) and lrs[1] == pytest.approx(1e-3, rel=0.01)
+    assert lrs[1] > lrs[2] > lrs[3]
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"probe_epochs": 3}, "probe_epochs"),
+        ({"body_lr_scale": 0}, "body_lr_scale"),
+        ({"warmup_epochs": 1}, "onecycle"),
+    ],
+)
+def test_fine_tuning_settings_are_checked(bad, field):
+    with pytest.raises(BadInput, match=field):
+        TrainConfig(epochs=3, **bad)
+
+
+def _clone(net) -> dict:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}

@@ -28,6 +28,7 @@ from datamoat.data.dataset import Dataset, load_dataset
 from datamoat.data.transforms import AUGMENTATIONS, augment
 from datamoat.errors import BadInput, NotFound
 from datamoat.models.model import Model, new_model, save_model
+from datamoat.train.optim import head_parameters, make_optimizer, make_scheduler
 from datamoat.workspace import Workspace, atomic_write
 
 __all__ = ["TrainConfig", "train", "train_in_workspace", "detect_plateau", "set_threads", "PLATEAU_ADVICE"]
@@ -110,59 +111,6 @@ def detect_plateau(val_acc: list[float], patience: int, min_delta: float) -> int
     return best_i + 1 if len(val_acc) - 1 - best_i >= max(patience, 1) else None
 
 
-def head_parameters(net: torch.nn.Module) -> list[str]:
-    """Names of the classifier's parameters: those of the network's last Linear layer.
-
-    >>> from datamoat.models.backbones import build_backbone
-    >>> head_parameters(build_backbone("resnet18", num_classes=3))
-    ['fc.weight', 'fc.bias']
-    """
-    last = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)][-1]
-    return [f"{last}.{p}" for p, _ in net.get_submodule(last).named_parameters()]
-
-
-def _optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm parameters (the usual practice).
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.body_lr_scale != 1.0:  # the head first: the curve records group 0's learning rate
-        head = set(head_parameters(net))
-        named = list(net.named_parameters())
-        groups = [
-            {"params": [p for n, p in named if n in head and p.ndim > 1], "weight_decay": cfg.weight_decay},
-            {"params": [p for n, p in named if n in head and p.ndim <= 1], "weight_decay": 0.0},
-            {"params": [p for n, p in named if n not in head and p.ndim > 1], "weight_decay": cfg.weight_decay},
-            {"params": [p for n, p in named if n not in head and p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        for g in groups[2:]:
-            g["lr"] = cfg.lr * cfg.body_lr_scale
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
-    if cfg.schedule == "onecycle":
-        peaks = [g.get("lr", cfg.lr) for g in opt.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peaks, total_steps=total_steps, pct_start=0.15)
-    warm = int(round(cfg.warmup_epochs * total_steps / cfg.epochs))
-    if warm:
-        import math
-
-        cosine = cfg.schedule == "cosine"
-
-        def factor(step: int) -> float:  # linear ramp to the peak, then cosine decay (or flat) over the rest
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm))) if cosine else 1.0
-
-        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-
-
 def subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of a seeded, class-stratified subsample of size ~n (all if n is 0)."""
     if not n or n >= len(y):
@@ -237,8 +185,8 @@ def train(
     steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
     net = model.net
     net.train()
-    opt = _optimizer(net, cfg)
-    sched = _scheduler(opt, cfg, cfg.epochs * steps)
+    opt = make_optimizer(net, cfg)
+    sched = make_scheduler(opt, cfg, cfg.epochs * steps)
     curve: list[dict[str, Any]] = []
     best: dict[str, Any] = {"acc": -1.0, "epoch": 0, "state": None}
     start_epoch = 0

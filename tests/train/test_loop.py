@@ -133,7 +133,7 @@ def _delta(a: dict, b: dict, keys) -> float:
 
 
 def test_a_linear_probe_trains_only_the_head_then_everything(digits):
-    from datamoat.train.loop import head_parameters
+    from datamoat.train.optim import head_parameters
 
     model = new_model("cnn_small", digits, seed=0)
     start = {k: v.clone() for k, v in model.net.state_dict().items()}
@@ -149,7 +149,7 @@ def test_a_linear_probe_trains_only_the_head_then_everything(digits):
 
 
 def test_a_lower_body_learning_rate_moves_the_body_less(digits):
-    from datamoat.train.loop import head_parameters
+    from datamoat.train.optim import head_parameters
 
     moved = {}
     for scale in (1.0, 0.01):

@@ -23,6 +23,7 @@ from fastapi.responses import Response
 from datamoat.edge.config import EdgeConfig
 from datamoat.edge.runtime import EdgeRuntime
 from datamoat.errors import DatamoatError, TooLarge, Unavailable, UnsupportedMedia
+from datamoat.inference.engine import describe
 from datamoat.inference.http import install_error_handlers
 from datamoat.inference.inputs import (
     PREDICT_BODY,
@@ -67,11 +68,7 @@ def create_edge_app(runtime: EdgeRuntime, agent: Any = None) -> FastAPI:
         m = s.model
         return {
             "version": m.version_id if m else None,
-            "name": m.name if m else None,
-            "kind": m.kind if m else None,
-            "classes": m.classes if m else None,
-            "input_shape": list(m.input_shape) if m else None,
-            "serving": m is not None,
+            **describe(m),
             "reason": s.reason,
             "bundle_sequence": s.bundle.sequence if s.bundle else None,
             "suppressed": [{"label": k, "mode": v} for k, v in sorted(s.suppressed.items())],

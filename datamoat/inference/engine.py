@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LoadedVersion", "open_version", "softmax", "decide"]
+__all__ = ["LoadedVersion", "open_version", "softmax", "decide", "describe"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,21 @@ class LoadedVersion:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
             out.append(self.session.run(None, {self.input_name: chunk})[0][: step - pad])
         return softmax(np.concatenate(out))  # (N, K)
+
+
+def describe(model: LoadedVersion | None) -> dict[str, Any]:
+    """What `/v1/model` says about the model being served (cloud and device alike); None: nothing is.
+
+    >>> describe(None)["serving"]
+    False
+    """
+    return {
+        "name": model.name if model else None,
+        "kind": model.kind if model else None,
+        "classes": model.classes if model else None,
+        "input_shape": list(model.input_shape) if model else None,
+        "serving": model is not None,
+    }
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

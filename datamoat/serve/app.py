@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 
 from datamoat.errors import TooLarge, Unavailable
 from datamoat.feedback.review import ReviewQueue
-from datamoat.inference.engine import decide
+from datamoat.inference.engine import decide, describe
 from datamoat.inference.http import install_error_handlers
 from datamoat.inference.inputs import PREDICT_BODY, Prepare, install_pillow_limits, parse_payload, read_payload
 from datamoat.registry.core import Registry
@@ -307,11 +307,7 @@ async def model_info(request: Request, _: str = Depends(reader)) -> dict[str, An
     return {
         "alias": st.alias,
         "version": st.version_id,
-        "name": m.name if m else None,
-        "kind": m.kind if m else None,
-        "classes": m.classes if m else None,
-        "input_shape": list(m.input_shape) if m else None,
-        "serving": m is not None,
+        **describe(m),
         "reason": st.reason,
         "suppressed": [{"label": k, "mode": v} for k, v in sorted(st.suppressed.items())],
         "alias_version": st.alias_version,

@@ -78,6 +78,8 @@ def test_data_train_and_catalog(dm, flow, monkeypatch):
     assert dm("data", "show", "digits")
     syn = dm("data", "synth", str(flow["tmp"] / "synth"), "--n-per-class", "2", "--source", "digits")
     assert syn["images"] == 20 and len(list((flow["tmp"] / "synth").rglob("*.jpg"))) == 20
+    photos = dm("data", "import-photos", str(flow["tmp"] / "synth" / "train"), "--name", "synth")
+    assert photos["imported"] == 20 and photos["skipped"] == 0 and photos["name"] == "synth"
     flow["model"] = dm("train", "--data", "digits", "--arch", "cnn_small", "--epochs", "2", "--name", "small")[
         "model_id"
     ]

@@ -1,4 +1,5 @@
-"""`datamoat data synth`: write the synthetic photo benchmark (an image folder of JPEGs)."""
+"""`datamoat data synth` writes the synthetic photo benchmark (an image folder of JPEGs);
+`datamoat data import-photos` stores photos as content-addressed tar shards with an index."""
 
 from __future__ import annotations
 
@@ -46,7 +47,37 @@ def data_synth(
     emit(res, as_json, f"wrote {res['images']} synthetic photos to {out} ({res['bytes']:,} bytes)")
 
 
+_PHOTOS = "datamoat.data.photos:PhotoImportConfig"
+
+
+def data_import_photos(
+    source: Path = typer.Argument(
+        ..., help="A folder of class subfolders, an unlabeled folder, or a .csv/.jsonl manifest."
+    ),
+    name: str = typer.Option(None, help="Human name for the version."),
+    strict: bool = typer.Option(False, help="Refuse the import at the first bad file instead of skipping it."),
+    max_pixels: int = typer.Option(ConfigDefault(_PHOTOS, "max_pixels"), help="Per image, read from the header."),
+    seed: int = typer.Option(ConfigDefault(_PHOTOS, "seed"), help="Seed of the stratified split."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Photos of any size as shards of their original encoded bytes (JPEG, PNG, WebP; EXIF orientation
+    recorded); bad files skipped with a reason each. Training on them is not wired yet (issue 17)."""
+    from datamoat.cli._common import open_ws
+    from datamoat.data.photos import PhotoImportConfig, import_photos
+
+    cfg = PhotoImportConfig(strict=strict, max_pixels=max_pixels, seed=seed)
+    v = import_photos(open_ws(), source, cfg, name=name)
+    r = v.report
+    reasons = ", ".join(f"{k} {n}" for k, n in sorted(r["skipped_reasons"].items())) or "none"
+    text = (
+        f"photo version {r['id']} ({r['name']}): {r['imported']} images, {len(r['classes'])} classes, "
+        f"{r['shards']} shard(s), {r['stored_vs_source']:.3f}x the source bytes; skipped: {reasons}"
+    )
+    emit(r, as_json, text)
+
+
 def register(app: typer.Typer) -> None:
     from datamoat.cli.core import data_app
 
     data_app.command("synth")(data_synth)
+    data_app.command("import-photos")(data_import_photos)

@@ -1,0 +1,242 @@
+"""Photo preprocessing and augmentation on tensors (torchvision cannot be installed beside the
+pinned torch, so the few transforms a photo model needs are written here on `torch` alone).
+
+Names and parameters follow torchvision's (`Resize`, `CenterCrop`, `RandomResizedCrop`,
+`RandomHorizontalFlip`, `ColorJitter`, `Normalize`), so a recipe reads the same. Images are
+uint8 tensors (C, H, W) until `normalize`, which returns float32.
+
+`PhotoTransformConfig` is the policy a photo model records: the evaluation path (`eval_transform`:
+resize by the shorter side plus a centre crop, or letterboxing) is what serving and a device must
+apply too; the training path (`train_transform`) adds the random crop, flip and colour jitter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+import torch
+import torch.nn.functional as F
+
+from datamoat.configs import Config, check, check_choice
+from datamoat.errors import BadInput
+
+__all__ = [
+    "PhotoTransformConfig",
+    "decode",
+    "resize_shorter",
+    "center_crop",
+    "letterbox",
+    "random_resized_crop",
+    "hflip",
+    "color_jitter",
+    "normalize",
+    "eval_transform",
+    "train_transform",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what torchvision's published weights were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass
+class PhotoTransformConfig(Config):
+    """How a photo becomes a model input, in training and everywhere else.
+
+    >>> PhotoTransformConfig(size=(160, 160)).resize
+    'shorter_crop'
+    """
+
+    size: tuple[int, int] = (224, 224)  # (H, W) the model sees
+    resize: str = "shorter_crop"  # or "letterbox": the whole photo, padded to the size
+    crop_fraction: float = 0.875  # shorter_crop: resize the shorter side to size / this, then crop
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # and its aspect range
+    hflip: float = 0.5  # probability
+    brightness: float = 0.0  # ColorJitter's factors: a value in [max(0, 1 - b), 1 + b]
+    contrast: float = 0.0
+    saturation: float = 0.0
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def validate(self) -> None:
+        self.size = tuple(int(s) for s in self.size)  # type: ignore[assignment]
+        check(len(self.size) == 2 and min(self.size) >= 8, f"size must be (H, W) of at least 8, got {self.size}")
+        check_choice("resize", self.resize, ("shorter_crop", "letterbox"))
+        check(0.1 <= self.crop_fraction <= 1, f"crop_fraction must be in [0.1, 1], got {self.crop_fraction}")
+        check(0 < self.scale[0] <= self.scale[1] <= 1, f"scale must be 0 < low <= high <= 1, got {self.scale}")
+        check(0 < self.ratio[0] <= self.ratio[1], f"ratio must be 0 < low <= high, got {self.ratio}")
+        check(0 <= self.hflip <= 1, f"hflip is a probability, got {self.hflip}")
+        for name in ("brightness", "contrast", "saturation"):
+            check(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1], got {getattr(self, name)}")
+        check(
+            len(self.mean) == len(self.std) and all(s > 0 for s in self.std),
+            "mean and std need one positive std per channel",
+        )
+
+
+def decode(data: bytes, channels: int = 3) -> torch.Tensor:
+    """Encoded bytes -> uint8 (C, H, W), turned as its EXIF orientation says, in RGB (or L).
+
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGB", (5, 3), (255, 0, 0)).save(buf, "PNG")
+    >>> tuple(decode(buf.getvalue()).shape)
+    (3, 3, 5)
+    """
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as src:
+            im: Image.Image = ImageOps.exif_transpose(src)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits
+                im = Image.fromarray((np.asarray(im, np.uint32) >> 8).astype(np.uint8), "L")
+            arr = np.asarray(im.convert("RGB" if channels == 3 else "L"), np.uint8)  # (H, W[, C])
+    except (UnidentifiedImageError, OSError) as e:
+        raise BadInput(f"not a decodable image ({e}): import it through `datamoat data import-photos`") from None
+    t = torch.from_numpy(arr.copy())
+    return t.permute(2, 0, 1).contiguous() if t.ndim == 3 else t[None]  # (C, H, W)
+
+
+def _resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    # Antialiased bilinear, as torchvision's Resize on tensors does: downscaling without aliasing.
+    x = img[None].float()  # (1, C, H, W)
+    y = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return y[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def resize_shorter(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize so the shorter side is `size`, keeping the aspect ratio (torchvision's Resize(int)).
+
+    >>> tuple(resize_shorter(torch.zeros(3, 100, 200, dtype=torch.uint8), 50).shape)
+    (3, 50, 100)
+    """
+    h, w = img.shape[-2:]
+    if h <= w:
+        return _resize(img, size, max(1, int(size * w / h)))
+    return _resize(img, max(1, int(size * h / w)), size)
+
+
+def center_crop(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centred (H, W) window; an image smaller than it is padded with zeros first.
+
+    >>> tuple(center_crop(torch.zeros(3, 10, 20, dtype=torch.uint8), (8, 8)).shape)
+    (3, 8, 8)
+    """
+    th, tw = size
+    h, w = img.shape[-2:]
+    if h < th or w < tw:
+        ph, pw = max(0, th - h), max(0, tw - w)
+        img = F.pad(img, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        h, w = img.shape[-2:]
+    top, left = int(round((h - th) / 2)), int(round((w - tw) / 2))
+    return img[..., top : top + th, left : left + tw]
+
+
+def letterbox(img: torch.Tensor, size: tuple[int, int], fill: int = 0) -> torch.Tensor:
+    """The whole image, scaled to fit (H, W) and padded evenly with `fill`.
+
+    >>> tuple(letterbox(torch.zeros(3, 10, 40, dtype=torch.uint8), (16, 16)).shape)
+    (3, 16, 16)
+    """
+    th, tw = size
+    h, w = img.shape[-2:]
+    s = min(th / h, tw / w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    small = _resize(img, nh, nw)
+    top, left = (th - nh) // 2, (tw - nw) // 2
+    return F.pad(small, (left, tw - nw - left, top, th - nh - top), value=fill)
+
+
+def random_resized_crop(
+    img: torch.Tensor, size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float], g: torch.Generator
+) -> torch.Tensor:
+    """torchvision's RandomResizedCrop: a random area and aspect, resized to `size`; after 10 misses,
+    a centre crop at the nearest allowed aspect.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> tuple(random_resized_crop(torch.zeros(3, 50, 80, dtype=torch.uint8), (32, 32), (0.08, 1), (0.75, 1.33), g).shape)
+    (3, 32, 32)
+    """
+    h, w = img.shape[-2:]
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(scale[0], scale[1], generator=g))
+        aspect = math.exp(float(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=g)))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+            return _resize(img[..., top : top + ch, left : left + cw], *size)
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    return _resize(center_crop(img, (ch, cw)), *size)
+
+
+def hflip(img: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right."""
+    return img.flip(-1)
+
+
+def color_jitter(
+    img: torch.Tensor, brightness: float, contrast: float, saturation: float, g: torch.Generator
+) -> torch.Tensor:
+    """torchvision's ColorJitter without hue, its three factors applied in a random order.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> color_jitter(torch.full((3, 4, 4), 100, dtype=torch.uint8), 0.5, 0.0, 0.0, g).dtype
+    torch.uint8
+    """
+    x = img.float()  # (C, H, W) in 0..255
+    ops = []
+    for name, amount in (("b", brightness), ("c", contrast), ("s", saturation)):
+        if amount:
+            ops.append((name, float(torch.empty(1).uniform_(max(0.0, 1 - amount), 1 + amount, generator=g))))
+    for i in torch.randperm(len(ops), generator=g).tolist():
+        name, f = ops[i]
+        gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None] if x.shape[0] == 3 else x  # (1, H, W)
+        if name == "b":
+            x = x * f
+        elif name == "c":
+            x = (x - gray.mean()) * f + gray.mean()
+        elif x.shape[0] == 3:
+            x = (x - gray) * f + gray
+        x = x.clamp(0, 255)
+    return x.round().to(torch.uint8)
+
+
+def normalize(img: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (C, H, W) in 0..255 -> float32 ((x / 255) - mean) / std, per channel.
+
+    >>> normalize(torch.full((1, 1, 1), 255, dtype=torch.uint8), (0.5,), (0.5,)).item()
+    1.0
+    """
+    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]  # (C, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return (img.float() / 255.0 - m) / s
+
+
+def eval_transform(img: torch.Tensor, cfg: PhotoTransformConfig) -> torch.Tensor:
+    """The deterministic path: uint8 (C, H, W) of any size -> float32 (C, *cfg.size)."""
+    if cfg.resize == "letterbox":
+        out = letterbox(img, cfg.size)
+    else:
+        out = center_crop(resize_shorter(img, int(round(min(cfg.size) / cfg.crop_fraction))), cfg.size)
+    return normalize(out, cfg.mean, cfg.std)
+
+
+def train_transform(img: torch.Tensor, cfg: PhotoTransformConfig, g: torch.Generator) -> torch.Tensor:
+    """The training path: random resized crop, flip, colour jitter, then normalisation."""
+    out = random_resized_crop(img, cfg.size, cfg.scale, cfg.ratio, g)
+    if cfg.hflip and float(torch.rand(1, generator=g)) < cfg.hflip:
+        out = hflip(out)
+    if cfg.brightness or cfg.contrast or cfg.saturation:
+        out = color_jitter(out, cfg.brightness, cfg.contrast, cfg.saturation, g)
+    return normalize(out, cfg.mean, cfg.std)

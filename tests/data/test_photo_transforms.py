@@ -1,0 +1,105 @@
+"""Photo transforms on tensors: sizes, aspect, content placement, randomness under a seed,
+EXIF orientation, and the evaluation path serving will share."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamoat.data.photo_transforms import (
+    PhotoTransformConfig,
+    center_crop,
+    color_jitter,
+    decode,
+    eval_transform,
+    letterbox,
+    random_resized_crop,
+    resize_shorter,
+    train_transform,
+)
+from datamoat.errors import BadInput
+
+
+def _jpeg(w: int, h: int, orientation: int | None = None) -> bytes:
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 2] = (255, 0, 0)  # red left half, blue right half
+    arr[:, w // 2 :] = (0, 0, 255)
+    im = Image.fromarray(arr)
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    im.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_decode_applies_the_exif_orientation_and_makes_rgb():
+    plain = decode(_jpeg(40, 20))
+    assert tuple(plain.shape) == (3, 20, 40) and plain.dtype == torch.uint8
+    turned = decode(_jpeg(40, 20, orientation=6))  # stored landscape, shown rotated 90 degrees
+    assert tuple(turned.shape) == (3, 40, 20)
+    assert turned[0, :5].float().mean() > 200  # red (the stored left half) is now on top
+    gray = io.BytesIO()
+    Image.new("I;16", (6, 4), 65535).save(gray, "PNG")
+    assert tuple(decode(gray.getvalue()).shape) == (3, 4, 6) and int(decode(gray.getvalue()).min()) == 255
+    with pytest.raises(BadInput, match="not a decodable image"):
+        decode(b"not an image")
+
+
+def test_resize_keeps_the_aspect_and_crops_and_letterboxes_place_the_content():
+    img = decode(_jpeg(300, 150))
+    small = resize_shorter(img, 64)
+    assert tuple(small.shape) == (3, 64, 128)
+    crop = center_crop(small, (64, 64))
+    assert tuple(crop.shape) == (3, 64, 64)
+    assert crop[0, :, :20].float().mean() > 200 and crop[2, :, -20:].float().mean() > 200  # red left, blue right
+    box = letterbox(img, (64, 64))
+    assert tuple(box.shape) == (3, 64, 64)
+    assert int(box[:, :14].max()) == 0 and int(box[:, -14:].max()) == 0  # padded above and below
+    assert box[0, 32, :16].float().mean() > 200  # the whole width is there
+
+
+def test_random_crops_follow_the_seed_and_the_size():
+    img = decode(_jpeg(320, 200))
+    a = random_resized_crop(img, (48, 48), (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(1))
+    b = random_resized_crop(img, (48, 48), (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(1))
+    c = random_resized_crop(img, (48, 48), (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(2))
+    assert tuple(a.shape) == (3, 48, 48) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_color_jitter_changes_colour_within_its_range():
+    img = torch.full((3, 8, 8), 100, dtype=torch.uint8)
+    outs = [color_jitter(img, 0.5, 0.0, 0.0, torch.Generator().manual_seed(s)) for s in range(20)]
+    values = [int(o[0, 0, 0]) for o in outs]
+    assert min(values) >= 50 and max(values) <= 150 and len(set(values)) > 5
+
+
+def test_eval_and_train_paths_give_the_model_input():
+    cfg = PhotoTransformConfig(size=(32, 32), brightness=0.2, contrast=0.2, saturation=0.2)
+    img = decode(_jpeg(200, 120))
+    ev = eval_transform(img, cfg)
+    assert tuple(ev.shape) == (3, 32, 32) and ev.dtype == torch.float32
+    assert torch.equal(ev, eval_transform(img, cfg))  # deterministic: serving must get the same
+    tr = train_transform(img, cfg, torch.Generator().manual_seed(0))
+    assert tuple(tr.shape) == (3, 32, 32) and not torch.equal(tr, ev)
+    lb = eval_transform(img, PhotoTransformConfig(size=(32, 32), resize="letterbox"))
+    assert tuple(lb.shape) == (3, 32, 32) and not torch.equal(lb, ev)
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"size": (4, 4)}, "size"),
+        ({"resize": "stretch"}, "resize"),
+        ({"scale": (0.5, 0.1)}, "scale"),
+        ({"hflip": 2}, "hflip"),
+        ({"mean": (0.5,)}, "mean"),
+    ],
+)
+def test_bad_settings_name_the_field(bad, field):
+    with pytest.raises(BadInput, match=field):
+        PhotoTransformConfig(**bad)

@@ -32,6 +32,7 @@ __all__ = [
     "hflip",
     "color_jitter",
     "normalize",
+    "fit",
     "eval_transform",
     "train_transform",
 ]
@@ -223,13 +224,23 @@ def normalize(img: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
     return (img.float() / 255.0 - m) / s
 
 
+def fit(img: torch.Tensor, cfg: PhotoTransformConfig) -> torch.Tensor:
+    """The deterministic geometry: uint8 (C, H, W) of any size -> uint8 (C, *cfg.size).
+
+    Training's evaluation, the rendered dataset, the server and a device all call this one function,
+    so a photo reaches the model the same way everywhere.
+
+    >>> tuple(fit(torch.zeros(3, 120, 300, dtype=torch.uint8), PhotoTransformConfig(size=(32, 32))).shape)
+    (3, 32, 32)
+    """
+    if cfg.resize == "letterbox":
+        return letterbox(img, cfg.size)
+    return center_crop(resize_shorter(img, int(round(min(cfg.size) / cfg.crop_fraction))), cfg.size)
+
+
 def eval_transform(img: torch.Tensor, cfg: PhotoTransformConfig) -> torch.Tensor:
     """The deterministic path: uint8 (C, H, W) of any size -> float32 (C, *cfg.size)."""
-    if cfg.resize == "letterbox":
-        out = letterbox(img, cfg.size)
-    else:
-        out = center_crop(resize_shorter(img, int(round(min(cfg.size) / cfg.crop_fraction))), cfg.size)
-    return normalize(out, cfg.mean, cfg.std)
+    return normalize(fit(img, cfg), cfg.mean, cfg.std)
 
 
 def train_transform(img: torch.Tensor, cfg: PhotoTransformConfig, g: torch.Generator) -> torch.Tensor:

@@ -96,10 +96,14 @@ def data_import(
 
 @data_app.command("list")
 def data_list(as_json: bool = JsonOpt) -> None:
-    """List dataset versions."""
+    """List dataset versions, and the photo versions they can be rendered from."""
     from rich.table import Table
 
-    rows = open_ws().rows("datasets")
+    from datamoat.data.photos import list_photos
+
+    ws = open_ws()
+    rows = ws.rows("datasets")
+    photos = list_photos(ws)
     out = [
         {
             "id": r["id"],
@@ -111,7 +115,7 @@ def data_list(as_json: bool = JsonOpt) -> None:
         for r in rows
     ]
     if as_json:
-        emit({"datasets": out}, True)
+        emit({"datasets": out, "photos": photos}, True)
         return
     t = Table("id", "name", "samples", "classes", "parent")
     for r in out:
@@ -119,6 +123,11 @@ def data_list(as_json: bool = JsonOpt) -> None:
     from datamoat.cli._common import console
 
     console.print(t)
+    if photos:
+        p = Table("photo version", "name", "photos", "classes", "shards", "skipped", title="photos (`data render`)")
+        for r in photos:
+            p.add_row(r["id"], r["name"], *(str(r[k]) for k in ("samples", "classes", "shards", "skipped")))
+        console.print(p)
 
 
 @data_app.command("show")
@@ -253,6 +262,10 @@ def train(
     probe_epochs: int = typer.Option(_train("probe_epochs"), help="First train only the classifier (linear probe)."),
     body_lr_scale: float = typer.Option(_train("body_lr_scale"), help="The body's learning rate, times --lr."),
     warmup_epochs: float = typer.Option(_train("warmup_epochs"), help="Linear warm-up (cosine/none schedules)."),
+    photo_stream: bool = typer.Option(
+        _train("photo_stream"), help="Photo datasets: train on augmented crops of the originals, not the render."
+    ),
+    workers: int = typer.Option(_train("workers"), help="Photo decode processes (-1: every core but one)."),
     name: str = typer.Option(None, help="Human name for the model."),
     resume: str = typer.Option(None, "--resume", help="Resume an interrupted run by its id."),
     weights: Path = typer.Option(
@@ -286,6 +299,8 @@ def train(
             probe_epochs=probe_epochs,
             body_lr_scale=body_lr_scale,
             warmup_epochs=warmup_epochs,
+            photo_stream=photo_stream,
+            workers=workers,
         )
     if weights and resume:
         raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")

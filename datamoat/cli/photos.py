@@ -61,7 +61,7 @@ def data_import_photos(
     as_json: bool = JsonOpt,
 ) -> None:
     """Photos of any size as shards of their original encoded bytes (JPEG, PNG, WebP; EXIF orientation
-    recorded); bad files skipped with a reason each. Training on them is not wired yet (issue 17)."""
+    recorded); bad files skipped with a reason each. `data render` makes a version a model can train on."""
     from datamoat.cli._common import open_ws
     from datamoat.data.photos import PhotoImportConfig, import_photos
 
@@ -76,8 +76,50 @@ def data_import_photos(
     emit(r, as_json, text)
 
 
+_RENDER = "datamoat.data.photo_transforms:PhotoTransformConfig"
+
+
+def data_render(
+    photos: str = typer.Argument(..., help="Photo version id, id prefix or name (from `data import-photos`)."),
+    size: int = typer.Option(224, help="Model input height and width in pixels."),
+    resize: str = typer.Option(ConfigDefault(_RENDER, "resize"), help="shorter_crop or letterbox."),
+    crop_fraction: float = typer.Option(ConfigDefault(_RENDER, "crop_fraction"), help="shorter_crop's crop share."),
+    brightness: float = typer.Option(ConfigDefault(_RENDER, "brightness"), help="Training colour jitter."),
+    contrast: float = typer.Option(ConfigDefault(_RENDER, "contrast"), help="Training colour jitter."),
+    saturation: float = typer.Option(ConfigDefault(_RENDER, "saturation"), help="Training colour jitter."),
+    grayscale: bool = typer.Option(False, help="One channel instead of RGB."),
+    name: str = typer.Option(None, help="Human name for the dataset version."),
+    workers: int = typer.Option(-1, help="Decode processes (-1: every core but one)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """A photo version at a model's input size, as a dataset version that every stage takes; the
+    transform is recorded, and training still reads augmented crops of the original photos."""
+    from datamoat.cli._common import open_ws
+    from datamoat.data.photo_render import render_photos
+    from datamoat.data.photo_transforms import PhotoTransformConfig
+    from datamoat.data.photos import load_photos
+
+    gray = {"mean": (0.5,), "std": (0.5,)} if grayscale else {}
+    cfg = PhotoTransformConfig(
+        size=(size, size),
+        resize=resize,
+        crop_fraction=crop_fraction,
+        brightness=brightness,
+        contrast=contrast,
+        saturation=saturation,
+        **gray,  # type: ignore[arg-type]
+    )
+    ws = open_ws()
+    v = load_photos(ws, photos)
+    ds = render_photos(ws, v, cfg, channels=1 if grayscale else 3, name=name, workers=workers, progress=not as_json)
+    out = {"dataset_id": ds.id, "name": ds.name, "photo_version": v.id, "transform": ds.preprocess["photo"]}
+    out["samples"], out["input_shape"] = int(len(ds.y)), list(ds.input_shape)
+    emit(out, as_json, f"dataset {ds.id} ({ds.name}): {len(ds.y)} photos at {size}x{size} from {v.id}")
+
+
 def register(app: typer.Typer) -> None:
     from datamoat.cli.core import data_app
 
     data_app.command("synth")(data_synth)
     data_app.command("import-photos")(data_import_photos)
+    data_app.command("render")(data_render)

@@ -32,7 +32,7 @@ from datamoat.configs import Config, check
 from datamoat.data.dataset import Dataset
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
-from datamoat.train.loop import TrainConfig, subsample, train
+from datamoat.train.loop import TrainConfig, photo_stream, subsample, train
 
 __all__ = ["DistillConfig", "TRAIN_DEFAULTS", "kd_loss", "distill", "teacher_logits"]
 
@@ -179,7 +179,8 @@ def distill(
     was_training = teacher.net.training
     teacher.net.eval()  # BatchNorm uses its running stats and never updates them
     try:
-        cached = teacher_logits(teacher, data, tcfg) if cfg.cache_teacher and tcfg.augment == "none" else None
+        fixed_inputs = tcfg.augment == "none" and not photo_stream(data, tcfg)  # else each batch is new
+        cached = teacher_logits(teacher, data, tcfg) if cfg.cache_teacher and fixed_inputs else None
 
         def loss_fn(out: torch.Tensor, yb: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             if cached is not None:

@@ -33,6 +33,8 @@ class Dataset:
     y: np.ndarray  # (N,) int64
     split: np.ndarray  # (N,) uint8 codes, see SPLITS
     manifest: dict[str, Any]
+    # where the version lives: a photo dataset's training reads its original bytes from there
+    workspace: Workspace | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -132,27 +134,35 @@ def make_dataset(
     seed: int = 0,
     fixed_test: np.ndarray | None = None,
     parent_id: str | None = None,
+    preprocess: dict[str, Any] | None = None,
+    photos: dict[str, Any] | None = None,
 ) -> Dataset:
     """Validate, split, store and catalog a dataset version; returns it.
 
-    Importing the same content again returns the existing version.
+    Importing the same content again returns the existing version. `preprocess` None computes the
+    mean and std of the train split; a photo dataset gives its transform's instead (see
+    `datamoat.data.photo_render`), and `photos` says where its samples' original bytes lie.
     """
     y = np.asarray(y, dtype=np.int64)
     _validate(x, y, classes)
     if split is None:
         split = stratified_splits(y, val, test, seed, fixed_test)
-    train = x[split == SPLITS["train"]].astype(np.float64) / 255.0  # (N, C, H, W)
-    mean = train.mean(axis=(0, 2, 3)).tolist()
-    std = (train.std(axis=(0, 2, 3)) + 1e-8).tolist()
-    del train
-    manifest = {
+    if preprocess is None:
+        train = x[split == SPLITS["train"]].astype(np.float64) / 255.0  # (N, C, H, W)
+        mean = train.mean(axis=(0, 2, 3)).tolist()
+        std = (train.std(axis=(0, 2, 3)) + 1e-8).tolist()
+        del train
+        preprocess = {"scale": 1 / 255, "mean": mean, "std": std}
+    manifest: dict[str, Any] = {
         "format": 1,
         "classes": list(classes),
         "shape": list(x.shape),
         "blobs": {"x": ws.put_array(x), "y": ws.put_array(y), "split": ws.put_array(split)},
         "split_recipe": {"val": val, "test": test, "seed": seed, "fixed_test": fixed_test is not None},
-        "preprocess": {"scale": 1 / 255, "mean": mean, "std": std},
+        "preprocess": preprocess,
     }
+    if photos is not None:  # only then, so array datasets keep their ids
+        manifest["photos"] = photos
     # The id hashes content only (not the name or the source path).
     ds_id = short_hash(json.dumps(manifest, sort_keys=True).encode())
     ws.insert(
@@ -160,7 +170,7 @@ def make_dataset(
         {"id": ds_id, "name": name, "parent_id": parent_id, "source": source, "manifest": manifest},
     )
     row = ws.resolve("datasets", ds_id)
-    return Dataset(ds_id, row["name"], list(classes), _ro(x), _ro(y), _ro(split), manifest)
+    return Dataset(ds_id, row["name"], list(classes), _ro(x), _ro(y), _ro(split), manifest, ws)
 
 
 def load_dataset(ws: Workspace, ref: str) -> Dataset:
@@ -171,7 +181,7 @@ def load_dataset(ws: Workspace, ref: str) -> Dataset:
     row = ws.resolve("datasets", ref)
     m = row["manifest"]
     x, y, split = (ws.get_array(m["blobs"][k]) for k in ("x", "y", "split"))
-    return Dataset(row["id"], row["name"], m["classes"], _ro(x), _ro(y), _ro(split), m)
+    return Dataset(row["id"], row["name"], m["classes"], _ro(x), _ro(y), _ro(split), m, ws)
 
 
 def _ro(a: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +23,13 @@ import torch.nn.functional as F
 from datamoat.configs import Config, check, check_choice
 from datamoat.errors import BadInput
 
+if TYPE_CHECKING:
+    import PIL.Image
+
 __all__ = [
     "PhotoTransformConfig",
     "decode",
+    "from_pil",
     "resize_shorter",
     "center_crop",
     "letterbox",
@@ -85,17 +90,25 @@ def decode(data: bytes, channels: int = 3) -> torch.Tensor:
     >>> tuple(decode(buf.getvalue()).shape)
     (3, 3, 5)
     """
-    import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as src:
-            im: Image.Image = ImageOps.exif_transpose(src)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits
-                im = Image.fromarray((np.asarray(im, np.uint32) >> 8).astype(np.uint8), "L")
-            arr = np.asarray(im.convert("RGB" if channels == 3 else "L"), np.uint8)  # (H, W[, C])
+            return from_pil(src, channels)
     except (UnidentifiedImageError, OSError) as e:
         raise BadInput(f"not a decodable image ({e}): import it through `datamoat data import-photos`") from None
+
+
+def from_pil(im: PIL.Image.Image, channels: int = 3) -> torch.Tensor:
+    """An opened Pillow image -> uint8 (C, H, W): EXIF orientation applied, 16-bit reduced to its top
+    8 bits, converted to RGB (or L). `decode` and the server's uploads both come through here."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits
+        im = Image.fromarray((np.asarray(im, np.uint32) >> 8).astype(np.uint8), "L")
+    arr = np.asarray(im.convert("RGB" if channels == 3 else "L"), np.uint8)  # (H, W[, C])
     t = torch.from_numpy(arr.copy())
     return t.permute(2, 0, 1).contiguous() if t.ndim == 3 else t[None]  # (C, H, W)
 

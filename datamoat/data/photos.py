@@ -47,7 +47,15 @@ from datamoat.data.shards import DEFAULT_MAX_SHARD_BYTES, iter_shard, read_recor
 from datamoat.errors import BadInput, NotFound, TooLarge
 from datamoat.workspace import Workspace, atomic_write, safe_name, short_hash
 
-__all__ = ["PhotoImportConfig", "PhotoVersion", "SPLIT_NAMES", "import_photos", "load_photos", "probe_photo"]
+__all__ = [
+    "PhotoImportConfig",
+    "PhotoVersion",
+    "SPLIT_NAMES",
+    "import_photos",
+    "list_photos",
+    "load_photos",
+    "probe_photo",
+]
 
 SPLIT_NAMES = ("train", "val", "test")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # formats we can shard, with their member extension
@@ -406,6 +414,21 @@ def import_photos(
         "images_per_s": round(len(items) / secs, 1) if secs > 0 else None,
     }
     return PhotoVersion(ws, vid, name, manifest, rows, skipped, dups, report)
+
+
+def list_photos(ws: Workspace) -> list[dict[str, Any]]:
+    """Every photo version of the workspace, oldest first: id, name, source, counts, classes, shards."""
+    folder = ws.root / _REF_DIR
+    recs = [json.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)]
+    return [
+        {"id": r["id"], "name": r["name"], "source": r["source"], "samples": sum(r["manifest"]["counts"].values())}
+        | {
+            "classes": len(r["manifest"]["classes"]),
+            "shards": len(r["manifest"]["shards"]),
+            "skipped": len(r["skipped"]),
+        }
+        for r in recs
+    ]
 
 
 def load_photos(ws: Workspace, ref: str) -> PhotoVersion:

@@ -25,9 +25,28 @@ _SPLIT_NAMES = {code: name for name, code in SPLITS.items()}
 
 
 def _derive(
-    ws: Workspace, base: Dataset, x: np.ndarray, y: np.ndarray, split: np.ndarray, *, name: str, source: dict[str, Any]
+    ws: Workspace,
+    base: Dataset,
+    x: np.ndarray,
+    y: np.ndarray,
+    split: np.ndarray,
+    *,
+    name: str,
+    source: dict[str, Any],
+    kept: np.ndarray | None = None,
 ) -> Dataset:
-    """Store a child version of `base` (same classes, explicit splits)."""
+    """Store a child version of `base` (same classes, explicit splits).
+
+    A photo dataset's child keeps its preprocessing (the transform), and, when `kept` lists the base
+    samples it holds (all of them, in order), where their original bytes lie, so it trains on fresh
+    crops too; a merge adds samples that have no original bytes and trains on pixels.
+    """
+    photo = "photo" in base.preprocess
+    photos = None
+    if photo and kept is not None and base.manifest.get("photos"):
+        refs = json.loads(ws.get_bytes(base.manifest["photos"]["refs"]))
+        kept_refs = [refs[int(i)] for i in kept]
+        photos = {**base.manifest["photos"], "refs": ws.put_bytes(json.dumps(kept_refs).encode())}
     return make_dataset(
         ws,
         x,
@@ -37,6 +56,8 @@ def _derive(
         source={**source, "parent_id": base.id},
         split=np.asarray(split, dtype=np.uint8),
         parent_id=base.id,
+        preprocess=dict(base.preprocess) if photo else None,
+        photos=photos,
     )
 
 
@@ -113,7 +134,8 @@ def flip_labels(
         "flipped_sha256": ws.put_array(flipped),
     }
     name = name or f"{base.name}-noisy{round(fraction * 100)}"
-    return _derive(ws, base, base.x, y, base.split, name=name, source=source), flipped
+    all_kept = np.arange(len(y))
+    return _derive(ws, base, base.x, y, base.split, name=name, source=source, kept=all_kept), flipped
 
 
 def apply_fixes(
@@ -159,7 +181,16 @@ def apply_fixes(
         raise BadInput("the fixes change nothing: every new_label equals the current label")
     fixes_sha = ws.put_bytes(json.dumps(fixes, sort_keys=True).encode())
     src = {"kind": "fix", "relabelled": relabelled, "dropped": dropped, "fixes_sha256": fixes_sha, "from": source or {}}
-    return _derive(ws, base, base.x[keep], y[keep], base.split[keep], name=name or f"{base.name}-fixed", source=src)
+    return _derive(
+        ws,
+        base,
+        base.x[keep],
+        y[keep],
+        base.split[keep],
+        name=name or f"{base.name}-fixed",
+        source=src,
+        kept=np.flatnonzero(keep),
+    )
 
 
 def pixel_hashes(x: np.ndarray) -> list[str]:

@@ -30,9 +30,9 @@ class EdgeConfig(Config):
     max_abstain_rate: float = 0.5
     top_k: int = 3
     ort_threads: int = 1
-    max_upload_bytes: int = 1 << 20
+    max_upload_bytes: int = 16 << 20  # a phone photo is 2-8 MB
     max_bundle_bytes: int = 256 << 20  # a bundle over this is refused before it is downloaded or read
-    max_image_pixels: int = 2048 * 2048
+    max_image_pixels: int = 24_000_000  # a phone photo; about 16 bytes a pixel while it is prepared
     upload_low_confidence: bool = True  # keep low-confidence inputs for a person to label in /review
     upload_max_items: int = 500  # outbox cap: the oldest samples are dropped first
     upload_max_bytes: int = 32 << 20

@@ -297,7 +297,7 @@ class EdgeRuntime:
         if s.model is None:
             raise Unavailable(s.reason)
         assert s.bundle is not None  # a serving model comes with its bundle
-        x = prepare(s.model.input_shape)  # (N, C, H, W)
+        x = prepare(s.model.input_shape, s.model.photo)  # (N, C, H, W)
         try:
             probs = s.model.probabilities(x)  # (N, K)
         except Exception:

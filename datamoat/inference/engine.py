@@ -32,6 +32,7 @@ class LoadedVersion:
     scale: float
     mean: np.ndarray  # (1, C, 1, 1)
     std: np.ndarray  # (1, C, 1, 1)
+    photo: dict[str, Any] | None = None  # a photo model's PhotoTransformConfig: uploads are fitted by it
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Raw pixels (N, C, H, W) in 0..255 -> the float32 tensor the graph expects."""
@@ -104,6 +105,7 @@ def open_version(onnx: bytes, meta: dict[str, Any], threads: int = 0) -> LoadedV
         scale=float(pre["scale"]),
         mean=channel(pre["mean"]),
         std=channel(pre["std"]),
+        photo=pre.get("photo"),
     )
 
 

@@ -36,7 +36,8 @@ __all__ = [
     "shape_help",
 ]
 
-Prepare = Callable[[tuple[int, int, int]], np.ndarray]
+# (the version's input shape (C, H, W), its photo transform or None) -> float32 (N, C, H, W) in 0..255
+Prepare = Callable[[tuple[int, int, int], dict[str, Any] | None], np.ndarray]
 
 
 def install_pillow_limits(max_pixels: int) -> None:
@@ -76,10 +77,12 @@ def parse_image(data: bytes, max_pixels: int) -> Prepare:
     except Exception:  # UnidentifiedImageError, OSError, SyntaxError...: whatever a hostile file triggers
         raise bad from None
 
-    def prepare(shape: tuple[int, int, int]) -> np.ndarray:
+    def prepare(shape: tuple[int, int, int], photo: dict[str, Any] | None) -> np.ndarray:
         c, hh, ww = shape
         if c not in (1, 3):
             raise Unprocessable(f"the model takes {c}-channel inputs, which an image cannot give: send JSON inputs")
+        if photo is not None:  # a photo model: exactly the geometry its training evaluated with
+            return _photo_input(img, c, photo)
         try:
             im = img.convert("L" if c == 1 else "RGB")
             if im.size != (ww, hh):
@@ -92,6 +95,18 @@ def parse_image(data: bytes, max_pixels: int) -> Prepare:
     return prepare
 
 
+def _photo_input(img: Any, channels: int, photo: dict[str, Any]) -> np.ndarray:
+    from datamoat.configs import config_from_dict
+    from datamoat.data.photo_transforms import fit, from_pil
+
+    try:
+        t = from_pil(img, channels)  # (C, h, w) uint8, EXIF orientation applied
+    except Exception:  # exotic modes Pillow cannot convert
+        raise BadInput("the upload is not a readable PNG or JPEG image: send a valid .png or .jpg file") from None
+    x = fit(t, config_from_dict(photo)).numpy()  # type: ignore[arg-type]  # (C, H, W) uint8
+    return x[None].astype(np.float32)  # (1, C, H, W)
+
+
 def shape_help(shape: tuple[int, int, int]) -> str:
     c, h, w = shape
     ok = [f"({h}, {w})", f"(N, {h}, {w})"] if c == 1 else []
@@ -101,7 +116,7 @@ def shape_help(shape: tuple[int, int, int]) -> str:
 def parse_json(body: bytes) -> Prepare:
     """Read ``{"inputs": ...}``: one image (H,W)/(C,H,W) or a batch (N,C,H,W)/(N,H,W).
 
-    >>> parse_json(b'{"inputs": [[0, 255], [1, 2]]}')((1, 2, 2)).shape
+    >>> parse_json(b'{"inputs": [[0, 255], [1, 2]]}')((1, 2, 2), None).shape
     (1, 1, 2, 2)
     """
     try:
@@ -118,7 +133,7 @@ def parse_json(body: bytes) -> Prepare:
 def _shaped(arr: np.ndarray) -> Prepare:
     """The prepare function for a numeric array: accept the shapes a version takes."""
 
-    def prepare(shape: tuple[int, int, int]) -> np.ndarray:
+    def prepare(shape: tuple[int, int, int], photo: dict[str, Any] | None = None) -> np.ndarray:
         c, h, w = shape
         if arr.ndim == 2 and c == 1 and arr.shape == (h, w):
             return arr[None, None]
@@ -144,7 +159,7 @@ def parse_npy(body: bytes) -> Prepare:
     (object) arrays are refused: unpickling a request would run its code.
 
     >>> buf = io.BytesIO(); np.save(buf, np.zeros((28, 28), np.uint8))
-    >>> parse_npy(buf.getvalue())((1, 28, 28)).shape
+    >>> parse_npy(buf.getvalue())((1, 28, 28), None).shape
     (1, 1, 28, 28)
     """
     fix = "send one array written by numpy.save (numbers in 0..255), or JSON"
@@ -184,7 +199,7 @@ def _in_range(arr: np.ndarray, fix: str) -> np.ndarray:
 def parse_payload(kind: str, data: bytes, max_pixels: int) -> Prepare:
     """Parse a body `read_payload` returned, by its kind.
 
-    >>> parse_payload("json", b'{"inputs": [[0, 1], [2, 3]]}', 1 << 20)((1, 2, 2)).shape
+    >>> parse_payload("json", b'{"inputs": [[0, 1], [2, 3]]}', 1 << 20)((1, 2, 2), None).shape
     (1, 1, 2, 2)
     """
     if kind == "json":

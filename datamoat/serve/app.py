@@ -231,11 +231,11 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
     if state.model is None:
         raise Unavailable(state.reason)
 
-    shape = state.model.input_shape  # the state is a frozen snapshot
+    shape, photo = state.model.input_shape, state.model.photo  # the state is a frozen snapshot
 
     def parse() -> tuple[Prepare, np.ndarray]:
         prep = parse_payload(kind, data, cfg.max_image_pixels)
-        return prep, prep(shape)
+        return prep, prep(shape, photo)
 
     # Small bodies parse faster than a thread hop costs; big ones (a large PNG) stay off the loop.
     prepare, x = parse() if len(data) <= 65536 else await asyncio.to_thread(parse)
@@ -248,7 +248,7 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
             raise Unavailable(cur.reason)
         if cur.model.version_id == used.model.version_id:
             break
-        x = prepare(cur.model.input_shape)
+        x = prepare(cur.model.input_shape, cur.model.photo)
     else:
         raise Unavailable("the served model changed three times during this request: retry it")
     pol = cur.policy  # `Registry.policy` of the served version, as of the state's generation

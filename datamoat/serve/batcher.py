@@ -160,7 +160,7 @@ def _infer(model: Any, items: list[_Item]) -> list[Any]:
             xs.append(it.x)
             continue
         try:  # the served model changed shape since the request was parsed
-            xs.append(it.prepare(model.input_shape))
+            xs.append(it.prepare(model.input_shape, model.photo))
         except DatamoatError as e:
             xs.append(e)
     good = [x for x in xs if not isinstance(x, Exception)]

@@ -23,8 +23,10 @@ class ServeConfig(Config):
     alias: str = "production"
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
-    max_upload_bytes: int = 1 << 20
-    max_image_pixels: int = 2048 * 2048  # decompression-bomb bound, checked before decoding
+    max_upload_bytes: int = 16 << 20  # a phone photo is 2-8 MB
+    # Decompression-bomb bound, checked before decoding: a 24 MP phone photo passes; decoding and
+    # resizing one costs about 16 bytes a pixel while it is prepared.
+    max_image_pixels: int = 24_000_000
     top_k: int = 3
     poll_interval_s: float = 0.1  # registry generation watch
     heartbeat_s: float = 1.0

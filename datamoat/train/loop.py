@@ -1,8 +1,9 @@
 """`train`: fit a model on a dataset version, with a learning curve.
 
-The loop is deliberately plain PyTorch over in-memory tensors (no DataLoader
-workers: the whole split fits in memory and workers would fight the math
-threads for two cores). Each epoch records train loss, val accuracy and
+Array datasets train from in-memory tensors (no DataLoader workers: the split
+fits in memory and workers would fight the math threads). A dataset rendered
+from photos trains on augmented crops of the original photos instead, decoded
+in DataLoader worker processes (`datamoat.data.photo_render`). Each epoch records train loss, val accuracy and
 seconds; the run checkpoints every epoch so it can resume, stops early when
 val accuracy stops improving, and says when it hit a plateau.
 """
@@ -24,14 +25,22 @@ import torch
 import torch.nn.functional as F
 
 from datamoat.configs import Config, check, check_choice
-from datamoat.data.dataset import Dataset, load_dataset
+from datamoat.data.dataset import SPLITS, Dataset, load_dataset
 from datamoat.data.transforms import AUGMENTATIONS, augment
 from datamoat.errors import BadInput, NotFound
 from datamoat.models.model import Model, new_model, save_model
 from datamoat.train.optim import head_parameters, make_optimizer, make_scheduler
 from datamoat.workspace import Workspace, atomic_write
 
-__all__ = ["TrainConfig", "train", "train_in_workspace", "detect_plateau", "set_threads", "PLATEAU_ADVICE"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "train_in_workspace",
+    "photo_stream",
+    "detect_plateau",
+    "set_threads",
+    "PLATEAU_ADVICE",
+]
 
 PLATEAU_ADVICE = "more data, cleaner data, or a different model"
 
@@ -60,6 +69,10 @@ class TrainConfig(Config):
     seed: int = 0
     threads: int = 0  # 0: torch's default, every core (or OMP_NUM_THREADS)
     max_train_samples: int = 0
+    # A dataset rendered from photos trains on augmented crops of the original photos, decoded in
+    # `workers` DataLoader processes (-1: every core but one); False trains on the rendered pixels.
+    photo_stream: bool = True
+    workers: int = -1
 
     def validate(self) -> None:
         check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
@@ -83,6 +96,7 @@ class TrainConfig(Config):
         check(self.patience >= 0, "patience must be >= 0 (0 turns early stopping off)")
         check(self.threads >= 0, "threads must be >= 0 (0 uses every core)")
         check(self.max_train_samples >= 0, "max_train_samples must be >= 0 (0 uses all)")
+        check(self.workers >= -1, "workers must be >= -1 (-1: every core but one, 0: decode in the main process)")
 
 
 def set_threads(n: int = 0) -> int:
@@ -109,6 +123,11 @@ def detect_plateau(val_acc: list[float], patience: int, min_delta: float) -> int
         if a > best + min_delta:
             best_i, best = i, a
     return best_i + 1 if len(val_acc) - 1 - best_i >= max(patience, 1) else None
+
+
+def photo_stream(data: Dataset, config: TrainConfig) -> bool:
+    """Whether `train` feeds `data`'s train split as augmented crops of the original photos."""
+    return config.photo_stream and bool(data.manifest.get("photos")) and data.workspace is not None
 
 
 def subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -175,9 +194,17 @@ def train(
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
 
-    x_np, y_np = data.subset("train")
-    keep = subsample(y_np, cfg.max_train_samples, cfg.seed)
-    x_tr, y_tr = model.to_tensor(x_np[keep]), torch.from_numpy(y_np[keep])  # (N, C, H, W), (N,)
+    train_rows = np.flatnonzero(data.split == SPLITS["train"])
+    keep = subsample(data.y[train_rows], cfg.max_train_samples, cfg.seed)
+    y_tr = torch.from_numpy(data.y[train_rows[keep]])  # (N,)
+    stream = None
+    if photo_stream(data, cfg):
+        from datamoat.data.photo_render import photo_loader
+
+        stream = photo_loader(data, train_rows[keep], batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed)
+        x_tr = None  # the photos stay in their shards
+    else:
+        x_tr = model.to_tensor(data.x[train_rows[keep]])  # (N, C, H, W)
     xv_np, yv_np = data.subset("val")
     x_val, y_val = model.to_tensor(xv_np), torch.from_numpy(yv_np)
     n = len(y_tr)
@@ -223,12 +250,10 @@ def train(
                 for name, p in net.named_parameters():
                     p.requires_grad_(name in head or epoch >= cfg.probe_epochs)
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, loss=float("nan")) if bar else None
-            perm = torch.randperm(n, generator=g)
             loss_sum, correct, seen = 0.0, 0, 0
-            for s in range(steps):
-                idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                xb, yb = x_tr[idx], y_tr[idx]  # (B, C, H, W), (B,)
-                xb = augment(xb, cfg.augment, g)
+            for s, (xb, idx) in enumerate(_batches(x_tr, stream, n, steps, cfg, g, epoch)):
+                yb = y_tr[idx]  # (B,)
+                xb = augment(xb, cfg.augment, g)  # (B, C, H, W)
                 out = net(xb)  # (B, K)
                 loss = loss_fn(out, yb, xb, idx)
                 opt.zero_grad(set_to_none=True)
@@ -308,6 +333,26 @@ def train(
         lineage["parent_id"] = model.id
     lineage["recipe"] = [*lineage.get("recipe", []), cfg.to_dict()]
     return dataclasses.replace(model, net=net, lineage=lineage, history=history, id=None, name=None)
+
+
+def _batches(
+    x_tr: torch.Tensor | None, stream: Any, n: int, steps: int, cfg: TrainConfig, g: torch.Generator, epoch: int
+) -> Any:
+    """One epoch's (normalised batch (B, C, H, W), indices into the train rows (B,)), `steps` of them."""
+    if stream is None:
+        assert x_tr is not None
+        perm = torch.randperm(n, generator=g)
+        for s in range(steps):
+            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            yield x_tr[idx], idx
+        return
+    samples, loader = stream
+    samples.epoch = epoch  # seeds each photo's crop: the same run gives the same crops, resumed or not
+    loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+    for s, (xb, idx) in enumerate(loader):
+        if s == steps:  # a final batch of one sample breaks BatchNorm; it is dropped, as above
+            break
+        yield xb, idx
 
 
 def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:

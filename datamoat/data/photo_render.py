@@ -1,0 +1,222 @@
+"""From a photo version to model inputs: a rendered view for every stage, and a stream for training.
+
+A photo version (`datamoat.data.photos`) keeps each photo's original encoded bytes. A model sees
+them through a `PhotoTransformConfig`, so the version is turned into model inputs in two ways:
+
+- `render_photos` decodes every labelled photo once in DataLoader worker processes, applies the
+  deterministic geometry (`photo_transforms.fit`: the shorter side resized plus a centre crop, or
+  letterboxing) and stores the uint8 ``(N, C, H, W)`` result as an ordinary dataset version. Its
+  manifest names the photo version, the transform and where each sample's bytes lie in the shards,
+  and its preprocessing is the transform's mean and std. Evaluation, export, quantization, cleaning,
+  diff, tuning and the proof of concept then work on it unchanged. It is a derived view: the same
+  photo version and transform always render to the same id.
+- `photo_loader` streams a rendered dataset's train split from the original bytes, decoding and
+  augmenting (random resized crop, flip, colour jitter) in worker processes, so training sees new
+  crops of the full-resolution photo every epoch and never holds the photos in memory.
+
+Both read records by offset in the content-addressed shards, one seek and one read each, and check
+each record's sha256 against the index before decoding it.
+
+>>> import tempfile
+>>> from PIL import Image
+>>> from datamoat.data.photos import PhotoImportConfig, import_photos
+>>> root = Path(tempfile.mkdtemp())
+>>> for i in range(12):
+...     (root / "ab"[i % 2]).mkdir(exist_ok=True)
+...     Image.new("RGB", (40 + i, 30), (20 * i, 100 * (i % 2), 0)).save(root / "ab"[i % 2] / f"{i}.png")
+>>> ws = Workspace.init(tempfile.mkdtemp())
+>>> photos = import_photos(ws, root, PhotoImportConfig(val_fraction=0.2, test_fraction=0.2))
+>>> ds = render_photos(ws, photos, PhotoTransformConfig(size=(16, 16)), workers=0)
+>>> ds.x.shape, ds.preprocess["photo"]["size"]
+((12, 3, 16, 16), [16, 16])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamoat.configs import config_from_dict
+from datamoat.data.dataset import SPLITS, Dataset, make_dataset
+from datamoat.data.photo_transforms import PhotoTransformConfig, decode, fit, train_transform
+from datamoat.data.photos import PhotoVersion
+from datamoat.data.shards import read_record
+from datamoat.errors import BadInput
+from datamoat.workspace import Workspace
+
+__all__ = ["PhotoSamples", "render_photos", "transform_of", "photo_refs", "photo_loader", "default_workers"]
+
+Ref = tuple[str, int, int, str]  # (shard sha256, offset, size, photo sha256)
+
+
+def default_workers() -> int:
+    """Decode workers when none are asked for: every core but one for the math, at least one."""
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
+
+
+class PhotoSamples(torch.utils.data.Dataset):
+    """Photos read by offset from a workspace's shards: item i -> (uint8 or float32 (C, H, W), index).
+
+    ``mode="fit"`` gives the deterministic uint8 geometry (rendering); ``mode="train"`` the augmented,
+    normalised float32 crop, seeded by (seed, epoch, index) so a run is reproducible whichever worker
+    decodes which photo.
+    """
+
+    def __init__(self, objects: Path, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, mode: str):
+        self.objects, self.refs, self.cfg, self.channels, self.mode = objects, refs, cfg, channels, mode
+        self.seed, self.epoch = 0, 0
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def raw(self, i: int) -> bytes:
+        shard, offset, size, sha = self.refs[i]
+        data = read_record(self.objects / shard[:2] / shard[2:], offset, size)
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise BadInput(f"photo {sha[:12]} is corrupt in shard {shard[:12]}: restore the workspace's objects")
+        return data
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = decode(self.raw(i), self.channels)  # (C, h, w) uint8, any size
+        if self.mode == "fit":
+            return fit(img, self.cfg), i  # (C, H, W) uint8
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF)
+        return train_transform(img, self.cfg, g), i  # (C, H, W) float32, normalised
+
+
+def _loader(ds: PhotoSamples, batch_size: int, workers: int, shuffle: bool, seed: int) -> Any:
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=g,
+        num_workers=workers,
+        # Pinned pages only help a copy to a GPU; on a CPU-only machine they cost a copy.
+        pin_memory=torch.cuda.is_available(),
+        # Fresh workers each epoch, so each gets the epoch number that seeds its crops.
+        persistent_workers=False,
+        drop_last=False,
+    )
+
+
+def render_photos(
+    ws: Workspace,
+    photos: PhotoVersion,
+    transform: PhotoTransformConfig | None = None,
+    *,
+    channels: int = 3,
+    name: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Dataset:
+    """The labelled photos of `photos` at the transform's size, as a dataset version (see the module).
+
+    Unlabelled photos are left out (label them through review first); their count is recorded.
+    """
+    cfg = transform or PhotoTransformConfig()
+    check_channels = channels in (1, 3) and len(cfg.mean) == channels
+    if not check_channels:
+        raise BadInput(f"channels must be 1 or 3 and match the transform's {len(cfg.mean)} mean values")
+    rows = [r for r in photos.index if r["label"] is not None]
+    if not rows:
+        raise BadInput(f"photo version {photos.id} has no labelled photos: label them before training on them")
+    classes = photos.classes
+    refs: list[Ref] = [(r["shard"], r["offset"], r["size"], r["sha256"]) for r in rows]
+    x = np.empty((len(rows), channels, *cfg.size), np.uint8)  # (N, C, H, W)
+    samples = PhotoSamples(ws.objects, refs, cfg, channels, "fit")
+    n_workers = default_workers() if workers is None else workers
+    loader = _loader(samples, 64, min(n_workers, max(0, len(rows) // 64)), False, 0)
+    with _bar(progress, len(rows), "rendering photos") as advance:
+        for xb, idx in loader:  # (B, C, H, W) uint8, (B,)
+            x[idx.numpy()] = xb.numpy()
+            advance(len(idx))
+    y = np.asarray([classes.index(r["label"]) for r in rows], np.int64)
+    split = np.asarray([SPLITS[r["split"]] for r in rows], np.uint8)
+    refs_sha = ws.put_bytes(json.dumps(refs).encode())
+    preprocess = {"scale": 1 / 255, "mean": list(cfg.mean), "std": list(cfg.std), "photo": json.loads(cfg.to_json())}
+    source = {"kind": "photos", "photo_version": photos.id, "unlabelled": len(photos.index) - len(rows)}
+    return make_dataset(
+        ws,
+        x,
+        y,
+        classes,
+        name=name or f"{photos.name}-{cfg.size[0]}x{cfg.size[1]}",
+        source=source,
+        split=split,
+        preprocess=preprocess,
+        photos={"version": photos.id, "refs": refs_sha},
+    )
+
+
+def transform_of(preprocess: dict[str, Any]) -> PhotoTransformConfig | None:
+    """The photo transform a model or dataset records in its preprocessing; None for array data.
+
+    >>> transform_of({"scale": 1 / 255, "mean": [0.5], "std": [0.5]}) is None
+    True
+    """
+    d = preprocess.get("photo")
+    if d is None:
+        return None
+    cfg = config_from_dict(d)
+    if not isinstance(cfg, PhotoTransformConfig):
+        raise BadInput(f"preprocessing names a {d.get('type')!r} where a PhotoTransformConfig belongs")
+    return cfg
+
+
+def photo_refs(data: Dataset) -> list[Ref] | None:
+    """Where each sample of a rendered dataset lies in the shards, in dataset order; None if not rendered."""
+    info = data.manifest.get("photos")
+    ws = data.workspace
+    if not info or ws is None:
+        return None
+    refs = json.loads(ws.get_bytes(info["refs"]))
+    return [tuple(r) for r in refs]  # type: ignore[misc]
+
+
+def photo_loader(
+    data: Dataset,
+    indices: np.ndarray,
+    *,
+    batch_size: int,
+    workers: int,
+    seed: int,
+) -> tuple[PhotoSamples, Any] | None:
+    """A shuffled DataLoader of augmented crops of `data`'s samples at `indices` (global indices), or
+    None when `data` was not rendered from photos. Items are (float32 (C, H, W), position in `indices`).
+    Before each epoch set ``samples.epoch`` and reseed ``loader.generator`` for fresh, reproducible
+    crops and order (the run then resumes exactly from any epoch)."""
+    refs = photo_refs(data)
+    if refs is None or data.workspace is None:
+        return None
+    cfg = transform_of(data.preprocess)
+    assert cfg is not None  # rendered datasets record their transform
+    samples = PhotoSamples(data.workspace.objects, [refs[int(i)] for i in indices], cfg, data.input_shape[0], "train")
+    samples.seed = seed
+    n_workers = default_workers() if workers < 0 else workers
+    return samples, _loader(samples, batch_size, n_workers, True, seed)
+
+
+def _bar(enabled: bool, total: int, what: str) -> Any:
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm() -> Iterator[Any]:
+        if not enabled:
+            yield lambda n: None
+            return
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True)) as bar:
+            task = bar.add_task(what, total=total)
+            yield lambda n: bar.update(task, advance=n)
+
+    return cm()

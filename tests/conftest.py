@@ -86,3 +86,44 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         groups[reason] = groups.get(reason, 0) + 1
     if groups:
         reporter.write_line("skipped: " + "; ".join(f"{n} {reason}" for reason, n in groups.items()), yellow=True)
+
+
+@pytest.fixture(scope="session")
+def photo_world(tmp_path_factory):
+    """A tiny photo project: synthetic JPEGs of 4 digit classes (120-200 px, mixed aspect ratios) plus
+    the awkward files (a corrupt JPEG, an EXIF-rotated JPEG, a 16-bit PNG, a palette PNG), imported
+    as shards and rendered at 32x32. Read-only for the tests that share it."""
+    import shutil
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from datamoat.data.photo_render import render_photos
+    from datamoat.data.photo_transforms import PhotoTransformConfig
+    from datamoat.data.photos import PhotoImportConfig, import_photos
+    from datamoat.data.synth import SynthConfig, make_photos
+
+    root = tmp_path_factory.mktemp("photos")
+    d = load_digits()
+    keep = d.target < 4
+    x = np.clip(d.images[keep] * 16, 0, 255).astype(np.uint8)  # (N, 8, 8)
+    src = (x, d.target[keep], [str(c) for c in range(4)])
+    make_photos(root / "synth", SynthConfig(n_per_class=14, test_fraction=0.0, min_side=120, max_side=200), source=src)
+    folder = root / "synth" / "train"
+    classes = sorted(p.name for p in folder.iterdir())
+    rng = np.random.default_rng(0)
+    first = next((folder / classes[0]).iterdir()).read_bytes()
+    (folder / classes[0] / "corrupt.jpg").write_bytes(first[: len(first) // 2])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: stored 90 x 150, displayed 150 x 90
+    Image.fromarray(rng.integers(0, 255, (150, 90, 3), dtype=np.uint8)).save(
+        folder / classes[1] / "rotated.jpg", exif=exif.tobytes()
+    )
+    Image.fromarray(rng.integers(0, 65535, (70, 130), dtype=np.uint16)).save(folder / classes[2] / "deep.png")
+    Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).convert("P").save(folder / classes[3] / "p.png")
+    ws = Workspace.init(root / "ws")
+    photos = import_photos(ws, folder, PhotoImportConfig(val_fraction=0.2, test_fraction=0.25))
+    ds = render_photos(ws, photos, PhotoTransformConfig(size=(32, 32)), workers=0)
+    shutil.rmtree(root / "synth" / "test", ignore_errors=True)
+    return SimpleNamespace(ws=ws, photos=photos, ds=ds, folder=folder, classes=classes)

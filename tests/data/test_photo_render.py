@@ -1,0 +1,112 @@
+"""Photo versions as model inputs: the rendered view, the training stream, and one preprocessing
+for training, ONNX, the server and a device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datamoat.data.dataset import SPLITS
+from datamoat.data.photo_render import PhotoSamples, photo_loader, photo_refs, render_photos, transform_of
+from datamoat.data.photo_transforms import PhotoTransformConfig, decode, fit
+from datamoat.data.versions import apply_fixes, flip_labels
+from datamoat.errors import BadInput
+from datamoat.inference.inputs import parse_image
+
+
+def test_render_holds_every_decodable_photo_once_with_its_label_and_split(photo_world):
+    w = photo_world
+    assert [s["kind"] for s in w.photos.skipped] == ["corrupt"]
+    labelled = [r for r in w.photos.index if r["label"] is not None]
+    assert len(w.ds.y) == len(labelled) == len(w.photos.index)
+    assert w.ds.x.shape == (len(labelled), 3, 32, 32) and w.ds.x.dtype == np.uint8
+    for i, r in enumerate(labelled):  # dataset order is the index order
+        assert w.ds.classes[w.ds.y[i]] == r["label"] and w.ds.split[i] == SPLITS[r["split"]]
+    assert transform_of(w.ds.preprocess) == PhotoTransformConfig(size=(32, 32))
+    assert w.ds.manifest["photos"]["version"] == w.photos.id
+
+
+def test_render_is_content_addressed_and_a_new_transform_is_a_new_version(photo_world):
+    w = photo_world
+    again = render_photos(w.ws, w.photos, PhotoTransformConfig(size=(32, 32)), workers=1)
+    assert again.id == w.ds.id and np.array_equal(again.x, w.ds.x)
+    boxed = render_photos(w.ws, w.photos, PhotoTransformConfig(size=(32, 32), resize="letterbox"), workers=0)
+    assert boxed.id != w.ds.id and not np.array_equal(boxed.x, w.ds.x)
+
+
+def test_the_rendered_pixels_are_fit_of_the_decoded_original(photo_world):
+    w = photo_world
+    cfg = transform_of(w.ds.preprocess)
+    refs = photo_refs(w.ds)
+    samples = PhotoSamples(w.ws.objects, refs, cfg, 3, "fit")
+    for i in (0, len(refs) // 2, len(refs) - 1):
+        assert torch.equal(fit(decode(samples.raw(i)), cfg), torch.from_numpy(np.array(w.ds.x[i])))
+
+
+def _rotated(w):
+    [row] = [r for r in w.photos.index if r["path"].endswith("rotated.jpg")]
+    return row, w.photos.read(row["sha256"])
+
+
+def test_exif_rotation_and_16_bit_photos_reach_the_model_upright_and_in_8_bits(photo_world):
+    w = photo_world
+    row, data = _rotated(w)
+    assert (row["width"], row["height"]) == (150, 90)
+    assert tuple(decode(data).shape) == (3, 90, 150)  # displayed orientation, (C, H, W)
+    [deep] = [r for r in w.photos.index if r["path"].endswith("deep.png")]
+    img = decode(w.photos.read(deep["sha256"]))
+    assert img.dtype == torch.uint8 and tuple(img.shape) == (3, 70, 130) and int(img.max()) > 200
+
+
+def test_one_preprocessing_for_training_the_server_and_a_device(photo_world):
+    """The server and a device prepare an upload with `parse_image(...)(shape, photo)`: the same JPEG
+    must reach the model as the exact pixels training evaluated with (and rendered)."""
+    w = photo_world
+    row, data = _rotated(w)
+    i = [r["sha256"] for r in w.photos.index].index(row["sha256"])
+    served = parse_image(data, 24_000_000)(w.ds.input_shape, w.ds.preprocess["photo"])  # (1, C, H, W) float
+    assert served.shape == (1, 3, 32, 32)
+    assert np.array_equal(served[0].astype(np.uint8), w.ds.x[i])
+    # an array model's path (no transform) squashes instead: the transform is what makes them agree
+    squashed = parse_image(data, 24_000_000)(w.ds.input_shape, None)
+    assert not np.array_equal(squashed[0].astype(np.uint8), w.ds.x[i])
+
+
+def test_streamed_crops_are_reproducible_whichever_worker_decodes_them(photo_world):
+    w = photo_world
+    train = np.flatnonzero(w.ds.split == SPLITS["train"])
+    batches = []
+    for workers in (0, 2):
+        samples, loader = photo_loader(w.ds, train, batch_size=8, workers=workers, seed=3)
+        samples.epoch = 1
+        loader.generator.manual_seed(11)
+        batches.append(next(iter(loader)))
+    (xa, ia), (xb, ib) = batches
+    assert torch.equal(ia, ib) and torch.equal(xa, xb)
+    assert xa.shape == (8, 3, 32, 32) and xa.dtype == torch.float32
+    samples.epoch = 2  # another epoch, other crops of the same photos
+    again = torch.stack([samples[int(j)][0] for j in ib])
+    assert not torch.equal(again, xb)
+
+
+def test_fixes_and_label_noise_keep_the_originals_and_the_transform(photo_world):
+    w = photo_world
+    fixed = apply_fixes(w.ws, w.ds, [{"index": 0, "drop": True}, {"index": 1, "new_label": int(w.ds.y[1] + 1) % 4}])
+    assert fixed.preprocess == w.ds.preprocess
+    assert photo_refs(fixed) == photo_refs(w.ds)[1:]
+    noisy, _ = flip_labels(w.ws, w.ds, 0.2, seed=0)
+    assert photo_refs(noisy) == photo_refs(w.ds) and noisy.preprocess == w.ds.preprocess
+
+
+def test_an_unlabelled_version_cannot_be_rendered(ws, tmp_path):
+    from PIL import Image
+
+    from datamoat.data.photos import import_photos
+
+    (tmp_path / "u").mkdir()
+    for i in range(3):
+        Image.new("RGB", (20 + i, 20), (i, 0, 0)).save(tmp_path / "u" / f"{i}.png")
+    v = import_photos(ws, tmp_path / "u")
+    with pytest.raises(BadInput, match="no labelled photos"):
+        render_photos(ws, v, PhotoTransformConfig(size=(16, 16)), workers=0)

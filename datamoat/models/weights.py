@@ -1,29 +1,35 @@
 """`load_weights`: a torchvision-format checkpoint into a network, checked first, never unpickling code.
 
-A checkpoint is a state_dict saved with ``torch.save`` (``.pth``/``.pt``),
+A checkpoint is a state_dict saved with ``torch.save`` (``.pth``/``.pt``/``.bin``),
 bare or wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``, with or
-without DataParallel's ``module.`` prefix, or a ``.safetensors`` file when
-the ``safetensors`` package is installed. Nothing is copied into the network
-unless every key and shape fits, so a refused checkpoint leaves it as it was.
+without DataParallel's ``module.`` prefix, or a ``.safetensors`` file. Nothing
+is copied into the network unless every key and shape fits, so a refused
+checkpoint leaves it as it was, and no file over `MAX_CHECKPOINT_BYTES` is read.
 """
 
 from __future__ import annotations
 
-import importlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from datamoat.errors import BadInput, NotFound
+from datamoat.errors import BadInput, NotFound, TooLarge
 
-__all__ = ["load_weights", "read_state_dict"]
+__all__ = [
+    "MAX_CHECKPOINT_BYTES",
+    "load_weights",
+    "read_state_dict",
+]
 
 WRAPPERS = ("state_dict", "model")  # training scripts' usual envelopes around the state_dict
 SHOW = 5  # names listed per kind of problem before "... and N more"
+# resnet50's ImageNet weights, the zoo's largest, are about 100 MB: 20 times that is a wrong file, not a backbone
+MAX_CHECKPOINT_BYTES = 2 * 1024**3
 
 
 def _listing(kind: str, items: list[str]) -> str:
@@ -31,11 +37,25 @@ def _listing(kind: str, items: list[str]) -> str:
     return f"{len(items)} {kind}: {', '.join(items[:SHOW])}{more}"
 
 
-def read_state_dict(path: str | Path, *, strip_module: bool = True) -> dict[str, torch.Tensor]:
+def _size_within(path: Path, max_bytes: int, name: str | None = None) -> int:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise TooLarge(
+            f"{name or path} is {size:,} bytes, over the {max_bytes:,}-byte cap for a checkpoint "
+            "(no zoo backbone comes near it): check that it is the right file"
+        )
+    return size
+
+
+def read_state_dict(
+    path: str | Path, *, strip_module: bool = True, max_bytes: int = MAX_CHECKPOINT_BYTES
+) -> dict[str, torch.Tensor]:
     """The tensors in checkpoint `path`, unwrapped; with `strip_module`, a ``module.`` prefix on every key removed.
 
-    Uses ``torch.load(weights_only=True)``: a file that holds pickled objects
-    other than tensors and plain containers is refused with `BadInput`.
+    A ``.safetensors`` file is read with safetensors, anything else with
+    ``torch.load(weights_only=True)``: a file that holds pickled objects other
+    than tensors and plain containers is refused with `BadInput`, and so is a
+    file over `max_bytes`, before it is read.
 
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "w.pth"
@@ -46,15 +66,10 @@ def read_state_dict(path: str | Path, *, strip_module: bool = True) -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"no checkpoint at {path}: give the path of a .pth, .pt or .safetensors file")
+    _size_within(path, max_bytes)
     if path.suffix == ".safetensors":
         try:
-            st = importlib.import_module("safetensors.torch")
-        except ImportError as e:
-            raise BadInput(
-                f"{path} is a .safetensors file but safetensors is not installed: pip install safetensors"
-            ) from e
-        try:
-            state: Any = st.load_file(str(path), device="cpu")
+            state: Any = load_file(str(path), device="cpu")
         except Exception as e:
             raise BadInput(f"{path} is not a readable safetensors file ({type(e).__name__}): re-save it") from e
     else:

@@ -268,11 +268,13 @@ def train(
     workers: int = typer.Option(_train("workers"), help="Photo decode processes (-1: every core but one)."),
     name: str = typer.Option(None, help="Human name for the model."),
     resume: str = typer.Option(None, "--resume", help="Resume an interrupted run by its id."),
-    weights: Path = typer.Option(
+    weights: str = typer.Option(
         None,
         "--weights",
-        help="Start from this checkpoint (a torchvision .pth for resnet18/50, mobilenet_v3_*, efficientnet_b0); "
-        "the classifier is resized to the dataset's classes.",
+        help="Start from this checkpoint: a torchvision-format .pth or .safetensors file (resnet18/50, "
+        "mobilenet_v3_*, efficientnet_b0), or a file in a Hugging Face hub repo, fetched into the Hugging Face cache: "
+        "hub:OWNER/REPO (its model.safetensors), hub:OWNER/REPO:FILE or hub:OWNER/REPO@REVISION:FILE. "
+        "The classifier is resized to the dataset's classes.",
     ),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -305,7 +307,7 @@ def train(
     if weights and resume:
         raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")
     model, run_id = train_in_workspace(
-        ws, data, arch, cfg, name=name, resume=resume, weights=str(weights) if weights else None, progress=True
+        ws, data, arch, cfg, name=name, resume=resume, weights=weights or None, progress=True
     )
     h = model.history
     out = {

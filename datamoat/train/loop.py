@@ -374,16 +374,16 @@ def _progress_bar():
     )
 
 
-def _start_from(model: Model, arch: str, path: str) -> Model:
-    import hashlib
-
+def _start_from(model: Model, arch: str, ref: str) -> Model:
     from datamoat.models.backbones import BACKBONES, head_name
-    from datamoat.models.weights import load_weights
+    from datamoat.models.weights import load_weights, resolve_checkpoint
 
+    ckpt = resolve_checkpoint(ref)  # a path, or hub:OWNER/REPO[@REVISION][:FILE] fetched into the HF cache
     # the classifier may differ (other classes); for the small zoo models every key must match
-    done = load_weights(model.net, path, head=head_name(arch) if arch in BACKBONES else None)
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # the file's content, never its name
-    pretrained = {"sha256": digest, "loaded": done["loaded"], "skipped_head": done["skipped_head"]}
+    done = load_weights(model.net, ckpt.path, head=head_name(arch) if arch in BACKBONES else None)
+    # the file's content, never its name; for the hub, the repo, file and commit it came from
+    pretrained: dict[str, Any] = {"sha256": ckpt.sha256, **({"hub": ckpt.hub} if ckpt.hub else {})}
+    pretrained |= {"loaded": done["loaded"], "skipped_head": done["skipped_head"]}
     return dataclasses.replace(model, lineage={**model.lineage, "pretrained": pretrained})
 
 

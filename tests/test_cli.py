@@ -168,3 +168,12 @@ def test_help_shows_the_config_defaults():
 
     out = " ".join(CliRunner().invoke(app, ["compress", "--help"], env={"COLUMNS": "200"}).stdout.split())
     assert "Student epochs. [default: 16]" in out and "[default: no-unstructured]" in out
+
+
+def test_an_error_quoting_brackets_prints_them_literally(tmp_path, monkeypatch, capsys):
+    from dmtest import dm_main
+
+    home = tmp_path / "ws"
+    dm_main(monkeypatch, capsys, None, "init", home)
+    code, _, err = dm_main(monkeypatch, capsys, home, "data", "show", "[@rev]/x[bold]")
+    assert code == 2 and "'[@rev]/x[bold]'" in err  # rich markup would have eaten both

@@ -53,7 +53,10 @@ def main() -> None:
         with json_stdout() if "--json" in args else contextlib.nullcontext():
             app(standalone_mode=False)
     except DatamoatError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        from rich.text import Text
+
+        # The message is plain text: "[...]" in it (a path, hub:REPO@REV) must never read as markup.
+        err_console.print(Text("error: ", style="red") + Text(str(e)), highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -227,14 +228,27 @@ def runs_list(as_json: bool = JsonOpt) -> None:
 
 
 def archs(as_json: bool = JsonOpt) -> None:
-    """List the model zoo with parameter counts for 28x28 grayscale, 10 classes (backbones: their own layers)."""
+    """List the model zoo: parameter counts at each family's usual input, 10 classes (photo backbones at
+    3x224x224, the small models at 1x28x28; any input size trains)."""
     from datamoat.models import ARCHS, build, param_count, preset
+    from datamoat.models.backbones import BACKBONES
 
-    out = []
+    out: list[dict[str, Any]] = []
     for a in ARCHS:
-        cfg = preset(a, in_channels=1, image_size=(28, 28), num_classes=10)
-        out.append({"arch": a, "params": param_count(build(cfg)), "channels": cfg.channels, "hidden": cfg.hidden})
-    emit({"archs": out}, as_json, "\n".join(f"{r['arch']:<19} {r['params']:>11,} params" for r in out))
+        c, s = (3, 224) if a in BACKBONES else (1, 28)
+        cfg = preset(a, in_channels=c, image_size=(s, s), num_classes=10)
+        out.append(
+            {
+                "arch": a,
+                "params": param_count(build(cfg)),
+                "input": [c, s, s],
+                "photo_backbone": a in BACKBONES,
+                "channels": cfg.channels,
+                "hidden": cfg.hidden,
+            }
+        )
+    text = "\n".join(f"{r['arch']:<19} {r['params']:>11,} params at {'x'.join(map(str, r['input']))}" for r in out)
+    emit({"archs": out}, as_json, text)
 
 
 def _train(param: str) -> ConfigDefault:

@@ -9,11 +9,18 @@ from datamoat.cli._common import JsonOpt, emit, err_console, open_ws
 
 def demo(
     epochs: int = typer.Option(None, help="Override the demo's epochs."),
+    photos: bool = typer.Option(
+        False, "--photos", help="The photo flow: synthetic JPEGs to shards, a served model and a signed bundle."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Import Fashion-MNIST (digits if absent), train a teacher, evaluate it, write the report."""
     from datamoat.data import sources
     from datamoat.demo import DEMO_TRAIN, run_demo
+
+    if photos:
+        _photo_demo(epochs, as_json)
+        return
 
     if not sources.FASHION_MNIST_DIR.is_dir():  # said first, not after minutes of training
         note = sources.fashion_mnist_missing("digits")
@@ -25,6 +32,27 @@ def demo(
         f"test accuracy {out['test_accuracy']:.4f}, ECE {out['ece']:.4f}, {out['seconds']:.0f}s\n"
         + (f"{out['plateau']['message']}\n" if out["plateau"] else "")
         + f"report: {out['report']}"
+    )
+    emit(out, as_json, text)
+
+
+def _photo_demo(epochs: int | None, as_json: bool) -> None:
+    from datamoat.demo import PHOTO_TRAIN, run_photo_demo
+
+    cfg = PHOTO_TRAIN.replace(epochs=epochs) if epochs else PHOTO_TRAIN
+    out = run_photo_demo(open_ws(create=True), config=cfg, progress=not as_json)
+    s = out["served"]
+    text = (
+        f"{out['photos']} synthetic photos -> photo version {out['photo_version']} -> dataset {out['dataset_id']} "
+        f"({'x'.join(map(str, out['input_shape']))})\n"
+        f"model {out['model_id']} ({out['arch']}, {out['params']:,} params): test accuracy "
+        f"{out['test_accuracy']:.4f}, ECE {out['ece']:.4f}\n"
+        f"registered as {out['version_id']} and promoted to production; bundle {out['bundle']['sha'][:12]} "
+        f"(sequence {out['bundle']['sequence']}, {out['bundle']['bytes']:,} bytes) signed, verify with "
+        f"{out['public_key']}\n"
+        f"served a {s['bytes_sent']:,}-byte JPEG: HTTP {s['status']}, label {s['label']}\n"
+        f"report: {out['report']}   {out['seconds']:.0f}s\n"
+        "next: `datamoat serve` answers JPEG uploads; `datamoat edge install` puts the bundle on a device"
     )
     emit(out, as_json, text)
 

@@ -16,6 +16,7 @@ def eval_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Accuracy, per-class F1, calibration (ECE) and an HTML report."""
+    from rich.markup import escape
     from rich.table import Table
 
     from datamoat.evaluate.metrics import EvalConfig
@@ -34,6 +35,7 @@ def eval_cmd(
         "ece": ev.ece,
         "per_class": ev.per_class,
         "confusion": ev.confusion,
+        "worst_confusions": ev.worst_confusions,
         "report": str(paths["html"].resolve()),
         "report_md": str(paths["md"].resolve()),
     }
@@ -45,6 +47,8 @@ def eval_cmd(
         table.add_row(p["class"], f"{p['precision']:.3f}", f"{p['recall']:.3f}", f"{p['f1']:.3f}", str(p["support"]))
     emit(obj, False, f"accuracy {ev.accuracy:.4f}   macro F1 {ev.macro_f1:.4f}   ECE {ev.ece:.4f}")
     console.print(table)
+    worst = ", ".join(f"{escape(w['true'])} -> {escape(w['predicted'])} ({w['count']})" for w in ev.worst_confusions)
+    emit(obj, False, f"worst confusions: {worst or 'none, no errors'}")
     emit(obj, False, f"report:   {obj['report']}\nmarkdown: {obj['report_md']}\neval id:  {eval_id}")
 
 

@@ -5,7 +5,8 @@ probabilities (a PyTorch `Model`, an ONNX session, an int8 model) gets the
 same numbers through `evaluate_probs`. Besides accuracy and per-class
 precision/recall/F1 we report the expected calibration error (ECE): a model
 that says "90% sure" should be right 90% of the time, and deployment
-thresholds rely on that.
+thresholds rely on that. The worst confusions name the samples behind the
+largest off-diagonal cells, so a person can look at what the model mixes up.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from datamoat.data.dataset import SPLITS, Dataset
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
 
-__all__ = ["EvalConfig", "Evaluation", "evaluate", "evaluate_probs", "calibration_bins"]
+__all__ = ["EvalConfig", "Evaluation", "evaluate", "evaluate_probs", "calibration_bins", "worst_confusions"]
 
 
 @dataclasses.dataclass
@@ -53,6 +54,10 @@ class Evaluation:
     split: str = "test"
     model_id: str | None = None
     dataset_id: str | None = None
+    # The (true, predicted) pairs with the most errors, most first:
+    # {"true", "predicted", "count", "examples": [{"index", "confidence"}]},
+    # examples most confident first; index is the sample's row in its dataset.
+    worst_confusions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,6 +101,45 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
     return float(ece), bins
 
 
+def worst_confusions(
+    probs: np.ndarray, y: np.ndarray, classes: list[str], index: np.ndarray, pairs: int = 3, per_pair: int = 4
+) -> list[dict[str, Any]]:
+    """The `pairs` (true, predicted) pairs with the most errors, each with up to
+    `per_pair` of its samples, the most confident mistakes first.
+
+    `index` (N,) names each row of `probs` (N, K) in the examples. Ties in
+    count go to the smaller (true, predicted), ties in confidence to the
+    smaller index, so the answer does not depend on sort internals. An
+    evaluation without errors has none.
+
+    >>> probs = np.array([[0.2, 0.8], [0.4, 0.6], [0.9, 0.1], [0.3, 0.7]])
+    >>> worst = worst_confusions(probs, np.array([0, 0, 1, 1]), ["a", "b"], np.array([10, 11, 12, 13]))
+    >>> [(w["true"], w["predicted"], w["count"], [e["index"] for e in w["examples"]]) for w in worst]
+    [('a', 'b', 2, [10, 11]), ('b', 'a', 1, [12])]
+    """
+    pred = probs.argmax(1)  # (N,)
+    conf = probs.max(1)  # (N,)
+    k = len(classes)
+    errors = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)  # (K, K) the confusion matrix
+    np.fill_diagonal(errors, 0)
+    out = []
+    for cell in np.argsort(-errors, axis=None, kind="stable")[:pairs]:
+        t, p = divmod(int(cell), k)
+        if errors[t, p] == 0:
+            break
+        rows = np.flatnonzero((y == t) & (pred == p))
+        rows = rows[np.lexsort((index[rows], -conf[rows]))][:per_pair]
+        out.append(
+            {
+                "true": classes[t],
+                "predicted": classes[p],
+                "count": int(errors[t, p]),
+                "examples": [{"index": int(index[r]), "confidence": float(conf[r])} for r in rows],
+            }
+        )
+    return out
+
+
 def evaluate_probs(
     probs: np.ndarray,
     y: np.ndarray,
@@ -105,8 +149,12 @@ def evaluate_probs(
     split: str = "test",
     model_id: str | None = None,
     dataset_id: str | None = None,
+    index: np.ndarray | None = None,
 ) -> Evaluation:
     """Score class probabilities `probs` (N, K) against integer labels `y` (N,).
+
+    `index` (N,) is each row's index in its dataset, which the worst
+    confusions' examples report; by default the row number.
 
     >>> ev = evaluate_probs(np.eye(3), np.array([0, 1, 2]), ["a", "b", "c"])
     >>> ev.accuracy, ev.macro_f1, ev.ece
@@ -128,6 +176,9 @@ def evaluate_probs(
     # Logits passed by mistake would give a meaningless ECE; say so.
     if probs.min() < -1e-6 or not np.allclose(probs.sum(1), 1.0, atol=1e-2):
         raise BadInput("rows of probabilities must be non-negative and sum to 1: apply softmax to logits first")
+    index = np.arange(len(y)) if index is None else np.asarray(index, dtype=np.int64)
+    if index.shape != y.shape:
+        raise BadInput(f"{len(index)} indices but {len(y)} labels: pass one dataset index per row of probabilities")
 
     pred = probs.argmax(1)  # (N,)
     labels = list(range(k))  # so classes absent from this split still get a row
@@ -154,6 +205,7 @@ def evaluate_probs(
         split=split,
         model_id=model_id,
         dataset_id=dataset_id,
+        worst_confusions=worst_confusions(probs, y, list(classes), index),
     )
 
 
@@ -182,10 +234,18 @@ def evaluate(model: Model, data: Dataset, config: EvalConfig | None = None) -> E
             "evaluate on a dataset with the image size the model was built for"
         )
     x, y = data.subset(cfg.split)  # (N, C, H, W) uint8, (N,)
+    index = np.flatnonzero(data.split == SPLITS[cfg.split])  # (N,) the same rows, in the same order
     if len(y) == 0:
         raise BadInput(f"dataset {data.name} has no {cfg.split} samples: evaluate another split (--split)")
     logits = torch.from_numpy(model.logits(x, batch_size=cfg.batch_size))  # (N, K)
     probs = torch.softmax(logits.double(), dim=1).numpy()  # float64 so rows sum to 1 tightly
     return evaluate_probs(
-        probs, y, list(data.classes), cfg.ece_bins, split=cfg.split, model_id=model.id, dataset_id=data.id
+        probs,
+        y,
+        list(data.classes),
+        cfg.ece_bins,
+        split=cfg.split,
+        model_id=model.id,
+        dataset_id=data.id,
+        index=index,
     )

@@ -3,6 +3,9 @@
 The HTML page is self-contained (plots are inlined as base64 PNG, no
 external URL at all), so it can be mailed, attached to a ticket or opened
 offline. Both files come from the same tables, so they never disagree.
+The HTML page also shows the worst confusions' examples as thumbnails, at
+most `_MAX_THUMBS` of at most `_THUMB` px a side, so a photo dataset's page
+stays as small as a digits one.
 `evaluate_in_workspace` is the workspace entry point: evaluate, write the report under
 ``reports/<eval id>/`` and catalog the result in the ``evals`` table.
 """
@@ -14,6 +17,8 @@ import html
 import io
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from datamoat.data.dataset import load_dataset
 from datamoat.errors import BadInput
@@ -27,7 +32,13 @@ Table = tuple[list[str], list[list[str]]]  # (header, rows) of display strings
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}img{display:block;margin:.5em 0}.note{color:#666}"""
+th:first-child,td:first-child{text-align:left}img{display:block;margin:.5em 0}.note{color:#666}
+figure{display:inline-block;vertical-align:top;width:96px;margin:0 .6em .6em 0;font-size:.75em}
+figure img{width:96px;height:96px;object-fit:contain;margin:0 0 .2em;background:#eee}img.px{image-rendering:pixelated}"""
+
+_THUMB = 96  # px a side at most: larger images are shrunk, smaller ones drawn at this size
+_MAX_THUMBS = 12  # the whole gallery, whatever the evaluation carries
+_PIXELATED_BELOW = 64  # px: smaller images are drawn with sharp pixels, larger ones (photos) smoothly
 
 
 def _f(v: float) -> str:
@@ -70,10 +81,23 @@ def _tables(ev: Evaluation, model: Model) -> dict[str, Table | None]:
         ["epoch", "train loss", "val accuracy", "seconds"],
         [[str(p["epoch"]), _f(p["train_loss"]), _f(p["val_accuracy"]), f"{p['seconds']:.1f}"] for p in curve],
     )
+    worst = (
+        ["true", "predicted", "errors", "examples: dataset index (confidence)"],
+        [
+            [
+                w["true"],
+                w["predicted"],
+                str(w["count"]),
+                ", ".join(f"{e['index']} ({_f(e['confidence'])})" for e in w["examples"]),
+            ]
+            for w in ev.worst_confusions
+        ],
+    )
     return {
         "Summary": _summary(ev, model),
         "Per class": per_class,
         "Confusion matrix": confusion,
+        "Worst confusions": worst if ev.worst_confusions else None,
         "Calibration": calibration,
         "Learning curve": learning if curve else None,
     }
@@ -83,6 +107,13 @@ def _notes(ev: Evaluation, model: Model) -> dict[str, str]:
     plateau = (model.history.get("plateau") or {}).get("message")
     return {
         "Confusion matrix": "Rows are the true class, columns the predicted class.",
+        "Worst confusions": (
+            f"The (true, predicted) pairs with the most errors on the {ev.split} split, each with its most "
+            f"confident mistakes first; an example's index is its row in "
+            f"{f'dataset {ev.dataset_id}' if ev.dataset_id else 'the evaluated data'}."
+            if ev.worst_confusions
+            else f"No errors on the {ev.split} split: every sample was classified correctly."
+        ),
         "Calibration": (
             f"Expected calibration error {_f(ev.ece)}: the sample-weighted mean gap between confidence "
             "and accuracy over equal-width confidence bins (0 is perfectly calibrated)."
@@ -119,7 +150,46 @@ def _markdown(ev: Evaluation, model: Model) -> str:
     return "\n".join(out)
 
 
-def _html(ev: Evaluation, model: Model) -> str:
+def _thumbnail(pixels: np.ndarray) -> tuple[str, bool]:
+    """A uint8 (C, H, W) image as a base64 PNG of at most `_THUMB` px a side
+    (grey for C != 3: the first channel), and whether to draw it pixelated."""
+    from PIL import Image
+
+    img = Image.fromarray(pixels.transpose(1, 2, 0) if pixels.shape[0] == 3 else pixels[0])  # (H, W[, 3])
+    pixelated = max(img.size) < _PIXELATED_BELOW
+    img.thumbnail((_THUMB, _THUMB), Image.Resampling.LANCZOS)  # only ever shrinks, keeps the aspect ratio
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii"), pixelated
+
+
+def _gallery(ev: Evaluation, x: np.ndarray) -> list[str]:
+    """HTML figures of the worst confusions' examples, `_MAX_THUMBS` at most."""
+    e = html.escape
+    out, left = [], _MAX_THUMBS
+    for w in ev.worst_confusions:
+        examples = w["examples"][:left]
+        if not examples:
+            break
+        left -= len(examples)
+        out.append(f"<p>{e(w['true'])} \u2192 {e(w['predicted'])}: {w['count']} errors</p><div>")
+        for ex in examples:
+            data, pixelated = _thumbnail(x[ex["index"]])
+            caption = [
+                f"#{ex['index']}",
+                f"true {w['true']}",
+                f"predicted {w['predicted']}",
+                f"confidence {_f(ex['confidence'])}",
+            ]
+            out.append(
+                f'<figure><img class="thumb{" px" if pixelated else ""}" alt="{e(", ".join(caption))}" '
+                f'src="data:image/png;base64,{data}"><figcaption>{"<br>".join(map(e, caption))}</figcaption></figure>'
+            )
+        out.append("</div>")
+    return out
+
+
+def _html(ev: Evaluation, model: Model, x: np.ndarray | None) -> str:
     e = html.escape
     plots = _plots(ev, model)
     notes = _notes(ev, model)
@@ -142,6 +212,8 @@ def _html(ev: Evaluation, model: Model) -> str:
         out.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
         out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
         out.append("</tbody></table>")
+        if section == "Worst confusions" and x is not None:
+            out += _gallery(ev, x)
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -230,17 +302,30 @@ def _plots(ev: Evaluation, model: Model) -> dict[str, str]:
     return out
 
 
-def write_report(evaluation: Evaluation, model: Model, out_dir: str | Path) -> dict[str, Path]:
+def write_report(
+    evaluation: Evaluation, model: Model, out_dir: str | Path, x: np.ndarray | None = None
+) -> dict[str, Path]:
     """Write ``report.md`` and a self-contained ``report.html`` into `out_dir`.
 
-    >>> paths = write_report(ev, model, "reports/x")  # doctest: +SKIP
+    `x` is the evaluated dataset's images (N, C, H, W) uint8, indexed by the
+    worst confusions' dataset indices; the HTML page shows those examples
+    from it. Without it the page lists them as the Markdown does, without images.
+
+    >>> paths = write_report(ev, model, "reports/x", x=data.x)  # doctest: +SKIP
     >>> sorted(paths)  # doctest: +SKIP
     ['html', 'md']
     """
+    if x is not None:
+        wanted = [e["index"] for w in evaluation.worst_confusions for e in w["examples"]]
+        if x.ndim != 4 or x.dtype != np.uint8 or any(not 0 <= i < len(x) for i in wanted):
+            raise BadInput(
+                f"images of shape {x.shape} ({x.dtype}) do not hold the evaluated samples {wanted}: "
+                f"pass the uint8 (N, C, H, W) images of dataset {evaluation.dataset_id}, the one evaluated"
+            )
     out = Path(out_dir)
     paths = {"md": out / "report.md", "html": out / "report.html"}
     atomic_write(paths["md"], _markdown(evaluation, model).encode("utf-8"))
-    atomic_write(paths["html"], _html(evaluation, model).encode("utf-8"))
+    atomic_write(paths["html"], _html(evaluation, model, x).encode("utf-8"))
     return paths
 
 
@@ -263,7 +348,7 @@ def evaluate_in_workspace(
     data = load_dataset(ws, data_ref)
     ev = evaluate(model, data, cfg)
     eval_id = ws.new_id()
-    paths = write_report(ev, model, ws.path_for("reports", eval_id))
+    paths = write_report(ev, model, ws.path_for("reports", eval_id), x=data.x)
     ws.insert(
         "evals",
         {

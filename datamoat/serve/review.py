@@ -3,12 +3,13 @@
 - ``GET /review``: one self-contained page (inline CSS and JS, nothing
   fetched from elsewhere). The reviewer signs in by pasting a token with
   role review or admin, kept in the tab's sessionStorage and sent as Bearer.
-  It shows the image (scaled up, pixelated), the top-3 labels with their
+  It shows the image (scaled to fit: sharp pixels when it is tiny, smooth
+  when it is a photo, see `image_rendering`), the top-3 labels with their
   probabilities, the model version and the queue length. Keyboard only:
   1-3 pick one of the top-3, the arrow keys move through all classes, Enter
   confirms the selected label and loads the next item.
-- ``GET /v1/review/next``: the oldest open item (image as a PNG data URL)
-  and the queue length.
+- ``GET /v1/review/next``: the oldest open item (image as a PNG data URL,
+  with its shape and CSS ``image-rendering``) and the queue length.
 - ``POST /v1/review/{prediction_id}`` with ``{"label": ...}``: records the
   decision (into the feedback quarantine as a trusted reviewer, see
   `ReviewQueue.decide`), takes the item out of the queue, and returns the
@@ -29,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from datamoat.inference.http import bearer
 
-__all__ = ["review_router", "review_actor", "png_data_url", "PAGE"]
+__all__ = ["review_router", "review_actor", "png_data_url", "image_rendering", "PAGE"]
 
 review_router = APIRouter(tags=["review"])
 
@@ -53,11 +54,25 @@ def png_data_url(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+_PIXELATED_BELOW = 64  # px: a smaller image is scaled up a lot, and blurs unless drawn with sharp pixels
+
+
+def image_rendering(shape: tuple[int, ...]) -> str:
+    """The CSS ``image-rendering`` for a (C, H, W) image on the page: ``pixelated``
+    for tiny inputs (8x8 digits, 28x28 Fashion-MNIST), ``auto`` (smooth) from
+    `_PIXELATED_BELOW` px a side, such as photos rendered at 96 or 224 px.
+
+    >>> image_rendering((1, 28, 28)), image_rendering((3, 224, 224))
+    ('pixelated', 'auto')
+    """
+    return "pixelated" if max(shape[1:]) < _PIXELATED_BELOW else "auto"
+
+
 def _public(nxt: dict[str, Any]) -> dict[str, Any]:
     item = nxt["item"]
     if item is not None:
         pixels = item.pop("pixels")
-        item.update(image=png_data_url(pixels), shape=list(pixels.shape))
+        item.update(image=png_data_url(pixels), shape=list(pixels.shape), rendering=image_rendering(pixels.shape))
     return nxt
 
 
@@ -111,7 +126,7 @@ header{display:flex;gap:1.5rem;align-items:baseline;padding:.6rem 1rem;backgroun
 header button{margin-left:auto}
 section,main{padding:1.25rem}
 main{display:flex;gap:2rem;flex-wrap:wrap;align-items:flex-start}
-#image{width:280px;height:280px;image-rendering:pixelated;object-fit:contain;background:#000;border:1px solid #999}
+#image{width:280px;height:280px;object-fit:contain;background:#000;border:1px solid #999}
 ol,ul{padding:0;margin:.3rem 0;list-style:none}
 li{padding:.25rem .5rem;border:2px solid transparent;border-radius:4px}
 li.sel{border-color:#2563eb;background:#dbeafe}
@@ -195,6 +210,7 @@ function render(data) {
   $("empty").classList.toggle("hidden", !!item);
   if (!item) { $("version").textContent = "-"; poll = setTimeout(load, 3000); return; }
   $("image").src = item.image;
+  $("image").style.imageRendering = item.rendering;
   $("version").textContent = item.model_version + " (" + item.alias + ")";
   $("reason").textContent = item.reason;
   $("pid").textContent = item.prediction_id;

@@ -4,7 +4,7 @@ import pytest
 from datamoat.configs import config_from_dict
 from datamoat.data import import_digits
 from datamoat.errors import BadInput
-from datamoat.evaluate.metrics import EvalConfig, calibration_bins, evaluate, evaluate_probs
+from datamoat.evaluate.metrics import EvalConfig, calibration_bins, evaluate, evaluate_probs, worst_confusions
 from datamoat.models import new_model
 from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
@@ -75,6 +75,30 @@ def test_to_dict_is_plain_json():
     assert d["split"] == "val" and d["model_id"] == "m" and d["n"] == 2
 
 
+def test_worst_confusions_by_hand():
+    # Errors: 0->1 three times (rows 0, 1, 4), 0->2 once (row 2), 2->1 once (row 3); row 5 is right.
+    probs = np.array(
+        [[0.1, 0.7, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.1, 0.5, 0.4], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1]]
+    )
+    y = np.array([0, 0, 0, 2, 0, 1])
+    index = np.array([50, 40, 30, 20, 10, 0])
+    worst = worst_confusions(probs, y, ["a", "b", "c"], index)
+    # The tie in count (one error each) goes to the smaller (true, predicted) pair.
+    assert [(w["true"], w["predicted"], w["count"]) for w in worst] == [("a", "b", 3), ("a", "c", 1), ("c", "b", 1)]
+    # Most confident first; the tie at 0.8 goes to the smaller index.
+    assert worst[0]["examples"] == [
+        {"index": 10, "confidence": 0.8},
+        {"index": 40, "confidence": 0.8},
+        {"index": 50, "confidence": 0.7},
+    ]
+    fewer = worst_confusions(probs, y, ["a", "b", "c"], index, pairs=1, per_pair=2)
+    assert len(fewer) == 1 and [e["index"] for e in fewer[0]["examples"]] == [10, 40]
+    # Through evaluate_probs, the default index is the row number.
+    ev = evaluate_probs(probs, y, ["a", "b", "c"])
+    assert [e["index"] for e in ev.worst_confusions[0]["examples"]] == [1, 4, 0]
+    assert evaluate_probs(np.eye(3), np.arange(3), ["a", "b", "c"]).worst_confusions == []
+
+
 def test_evaluate_probs_rejects_bad_input():
     with pytest.raises(BadInput, match="softmax"):
         evaluate_probs(np.array([[2.0, -1.0]]), np.array([0]), ["a", "b"])
@@ -82,6 +106,8 @@ def test_evaluate_probs_rejects_bad_input():
         evaluate_probs(np.eye(2), np.array([0, 1]), ["a", "b", "c"])
     with pytest.raises(BadInput, match="labels"):
         evaluate_probs(np.eye(2), np.array([0]), ["a", "b"])
+    with pytest.raises(BadInput, match="index"):
+        evaluate_probs(np.eye(2), np.array([0, 1]), ["a", "b"], index=np.array([3]))
 
 
 def test_eval_config_validates_and_round_trips():
@@ -106,6 +132,14 @@ def test_evaluate_agrees_with_numpy(trained):
     assert (cm.sum(1) == np.bincount(y, minlength=10)).all()
     assert sum(b["count"] for b in ev.reliability) == len(y)
     assert ev.dataset_id == ds.id and ev.split == "test"
+    # The worst confusions' examples are rows of the whole dataset, in the test split, mistaken as listed.
+    np.fill_diagonal(cm, 0)
+    assert bool(ev.worst_confusions) == bool(cm.any())
+    assert [w["count"] for w in ev.worst_confusions] == sorted(cm.ravel(), reverse=True)[: len(ev.worst_confusions)]
+    for w in ev.worst_confusions:
+        idx = np.array([e["index"] for e in w["examples"]])
+        assert (ds.split[idx] == 2).all() and (ds.y[idx] == ds.classes.index(w["true"])).all()
+        assert (model.logits(ds.x[idx]).argmax(1) == ds.classes.index(w["predicted"])).all()
 
 
 def test_evaluate_other_split_and_batch_size(trained):

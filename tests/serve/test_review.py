@@ -81,6 +81,7 @@ def test_reviewers_take_the_oldest_item_and_decisions_become_trusted_feedback(re
     item = nxt["item"]
     assert nxt["queue_length"] == 3 and item["prediction_id"] == pids[0]
     assert item["model_version"] == reg.v1 and item["classes"] == classes and item["shape"] == [1, 8, 8]
+    assert item["rendering"] == "pixelated"  # an 8x8 digit: sharp pixels, not a blur
     probs = [t["probability"] for t in item["top_k"]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True)
     assert item["top_k"][0]["label"] == str(int(reg.ref[reg.v1][0].argmax()))
@@ -115,6 +116,13 @@ def test_reviewers_take_the_oldest_item_and_decisions_become_trusted_feedback(re
     evaluate_gate(q, GateConfig())
     assert {i["id"]: i["status"] for i in q.items()} == dict.fromkeys((i["id"] for i in got.values()), "accepted")
     assert {r["status"] for r in srv.ctx.review.items()} == {"decided"}
+
+
+def test_tiny_inputs_are_drawn_pixelated_and_photos_smooth():
+    from datamoat.serve.review import image_rendering
+
+    assert [image_rendering((1, s, s)) for s in (8, 28, 63)] == ["pixelated"] * 3
+    assert [image_rendering((3, h, w)) for h, w in ((64, 64), (96, 96), (224, 224), (48, 128))] == ["auto"] * 4
 
 
 def test_tokens_and_bad_input_get_clear_4xx(reg, artifacts, live):

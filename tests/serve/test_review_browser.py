@@ -113,6 +113,9 @@ def test_review_three_items_by_keyboard_in_chromium(reg, artifacts):
                 t["label"] for t in preds[0]["top_k"][:3]
             ]
             assert driver.execute_script("return document.getElementById('image').naturalWidth") == 8
+            # Drawn with sharp pixels, as the API says for an 8x8 input (the page's CSS sets no default).
+            rendering = "return getComputedStyle(document.getElementById('image')).imageRendering"
+            assert driver.execute_script(rendering) == "pixelated"
             stored = "return [sessionStorage.getItem('datamoat.review.token'), localStorage.length]"
             assert driver.execute_script(stored) == [reg.tokens["review"], 0]
 

@@ -17,6 +17,12 @@ ranges never clip the data they were computed on, so the calibration sample
 would hide exactly the clipping errors that cause large drops. The score
 uses no labels, and one probe costs one re-quantization (calibration shared
 through onnxruntime's cache where available) plus one inference pass.
+
+Every node kept fp32 is fed through its own per-channel DequantizeLinear:
+stock onnxruntime (>= 1.20, its WeightBiasQuantization pass) otherwise
+quantizes the float weights of a Conv/Gemm read from a per-tensor DQ and
+fuses it into an int8 kernel, silently undoing the fallback with coarser
+per-tensor weights.
 """
 
 from __future__ import annotations
@@ -116,6 +122,44 @@ def _stem_convs(proto: Any) -> list[str]:
         for n in proto.graph.node
         if n.op_type == "Conv" and n.input[0] in inputs and n.input[1] in w and w[n.input[1]].dims[1] <= 4
     ]
+
+
+def _pin_float(proto: Any, names: set[str]) -> Any:
+    """Feed each Conv/Gemm in `names` that reads a per-tensor DequantizeLinear
+    through its own per-channel copy (the same scale repeated): the same values,
+    but onnxruntime's WeightBiasQuantization, which only takes per-tensor DQ
+    inputs, then leaves the node fp32 instead of quantizing its weights."""
+    from onnx import helper, numpy_helper
+
+    w = _weights(proto)
+    producer = {t: n for n in proto.graph.node for t in n.output}
+    nodes: list[Any] = []
+    for n in proto.graph.node:
+        dq = producer.get(n.input[0]) if n.name in names and n.op_type in ("Conv", "Gemm") else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] in w and len(dq.input) > 2:
+            scale, zero = (numpy_helper.to_array(w[t]) for t in dq.input[1:3])
+            if n.op_type == "Conv":
+                group = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
+                channels = w[n.input[1]].dims[1] * group  # (Cout, Cin / group, kH, kW)
+            else:
+                trans_b = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "transB"), 0)
+                channels = w[n.input[1]].dims[1 if trans_b else 0]  # B is (K, N), or (N, K) transposed
+            base = f"{n.input[0]}_for_{n.name}"
+            proto.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(np.full(channels, scale, scale.dtype), base + "_scale"),
+                    numpy_helper.from_array(np.full(channels, zero, zero.dtype), base + "_zero_point"),
+                ]
+            )
+            ins = [dq.input[0], base + "_scale", base + "_zero_point"]
+            nodes.append(helper.make_node("DequantizeLinear", ins, [base], name=base, axis=1))
+            n.input[0] = base
+        nodes.append(n)
+    used = {t for n in nodes for t in n.input} | {o.name for o in proto.graph.output}
+    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in used]  # shared DQs now unread
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return _prune_initializers(proto)
 
 
 def _pool_after_relu(proto: Any, convs: list[str]) -> Any:
@@ -269,7 +313,7 @@ def _quantize_once(
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         **kwargs,
     )
-    onnx.save(_float_outputs(onnx.load(str(dst))), str(dst))
+    onnx.save(_pin_float(_float_outputs(onnx.load(str(dst))), set(excluded)), str(dst))
     return dst
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["train", "compression", "serving", "selective", "labelnoise", "poisoning", "edge", "synth"]
+ORDER = ["train", "compression", "serving", "selective", "labelnoise", "poisoning", "edge", "synth", "int8_photo"]
 
 
 def machine() -> dict:

@@ -17,6 +17,18 @@ ranges never clip the data they were computed on, so the calibration sample
 would hide exactly the clipping errors that cause large drops. The score
 uses no labels, and one probe costs one re-quantization (calibration shared
 through onnxruntime's cache where available) plus one inference pass.
+
+Latency-aware fallback: on x86, onnxruntime's int8 depthwise conv is slower
+than its fp32 one (which also fuses a following hardswish), so with
+`float_depthwise` depthwise convs stay fp32; and a Mul of two activations
+(hardswish's x * hardsigmoid(x), a squeeze-excitation gate) is never
+quantized. bench/results/int8_photo.md holds the measurements behind both.
+
+Every node kept fp32 is fed through its own per-channel DequantizeLinear:
+stock onnxruntime (>= 1.20, its WeightBiasQuantization pass) otherwise
+quantizes the float weights of a Conv/Gemm read from a per-tensor DQ and
+fuses it into an int8 kernel, silently undoing the fallback with coarser
+per-tensor weights.
 """
 
 from __future__ import annotations
@@ -39,6 +51,10 @@ __all__ = ["QuantizeConfig", "QuantizeResult", "QuantizeAccuracyError", "quantiz
 METHODS = ("auto", "static", "dynamic")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")
+# Op types static quantization leaves float. A Mul of two activations (hardswish,
+# a squeeze-excitation gate) becomes QLinearMul plus a Q/DQ pair around the float
+# HardSigmoid feeding it: more work than the float Mul it replaces.
+FLOAT_OP_TYPES = ("Mul",)
 
 
 @dataclasses.dataclass
@@ -57,6 +73,10 @@ class QuantizeConfig(Config):
     # 1.6 ms vs 0.34 ms for cnn_medium's 1->32 conv at batch 64) and it holds
     # well under 1% of the weights.
     float_stem: bool = True
+    # Depthwise convs stay fp32: onnxruntime's int8 depthwise kernel is slower
+    # than its fp32 one on x86 (bench/results/int8_photo.md). Turn it off where
+    # int8 depthwise kernels are the faster ones.
+    float_depthwise: bool = True
     # 7-bit weights avoid u8*s8 overflow on x86 CPUs without VNNI; with VNNI
     # (and on ARM) they only cost accuracy.
     reduce_range: bool = False
@@ -68,6 +88,9 @@ class QuantizeConfig(Config):
         check(self.calibration_samples >= 1, "calibration_samples must be at least 1")
         check(self.max_accuracy_drop >= 0, f"max_accuracy_drop must be >= 0 points, got {self.max_accuracy_drop}")
         check(self.max_retries >= 0, f"max_retries must be >= 0, got {self.max_retries}")
+        for name in ("per_channel", "float_stem", "float_depthwise", "reduce_range"):
+            value = getattr(self, name)
+            check(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
         self.exclude = tuple(str(e) for e in self.exclude)
 
 
@@ -116,6 +139,57 @@ def _stem_convs(proto: Any) -> list[str]:
         for n in proto.graph.node
         if n.op_type == "Conv" and n.input[0] in inputs and n.input[1] in w and w[n.input[1]].dims[1] <= 4
     ]
+
+
+def _depthwise_convs(proto: Any) -> list[str]:
+    """Convs with one input channel per group (and more than one group)."""
+    w = _weights(proto)
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Conv"
+        and n.input[1] in w
+        and w[n.input[1]].dims[1] == 1
+        and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    ]
+
+
+def _pin_float(proto: Any, names: set[str]) -> Any:
+    """Feed each Conv/Gemm in `names` that reads a per-tensor DequantizeLinear
+    through its own per-channel copy (the same scale repeated): the same values,
+    but onnxruntime's WeightBiasQuantization, which only takes per-tensor DQ
+    inputs, then leaves the node fp32 instead of quantizing its weights."""
+    from onnx import helper, numpy_helper
+
+    w = _weights(proto)
+    producer = {t: n for n in proto.graph.node for t in n.output}
+    nodes: list[Any] = []
+    for n in proto.graph.node:
+        dq = producer.get(n.input[0]) if n.name in names and n.op_type in ("Conv", "Gemm") else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] in w and len(dq.input) > 2:
+            scale, zero = (numpy_helper.to_array(w[t]) for t in dq.input[1:3])
+            if n.op_type == "Conv":
+                group = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
+                channels = w[n.input[1]].dims[1] * group  # (Cout, Cin / group, kH, kW)
+            else:
+                trans_b = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "transB"), 0)
+                channels = w[n.input[1]].dims[1 if trans_b else 0]  # B is (K, N), or (N, K) transposed
+            base = f"{n.input[0]}_for_{n.name}"
+            proto.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(np.full(channels, scale, scale.dtype), base + "_scale"),
+                    numpy_helper.from_array(np.full(channels, zero, zero.dtype), base + "_zero_point"),
+                ]
+            )
+            ins = [dq.input[0], base + "_scale", base + "_zero_point"]
+            nodes.append(helper.make_node("DequantizeLinear", ins, [base], name=base, axis=1))
+            n.input[0] = base
+        nodes.append(n)
+    used = {t for n in nodes for t in n.input} | {o.name for o in proto.graph.output}
+    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in used]  # shared DQs now unread
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return _prune_initializers(proto)
 
 
 def _pool_after_relu(proto: Any, convs: list[str]) -> Any:
@@ -228,6 +302,7 @@ def _quantize_once(
     `probe_cache`: they share one graph, so they can share one calibration."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     if method == "dynamic":
         quantize_dynamic(
@@ -265,11 +340,13 @@ def _quantize_once(
         per_channel=cfg.per_channel,
         reduce_range=cfg.reduce_range,
         nodes_to_exclude=excluded,
+        # onnxruntime's own default (every op it can quantize) less FLOAT_OP_TYPES
+        op_types_to_quantize=sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - set(FLOAT_OP_TYPES)),
         calibrate_method=methods[cfg.calibration],
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         **kwargs,
     )
-    onnx.save(_float_outputs(onnx.load(str(dst))), str(dst))
+    onnx.save(_pin_float(_float_outputs(onnx.load(str(dst))), set(excluded)), str(dst))
     return dst
 
 
@@ -339,12 +416,15 @@ def quantize(
         fp32, pre = tmp / "fp32.onnx", tmp / "pre.onnx"
         onnx.save(_gemm_to_matmul(proto) if method == "dynamic" else proto, str(fp32))
         quant_pre_process(str(fp32), str(pre))  # shape inference + ORT's basic fusions, as the quantizer expects
-        names = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in QUANTIZABLE]
+        pre_proto = onnx.load(str(pre))
+        names = [n.name for n in pre_proto.graph.node if n.op_type in QUANTIZABLE]
         unknown = [e for e in cfg.exclude if e not in names]
         check(not unknown, f"no quantizable node named {', '.join(unknown)}: choose from {', '.join(names)}")
         excluded = dict.fromkeys(cfg.exclude, "user")
         if method == "static" and cfg.float_stem:
             excluded.update({n: "stem" for n in _stem_convs(proto) if n not in excluded})
+        if method == "static" and cfg.float_depthwise:
+            excluded.update({n: "depthwise" for n in _depthwise_convs(pre_proto) if n not in excluded})
         attempts: list[dict[str, Any]] = []
         while True:
             out = _quantize_once(pre, tmp / f"int8_{len(attempts)}.onnx", method, cfg, list(excluded), feeds)

@@ -12,7 +12,7 @@ from datamoat.compress.export import ExportConfig, export, onnx_metadata
 from datamoat.compress.quantize import QuantizeAccuracyError, QuantizeConfig, quantize, quantize_in_workspace
 from datamoat.data import import_digits
 from datamoat.errors import BadInput
-from datamoat.inference.onnx import onnx_accuracy
+from datamoat.inference.onnx import normalise, onnx_accuracy
 from datamoat.models import new_model, save_model
 from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
@@ -63,6 +63,25 @@ def test_static_int8_cnn_runs_in_stock_ort_on_int8_kernels_within_budget(trained
     as_json = json.loads(r.config.to_json())
     assert meta["classes"] == cnn.classes and meta["quantize_config"] == meta["recipe"][-1] == as_json
     assert meta["quantize_excluded"] == r.excluded and meta["model_id"] == cnn.id
+
+
+def test_a_node_kept_fp32_between_int8_nodes_really_runs_fp32(trained, tmp_path):
+    # Stock onnxruntime quantizes the weights of a float Conv/Gemm that reads a
+    # per-tensor DequantizeLinear and fuses it into an int8 kernel when a Q
+    # follows: an fp32 fallback between int8 nodes must survive that.
+    _, ds, _, _ = trained
+    m = new_model("cnn_large", ds, channels=(4, 4, 8, 8), hidden=(16,))
+    path = export(m, tmp_path / "m.onnx")
+    nodes = [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "Gemm")]
+    keep = (nodes[2], nodes[4])  # the third conv, the hidden Linear: int8 on both sides
+    r = quantize(path, QuantizeConfig(exclude=keep), ds.subset("train")[0], m.preprocess)
+    assert r.excluded == {keep[0]: "user", keep[1]: "user", nodes[0]: "stem"}
+    ops = optimized_ops(r.path, tmp_path)
+    assert ops.count("Conv") == 2 and ops.count("QLinearConv") == 2  # fp32: the stem and the third conv
+    assert ops.count("Gemm") == 1 and ops.count("QGemm") == 1
+    x = normalise(ds.subset("val")[0][:64], m.preprocess)
+    fp32, int8 = (ort.InferenceSession(str(p)).run(None, {"input": x})[0] for p in (path, r.path))
+    assert np.abs(int8 - fp32).max() < 0.05 * np.abs(fp32).max()
 
 
 def test_dynamic_int8_for_the_linear_only_mlp(trained, tmp_path):

@@ -21,7 +21,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["train", "compression", "serving", "selective", "labelnoise", "poisoning", "edge", "synth", "photo_import"]
+ORDER = [
+    "train",
+    "compression",
+    "serving",
+    "selective",
+    "labelnoise",
+    "poisoning",
+    "edge",
+    "synth",
+    "photo_import",
+    "transfer",
+    "photo_pipeline",
+]
 
 
 def machine() -> dict:

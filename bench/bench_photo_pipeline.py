@@ -349,13 +349,17 @@ def notes(
         )
         text = (
             f"Which side bounds {a}, at one thread: memory takes {mem_ms:.2f} ms per sample. Streaming with one "
-            f"worker, the main process spent {main:.2f} ms of CPU per sample ({main - mem['main_cpu_ms_per_sample']:+.2f} "
-            "against memory: receiving the batches, and forking fresh workers every epoch) and the worker "
+            f"worker, the main process spent {main:.2f} ms of CPU per sample "
+            f"({main - mem['main_cpu_ms_per_sample']:+.2f} against memory: receiving the batches, and forking fresh "
+            "workers every epoch) and the worker "
             f"{worker:.2f} ms (the loader alone in one process: {t_load:.2f}). With a core each, the larger bounds "
             f"it: {side}, for a ceiling of {mem_ms / max(main, worker):.2f}x"
         )
         if held > cores - 1.5:  # no core of its own for the worker: the two share what is left
-            text += f"; but other jobs held {held:.2f} of {cores} cores, so the two shared one: {mem_ms / (main + worker):.2f}x"
+            text += (
+                f"; but other jobs held {held:.2f} of {cores} cores, so the two shared one: "
+                f"{mem_ms / (main + worker):.2f}x"
+            )
         out.append(
             text + f". Measured: {one['vs_memory']}x with one worker, {two['vs_memory']}x with two (other jobs held "
             f"{held:.2f} cores)."

@@ -199,9 +199,10 @@ def main() -> dict:
         "in a development run, scratch with the fine-tuning schedule (cosine, warm-up, label smoothing) did "
         "worse on all three seeds, so the defaults are the stronger baseline.",
         "How the settings were chosen: the object size, the crop range, the image size and the pretraining set, "
-        "length and learning rate were picked in development runs on seed 0 at 50 labels, scored on these test images (there is "
-        "no separate validation set at 50 labels per class), so seed 0's result may be optimistic; nothing "
-        "was chosen on seeds 1-2 or on the 20-label rows. The fine-tuning recipe was the README's from the start.",
+        "length and learning rate were picked in development runs on seed 0 at 50 labels, scored on these test "
+        "images (there is no separate validation set at 50 labels per class), so seed 0's result may be "
+        "optimistic; nothing was chosen on seeds 1-2 or on the 20-label rows. The fine-tuning recipe was the "
+        "README's from the start.",
         f"Target: fine-tuned - scratch >= {100 * TARGET:.0f} accuracy points at {LABELS[0]} labels per class, mean "
         f"of {len(SEEDS)} seeds: {'met' if met else 'NOT met'} ({g50:.1f} points, sd {sd50:.1f} over the seeds). "
         f"At {LABELS[1]} labels per class, which the recipe and sizes were not chosen on: {g20:.1f} points "

@@ -32,6 +32,8 @@ ORDER = [
     "synth",
     "photo_import",
     "int8_photo",
+    "transfer",
+    "photo_pipeline",
 ]
 
 

@@ -288,7 +288,10 @@ def train(
         help="Start from this checkpoint: a torchvision-format .pth or .safetensors file (resnet18/50, "
         "mobilenet_v3_*, efficientnet_b0), or a file in a Hugging Face hub repo, fetched into the Hugging Face cache: "
         "hub:OWNER/REPO (its model.safetensors), hub:OWNER/REPO:FILE or hub:OWNER/REPO@REVISION:FILE. "
-        "The classifier is resized to the dataset's classes.",
+        "The classifier starts fresh for the dataset's classes (see --keep-head).",
+    ),
+    keep_head: bool = typer.Option(
+        False, "--keep-head", help="With --weights: keep a checkpoint's classifier when it fits (same classes)."
     ),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -321,7 +324,7 @@ def train(
     if weights and resume:
         raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")
     model, run_id = train_in_workspace(
-        ws, data, arch, cfg, name=name, resume=resume, weights=weights or None, progress=True
+        ws, data, arch, cfg, name=name, resume=resume, weights=weights or None, keep_head=keep_head, progress=True
     )
     h = model.history
     out = {

@@ -137,13 +137,17 @@ def _under(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
 
 
-def load_weights(net: nn.Module, path: str | Path, *, head: str | None = None) -> dict[str, Any]:
+def load_weights(
+    net: nn.Module, path: str | Path, *, head: str | None = None, keep_head: bool = True
+) -> dict[str, Any]:
     """Load checkpoint `path` into `net` after checking every key and shape; returns what was done.
 
     With `head` (a state_dict prefix such as ``"fc"``; see
     `datamoat.models.backbones.head_name`), keys under it that are missing,
     unexpected or of another shape are skipped, not errors: fine-tuning an
-    ImageNet checkpoint to other classes. Any other mismatch raises `BadInput`
+    ImageNet checkpoint to other classes; with ``keep_head=False`` the head is
+    skipped even where it fits (the same number of classes, but other ones),
+    so it starts freshly initialised. Any other mismatch raises `BadInput`
     with one line naming every missing key, unexpected key and shape mismatch.
 
     >>> import tempfile
@@ -160,7 +164,8 @@ def load_weights(net: nn.Module, path: str | Path, *, head: str | None = None) -
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
     mismatched = [k for k in want if k in state and state[k].shape != want[k].shape]
-    skipped = sorted(k for k in missing + unexpected + mismatched if head is not None and _under(k, head))
+    differ = missing + unexpected + mismatched
+    skipped = sorted({k for k in (differ if keep_head else [*differ, *state]) if head is not None and _under(k, head)})
     missing, unexpected, mismatched = ([k for k in ks if k not in skipped] for ks in (missing, unexpected, mismatched))
     if missing or unexpected or mismatched:
         problems = [_listing("missing keys", missing)] if missing else []

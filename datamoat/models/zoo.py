@@ -37,6 +37,9 @@ class ModelConfig(Config):
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
     pool_every: int = 1
+    # BatchNorm momentum; 0 keeps the architecture's own. MobileNetV3's published 0.01 lets a short
+    # from-scratch run's running statistics lag so far that eval mode predicts one class.
+    bn_momentum: float = 0.0
 
     def validate(self) -> None:
         check(
@@ -49,6 +52,7 @@ class ModelConfig(Config):
         check(self.num_classes >= 2, "num_classes must be at least 2")
         check(all(c >= 1 for c in self.channels + self.hidden), "layer widths must be at least 1")
         check(0.0 <= self.dropout < 1.0, f"dropout {self.dropout} must be in [0, 1)")
+        check(0.0 <= self.bn_momentum <= 1.0, f"bn_momentum {self.bn_momentum} must be in [0, 1] (0: the arch's own)")
 
 
 class MLP(nn.Module):
@@ -155,7 +159,12 @@ class ResNet(nn.Module):
 
 def _backbone(name: str) -> Callable[[ModelConfig], nn.Module]:
     def make(cfg: ModelConfig) -> nn.Module:
-        return build_backbone(name, num_classes=cfg.num_classes, in_channels=cfg.in_channels)
+        net = build_backbone(name, num_classes=cfg.num_classes, in_channels=cfg.in_channels)
+        if cfg.bn_momentum:  # momentum is no weight: published checkpoints load the same
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = cfg.bn_momentum
+        return net
 
     return make
 
@@ -168,7 +177,7 @@ ARCHS: dict[str, tuple[Callable[[ModelConfig], nn.Module], dict[str, Any]]] = {
     "cnn_medium": (ConvNet, {"channels": (32, 64), "hidden": (128,), "dropout": 0.25}),
     "cnn_large": (ConvNet, {"channels": (32, 32, 64, 64), "hidden": (256,), "dropout": 0.3, "pool_every": 2}),
     "resnet": (ResNet, {"channels": (32, 32, 32, 64, 64, 128, 128)}),
-    **{name: (_backbone(name), {}) for name in BACKBONES},
+    **{name: (_backbone(name), {"bn_momentum": 0.1 if "mobilenet" in name else 0.0}) for name in BACKBONES},
 }
 
 

@@ -67,7 +67,7 @@ class TrainConfig(Config):
     patience: int = 3
     min_delta: float = 1e-3
     seed: int = 0
-    threads: int = 0  # 0: torch's default, every core (or OMP_NUM_THREADS)
+    threads: int = 0  # 0: torch's default, every core (or OMP_NUM_THREADS); photo streams leave workers theirs
     max_train_samples: int = 0
     # A dataset rendered from photos trains on augmented crops of the original photos, decoded in
     # `workers` DataLoader processes (-1: every core but one); False trains on the rendered pixels.
@@ -99,11 +99,13 @@ class TrainConfig(Config):
         check(self.workers >= -1, "workers must be >= -1 (-1: every core but one, 0: decode in the main process)")
 
 
+_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice: every core, or OMP_NUM_THREADS
+
+
 def set_threads(n: int = 0) -> int:
-    """Use `n` torch threads; 0 keeps torch's setting, which is every core
-    unless OMP_NUM_THREADS says otherwise. Returns the number in use."""
-    if n:
-        torch.set_num_threads(n)
+    """Use `n` torch threads; 0 restores torch's default (every core unless OMP_NUM_THREADS says
+    otherwise), even after an earlier call chose fewer. Returns the number in use."""
+    torch.set_num_threads(n or _DEFAULT_THREADS)
     return torch.get_num_threads()
 
 
@@ -190,7 +192,16 @@ def train(
         )
     if data.num_classes != model.config.num_classes:
         raise BadInput(f"model has {model.config.num_classes} classes but dataset has {data.num_classes}")
-    set_threads(cfg.threads)
+    streaming = photo_stream(data, cfg)
+    if streaming and not cfg.threads:
+        # Decode workers need cores of their own: math threads on every core fight them (measured in
+        # bench/results/photo_pipeline.md), so the math gets what the workers leave.
+        from datamoat.data.photo_render import default_workers
+
+        workers = default_workers() if cfg.workers < 0 else cfg.workers
+        set_threads(max(1, _DEFAULT_THREADS - workers))
+    else:
+        set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
 
@@ -198,7 +209,7 @@ def train(
     keep = subsample(data.y[train_rows], cfg.max_train_samples, cfg.seed)
     y_tr = torch.from_numpy(data.y[train_rows[keep]])  # (N,)
     stream = None
-    if photo_stream(data, cfg):
+    if streaming:
         from datamoat.data.photo_render import photo_loader
 
         stream = photo_loader(data, train_rows[keep], batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed)
@@ -374,13 +385,14 @@ def _progress_bar():
     )
 
 
-def _start_from(model: Model, arch: str, ref: str) -> Model:
+def _start_from(model: Model, arch: str, ref: str, keep_head: bool) -> Model:
     from datamoat.models.backbones import BACKBONES, head_name
     from datamoat.models.weights import load_weights, resolve_checkpoint
 
     ckpt = resolve_checkpoint(ref)  # a path, or hub:OWNER/REPO[@REVISION][:FILE] fetched into the HF cache
     # the classifier may differ (other classes); for the small zoo models every key must match
-    done = load_weights(model.net, ckpt.path, head=head_name(arch) if arch in BACKBONES else None)
+    head = head_name(arch) if arch in BACKBONES else None
+    done = load_weights(model.net, ckpt.path, head=head, keep_head=keep_head)
     # the file's content, never its name; for the hub, the repo, file and commit it came from
     pretrained: dict[str, Any] = {"sha256": ckpt.sha256, **({"hub": ckpt.hub} if ckpt.hub else {})}
     pretrained |= {"loaded": done["loaded"], "skipped_head": done["skipped_head"]}
@@ -396,14 +408,16 @@ def train_in_workspace(
     name: str | None = None,
     resume: str | None = None,
     weights: str | None = None,
+    keep_head: bool = False,
     progress: bool = True,
 ) -> tuple[Model, str]:
     """Train inside a workspace: a catalog run row, per-epoch checkpoints under
     `runs/<id>/`, and the model saved at the end. `resume` takes a run id.
     `weights` starts from a checkpoint (a torchvision-format ``.pth`` for the
     photo backbones): every key and shape is checked, except the classifier
-    head's, which is left freshly initialised when the classes differ; the
-    file's sha256 and what was skipped go into the model's lineage.
+    head's, which starts freshly initialised (a checkpoint's head was trained
+    for its own classes, even when it has as many); `keep_head` keeps a head
+    that fits. The file's sha256 and what was skipped go into the lineage.
 
     Returns (saved model, run id).
     """
@@ -425,7 +439,7 @@ def train_in_workspace(
         data = load_dataset(ws, data_ref)
         model = new_model(arch, data, seed=config.seed)
         if weights:
-            model = _start_from(model, arch, weights)
+            model = _start_from(model, arch, weights, keep_head)
         run_id = ws.new_id()
         name = name or f"{arch}-{data.name}"
         cfg_dict = {"train": config.to_dict(), "model": model.config.to_dict()}

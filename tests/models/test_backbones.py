@@ -321,3 +321,29 @@ def test_bad_names_and_sizes():
         head_name("vit_b_16")
     with pytest.raises(BadInput, match="no 'classifier.3' layer"):
         replace_head(build_backbone("resnet18"), "mobilenet_v3_small", 3)
+
+
+def test_a_head_that_fits_is_still_fresh_unless_kept(tmp_path):
+    """A 5-class checkpoint fine-tuned to 5 other classes: the old classifier is wrong for them."""
+    torch.manual_seed(0)
+    src = replace_head(build_backbone("mobilenet_v3_small"), "mobilenet_v3_small", 5)
+    torch.save(src.state_dict(), tmp_path / "five.pth")
+    head = head_name("mobilenet_v3_small")
+    fresh = replace_head(build_backbone("mobilenet_v3_small"), "mobilenet_v3_small", 5)
+    before = {k: v.clone() for k, v in fresh.state_dict().items() if k.startswith(head)}
+    done = load_weights(fresh, tmp_path / "five.pth", head=head, keep_head=False)
+    assert done["skipped_head"] == sorted(before) and done["loaded"] == len(src.state_dict()) - len(before)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in before.items())  # untouched
+    kept = load_weights(fresh, tmp_path / "five.pth", head=head, keep_head=True)
+    assert kept["skipped_head"] == [] and torch.equal(
+        fresh.state_dict()[f"{head}.weight"], src.state_dict()[f"{head}.weight"]
+    )
+
+
+def test_the_zoo_trains_mobilenets_with_a_momentum_that_keeps_up_and_loads_the_same_weights():
+    from datamoat.models.zoo import build, preset
+
+    net = build(preset("mobilenet_v3_small", in_channels=3, image_size=(32, 32), num_classes=1000))
+    assert {m.momentum for m in net.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}
+    assert {m.momentum for m in built("mobilenet_v3_small").modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}
+    net.load_state_dict(built("mobilenet_v3_small").state_dict())  # strict: momentum is no weight

@@ -183,3 +183,14 @@ def test_fine_tuning_settings_are_checked(bad, field):
 
 def _clone(net) -> dict:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_threads_zero_restores_torchs_default_after_a_run_chose_fewer(digits):
+    from datamoat.train.loop import set_threads
+
+    default = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1
+        assert set_threads(0) == default
+    finally:
+        torch.set_num_threads(default)

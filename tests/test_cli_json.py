@@ -80,6 +80,8 @@ def test_data_train_and_catalog(dm, flow, monkeypatch):
     assert syn["images"] == 20 and len(list((flow["tmp"] / "synth").rglob("*.jpg"))) == 20
     photos = dm("data", "import-photos", str(flow["tmp"] / "synth" / "train"), "--name", "synth")
     assert photos["imported"] == 20 and photos["skipped"] == 0 and photos["name"] == "synth"
+    rendered = dm("data", "render", photos["id"], "--size", "16", "--workers", "0")
+    assert rendered["input_shape"] == [3, 16, 16] and rendered["samples"] == 20
     flow["model"] = dm("train", "--data", "digits", "--arch", "cnn_small", "--epochs", "2", "--name", "small")[
         "model_id"
     ]

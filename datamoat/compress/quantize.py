@@ -41,6 +41,14 @@ from typing import Any
 
 import numpy as np
 
+from datamoat.compress.qgraph import (
+    depthwise_convs,
+    float_outputs,
+    gemm_to_matmul,
+    pin_float,
+    pool_after_relu,
+    stem_convs,
+)
 from datamoat.configs import Config, check, check_choice
 from datamoat.errors import DatamoatError
 from datamoat.inference.onnx import file_bytes, normalise, onnx_accuracy, ort_session
@@ -127,154 +135,6 @@ class QuantizeResult:
         return {**d, "accuracy_drop": self.accuracy_drop, "bytes_ratio": self.int8_bytes / self.fp32_bytes}
 
 
-def _weights(proto: Any) -> dict[str, Any]:
-    return {t.name: t for t in proto.graph.initializer}
-
-
-def _stem_convs(proto: Any) -> list[str]:
-    w = _weights(proto)
-    inputs = {i.name for i in proto.graph.input} - set(w)
-    return [
-        n.name
-        for n in proto.graph.node
-        if n.op_type == "Conv" and n.input[0] in inputs and n.input[1] in w and w[n.input[1]].dims[1] <= 4
-    ]
-
-
-def _depthwise_convs(proto: Any) -> list[str]:
-    """Convs with one input channel per group (and more than one group)."""
-    w = _weights(proto)
-    return [
-        n.name
-        for n in proto.graph.node
-        if n.op_type == "Conv"
-        and n.input[1] in w
-        and w[n.input[1]].dims[1] == 1
-        and any(a.name == "group" and a.i > 1 for a in n.attribute)
-    ]
-
-
-def _pin_float(proto: Any, names: set[str]) -> Any:
-    """Feed each Conv/Gemm in `names` that reads a per-tensor DequantizeLinear
-    through its own per-channel copy (the same scale repeated): the same values,
-    but onnxruntime's WeightBiasQuantization, which only takes per-tensor DQ
-    inputs, then leaves the node fp32 instead of quantizing its weights."""
-    from onnx import helper, numpy_helper
-
-    w = _weights(proto)
-    producer = {t: n for n in proto.graph.node for t in n.output}
-    nodes: list[Any] = []
-    for n in proto.graph.node:
-        dq = producer.get(n.input[0]) if n.name in names and n.op_type in ("Conv", "Gemm") else None
-        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] in w and len(dq.input) > 2:
-            scale, zero = (numpy_helper.to_array(w[t]) for t in dq.input[1:3])
-            if n.op_type == "Conv":
-                group = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
-                channels = w[n.input[1]].dims[1] * group  # (Cout, Cin / group, kH, kW)
-            else:
-                trans_b = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "transB"), 0)
-                channels = w[n.input[1]].dims[1 if trans_b else 0]  # B is (K, N), or (N, K) transposed
-            base = f"{n.input[0]}_for_{n.name}"
-            proto.graph.initializer.extend(
-                [
-                    numpy_helper.from_array(np.full(channels, scale, scale.dtype), base + "_scale"),
-                    numpy_helper.from_array(np.full(channels, zero, zero.dtype), base + "_zero_point"),
-                ]
-            )
-            ins = [dq.input[0], base + "_scale", base + "_zero_point"]
-            nodes.append(helper.make_node("DequantizeLinear", ins, [base], name=base, axis=1))
-            n.input[0] = base
-        nodes.append(n)
-    used = {t for n in nodes for t in n.input} | {o.name for o in proto.graph.output}
-    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in used]  # shared DQs now unread
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    return _prune_initializers(proto)
-
-
-def _pool_after_relu(proto: Any, convs: list[str]) -> Any:
-    """For each fp32 Conv -> Relu -> MaxPool, compute MaxPool -> Relu (exact,
-    as ReLU is monotonic). onnxruntime's QDQ propagation moves a Q node back
-    across MaxPool but not across Relu, so this keeps the int8 boundary after
-    the pool instead of creating a uint8 NCHW MaxPool (~30x slower there)."""
-    nodes = list(proto.graph.node)
-    consumers = lambda t: [n for n in nodes if t in n.input]  # noqa: E731
-    stale = set()
-    for conv in (n for n in nodes if n.name in convs):
-        relus = consumers(conv.output[0])
-        if len(relus) != 1 or relus[0].op_type != "Relu":
-            continue
-        relu = relus[0]
-        pools = consumers(relu.output[0])
-        if len(pools) != 1 or pools[0].op_type != "MaxPool" or len(pools[0].output) > 1:
-            continue
-        pool = pools[0]
-        mid, out = relu.output[0], pool.output[0]
-        pool.input[0], pool.output[0], relu.input[0], relu.output[0] = conv.output[0], mid, mid, out
-        i, j = nodes.index(relu), nodes.index(pool)
-        nodes[i], nodes[j] = pool, relu
-        stale.add(mid)  # its shape is now the pooled one
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    keep = [v for v in proto.graph.value_info if v.name not in stale]
-    del proto.graph.value_info[:]
-    proto.graph.value_info.extend(keep)
-    return proto
-
-
-def _gemm_to_matmul(proto: Any) -> Any:
-    """Gemm -> MatMul (+ Add): dynamic quantization only handles MatMul."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    w = _weights(proto)
-    nodes = []
-    for n in proto.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        simple = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
-        if n.op_type != "Gemm" or not simple or n.input[1] not in w:
-            nodes.append(n)
-            continue
-        b = numpy_helper.to_array(w[n.input[1]])
-        if attrs.get("transB", 0):
-            b = np.ascontiguousarray(b.T)  # (in, out)
-        proto.graph.initializer.append(numpy_helper.from_array(b, n.input[1] + "_kn"))
-        has_bias = len(n.input) > 2 and n.input[2]
-        mm_out = n.output[0] + "_matmul" if has_bias else n.output[0]
-        nodes.append(helper.make_node("MatMul", [n.input[0], n.input[1] + "_kn"], [mm_out], name=n.name))
-        if has_bias:
-            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=n.name + "_bias"))
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    return onnx.shape_inference.infer_shapes(_prune_initializers(proto))
-
-
-def _float_outputs(proto: Any) -> Any:
-    """Drop the Q -> DQ pair the quantizer puts on graph outputs: QGemm then
-    emits float logits itself, one kernel fewer and no 8-bit rounding of the
-    logits (only ~200 distinct values were left, coarsening probabilities)."""
-    outputs = {o.name for o in proto.graph.output}
-    producer = {t: n for n in proto.graph.node for t in n.output}
-    drop = []
-    for dq in (n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in outputs):
-        q = producer.get(dq.input[0])
-        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in producer:
-            src = producer[q.input[0]]
-            src.output[list(src.output).index(q.input[0])] = dq.output[0]
-            drop += [q, dq]
-    for n in drop:
-        proto.graph.node.remove(n)
-    return _prune_initializers(proto)
-
-
-def _prune_initializers(proto: Any) -> Any:
-    used = {t for n in proto.graph.node for t in n.input}
-    keep = [t for t in proto.graph.initializer if t.name in used]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep)
-    return proto
-
-
 def _reader(feeds: list[dict[str, np.ndarray]]) -> Any:
     """A calibration reader over prepared input batches."""
     from onnxruntime.quantization import CalibrationDataReader
@@ -318,7 +178,7 @@ def _quantize_once(
     src, kwargs = pre, {}
     if probe_cache is None:
         src = dst.with_suffix(".in.onnx")
-        onnx.save(_pool_after_relu(onnx.load(str(pre)), excluded), str(src))
+        onnx.save(pool_after_relu(onnx.load(str(pre)), excluded), str(src))
     elif "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # newer onnxruntime only
         kwargs["calibration_cache_path"] = str(probe_cache)
     methods = {
@@ -346,7 +206,7 @@ def _quantize_once(
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         **kwargs,
     )
-    onnx.save(_pin_float(_float_outputs(onnx.load(str(dst))), set(excluded)), str(dst))
+    onnx.save(pin_float(float_outputs(onnx.load(str(dst))), set(excluded)), str(dst))
     return dst
 
 
@@ -414,7 +274,7 @@ def quantize(
     with tempfile.TemporaryDirectory(prefix="datamoat-q-") as tmp_dir:
         tmp = Path(tmp_dir)
         fp32, pre = tmp / "fp32.onnx", tmp / "pre.onnx"
-        onnx.save(_gemm_to_matmul(proto) if method == "dynamic" else proto, str(fp32))
+        onnx.save(gemm_to_matmul(proto) if method == "dynamic" else proto, str(fp32))
         quant_pre_process(str(fp32), str(pre))  # shape inference + ORT's basic fusions, as the quantizer expects
         pre_proto = onnx.load(str(pre))
         names = [n.name for n in pre_proto.graph.node if n.op_type in QUANTIZABLE]
@@ -422,9 +282,9 @@ def quantize(
         check(not unknown, f"no quantizable node named {', '.join(unknown)}: choose from {', '.join(names)}")
         excluded = dict.fromkeys(cfg.exclude, "user")
         if method == "static" and cfg.float_stem:
-            excluded.update({n: "stem" for n in _stem_convs(proto) if n not in excluded})
+            excluded.update({n: "stem" for n in stem_convs(proto) if n not in excluded})
         if method == "static" and cfg.float_depthwise:
-            excluded.update({n: "depthwise" for n in _depthwise_convs(pre_proto) if n not in excluded})
+            excluded.update({n: "depthwise" for n in depthwise_convs(pre_proto) if n not in excluded})
         attempts: list[dict[str, Any]] = []
         while True:
             out = _quantize_once(pre, tmp / f"int8_{len(attempts)}.onnx", method, cfg, list(excluded), feeds)

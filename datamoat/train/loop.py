@@ -385,20 +385,6 @@ def _progress_bar():
     )
 
 
-def _start_from(model: Model, arch: str, ref: str, keep_head: bool) -> Model:
-    from datamoat.models.backbones import BACKBONES, head_name
-    from datamoat.models.weights import load_weights, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(ref)  # a path, or hub:OWNER/REPO[@REVISION][:FILE] fetched into the HF cache
-    # the classifier may differ (other classes); for the small zoo models every key must match
-    head = head_name(arch) if arch in BACKBONES else None
-    done = load_weights(model.net, ckpt.path, head=head, keep_head=keep_head)
-    # the file's content, never its name; for the hub, the repo, file and commit it came from
-    pretrained: dict[str, Any] = {"sha256": ckpt.sha256, **({"hub": ckpt.hub} if ckpt.hub else {})}
-    pretrained |= {"loaded": done["loaded"], "skipped_head": done["skipped_head"]}
-    return dataclasses.replace(model, lineage={**model.lineage, "pretrained": pretrained})
-
-
 def train_in_workspace(
     ws: Workspace,
     data_ref: str | None = None,
@@ -439,7 +425,9 @@ def train_in_workspace(
         data = load_dataset(ws, data_ref)
         model = new_model(arch, data, seed=config.seed)
         if weights:
-            model = _start_from(model, arch, weights, keep_head)
+            from datamoat.train.pretrained import start_from
+
+            model = start_from(model, arch, weights, keep_head)
         run_id = ws.new_id()
         name = name or f"{arch}-{data.name}"
         cfg_dict = {"train": config.to_dict(), "model": model.config.to_dict()}

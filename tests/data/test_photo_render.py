@@ -110,3 +110,28 @@ def test_an_unlabelled_version_cannot_be_rendered(ws, tmp_path):
     v = import_photos(ws, tmp_path / "u")
     with pytest.raises(BadInput, match="no labelled photos"):
         render_photos(ws, v, PhotoTransformConfig(size=(16, 16)), workers=0)
+
+
+def test_a_tampered_shard_is_refused_by_the_render_and_the_training_stream(ws, tmp_path):
+    from PIL import Image
+
+    from datamoat.data.photos import import_photos
+
+    for c in ("a", "b"):
+        (tmp_path / "p" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (30 + i, 24), (60 * i, 200 if c == "a" else 0, 90)).save(tmp_path / "p" / c / f"{i}.png")
+    v = import_photos(ws, tmp_path / "p")
+    ds = render_photos(ws, v, PhotoTransformConfig(size=(16, 16)), workers=0)
+    shard, offset, size, _ = photo_refs(ds)[0]
+    path = ws.object_path(shard)
+    path.chmod(0o644)
+    blob = bytearray(path.read_bytes())
+    blob[offset + size // 2] ^= 0xFF  # one flipped byte inside the first photo's record
+    path.write_bytes(bytes(blob))
+
+    samples, _ = photo_loader(ds, np.arange(len(ds.y)), batch_size=4, workers=0, seed=0)
+    with pytest.raises(BadInput, match="corrupt in shard"):
+        samples[0]
+    with pytest.raises(BadInput, match="corrupt"):
+        render_photos(ws, v, PhotoTransformConfig(size=(20, 20)), workers=0)

@@ -88,12 +88,15 @@ def test_missing_workspace_says_how_to_fix(tmp_path):
 
 
 def _parsed(command, *args):
-    """The values `command` receives for `args`: every option left out takes its default."""
+    """The values `command` ("train", "data render") receives for `args`: every option left out takes its default."""
     import typer.main
 
     from datamoat.cli import app
 
-    return typer.main.get_command(app).commands[command].make_context(command, list(args)).params
+    cmd = typer.main.get_command(app)
+    for name in command.split():
+        cmd = cmd.commands[name]
+    return cmd.make_context(command, list(args)).params
 
 
 def test_cli_import_reads_no_config_module():
@@ -139,6 +142,36 @@ def test_prune_export_and_quantize_defaults_are_their_configs():
     p = _parsed("quantize", "m")
     cfg = QuantizeConfig(method=p["method"], calibration=p["calibration"], max_accuracy_drop=p["max_accuracy_drop"])
     assert cfg == QuantizeConfig()
+
+
+def test_data_render_defaults_are_the_photo_transform():
+    from datamoat.data.photo_transforms import PhotoTransformConfig
+
+    p = _parsed("data render", "photos")
+    d = PhotoTransformConfig()
+    fields = ("resize", "crop_fraction", "brightness", "contrast", "saturation", "hue", "auto_augment")
+    assert {f: p[f] for f in fields} == {f: getattr(d, f) for f in fields} and p["scale_min"] == d.scale[0]
+
+
+def test_data_render_records_the_training_augmentation(photo_world, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from dmtest import dm_main
+
+    home = tmp_path / "ws"
+    dm_main(monkeypatch, capsys, None, "init", home)
+
+    def run(*args):
+        code, out, err = dm_main(monkeypatch, capsys, home, *args)
+        assert code == 0, err
+        return json.loads(out)
+
+    photos = run("data", "import-photos", shutil.copytree(photo_world.folder, tmp_path / "photos"), "--json")
+    args = ("--size", "16", "--workers", "0", "--auto-augment", "trivialaugment", "--hue", "0.1", "--scale-min", "0.3")
+    t = run("data", "render", photos["id"], *args, "--json")["transform"]
+    assert (t["auto_augment"], t["hue"], t["scale"], t["size"]) == ("trivialaugment", 0.1, [0.3, 1.0], [16, 16])
+    code, _, err = dm_main(monkeypatch, capsys, home, "data", "render", photos["id"], "--auto-augment", "autoaugment")
+    assert code == 2 and "unknown auto_augment 'autoaugment'" in err
 
 
 def _recipe(*args):

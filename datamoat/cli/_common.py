@@ -70,7 +70,8 @@ class ConfigDefault:
 
     `config` is ``"module:Class"`` and `param` a `Config.get_params` name
     (``distill__train__epochs``); with `present`, the default is whether that
-    nested config is set (a step that runs). The config is imported only when
+    nested config is set (a step that runs); with `item`, it is that element
+    of a tuple-valued field (``scale`` item 0). The config is imported only when
     a value or the help text is needed: config modules import torch, and
     `datamoat --help` and commands that never train must not wait for it.
 
@@ -78,12 +79,14 @@ class ConfigDefault:
     3
     """
 
-    def __init__(self, config: str, param: str, *, present: bool = False) -> None:
-        self.config, self.param, self.present = config, param, present
+    def __init__(self, config: str, param: str, *, present: bool = False, item: int | None = None) -> None:
+        self.config, self.param, self.present, self.item = config, param, present, item
 
     def __call__(self) -> Any:  # click calls a callable default for the value
         module, _, name = self.config.partition(":")
         value = getattr(importlib.import_module(module), name)().get_params()[self.param]
+        if self.item is not None:
+            value = value[self.item]
         return value is not None if self.present else value
 
     def __str__(self) -> str:  # what --help prints after "default:"

@@ -84,9 +84,16 @@ def data_render(
     size: int = typer.Option(224, help="Model input height and width in pixels."),
     resize: str = typer.Option(ConfigDefault(_RENDER, "resize"), help="shorter_crop or letterbox."),
     crop_fraction: float = typer.Option(ConfigDefault(_RENDER, "crop_fraction"), help="shorter_crop's crop share."),
+    scale_min: float = typer.Option(
+        ConfigDefault(_RENDER, "scale", item=0), help="Training crops' smallest share of the photo's area."
+    ),
+    auto_augment: str = typer.Option(
+        ConfigDefault(_RENDER, "auto_augment"), help="Training policy: none, trivialaugment or randaugment."
+    ),
     brightness: float = typer.Option(ConfigDefault(_RENDER, "brightness"), help="Training colour jitter."),
     contrast: float = typer.Option(ConfigDefault(_RENDER, "contrast"), help="Training colour jitter."),
     saturation: float = typer.Option(ConfigDefault(_RENDER, "saturation"), help="Training colour jitter."),
+    hue: float = typer.Option(ConfigDefault(_RENDER, "hue"), help="Training colour jitter, at most 0.5."),
     grayscale: bool = typer.Option(False, help="One channel instead of RGB."),
     name: str = typer.Option(None, help="Human name for the dataset version."),
     workers: int = typer.Option(-1, help="Decode processes (-1: every core but one)."),
@@ -104,9 +111,12 @@ def data_render(
         size=(size, size),
         resize=resize,
         crop_fraction=crop_fraction,
+        scale=(scale_min, 1.0),
         brightness=brightness,
         contrast=contrast,
         saturation=saturation,
+        hue=hue,
+        auto_augment=auto_augment,
         **gray,  # type: ignore[arg-type]
     )
     ws = open_ws()

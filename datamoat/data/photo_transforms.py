@@ -2,12 +2,14 @@
 pinned torch, so the few transforms a photo model needs are written here on `torch` alone).
 
 Names and parameters follow torchvision's (`Resize`, `CenterCrop`, `RandomResizedCrop`,
-`RandomHorizontalFlip`, `ColorJitter`, `Normalize`), so a recipe reads the same. Images are
+`RandomHorizontalFlip`, `ColorJitter`, `Normalize`, and in `photo_augment` `TrivialAugmentWide`
+and `RandAugment`), so a recipe reads the same. Images are
 uint8 tensors (C, H, W) until `normalize`, which returns float32.
 
 `PhotoTransformConfig` is the policy a photo model records: the evaluation path (`eval_transform`:
 resize by the shorter side plus a centre crop, or letterboxing) is what serving and a device must
-apply too; the training path (`train_transform`) adds the random crop, flip and colour jitter.
+apply too; the training path (`train_transform`) adds the random crop, flip, an automatic augmentation policy
+and colour jitter.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from datamoat.configs import Config, check, check_choice
+from datamoat.data.photo_augment import rand_augment, trivial_augment
 from datamoat.errors import BadInput
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ __all__ = [
     "letterbox",
     "random_resized_crop",
     "hflip",
+    "adjust_hue",
     "color_jitter",
     "normalize",
     "fit",
@@ -44,6 +48,7 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what torchvision's published weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
+AUTO_AUGMENT = ("none", "trivialaugment", "randaugment")
 
 
 @dataclasses.dataclass
@@ -65,6 +70,11 @@ class PhotoTransformConfig(Config):
     saturation: float = 0.0
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # New fields keep their defaults off, so a transform recorded before them loads and acts as it did.
+    hue: float = 0.0  # ColorJitter's hue: a shift in [-hue, hue] of the colour circle, hue <= 0.5
+    auto_augment: str = "none"  # or "trivialaugment" (TrivialAugmentWide), "randaugment" (RandAugment)
+    ra_num_ops: int = 2  # RandAugment's num_ops
+    ra_magnitude: int = 9  # RandAugment's magnitude, a bin of 31
 
     def validate(self) -> None:
         self.size = tuple(int(s) for s in self.size)  # type: ignore[assignment]
@@ -76,6 +86,10 @@ class PhotoTransformConfig(Config):
         check(0 <= self.hflip <= 1, f"hflip is a probability, got {self.hflip}")
         for name in ("brightness", "contrast", "saturation"):
             check(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1], got {getattr(self, name)}")
+        check(0 <= self.hue <= 0.5, f"hue must be in [0, 0.5], got {self.hue}")
+        check_choice("auto_augment", self.auto_augment, AUTO_AUGMENT)
+        check(self.ra_num_ops >= 1, f"ra_num_ops must be at least 1, got {self.ra_num_ops}")
+        check(0 <= self.ra_magnitude <= 30, f"ra_magnitude must be a bin in [0, 30], got {self.ra_magnitude}")
         check(
             len(self.mean) == len(self.std) and all(s > 0 for s in self.std),
             "mean and std need one positive std per channel",
@@ -199,13 +213,51 @@ def hflip(img: torch.Tensor) -> torch.Tensor:
     return img.flip(-1)
 
 
+def _shift_hue(x: torch.Tensor, hue_factor: float) -> torch.Tensor:
+    """float RGB (3, H, W) in [0, 1] with its hue turned by `hue_factor` of the colour circle, in HSV
+    as torchvision's `adjust_hue` (its `_rgb2hsv`; the closed form of `_hsv2rgb`)."""
+    r, g, b = x  # (H, W) each
+    maxc, minc = x.amax(0), x.amin(0)
+    delta = maxc - minc
+    gray = delta == 0  # no hue: any value of h gives back the gray, so avoid dividing by 0
+    s = delta / torch.where(gray, torch.ones_like(maxc), maxc)
+    d = torch.where(gray, torch.ones_like(delta), delta)
+    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = (h / 6.0 + hue_factor) % 1.0  # (H, W) in [0, 1)
+    k = (torch.tensor([5.0, 3.0, 1.0])[:, None, None] + h * 6.0) % 6.0  # (3, H, W): R, G, B
+    return maxc - maxc * s * torch.minimum(k, 4.0 - k).clamp(0, 1)
+
+
+def adjust_hue(img: torch.Tensor, hue_factor: float) -> torch.Tensor:
+    """torchvision's adjust_hue: uint8 RGB (3, H, W) with its hue turned by `hue_factor` in
+    [-0.5, 0.5] of the colour circle (0.5: the complementary colours); a gray (1, H, W) image is
+    returned as it is.
+
+    >>> red = torch.tensor([255, 0, 0], dtype=torch.uint8).reshape(3, 1, 1)
+    >>> adjust_hue(red, 1 / 3).flatten().tolist()  # a third of the circle on: green
+    [0, 255, 0]
+    """
+    check(-0.5 <= hue_factor <= 0.5, f"hue_factor must be in [-0.5, 0.5], got {hue_factor}")
+    if img.shape[0] == 1:
+        return img
+    # Back to uint8 as torchvision's convert_image_dtype does (scale by 256 - 1e-3, truncate): the same pixels.
+    return (_shift_hue(img.float() / 255, hue_factor) * 255.999).to(torch.uint8)
+
+
 def color_jitter(
-    img: torch.Tensor, brightness: float, contrast: float, saturation: float, g: torch.Generator
+    img: torch.Tensor,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    g: torch.Generator,
+    hue: float = 0.0,
 ) -> torch.Tensor:
-    """torchvision's ColorJitter without hue, its three factors applied in a random order.
+    """torchvision's ColorJitter: brightness, contrast and saturation factors in [max(0, 1 - x), 1 + x]
+    and a hue shift in [-hue, hue], applied in a random order; saturation and hue leave a gray image.
 
     >>> g = torch.Generator().manual_seed(0)
-    >>> color_jitter(torch.full((3, 4, 4), 100, dtype=torch.uint8), 0.5, 0.0, 0.0, g).dtype
+    >>> color_jitter(torch.full((3, 4, 4), 100, dtype=torch.uint8), 0.5, 0.0, 0.0, g, hue=0.1).dtype
     torch.uint8
     """
     x = img.float()  # (C, H, W) in 0..255
@@ -213,6 +265,8 @@ def color_jitter(
     for name, amount in (("b", brightness), ("c", contrast), ("s", saturation)):
         if amount:
             ops.append((name, float(torch.empty(1).uniform_(max(0.0, 1 - amount), 1 + amount, generator=g))))
+    if hue:  # drawn after the others, so a jitter without hue draws exactly what it drew before hue existed
+        ops.append(("h", float(torch.empty(1).uniform_(-hue, hue, generator=g))))
     for i in torch.randperm(len(ops), generator=g).tolist():
         name, f = ops[i]
         gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None] if x.shape[0] == 3 else x  # (1, H, W)
@@ -220,8 +274,10 @@ def color_jitter(
             x = x * f
         elif name == "c":
             x = (x - gray.mean()) * f + gray.mean()
-        elif x.shape[0] == 3:
+        elif name == "s" and x.shape[0] == 3:
             x = (x - gray) * f + gray
+        elif name == "h" and x.shape[0] == 3:
+            x = _shift_hue(x / 255, f) * 255
         x = x.clamp(0, 255)
     return x.round().to(torch.uint8)
 
@@ -257,10 +313,24 @@ def eval_transform(img: torch.Tensor, cfg: PhotoTransformConfig) -> torch.Tensor
 
 
 def train_transform(img: torch.Tensor, cfg: PhotoTransformConfig, g: torch.Generator) -> torch.Tensor:
-    """The training path: random resized crop, flip, colour jitter, then normalisation."""
+    """The training path: uint8 (C, H, W) of any size -> float32 (C, *cfg.size), in this order:
+    random resized crop, horizontal flip, the automatic augmentation policy (`cfg.auto_augment`, if
+    any), colour jitter, then normalisation. Every random draw comes from `g`.
+
+    The policy works on the crop at the model's size, as in torchvision's classification recipe, so
+    its translations and shears are in the pixels the model sees.
+
+    >>> cfg = PhotoTransformConfig(size=(16, 16), auto_augment="trivialaugment", hue=0.1)
+    >>> train_transform(torch.zeros(3, 40, 60, dtype=torch.uint8), cfg, torch.Generator().manual_seed(0)).shape
+    torch.Size([3, 16, 16])
+    """
     out = random_resized_crop(img, cfg.size, cfg.scale, cfg.ratio, g)
     if cfg.hflip and float(torch.rand(1, generator=g)) < cfg.hflip:
         out = hflip(out)
-    if cfg.brightness or cfg.contrast or cfg.saturation:
-        out = color_jitter(out, cfg.brightness, cfg.contrast, cfg.saturation, g)
+    if cfg.auto_augment == "trivialaugment":
+        out = trivial_augment(out, g)
+    elif cfg.auto_augment == "randaugment":
+        out = rand_augment(out, g, num_ops=cfg.ra_num_ops, magnitude=cfg.ra_magnitude)
+    if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue:
+        out = color_jitter(out, cfg.brightness, cfg.contrast, cfg.saturation, g, hue=cfg.hue)
     return normalize(out, cfg.mean, cfg.std)

@@ -4,14 +4,17 @@ EXIF orientation, and the evaluation path serving will share."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from datamoat.configs import config_from_dict
 from datamoat.data.photo_transforms import (
     PhotoTransformConfig,
+    adjust_hue,
     center_crop,
     color_jitter,
     decode,
@@ -78,6 +81,40 @@ def test_color_jitter_changes_colour_within_its_range():
     assert min(values) >= 50 and max(values) <= 150 and len(set(values)) > 5
 
 
+def test_hue_turns_the_colour_circle_and_keeps_gray_and_value():
+    img = decode(_jpeg(40, 30)).clone()
+    img[1, :10] = 90  # some green in the red and blue halves
+    assert torch.equal(adjust_hue(img, 0.0), img)
+    back = adjust_hue(adjust_hue(img, 0.5), 0.5)  # half the circle twice: all the way round
+    assert (back.int() - img.int()).abs().max() <= 1
+    assert (adjust_hue(img, 0.5).int() - img.int()).abs().float().mean() > 50
+    red = torch.tensor([255, 0, 0], dtype=torch.uint8).reshape(3, 1, 1)
+    assert adjust_hue(red, -1 / 3).flatten().tolist() == [0, 0, 255]  # a third back from red: blue
+    gray = img[:1]
+    assert torch.equal(adjust_hue(gray, 0.3), gray)
+    with pytest.raises(BadInput, match="hue_factor"):
+        adjust_hue(img, 0.6)
+    # ColorJitter's hue moves the hue only: each pixel keeps its HSV value (its largest channel).
+    outs = [color_jitter(img, 0.0, 0.0, 0.0, torch.Generator().manual_seed(s), hue=0.2) for s in range(5)]
+    for out in outs:
+        assert (out.amax(0).int() - img.amax(0).int()).abs().max() <= 1
+    assert len({tuple(o.flatten().tolist()) for o in outs}) == 5
+    assert torch.equal(color_jitter(gray, 0.0, 0.0, 0.0, torch.Generator().manual_seed(0), hue=0.5), gray)
+
+
+def test_auto_augment_runs_in_the_training_path_after_the_crop_and_follows_the_seed():
+    img = decode(_jpeg(200, 120))
+    plain = PhotoTransformConfig(size=(32, 32))
+    for policy in ("trivialaugment", "randaugment"):
+        cfg = PhotoTransformConfig(size=(32, 32), auto_augment=policy, hue=0.05)
+        outs = [train_transform(img, cfg, torch.Generator().manual_seed(s)) for s in range(8)]
+        assert all(o.shape == (3, 32, 32) and o.dtype == torch.float32 for o in outs)
+        assert torch.equal(outs[3], train_transform(img, cfg, torch.Generator().manual_seed(3)))
+        # the same seed gives the same crop and flip, so a difference is the policy's and the hue's
+        same_crop = [train_transform(img, plain, torch.Generator().manual_seed(s)) for s in range(8)]
+        assert sum(not torch.equal(a, b) for a, b in zip(outs, same_crop, strict=True)) >= 6
+
+
 def test_eval_and_train_paths_give_the_model_input():
     cfg = PhotoTransformConfig(size=(32, 32), brightness=0.2, contrast=0.2, saturation=0.2)
     img = decode(_jpeg(200, 120))
@@ -98,8 +135,43 @@ def test_eval_and_train_paths_give_the_model_input():
         ({"scale": (0.5, 0.1)}, "scale"),
         ({"hflip": 2}, "hflip"),
         ({"mean": (0.5,)}, "mean"),
+        ({"auto_augment": "autoaugment"}, "auto_augment"),
+        ({"hue": 0.6}, "hue"),
+        ({"ra_num_ops": 0}, "ra_num_ops"),
+        ({"ra_magnitude": 31}, "ra_magnitude"),
     ],
 )
 def test_bad_settings_name_the_field(bad, field):
     with pytest.raises(BadInput, match=field):
         PhotoTransformConfig(**bad)
+
+
+def test_the_new_fields_are_recorded_and_a_transform_recorded_before_them_still_loads():
+    cfg = PhotoTransformConfig(size=(32, 32), auto_augment="randaugment", ra_num_ops=3, ra_magnitude=12, hue=0.1)
+    back = config_from_dict(json.loads(cfg.to_json()))  # as a dataset's or model's record stores it
+    assert back == cfg and (back.auto_augment, back.ra_num_ops, back.ra_magnitude, back.hue) == (
+        "randaugment",
+        3,
+        12,
+        0.1,
+    )
+    old = {  # a PhotoTransformConfig as recorded before hue and the policies existed
+        "type": "PhotoTransformConfig",
+        "version": 1,
+        "size": [32, 32],
+        "resize": "shorter_crop",
+        "crop_fraction": 0.875,
+        "scale": [0.35, 1.0],
+        "ratio": [0.75, 1.3333333333333333],
+        "hflip": 0.5,
+        "brightness": 0.2,
+        "contrast": 0.2,
+        "saturation": 0.2,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+    loaded = config_from_dict(old)
+    assert loaded == PhotoTransformConfig(
+        size=(32, 32), scale=(0.35, 1.0), brightness=0.2, contrast=0.2, saturation=0.2
+    )
+    assert (loaded.auto_augment, loaded.hue) == ("none", 0.0)  # off: it trains as it did

@@ -1,6 +1,7 @@
 """Every stage on a photo model: import, render, train from the shards, eval, export, quantize, the
-data verbs, the proof of concept, tuning, the server with a JPEG upload of any size, a signed bundle
-and a device, and the review queue showing the photo (issue 17)."""
+data verbs, the proof of concept, tuning, compress (a ResNet distilled into MobileNetV3-Small),
+improve, the server with a JPEG upload of any size, a signed bundle and a device, and the review
+queue showing the photo (issue 17)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,29 @@ def test_a_photo_project_from_the_folder_to_a_device(photo_world, run, tmp_path)
         "tune", "--data", ds["dataset_id"], "--trials", "2", "--archs", "cnn_small", "--epochs-max", "1", "--json"
     )
     assert len(tune["trials"]) == 2
+
+    # compress: a ResNet teacher distilled into MobileNetV3-Small, each candidate measured on the photos
+    teacher = run(
+        "train", "--data", ds["dataset_id"], "--arch", "resnet18", "--epochs", "1", "--workers", "0", "--json"
+    )
+    comp = run(
+        "compress",
+        teacher["model_id"],
+        "--student",
+        "mobilenet_v3_small",
+        "--distill-epochs",
+        "1",
+        "--max-accuracy-drop",
+        "100",
+        "--json",
+    )
+    names = {c["name"] for c in comp["candidates"]}
+    assert {"teacher", "student", "student-int8"} <= names and "MobileNetV3" in comp["skipped"]["structured"]
+    student = next(c for c in comp["candidates"] if c["name"] == "student")
+    teacher_row = next(c for c in comp["candidates"] if c["name"] == "teacher")
+    assert student["params"] < teacher_row["params"] / 5 and comp["chosen"] in names
+    imp = run("improve", "--data", ds["dataset_id"], "--budget-minutes", "0.1", "--epochs", "2", "--json")
+    assert set(imp["levers"]) == {"model", "data"} and imp["curve"][-1]["fraction"] == 1.0
 
 
 def _jpeg(pixels: np.ndarray, size: tuple[int, int]) -> bytes:

@@ -157,6 +157,7 @@ class CompressResult:
     config: CompressConfig
     table_md: str
     plot: Path | None
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # step -> why it could not run
 
     def candidate(self, name: str) -> dict[str, Any]:
         return next(c for c in self.candidates if c["name"] == name)
@@ -215,9 +216,12 @@ def _kd_finetune(distill: DistillConfig, finetune: FinetuneConfig) -> DistillCon
     )
 
 
-def _stages(teacher: Model, data: Dataset, cfg: CompressConfig, progress: bool) -> dict[str, tuple[Model, list[str]]]:
+def _stages(
+    teacher: Model, data: Dataset, cfg: CompressConfig, progress: bool, skipped: dict[str, str]
+) -> dict[str, tuple[Model, list[str]]]:
     from datamoat.compress.distill import distill
     from datamoat.compress.prune import prune
+    from datamoat.compress.prune.structured import unprunable_reason
     from datamoat.models.model import new_model
 
     stages: dict[str, tuple[Model, list[str]]] = {"teacher": (teacher, [])}
@@ -231,7 +235,10 @@ def _stages(teacher: Model, data: Dataset, cfg: CompressConfig, progress: bool) 
         student = new_model(cfg.student_arch, data, seed=cfg.distill.train.seed, **overrides)
         base, steps = distill(student, teacher, data, cfg.distill, progress=progress), ["distill"]
         stages["student"] = (base, steps)
-    if cfg.structured is not None:
+    why_not = unprunable_reason(base.net) if cfg.structured is not None else None
+    if why_not:  # a MobileNet student still distils and quantizes; the table says what was skipped
+        skipped["structured"] = why_not
+    if cfg.structured is not None and not why_not:
         kd = cfg.kd_finetune and cfg.distill is not None
         ft = cfg.structured.finetune
         # With kd the pruning itself does not fine-tune: distillation below does.
@@ -269,7 +276,8 @@ def compress(
     x_test, y_test = data.subset("test")
     x_train, _ = data.subset("train")
     x_val, y_val = data.subset("val")
-    stages = _stages(teacher, data, cfg, progress)
+    skipped: dict[str, str] = {}
+    stages = _stages(teacher, data, cfg, progress, skipped)
     rows: list[dict[str, Any]] = []
     paths: dict[str, Path] = {}
     for name, (model, steps) in stages.items():
@@ -314,17 +322,18 @@ def compress(
         r["speedup_b1_vs_teacher"] = rows[0]["latency_ms_b1"] / r["latency_ms_b1"]
         if "int8" in r["steps"]:
             r["int8_speedup_b1"] = by_name[r["model_stage"]]["latency_ms_b1"] / r["latency_ms_b1"]
-    table = _table(rows)
+    table = _table(rows) + "".join(f"\nSkipped {step}: {why}.\n" for step, why in skipped.items())
     atomic_write(out / "candidates.md", table.encode())
     try:
         chosen = choose(rows, cfg, teacher_acc)
     finally:  # the table and plot are worth keeping even when nothing qualifies
         atomic_write(
-            out / "candidates.json", json.dumps({"config": cfg.to_dict(), "candidates": rows}, indent=2).encode()
+            out / "candidates.json",
+            json.dumps({"config": cfg.to_dict(), "candidates": rows, "skipped": skipped}, indent=2).encode(),
         )
         plot = _plot(rows, out / "pareto.png")
     models = {name: m for name, (m, _) in stages.items()}
-    return CompressResult(rows, chosen, models, cfg, table, plot)
+    return CompressResult(rows, chosen, models, cfg, table, plot, skipped)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -423,6 +432,7 @@ def compress_in_workspace(ws, teacher_ref: str, config: CompressConfig, *, progr
     return {
         "candidates": res.candidates,
         "chosen": res.chosen,
+        "skipped": res.skipped,
         "candidate": {
             "onnx_path": chosen["onnx_path"],
             "name": f"{teacher.name}-{res.chosen}",

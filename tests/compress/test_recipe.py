@@ -227,3 +227,14 @@ def test_cli_registers_the_choice_or_nothing(teacher_ws):
     assert recipe["type"] == "CompressConfig" and recipe["distill"]["train"]["epochs"] == 1
     assert recipe["unstructured"] is None and recipe["distill"]["type"] == "DistillConfig"
     assert config_from_dict(recipe).student_arch == "mlp"
+
+
+def test_a_student_structured_pruning_cannot_narrow_is_distilled_and_the_skip_recorded(teacher_ws, tmp_path):
+    ws, data, teacher = teacher_ws
+    cfg = CompressConfig(max_accuracy_drop=100.0, student_arch="mobilenet_v3_small", quantize=None).replace(
+        distill__train__epochs=1
+    )
+    res = compress(teacher, data, cfg, out_dir=tmp_path)
+    assert [c["name"] for c in res.candidates] == ["teacher", "student"]
+    assert "MobileNetV3" in res.skipped["structured"] and "Skipped structured" in res.table_md
+    assert json.loads((tmp_path / "candidates.json").read_text())["skipped"] == res.skipped

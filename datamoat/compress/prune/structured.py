@@ -45,7 +45,7 @@ from datamoat.errors import BadInput
 from datamoat.models.model import Model
 from datamoat.models.zoo import MLP, BasicBlock, ConvNet, ModelConfig, ResNet, build
 
-__all__ = ["StructuredConfig", "structured_prune", "filter_scores", "slice_network"]
+__all__ = ["StructuredConfig", "structured_prune", "filter_scores", "slice_network", "unprunable_reason"]
 
 
 @dataclasses.dataclass
@@ -158,6 +158,18 @@ def _slice_resnet(net: ResNet, cfg: ModelConfig, ratio: float, norm: str) -> tup
     return cfg.replace(channels=tuple(channels)), state
 
 
+def unprunable_reason(net: nn.Module) -> str | None:
+    """Why `slice_network` cannot narrow `net`, or None when it can.
+
+    >>> from datamoat.models import preset
+    >>> unprunable_reason(build(preset("cnn_small", in_channels=1, image_size=(8, 8), num_classes=3))) is None
+    True
+    """
+    if isinstance(net, (ResNet, ConvNet, MLP)):
+        return None
+    return f"structured pruning supports the zoo's mlp, cnn_* and resnet, not {type(net).__name__}"
+
+
 def slice_network(net: nn.Module, cfg: ModelConfig, ratio: float, norm: str = "l1") -> tuple[ModelConfig, nn.Module]:
     """The narrower config and a network holding the kept slices of `net`'s weights.
 
@@ -172,7 +184,7 @@ def slice_network(net: nn.Module, cfg: ModelConfig, ratio: float, norm: str = "l
     elif isinstance(net, (ConvNet, MLP)):
         new_cfg, state = _slice_chain(net, cfg, ratio, norm)
     else:
-        raise BadInput(f"structured pruning supports the zoo's mlp, cnn_* and resnet, not {type(net).__name__}")
+        raise BadInput(unprunable_reason(net) or "")
     small = build(new_cfg)
     small.load_state_dict(state)  # strict: any shape slip fails here, not silently later
     return new_cfg, small.eval()

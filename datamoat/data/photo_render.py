@@ -45,7 +45,7 @@ import torch
 
 from datamoat.configs import config_from_dict
 from datamoat.data.dataset import SPLITS, Dataset, make_dataset
-from datamoat.data.photo_transforms import PhotoTransformConfig, decode, fit, train_transform
+from datamoat.data.photo_transforms import PhotoTransformConfig, decode, fit, train_min_side, train_transform
 from datamoat.data.photos import PhotoVersion
 from datamoat.data.shards import read_record
 from datamoat.errors import BadInput
@@ -74,6 +74,8 @@ class PhotoSamples(torch.utils.data.Dataset):
 
         self.objects, self.refs, self.cfg, self.channels, self.mode = objects, refs, cfg, channels, mode
         self.seed = 0
+        # Training crops are random anyway, so a JPEG is decoded no larger than its smallest crop needs.
+        self.min_side = train_min_side(cfg) if mode == "train" else 0
         # Shared with the (persistent) worker processes, so they learn the epoch without a re-fork.
         self._epoch = multiprocessing.Value("q", 0, lock=False)
 
@@ -96,7 +98,7 @@ class PhotoSamples(torch.utils.data.Dataset):
         return data
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = decode(self.raw(i), self.channels)  # (C, h, w) uint8, any size
+        img = decode(self.raw(i), self.channels, min_side=self.min_side)  # (C, h, w) uint8, any size
         if self.mode == "fit":
             return fit(img, self.cfg), i  # (C, H, W) uint8
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF)

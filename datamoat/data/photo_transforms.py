@@ -44,6 +44,7 @@ __all__ = [
     "fit",
     "eval_transform",
     "train_transform",
+    "train_min_side",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what torchvision's published weights were trained with
@@ -96,18 +97,28 @@ class PhotoTransformConfig(Config):
         )
 
 
-def decode(data: bytes, channels: int = 3) -> torch.Tensor:
+def decode(data: bytes, channels: int = 3, *, min_side: int = 0) -> torch.Tensor:
     """Encoded bytes -> uint8 (C, H, W), turned as its EXIF orientation says, in RGB (or L).
+
+    With `min_side`, a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling,
+    Pillow's `draft`) while both sides keep at least `min_side` pixels: far cheaper for a phone photo
+    cropped to a small model input. Only training's random crops use it (`train_min_side`); the
+    deterministic path (`fit`: render, server, device) always decodes in full, so they agree.
 
     >>> from PIL import Image
     >>> buf = io.BytesIO(); Image.new("RGB", (5, 3), (255, 0, 0)).save(buf, "PNG")
     >>> tuple(decode(buf.getvalue()).shape)
     (3, 3, 5)
+    >>> buf = io.BytesIO(); Image.new("RGB", (1600, 1200), (0, 90, 0)).save(buf, "JPEG")
+    >>> tuple(decode(buf.getvalue(), min_side=256).shape)  # decoded at 1/4
+    (3, 300, 400)
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as src:
+            if min_side > 0:
+                src.draft(None, (min_side, min_side))  # a no-op for formats other than JPEG
             return from_pil(src, channels)
     except (UnidentifiedImageError, OSError) as e:
         raise BadInput(f"not a decodable image ({e}): import it through `datamoat data import-photos`") from None
@@ -310,6 +321,17 @@ def fit(img: torch.Tensor, cfg: PhotoTransformConfig) -> torch.Tensor:
 def eval_transform(img: torch.Tensor, cfg: PhotoTransformConfig) -> torch.Tensor:
     """The deterministic path: uint8 (C, H, W) of any size -> float32 (C, *cfg.size)."""
     return normalize(fit(img, cfg), cfg.mean, cfg.std)
+
+
+def train_min_side(cfg: PhotoTransformConfig) -> int:
+    """The fewest pixels a photo's shorter side needs for training's smallest random crop (area
+    `scale[0]` at the most extreme `ratio`) to still hold the model's resolution.
+
+    >>> train_min_side(PhotoTransformConfig(size=(64, 64), scale=(0.25, 1.0), ratio=(1.0, 1.0)))
+    128
+    """
+    squeeze = min(cfg.ratio[0], 1 / cfg.ratio[1], 1.0)  # a crop's shorter side shrinks with its aspect
+    return math.ceil(max(cfg.size) / math.sqrt(cfg.scale[0] * squeeze))
 
 
 def train_transform(img: torch.Tensor, cfg: PhotoTransformConfig, g: torch.Generator) -> torch.Tensor:

@@ -175,3 +175,28 @@ def test_the_new_fields_are_recorded_and_a_transform_recorded_before_them_still_
         size=(32, 32), scale=(0.35, 1.0), brightness=0.2, contrast=0.2, saturation=0.2
     )
     assert (loaded.auto_augment, loaded.hue) == ("none", 0.0)  # off: it trains as it did
+
+
+def test_training_decodes_a_large_jpeg_smaller_but_never_below_its_smallest_crop():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from datamoat.data.photo_transforms import decode, train_min_side
+
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    smooth = np.stack([xx * 255 // 1600, yy * 255 // 1200, (xx + yy) * 255 // 2800], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(smooth).save(buf, "JPEG", quality=92)
+    cfg = PhotoTransformConfig(size=(64, 64), scale=(0.35, 1.0))
+    need = train_min_side(cfg)
+    small, full = decode(buf.getvalue(), min_side=need), decode(buf.getvalue())
+    assert full.shape == (3, 1200, 1600)
+    assert min(small.shape[1:]) >= need and small.shape[1] * 2 <= full.shape[1]  # decoded at 1/2 or less
+    # The same picture, only smaller: the full decode brought to that size matches it closely.
+    down = torch.nn.functional.interpolate(full[None].float(), size=small.shape[1:], mode="area")[0]
+    assert (down - small.float()).abs().mean() < 3
+    png = io.BytesIO()
+    Image.fromarray(smooth).save(png, "PNG")
+    assert decode(png.getvalue(), min_side=need).shape == full.shape  # only JPEG has DCT scaling

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,13 @@ def transform_of_model(preprocess):
     from datamoat.data.photo_render import transform_of
 
     return transform_of(preprocess)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed")
+def test_the_photo_demo_goes_from_synthetic_jpegs_to_a_served_model_and_a_signed_bundle(run):
+    assert "at least 4" in run("demo", "--photos", "--per-class", "2", code=2)["stderr"]
+    out = run("demo", "--photos", "--per-class", "6", "--epochs", "1", "--json")
+    assert out["photos"] == 60 and out["input_shape"] == [3, 32, 32] and out["arch"] == "resnet"
+    assert out["served"]["status"] == 200 and out["served"]["label"] in out["classes"]
+    assert out["bundle"]["sequence"] >= 1 and len(out["bundle"]["sha"]) == 64
+    assert Path(out["report"]).is_file()

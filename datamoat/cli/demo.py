@@ -12,6 +12,7 @@ def demo(
     photos: bool = typer.Option(
         False, "--photos", help="The photo flow: synthetic JPEGs to shards, a served model and a signed bundle."
     ),
+    per_class: int = typer.Option(None, help="--photos: synthetic photos per class (default 500)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Import Fashion-MNIST (digits if absent), train a teacher, evaluate it, write the report."""
@@ -19,7 +20,7 @@ def demo(
     from datamoat.demo import DEMO_TRAIN, run_demo
 
     if photos:
-        _photo_demo(epochs, as_json)
+        _photo_demo(epochs, per_class, as_json)
         return
 
     if not sources.FASHION_MNIST_DIR.is_dir():  # said first, not after minutes of training
@@ -36,11 +37,17 @@ def demo(
     emit(out, as_json, text)
 
 
-def _photo_demo(epochs: int | None, as_json: bool) -> None:
-    from datamoat.demo import PHOTO_TRAIN, run_photo_demo
+def _photo_demo(epochs: int | None, per_class: int | None, as_json: bool) -> None:
+    from datamoat.demo import PHOTO_PER_CLASS, PHOTO_TRAIN, run_photo_demo
+    from datamoat.errors import BadInput
 
+    if per_class is not None and per_class < 4:
+        raise BadInput(
+            f"--per-class must be at least 4 (train, val and test need photos of each class), got {per_class}"
+        )
     cfg = PHOTO_TRAIN.replace(epochs=epochs) if epochs else PHOTO_TRAIN
-    out = run_photo_demo(open_ws(create=True), config=cfg, progress=not as_json)
+    n = per_class or PHOTO_PER_CLASS
+    out = run_photo_demo(open_ws(create=True), n_per_class=n, config=cfg, progress=not as_json)
     s = out["served"]
     text = (
         f"{out['photos']} synthetic photos -> photo version {out['photo_version']} -> dataset {out['dataset_id']} "

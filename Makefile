@@ -9,7 +9,7 @@ LOCK := requirements.lock
 COMPILE := pip-compile --quiet --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
 	--no-emit-find-links --constraint constraints.txt --output-file $(LOCK) pyproject.toml
 
-.PHONY: install demo test test-latest bench lint format lock lock-upgrade clean
+.PHONY: demo-photos install demo test test-latest bench lint format lock lock-upgrade clean
 
 $(STAMP): pyproject.toml constraints.txt $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,11 @@ install: $(STAMP)
 demo: install
 	scripts/get-fashion-mnist.sh
 	$(VENV)/bin/datamoat demo
+
+# The photo flow: synthetic JPEGs -> shards -> a trained model -> registry -> served JPEG -> signed bundle.
+demo-photos: install
+	scripts/get-fashion-mnist.sh
+	$(VENV)/bin/datamoat demo --photos
 
 test: install
 	$(PY) -m pytest

@@ -19,8 +19,8 @@ rotated order, while they fit in `BUDGET_S`; a ratio is the median of the ratios
 the cores are shared with other jobs. A run past `RUN_CAP_S` stops at its next step.
 
 To find what bounds the stream, the bench also times, in this process on one thread (as in a
-worker): reading, decoding and the training transform of each photo, decoding with Pillow's JPEG
-draft mode, and a DataLoader's start-up; and, in fresh processes, a bare training step of the model
+worker): reading, decoding as the stream does (a JPEG DCT-scaled to what its crops need) and in
+full as `fit` does, the training transform of each photo, and a DataLoader's start-up; and, in fresh processes, a bare training step of the model
 at each thread setting, with OpenMP's passive wait policy too.
 
 Scale with environment variables for a quick check, e.g.
@@ -30,7 +30,6 @@ Scale with environment variables for a quick check, e.g.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import statistics
@@ -44,11 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from datamoat.data.dataset import SPLITS, Dataset
 from datamoat.data.photo_render import default_workers, photo_loader, render_photos
-from datamoat.data.photo_transforms import PhotoTransformConfig, decode, train_transform
+from datamoat.data.photo_transforms import PhotoTransformConfig, decode, train_min_side, train_transform
 from datamoat.data.photos import PhotoImportConfig, import_photos
 from datamoat.data.synth import SynthConfig, make_photos
 from datamoat.models import new_model
@@ -174,13 +172,9 @@ def input_costs(data: Dataset) -> dict[str, float]:
     rows = np.flatnonzero(data.split == SPLITS["train"])
     samples = photo_loader(data, rows, batch_size=BATCH, workers=0, seed=0)[0]  # type: ignore[index]
     raws = [samples.raw(i) for i in range(len(samples))]
-    imgs = [decode(r) for r in raws]  # also loads the codecs and kernels before any timing
+    side = train_min_side(TRANSFORM)  # the stream decodes JPEGs no larger than its smallest crop needs
+    imgs = [decode(r, min_side=side) for r in raws]  # also loads the codecs and kernels before any timing
     g = torch.Generator().manual_seed(0)
-
-    def draft(r: bytes) -> None:
-        with Image.open(io.BytesIO(r)) as im:
-            im.draft("RGB", (2 * SIZE, 2 * SIZE))  # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 size
-            im.convert("RGB").load()
 
     def loader_epoch(workers: int) -> float:
         # the whole loader, no model: batching and each item's seeding; through a fresh worker, also its
@@ -193,9 +187,9 @@ def input_costs(data: Dataset) -> dict[str, float]:
 
     steps = {
         "read": lambda: [samples.raw(i) for i in range(len(samples))],  # a seek, a read and a sha256 each
-        "decode": lambda: [decode(r) for r in raws],
+        "decode": lambda: [decode(r, min_side=side) for r in raws],  # as the stream does (JPEG DCT scaling)
         "augment": lambda: [train_transform(img, TRANSFORM, g) for img in imgs],
-        "draft_decode": lambda: [draft(r) for r in raws],
+        "full_decode": lambda: [decode(r) for r in raws],  # as fit (render, server, device) does
     }
     best = {}
     for name, fn in steps.items():
@@ -397,9 +391,7 @@ def notes(
             fixes.append(
                 f"{a} is bound by the main process: the stream's overhead there "
                 f"({main - mem['main_cpu_ms_per_sample']:.2f} ms per sample) caps it at {mem_ms / main:.2f}x even "
-                "with a core per worker; persistent workers (forked once per run, told the epoch for their crops) "
-                f"would save the fork every epoch ({costs['first_batch_s']:.2f} s to the first batch of a "
-                f"{costs['images']}-image epoch here)"
+                "with a core per worker"
             )
         else:
             fixes.append(
@@ -407,17 +399,17 @@ def notes(
                 f"{mem_ms:.2f} ms, so it needs {int(np.ceil(worker / mem_ms))} workers with a core each, or a cheaper "
                 "input (below)"
             )
+    side_px = train_min_side(TRANSFORM)
     out.append(
         "What would meet it: "
         + "; ".join(fixes)
         + ". On two cores nothing is spare once the math takes one and a worker the other, so every millisecond "
-        "the input costs is paid in samples per second: cheaper decoding (Pillow's JPEG draft mode, DCT scaling "
-        f"by 1/2-1/8 to no less than {2 * SIZE} px: {costs['draft_decode_ms']:.2f} ms instead of "
-        f"{costs['decode_ms']:.2f} here; smaller source JPEGs, "
-        "whose decode and antialiased crop resize shrink with their pixels), caching decoded, downscaled photos "
-        "(the memory rows are that cache taken to the limit, without random crops), or more cores. And torch's "
-        "default threads (one per core) should give way to threads = cores - workers while streaming, so the math "
-        "never waits for a core a decoder holds. datamoat does none of "
-        "these yet."
+        "the input costs is paid in samples per second. datamoat already decodes JPEGs at 1/2-1/8 size when "
+        f"the crops allow (to no less than {side_px} px here: {costs['decode_ms']:.2f} ms against "
+        f"{costs['full_decode_ms']:.2f} for a full decode), keeps its workers across epochs, and by default "
+        "(--threads 0) gives the math the cores the workers leave. Left: caching decoded, downscaled photos "
+        "(the memory rows are that cache taken to the limit, without random crops), or more cores; and a "
+        "compute-heavy model (resnet here) streams faster with the math on every core (--threads N, the "
+        "stream rows at the default threads) than with the split, which suits light models."
     )
     return out

@@ -280,6 +280,10 @@ def train(
         _train("photo_stream"), help="Photo datasets: train on augmented crops of the originals, not the render."
     ),
     workers: int = typer.Option(_train("workers"), help="Photo decode processes (-1: every core but one)."),
+    device: str = typer.Option(_train("device"), help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
+    precision: str = typer.Option(
+        _train("precision"), help="auto (bf16 or fp16 autocast on a GPU, fp32 on the CPU), fp32, bf16 or fp16."
+    ),
     name: str = typer.Option(None, help="Human name for the model."),
     resume: str = typer.Option(None, "--resume", help="Resume an interrupted run by its id."),
     weights: str = typer.Option(
@@ -320,6 +324,8 @@ def train(
             warmup_epochs=warmup_epochs,
             photo_stream=photo_stream,
             workers=workers,
+            device=device,
+            precision=precision,
         )
     if weights and resume:
         raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")

@@ -32,6 +32,7 @@ from datamoat.configs import Config, check
 from datamoat.data.dataset import Dataset
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
+from datamoat.train.device import resolve_device
 from datamoat.train.loop import TrainConfig, photo_stream, subsample, train
 
 __all__ = ["DistillConfig", "TRAIN_DEFAULTS", "kd_loss", "distill", "teacher_logits"]
@@ -130,8 +131,8 @@ def _renormalise(xb: torch.Tensor, student: Model, teacher: Model) -> torch.Tens
     ps, pt = student.preprocess, teacher.preprocess
     if ps == pt:
         return xb
-    ms, ss = (torch.tensor(ps[k], dtype=xb.dtype).view(1, -1, 1, 1) for k in ("mean", "std"))
-    mt, st = (torch.tensor(pt[k], dtype=xb.dtype).view(1, -1, 1, 1) for k in ("mean", "std"))
+    ms, ss = (torch.tensor(ps[k], dtype=xb.dtype, device=xb.device).view(1, -1, 1, 1) for k in ("mean", "std"))
+    mt, st = (torch.tensor(pt[k], dtype=xb.dtype, device=xb.device).view(1, -1, 1, 1) for k in ("mean", "std"))
     scaled = (xb * ss + ms) / float(ps["scale"])  # back to raw pixel units
     return (scaled * float(pt["scale"]) - mt) / st
 
@@ -184,14 +185,16 @@ def distill(
 
         def loss_fn(out: torch.Tensor, yb: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             if cached is not None:
-                t_out = cached[idx]  # (B, K)
+                t_out = cached[idx].to(out.device)  # (B, K)
             else:
                 with torch.no_grad():  # xb is the augmented batch the student just saw
-                    t_out = teacher.net(_renormalise(xb, student, teacher))  # (B, K)
+                    t_out = teacher.net(_renormalise(xb, student, teacher)).float()  # (B, K)
             return kd_loss(out, t_out, yb, cfg.temperature, cfg.alpha)
 
+        teacher.net.to(resolve_device(tcfg.device))  # beside the student
         trained = train(student, data, tcfg, progress=progress, loss_fn=loss_fn)
     finally:
+        teacher.net.to("cpu")
         teacher.net.train(was_training)
     lineage = dict(trained.lineage)
     lineage["teacher_id"] = teacher.id

@@ -29,6 +29,7 @@ from datamoat.data.dataset import SPLITS, Dataset, load_dataset
 from datamoat.data.transforms import AUGMENTATIONS, augment
 from datamoat.errors import BadInput, NotFound
 from datamoat.models.model import Model, new_model, save_model
+from datamoat.train.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
 from datamoat.train.optim import head_parameters, make_optimizer, make_scheduler
 from datamoat.workspace import Workspace, atomic_write
 
@@ -73,6 +74,11 @@ class TrainConfig(Config):
     # `workers` DataLoader processes (-1: every core but one); False trains on the rendered pixels.
     photo_stream: bool = True
     workers: int = -1
+    # auto: CUDA where present, else MPS, else the CPU (fp32, deterministic). precision auto: bf16
+    # autocast on a GPU with bf16, fp16 with a gradient scaler on older ones, fp32 elsewhere.
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True  # CUDA only: the memory layout its convolution kernels prefer
 
     def validate(self) -> None:
         check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
@@ -97,6 +103,8 @@ class TrainConfig(Config):
         check(self.threads >= 0, "threads must be >= 0 (0 uses every core)")
         check(self.max_train_samples >= 0, "max_train_samples must be >= 0 (0 uses all)")
         check(self.workers >= -1, "workers must be >= -1 (-1: every core but one, 0: decode in the main process)")
+        check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
 
 
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice: every core, or OMP_NUM_THREADS
@@ -147,13 +155,15 @@ def subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_split(model: Model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(loss, accuracy) of `model` on normalised tensors, in eval mode."""
+    """(loss, accuracy) of `model` on normalised tensors, in eval mode, on the device its weights are on."""
     model.net.eval()
+    dev = next(model.net.parameters()).device
     loss_sum, correct = 0.0, 0
     for i in range(0, len(y), batch_size):
-        out = model.net(x[i : i + batch_size])  # (B, K)
-        loss_sum += float(F.cross_entropy(out, y[i : i + batch_size], reduction="sum"))
-        correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
+        yb = y[i : i + batch_size].to(dev)  # (B,)
+        out = model.net(x[i : i + batch_size].to(dev)).float()  # (B, K)
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
     model.net.train()
     n = max(len(y), 1)
     return loss_sum / n, correct / n
@@ -204,6 +214,8 @@ def train(
         set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, dev)
 
     train_rows = np.flatnonzero(data.split == SPLITS["train"])
     keep = subsample(data.y[train_rows], cfg.max_train_samples, cfg.seed)
@@ -221,9 +233,12 @@ def train(
     n = len(y_tr)
     # A final batch of one sample breaks BatchNorm; drop such a remainder.
     steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
-    net = model.net
+    net = model.net.to(dev)
+    if dev.type == "cuda" and cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net.train()
     opt = make_optimizer(net, cfg)
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     sched = make_scheduler(opt, cfg, cfg.epochs * steps)
     curve: list[dict[str, Any]] = []
     best: dict[str, Any] = {"acc": -1.0, "epoch": 0, "state": None}
@@ -235,7 +250,7 @@ def train(
         # weights_only: tensors and plain containers, never arbitrary objects, so a
         # checkpoint someone else could write cannot run code here (M7).
         try:
-            state = torch.load(ckpt_path, weights_only=True)
+            state = torch.load(ckpt_path, weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as e:
             raise BadInput(
                 f"checkpoint {ckpt_path} holds more than tensors and plain data, so it was not loaded "
@@ -261,27 +276,37 @@ def train(
                 for name, p in net.named_parameters():
                     p.requires_grad_(name in head or epoch >= cfg.probe_epochs)
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, loss=float("nan")) if bar else None
-            loss_sum, correct, seen = 0.0, 0, 0
+            loss_sum: Any = 0.0 if dev.type == "cpu" else torch.zeros((), device=dev)
+            correct: Any = 0 if dev.type == "cpu" else torch.zeros((), dtype=torch.long, device=dev)
+            seen = 0
             for s, (xb, idx) in enumerate(_batches(x_tr, stream, n, steps, cfg, g, epoch)):
-                yb = y_tr[idx]  # (B,)
-                xb = augment(xb, cfg.augment, g)  # (B, C, H, W)
-                out = net(xb)  # (B, K)
-                loss = loss_fn(out, yb, xb, idx)
+                yb = y_tr[idx].to(dev, non_blocking=True)  # (B,)
+                xb = augment(xb, cfg.augment, g).to(dev, non_blocking=True)  # (B, C, H, W)
+                if dev.type == "cuda" and cfg.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with autocast(dev, precision):
+                    out = net(xb)  # (B, K)
+                    loss = loss_fn(out.float(), yb, xb, idx)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
-                loss_sum += float(loss.detach()) * len(yb)
-                correct += int((out.argmax(1) == yb).sum())
+                if dev.type == "cpu":
+                    loss_sum += float(loss.detach()) * len(yb)
+                    correct += int((out.argmax(1) == yb).sum())
+                else:  # kept on the GPU: a host sync every step would stall the queue of kernels
+                    loss_sum += loss.detach() * len(yb)
+                    correct += (out.argmax(1) == yb).sum()
                 seen += len(yb)
                 if bar and (s % 20 == 0 or s == steps - 1):
-                    bar.update(task, completed=s + 1, loss=loss_sum / seen)
+                    bar.update(task, completed=s + 1, loss=float(loss_sum) / seen)
             train_s = time.perf_counter() - t0
             val_loss, val_acc = evaluate_split(model, x_val, y_val)
             point = {
                 "epoch": epoch + 1,
-                "train_loss": loss_sum / seen,
-                "train_accuracy": correct / seen,
+                "train_loss": float(loss_sum) / seen,
+                "train_accuracy": int(correct) / seen,
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
                 "lr": opt.param_groups[0]["lr"],
@@ -326,6 +351,8 @@ def train(
         p.requires_grad_(True)
     if best["state"] is not None:
         net.load_state_dict(best["state"])
+    if dev.type != "cpu":  # export, quantization and the catalog take a CPU model in the default layout
+        net = net.to("cpu").to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     net.eval()
     accs = [p["val_accuracy"] for p in curve]
     plateau = detect_plateau(accs, cfg.patience or 2, cfg.min_delta)
@@ -335,6 +362,8 @@ def train(
         "val_accuracy": best["acc"],
         "stopped_early": stopped_early,
         "train_samples": n,
+        "device": str(dev),
+        "precision": precision,
         "seconds": sum(p["seconds"] for p in curve),
         "plateau": {"epoch": plateau, "message": f"plateau at epoch {plateau}: {PLATEAU_ADVICE}"} if plateau else None,
     }

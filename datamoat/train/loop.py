@@ -233,6 +233,8 @@ def train(
     n = len(y_tr)
     # A final batch of one sample breaks BatchNorm; drop such a remainder.
     steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
+    if dev.type == "cuda":  # fixed input shapes: let cuDNN time its convolution algorithms once
+        torch.backends.cudnn.benchmark = True
     net = model.net.to(dev)
     if dev.type == "cuda" and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -182,7 +182,7 @@ def test_fine_tuning_settings_are_checked(bad, field):
 
 
 def _clone(net) -> dict:
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}  # a GPU run snapshots to the CPU
 
 
 def test_threads_zero_restores_torchs_default_after_a_run_chose_fewer(digits):

@@ -11,9 +11,14 @@ Importing the package is cheap: every name below is loaded on first use, so
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# ONNX Runtime otherwise writes a device id and a usage database under ~/.cache/Microsoft on every
+# server and edge device that runs a model; set ORT_DISABLE_TELEMETRY=0 to allow it.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # public name -> module that defines it
 _EXPORTS = {

@@ -1,5 +1,7 @@
 """Running and timing ONNX models: preprocessing parity, probabilities, accuracy, latency."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -53,3 +55,24 @@ def test_measure_latency_reports_interleaved_medians_per_candidate(digits, expor
     # A model whose batch axis is fixed to 1 is timed at batch 1 only.
     assert set(res["fixed"]) == {"latency_ms_b1", "p90_ms_b1", "throughput_b1"}
     assert file_bytes(path) == path.stat().st_size > 0
+
+
+def test_onnx_runtime_writes_no_telemetry_into_the_users_home(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import datamoat.inference.onnx as o, onnx, numpy as np\n"
+        "from onnx import helper, TensorProto as T\n"
+        "g = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g',"
+        " [helper.make_tensor_value_info('x', T.FLOAT, [1])], [helper.make_tensor_value_info('y', T.FLOAT, [1])])\n"
+        "m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)])\n"
+        "print(o.ort_session(m.SerializeToString(), threads=1).run(None, {'x': np.ones(1, np.float32)})[0])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    for home, extra in ((tmp_path / "off", {}), (tmp_path / "on", {"ORT_DISABLE_TELEMETRY": "0"})):
+        home.mkdir()
+        r = subprocess.run([sys.executable, "-c", code], env={**env, **extra, "HOME": str(home)}, capture_output=True)
+        assert r.returncode == 0 and b"[1.]" in r.stdout, r.stderr
+    assert not (tmp_path / "off" / ".cache").exists()  # datamoat's default
+    assert (tmp_path / "on" / ".cache" / "Microsoft").is_dir()  # the opt-in still works, so the check can fail

@@ -34,11 +34,12 @@ def augment(x: torch.Tensor, mode: str, generator: torch.Generator, pad: int = 2
     padded = F.pad(x, (pad, pad, pad, pad), value=float(x.min()))  # (B, C, H+2p, W+2p)
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None]).view(b, 1, h, 1)  # (B, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(w)[None]).view(b, 1, 1, w)  # (B, 1, 1, W)
+    # The draws come from the CPU generator (reproducible anywhere); the indices go where x is.
+    rows = (dy[:, None] + torch.arange(h)[None]).view(b, 1, h, 1).to(x.device)  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w)[None]).view(b, 1, 1, w).to(x.device)  # (B, 1, 1, W)
     out = padded.gather(2, rows.expand(b, x.shape[1], h, w + 2 * pad))
     out = out.gather(3, cols.expand(b, x.shape[1], h, w))  # (B, C, H, W)
     if mode == "crop_flip":
         flip = torch.rand(b, generator=generator) < 0.5
-        out = torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+        out = torch.where(flip.view(b, 1, 1, 1).to(x.device), out.flip(3), out)
     return out

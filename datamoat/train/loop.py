@@ -235,6 +235,8 @@ def train(
     steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
     if dev.type == "cuda":  # fixed input shapes: let cuDNN time its convolution algorithms once
         torch.backends.cudnn.benchmark = True
+    if dev.type == "cuda" and x_tr is not None and 4 * x_tr.nbytes < torch.cuda.mem_get_info(dev)[0]:
+        x_tr = x_tr.to(dev)  # held on the GPU: a batch is a gather there, not a CPU gather and a copy
     net = model.net.to(dev)
     if dev.type == "cuda" and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -386,7 +388,7 @@ def _batches(
         perm = torch.randperm(n, generator=g)
         for s in range(steps):
             idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            yield x_tr[idx], idx
+            yield x_tr[idx.to(x_tr.device)], idx
         return
     samples, loader = stream
     samples.epoch = epoch  # seeds each photo's crop: the same run gives the same crops, resumed or not

@@ -30,6 +30,7 @@ from datamoat.data.transforms import AUGMENTATIONS, augment
 from datamoat.errors import BadInput, NotFound
 from datamoat.models.model import Model, new_model, save_model
 from datamoat.train.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
+from datamoat.train.epoch import clone_state, epoch_batches, progress_bar
 from datamoat.train.optim import head_parameters, make_optimizer, make_scheduler
 from datamoat.workspace import Workspace, atomic_write
 
@@ -270,7 +271,7 @@ def train(
         curve, best, start_epoch = state["curve"], state["best"], state["epoch"]
 
     loss_fn = loss_fn or (lambda out, yb, xb, idx: F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing))
-    bar_ctx = _progress_bar() if progress else contextlib.nullcontext(None)
+    bar_ctx = progress_bar() if progress else contextlib.nullcontext(None)
     stopped_early = False
     with bar_ctx as bar:
         head = set(head_parameters(net)) if cfg.probe_epochs else set()
@@ -283,7 +284,7 @@ def train(
             loss_sum: Any = 0.0 if dev.type == "cpu" else torch.zeros((), device=dev)
             correct: Any = 0 if dev.type == "cpu" else torch.zeros((), dtype=torch.long, device=dev)
             seen = 0
-            for s, (xb, idx) in enumerate(_batches(x_tr, stream, n, steps, cfg, g, epoch)):
+            for s, (xb, idx) in enumerate(epoch_batches(x_tr, stream, n, steps, cfg.batch_size, cfg.seed, g, epoch)):
                 yb = y_tr[idx].to(dev, non_blocking=True)  # (B,)
                 xb = augment(xb, cfg.augment, g).to(dev, non_blocking=True)  # (B, C, H, W)
                 if dev.type == "cuda" and cfg.channels_last:
@@ -321,7 +322,7 @@ def train(
             # With no val split there is nothing to select on: keep the last epoch.
             no_val = len(y_val) == 0
             if no_val or val_acc > best["acc"] + (cfg.min_delta if best["state"] is not None else -1.0):
-                best = {"acc": val_acc, "epoch": epoch + 1, "state": _clone_state(net)}
+                best = {"acc": val_acc, "epoch": epoch + 1, "state": clone_state(net)}
             if bar:
                 bar.console.print(
                     f"epoch {epoch + 1}: train loss {point['train_loss']:.4f}  val acc {val_acc:.4f}  "
@@ -377,45 +378,6 @@ def train(
         lineage["parent_id"] = model.id
     lineage["recipe"] = [*lineage.get("recipe", []), cfg.to_dict()]
     return dataclasses.replace(model, net=net, lineage=lineage, history=history, id=None, name=None)
-
-
-def _batches(
-    x_tr: torch.Tensor | None, stream: Any, n: int, steps: int, cfg: TrainConfig, g: torch.Generator, epoch: int
-) -> Any:
-    """One epoch's (normalised batch (B, C, H, W), indices into the train rows (B,)), `steps` of them."""
-    if stream is None:
-        assert x_tr is not None
-        perm = torch.randperm(n, generator=g)
-        for s in range(steps):
-            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            yield x_tr[idx.to(x_tr.device)], idx
-        return
-    samples, loader = stream
-    samples.epoch = epoch  # seeds each photo's crop: the same run gives the same crops, resumed or not
-    loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
-    for s, (xb, idx) in enumerate(loader):
-        if s == steps:  # a final batch of one sample breaks BatchNorm; it is dropped, as above
-            break
-        yield xb, idx
-
-
-def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-
-def _progress_bar():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    # On stderr, so `--json` output on stdout stays clean.
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
 
 
 def train_in_workspace(

@@ -147,7 +147,7 @@ def render_photos(
     refs: list[Ref] = [(r["shard"], r["offset"], r["size"], r["sha256"]) for r in rows]
     x = np.empty((len(rows), channels, *cfg.size), np.uint8)  # (N, C, H, W)
     samples = PhotoSamples(ws.objects, refs, cfg, channels, "fit")
-    n_workers = default_workers() if workers is None else workers
+    n_workers = default_workers() if workers is None or workers < 0 else workers  # -1: the CLI default
     loader = _loader(samples, 64, min(n_workers, max(0, len(rows) // 64)), False, 0)
     with _bar(progress, len(rows), "rendering photos") as advance:
         for xb, idx in loader:  # (B, C, H, W) uint8, (B,)

@@ -135,3 +135,9 @@ def test_a_tampered_shard_is_refused_by_the_render_and_the_training_stream(ws, t
         samples[0]
     with pytest.raises(BadInput, match="corrupt"):
         render_photos(ws, v, PhotoTransformConfig(size=(20, 20)), workers=0)
+
+
+def test_render_takes_the_clis_default_workers(photo_world):
+    w = photo_world
+    again = render_photos(w.ws, w.photos, transform_of(w.ds.preprocess), workers=-1)  # what `data render` passes
+    assert again.id == w.ds.id and np.array_equal(again.x, w.ds.x)

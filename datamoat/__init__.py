@@ -41,6 +41,8 @@ _EXPORTS = {
     "train": "datamoat.train.loop",
     "EvalConfig": "datamoat.evaluate.metrics",
     "evaluate": "datamoat.evaluate.metrics",
+    "PredictConfig": "datamoat.evaluate.predict",
+    "predict": "datamoat.evaluate.predict",
     "DistillConfig": "datamoat.compress.distill",
     "distill": "datamoat.compress.distill",
     "MagnitudeConfig": "datamoat.compress.prune",

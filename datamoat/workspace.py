@@ -33,6 +33,7 @@ from datamoat.errors import BadInput, NotFound
 __all__ = [
     "Workspace",
     "default_root",
+    "atomic_path",
     "atomic_write",
     "fsync_dir",
     "make_dirs",
@@ -123,6 +124,50 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """A temp path beside `path` for a writer that opens files itself (Parquet); renamed to `path`
+    when the block ends without an error, deleted when it raises, so `path` never holds half a file.
+
+    Without `overwrite` an existing `path` is refused, also one that appeared while the block ran:
+    the temp file is hard-linked into place, which fails rather than replaces.
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_path(out, overwrite=False) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> out.read_text(), sorted(p.name for p in out.parent.iterdir())
+    ('done', ['a.txt'])
+    """
+    make_dirs(path.parent)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)  # the writer reopens it; truncating keeps mkstemp's 0600
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            placed = False
+            try:
+                os.link(tmp, path)  # the temp name goes in `finally`
+                placed = True
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links: check, then rename
+                if not path.exists():
+                    os.replace(tmp, path)
+                    placed = True
+            if not placed:
+                raise BadInput(f"{path} already exists: choose another path, or overwrite it (--overwrite)")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     fsync_dir(path.parent)
 
 

@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from datamoat.errors import BadInput, NotFound
-from datamoat.workspace import Workspace, safe_name
+from datamoat.workspace import Workspace, atomic_path, safe_name
 
 
 def test_init_is_idempotent_and_open_requires_init(tmp_path):
@@ -111,3 +111,19 @@ def test_workspace_paths_refuse_unsafe_parts(ws):
     for bad in HOSTILE:
         with pytest.raises(ValueError, match="unsafe workspace path part"):
             ws.path_for("reports", bad)
+
+
+def test_atomic_path_never_leaves_half_a_file_and_never_replaces_one_that_appeared_meanwhile(tmp_path):
+    out = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_path(out) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(BadInput, match="already exists"), atomic_path(out, overwrite=False) as tmp:
+        tmp.write_bytes(b"mine")
+        out.write_bytes(b"theirs")  # another writer got there first
+    assert out.read_bytes() == b"theirs" and list(tmp_path.iterdir()) == [out]
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(b"new")
+    assert out.read_bytes() == b"new" and list(tmp_path.iterdir()) == [out]
+    assert out.stat().st_mode & 0o777 == 0o600

@@ -22,7 +22,15 @@ from datamoat.data.dataset import SPLITS, Dataset
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
 
-__all__ = ["EvalConfig", "Evaluation", "evaluate", "evaluate_probs", "calibration_bins", "worst_confusions"]
+__all__ = [
+    "EvalConfig",
+    "Evaluation",
+    "evaluate",
+    "check_model_fits",
+    "evaluate_probs",
+    "calibration_bins",
+    "worst_confusions",
+]
 
 
 @dataclasses.dataclass
@@ -209,6 +217,29 @@ def evaluate_probs(
     )
 
 
+def check_model_fits(model: Model, data: Dataset, verb: str = "evaluate") -> None:
+    """Refuse `data` unless `model` predicts its classes, in its order, from inputs of its shape.
+
+    >>> from datamoat.data import import_digits
+    >>> from datamoat.models import new_model
+    >>> from datamoat.workspace import Workspace
+    >>> ds = import_digits(Workspace.init("/tmp/dm-doc"))
+    >>> check_model_fits(new_model("mlp", ds), ds)
+    """
+    if list(model.classes) != list(data.classes):
+        raise BadInput(
+            f"model {model.name or model.id or ''} predicts classes {model.classes} but dataset {data.name} "
+            f"({data.id}) has {data.classes}: {verb} on a dataset version with the same classes in the same "
+            f"order, such as the one it was trained on ({model.lineage.get('dataset_id', 'see its lineage')})"
+        )
+    expected = (model.config.in_channels, *model.config.image_size)
+    if tuple(data.input_shape) != expected:
+        raise BadInput(
+            f"model expects inputs {expected} but dataset {data.name} has {tuple(data.input_shape)}: "
+            f"{verb} on a dataset with the image size the model was built for"
+        )
+
+
 def evaluate(model: Model, data: Dataset, config: EvalConfig | None = None) -> Evaluation:
     """Score `model` on one split of `data` (default: test).
 
@@ -221,18 +252,7 @@ def evaluate(model: Model, data: Dataset, config: EvalConfig | None = None) -> E
     True
     """
     cfg = config or EvalConfig()
-    if list(model.classes) != list(data.classes):
-        raise BadInput(
-            f"model {model.name or model.id or ''} predicts classes {model.classes} but dataset {data.name} "
-            f"({data.id}) has {data.classes}: evaluate on a dataset version with the same classes in the same "
-            f"order, such as the one it was trained on ({model.lineage.get('dataset_id', 'see its lineage')})"
-        )
-    expected = (model.config.in_channels, *model.config.image_size)
-    if tuple(data.input_shape) != expected:
-        raise BadInput(
-            f"model expects inputs {expected} but dataset {data.name} has {tuple(data.input_shape)}: "
-            "evaluate on a dataset with the image size the model was built for"
-        )
+    check_model_fits(model, data)
     x, y = data.subset(cfg.split)  # (N, C, H, W) uint8, (N,)
     index = np.flatnonzero(data.split == SPLITS[cfg.split])  # (N,) the same rows, in the same order
     if len(y) == 0:

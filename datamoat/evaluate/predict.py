@@ -1,0 +1,237 @@
+"""`predict`: every sample's prediction, streamed into a Parquet file.
+
+`evaluate` sums a split up; `predict` keeps the rows: each sample's dataset index, a stable id,
+split, true label, predicted class, confidence and top-k classes, so predictions can be joined,
+filtered and audited with any Parquet reader (pandas, Polars, DuckDB, Spark).
+
+It streams, so memory follows `batch_size`, not the dataset. A dataset rendered from photos is
+read from the original bytes in the workspace's shards, decoded in `workers` DataLoader processes
+through the deterministic geometry the render applied (`PhotoSamples`, mode "fit"): the pixels,
+and so the rows, are the rendered ones. Other datasets are sliced from `data.x`. Each batch is one
+Parquet row group, written to a temp file beside the output and renamed into place at the end
+(`atomic_path`), so a crash never leaves half a file under the output's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamoat.configs import Config, check, check_choice
+from datamoat.data.dataset import SPLITS, Dataset, load_dataset
+from datamoat.data.photo_render import PhotoSamples, default_workers, photo_refs, transform_of
+from datamoat.errors import BadInput
+from datamoat.evaluate.metrics import check_model_fits
+from datamoat.models.model import Model, load_model
+from datamoat.workspace import Workspace, atomic_path
+
+__all__ = ["PredictConfig", "predict", "iter_predictions", "predict_in_workspace", "predictions_schema"]
+
+_SPLIT_NAMES = np.array(list(SPLITS))  # split code -> name; the codes are 0, 1, 2 in order
+_DEFAULT_TOP_K = 5
+
+
+@dataclasses.dataclass
+class PredictConfig(Config):
+    """Which samples to predict, in what batches, with how many of the likeliest classes each.
+
+    `top_k` None keeps the 5 likeliest classes (all of them when there are fewer); `workers` are
+    the photo decode processes (-1: every core but one, 0: decode in this process), unused for
+    datasets that were not rendered from photos.
+    """
+
+    split: str = "all"
+    batch_size: int = 256
+    top_k: int | None = None
+    workers: int = -1
+
+    def validate(self) -> None:
+        check_choice("split", self.split, ("all", *SPLITS))
+        check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        check(self.top_k is None or self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
+        check(self.workers >= -1, "workers must be >= -1 (-1: every core but one, 0: decode in this process)")
+
+
+def predictions_schema(metadata: dict[str, str] | None = None) -> Any:
+    """The Arrow schema of a predictions file; `metadata` becomes its key-value metadata.
+
+    >>> [f.name for f in predictions_schema()]  # doctest: +SKIP
+    ['index', 'id', 'split', 'label', 'predicted', 'predicted_label', 'confidence', 'top_k']
+    """
+    import pyarrow as pa
+
+    entry = pa.struct([("label", pa.string()), ("probability", pa.float32())])
+    return pa.schema(
+        [
+            ("index", pa.int64()),  # the sample's row in its dataset
+            ("id", pa.string()),  # a photo's sha256, else "<dataset id>:<index>"
+            ("split", pa.string()),
+            ("label", pa.int64()),  # the true class index; null where there is none
+            ("predicted", pa.int64()),
+            ("predicted_label", pa.string()),
+            ("confidence", pa.float32()),  # the top probability
+            ("top_k", pa.list_(entry)),  # most probable first
+        ],
+        metadata=metadata,
+    )
+
+
+def _plan(model: Model, data: Dataset, config: PredictConfig | None) -> tuple[PredictConfig, np.ndarray]:
+    """The config with `top_k` resolved, and the dataset rows to predict; refuses what cannot run."""
+    cfg = config or PredictConfig()
+    check_model_fits(model, data, "predict")
+    k = len(data.classes)
+    top_k = min(_DEFAULT_TOP_K, k) if cfg.top_k is None else cfg.top_k
+    check(top_k <= k, f"top_k {top_k} is more than the {k} classes: give a top-k in 1..{k}")
+    rows = np.arange(len(data.y)) if cfg.split == "all" else np.flatnonzero(data.split == SPLITS[cfg.split])
+    if len(rows) == 0:
+        raise BadInput(f"dataset {data.name} has no {cfg.split} samples: predict another split (--split)")
+    return dataclasses.replace(cfg, top_k=top_k), rows
+
+
+def _pixels(
+    data: Dataset, rows: np.ndarray, cfg: PredictConfig, refs: list | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 (B, C, H, W) images, their dataset rows (B,)), batch by batch, in the order of `rows`;
+    from the photos' shards when `refs` says where they lie."""
+    if refs is None or data.workspace is None:
+        for i in range(0, len(rows), cfg.batch_size):
+            at = rows[i : i + cfg.batch_size]  # (B,)
+            yield data.x[at], at  # a copy of this batch only
+        return
+    transform = transform_of(data.preprocess)
+    assert transform is not None  # rendered datasets record their transform
+    samples = PhotoSamples(data.workspace.objects, [refs[int(i)] for i in rows], transform, data.input_shape[0], "fit")
+    batches = -(-len(rows) // cfg.batch_size)
+    workers = min(default_workers() if cfg.workers < 0 else cfg.workers, batches)  # an idle worker costs a fork
+    loader = torch.utils.data.DataLoader(samples, batch_size=cfg.batch_size, shuffle=False, num_workers=workers)
+    for xb, pos in loader:  # (B, C, H, W) uint8, (B,) positions in `rows`
+        yield xb.numpy(), rows[pos.numpy()]
+
+
+def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) -> Iterator[Any]:
+    import pyarrow as pa
+
+    assert cfg.top_k is not None  # resolved by _plan
+    schema = predictions_schema()
+    classes = np.asarray(data.classes, dtype=object)
+    refs = photo_refs(data)  # None unless rendered from photos in a workspace
+    for x, at in _pixels(data, rows, cfg, refs):
+        logits = torch.from_numpy(model.logits(x, batch_size=len(x)))  # (B, K)
+        probs = torch.softmax(logits.double(), dim=1).numpy()  # (B, K), float64 as `evaluate` does
+        # Stable, so a tie goes to the lower class, as argmax's does: top_k[0] is the prediction.
+        order = np.argsort(-probs, axis=1, kind="stable")[:, : cfg.top_k]  # (B, k)
+        top_p = np.take_along_axis(probs, order, 1).astype(np.float32)  # (B, k)
+        pred = order[:, 0]  # (B,)
+        entries = pa.StructArray.from_arrays(
+            [pa.array(classes[order.ravel()], pa.string()), pa.array(top_p.ravel())],
+            names=["label", "probability"],
+        )
+        offsets = pa.array(np.arange(0, len(x) * cfg.top_k + 1, cfg.top_k, dtype=np.int32))  # (B + 1,)
+        ids = [refs[int(i)][3] for i in at] if refs is not None else [f"{data.id}:{int(i)}" for i in at]
+        columns = [
+            pa.array(at.astype(np.int64)),
+            pa.array(ids, pa.string()),
+            pa.array(_SPLIT_NAMES[data.split[at]], pa.string()),
+            pa.array(data.y[at].astype(np.int64)),
+            pa.array(pred.astype(np.int64)),
+            pa.array(classes[pred], pa.string()),
+            pa.array(np.ascontiguousarray(top_p[:, 0])),
+            pa.ListArray.from_arrays(offsets, entries),
+        ]
+        yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def iter_predictions(model: Model, data: Dataset, config: PredictConfig | None = None) -> Iterator[Any]:
+    """The predictions of `model` on `data` as pyarrow RecordBatches of `predictions_schema`, one per
+    batch; bad input is refused here, before the first batch is asked for.
+
+    >>> from datamoat.data import import_digits
+    >>> from datamoat.models import new_model
+    >>> ds = import_digits(Workspace.init("/tmp/dm-doc"))
+    >>> batches = iter_predictions(new_model("mlp", ds), ds, PredictConfig(split="val", top_k=3))  # doctest: +SKIP
+    >>> sum(b.num_rows for b in batches) == int((ds.split == 1).sum())  # doctest: +SKIP
+    True
+    """
+    cfg, rows = _plan(model, data, config)
+    return _batches(model, data, cfg, rows)
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.suffix.lower() != ".parquet":
+        raise BadInput(f"the output {output} must end in .parquet: predictions are written as Parquet")
+    if output.is_dir():
+        raise BadInput(f"the output {output} is a folder: give a file path ending in .parquet")
+    if output.exists() and not overwrite:
+        raise BadInput(f"{output} already exists: choose another path, or overwrite it (--overwrite)")
+
+
+def predict(
+    model: Model, data: Dataset, output: str | Path, config: PredictConfig | None = None, *, overwrite: bool = False
+) -> Path:
+    """Write the predictions of `model` on `data` to the Parquet file `output` (see the module); returns it.
+
+    The file's key-value metadata holds ``datamoat.model_id``, ``datamoat.dataset_id``,
+    ``datamoat.classes`` (JSON) and ``datamoat.predict_config`` (the config, `top_k` resolved).
+    An existing `output` is refused unless `overwrite`.
+
+    >>> from datamoat.data import import_digits
+    >>> from datamoat.models import new_model
+    >>> ds = import_digits(Workspace.init("/tmp/dm-doc"))
+    >>> out = predict(new_model("mlp", ds), ds, "/tmp/dm-doc/p.parquet", overwrite=True)  # doctest: +SKIP
+    >>> import pyarrow.parquet as pq; pq.ParquetFile(out).metadata.num_rows == len(ds.y)  # doctest: +SKIP
+    True
+    """
+    import pyarrow.parquet as pq
+
+    output = Path(output)
+    _check_output(output, overwrite)
+    cfg, rows = _plan(model, data, config)
+    metadata = {
+        "datamoat.model_id": model.id or "",
+        "datamoat.dataset_id": data.id,
+        "datamoat.classes": json.dumps(list(data.classes)),
+        "datamoat.predict_config": cfg.to_json(),
+    }
+    with atomic_path(output, overwrite=overwrite) as tmp, pq.ParquetWriter(str(tmp), predictions_schema(metadata)) as w:
+        for batch in _batches(model, data, cfg, rows):
+            w.write_batch(batch)  # one row group each: the writer holds no more than a batch
+    return output
+
+
+def predict_in_workspace(
+    ws: Workspace,
+    data_ref: str,
+    model_ref: str,
+    output: str | Path,
+    config: PredictConfig | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """`predict` a cataloged model on a cataloged dataset (ids, id prefixes or names); returns
+    {output, rows, model_id, dataset_id, seconds}.
+
+    >>> predict_in_workspace(Workspace.open(), "digits", "digits-mlp", "preds.parquet")  # doctest: +SKIP
+    """
+    import pyarrow.parquet as pq
+
+    start = time.monotonic()
+    output = Path(output)
+    _check_output(output, overwrite)  # before loading anything
+    model = load_model(ws, model_ref)
+    data = load_dataset(ws, data_ref)
+    predict(model, data, output, config, overwrite=overwrite)
+    return {
+        "output": str(output.resolve()),
+        "rows": pq.ParquetFile(output).metadata.num_rows,
+        "model_id": model.id,
+        "dataset_id": data.id,
+        "seconds": round(time.monotonic() - start, 3),
+    }

@@ -9,7 +9,6 @@ that every command that has `--json` was run here, so a new one cannot slip by.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import time
@@ -92,7 +91,6 @@ def test_data_train_and_catalog(dm, flow, monkeypatch):
 
 @pytest.mark.slow
 def test_predict(dm, flow):
-    pytest.importorskip("pyarrow")  # a dependency: skipped only until requirements.lock pins it
     out = dm("predict", "digits", "--model", "small", "--output", str(flow["tmp"] / "p.parquet"), "--split", "val")
     assert out["rows"] > 0 and out["model_id"] == flow["model"] and out["dataset_id"] == flow["data"]
 
@@ -219,6 +217,4 @@ def test_levers(dm, flow):
 
 def test_every_json_command_ran():
     missing = json_commands() - RAN
-    if importlib.util.find_spec("pyarrow") is None:
-        missing.discard("predict")  # test_predict skipped: pyarrow is not installed until the lock pins it
     assert not missing, f"commands with --json that test_cli_json.py does not run: {sorted(missing)}"

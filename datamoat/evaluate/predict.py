@@ -62,7 +62,7 @@ class PredictConfig(Config):
 def predictions_schema(metadata: dict[str, str] | None = None) -> Any:
     """The Arrow schema of a predictions file; `metadata` becomes its key-value metadata.
 
-    >>> [f.name for f in predictions_schema()]  # doctest: +SKIP
+    >>> [f.name for f in predictions_schema()]
     ['index', 'id', 'split', 'label', 'predicted', 'predicted_label', 'confidence', 'top_k']
     """
     import pyarrow as pa
@@ -156,8 +156,8 @@ def iter_predictions(model: Model, data: Dataset, config: PredictConfig | None =
     >>> from datamoat.data import import_digits
     >>> from datamoat.models import new_model
     >>> ds = import_digits(Workspace.init("/tmp/dm-doc"))
-    >>> batches = iter_predictions(new_model("mlp", ds), ds, PredictConfig(split="val", top_k=3))  # doctest: +SKIP
-    >>> sum(b.num_rows for b in batches) == int((ds.split == 1).sum())  # doctest: +SKIP
+    >>> batches = iter_predictions(new_model("mlp", ds), ds, PredictConfig(split="val", top_k=3))
+    >>> sum(b.num_rows for b in batches) == int((ds.split == 1).sum())
     True
     """
     cfg, rows = _plan(model, data, config)
@@ -185,8 +185,8 @@ def predict(
     >>> from datamoat.data import import_digits
     >>> from datamoat.models import new_model
     >>> ds = import_digits(Workspace.init("/tmp/dm-doc"))
-    >>> out = predict(new_model("mlp", ds), ds, "/tmp/dm-doc/p.parquet", overwrite=True)  # doctest: +SKIP
-    >>> import pyarrow.parquet as pq; pq.ParquetFile(out).metadata.num_rows == len(ds.y)  # doctest: +SKIP
+    >>> out = predict(new_model("mlp", ds), ds, "/tmp/dm-doc/p.parquet", overwrite=True)
+    >>> import pyarrow.parquet as pq; pq.ParquetFile(out).metadata.num_rows == len(ds.y)
     True
     """
     import pyarrow.parquet as pq

@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow.parquet as pq  # noqa: E402
 import pytest
 from dmtest import dm_main
 
@@ -19,9 +20,6 @@ from datamoat.evaluate.metrics import EvalConfig, evaluate
 from datamoat.evaluate.predict import PredictConfig, iter_predictions, predict
 from datamoat.models import new_model
 from datamoat.train import TrainConfig, train
-
-# pyarrow is a dependency from pyproject; until requirements.lock pins it the venv may lack it.
-pq = pytest.importorskip("pyarrow.parquet")
 
 
 def read(path) -> dict:

@@ -78,3 +78,14 @@ def test_cli_prints_both_gains_and_the_curve(ws, digits):
     out = json.loads(ok.stdout)
     assert {"gain", "test_accuracy"} <= set(out["levers"]["model"]) & set(out["levers"]["data"])
     assert len(out["curve"]) == 4
+
+
+def test_the_model_lever_searches_a_space_that_holds_a_one_epoch_baseline(tmp_path, recwarn):
+    from datamoat.data import import_digits
+    from datamoat.train.improve import ImproveConfig, improve
+    from datamoat.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws")
+    out = improve(ws, import_digits(ws), ImproveConfig(budget_minutes=0.05, arch="mlp", epochs=1))
+    assert out["levers"]["model"]["trials"] >= 1
+    assert not [w for w in recwarn if "out of range" in str(w.message)]  # optuna: the baseline was outside

@@ -66,15 +66,14 @@ def run_demo(
 # setting (items 60-90 % of the shorter side, turned at most 15 degrees), as in bench_transfer.py.
 PHOTO_ARCH = "resnet"
 PHOTO_SIZE = 32
-PHOTO_PER_CLASS = 500
-PHOTO_SYNTH = SynthConfig(n_per_class=PHOTO_PER_CLASS, test_fraction=0.0, seed=0, min_scale=0.6, max_rotation=15.0)
+PHOTO_SYNTH = SynthConfig(n_per_class=500, test_fraction=0.0, seed=0, min_scale=0.6, max_rotation=15.0)
 PHOTO_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=3e-3, schedule="onecycle", patience=0, seed=0)
 
 
 def run_photo_demo(
     ws: Workspace,
     *,
-    n_per_class: int = PHOTO_PER_CLASS,
+    n_per_class: int = PHOTO_SYNTH.n_per_class,
     arch: str = PHOTO_ARCH,
     size: int = PHOTO_SIZE,
     config: TrainConfig = PHOTO_TRAIN,

@@ -112,19 +112,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     The file is 0600 (mkstemp's mode): models, data and keys are the owner's.
     A temp file a crash leaves behind is swept by `sweep_temp_files`.
     """
-    make_dirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ def demo(
 
 
 def _photo_demo(epochs: int | None, per_class: int | None, as_json: bool) -> None:
-    from datamoat.demo import PHOTO_PER_CLASS, PHOTO_TRAIN, run_photo_demo
+    from datamoat.demo import PHOTO_SYNTH, PHOTO_TRAIN, run_photo_demo
     from datamoat.errors import BadInput
 
     if per_class is not None and per_class < 4:
@@ -46,7 +46,7 @@ def _photo_demo(epochs: int | None, per_class: int | None, as_json: bool) -> Non
             f"--per-class must be at least 4 (train, val and test need photos of each class), got {per_class}"
         )
     cfg = PHOTO_TRAIN.replace(epochs=epochs) if epochs else PHOTO_TRAIN
-    n = per_class or PHOTO_PER_CLASS
+    n = per_class or PHOTO_SYNTH.n_per_class
     out = run_photo_demo(open_ws(create=True), n_per_class=n, config=cfg, progress=not as_json)
     s = out["served"]
     text = (

@@ -51,7 +51,15 @@ from datamoat.data.shards import read_record
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace
 
-__all__ = ["PhotoSamples", "render_photos", "transform_of", "photo_refs", "photo_loader", "default_workers"]
+__all__ = [
+    "PhotoSamples",
+    "fit_batches",
+    "render_photos",
+    "transform_of",
+    "photo_refs",
+    "photo_loader",
+    "default_workers",
+]
 
 Ref = tuple[str, int, int, str]  # (shard sha256, offset, size, photo sha256)
 
@@ -122,6 +130,20 @@ def _loader(ds: PhotoSamples, batch_size: int, workers: int, shuffle: bool, seed
     )
 
 
+def fit_batches(
+    objects: Path, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, *, batch_size: int, workers: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The photos at `refs` through `fit`, in order: (uint8 (B, C, H, W), their positions in `refs`
+    (B,)), decoded in `workers` processes (-1: `default_workers()`), never more than there are batches.
+
+    Rendering and `predict` read photos this way, so both give exactly the rendered pixels.
+    """
+    n = default_workers() if workers < 0 else workers
+    samples = PhotoSamples(objects, refs, cfg, channels, "fit")
+    for xb, pos in _loader(samples, batch_size, min(n, -(-len(refs) // batch_size)), False, 0):
+        yield xb.numpy(), pos.numpy()  # (B, C, H, W) uint8, (B,)
+
+
 def render_photos(
     ws: Workspace,
     photos: PhotoVersion,
@@ -129,7 +151,7 @@ def render_photos(
     *,
     channels: int = 3,
     name: str | None = None,
-    workers: int | None = None,
+    workers: int = -1,
     progress: bool = False,
 ) -> Dataset:
     """The labelled photos of `photos` at the transform's size, as a dataset version (see the module).
@@ -146,12 +168,9 @@ def render_photos(
     classes = photos.classes
     refs: list[Ref] = [(r["shard"], r["offset"], r["size"], r["sha256"]) for r in rows]
     x = np.empty((len(rows), channels, *cfg.size), np.uint8)  # (N, C, H, W)
-    samples = PhotoSamples(ws.objects, refs, cfg, channels, "fit")
-    n_workers = default_workers() if workers is None or workers < 0 else workers  # -1: the CLI default
-    loader = _loader(samples, 64, min(n_workers, max(0, len(rows) // 64)), False, 0)
     with _bar(progress, len(rows), "rendering photos") as advance:
-        for xb, idx in loader:  # (B, C, H, W) uint8, (B,)
-            x[idx.numpy()] = xb.numpy()
+        for xb, idx in fit_batches(ws.objects, refs, cfg, channels, batch_size=64, workers=workers):
+            x[idx] = xb
             advance(len(idx))
     y = np.asarray([classes.index(r["label"]) for r in rows], np.int64)
     split = np.asarray([SPLITS[r["split"]] for r in rows], np.uint8)

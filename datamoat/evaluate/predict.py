@@ -6,7 +6,7 @@ filtered and audited with any Parquet reader (pandas, Polars, DuckDB, Spark).
 
 It streams, so memory follows `batch_size`, not the dataset. A dataset rendered from photos is
 read from the original bytes in the workspace's shards, decoded in `workers` DataLoader processes
-through the deterministic geometry the render applied (`PhotoSamples`, mode "fit"): the pixels,
+through the deterministic geometry the render applied (`fit_batches`, as the render reads them): the pixels,
 and so the rows, are the rendered ones. Other datasets are sliced from `data.x`. Each batch is one
 Parquet row group, written to a temp file beside the output and renamed into place at the end
 (`atomic_path`), so a crash never leaves half a file under the output's name.
@@ -26,7 +26,7 @@ import torch
 
 from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import SPLITS, Dataset, load_dataset
-from datamoat.data.photo_render import PhotoSamples, default_workers, photo_refs, transform_of
+from datamoat.data.photo_render import fit_batches, photo_refs, transform_of
 from datamoat.errors import BadInput
 from datamoat.evaluate.metrics import check_model_fits
 from datamoat.models.model import Model, load_model
@@ -108,12 +108,12 @@ def _pixels(
         return
     transform = transform_of(data.preprocess)
     assert transform is not None  # rendered datasets record their transform
-    samples = PhotoSamples(data.workspace.objects, [refs[int(i)] for i in rows], transform, data.input_shape[0], "fit")
-    batches = -(-len(rows) // cfg.batch_size)
-    workers = min(default_workers() if cfg.workers < 0 else cfg.workers, batches)  # an idle worker costs a fork
-    loader = torch.utils.data.DataLoader(samples, batch_size=cfg.batch_size, shuffle=False, num_workers=workers)
-    for xb, pos in loader:  # (B, C, H, W) uint8, (B,) positions in `rows`
-        yield xb.numpy(), rows[pos.numpy()]
+    mine = [refs[int(i)] for i in rows]
+    channels = data.input_shape[0]
+    for xb, pos in fit_batches(
+        data.workspace.objects, mine, transform, channels, batch_size=cfg.batch_size, workers=cfg.workers
+    ):
+        yield xb, rows[pos]  # (B, C, H, W) uint8, (B,) dataset rows
 
 
 def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) -> Iterator[Any]:

@@ -21,6 +21,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def _mps() -> bool:
+    mps = getattr(torch.backends, "mps", None)  # absent from some builds
+    return mps is not None and mps.is_available()
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """The torch device `name` asks for; a one-line error when this machine has none of it.
 
@@ -30,11 +35,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+        return torch.device("mps" if _mps() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise BadInput("--device cuda: no CUDA GPU is visible to this torch (a CPU build?): use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not _mps():
         raise BadInput("--device mps: Apple's Metal backend is not available here: use --device cpu or auto")
     if name not in DEVICES:
         raise BadInput(f"unknown device {name!r}: use one of {', '.join(DEVICES)}")

@@ -15,9 +15,8 @@ from datamoat.train.loop import TrainConfig, train
 CUDA = torch.cuda.is_available()
 
 
+@pytest.mark.skipif(CUDA, reason="auto picks CUDA on this machine; CI and the 2-core machines have none")
 def test_auto_is_the_cpu_in_fp32_here_and_trains_exactly_as_an_explicit_cpu(digits):
-    if CUDA:
-        pytest.skip("auto picks CUDA on this machine")
     runs = [
         train(new_model("cnn_small", digits), digits, TrainConfig(epochs=1, device=d, threads=1), progress=False)
         for d in ("auto", "cpu")

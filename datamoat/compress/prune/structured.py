@@ -179,12 +179,13 @@ def slice_network(net: nn.Module, cfg: ModelConfig, ratio: float, norm: str = "l
     >>> small_cfg.channels, small_cfg.hidden
     ((8, 16), (32,))
     """
+    why_not = unprunable_reason(net)
+    if why_not:
+        raise BadInput(why_not)
     if isinstance(net, ResNet):
         new_cfg, state = _slice_resnet(net, cfg, ratio, norm)
-    elif isinstance(net, (ConvNet, MLP)):
-        new_cfg, state = _slice_chain(net, cfg, ratio, norm)
     else:
-        raise BadInput(unprunable_reason(net) or "")
+        new_cfg, state = _slice_chain(net, cfg, ratio, norm)
     small = build(new_cfg)
     small.load_state_dict(state)  # strict: any shape slip fails here, not silently later
     return new_cfg, small.eval()

@@ -60,9 +60,9 @@ def run_demo(
     }
 
 
-# The photo demo's defaults, chosen by measurement on 2 cores (README, "Photos"): the zoo's small
-# ResNet at 32x32 learns the synthetic set from scratch in minutes, where mobilenet_v3_small and the
-# two-layer cnn_* stayed near chance on a few thousand photos. The set is the generator's easier
+# The photo demo's defaults, chosen by measurement on 2 cores (bench/results/photo_demo.md): the zoo's
+# small ResNet at 32x32 learns the synthetic set from scratch in minutes, where the first defaults
+# (mobilenet_v3_small at 64x64 on 1,200 photos) stayed at chance. The set is the generator's easier
 # setting (items 60-90 % of the shorter side, turned at most 15 degrees), as in bench_transfer.py.
 PHOTO_ARCH = "resnet"
 PHOTO_SIZE = 32

@@ -43,7 +43,8 @@ from datamoat.data.photos import PhotoImportConfig, import_photos
 from datamoat.data.synth import SynthConfig, make_photos
 from datamoat.evaluate import evaluate
 from datamoat.models.backbones import head_name
-from datamoat.train.loop import TrainConfig, train_in_workspace
+from datamoat.train.loop import TrainConfig
+from datamoat.train.run import train_in_workspace
 from datamoat.workspace import Workspace
 
 ARCH = "resnet18"

@@ -7,7 +7,8 @@ from typing import Any
 
 from datamoat.data import fashion_mnist_missing, import_default
 from datamoat.data.synth import SynthConfig
-from datamoat.train.loop import TrainConfig, train_in_workspace
+from datamoat.train.loop import TrainConfig
+from datamoat.train.run import train_in_workspace
 from datamoat.workspace import Workspace
 
 __all__ = ["DEMO_ARCH", "DEMO_TRAIN", "run_demo", "PHOTO_ARCH", "PHOTO_SYNTH", "PHOTO_TRAIN", "run_photo_demo"]

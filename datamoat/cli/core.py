@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -297,11 +300,19 @@ def train(
     keep_head: bool = typer.Option(
         False, "--keep-head", help="With --weights: keep a checkpoint's classifier when it fits (same classes)."
     ),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        help="Train on N processes of this machine (torchrun, DistributedDataParallel: gloo on the CPU, NCCL with "
+        "one GPU each); --batch-size stays the global batch. Several machines: run torchrun yourself (README).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a zoo model on a dataset version, with a learning curve and checkpoints."""
     from datamoat.models import ARCHS
-    from datamoat.train.loop import TrainConfig, train_in_workspace
+    from datamoat.train import distributed
+    from datamoat.train.loop import TrainConfig
+    from datamoat.train.run import train_in_workspace
 
     if arch not in ARCHS:
         raise BadInput(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
@@ -329,9 +340,29 @@ def train(
         )
     if weights and resume:
         raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")
-    model, run_id = train_in_workspace(
-        ws, data, arch, cfg, name=name, resume=resume, weights=weights or None, keep_head=keep_head, progress=True
-    )
+    if nproc != 1:
+        if nproc < 1:
+            raise BadInput(f"--nproc must be at least 1, got {nproc}")
+        if "WORLD_SIZE" in os.environ:
+            raise BadInput("--nproc starts torchrun itself: under torchrun leave it out")
+        # What is wrong with the command is said once, here, rather than once by every rank.
+        if resume:
+            ws.resolve("runs", resume)
+        elif data is not None:
+            ws.resolve("datasets", data)
+        # With --json this process's descriptor 1 points at stderr; the ranks print to the real stdout.
+        child_out = (
+            state.json_out if state.json_out is not None and not isinstance(state.json_out, io.StringIO) else None
+        )
+        sys.exit(distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc"), child_out))
+    try:
+        model, run_id = train_in_workspace(
+            ws, data, arch, cfg, name=name, resume=resume, weights=weights or None, keep_head=keep_head, progress=True
+        )
+        if not distributed.is_main():
+            return  # rank 0 reports for all
+    finally:
+        distributed.teardown()
     h = model.history
     out = {
         "run_id": run_id,

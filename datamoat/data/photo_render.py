@@ -113,20 +113,23 @@ class PhotoSamples(torch.utils.data.Dataset):
         return train_transform(img, self.cfg, g), i  # (C, H, W) float32, normalised
 
 
-def _loader(ds: PhotoSamples, batch_size: int, workers: int, shuffle: bool, seed: int) -> Any:
-    g = torch.Generator().manual_seed(seed)
+def _loader(
+    ds: PhotoSamples, batch_size: int, workers: int, shuffle: bool, seed: int, batch_sampler: Any = None
+) -> Any:
+    order: dict[str, Any] = (
+        {"batch_sampler": batch_sampler}
+        if batch_sampler is not None
+        else {"batch_size": batch_size, "shuffle": shuffle, "generator": torch.Generator().manual_seed(seed)}
+    )
     return torch.utils.data.DataLoader(
         ds,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=g,
+        **order,
         num_workers=workers,
         # Pinned pages only help a copy to a GPU; on a CPU-only machine they cost a copy.
         pin_memory=torch.cuda.is_available(),
         # Forked once per run (a fork per epoch cost a fifth of a second before the first batch);
         # they read the epoch that seeds the crops from shared memory.
         persistent_workers=workers > 0,
-        drop_last=False,
     )
 
 
@@ -222,11 +225,13 @@ def photo_loader(
     batch_size: int,
     workers: int,
     seed: int,
+    batch_sampler: Any = None,
 ) -> tuple[PhotoSamples, Any] | None:
     """A shuffled DataLoader of augmented crops of `data`'s samples at `indices` (global indices), or
     None when `data` was not rendered from photos. Items are (float32 (C, H, W), position in `indices`).
     Before each epoch set ``samples.epoch`` and reseed ``loader.generator`` for fresh, reproducible
-    crops and order (the run then resumes exactly from any epoch)."""
+    crops and order (the run then resumes exactly from any epoch). A `batch_sampler` (of positions in
+    `indices`) replaces the shuffle: `train` passes one that gives each DDP rank its share."""
     refs = photo_refs(data)
     if refs is None or data.workspace is None:
         return None
@@ -235,7 +240,7 @@ def photo_loader(
     samples = PhotoSamples(data.workspace.objects, [refs[int(i)] for i in indices], cfg, data.input_shape[0], "train")
     samples.seed = seed
     n_workers = default_workers() if workers < 0 else workers
-    return samples, _loader(samples, batch_size, n_workers, True, seed)
+    return samples, _loader(samples, batch_size, n_workers, True, seed, batch_sampler)
 
 
 def _bar(enabled: bool, total: int, what: str) -> Any:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import os
-import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,21 +23,27 @@ import torch
 import torch.nn.functional as F
 
 from datamoat.configs import Config, check, check_choice
-from datamoat.data.dataset import SPLITS, Dataset, load_dataset
+from datamoat.data.dataset import SPLITS, Dataset
 from datamoat.data.transforms import AUGMENTATIONS, augment
-from datamoat.errors import BadInput, NotFound
-from datamoat.models.model import Model, new_model, save_model
+from datamoat.errors import BadInput
+from datamoat.models.model import Model
+from datamoat.train import distributed
 from datamoat.train.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
-from datamoat.train.epoch import clone_state, epoch_batches, progress_bar
+from datamoat.train.epoch import (
+    RankBatches,
+    clone_state,
+    detect_plateau,
+    epoch_batches,
+    load_checkpoint,
+    progress_bar,
+    save_checkpoint,
+)
 from datamoat.train.optim import head_parameters, make_optimizer, make_scheduler
-from datamoat.workspace import Workspace, atomic_write
 
 __all__ = [
     "TrainConfig",
     "train",
-    "train_in_workspace",
     "photo_stream",
-    "detect_plateau",
     "set_threads",
     "PLATEAU_ADVICE",
 ]
@@ -118,24 +122,6 @@ def set_threads(n: int = 0) -> int:
     return torch.get_num_threads()
 
 
-def detect_plateau(val_acc: list[float], patience: int, min_delta: float) -> int | None:
-    """1-based epoch after which val accuracy never improved by `min_delta`,
-    provided at least `max(patience, 1)` epochs followed it; else None.
-
-    >>> detect_plateau([0.8, 0.85, 0.851, 0.849], patience=2, min_delta=0.005)
-    2
-    >>> detect_plateau([0.8, 0.85, 0.9], patience=2, min_delta=0.005) is None
-    True
-    """
-    if not val_acc:
-        return None
-    best_i, best = 0, val_acc[0]
-    for i, a in enumerate(val_acc[1:], start=1):
-        if a > best + min_delta:
-            best_i, best = i, a
-    return best_i + 1 if len(val_acc) - 1 - best_i >= max(patience, 1) else None
-
-
 def photo_stream(data: Dataset, config: TrainConfig) -> bool:
     """Whether `train` feeds `data`'s train split as augmented crops of the original photos."""
     return config.photo_stream and bool(data.manifest.get("photos")) and data.workspace is not None
@@ -156,9 +142,12 @@ def subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_split(model: Model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(loss, accuracy) of `model` on normalised tensors, in eval mode, on the device its weights are on."""
+    """(loss, accuracy) of `model` on normalised tensors, in eval mode, on the device its weights are
+    on. Under DDP each rank scores every `world`-th sample and the sums are shared."""
     model.net.eval()
     dev = next(model.net.parameters()).device
+    rank, world = distributed.rank_world()
+    x, y = x[rank::world], y[rank::world]
     loss_sum, correct = 0.0, 0
     for i in range(0, len(y), batch_size):
         yb = y[i : i + batch_size].to(dev)  # (B,)
@@ -166,8 +155,9 @@ def evaluate_split(model: Model, x: torch.Tensor, y: torch.Tensor, batch_size: i
         loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
         correct += int((out.argmax(1) == yb).sum())
     model.net.train()
-    n = max(len(y), 1)
-    return loss_sum / n, correct / n
+    total_loss, total_correct, total = distributed.all_sum([loss_sum, correct, len(y)], dev)
+    n = max(total, 1)
+    return total_loss / n, total_correct / n
 
 
 def train(
@@ -183,17 +173,20 @@ def train(
 ) -> Model:
     """Train `model` on `data`'s train split, validating on its val split.
 
-    Returns a new `Model` holding the best-val-accuracy weights, with
-    `history` (the learning curve, best epoch, plateau) and the config
-    appended to `lineage["recipe"]`. `loss_fn(logits, y, x, idx)` replaces
-    cross-entropy (distillation uses it).
+        Returns a new `Model` holding the best-val-accuracy weights, with
+        `history` (the learning curve, best epoch, plateau) and the config
+        appended to `lineage["recipe"]`. `loss_fn(logits, y, x, idx)` replaces
+        cross-entropy (distillation uses it). Under torchrun each process trains
+    its share of every batch (DistributedDataParallel, `distributed`).
 
-    >>> from datamoat.data import import_digits
-    >>> ws = Workspace.init("/tmp/dm-doc")
-    >>> ds = import_digits(ws)
-    >>> m = train(new_model("mlp", ds), ds, TrainConfig(epochs=1), progress=False)
-    >>> len(m.history["curve"])
-    1
+        >>> from datamoat.data import import_digits
+        >>> from datamoat.models import new_model
+        >>> from datamoat.workspace import Workspace
+        >>> ws = Workspace.init("/tmp/dm-doc")
+        >>> ds = import_digits(ws)
+        >>> m = train(new_model("mlp", ds), ds, TrainConfig(epochs=1), progress=False)
+        >>> len(m.history["curve"])
+        1
     """
     cfg = config or TrainConfig()
     if tuple(data.input_shape) != (model.config.in_channels, *model.config.image_size):
@@ -214,26 +207,37 @@ def train(
     else:
         set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)  # the epochs' order: seeded alike on every rank
     dev = resolve_device(cfg.device)
+    rank, world = distributed.setup(dev)
+    dev = distributed.local_device(dev)
     precision = resolve_precision(cfg.precision, dev)
+    check(
+        cfg.batch_size >= 2 * world,
+        f"batch_size {cfg.batch_size} is the global batch: give each of {world} processes 2",
+    )
 
     train_rows = np.flatnonzero(data.split == SPLITS["train"])
     keep = subsample(data.y[train_rows], cfg.max_train_samples, cfg.seed)
     y_tr = torch.from_numpy(data.y[train_rows[keep]])  # (N,)
+    n = len(y_tr)
+    # A final batch of one sample breaks BatchNorm; drop such a remainder (whatever `world` is, so a
+    # run resumes on another number of processes with the same schedule).
+    steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
     stream = None
     if streaming:
         from datamoat.data.photo_render import photo_loader
 
-        stream = photo_loader(data, train_rows[keep], batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed)
+        sampler = RankBatches(n, cfg.batch_size, steps, rank, world)
+        workers = cfg.workers if cfg.workers >= 0 or world == 1 else max(0, (os.cpu_count() or 1) // world - 1)
+        stream = photo_loader(
+            data, train_rows[keep], batch_size=cfg.batch_size, workers=workers, seed=cfg.seed, batch_sampler=sampler
+        )
         x_tr = None  # the photos stay in their shards
     else:
         x_tr = model.to_tensor(data.x[train_rows[keep]])  # (N, C, H, W)
     xv_np, yv_np = data.subset("val")
     x_val, y_val = model.to_tensor(xv_np), torch.from_numpy(yv_np)
-    n = len(y_tr)
-    # A final batch of one sample breaks BatchNorm; drop such a remainder.
-    steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
     if dev.type == "cuda":  # fixed input shapes: let cuDNN time its convolution algorithms once
         torch.backends.cudnn.benchmark = True
     if dev.type == "cuda" and x_tr is not None and 4 * x_tr.nbytes < torch.cuda.mem_get_info(dev)[0]:
@@ -242,6 +246,13 @@ def train(
     if dev.type == "cuda" and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net.train()
+    # Under DDP the forward pass goes through the wrapper, which averages the gradients over ranks;
+    # the optimiser, checkpoints and the returned model hold the plain module.
+    fwd: torch.nn.Module = net
+    if world > 1:
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=cfg.probe_epochs > 0
+        )
     opt = make_optimizer(net, cfg)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     sched = make_scheduler(opt, cfg, cfg.epochs * steps)
@@ -250,17 +261,7 @@ def train(
     start_epoch = 0
     ckpt_path = Path(checkpoint) if checkpoint else None
     if resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise NotFound(f"no checkpoint at {ckpt_path}: the run never finished an epoch; start it again")
-        # weights_only: tensors and plain containers, never arbitrary objects, so a
-        # checkpoint someone else could write cannot run code here (M7).
-        try:
-            state = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        except pickle.UnpicklingError as e:
-            raise BadInput(
-                f"checkpoint {ckpt_path} holds more than tensors and plain data, so it was not loaded "
-                f"({str(e).splitlines()[0][:120]}): start the run again"
-            ) from None
+        state = load_checkpoint(ckpt_path)
         if state["config"] != cfg.to_dict():
             raise BadInput("the checkpoint was written with a different TrainConfig: resume with the same config")
         net.load_state_dict(state["net"])
@@ -271,7 +272,7 @@ def train(
         curve, best, start_epoch = state["curve"], state["best"], state["epoch"]
 
     loss_fn = loss_fn or (lambda out, yb, xb, idx: F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing))
-    bar_ctx = progress_bar() if progress else contextlib.nullcontext(None)
+    bar_ctx = progress_bar() if progress and rank == 0 else contextlib.nullcontext(None)
     stopped_early = False
     with bar_ctx as bar:
         head = set(head_parameters(net)) if cfg.probe_epochs else set()
@@ -284,13 +285,16 @@ def train(
             loss_sum: Any = 0.0 if dev.type == "cpu" else torch.zeros((), device=dev)
             correct: Any = 0 if dev.type == "cpu" else torch.zeros((), dtype=torch.long, device=dev)
             seen = 0
-            for s, (xb, idx) in enumerate(epoch_batches(x_tr, stream, n, steps, cfg.batch_size, cfg.seed, g, epoch)):
+            # One rank's augmentation draws would desynchronise `g`, which orders every rank's epochs.
+            g_aug = g if world == 1 else torch.Generator().manual_seed(hash((cfg.seed, rank, epoch)) & 0x7FFF_FFFF)
+            batches = epoch_batches(x_tr, stream, n, steps, cfg.batch_size, g, epoch, rank, world)
+            for s, (xb, idx) in enumerate(batches):
                 yb = y_tr[idx].to(dev, non_blocking=True)  # (B,)
-                xb = augment(xb, cfg.augment, g).to(dev, non_blocking=True)  # (B, C, H, W)
+                xb = augment(xb, cfg.augment, g_aug).to(dev, non_blocking=True)  # (B, C, H, W)
                 if dev.type == "cuda" and cfg.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with autocast(dev, precision):
-                    out = net(xb)  # (B, K)
+                    out = fwd(xb)  # (B, K)
                     loss = loss_fn(out.float(), yb, xb, idx)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -307,16 +311,18 @@ def train(
                 if bar and (s % 20 == 0 or s == steps - 1):
                     bar.update(task, completed=s + 1, loss=float(loss_sum) / seen)
             train_s = time.perf_counter() - t0
+            total_loss, total_correct, total = distributed.all_sum([float(loss_sum), float(correct), seen], dev)
+            distributed.sync_buffers(net)  # every rank evaluates and keeps rank 0's BatchNorm statistics
             val_loss, val_acc = evaluate_split(model, x_val, y_val)
             point = {
                 "epoch": epoch + 1,
-                "train_loss": float(loss_sum) / seen,
-                "train_accuracy": int(correct) / seen,
+                "train_loss": total_loss / total,
+                "train_accuracy": total_correct / total,
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - t0,
-                "samples_per_s": seen / train_s,
+                "samples_per_s": total / train_s,
             }
             curve.append(point)
             # With no val split there is nothing to select on: keep the last epoch.
@@ -329,9 +335,9 @@ def train(
                     f"{point['seconds']:.1f}s  {point['samples_per_s']:.0f} samples/s"
                 )
                 bar.remove_task(task)
-            if ckpt_path is not None:
-                buf = io.BytesIO()
-                torch.save(
+            if ckpt_path is not None and rank == 0:  # one writer: the others hold the same state
+                save_checkpoint(
+                    ckpt_path,
                     {
                         "config": cfg.to_dict(),
                         "net": net.state_dict(),
@@ -343,9 +349,7 @@ def train(
                         "best": best,
                         "epoch": epoch + 1,
                     },
-                    buf,
                 )
-                atomic_write(ckpt_path, buf.getvalue())
             if on_epoch:  # after the checkpoint, so a callback that interrupts can resume
                 on_epoch(point)
             if cfg.patience and not no_val and epoch + 1 - best["epoch"] >= cfg.patience and epoch + 1 < cfg.epochs:
@@ -368,6 +372,7 @@ def train(
         "stopped_early": stopped_early,
         "train_samples": n,
         "device": str(dev),
+        "processes": world,
         "precision": precision,
         "seconds": sum(p["seconds"] for p in curve),
         "plateau": {"epoch": plateau, "message": f"plateau at epoch {plateau}: {PLATEAU_ADVICE}"} if plateau else None,
@@ -378,65 +383,3 @@ def train(
         lineage["parent_id"] = model.id
     lineage["recipe"] = [*lineage.get("recipe", []), cfg.to_dict()]
     return dataclasses.replace(model, net=net, lineage=lineage, history=history, id=None, name=None)
-
-
-def train_in_workspace(
-    ws: Workspace,
-    data_ref: str | None = None,
-    arch: str = "cnn_medium",
-    config: TrainConfig | None = None,
-    *,
-    name: str | None = None,
-    resume: str | None = None,
-    weights: str | None = None,
-    keep_head: bool = False,
-    progress: bool = True,
-) -> tuple[Model, str]:
-    """Train inside a workspace: a catalog run row, per-epoch checkpoints under
-    `runs/<id>/`, and the model saved at the end. `resume` takes a run id.
-    `weights` starts from a checkpoint (a torchvision-format ``.pth`` for the
-    photo backbones): every key and shape is checked, except the classifier
-    head's, which starts freshly initialised (a checkpoint's head was trained
-    for its own classes, even when it has as many); `keep_head` keeps a head
-    that fits. The file's sha256 and what was skipped go into the lineage.
-
-    Returns (saved model, run id).
-    """
-    if resume:
-        row = ws.resolve("runs", resume)
-        if row["status"] == "completed":
-            raise BadInput(f"run {row['id']} already completed (model {row['model_id']}): nothing to resume")
-        from datamoat.configs import config_from_dict
-
-        config = config_from_dict(row["config"]["train"])  # type: ignore[assignment]
-        data = load_dataset(ws, row["dataset_id"])
-        overrides = {k: v for k, v in row["config"]["model"].items() if k not in ("type", "version")}
-        model = new_model(row["arch"], data, seed=config.seed, **overrides)  # type: ignore[union-attr]
-        run_id, name = row["id"], row["name"]
-    else:
-        if data_ref is None:
-            raise BadInput("give --data: a dataset id or name (`datamoat data list` shows them)")
-        config = config or TrainConfig()
-        data = load_dataset(ws, data_ref)
-        model = new_model(arch, data, seed=config.seed)
-        if weights:
-            from datamoat.train.pretrained import start_from
-
-            model = start_from(model, arch, weights, keep_head)
-        run_id = ws.new_id()
-        name = name or f"{arch}-{data.name}"
-        cfg_dict = {"train": config.to_dict(), "model": model.config.to_dict()}
-        ws.insert(
-            "runs",
-            {"id": run_id, "name": name, "dataset_id": data.id, "arch": arch, "status": "running", "config": cfg_dict},
-        )
-    ckpt = ws.path_for("runs", run_id) / "checkpoint.pt"
-    ws.update("runs", run_id, status="running")
-    try:
-        trained = train(model, data, config, checkpoint=ckpt, resume=bool(resume), progress=progress)
-    except KeyboardInterrupt:
-        ws.update("runs", run_id, status="interrupted")
-        raise
-    saved = save_model(ws, trained, name=name, run_id=run_id)
-    ws.update("runs", run_id, status="completed", model_id=saved.id, result=trained.history)
-    return saved, run_id

@@ -248,7 +248,8 @@ def test_unknown_repo_file_revision_and_offline_say_how_to_go_on(hub, monkeypatc
 
 def test_safetensors_from_the_hub_starts_a_training_run_and_the_lineage_names_it(hub, ws, digits, tmp_path):
     from datamoat.models.backbones import build_backbone
-    from datamoat.train.loop import TrainConfig, train_in_workspace
+    from datamoat.train.loop import TrainConfig
+    from datamoat.train.run import train_in_workspace
 
     torch.manual_seed(7)
     src = build_backbone("mobilenet_v3_small", num_classes=4, in_channels=1)

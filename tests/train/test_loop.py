@@ -4,7 +4,9 @@ import torch
 
 from datamoat.errors import BadInput
 from datamoat.models import new_model
-from datamoat.train.loop import PLATEAU_ADVICE, TrainConfig, detect_plateau, train, train_in_workspace
+from datamoat.train.epoch import detect_plateau
+from datamoat.train.loop import PLATEAU_ADVICE, TrainConfig, train
+from datamoat.train.run import train_in_workspace
 
 
 def _acc(model, data):

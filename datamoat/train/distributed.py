@@ -1,0 +1,155 @@
+"""Training on several processes with PyTorch's own engine: torchrun starts the processes (one
+machine or many, through its rendezvous) and DistributedDataParallel averages their gradients.
+
+datamoat adds no launcher or collective of its own. `train --nproc N` runs
+``torchrun --standalone --nproc-per-node N -m datamoat train ...``; on several machines run torchrun
+yourself (README, "Training on several processes"). Under torchrun, `setup` joins the process
+group that torchrun's environment describes: gloo on the CPU, NCCL on CUDA GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import IO, Any
+
+import torch
+
+from datamoat.errors import BadInput
+
+__all__ = [
+    "setup",
+    "teardown",
+    "rank_world",
+    "is_main",
+    "local_device",
+    "all_sum",
+    "broadcast",
+    "sync_buffers",
+    "launch",
+    "without_option",
+]
+
+
+def _dist() -> Any:
+    import torch.distributed as dist
+
+    return dist
+
+
+def rank_world() -> tuple[int, int]:
+    """(this process's rank, how many processes train together); (0, 1) outside a process group.
+
+    >>> rank_world()
+    (0, 1)
+    """
+    dist = _dist()
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """Whether this process writes: rank 0, or the only process. Other ranks never touch the workspace.
+
+    >>> is_main()
+    True
+    """
+    return rank_world()[0] == 0
+
+
+def setup(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), once; returns
+    (rank, world). Outside torchrun it does nothing and returns (0, 1).
+
+    >>> setup(torch.device("cpu"))
+    (0, 1)
+    """
+    dist = _dist()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return rank_world()
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank_world()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This process's own GPU under torchrun (one GPU per process), else `device` unchanged."""
+    if device.type == "cuda" and rank_world()[1] > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def teardown() -> None:
+    """Leave the process group, if this process joined one."""
+    dist = _dist()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """`values` summed over every process (unchanged with one).
+
+    >>> all_sum([1.0, 2.0], torch.device("cpu"))
+    [1.0, 2.0]
+    """
+    if rank_world()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)  # (len(values),)
+    _dist().all_reduce(t)
+    return t.tolist()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj`, on every process (unchanged with one).
+
+    >>> broadcast("run-1")
+    'run-1'
+    """
+    if rank_world()[1] == 1:
+        return obj
+    box = [obj]
+    _dist().broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_buffers(net: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm's running statistics) to every process, so that all of them
+    evaluate and keep the same model: each rank's statistics saw only its own share of the batches."""
+    if rank_world()[1] == 1:
+        return
+    for b in net.buffers():
+        _dist().broadcast(b, src=0)
+
+
+def launch(nproc: int, argv: list[str], stdout: IO[str] | None = None) -> int:
+    """Run ``datamoat ARGV`` on `nproc` processes of this machine through torchrun; its exit code.
+    The processes write to `stdout` (default: this process's).
+
+    torchrun's --standalone rendezvous picks a free port, so two launches on one machine do not clash.
+    """
+    if nproc < 1:
+        raise BadInput(f"--nproc must be at least 1, got {nproc}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*cmd, "-m", "datamoat", *argv], stdout=stdout)
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """`argv` without ``NAME VALUE`` or ``NAME=VALUE``, so a relaunched command does not relaunch.
+
+    >>> without_option(["train", "--nproc", "2", "--epochs", "1"], "--nproc")
+    ['train', '--epochs', '1']
+    >>> without_option(["train", "--nproc=2"], "--nproc")
+    ['train']
+    """
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out

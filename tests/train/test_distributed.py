@@ -1,0 +1,136 @@
+"""Training on several processes: torchrun starts them, DistributedDataParallel averages their
+gradients, every rank gets an equal share of each batch, and only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from dmtest import dm, dm_ok
+
+from datamoat.models import load_model
+from datamoat.train.distributed import without_option
+from datamoat.train.epoch import RankBatches, rank_slice
+from datamoat.train.loop import TrainConfig
+from datamoat.train.run import train_in_workspace
+
+
+@pytest.mark.parametrize("n", [2, 5, 37, 64, 65, 129])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_every_rank_gets_an_equal_share_of_every_batch(n, world):
+    batch = 16
+    steps = n // batch + (1 if n % batch > 1 else 0)  # train's rule: a final batch of one is dropped
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    shares = []
+    for r in range(world):
+        sampler = RankBatches(n, batch, steps, r, world)
+        sampler.perm = perm  # as `epoch_batches` sets it before each epoch
+        shares.append(list(sampler))
+    assert all(len(s) == steps for s in shares)  # the same number of steps on every rank: nobody waits
+    for step in range(steps):
+        sizes = [len(s[step]) for s in shares]
+        assert min(sizes) >= 2 and max(sizes) - min(sizes) <= 1, sizes  # BatchNorm needs 2; equal work
+        together = sorted(i for s in shares for i in s[step])
+        whole = perm[step * batch : (step + 1) * batch].tolist()
+        assert set(whole) <= set(together)  # every sample of the global batch is trained on
+        assert len(together) == max(len(whole), 2 * world)  # padded only as far as 2 per rank
+    if world == 1:  # one process: exactly the global batches
+        assert shares[0] == [perm[s * batch : (s + 1) * batch].tolist() for s in range(steps)]
+    assert [rank_slice(perm, s, batch, world - 1, world).tolist() for s in range(steps)] == shares[-1]
+
+
+def test_a_relaunched_command_drops_nproc_in_both_spellings():
+    assert without_option(["train", "--nproc", "2", "--json"], "--nproc") == ["train", "--json"]
+    assert without_option(["train", "--nproc=4", "-d", "x"], "--nproc") == ["train", "-d", "x"]
+
+
+def test_bad_launches_are_refused_once_before_any_process_starts(ws, digits):
+    r = dm(ws.root, "train", "--data", digits.id, "--nproc", "0")
+    assert r.returncode == 2 and "--nproc must be at least 1" in r.stderr
+    r = dm(ws.root, "train", "--data", "no-such-data", "--nproc", "2")
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "torchrun" not in r.stderr.lower()
+    r = dm(ws.root, "train", "--data", digits.id, "--nproc", "2", env={"WORLD_SIZE": "2"})
+    assert r.returncode == 2 and "under torchrun leave it out" in r.stderr
+    assert ws.rows("runs") == []
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_fails_the_command(ws, digits):
+    # batch 2 is under 2 samples per process on 2 processes: every rank refuses, torchrun exits non-zero
+    r = dm(ws.root, "train", "--data", digits.id, "--batch-size", "2", "--nproc", "2", "--json")
+    assert r.returncode != 0 and r.stdout == "" and "give each of 2 processes 2" in r.stderr
+    assert [x["status"] for x in ws.rows("runs")] == ["failed"] and ws.rows("models") == []
+
+
+TRAIN_SCRIPT = """
+import json, sys, torch
+from datamoat.data.dataset import load_dataset
+from datamoat.models import new_model
+from datamoat.train import distributed
+from datamoat.train.loop import TrainConfig, train
+from datamoat.workspace import Workspace
+
+ds = load_dataset(Workspace.open(sys.argv[1]), sys.argv[2])
+cfg = TrainConfig(epochs=2, batch_size=40, max_train_samples=1200, threads=1, patience=0)
+m = train(new_model("mlp", ds, dropout=0.0), ds, cfg, progress=False)
+rank, world = distributed.rank_world()
+torch.save(m.net.state_dict(), f"{sys.argv[3]}-{world}-{rank}.pt")
+json.dump(m.history, open(f"{sys.argv[3]}-{world}-{rank}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_learn_what_one_process_learns(ws, digits, tmp_path):
+    # No dropout and no BatchNorm, 1200 samples in global batches of 40: each rank's mean gradient
+    # over its 20 samples, averaged by DDP, is the one process's mean over all 40.
+    script = tmp_path / "fit.py"
+    script.write_text(TRAIN_SCRIPT)
+    out = tmp_path / "m"
+    run = [str(script), str(ws.root), digits.id, str(out)]
+    subprocess.run([sys.executable, *run], check=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    subprocess.run([*torchrun, *run], check=True, timeout=300, capture_output=True)
+    one, r0, r1 = (torch.load(f"{out}-{w}-{r}.pt") for w, r in ((1, 0), (2, 0), (2, 1)))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # every rank ends with the same model
+    for k in one:
+        assert torch.allclose(one[k], r0[k], atol=1e-4), (k, (one[k] - r0[k]).abs().max())
+    h1, h2 = (json.loads((tmp_path / f"m-{w}-0.json").read_text()) for w in (1, 2))
+    assert (h1["processes"], h2["processes"]) == (1, 2)
+    assert h2["train_samples"] == h1["train_samples"] == 1200
+    for a, b in zip(h1["curve"], h2["curve"], strict=True):  # the curve covers every rank's samples
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_only_rank_0_writes_and_a_run_resumes_on_another_number_of_processes(ws, digits):
+    cfg = TrainConfig(epochs=2, patience=0, threads=1)
+
+    def stop_after_first(point):
+        if point["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a 1-process run, interrupted after its first epoch
+        train_in_workspace(ws, digits.id, "cnn_small", cfg, on_epoch=stop_after_first, progress=False)
+    (run,) = ws.rows("runs")
+    assert run["status"] == "interrupted"
+    first = torch.load(ws.root / "runs" / run["id"] / "checkpoint.pt", weights_only=True)["curve"][0]
+
+    # Both ranks open the one workspace and race through the run; only rank 0 may write.
+    r = dm_ok(ws.root, "train", "--resume", run["id"], "--nproc", "2", "--json")
+    out = json.loads(r.stdout)  # exactly one JSON object on stdout, whatever the two ranks print
+    assert out["run_id"] == run["id"] and [p["epoch"] for p in out["curve"]] == [1, 2]
+    assert out["curve"][0] == first  # resumed from the 1-process checkpoint, not retrained
+    assert [(x["id"], x["status"]) for x in ws.rows("runs")] == [(run["id"], "completed")]
+    assert [m["id"] for m in ws.rows("models")] == [out["model_id"]]
+    assert load_model(ws, out["model_id"]).history["processes"] == 2
+    assert out["val_accuracy"] > 0.5  # chance is 0.1
+
+    r = dm_ok(ws.root, "train", "--data", digits.id, "--arch", "cnn_small", "--epochs", "1", "--nproc", "2", "--json")
+    fresh = json.loads(r.stdout)
+    assert len(ws.rows("runs")) == 2 and len(ws.rows("models")) == 2
+    assert {x["id"] for x in ws.rows("runs")} == {run["id"], fresh["run_id"]}
+    assert sorted(p.name for p in (ws.root / "runs" / fresh["run_id"]).iterdir()) == ["checkpoint.pt"]

@@ -51,7 +51,9 @@ def main() -> None:
         args = sys.argv[1:]
         args = args[: args.index("--")] if "--" in args else args
         with json_stdout() if "--json" in args else contextlib.nullcontext():
-            app(standalone_mode=False)
+            rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:  # click hands back typer.Exit(code)'s code instead of exiting
+            sys.exit(rc)
     except DatamoatError as e:
         from rich.text import Text
 

@@ -16,6 +16,8 @@ Measured, each in this process:
 - `train()`: what a user gets from `datamoat train --arch resnet50 --device cuda`, streaming from the
   shards (and once from the rendered pixels in memory), samples per second of the last epoch
   (the first pays cuDNN's autotuning and the workers' start).
+- `train --nproc N`: on a machine with N > 1 GPUs, DDP on all of them through the CLI, the same
+  per-GPU batch, so its rate over the 1-GPU row is the scaling.
 
 Scale with environment variables: ``DM_GPU_PER_CLASS``, ``DM_GPU_SIZE``, ``DM_GPU_BATCH``,
 ``DM_GPU_EPOCHS``, ``DM_GPU_WORKERS``, ``DM_GPU_STEPS``, ``DM_GPU_ARCH``; ``DM_GPU_DRY=1`` runs the script on
@@ -119,6 +121,23 @@ def train_run(data: Any, precision: str, stream: bool) -> dict[str, Any]:
     }
 
 
+def ddp_run(ws: Any, data_id: str, gpus: int) -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    args = ["--home", str(ws.root), "train", "--data", data_id, "--arch", ARCH, "--epochs", str(EPOCHS)]
+    args += ["--batch-size", str(BATCH * gpus), "--lr", "1e-3", "--patience", "0", "--device", "cuda"]
+    args += ["--precision", "bf16", "--workers", str(max(1, WORKERS // gpus)), "--nproc", str(gpus), "--json"]
+    t0 = time.perf_counter()
+    out = json.loads(subprocess.run([sys.executable, "-m", "datamoat", *args], check=True, capture_output=True).stdout)
+    return {
+        "samples_per_s": out["curve"][-1]["samples_per_s"],
+        "val_accuracy": out["val_accuracy"],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def main() -> dict:
     from datamoat.data.dataset import SPLITS
     from datamoat.data.photo_render import render_photos
@@ -170,6 +189,19 @@ def main() -> dict:
                 "seconds": r["seconds"],
             }
         )
+    gpus = 0 if DRY else torch.cuda.device_count()
+    if gpus > 1:  # DDP on every GPU: `datamoat train --nproc N` (torchrun, NCCL), BATCH per GPU
+        r = ddp_run(ws, data.id, gpus)
+        rows.append(
+            {
+                "what": f"train --nproc {gpus} (DDP, streaming), {BATCH} per GPU",
+                "precision": "bf16",
+                "layout": "channels_last",
+                "samples_per_s": r["samples_per_s"],
+                "val_accuracy": r["val_accuracy"],
+                "seconds": r["seconds"],
+            }
+        )
     step = {(r["precision"], r["layout"]): r["samples_per_s"] for r in rows if r["what"].startswith("gpu step")}
     best_loader = max(r["samples_per_s"] for r in rows if r["what"].startswith("loader"))
     for r in rows:
@@ -192,7 +224,12 @@ def main() -> dict:
         ),
         "train() rows: the last of "
         f"{EPOCHS} epochs (validation excluded); vs_gpu_step is that rate over the bare step's at the same "
-        "precision. One GPU: DDP across GPUs was not measured (the machine has one).",
+        "precision. "
+        + (
+            f"DDP: {gpus} GPUs, one process each (NCCL), {BATCH} samples per GPU per step."
+            if gpus > 1
+            else "One GPU: DDP across GPUs was not measured (the machine has one)."
+        ),
     ]
     return {
         "title": f"GPU training: {ARCH} on the synthetic photo benchmark, fp32 and AMP, loader against GPU",

@@ -34,6 +34,7 @@ ORDER = [
     "int8_photo",
     "transfer",
     "photo_pipeline",
+    "ddp",
 ]
 
 

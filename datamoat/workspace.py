@@ -4,10 +4,18 @@ Layout of a workspace directory::
 
     catalog.db            SQLite (WAL): datasets, models, runs, evals
     objects/ab/cdef...    immutable blobs named by their sha256
+    objects.url           where the blobs live instead, when not in objects/: an fsspec URL
     runs/<run id>/        checkpoints of training runs (mutable, resumable)
     reports/<id>/         rendered reports
 
-Every write is atomic: blobs go to a temp file that is renamed into place,
+The blobs can live in object storage (``datamoat init --objects s3://bucket/prefix``; ``gs://``,
+``az://``, ``file://`` and any other fsspec protocol whose package is installed), so every process
+and machine reads models and photo shards from one store without a local copy. Credentials come from
+the protocol's standard environment variables and files (``AWS_ACCESS_KEY_ID``, ``~/.aws``...),
+never from the URL or the catalog.
+
+Every write is atomic: blobs go to a temp file that is renamed into place (an object store's put is
+whole or absent),
 and catalog rows are written in transactions. Several processes may write at
 once; WAL mode and a busy timeout serialise them without corruption.
 """
@@ -16,12 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
 import sqlite3
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,9 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from datamoat.errors import BadInput, NotFound
+from datamoat.files import (
+    atomic_path,
+    atomic_write,
+    fsync_dir,
+    make_dirs,
+    sweep_temp_files,
+    touch_private,
+)
+from datamoat.objects import OBJECTS_URL_FILE, ObjectStore, check_objects_url
 
 __all__ = [
     "Workspace",
+    "check_objects_url",
     "default_root",
     "atomic_path",
     "atomic_write",
@@ -101,113 +117,7 @@ def safe_name(text: str, max_len: int = 64) -> str:
     return f"{clean or 'x'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-TEMP_SUFFIX = ".tmp"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same directory + rename,
-    then fsync the directory, so after a crash the file is either the old one
-    or the new one, and the rename itself survives a power cut.
-
-    The file is 0600 (mkstemp's mode): models, data and keys are the owner's.
-    A temp file a crash leaves behind is swept by `sweep_temp_files`.
-    """
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
-    """A temp path beside `path` for a writer that opens files itself (Parquet); renamed to `path`
-    when the block ends without an error, deleted when it raises, so `path` never holds half a file.
-
-    Without `overwrite` an existing `path` is refused, also one that appeared while the block ran:
-    the temp file is hard-linked into place, which fails rather than replaces.
-
-    >>> import tempfile
-    >>> out = Path(tempfile.mkdtemp()) / "a.txt"
-    >>> with atomic_path(out, overwrite=False) as tmp:
-    ...     _ = tmp.write_text("done")
-    >>> out.read_text(), sorted(p.name for p in out.parent.iterdir())
-    ('done', ['a.txt'])
-    """
-    make_dirs(path.parent)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)  # the writer reopens it; truncating keeps mkstemp's 0600
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            placed = False
-            try:
-                os.link(tmp, path)  # the temp name goes in `finally`
-                placed = True
-            except FileExistsError:
-                pass
-            except OSError:  # a file system without hard links: check, then rename
-                if not path.exists():
-                    os.replace(tmp, path)
-                    placed = True
-            if not placed:
-                raise BadInput(f"{path} already exists: choose another path, or overwrite it (--overwrite)")
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
-
-
-def make_dirs(path: Path) -> None:
-    """`mkdir -p` with every folder it creates 0700 (mkdir's `mode` covers only the last)."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for p in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            p.mkdir(mode=0o700)
-
-
-def touch_private(path: Path) -> None:
-    """Create `path` empty and 0600 if it does not exist, before a library
-    (SQLite) creates it world-readable; SQLite gives its -wal and -shm files
-    the database file's mode."""
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (a no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def sweep_temp_files(root: Path, older_than_s: float = 3600.0) -> int:
-    """Delete `atomic_write` temp files under `root` that a crash left behind;
-    returns how many. Only old ones: a fresh one may be another process's write
-    in progress.
-
-    >>> import tempfile
-    >>> sweep_temp_files(Path(tempfile.mkdtemp()))
-    0
-    """
-    cutoff, n = time.time() - older_than_s, 0
-    for p in root.rglob(f".*{TEMP_SUFFIX}"):
-        with contextlib.suppress(OSError):
-            if p.is_file() and p.stat().st_mtime < cutoff:
-                p.unlink()
-                n += 1
-    return n
-
-
-class Workspace:
+class Workspace(ObjectStore):
     """A datamoat workspace rooted at a directory.
 
     >>> import tempfile
@@ -220,14 +130,41 @@ class Workspace:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
         self.db_path = self.root / "catalog.db"
-        self.objects = self.root / "objects"
+        url_file = self.root / OBJECTS_URL_FILE
+        # The blobs: files under objects/, or at the fsspec URL the workspace was created with.
+        super().__init__(self.root / "objects", check_objects_url(url_file.read_text()) if url_file.exists() else None)
 
     # -- lifecycle ---------------------------------------------------------
     @classmethod
-    def init(cls, root: str | os.PathLike[str] | None = None) -> Workspace:
-        """Create (or open) a workspace; idempotent."""
+    def init(cls, root: str | os.PathLike[str] | None = None, *, objects: str | None = None) -> Workspace:
+        """Create (or open) a workspace; idempotent. `objects` puts its blobs at an fsspec URL
+        (``s3://bucket/prefix``, ``file:///mnt/store``, ``memory://x``) instead of ``objects/``;
+        a workspace keeps the store it was created with.
+
+        >>> import tempfile
+        >>> ws = Workspace.init(tempfile.mkdtemp(), objects="memory://doc-store")
+        >>> ws.get_bytes(ws.put_bytes(b"hi")), ws.object_location(ws.put_bytes(b"hi"))[:16]
+        (b'hi', 'memory://doc-sto')
+        """
         ws = cls(root if root is not None else default_root())
-        make_dirs(ws.objects)  # the owner's: models, data, tokens
+        make_dirs(ws.root / "objects")  # the owner's: models, data, tokens
+        if objects is not None:
+            url = check_objects_url(objects)
+            if ws.url not in (None, url) or (ws.url is None and any((ws.root / "objects").iterdir())):
+                raise BadInput(
+                    f"workspace {ws.root} already keeps its objects in {ws.url or ws.objects}: "
+                    "a workspace keeps the store it was created with; init a new one for another store"
+                )
+            ObjectStore.__init__(ws, ws.root / "objects", url)
+            if ws.objects_url is None:
+                make_dirs(ws.objects)
+            else:
+                try:  # a protocol whose package is missing is refused here, not at the first write
+                    fs, base = ws._fs()
+                    fs.makedirs(base, exist_ok=True)
+                except ImportError as e:
+                    raise BadInput(f"object store {url}: {e}") from None
+            atomic_write(ws.root / OBJECTS_URL_FILE, (url + "\n").encode())
         ws._migrate()
         sweep_temp_files(ws.root)
         return ws
@@ -274,43 +211,6 @@ class Workspace:
                 for stmt in filter(str.strip, script.split(";")):
                     conn.execute(stmt)
                 conn.execute(f"PRAGMA user_version={i + 1}")
-
-    # -- content-addressed blobs -------------------------------------------
-    def object_path(self, sha: str) -> Path:
-        return self.objects / sha[:2] / sha[2:]
-
-    def put_bytes(self, data: bytes) -> str:
-        """Store `data` under its sha256 and return the full hex digest."""
-        sha = hashlib.sha256(data).hexdigest()
-        path = self.object_path(sha)
-        if not path.exists():
-            atomic_write(path, data)
-        return sha
-
-    def put_file(self, src: str | os.PathLike[str]) -> str:
-        return self.put_bytes(Path(src).read_bytes())
-
-    def get_bytes(self, sha: str) -> bytes:
-        path = self.object_path(sha)
-        if not path.exists():
-            raise NotFound(f"artifact {sha[:12]} is missing from {self.objects}: the workspace is incomplete")
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise BadInput(f"artifact {sha[:12]} is corrupt (hash mismatch): restore {path} from a backup")
-        return data
-
-    def put_array(self, arr: Any) -> str:
-        """Store a numpy array as .npy bytes (deterministic, so content-addressed)."""
-        import numpy as np
-
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-        return self.put_bytes(buf.getvalue())
-
-    def get_array(self, sha: str) -> Any:
-        import numpy as np
-
-        return np.load(io.BytesIO(self.get_bytes(sha)), allow_pickle=False)
 
     # -- catalog -------------------------------------------------------------
     def insert(self, table: str, row: dict[str, Any], *, conn: sqlite3.Connection | None = None) -> None:

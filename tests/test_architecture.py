@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "datamoat"
 
 # The flow, bottom up: a module may import its own layer and those below it.
 LAYERS = [
-    ("datamoat", "datamoat.errors", "datamoat.configs", "datamoat.workspace"),
+    ("datamoat", "datamoat.errors", "datamoat.configs", "datamoat.files", "datamoat.objects", "datamoat.workspace"),
     ("datamoat.data",),
     ("datamoat.models",),
     ("datamoat.inference",),

@@ -127,3 +127,53 @@ def test_atomic_path_never_leaves_half_a_file_and_never_replaces_one_that_appear
         tmp.write_bytes(b"new")
     assert out.read_bytes() == b"new" and list(tmp_path.iterdir()) == [out]
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_objects_at_an_fsspec_url_live_there_and_are_checked_like_local_ones(tmp_path):
+    import uuid
+
+    import fsspec
+
+    url = f"memory://dm-{uuid.uuid4().hex}/objects"
+    ws = Workspace.init(tmp_path / "ws", objects=url + "/")
+    sha = ws.put_bytes(b"weights")
+    assert ws.object_location(sha) == f"{url}/{sha[:2]}/{sha[2:]}"
+    assert list((tmp_path / "ws" / "objects").iterdir()) == []  # nothing local
+    again = Workspace.open(tmp_path / "ws")  # the store is part of the workspace
+    assert again.objects_url == url and again.get_bytes(sha) == b"weights" and again.object_size(sha) == 7
+    fs, path = fsspec.core.url_to_fs(ws.object_location(sha))
+    fs.pipe_file(path, b"tampered")  # the store is never trusted: the hash is checked on every read
+    with pytest.raises(BadInput, match="corrupt"):
+        again.get_bytes(sha)
+    fs.rm_file(path)
+    with pytest.raises(NotFound, match=f"missing from {url}"):
+        again.get_bytes(sha)
+    with pytest.raises(BadInput, match="local files"):
+        again.object_path(sha)
+
+
+def test_object_store_urls_that_cannot_work_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(BadInput, match="carries credentials: remove them"):
+        Workspace.init(tmp_path / "a", objects="s3://AKIAXXXX:secret@bucket/dm")
+    assert not (tmp_path / "a" / "objects.url").exists()
+    with pytest.raises(BadInput, match="no protocol"):
+        Workspace.init(tmp_path / "b", objects="/mnt/store")
+    with pytest.raises(BadInput, match="gcsfs"):  # its package is not installed here
+        Workspace.init(tmp_path / "c", objects="gcs://bucket/dm")
+    local = Workspace.init(tmp_path / "d")
+    local.put_bytes(b"x")
+    with pytest.raises(BadInput, match="keeps the store it was created with"):
+        Workspace.init(tmp_path / "d", objects=f"file://{tmp_path}/elsewhere")
+    assert local.get_bytes(local.put_bytes(b"x")) == b"x"
+    with pytest.raises(BadInput, match="is relative"):
+        Workspace.init(tmp_path / "e", objects="file://store")
+
+
+def test_a_file_url_store_is_a_folder_written_atomically_and_init_again_keeps_it(tmp_path):
+    url = f"file://{tmp_path}/store"
+    ws = Workspace.init(tmp_path / "ws", objects=url)
+    sha = ws.put_bytes(b"blob")
+    assert (tmp_path / "store" / sha[:2] / sha[2:]).read_bytes() == b"blob"
+    again = Workspace.init(tmp_path / "ws", objects=url)  # idempotent, as init is
+    assert again.url == url and again.get_bytes(sha) == b"blob"
+    assert list((tmp_path / "ws" / "objects").iterdir()) == []

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import getpass
 import importlib
+import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -181,3 +182,38 @@ def finish_control(reg: Any, out: dict, as_json: bool, text: str, wait: float) -
     elif acks["acked"]:
         text += f"\nacknowledged by {len(acks['acked'])} server(s)"
     emit(out, as_json, text)
+
+
+def nproc_option() -> Any:
+    """--nproc N, for the commands that train: the same command on N processes through torchrun."""
+    return typer.Option(
+        1,
+        "--nproc",
+        help="Train on N processes of this machine (torchrun, DistributedDataParallel: gloo on the CPU, NCCL with "
+        "one GPU each); the batch size stays the global batch. Several machines: run torchrun yourself (README).",
+    )
+
+
+def relaunch(nproc: int, check: Callable[[], Any] | None = None, device: str = "auto") -> None:
+    """With --nproc N > 1: run this same command on N processes through torchrun, then exit with its
+    code. `check` first validates what the command names, so a mistake is said once, here, rather
+    than once by every rank. Under torchrun (a rank) it joins the process group for `device` and
+    returns, as it does with N = 1: the command runs here."""
+    from datamoat.errors import BadInput
+    from datamoat.train import distributed
+    from datamoat.train.device import resolve_device
+
+    if "WORLD_SIZE" in os.environ:
+        if nproc != 1:
+            raise BadInput("--nproc starts torchrun itself: under torchrun leave it out")
+        distributed.setup(resolve_device(device))
+        return
+    if nproc == 1:
+        return
+    if nproc < 1:
+        raise BadInput(f"--nproc must be at least 1, got {nproc}")
+    if check is not None:
+        check()
+    # With --json this process's descriptor 1 points at stderr; the ranks print to the real stdout.
+    real = state.json_out if state.json_out is not None and not isinstance(state.json_out, io.StringIO) else None
+    sys.exit(distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc"), real))

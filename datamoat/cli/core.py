@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, emit, open_ws, state
+from datamoat.cli._common import ConfigDefault, JsonOpt, emit, nproc_option, open_ws, relaunch, state
 from datamoat.errors import BadInput, NotFound
 
 data_app = typer.Typer(help="Import, list and inspect dataset versions.", no_args_is_help=True)
@@ -22,13 +19,24 @@ def init(
     directory: Path = typer.Argument(
         None, help="Workspace directory (default: --home, $DATAMOAT_HOME or ./.datamoat)."
     ),
+    objects: str = typer.Option(
+        None,
+        "--objects",
+        help="Keep the blobs (models, photo shards) at this fsspec URL instead of in the workspace folder: "
+        "s3://bucket/prefix, gs://..., az://..., file:///mnt/store. Credentials come from the protocol's standard "
+        "environment variables and files, never from the URL.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Create a workspace: a SQLite catalog and a content-addressed store."""
-    if directory is not None:
-        state.home = directory
-    ws = open_ws(create=True)
-    emit({"workspace": str(ws.root.resolve())}, as_json, f"workspace ready at {ws.root}")
+    from datamoat.workspace import Workspace, default_root
+
+    ws = Workspace.init(directory or state.home or default_root(), objects=objects)
+    emit(
+        {"workspace": str(ws.root.resolve()), "objects": ws.object_root},
+        as_json,
+        f"workspace ready at {ws.root} (objects in {ws.object_root})",
+    )
 
 
 @data_app.command("import")
@@ -300,12 +308,7 @@ def train(
     keep_head: bool = typer.Option(
         False, "--keep-head", help="With --weights: keep a checkpoint's classifier when it fits (same classes)."
     ),
-    nproc: int = typer.Option(
-        1,
-        "--nproc",
-        help="Train on N processes of this machine (torchrun, DistributedDataParallel: gloo on the CPU, NCCL with "
-        "one GPU each); --batch-size stays the global batch. Several machines: run torchrun yourself (README).",
-    ),
+    nproc: int = nproc_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a zoo model on a dataset version, with a learning curve and checkpoints."""
@@ -340,21 +343,8 @@ def train(
         )
     if weights and resume:
         raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")
-    if nproc != 1:
-        if nproc < 1:
-            raise BadInput(f"--nproc must be at least 1, got {nproc}")
-        if "WORLD_SIZE" in os.environ:
-            raise BadInput("--nproc starts torchrun itself: under torchrun leave it out")
-        # What is wrong with the command is said once, here, rather than once by every rank.
-        if resume:
-            ws.resolve("runs", resume)
-        elif data is not None:
-            ws.resolve("datasets", data)
-        # With --json this process's descriptor 1 points at stderr; the ranks print to the real stdout.
-        child_out = (
-            state.json_out if state.json_out is not None and not isinstance(state.json_out, io.StringIO) else None
-        )
-        sys.exit(distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc"), child_out))
+    dev = ws.resolve("runs", resume)["config"]["train"].get("device", "auto") if resume else device
+    relaunch(nproc, lambda: data and ws.resolve("datasets", data), dev)
     try:
         model, run_id = train_in_workspace(
             ws, data, arch, cfg, name=name, resume=resume, weights=weights or None, keep_head=keep_head, progress=True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, emit, nproc_option, open_ws, relaunch
 
 __all__ = ["register"]
 
@@ -50,6 +50,7 @@ def distill_cmd(
         _distill("train__seed"), "--seed", help="Seed for the student's init, order and augmentation."
     ),
     name: str = typer.Option(None, "--name", help="Name for the saved student."),
+    nproc: int = nproc_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Distill TEACHER into a fresh student of another (smaller) architecture."""
@@ -57,12 +58,14 @@ def distill_cmd(
     from datamoat.data.dataset import load_dataset
     from datamoat.errors import BadInput
     from datamoat.models import load_model, new_model, save_model
+    from datamoat.train import distributed
 
     ws = open_ws()
     t = load_model(ws, teacher)
     data_ref = data or t.lineage.get("dataset_id")
     if not data_ref:
         raise BadInput(f"teacher {t.name} records no dataset: pass --data with a dataset id or name")
+    relaunch(nproc, lambda: ws.resolve("datasets", data_ref))
     ds = load_dataset(ws, data_ref)
     train = {"epochs": epochs, "augment": augment, "lr": lr, "max_train_samples": max_train_samples, "seed": seed}
     # Options left out keep distillation's own training defaults.
@@ -71,7 +74,12 @@ def distill_cmd(
     )
     widths = {k: v for k, v in {"channels": _widths(channels), "hidden": _widths(hidden)}.items() if v is not None}
     student = new_model(arch, ds, seed=seed, **widths)
-    trained = distill(student, t, ds, config, progress=not as_json)
+    try:
+        trained = distill(student, t, ds, config, progress=not as_json)
+        if not distributed.is_main():
+            return  # under torchrun: rank 0 saves and reports for all
+    finally:
+        distributed.teardown()
     saved = save_model(ws, trained, name=name or f"{arch}-distilled-{t.name}")
     acc = float(saved.history["val_accuracy"])
     emit(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import JsonOpt, console, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, console, emit, open_ws
 
 __all__ = ["register"]
 
@@ -13,6 +13,11 @@ def eval_cmd(
     model: str = typer.Argument(..., help="Model id, id prefix or name."),
     data: str = typer.Option(None, "--data", help="Dataset id or name (default: the model's own dataset)."),
     split: str = typer.Option("test", "--split", help="Split to score: train, val or test."),
+    device: str = typer.Option(
+        ConfigDefault("datamoat.evaluate.metrics:EvalConfig", "device"),
+        "--device",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Accuracy, per-class F1, calibration (ECE) and an HTML report."""
@@ -23,7 +28,7 @@ def eval_cmd(
     from datamoat.evaluate.report import evaluate_in_workspace
 
     ws = open_ws()
-    ev, paths, eval_id = evaluate_in_workspace(ws, model, data, EvalConfig(split=split))
+    ev, paths, eval_id = evaluate_in_workspace(ws, model, data, EvalConfig(split=split, device=device))
     obj = {
         "eval_id": eval_id,
         "model_id": ev.model_id,

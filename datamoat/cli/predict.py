@@ -25,13 +25,16 @@ def predict_cmd(
     workers: int = typer.Option(
         ConfigDefault(_PREDICT, "workers"), help="Photo decode processes (-1: every core but one)."
     ),
+    device: str = typer.Option(
+        ConfigDefault(_PREDICT, "device"), help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Predict every sample of a dataset split: index, id, label, prediction, confidence, top-k."""
     from datamoat.evaluate.predict import PredictConfig, predict_in_workspace
 
-    cfg = PredictConfig(split=split, batch_size=batch_size, top_k=top_k, workers=workers)
+    cfg = PredictConfig(split=split, batch_size=batch_size, top_k=top_k, workers=workers, device=device)
     out = predict_in_workspace(open_ws(), data, model, output, cfg, overwrite=overwrite)
     emit(
         out,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, console, emit, err_console, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, console, emit, err_console, nproc_option, open_ws, relaunch
 
 __all__ = ["register"]
 
@@ -47,6 +47,7 @@ def prune_cmd(
         "onnxruntime", "--latency", help="Time both models in onnxruntime (exported), torch, or none."
     ),
     name: str = typer.Option(None, "--name", help="Name for the pruned model."),
+    nproc: int = nproc_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Prune a model, fine-tune it on its dataset, and save it with the input as parent."""
@@ -63,6 +64,7 @@ def prune_cmd(
     from datamoat.data import load_dataset
     from datamoat.errors import BadInput
     from datamoat.models import save_model
+    from datamoat.train import distributed
 
     check_choice("method", method, ("magnitude", "structured"))
     if method == "magnitude":
@@ -74,16 +76,23 @@ def prune_cmd(
     src = load_sparse_model(ws, model)
     if not src.lineage.get("dataset_id"):
         raise BadInput(f"model {src.name} records no dataset to fine-tune on: it was not trained in this workspace")
+    relaunch(nproc)
     data = load_dataset(ws, src.lineage["dataset_id"])
-    if not as_json:
+    if not as_json and distributed.is_main():
         err_console.print(f"pruning {src.name} ({method}), fine-tuning {epochs} epoch(s) on {data.name}...")
-    out = prune(src, config, data, latency=latency)
+    try:
+        # Every rank prunes alike (no randomness), then fine-tunes its share of each batch.
+        out = prune(src, config, data, latency=latency if distributed.is_main() else "none")
+        if not distributed.is_main():
+            return  # under torchrun: rank 0 saves and reports for all
+    finally:
+        distributed.teardown()
     save = save_sparse_model if method == "magnitude" else save_model
     saved = save(ws, out, name=name or f"{src.name}-{method}")
     rep = out.history["prune"]
     # Real sizes of the stored artifacts, not in-memory estimates.
     assert src.id is not None and saved.id is not None  # both are in the catalog
-    size = {i: ws.object_path(ws.resolve("models", i)["weights_sha"]).stat().st_size for i in (src.id, saved.id)}
+    size = {i: ws.object_size(ws.resolve("models", i)["weights_sha"]) for i in (src.id, saved.id)}
     obj = {
         "model_id": saved.id,
         "name": saved.name,

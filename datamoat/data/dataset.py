@@ -180,7 +180,10 @@ def load_dataset(ws: Workspace, ref: str) -> Dataset:
     """
     row = ws.resolve("datasets", ref)
     m = row["manifest"]
-    x, y, split = (ws.get_array(m["blobs"][k]) for k in ("x", "y", "split"))
+    # The images are mapped, not read: a command that streams batches (predict, a photo dataset's
+    # training) holds only what it touches, however large the version. Labels and splits are small.
+    x = ws.get_array(m["blobs"]["x"], mmap=True)
+    y, split = (ws.get_array(m["blobs"][k]) for k in ("y", "split"))
     return Dataset(row["id"], row["name"], m["classes"], _ro(x), _ro(y), _ro(split), m, ws)
 
 

@@ -18,6 +18,7 @@ Both read records by offset in the content-addressed shards, one seek and one re
 each record's sha256 against the index before decoding it.
 
 >>> import tempfile
+>>> from pathlib import Path
 >>> from PIL import Image
 >>> from datamoat.data.photos import PhotoImportConfig, import_photos
 >>> root = Path(tempfile.mkdtemp())
@@ -37,7 +38,6 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,7 @@ __all__ = [
     "transform_of",
     "photo_refs",
     "photo_loader",
+    "pixel_batches",
     "default_workers",
 ]
 
@@ -77,7 +78,7 @@ class PhotoSamples(torch.utils.data.Dataset):
     decodes which photo.
     """
 
-    def __init__(self, objects: Path, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, mode: str):
+    def __init__(self, objects: str, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, mode: str):
         import multiprocessing
 
         self.objects, self.refs, self.cfg, self.channels, self.mode = objects, refs, cfg, channels, mode
@@ -100,7 +101,8 @@ class PhotoSamples(torch.utils.data.Dataset):
 
     def raw(self, i: int) -> bytes:
         shard, offset, size, sha = self.refs[i]
-        data = read_record(self.objects / shard[:2] / shard[2:], offset, size)
+        # `objects` is the workspace's store: a folder, or a URL every process and machine reads from
+        data = read_record(f"{self.objects}/{shard[:2]}/{shard[2:]}", offset, size)
         if hashlib.sha256(data).hexdigest() != sha:
             raise BadInput(f"photo {sha[:12]} is corrupt in shard {shard[:12]}: restore the workspace's objects")
         return data
@@ -134,7 +136,7 @@ def _loader(
 
 
 def fit_batches(
-    objects: Path, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, *, batch_size: int, workers: int
+    objects: str, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, *, batch_size: int, workers: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The photos at `refs` through `fit`, in order: (uint8 (B, C, H, W), their positions in `refs`
     (B,)), decoded in `workers` processes (-1: `default_workers()`), never more than there are batches.
@@ -172,7 +174,7 @@ def render_photos(
     refs: list[Ref] = [(r["shard"], r["offset"], r["size"], r["sha256"]) for r in rows]
     x = np.empty((len(rows), channels, *cfg.size), np.uint8)  # (N, C, H, W)
     with _bar(progress, len(rows), "rendering photos") as advance:
-        for xb, idx in fit_batches(ws.objects, refs, cfg, channels, batch_size=64, workers=workers):
+        for xb, idx in fit_batches(ws.object_root, refs, cfg, channels, batch_size=64, workers=workers):
             x[idx] = xb
             advance(len(idx))
     y = np.asarray([classes.index(r["label"]) for r in rows], np.int64)
@@ -237,10 +239,38 @@ def photo_loader(
         return None
     cfg = transform_of(data.preprocess)
     assert cfg is not None  # rendered datasets record their transform
-    samples = PhotoSamples(data.workspace.objects, [refs[int(i)] for i in indices], cfg, data.input_shape[0], "train")
+    samples = PhotoSamples(
+        data.workspace.object_root, [refs[int(i)] for i in indices], cfg, data.input_shape[0], "train"
+    )
     samples.seed = seed
     n_workers = default_workers() if workers < 0 else workers
     return samples, _loader(samples, batch_size, n_workers, True, seed, batch_sampler)
+
+
+def pixel_batches(
+    data: Dataset, rows: np.ndarray, *, batch_size: int, workers: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`data`'s images at `rows`, batch by batch in that order: (uint8 (B, C, H, W), their rows (B,)).
+
+    A version rendered from photos is decoded from the original bytes in the shards by `workers`
+    processes (`fit_batches`: the rendered pixels, bit for bit) without touching the rendered array;
+    any other is sliced from its images. Either way only a batch is held, however large the version,
+    so `eval` and `predict` take memory by the batch, not by the dataset.
+    """
+    refs = photo_refs(data)
+    if refs is None or data.workspace is None:
+        for i in range(0, len(rows), batch_size):
+            at = rows[i : i + batch_size]  # (B,)
+            yield np.asarray(data.x[at]), at  # a copy of this batch only
+        return
+    transform = transform_of(data.preprocess)
+    assert transform is not None  # rendered datasets record their transform
+    mine = [refs[int(i)] for i in rows]
+    channels = data.input_shape[0]
+    for xb, pos in fit_batches(
+        data.workspace.object_root, mine, transform, channels, batch_size=batch_size, workers=workers
+    ):
+        yield xb, rows[pos]  # (B, C, H, W) uint8, (B,) dataset rows
 
 
 def _bar(enabled: bool, total: int, what: str) -> Any:

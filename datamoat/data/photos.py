@@ -281,14 +281,14 @@ class PhotoVersion:
         row = self._by_sha.get(sha256)
         if row is None:
             raise NotFound(f"photo {sha256[:12]} is not in version {self.id}")
-        data = read_record(self.ws.object_path(row["shard"]), row["offset"], row["size"])
+        data = read_record(self.ws.object_location(row["shard"]), row["offset"], row["size"])
         return _verified(data, row, self.id)
 
     def iter_bytes(self, split: str | None = None) -> Iterator[tuple[dict[str, Any], bytes]]:
         """(row, bytes) of every image of `split` (all if None), each shard streamed front to back."""
         wanted = {r["sha256"]: r for r in self.rows(split)}
         for shard in self.manifest["shards"]:
-            for name, data in iter_shard(self.ws.object_path(shard["sha256"])):
+            for name, data in iter_shard(self.ws.object_location(shard["sha256"])):
                 row = wanted.get(name.partition(".")[0])
                 if row is not None:
                     yield row, _verified(data, row, self.id)

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from datamoat.errors import BadInput, TooLarge
-from datamoat.workspace import TEMP_SUFFIX, Workspace, fsync_dir, make_dirs
+from datamoat.files import TEMP_SUFFIX, fsync_dir, make_dirs
+from datamoat.workspace import Workspace
 
 __all__ = [
     "DEFAULT_MAX_SHARD_BYTES",
@@ -75,12 +76,13 @@ class RecordRef:
 
 @dataclasses.dataclass(frozen=True)
 class ShardInfo:
-    """One written shard: its sha256 (its name), size in bytes, record count, path, and records."""
+    """One written shard: its sha256 (its name), size in bytes, record count, path (a URL when the
+    workspace keeps its objects in object storage), and records."""
 
     sha256: str
     size: int
     count: int
-    path: Path
+    path: Path | str
     records: tuple[RecordRef, ...]
 
 
@@ -153,7 +155,12 @@ class _ShardWriter:
         os.fsync(self.f.fileno())
         self.f.close()
         sha, size = self.w.h.hexdigest(), self.w.n
-        path = ws.object_path(sha) if ws is not None else (dest or self.folder) / f"{sha}.tar"
+        refs = tuple(RecordRef(k, e, sha, off, n) for k, e, off, n in self.refs)
+        if ws is not None:  # into the store, local or at a URL, under its sha256
+            ws.put_local_file(sha, Path(self.tmp))
+            where = ws.object_path(sha) if ws.objects_url is None else ws.object_location(sha)
+            return ShardInfo(sha, size, len(refs), where, refs)
+        path = (dest or self.folder) / f"{sha}.tar"
         make_dirs(path.parent)
         if path.exists():  # the same shard already stored: content-addressed, so it is this one
             os.unlink(self.tmp)
@@ -161,7 +168,6 @@ class _ShardWriter:
             os.chmod(self.tmp, 0o600)
             os.replace(self.tmp, path)
             fsync_dir(path.parent)
-        refs = tuple(RecordRef(k, e, sha, off, n) for k, e, off, n in self.refs)
         return ShardInfo(sha, size, len(refs), path, refs)
 
     def abort(self) -> None:

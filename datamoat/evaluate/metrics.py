@@ -35,16 +35,23 @@ __all__ = [
 
 @dataclasses.dataclass
 class EvalConfig(Config):
-    """Which split to score, in what batches, with how many calibration bins."""
+    """Which split to score, in what batches, with how many calibration bins, on which device (auto:
+    CUDA, then MPS, then the CPU; always fp32)."""
 
     split: str = "test"
     batch_size: int = 1024
     ece_bins: int = 15
+    device: str = "auto"
+    workers: int = -1  # photo decode processes (-1: every core but one, 0: in this process)
 
     def validate(self) -> None:
+        from datamoat.train.device import DEVICES
+
         check_choice("split", self.split, tuple(SPLITS))
+        check_choice("device", self.device, DEVICES)
         check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         check(1 <= self.ece_bins <= 1000, f"ece_bins must be in 1..1000, got {self.ece_bins}")
+        check(self.workers >= -1, "workers must be >= -1 (-1: every core but one, 0: decode in this process)")
 
 
 @dataclasses.dataclass
@@ -251,14 +258,26 @@ def evaluate(model: Model, data: Dataset, config: EvalConfig | None = None) -> E
     >>> ev.n == int((ds.split == 1).sum())
     True
     """
+    from datamoat.data.photo_render import pixel_batches
+    from datamoat.train.device import resolve_device
+
     cfg = config or EvalConfig()
     check_model_fits(model, data)
-    x, y = data.subset(cfg.split)  # (N, C, H, W) uint8, (N,)
-    index = np.flatnonzero(data.split == SPLITS[cfg.split])  # (N,) the same rows, in the same order
+    index = np.flatnonzero(data.split == SPLITS[cfg.split])  # (N,) the split's rows, in order
+    y = data.y[index]  # (N,)
     if len(y) == 0:
         raise BadInput(f"dataset {data.name} has no {cfg.split} samples: evaluate another split (--split)")
-    logits = torch.from_numpy(model.logits(x, batch_size=cfg.batch_size))  # (N, K)
-    probs = torch.softmax(logits.double(), dim=1).numpy()  # float64 so rows sum to 1 tightly
+    # Batch by batch (photos from their shards), so memory follows the batch, not the split.
+    dev, home = resolve_device(cfg.device), next(model.net.parameters()).device
+    probs = np.empty((len(y), len(data.classes)), np.float64)  # (N, K)
+    model.net.to(dev)  # once, not once a batch
+    try:
+        for xb, at in pixel_batches(data, index, batch_size=cfg.batch_size, workers=cfg.workers):
+            logits = torch.from_numpy(model.logits(xb, batch_size=len(xb), device=dev))  # (B, K)
+            pos = np.searchsorted(index, at)  # (B,) where these rows sit in the split
+            probs[pos] = torch.softmax(logits.double(), dim=1).numpy()  # float64 so rows sum to 1 tightly
+    finally:
+        model.net.to(home)
     return evaluate_probs(
         probs,
         y,

@@ -6,7 +6,7 @@ filtered and audited with any Parquet reader (pandas, Polars, DuckDB, Spark).
 
 It streams, so memory follows `batch_size`, not the dataset. A dataset rendered from photos is
 read from the original bytes in the workspace's shards, decoded in `workers` DataLoader processes
-through the deterministic geometry the render applied (`fit_batches`, as the render reads them): the pixels,
+through the deterministic geometry the render applied (`pixel_batches`, as the render reads them): the pixels,
 and so the rows, are the rendered ones. Other datasets are sliced from `data.x`. Each batch is one
 Parquet row group, written to a temp file beside the output and renamed into place at the end
 (`atomic_path`), so a crash never leaves half a file under the output's name.
@@ -26,7 +26,7 @@ import torch
 
 from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import SPLITS, Dataset, load_dataset
-from datamoat.data.photo_render import fit_batches, photo_refs, transform_of
+from datamoat.data.photo_render import photo_refs, pixel_batches
 from datamoat.errors import BadInput
 from datamoat.evaluate.metrics import check_model_fits
 from datamoat.models.model import Model, load_model
@@ -51,9 +51,13 @@ class PredictConfig(Config):
     batch_size: int = 256
     top_k: int | None = None
     workers: int = -1
+    device: str = "auto"  # auto: CUDA, then MPS, then the CPU; always fp32
 
     def validate(self) -> None:
+        from datamoat.train.device import DEVICES
+
         check_choice("split", self.split, ("all", *SPLITS))
+        check_choice("device", self.device, DEVICES)
         check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         check(self.top_k is None or self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
         check(self.workers >= -1, "workers must be >= -1 (-1: every core but one, 0: decode in this process)")
@@ -96,57 +100,45 @@ def _plan(model: Model, data: Dataset, config: PredictConfig | None) -> tuple[Pr
     return dataclasses.replace(cfg, top_k=top_k), rows
 
 
-def _pixels(
-    data: Dataset, rows: np.ndarray, cfg: PredictConfig, refs: list | None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(uint8 (B, C, H, W) images, their dataset rows (B,)), batch by batch, in the order of `rows`;
-    from the photos' shards when `refs` says where they lie."""
-    if refs is None or data.workspace is None:
-        for i in range(0, len(rows), cfg.batch_size):
-            at = rows[i : i + cfg.batch_size]  # (B,)
-            yield data.x[at], at  # a copy of this batch only
-        return
-    transform = transform_of(data.preprocess)
-    assert transform is not None  # rendered datasets record their transform
-    mine = [refs[int(i)] for i in rows]
-    channels = data.input_shape[0]
-    for xb, pos in fit_batches(
-        data.workspace.objects, mine, transform, channels, batch_size=cfg.batch_size, workers=cfg.workers
-    ):
-        yield xb, rows[pos]  # (B, C, H, W) uint8, (B,) dataset rows
-
-
 def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) -> Iterator[Any]:
     import pyarrow as pa
 
     assert cfg.top_k is not None  # resolved by _plan
     schema = predictions_schema()
     classes = np.asarray(data.classes, dtype=object)
+    from datamoat.train.device import resolve_device
+
     refs = photo_refs(data)  # None unless rendered from photos in a workspace
-    for x, at in _pixels(data, rows, cfg, refs):
-        logits = torch.from_numpy(model.logits(x, batch_size=len(x)))  # (B, K)
-        probs = torch.softmax(logits.double(), dim=1).numpy()  # (B, K), float64 as `evaluate` does
-        # Stable, so a tie goes to the lower class, as argmax's does: top_k[0] is the prediction.
-        order = np.argsort(-probs, axis=1, kind="stable")[:, : cfg.top_k]  # (B, k)
-        top_p = np.take_along_axis(probs, order, 1).astype(np.float32)  # (B, k)
-        pred = order[:, 0]  # (B,)
-        entries = pa.StructArray.from_arrays(
-            [pa.array(classes[order.ravel()], pa.string()), pa.array(top_p.ravel())],
-            names=["label", "probability"],
-        )
-        offsets = pa.array(np.arange(0, len(x) * cfg.top_k + 1, cfg.top_k, dtype=np.int32))  # (B + 1,)
-        ids = [refs[int(i)][3] for i in at] if refs is not None else [f"{data.id}:{int(i)}" for i in at]
-        columns = [
-            pa.array(at.astype(np.int64)),
-            pa.array(ids, pa.string()),
-            pa.array(_SPLIT_NAMES[data.split[at]], pa.string()),
-            pa.array(data.y[at].astype(np.int64)),
-            pa.array(pred.astype(np.int64)),
-            pa.array(classes[pred], pa.string()),
-            pa.array(np.ascontiguousarray(top_p[:, 0])),
-            pa.ListArray.from_arrays(offsets, entries),
-        ]
-        yield pa.RecordBatch.from_arrays(columns, schema=schema)
+    dev = resolve_device(cfg.device)
+    home = next(model.net.parameters()).device
+    model.net.to(dev)  # once, not once a batch
+    try:
+        for x, at in pixel_batches(data, rows, batch_size=cfg.batch_size, workers=cfg.workers):
+            logits = torch.from_numpy(model.logits(x, batch_size=len(x), device=dev))  # (B, K)
+            probs = torch.softmax(logits.double(), dim=1).numpy()  # (B, K), float64 as `evaluate` does
+            # Stable, so a tie goes to the lower class, as argmax's does: top_k[0] is the prediction.
+            order = np.argsort(-probs, axis=1, kind="stable")[:, : cfg.top_k]  # (B, k)
+            top_p = np.take_along_axis(probs, order, 1).astype(np.float32)  # (B, k)
+            pred = order[:, 0]  # (B,)
+            entries = pa.StructArray.from_arrays(
+                [pa.array(classes[order.ravel()], pa.string()), pa.array(top_p.ravel())],
+                names=["label", "probability"],
+            )
+            offsets = pa.array(np.arange(0, len(x) * cfg.top_k + 1, cfg.top_k, dtype=np.int32))  # (B + 1,)
+            ids = [refs[int(i)][3] for i in at] if refs is not None else [f"{data.id}:{int(i)}" for i in at]
+            columns = [
+                pa.array(at.astype(np.int64)),
+                pa.array(ids, pa.string()),
+                pa.array(_SPLIT_NAMES[data.split[at]], pa.string()),
+                pa.array(data.y[at].astype(np.int64)),
+                pa.array(pred.astype(np.int64)),
+                pa.array(classes[pred], pa.string()),
+                pa.array(np.ascontiguousarray(top_p[:, 0])),
+                pa.ListArray.from_arrays(offsets, entries),
+            ]
+            yield pa.RecordBatch.from_arrays(columns, schema=schema)
+    finally:
+        model.net.to(home)
 
 
 def iter_predictions(model: Model, data: Dataset, config: PredictConfig | None = None) -> Iterator[Any]:

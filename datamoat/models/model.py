@@ -59,12 +59,22 @@ class Model:
         return (t - mean) / std
 
     @torch.no_grad()
-    def logits(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """Logits for uint8 images (N, C, H, W) -> (N, K), in eval mode."""
+    def logits(self, x: np.ndarray, batch_size: int = 1024, device: torch.device | None = None) -> np.ndarray:
+        """Logits for uint8 images (N, C, H, W) -> (N, K), in eval mode and fp32, on `device` (default:
+        where the weights are); the weights end where they started."""
         was_training = self.net.training
+        home = next(self.net.parameters()).device
+        dev = device or home
         self.net.eval()
-        out = [self.net(self.to_tensor(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-        self.net.train(was_training)
+        try:
+            net = self.net.to(dev)
+            out = [
+                net(self.to_tensor(x[i : i + batch_size]).to(dev, non_blocking=True)).float().cpu()  # (B, K)
+                for i in range(0, len(x), batch_size)
+            ]
+        finally:
+            self.net.to(home)
+            self.net.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:

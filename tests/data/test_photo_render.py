@@ -39,7 +39,7 @@ def test_the_rendered_pixels_are_fit_of_the_decoded_original(photo_world):
     w = photo_world
     cfg = transform_of(w.ds.preprocess)
     refs = photo_refs(w.ds)
-    samples = PhotoSamples(w.ws.objects, refs, cfg, 3, "fit")
+    samples = PhotoSamples(w.ws.object_root, refs, cfg, 3, "fit")
     for i in (0, len(refs) // 2, len(refs) - 1):
         assert torch.equal(fit(decode(samples.raw(i)), cfg), torch.from_numpy(np.array(w.ds.x[i])))
 
@@ -141,3 +141,32 @@ def test_render_takes_the_clis_default_workers(photo_world):
     w = photo_world
     again = render_photos(w.ws, w.photos, transform_of(w.ds.preprocess), workers=-1)  # what `data render` passes
     assert again.id == w.ds.id and np.array_equal(again.x, w.ds.x)
+
+
+@pytest.mark.parametrize("store", ["file", "memory"])
+def test_photos_in_object_storage_import_render_train_and_predict_without_a_local_copy(photo_world, tmp_path, store):
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    from datamoat.data.photos import PhotoImportConfig, import_photos
+    from datamoat.evaluate.predict import PredictConfig, predict
+    from datamoat.models import load_model, new_model, save_model
+    from datamoat.train.loop import TrainConfig, train
+    from datamoat.workspace import Workspace
+
+    url = f"file://{tmp_path}/bucket" if store == "file" else f"memory://dm-{uuid.uuid4().hex}"
+    ws = Workspace.init(tmp_path / "ws", objects=url)
+    photos = import_photos(ws, photo_world.folder, PhotoImportConfig(val_fraction=0.2, test_fraction=0.25))
+    assert photos.id == photo_world.photos.id  # the same content, so the same version, wherever it is stored
+    ds = render_photos(ws, photos, PhotoTransformConfig(size=(32, 32)), workers=0)
+    assert np.array_equal(ds.x, photo_world.ds.x)  # the same pixels, read back through fsspec
+    workers = 1 if store == "file" else 0  # a decode worker process reads the file:// store itself
+    m = train(new_model("cnn_small", ds), ds, TrainConfig(epochs=1, workers=workers, threads=1), progress=False)
+    m = load_model(ws, save_model(ws, m).id)
+    out = predict(m, ds, tmp_path / "p.parquet", PredictConfig(workers=workers))
+    assert pq.read_table(out).num_rows == len(ds.y)
+    assert list((tmp_path / "ws" / "objects").iterdir()) == []  # every blob is in the store
+    if store == "file":
+        shards = {r["shard"] for r in photos.index}
+        assert all((tmp_path / "bucket" / s[:2] / s[2:]).is_file() for s in shards)

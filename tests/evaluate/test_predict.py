@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq  # noqa: E402
 import pytest
+import torch
 from dmtest import dm_main
 
 from datamoat.configs import config_from_dict
@@ -113,11 +114,11 @@ def test_an_existing_output_is_refused_and_a_crash_leaves_no_half_file(saved, tm
 
     calls = []
 
-    def dies_on_the_second_batch(x, batch_size=1024):
+    def dies_on_the_second_batch(x, batch_size=1024, device=None):
         calls.append(len(x))
         if len(calls) == 2:
             raise RuntimeError("killed")
-        return type(model).logits(model, x, batch_size)
+        return type(model).logits(model, x, batch_size, device)
 
     monkeypatch.setattr(model, "logits", dies_on_the_second_batch)
     with pytest.raises(RuntimeError, match="killed"):
@@ -179,6 +180,8 @@ def test_cli_predict_json_and_its_one_line_errors(saved, tmp_path, monkeypatch, 
         (*run("--overwrite", model_ref="no-such-model"), "no-such-model"),
         (*run("--overwrite", data="no-such-data"), "no-such-data"),
         (*run(output=tmp_path / "preds.csv"), "must end in .parquet"),
+        (*run("--overwrite", "--device", "tpu"), "unknown device 'tpu'"),
+        *([(*run("--overwrite", "--device", "cuda"), "no CUDA GPU")] if not torch.cuda.is_available() else []),
     ]:
         assert code == 2 and stdout == "", (message, stdout, err)
         assert message in err and len(err.strip().splitlines()) == 1, err
@@ -186,3 +189,17 @@ def test_cli_predict_json_and_its_one_line_errors(saved, tmp_path, monkeypatch, 
     code, stdout, err = run("--split", "val", "--overwrite")
     assert code == 0, err
     assert json.loads(stdout)["rows"] == int((ds.split == SPLITS["val"]).sum())
+
+
+def test_the_device_changes_where_the_model_runs_not_what_it_predicts(saved, tmp_path):
+    _, ds, model = saved
+    runs = {d: read(predict(model, ds, tmp_path / f"{d}.parquet", PredictConfig(device=d))) for d in ("cpu", "auto")}
+    evals = {d: evaluate(model, ds, EvalConfig(split="val", device=d)).to_dict() for d in ("cpu", "auto")}
+    assert next(model.net.parameters()).device.type == "cpu"  # the weights end where they started
+    if torch.cuda.is_available():  # auto ran on the GPU: fp32 there, so the same classes nearly always
+        agree = np.mean(np.asarray(runs["cpu"]["predicted"]) == np.asarray(runs["auto"]["predicted"]))
+        assert agree > 0.99 and abs(evals["cpu"]["accuracy"] - evals["auto"]["accuracy"]) < 0.01
+    else:  # auto is the CPU here: the very same numbers
+        assert runs["cpu"] == runs["auto"] and evals["cpu"] == evals["auto"]
+    with pytest.raises(BadInput, match="device"):
+        EvalConfig(device="tpu")

@@ -134,3 +134,22 @@ def test_only_rank_0_writes_and_a_run_resumes_on_another_number_of_processes(ws,
     assert len(ws.rows("runs")) == 2 and len(ws.rows("models")) == 2
     assert {x["id"] for x in ws.rows("runs")} == {run["id"], fresh["run_id"]}
     assert sorted(p.name for p in (ws.root / "runs" / fresh["run_id"]).iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.slow
+def test_distill_and_prune_fine_tune_on_two_processes_and_save_once(ws, digits):
+    from datamoat.models import save_model
+    from datamoat.models.model import new_model
+    from datamoat.train.loop import train
+
+    teacher = save_model(
+        ws, train(new_model("cnn_small", digits), digits, TrainConfig(epochs=2, threads=1), progress=False), name="t"
+    )
+    r = dm_ok(ws.root, "distill", teacher.id, "--arch", "mlp", "--epochs", "1", "--nproc", "2", "--json")
+    student = json.loads(r.stdout)
+    r = dm_ok(ws.root, "prune", teacher.id, "--method", "structured", "--ratio", "0.5", "--epochs", "1",
+              "--latency", "none", "--nproc", "2", "--json")  # fmt: skip
+    pruned = json.loads(r.stdout)
+    assert sorted(m["id"] for m in ws.rows("models")) == sorted([teacher.id, student["model_id"], pruned["model_id"]])
+    assert load_model(ws, student["model_id"]).history["processes"] == 2
+    assert pruned["params_after"] < pruned["params_before"] and student["val_accuracy"] > 0.3

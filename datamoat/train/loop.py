@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,21 +141,20 @@ def subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_split(model: Model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(loss, accuracy) of `model` on normalised tensors, in eval mode, on the device its weights are
-    on. Under DDP each rank scores every `world`-th sample and the sums are shared."""
+def evaluate_split(model: Model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """(loss, accuracy) of `model` over (normalised (B, C, H, W), labels (B,)) batches, in eval mode,
+    on the device its weights are on. Under DDP each rank passes its own share; the sums are shared."""
     model.net.eval()
     dev = next(model.net.parameters()).device
-    rank, world = distributed.rank_world()
-    x, y = x[rank::world], y[rank::world]
-    loss_sum, correct = 0.0, 0
-    for i in range(0, len(y), batch_size):
-        yb = y[i : i + batch_size].to(dev)  # (B,)
-        out = model.net(x[i : i + batch_size].to(dev)).float()  # (B, K)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for xb, yb in batches:
+        yb = yb.to(dev)  # (B,)
+        out = model.net(xb.to(dev)).float()  # (B, K)
         loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
         correct += int((out.argmax(1) == yb).sum())
+        seen += len(yb)
     model.net.train()
-    total_loss, total_correct, total = distributed.all_sum([loss_sum, correct, len(y)], dev)
+    total_loss, total_correct, total = distributed.all_sum([loss_sum, correct, seen], dev)
     n = max(total, 1)
     return total_loss / n, total_correct / n
 
@@ -236,8 +235,23 @@ def train(
         x_tr = None  # the photos stay in their shards
     else:
         x_tr = model.to_tensor(data.x[train_rows[keep]])  # (N, C, H, W)
-    xv_np, yv_np = data.subset("val")
-    x_val, y_val = model.to_tensor(xv_np), torch.from_numpy(yv_np)
+    # This rank's share of the val split. A photo version is validated from its shards batch by batch
+    # (the rendered pixels, bit for bit), so memory does not grow with the split; arrays are held.
+    val_rows = np.flatnonzero(data.split == SPLITS["val"])[rank::world]  # (V,)
+    no_val = not (data.split == SPLITS["val"]).any()  # with no val split there is nothing to select on
+    if streaming:
+        from datamoat.data.photo_render import pixel_batches
+
+        def val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for xb, at in pixel_batches(data, val_rows, batch_size=1024, workers=workers):
+                yield model.to_tensor(xb), torch.from_numpy(data.y[at])
+    else:
+        x_val, y_val = model.to_tensor(data.x[val_rows]), torch.from_numpy(data.y[val_rows])
+
+        def val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for i in range(0, len(y_val), 1024):
+                yield x_val[i : i + 1024], y_val[i : i + 1024]
+
     if dev.type == "cuda":  # fixed input shapes: let cuDNN time its convolution algorithms once
         torch.backends.cudnn.benchmark = True
     if dev.type == "cuda" and x_tr is not None and 4 * x_tr.nbytes < torch.cuda.mem_get_info(dev)[0]:
@@ -313,7 +327,7 @@ def train(
             train_s = time.perf_counter() - t0
             total_loss, total_correct, total = distributed.all_sum([float(loss_sum), float(correct), seen], dev)
             distributed.sync_buffers(net)  # every rank evaluates and keeps rank 0's BatchNorm statistics
-            val_loss, val_acc = evaluate_split(model, x_val, y_val)
+            val_loss, val_acc = evaluate_split(model, val_batches())
             point = {
                 "epoch": epoch + 1,
                 "train_loss": total_loss / total,
@@ -325,8 +339,6 @@ def train(
                 "samples_per_s": total / train_s,
             }
             curve.append(point)
-            # With no val split there is nothing to select on: keep the last epoch.
-            no_val = len(y_val) == 0
             if no_val or val_acc > best["acc"] + (cfg.min_delta if best["state"] is not None else -1.0):
                 best = {"acc": val_acc, "epoch": epoch + 1, "state": clone_state(net)}
             if bar:

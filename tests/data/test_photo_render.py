@@ -170,3 +170,13 @@ def test_photos_in_object_storage_import_render_train_and_predict_without_a_loca
     if store == "file":
         shards = {r["shard"] for r in photos.index}
         assert all((tmp_path / "bucket" / s[:2] / s[2:]).is_file() for s in shards)
+
+
+def test_training_validates_a_photo_version_from_its_shards_as_on_the_rendered_pixels(photo_world):
+    from datamoat.models import new_model
+    from datamoat.train.loop import TrainConfig, train
+
+    ds = photo_world.ds
+    m = train(new_model("cnn_small", ds), ds, TrainConfig(epochs=1, workers=1, threads=1), progress=False)
+    x_val, y_val = ds.subset("val")  # the rendered pixels, which training's validation no longer holds
+    assert m.history["val_accuracy"] == float(np.mean(m.logits(x_val).argmax(1) == y_val))

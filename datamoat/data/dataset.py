@@ -136,12 +136,15 @@ def make_dataset(
     parent_id: str | None = None,
     preprocess: dict[str, Any] | None = None,
     photos: dict[str, Any] | None = None,
+    x_blob: str | None = None,
 ) -> Dataset:
     """Validate, split, store and catalog a dataset version; returns it.
 
     Importing the same content again returns the existing version. `preprocess` None computes the
     mean and std of the train split; a photo dataset gives its transform's instead (see
     `datamoat.data.photo_render`), and `photos` says where its samples' original bytes lie.
+    `x_blob` is the sha256 of `x` already in the store (`put_array`'s bytes), written there by a
+    caller that streamed it.
     """
     y = np.asarray(y, dtype=np.int64)
     _validate(x, y, classes)
@@ -157,7 +160,7 @@ def make_dataset(
         "format": 1,
         "classes": list(classes),
         "shape": list(x.shape),
-        "blobs": {"x": ws.put_array(x), "y": ws.put_array(y), "split": ws.put_array(split)},
+        "blobs": {"x": x_blob or ws.put_array(x), "y": ws.put_array(y), "split": ws.put_array(split)},
         "split_recipe": {"val": val, "test": test, "seed": seed, "fixed_test": fixed_test is not None},
         "preprocess": preprocess,
     }

@@ -34,10 +34,13 @@ each record's sha256 against the index before decoding it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -172,11 +175,8 @@ def render_photos(
         raise BadInput(f"photo version {photos.id} has no labelled photos: label them before training on them")
     classes = photos.classes
     refs: list[Ref] = [(r["shard"], r["offset"], r["size"], r["sha256"]) for r in rows]
-    x = np.empty((len(rows), channels, *cfg.size), np.uint8)  # (N, C, H, W)
-    with _bar(progress, len(rows), "rendering photos") as advance:
-        for xb, idx in fit_batches(ws.object_root, refs, cfg, channels, batch_size=64, workers=workers):
-            x[idx] = xb
-            advance(len(idx))
+    x_sha = _render_to_store(ws, refs, cfg, channels, workers, progress)
+    x = ws.get_array(x_sha, mmap=True)  # (N, C, H, W) uint8, mapped from the store where it is local
     y = np.asarray([classes.index(r["label"]) for r in rows], np.int64)
     split = np.asarray([SPLITS[r["split"]] for r in rows], np.uint8)
     refs_sha = ws.put_bytes(json.dumps(refs).encode())
@@ -192,7 +192,49 @@ def render_photos(
         split=split,
         preprocess=preprocess,
         photos={"version": photos.id, "refs": refs_sha},
+        x_blob=x_sha,
     )
+
+
+def _render_to_store(
+    ws: Workspace, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, workers: int, progress: bool
+) -> str:
+    """Decode and fit every photo at `refs` into one .npy blob, written batch by batch to a file and
+    hashed on the way, so memory holds a batch, not the rendered set (224 px photos take 150 kB
+    each). The bytes are exactly `np.save`'s, so the blob, and the dataset id, are those `put_array`
+    gives the same pixels. Returns the blob's sha256."""
+    import hashlib
+    import tempfile
+
+    from datamoat.files import TEMP_SUFFIX, make_dirs
+
+    shape = (len(refs), channels, *cfg.size)  # (N, C, H, W)
+    folder = ws.objects if ws.objects_url is None else ws.root  # beside the store: a rename, not a copy
+    make_dirs(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".render.", suffix=TEMP_SUFFIX)
+    h, done = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            head = io.BytesIO()  # the header np.save writes for this shape and dtype
+            np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            h.update(head.getvalue())
+            f.write(head.getvalue())
+            with _bar(progress, len(refs), "rendering photos") as advance:
+                for xb, idx in fit_batches(ws.object_root, refs, cfg, channels, batch_size=64, workers=workers):
+                    assert idx[0] == done and len(idx) == idx[-1] - done + 1  # in order: written as it comes
+                    chunk = np.ascontiguousarray(xb, np.uint8).tobytes()
+                    h.update(chunk)
+                    f.write(chunk)
+                    done += len(idx)
+                    advance(len(idx))
+            f.flush()
+            os.fsync(f.fileno())
+        sha = h.hexdigest()
+        ws.put_local_file(sha, Path(tmp))
+        return sha
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def transform_of(preprocess: dict[str, Any]) -> PhotoTransformConfig | None:

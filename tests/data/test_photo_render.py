@@ -28,7 +28,14 @@ def test_render_holds_every_decodable_photo_once_with_its_label_and_split(photo_
 
 
 def test_render_is_content_addressed_and_a_new_transform_is_a_new_version(photo_world):
+    import hashlib
+    import io
+
     w = photo_world
+    buf = io.BytesIO()  # streamed to the store, the images are still exactly np.save's bytes
+    np.save(buf, np.ascontiguousarray(w.ds.x), allow_pickle=False)
+    assert w.ds.manifest["blobs"]["x"] == hashlib.sha256(buf.getvalue()).hexdigest()
+    assert not [p for p in w.ws.objects.rglob(".render.*")]  # no temp file left behind
     again = render_photos(w.ws, w.photos, PhotoTransformConfig(size=(32, 32)), workers=1)
     assert again.id == w.ds.id and np.array_equal(again.x, w.ds.x)
     boxed = render_photos(w.ws, w.photos, PhotoTransformConfig(size=(32, 32), resize="letterbox"), workers=0)

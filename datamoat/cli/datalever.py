@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from datamoat.cli._common import JsonOpt, console, emit, open_ws
+from datamoat.cli._common import JsonOpt, console, emit, nproc_option, open_ws, relaunch
 from datamoat.errors import BadInput, NotFound
 
 
@@ -28,10 +28,12 @@ def data_issues(
     threads: int = typer.Option(0, help="Torch threads (0: every core)."),
     top: int = typer.Option(20, help="Rows to show per kind of issue."),
     output: Path = typer.Option(None, "--output", "-o", help="Write every issue as JSON here (input to `data fix`)."),
+    nproc: int = nproc_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Find likely label errors (cleanlab on out-of-fold predictions), near duplicates and outliers."""
     from datamoat.data import load_dataset
+    from datamoat.train import distributed
     from datamoat.train.cleaning import CleaningConfig, find_issues
 
     cfg = CleaningConfig(
@@ -47,8 +49,14 @@ def data_issues(
     if top < 0:
         raise BadInput(f"--top must be >= 0, got {top}")
     ws = open_ws()
+    relaunch(nproc, lambda: ws.resolve("datasets", dataset))
     ds = load_dataset(ws, dataset)
-    issues = find_issues(ds, cfg, progress=not as_json).to_dict()
+    try:  # under torchrun each fold model trains on every process (DDP); rank 0 writes and reports
+        issues = find_issues(ds, cfg, progress=not as_json and distributed.is_main()).to_dict()
+        if not distributed.is_main():
+            return
+    finally:
+        distributed.teardown()
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(issues, indent=1) + "\n")

@@ -153,3 +153,15 @@ def test_distill_and_prune_fine_tune_on_two_processes_and_save_once(ws, digits):
     assert sorted(m["id"] for m in ws.rows("models")) == sorted([teacher.id, student["model_id"], pruned["model_id"]])
     assert load_model(ws, student["model_id"]).history["processes"] == 2
     assert pruned["params_after"] < pruned["params_before"] and student["val_accuracy"] > 0.3
+
+
+@pytest.mark.slow
+def test_data_issues_trains_its_fold_models_on_two_processes_and_reports_once(ws, digits, tmp_path):
+    out = tmp_path / "issues.json"
+    args = ("data", "issues", digits.id, "--folds", "2", "--epochs", "3", "--output", out, "--json")
+    r = dm_ok(ws.root, *args, "--nproc", "2")
+    two = json.loads(r.stdout)  # one object on stdout from two processes
+    one = json.loads(dm_ok(ws.root, *args[:-3], "--json").stdout)
+    assert two["examined"] == one["examined"] == int((digits.split == 0).sum())
+    assert two["oof_accuracy"] > 0.5 and abs(two["oof_accuracy"] - one["oof_accuracy"]) < 0.1, (two, one)
+    assert json.loads(out.read_text())["examined"] == two["examined"]

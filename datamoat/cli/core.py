@@ -345,14 +345,12 @@ def train(
         raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")
     dev = ws.resolve("runs", resume)["config"]["train"].get("device", "auto") if resume else device
     relaunch(nproc, lambda: data and ws.resolve("datasets", data), dev)
-    try:
+    with distributed.leaving_together():
         model, run_id = train_in_workspace(
             ws, data, arch, cfg, name=name, resume=resume, weights=weights or None, keep_head=keep_head, progress=True
         )
         if not distributed.is_main():
             return  # rank 0 reports for all
-    finally:
-        distributed.teardown()
     h = model.history
     out = {
         "run_id": run_id,

@@ -51,12 +51,11 @@ def data_issues(
     ws = open_ws()
     relaunch(nproc, lambda: ws.resolve("datasets", dataset))
     ds = load_dataset(ws, dataset)
-    try:  # under torchrun each fold model trains on every process (DDP); rank 0 writes and reports
+    # Under torchrun each fold model trains on every process (DDP); rank 0 writes and reports.
+    with distributed.leaving_together():
         issues = find_issues(ds, cfg, progress=not as_json and distributed.is_main()).to_dict()
         if not distributed.is_main():
             return
-    finally:
-        distributed.teardown()
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(issues, indent=1) + "\n")

@@ -74,12 +74,10 @@ def distill_cmd(
     )
     widths = {k: v for k, v in {"channels": _widths(channels), "hidden": _widths(hidden)}.items() if v is not None}
     student = new_model(arch, ds, seed=seed, **widths)
-    try:
+    with distributed.leaving_together():
         trained = distill(student, t, ds, config, progress=not as_json)
         if not distributed.is_main():
             return  # under torchrun: rank 0 saves and reports for all
-    finally:
-        distributed.teardown()
     saved = save_model(ws, trained, name=name or f"{arch}-distilled-{t.name}")
     acc = float(saved.history["val_accuracy"])
     emit(

@@ -80,13 +80,11 @@ def prune_cmd(
     data = load_dataset(ws, src.lineage["dataset_id"])
     if not as_json and distributed.is_main():
         err_console.print(f"pruning {src.name} ({method}), fine-tuning {epochs} epoch(s) on {data.name}...")
-    try:
+    with distributed.leaving_together():
         # Every rank prunes alike (no randomness), then fine-tunes its share of each batch.
         out = prune(src, config, data, latency=latency if distributed.is_main() else "none")
         if not distributed.is_main():
             return  # under torchrun: rank 0 saves and reports for all
-    finally:
-        distributed.teardown()
     save = save_sparse_model if method == "magnitude" else save_model
     saved = save(ws, out, name=name or f"{src.name}-{method}")
     rep = out.history["prune"]

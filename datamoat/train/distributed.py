@@ -9,9 +9,11 @@ group that torchrun's environment describes: gloo on the CPU, NCCL on CUDA GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import IO, Any
 
 import torch
@@ -21,6 +23,7 @@ from datamoat.errors import BadInput
 __all__ = [
     "setup",
     "teardown",
+    "leaving_together",
     "rank_world",
     "is_main",
     "local_device",
@@ -82,11 +85,31 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def teardown() -> None:
-    """Leave the process group, if this process joined one."""
+def teardown(*, together: bool = True) -> None:
+    """Leave the process group, if this process joined one. `together`: after a barrier, so no rank
+    closes its connections while a peer still works (gloo aborts a peer that sees that); a rank that
+    failed leaves at once instead, since its peers may never reach the barrier."""
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def leaving_together() -> Iterator[None]:
+    """Run a command's work, then leave the process group: together when it succeeded (however it
+    returned), at once when it raised.
+
+    >>> with leaving_together():
+    ...     pass
+    """
+    try:
+        yield
+    except BaseException:
+        teardown(together=False)
+        raise
+    teardown()
 
 
 def all_sum(values: list[float], device: torch.device) -> list[float]:

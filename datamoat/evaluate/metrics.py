@@ -268,16 +268,12 @@ def evaluate(model: Model, data: Dataset, config: EvalConfig | None = None) -> E
     if len(y) == 0:
         raise BadInput(f"dataset {data.name} has no {cfg.split} samples: evaluate another split (--split)")
     # Batch by batch (photos from their shards), so memory follows the batch, not the split.
-    dev, home = resolve_device(cfg.device), next(model.net.parameters()).device
     probs = np.empty((len(y), len(data.classes)), np.float64)  # (N, K)
-    model.net.to(dev)  # once, not once a batch
-    try:
+    with model.placed(resolve_device(cfg.device)) as dev:
         for xb, at in pixel_batches(data, index, batch_size=cfg.batch_size, workers=cfg.workers):
             logits = torch.from_numpy(model.logits(xb, batch_size=len(xb), device=dev))  # (B, K)
             pos = np.searchsorted(index, at)  # (B,) where these rows sit in the split
             probs[pos] = torch.softmax(logits.double(), dim=1).numpy()  # float64 so rows sum to 1 tightly
-    finally:
-        model.net.to(home)
     return evaluate_probs(
         probs,
         y,

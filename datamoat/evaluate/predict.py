@@ -109,10 +109,7 @@ def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) 
     from datamoat.train.device import resolve_device
 
     refs = photo_refs(data)  # None unless rendered from photos in a workspace
-    dev = resolve_device(cfg.device)
-    home = next(model.net.parameters()).device
-    model.net.to(dev)  # once, not once a batch
-    try:
+    with model.placed(resolve_device(cfg.device)) as dev:
         for x, at in pixel_batches(data, rows, batch_size=cfg.batch_size, workers=cfg.workers):
             logits = torch.from_numpy(model.logits(x, batch_size=len(x), device=dev))  # (B, K)
             probs = torch.softmax(logits.double(), dim=1).numpy()  # (B, K), float64 as `evaluate` does
@@ -137,8 +134,6 @@ def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) 
                 pa.ListArray.from_arrays(offsets, entries),
             ]
             yield pa.RecordBatch.from_arrays(columns, schema=schema)
-    finally:
-        model.net.to(home)
 
 
 def iter_predictions(model: Model, data: Dataset, config: PredictConfig | None = None) -> Iterator[Any]:

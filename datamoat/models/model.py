@@ -8,9 +8,11 @@ model can be rebuilt from the workspace alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -58,22 +60,31 @@ class Model:
         )  # copies: x is read-only
         return (t - mean) / std
 
+    @contextlib.contextmanager
+    def placed(self, device: torch.device | None) -> Iterator[torch.device]:
+        """The weights on `device` (None: where they are) for the block, then back where they were;
+        a caller scoring many batches moves them once, not once a batch. Yields the device."""
+        home = next(self.net.parameters()).device
+        dev = device or home
+        self.net.to(dev)
+        try:
+            yield dev
+        finally:
+            self.net.to(home)
+
     @torch.no_grad()
     def logits(self, x: np.ndarray, batch_size: int = 1024, device: torch.device | None = None) -> np.ndarray:
         """Logits for uint8 images (N, C, H, W) -> (N, K), in eval mode and fp32, on `device` (default:
         where the weights are); the weights end where they started."""
         was_training = self.net.training
-        home = next(self.net.parameters()).device
-        dev = device or home
         self.net.eval()
         try:
-            net = self.net.to(dev)
-            out = [
-                net(self.to_tensor(x[i : i + batch_size]).to(dev, non_blocking=True)).float().cpu()  # (B, K)
-                for i in range(0, len(x), batch_size)
-            ]
+            with self.placed(device) as dev:
+                out = [
+                    self.net(self.to_tensor(x[i : i + batch_size]).to(dev, non_blocking=True)).float().cpu()  # (B, K)
+                    for i in range(0, len(x), batch_size)
+                ]
         finally:
-            self.net.to(home)
             self.net.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
 

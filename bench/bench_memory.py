@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,15 +39,21 @@ def dm(home: Path, *args: str) -> dict:
 
 def stages(root: Path, n: int) -> dict[str, dict]:
     home, photos = root / f"ws-{n}", root / f"photos-{n}"
-    subprocess.run(
-        [sys.executable, "-m", "datamoat", "data", "synth", str(photos), "--n-per-class", str(n // CLASSES),
-         "--test-fraction", "0.1", "--json"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    if not (root / f"photos-{n}.done").exists():  # a DM_MEM_ROOT of an earlier run keeps its photos
+        subprocess.run(
+            [sys.executable, "-m", "datamoat", "data", "synth", str(photos), "--n-per-class", str(n // CLASSES),
+             "--test-fraction", "0.1", "--json"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        (root / f"photos-{n}.done").touch()
+    shutil.rmtree(home, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "datamoat", "init", str(home)], check=True, capture_output=True)
     out = {"data import-photos": dm(home, "data", "import-photos", str(photos / "train"), "--name", "p")}
     out["data render"] = dm(home, "data", "render", "p", "--size", "32", "--name", "r")
     out["train (1 epoch)"] = dm(home, "train", "--data", "r", "--arch", "cnn_small", "--epochs", "1", "--name", "m")
+    out["train (rendered arrays, 1 epoch)"] = dm(
+        home, "train", "--data", "r", "--arch", "cnn_small", "--epochs", "1", "--no-photo-stream", "--name", "ma"
+    )
     out["eval"] = dm(home, "eval", "m", "--data", "r", "--split", "val")
     out["predict"] = dm(home, "predict", "r", "--model", "m", "--output", str(root / f"p-{n}.parquet"))
     out["data issues"] = dm(home, "data", "issues", "r", "--folds", "2", "--epochs", "1", "--arch", "cnn_small")
@@ -54,7 +61,8 @@ def stages(root: Path, n: int) -> dict[str, dict]:
 
 
 def main() -> dict:
-    root = Path(tempfile.mkdtemp(prefix="dm-bench-memory-"))
+    root = Path(os.environ.get("DM_MEM_ROOT") or tempfile.mkdtemp(prefix="dm-bench-memory-"))
+    root.mkdir(parents=True, exist_ok=True)
     small, large = (stages(root, n) for n in (SMALL, 10 * SMALL))
     rows, flat = [], {}
     for name in small:
@@ -69,6 +77,8 @@ def main() -> dict:
                 f"peak_rss_mib_{SMALL}": a["peak_rss_mib"],
                 f"peak_rss_mib_{10 * SMALL}": b["peak_rss_mib"],
                 "memory_ratio": mem,
+                f"peak_anon_mib_{SMALL}": a["peak_anon_mib"],
+                f"peak_anon_mib_{10 * SMALL}": b["peak_anon_mib"],
                 "worker_peak_mib_large": b["worker_peak_rss_mib"],
                 f"wall_s_{SMALL}": a["wall_s"],
                 f"wall_s_{10 * SMALL}": b["wall_s"],
@@ -82,10 +92,11 @@ def main() -> dict:
         "rows": rows,
         "summary": {"small": SMALL, "large": 10 * SMALL, "stages": flat},
         "notes": [
-            f"Targets (scaled down one decade from the issue's 100k/1M): memory ratio <= 1.25 (met by: "
+            f"Targets (the issue's are 100k against 1M): memory ratio <= 1.25 (met by: "
             f"{', '.join(met) or 'none'}; missed by: {', '.join(k for k in flat if k not in met) or 'none'}), "
             "time ratio <= 11 for 10x the photos.",
             "peak_rss is the datamoat process's own maximum resident set (file-backed pages it mapped and "
-            "touched included); decode workers are separate processes, their largest peak in its own column.",
+            "touched included); peak_anon is its anonymous memory (what the kernel cannot drop), sampled every "
+            "20 ms; decode workers are separate processes, their largest peak in its own column.",
         ],
     }

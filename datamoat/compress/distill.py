@@ -25,11 +25,12 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from datamoat.configs import Config, check
-from datamoat.data.dataset import Dataset
+from datamoat.data.dataset import SPLITS, Dataset
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
 from datamoat.train.device import resolve_device
@@ -150,9 +151,9 @@ def teacher_logits(teacher: Model, data: Dataset, config: TrainConfig) -> torch.
     >>> tuple(teacher_logits(new_model("mlp", ds), ds, TrainConfig(max_train_samples=100)).shape)
     (100, 10)
     """
-    x, y = data.subset("train")
-    keep = subsample(y, config.max_train_samples, config.seed)
-    return torch.from_numpy(teacher.logits(x[keep]))
+    rows = np.flatnonzero(data.split == SPLITS["train"])
+    keep = subsample(data.y[rows], config.max_train_samples, config.seed)
+    return torch.from_numpy(teacher.logits(data.x, rows=rows[keep]))
 
 
 def distill(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace, short_hash
 
-__all__ = ["Dataset", "SPLITS", "make_dataset", "load_dataset", "stratified_splits"]
+__all__ = ["Dataset", "SPLITS", "make_dataset", "load_dataset", "read_rows", "stratified_splits"]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -188,6 +189,27 @@ def load_dataset(ws: Workspace, ref: str) -> Dataset:
     x = ws.get_array(m["blobs"]["x"], mmap=True)
     y, split = (ws.get_array(m["blobs"][k]) for k in ("y", "split"))
     return Dataset(row["id"], row["name"], m["classes"], _ro(x), _ro(y), _ro(split), m, ws)
+
+
+def read_rows(x: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+    """``x[rows]`` as an array of its own. Where `x` is mapped from a file (`load_dataset` maps a
+    version's images), the pages just read are then dropped from this process: they stay in the
+    operating system's page cache, but a pass over a large version holds one batch, not every page it
+    touched, so a process's resident memory does not grow with the data.
+
+    >>> x = np.arange(12, dtype=np.uint8).reshape(4, 1, 1, 3)
+    >>> read_rows(x, np.array([2, 0]))[:, 0, 0, 0].tolist()
+    [6, 0]
+    """
+    out = np.array(x[rows])  # a copy: fancy indexing copies, a slice would be a view of the mapping
+    base: Any = x
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+        # A read-only shared mapping: the pages leave this process's resident set and are read back
+        # from the page cache if touched again, so nothing is lost.
+        base.madvise(mmap.MADV_DONTNEED)
+    return out
 
 
 def _ro(a: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from datamoat.configs import config_from_dict
-from datamoat.data.dataset import SPLITS, Dataset, make_dataset
+from datamoat.data.dataset import SPLITS, Dataset, make_dataset, read_rows
 from datamoat.data.photo_transforms import PhotoTransformConfig, decode, fit, train_min_side, train_transform
 from datamoat.data.photos import PhotoVersion
 from datamoat.data.shards import read_record
@@ -303,7 +303,7 @@ def pixel_batches(
     if refs is None or data.workspace is None:
         for i in range(0, len(rows), batch_size):
             at = rows[i : i + batch_size]  # (B,)
-            yield np.asarray(data.x[at]), at  # a copy of this batch only
+            yield read_rows(data.x, at), at  # a copy of this batch only
         return
     transform = transform_of(data.preprocess)
     assert transform is not None  # rendered datasets record their transform

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from datamoat.data.dataset import SPLITS, Dataset, load_dataset, make_dataset
+from datamoat.data.dataset import SPLITS, Dataset, load_dataset, make_dataset, read_rows
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace
 
@@ -194,9 +194,12 @@ def apply_fixes(
 
 
 def pixel_hashes(x: np.ndarray) -> list[str]:
-    """sha256 hex digest of each image's pixels (shape and bytes)."""
-    x = np.ascontiguousarray(x)
-    return [hashlib.sha256(img.tobytes()).hexdigest() for img in x]
+    """sha256 hex digest of each image's pixels (shape and bytes), read in chunks (`read_rows`)."""
+    return [
+        hashlib.sha256(img.tobytes()).hexdigest()
+        for i in range(0, len(x), 4096)
+        for img in read_rows(x, slice(i, i + 4096))
+    ]
 
 
 def diff(ws: Workspace, a: Dataset | str, b: Dataset | str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from datamoat.configs import config_from_dict
-from datamoat.data.dataset import Dataset
+from datamoat.data.dataset import Dataset, read_rows
 from datamoat.errors import BadInput
 from datamoat.models.zoo import ModelConfig, build, param_count, preset
 from datamoat.workspace import Workspace, short_hash
@@ -73,24 +73,35 @@ class Model:
             self.net.to(home)
 
     @torch.no_grad()
-    def logits(self, x: np.ndarray, batch_size: int = 1024, device: torch.device | None = None) -> np.ndarray:
-        """Logits for uint8 images (N, C, H, W) -> (N, K), in eval mode and fp32, on `device` (default:
-        where the weights are); the weights end where they started."""
+    def logits(
+        self,
+        x: np.ndarray,
+        batch_size: int = 1024,
+        device: torch.device | None = None,
+        *,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Logits for uint8 images (N, C, H, W) -> (N, K), or for the images ``x[rows]`` in that order,
+        read batch by batch (`read_rows`), so a mapped dataset is never copied whole. In eval mode and
+        fp32, on `device` (default: where the weights are); the weights end where they started."""
+        at = np.arange(len(x)) if rows is None else np.asarray(rows)
         was_training = self.net.training
         self.net.eval()
         try:
             with self.placed(device) as dev:
                 out = [
-                    self.net(self.to_tensor(x[i : i + batch_size]).to(dev, non_blocking=True)).float().cpu()  # (B, K)
-                    for i in range(0, len(x), batch_size)
+                    self.net(self.to_tensor(read_rows(x, at[i : i + batch_size])).to(dev, non_blocking=True))
+                    .float()
+                    .cpu()  # (B, K)
+                    for i in range(0, len(at), batch_size)
                 ]
         finally:
             self.net.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Softmax probabilities for uint8 images, (N, K)."""
-        return torch.softmax(torch.from_numpy(self.logits(x)), dim=1).numpy()
+    def predict_proba(self, x: np.ndarray, *, rows: np.ndarray | None = None) -> np.ndarray:
+        """Softmax probabilities for uint8 images (or ``x[rows]``, see `logits`), (N, K)."""
+        return torch.softmax(torch.from_numpy(self.logits(x, rows=rows)), dim=1).numpy()
 
     def meta(self) -> dict[str, Any]:
         meta = {

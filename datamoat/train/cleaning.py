@@ -178,7 +178,7 @@ def _out_of_fold_arch(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, arch:
         view = dataclasses.replace(data, id=f"{data.id}-fold{k}", split=split)
         model = new_model(arch, view, seed=cfg.seed + k)
         model = train(model, view, tcfg.replace(seed=cfg.seed + k), progress=progress)
-        probs[fold == k] = model.predict_proba(data.x[held])
+        probs[fold == k] = model.predict_proba(data.x, rows=held)
     return probs
 
 

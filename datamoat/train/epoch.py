@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ class RankBatches(torch.utils.data.Sampler[list[int]]):
 
 
 def epoch_batches(
-    x_tr: torch.Tensor | None,
+    rows_at: Callable[[torch.Tensor], torch.Tensor] | None,
     stream: Any,
     n: int,
     steps: int,
@@ -72,13 +73,14 @@ def epoch_batches(
     world: int = 1,
 ) -> Any:
     """One epoch's (normalised batch (B, C, H, W), indices into the train rows (B,)), `steps` of
-    them: this rank's shares of the global batches of one permutation drawn from `g`."""
+    them: this rank's shares of the global batches of one permutation drawn from `g`. `rows_at` reads
+    the batch at some train-row indices; a photo `stream` (samples, loader) decodes it instead."""
     perm = torch.randperm(n, generator=g)  # (N,), the same on every rank: `g` is seeded alike
     if stream is None:
-        assert x_tr is not None
+        assert rows_at is not None
         for s in range(steps):
             idx = rank_slice(perm, s, batch_size, rank, world)
-            yield x_tr[idx.to(x_tr.device)], idx
+            yield rows_at(idx), idx
         return
     samples, loader = stream
     samples.epoch = epoch  # seeds each photo's crop: the same run gives the same crops, resumed or not

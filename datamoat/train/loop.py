@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from datamoat.configs import Config, check, check_choice
-from datamoat.data.dataset import SPLITS, Dataset
+from datamoat.data.dataset import SPLITS, Dataset, read_rows
 from datamoat.data.transforms import AUGMENTATIONS, augment
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
@@ -159,6 +159,22 @@ def evaluate_split(model: Model, batches: Iterable[tuple[torch.Tensor, torch.Ten
     return total_loss / n, total_correct / n
 
 
+def _batch_reader(
+    model: Model, x: np.ndarray, rows: np.ndarray, dev: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Reads the normalised train batch at some indices into `rows`. On the CPU each batch is read
+    from the (mapped) images when it is drawn, so memory holds a batch, not the split. On a GPU with
+    room for four times the split, the split is held there once: a batch is then a gather on the
+    device, not a read and a copy."""
+    if dev.type == "cuda" and 16 * len(rows) * int(np.prod(x.shape[1:])) < torch.cuda.mem_get_info(dev)[0]:
+        held = torch.cat(
+            [model.to_tensor(read_rows(x, rows[i : i + 4096])).to(dev) for i in range(0, len(rows), 4096)]
+        )  # (N, C, H, W) float32, built in chunks so the host never holds the whole split
+
+        return lambda idx: held[idx.to(dev)]
+    return lambda idx: model.to_tensor(read_rows(x, rows[idx.numpy()]))
+
+
 def train(
     model: Model,
     data: Dataset,
@@ -232,9 +248,9 @@ def train(
         stream = photo_loader(
             data, train_rows[keep], batch_size=cfg.batch_size, workers=workers, seed=cfg.seed, batch_sampler=sampler
         )
-        x_tr = None  # the photos stay in their shards
+        rows_at = None  # the photos stay in their shards
     else:
-        x_tr = model.to_tensor(data.x[train_rows[keep]])  # (N, C, H, W)
+        rows_at = _batch_reader(model, data.x, train_rows[keep], dev)
     # This rank's share of the val split. A photo version is validated from its shards batch by batch
     # (the rendered pixels, bit for bit), so memory does not grow with the split; arrays are held.
     val_rows = np.flatnonzero(data.split == SPLITS["val"])[rank::world]  # (V,)
@@ -246,16 +262,14 @@ def train(
             for xb, at in pixel_batches(data, val_rows, batch_size=1024, workers=workers):
                 yield model.to_tensor(xb), torch.from_numpy(data.y[at])
     else:
-        x_val, y_val = model.to_tensor(data.x[val_rows]), torch.from_numpy(data.y[val_rows])
 
         def val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for i in range(0, len(y_val), 1024):
-                yield x_val[i : i + 1024], y_val[i : i + 1024]
+            for i in range(0, len(val_rows), 1024):
+                at = val_rows[i : i + 1024]  # (B,)
+                yield model.to_tensor(read_rows(data.x, at)), torch.from_numpy(data.y[at])
 
     if dev.type == "cuda":  # fixed input shapes: let cuDNN time its convolution algorithms once
         torch.backends.cudnn.benchmark = True
-    if dev.type == "cuda" and x_tr is not None and 4 * x_tr.nbytes < torch.cuda.mem_get_info(dev)[0]:
-        x_tr = x_tr.to(dev)  # held on the GPU: a batch is a gather there, not a CPU gather and a copy
     net = model.net.to(dev)
     if dev.type == "cuda" and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -301,7 +315,7 @@ def train(
             seen = 0
             # One rank's augmentation draws would desynchronise `g`, which orders every rank's epochs.
             g_aug = g if world == 1 else torch.Generator().manual_seed(hash((cfg.seed, rank, epoch)) & 0x7FFF_FFFF)
-            batches = epoch_batches(x_tr, stream, n, steps, cfg.batch_size, g, epoch, rank, world)
+            batches = epoch_batches(rows_at, stream, n, steps, cfg.batch_size, g, epoch, rank, world)
             for s, (xb, idx) in enumerate(batches):
                 yb = y_tr[idx].to(dev, non_blocking=True)  # (B,)
                 xb = augment(xb, cfg.augment, g_aug).to(dev, non_blocking=True)  # (B, C, H, W)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import JsonOpt, admin_actor, console, emit, finish_control, open_registry
+from datamoat.cli._common import JsonOpt, admin_actor, console, emit, err_console, finish_control, open_registry
 
 registry_app = typer.Typer(help="Model versions, aliases and the audit log.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Create, list and revoke API tokens (stored hashed).", no_args_is_help=True)
@@ -112,12 +112,17 @@ def promote(
     alias: str = typer.Option("production", "--alias", "-a"),
     reason: str = typer.Option("", "--reason"),
     int8: bool = typer.Option(False, "--int8", help="Register the int8-quantized ONNX of a catalog model."),
+    profile: bool = typer.Option(
+        True, "--profile/--no-profile", help="Record the version's reference profile for drift checks if it has none."
+    ),
     token: str = TokenOpt,
     registry: str = RegistryOpt,
     wait: float = WaitOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Point an alias at a version; servers switch without a restart."""
+    from datamoat.errors import DatamoatError
+    from datamoat.registry.profiles import profile_version
     from datamoat.registry.register import register_model, resolve_version
 
     ws, reg = open_registry(registry)
@@ -125,6 +130,11 @@ def promote(
     vid = (
         register_model(ws, reg, model, actor=actor, int8=True) if int8 else resolve_version(ws, reg, model, actor=actor)
     )
+    if profile and reg.profile(vid) is None:
+        try:  # before the switch, so servers that reload on it find the profile
+            profile_version(ws, reg, vid, actor=actor)
+        except DatamoatError as e:  # drift checks wait for a profile; the promotion does not
+            err_console.print(f"warning: no reference profile for {vid} ({e}); drift checks need one", highlight=False)
     out = reg.promote(vid, alias, actor=actor, reason=reason)
     finish_control(reg, out, as_json, f"{alias} -> {vid} (was {out['previous']})", wait)
 

@@ -33,6 +33,7 @@ class LoadedVersion:
     mean: np.ndarray  # (1, C, 1, 1)
     std: np.ndarray  # (1, C, 1, 1)
     photo: dict[str, Any] | None = None  # a photo model's PhotoTransformConfig: uploads are fitted by it
+    embedding: str | None = None  # the graph output holding the penultimate-layer embedding, if opened with it
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Raw pixels (N, C, H, W) in 0..255 -> the float32 tensor the graph expects."""
@@ -40,16 +41,26 @@ class LoadedVersion:
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Raw pixels (N, C, H, W) -> class probabilities (N, K)."""
+        return self.run(x)[0]
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw pixels (N, C, H, W) -> (class probabilities (N, K), penultimate embeddings (N, D), or
+        None unless the version was opened with ``embeddings=True``)."""
         t = self.normalize(x)  # (N, C, H, W)
-        step = self.fixed_batch or len(t)
-        out = []
+        step = self.fixed_batch or max(len(t), 1)
+        outs: list[list[np.ndarray]] = []
         for i in range(0, len(t), step):
             chunk = t[i : i + step]
             pad = step - len(chunk)  # a fixed-batch graph needs full batches
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-            out.append(self.session.run(None, {self.input_name: chunk})[0][: step - pad])
-        return softmax(np.concatenate(out))  # (N, K)
+            got = self.session.run(None, {self.input_name: chunk})
+            outs.append([o[: step - pad] for o in got[: 2 if self.embedding else 1]])
+        probs = softmax(np.concatenate([o[0] for o in outs]))  # (N, K)
+        if not self.embedding:
+            return probs, None
+        emb = np.concatenate([o[1].reshape(len(o[1]), -1) for o in outs]).astype(np.float32)  # (N, D)
+        return probs, emb
 
 
 def describe(model: LoadedVersion | None) -> dict[str, Any]:
@@ -78,14 +89,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def open_version(onnx: bytes, meta: dict[str, Any], threads: int = 0) -> LoadedVersion:
+def open_version(onnx: bytes, meta: dict[str, Any], threads: int = 0, *, embeddings: bool = False) -> LoadedVersion:
     """Open a CPU session over ONNX bytes; `meta` holds the version's id, name, kind,
     classes, preprocessing and (optionally) input shape, as the registry and bundles store them.
+    `embeddings` also returns the penultimate layer from `LoadedVersion.run` (for drift monitoring),
+    where the graph has a classifier to find.
 
     >>> v = open_version(registry.artifact(row["onnx_sha"]), {**row["info"], **row})  # doctest: +SKIP
     """
-    from datamoat.inference.onnx import ort_session
+    from datamoat.inference.onnx import ort_session, with_embedding_output
 
+    emb_name = None
+    if embeddings:
+        onnx, emb_name = with_embedding_output(onnx)
     sess = ort_session(onnx, threads)
     inp = sess.get_inputs()[0]
     c, h, w = (int(d) for d in (meta.get("input_shape") or inp.shape[1:]))
@@ -106,6 +122,7 @@ def open_version(onnx: bytes, meta: dict[str, Any], threads: int = 0) -> LoadedV
         mean=channel(pre["mean"]),
         std=channel(pre["std"]),
         photo=pre.get("photo"),
+        embedding=emb_name,
     )
 
 

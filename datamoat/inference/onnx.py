@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "with_embedding_output",
     "ort_session",
     "plain_session",
     "normalise",
@@ -23,6 +24,45 @@ __all__ = [
     "measure_latency",
     "file_bytes",
 ]
+
+
+# Ops a penultimate activation reaches the logits through: the classifier's (Q)Gemm or MatMul, and
+# the bias Add, the rescaling Mul, (de)quantization and reshapes an export or int8 pass puts around it.
+_CLASSIFIER_OPS = {"Gemm", "MatMul", "QGemm", "MatMulInteger", "QLinearMatMul"}
+_PASS_THROUGH_OPS = {"Add", "Mul", "DequantizeLinear", "QuantizeLinear", "Identity", "Reshape", "Flatten", "Cast"}
+
+
+def with_embedding_output(onnx_bytes: bytes) -> tuple[bytes, str | None]:
+    """The model with its classifier's input (the penultimate-layer embedding, float) as a second
+    graph output, and that output's name; the bytes unchanged and None where no classifier is found
+    within a few nodes of the logits.
+
+    >>> data, name = with_embedding_output(open("model.onnx", "rb").read())  # doctest: +SKIP
+    """
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    floats = {i.name for i in graph.initializer}
+    tensor = graph.output[0].name
+    for _ in range(8):  # the classifier sits a few nodes above the logits, or nowhere
+        node = producer.get(tensor)
+        if node is None:
+            return onnx_bytes, None
+        if node.op_type in _CLASSIFIER_OPS:
+            emb = node.input[0]
+            before = producer.get(emb)
+            if before is not None and before.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):
+                emb = before.input[0]  # an int8 graph: the float activation before it was quantized
+            if emb in floats or emb in {o.name for o in graph.output}:
+                return onnx_bytes, None
+            graph.output.append(onnx.helper.make_tensor_value_info(emb, onnx.TensorProto.FLOAT, None))
+            return model.SerializeToString(), emb
+        if node.op_type not in _PASS_THROUGH_OPS:
+            return onnx_bytes, None
+        tensor = node.input[0]
+    return onnx_bytes, None
 
 
 def ort_session(path: str | Path | bytes, threads: int = 0) -> Any:

@@ -33,6 +33,7 @@ from datamoat.configs import check, check_choice
 from datamoat.errors import BadInput, NotFound
 from datamoat.registry.chain import add_chain_column, append_chained, append_only_ddl, verify_chain
 from datamoat.registry.policy import clean_policy
+from datamoat.registry.profiles import ProfileStore
 from datamoat.registry.schema import WRITE_OPTION, ensure_schema
 from datamoat.registry.servers import ServerRoster
 from datamoat.registry.tables import (
@@ -93,7 +94,7 @@ def registry_url(ws: Workspace | None = None, url: str | None = None) -> str:
     return f"sqlite:///{(ws.root / 'registry.db').resolve()}"
 
 
-class Registry(TokenStore, ServerRoster):
+class Registry(TokenStore, ServerRoster, ProfileStore):
     """Model versions, aliases and incident controls in one SQL database.
 
     >>> reg = Registry("sqlite://")   # in memory
@@ -159,6 +160,13 @@ class Registry(TokenStore, ServerRoster):
                 yield conn
 
     # -- helpers ---------------------------------------------------------------
+    def audit_event(
+        self, conn: sa.Connection, actor: str, action: str, target: str, reason: str, **details: Any
+    ) -> int:
+        """Audit a change made in `conn`'s transaction and advance the control generation (servers
+        reload); returns the new generation. For the registry's mixins (`ProfileStore`)."""
+        return self._bump(conn, actor, action, target, reason, **details)
+
     def _bump(self, conn: sa.Connection, actor: str, action: str, target: str, reason: str, **details: Any) -> int:
         conn.execute(state.update().where(state.c.key == "generation").values(value=state.c.value + 1))
         gen = conn.execute(sa.select(state.c.value).where(state.c.key == "generation")).scalar_one()

@@ -94,6 +94,14 @@ servers = sa.Table(
     sa.Column("acked_generation", sa.Integer, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
 )
+profiles = sa.Table(
+    "reg_profiles",
+    meta,
+    sa.Column("version_id", sa.String(32), primary_key=True),
+    sa.Column("dataset_id", sa.String(64), nullable=False),
+    sa.Column("profile", sa.Text, nullable=False),  # JSON: datamoat.evaluate.drift's reference profile
+    sa.Column("created", sa.Float, nullable=False),
+)
 tokens = sa.Table(
     "reg_tokens",
     meta,

@@ -1,0 +1,83 @@
+"""Each version's reference profile (`datamoat.evaluate.drift`): what its validation split looked
+like through the served model, recorded when it is promoted, so servers and devices can test live
+traffic against it. Mixed into `Registry`; the ``reg_profiles`` table is written only here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from datamoat.errors import BadInput, NotFound
+from datamoat.registry.tables import profiles
+from datamoat.workspace import Workspace
+
+__all__ = ["ProfileStore", "profile_version"]
+
+
+class ProfileStore:
+    """Reference profiles by version."""
+
+    engine: sa.Engine
+
+    if TYPE_CHECKING:  # provided by Registry
+
+        def transaction(self, lock: int = 1) -> AbstractContextManager[sa.Connection]: ...
+        def version(self, ref: str) -> dict[str, Any]: ...
+        def audit_event(
+            self, conn: sa.Connection, actor: str, action: str, target: str, reason: str, **details: Any
+        ) -> int: ...
+
+    def set_profile(self, ref: str, profile: dict[str, Any], *, actor: str) -> str:
+        """Record (or replace) a version's reference profile; audited. Returns the version id."""
+        vid = self.version(ref)["id"]
+        if profile.get("version_id") != vid:
+            raise BadInput(f"the profile was made for version {profile.get('version_id')}, not {vid}")
+        row = {"dataset_id": profile["dataset_id"], "profile": json.dumps(profile), "created": time.time()}
+        with self.transaction() as conn:
+            if conn.execute(profiles.update().where(profiles.c.version_id == vid).values(**row)).rowcount == 0:
+                conn.execute(profiles.insert().values(version_id=vid, **row))
+            self.audit_event(conn, actor, "profile", vid, "", dataset=profile["dataset_id"], n=profile["n"])
+        return vid
+
+    def profile(self, ref: str) -> dict[str, Any] | None:
+        """A version's reference profile, or None when none was recorded."""
+        vid = self.version(ref)["id"]
+        with self.engine.connect() as conn:
+            text = conn.execute(sa.select(profiles.c.profile).where(profiles.c.version_id == vid)).scalar()
+        return None if text is None else json.loads(text)
+
+
+def profile_version(
+    ws: Workspace, reg: Any, ref: str, *, actor: str, data: str | None = None, config: Any = None
+) -> dict[str, Any]:
+    """Profile registry version `ref` on the validation split of `data` (default: the dataset its
+    model was trained on, from the workspace) through the inference core, and record it.
+
+    >>> prof = profile_version(ws, reg, "production-candidate", actor="ci")  # doctest: +SKIP
+    """
+    from datamoat.data.dataset import SPLITS, load_dataset
+    from datamoat.evaluate.drift import DriftConfig, reference_profile
+    from datamoat.inference.engine import open_version
+
+    row = reg.version(ref)
+    dataset = data or row["info"].get("lineage", {}).get("dataset_id")
+    if not dataset:
+        raise BadInput(f"version {row['id']} does not name its training data: pass --data DATASET to profile it")
+    try:
+        ds = load_dataset(ws, dataset)
+    except NotFound:
+        raise NotFound(f"dataset {dataset} is not in this workspace: pass --data with one that is") from None
+    if not (ds.split == SPLITS["val"]).any():
+        raise BadInput(f"dataset {ds.id} has no val split to profile on: re-import it with a val fraction")
+    meta = {**row["info"], "version_id": row["id"], "name": row["name"], "kind": row["kind"]}
+    version = open_version(reg.artifact(row["onnx_sha"]), meta, 1, embeddings=True)
+    if version.embedding is None:
+        raise BadInput(f"version {row['id']}'s graph has no classifier layer to read embeddings from")
+    prof = reference_profile(version, ds, config=config or DriftConfig())
+    reg.set_profile(row["id"], prof, actor=actor)
+    return prof

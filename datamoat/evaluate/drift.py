@@ -45,7 +45,9 @@ from datamoat.errors import BadInput
 
 __all__ = [
     "DriftConfig",
+    "pixel_stats",
     "summarize",
+    "sketch_window",
     "profile_from",
     "reference_profile",
     "check_window",
@@ -88,21 +90,36 @@ def _projection(dim_in: int, cfg: DriftConfig) -> np.ndarray:
     return (rng.normal(size=(dim_in, cfg.sketch_dim)) / math.sqrt(cfg.sketch_dim)).astype(np.float32)
 
 
+def pixel_stats(pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per input its brightness and contrast (mean and std of its pixels, 0..255), and the per-channel
+    sums of the inputs' means: what a window keeps of the pixels. `pixels` (N, C, H, W)."""
+    x = np.asarray(pixels, np.float32).reshape(len(pixels), pixels.shape[1], -1)  # (N, C, HW)
+    return {
+        "brightness": x.mean((1, 2)).astype(np.float64),  # (N,)
+        "contrast": x.std((1, 2)).astype(np.float64),  # (N,)
+        "channel_sum": x.mean(2).sum(0).astype(np.float64),  # (C,)
+    }
+
+
 def summarize(embeddings: np.ndarray, probs: np.ndarray, pixels: np.ndarray, config: DriftConfig) -> dict[str, Any]:
     """One window's compact summary: per input its embedding sketch, confidence, predicted class,
     brightness and contrast, and the window's per-channel pixel sums. No pixels are kept.
 
     `embeddings` (N, D) penultimate activations, `probs` (N, K), `pixels` (N, C, H, W) in 0..255.
     """
+    return sketch_window(embeddings, probs, pixel_stats(pixels), config)
+
+
+def sketch_window(
+    embeddings: np.ndarray, probs: np.ndarray, stats: dict[str, np.ndarray], config: DriftConfig
+) -> dict[str, Any]:
+    """`summarize` from `pixel_stats` taken earlier (a server keeps those, not the pixels)."""
     emb = np.asarray(embeddings, np.float32).reshape(len(embeddings), -1)  # (N, D)
-    x = np.asarray(pixels, np.float32).reshape(len(pixels), pixels.shape[1], -1)  # (N, C, HW)
     return {
         "sketch": emb @ _projection(emb.shape[1], config),  # (N, d)
         "confidence": probs.max(1).astype(np.float64),  # (N,)
         "predicted": probs.argmax(1).astype(np.int64),  # (N,)
-        "brightness": x.mean((1, 2)).astype(np.float64),  # (N,)
-        "contrast": x.std((1, 2)).astype(np.float64),  # (N,)
-        "channel_sum": x.mean(2).sum(0).astype(np.float64),  # (C,)
+        **stats,
         "classes": probs.shape[1],
     }
 

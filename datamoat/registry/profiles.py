@@ -1,6 +1,7 @@
 """Each version's reference profile (`datamoat.evaluate.drift`): what its validation split looked
 like through the served model, recorded when it is promoted, so servers and devices can test live
-traffic against it. Mixed into `Registry`; the ``reg_profiles`` table is written only here.
+traffic against it; and the results of those tests, window by window. Mixed into `Registry`; the
+``reg_profiles`` and ``reg_drift_windows`` tables are written only here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from datamoat.errors import BadInput, NotFound
-from datamoat.registry.tables import profiles
+from datamoat.registry.tables import drift_windows, profiles
 from datamoat.workspace import Workspace
 
 __all__ = ["ProfileStore", "profile_version"]
@@ -50,6 +51,30 @@ class ProfileStore:
         with self.engine.connect() as conn:
             text = conn.execute(sa.select(profiles.c.profile).where(profiles.c.version_id == vid)).scalar()
         return None if text is None else json.loads(text)
+
+    def record_window(self, server_id: str, alias: str, version_id: str, result: dict[str, Any]) -> None:
+        """Store one live window's test result (`datamoat.evaluate.drift.check_window`)."""
+        keep = ("fired", "p_values", "level", "mmd2", "brightness_shift", "contrast_shift", "class_mix", "estimate")
+        row = {
+            "ts": time.time(),
+            "server_id": server_id,
+            "alias": alias,
+            "version_id": version_id,
+            "n": int(result["n"]),
+            "alarm": bool(result["alarm"]),
+            "result": json.dumps({k: result[k] for k in keep}),
+        }
+        with self.engine.begin() as conn:  # an append, not a control change: no serialising lock
+            conn.execute(drift_windows.insert().values(**row))
+
+    def drift_windows(self, *, version: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Recorded windows, newest first (of one version if given)."""
+        q = sa.select(drift_windows).order_by(drift_windows.c.seq.desc()).limit(limit)
+        if version is not None:
+            q = q.where(drift_windows.c.version_id == self.version(version)["id"])
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [{**{k: v for k, v in r.items() if k != "result"}, **json.loads(r["result"])} for r in rows]
 
 
 def profile_version(

@@ -102,6 +102,18 @@ profiles = sa.Table(
     sa.Column("profile", sa.Text, nullable=False),  # JSON: datamoat.evaluate.drift's reference profile
     sa.Column("created", sa.Float, nullable=False),
 )
+drift_windows = sa.Table(
+    "reg_drift_windows",
+    meta,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("server_id", sa.String(200), nullable=False),
+    sa.Column("alias", sa.String(100), nullable=False),
+    sa.Column("version_id", sa.String(32), nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("alarm", sa.Boolean, nullable=False),
+    sa.Column("result", sa.Text, nullable=False),  # JSON: fired tests, p-values, shifts, accuracy estimate
+)
 tokens = sa.Table(
     "reg_tokens",
     meta,

@@ -40,6 +40,7 @@ from datamoat.serve.control import Controller
 from datamoat.serve.engine import SessionCache
 from datamoat.serve.logstore import PredictionLog
 from datamoat.serve.metrics import ServeMetrics, worker_exited
+from datamoat.serve.monitor import DriftMonitor
 from datamoat.serve.quota import Quotas
 from datamoat.serve.review import review_router
 
@@ -63,6 +64,7 @@ class ServeContext:
     review: ReviewQueue
     predict_quota: Quotas
     review_quota: Quotas
+    monitor: DriftMonitor | None = None
 
 
 def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
@@ -78,17 +80,19 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     ctl = Controller(
         registry,
         cfg,
-        SessionCache(registry, cfg.ort_threads),
+        SessionCache(registry, cfg.ort_threads, embeddings=cfg.drift_window > 0),
         server_id,
         cfg.url or f"inprocess:{server_id}",
         on_ack=metrics.generation.set,
     )
+    monitor = DriftMonitor(registry, server_id, cfg.drift_window, metrics.drift) if cfg.drift_window else None
     batcher = Batcher(
         lambda: ctl.state,
         cfg.max_batch_size,
         cfg.max_wait_ms,
         metrics.batch_size.observe,
         max_queued=cfg.max_queued_inputs,
+        on_outputs=(lambda st, p, e, x: monitor.observe(st.alias, st.model.version_id, p, e, x)) if monitor else None,
     )
     plog = PredictionLog(
         registry, cfg.log_predictions, review_max_open=cfg.review_max_open, on_review_skipped=metrics.review_skipped.inc
@@ -105,6 +109,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         ReviewQueue(registry),
         Quotas(cfg.predict_rate_per_token, 10 * cfg.predict_rate_per_token),
         Quotas(cfg.review_rate_per_token, 100),
+        monitor,
     )
     docs = "/docs" in cfg.open_paths  # the schema lists every endpoint: closed unless opened
     app = FastAPI(
@@ -164,6 +169,8 @@ async def _lifespan(app: FastAPI):
         try:
             await ctx.plog.flush()
         finally:
+            if ctx.monitor is not None:
+                await asyncio.to_thread(ctx.monitor.close)
             await ctl.stop()
             worker_exited(os.getpid())
 

@@ -58,8 +58,10 @@ class Batcher:
         max_wait_ms: float,
         on_batch: Callable[[int], None] = lambda n: None,
         max_queued: int = 1 << 30,
+        on_outputs: Callable[[Any, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
     ):
         self.current_state = current_state
+        self.on_outputs = on_outputs  # called on the inference thread; must be quick
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self.on_batch = on_batch
@@ -130,7 +132,7 @@ class Batcher:
                 n = 0
             else:
                 try:
-                    results = _infer(state.model, items)
+                    results = _infer(state, items, self.on_outputs)
                 except Exception as e:  # a model failure fails this batch, never the thread
                     results = [e] * len(items)
                     n = 0
@@ -152,8 +154,10 @@ class Batcher:
                 item.future.set_result((state, *res))
 
 
-def _infer(model: Any, items: list[_Item]) -> list[Any]:
-    """Run one batch: per item (probs, x) or the item's own input error."""
+def _infer(state: Any, items: list[_Item], on_outputs: Any = None) -> list[Any]:
+    """Run one batch: per item (probs, x) or the item's own input error. `on_outputs(state, probs,
+    embeddings, x)` sees the whole batch when the model gives embeddings (the drift monitor)."""
+    model = state.model
     xs: list[np.ndarray | Exception] = []
     for it in items:
         if it.x.shape[1:] == model.input_shape:
@@ -164,7 +168,12 @@ def _infer(model: Any, items: list[_Item]) -> list[Any]:
         except DatamoatError as e:
             xs.append(e)
     good = [x for x in xs if not isinstance(x, Exception)]
-    probs = model.probabilities(np.concatenate(good)) if good else None  # (sum n, K)
+    probs = None
+    if good:
+        batch = np.concatenate(good)  # (sum n, C, H, W)
+        probs, emb = model.run(batch)  # (sum n, K), (sum n, D) or None
+        if emb is not None and on_outputs is not None:
+            on_outputs(state, probs, emb, batch)
     out: list[Any] = []
     i = 0
     for x in xs:

@@ -40,6 +40,8 @@ class ServeConfig(Config):
     review_queue: bool = True
     review_max_open: int = 10_000  # open review items the registry may hold; more are counted, not queued
     # Bounds on what one request, one token and the whole queue can cost (M4, L2).
+    # Live drift: answers per window tested against the served version's reference profile (0: off).
+    drift_window: int = 500
     max_inputs_per_request: int = 256
     max_queued_inputs: int = 4096  # inputs waiting for the model; past it, 503 with Retry-After
     predict_rate_per_token: float = 0.0  # requests per second per token (0: no quota), burst 10 x rate
@@ -65,6 +67,10 @@ class ServeConfig(Config):
         check(self.auth_cache_s >= 0, f"auth_cache_s must be >= 0, got {self.auth_cache_s}")
         check(self.ort_threads >= 0, f"ort_threads must be >= 0, got {self.ort_threads}")
         check(self.review_max_open >= 0, f"review_max_open must be >= 0, got {self.review_max_open}")
+        check(
+            self.drift_window == 0 or self.drift_window >= 10,
+            f"drift_window must be 0 or >= 10, got {self.drift_window}",
+        )
         for name in ("max_inputs_per_request", "max_queued_inputs", "feedback_max_per_hour"):
             check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         self.open_paths = tuple(self.open_paths)

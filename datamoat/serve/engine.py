@@ -10,21 +10,22 @@ from datamoat.registry.core import Registry
 __all__ = ["SessionCache", "load_version"]
 
 
-def load_version(registry: Registry, version_id: str, threads: int = 0) -> LoadedVersion:
-    """Read a version's ONNX bytes from the registry and open a CPU session.
+def load_version(registry: Registry, version_id: str, threads: int = 0, *, embeddings: bool = False) -> LoadedVersion:
+    """Read a version's ONNX bytes from the registry and open a CPU session (`embeddings`: with its
+    penultimate layer as a second output, for the drift monitor).
 
     >>> v = load_version(Registry("sqlite:///reg.db"), "0e25a8328810")  # doctest: +SKIP
     """
     row = registry.version(version_id)
     meta = {**row["info"], "version_id": row["id"], "name": row["name"], "kind": row["kind"]}
-    return open_version(registry.artifact(row["onnx_sha"]), meta, threads)
+    return open_version(registry.artifact(row["onnx_sha"]), meta, threads, embeddings=embeddings)
 
 
 class SessionCache:
     """Loaded versions by id, so switching back (rollback) costs nothing."""
 
-    def __init__(self, registry: Registry, threads: int = 0, size: int = 4):
-        self.registry, self.threads, self.size = registry, threads, size
+    def __init__(self, registry: Registry, threads: int = 0, size: int = 4, *, embeddings: bool = False):
+        self.registry, self.threads, self.size, self.embeddings = registry, threads, size, embeddings
         self._lock = threading.Lock()
         self._items: dict[str, LoadedVersion] = {}
 
@@ -34,7 +35,7 @@ class SessionCache:
             if hit is not None:
                 self._items[version_id] = hit  # most recently used last
                 return hit
-        loaded = load_version(self.registry, version_id, self.threads)  # outside the lock: slow
+        loaded = load_version(self.registry, version_id, self.threads, embeddings=self.embeddings)  # outside the lock
         with self._lock:
             self._items[version_id] = loaded
             while len(self._items) > self.size:

@@ -76,6 +76,44 @@ class ServeMetrics:
             multiprocess_mode="livemin",
         )
 
+        # Live drift (datamoat.serve.monitor): the last window's result per alias and version.
+        self.drift_alarm = Gauge(
+            "datamoat_drift_alarm",
+            "1 when the last drift window alarmed against the version's reference profile.",
+            ["alias", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_p_value = Gauge(
+            "datamoat_drift_p_value",
+            "The last drift window's p-value per test (the window alarms below alpha / tests).",
+            ["alias", "version", "test"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.accuracy_estimate = Gauge(
+            "datamoat_accuracy_estimate",
+            "Label-free accuracy estimate (ATC) of the last drift window.",
+            ["alias", "version"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.drift_windows = Counter(
+            "datamoat_drift_windows", "Drift windows by result: ok, alarm, unprofiled.", ["alias", "version", "result"],
+            registry=r,
+        )  # fmt: skip
+
+    def drift(self, alias: str, version: str, result: dict | None) -> None:
+        """Record one drift window's result (None: the version has no reference profile)."""
+        if result is None:
+            self.drift_windows.labels(alias, version, "unprofiled").inc()
+            return
+        self.drift_windows.labels(alias, version, "alarm" if result["alarm"] else "ok").inc()
+        self.drift_alarm.labels(alias, version).set(int(result["alarm"]))
+        for test, p in result["p_values"].items():
+            self.drift_p_value.labels(alias, version, test).set(p)
+        self.accuracy_estimate.labels(alias, version).set(result["estimate"]["estimate"])
+
     def request(self, path: str, status: int, seconds: float) -> None:
         endpoint = path if path in ENDPOINTS else "other"  # bounded label values, whatever clients send
         self.requests.labels(endpoint, str(status)).inc()

@@ -1,0 +1,55 @@
+"""Live drift windows: a server tests every full window of answers against the served version's
+reference profile, off the request path, and reports it in /metrics and the registry."""
+
+import concurrent.futures
+
+import numpy as np
+
+from datamoat.data import SPLITS, load_dataset
+from datamoat.evaluate.drift import DriftConfig
+from datamoat.registry.profiles import profile_version
+
+from .serve_util import auth
+
+
+def settle(srv):
+    """Wait for the windows being tested (the monitor's own thread)."""
+    concurrent.futures.wait(list(srv.ctx.monitor.pending), timeout=60)
+
+
+def post(srv, reg, x):
+    for i in range(0, len(x), 25):
+        r = srv.post("/v1/predict", json={"inputs": x[i : i + 25].tolist()}, headers=auth(reg.tokens["predict"]))
+        assert r.status_code == 200, r.text
+
+
+def test_a_clean_window_passes_and_a_dimmed_one_alarms(live, reg, artifacts):
+    prof = profile_version(artifacts.ws, reg.r, reg.v1, actor="test", config=DriftConfig(permutations=200))
+    ds = load_dataset(artifacts.ws, prof["dataset_id"])
+    x = np.asarray(ds.x[ds.split == SPLITS["test"]])[:200]  # (200, 1, 8, 8): production stand-in
+    srv = live(drift_window=100)
+    post(srv, reg, x[:100])
+    settle(srv)
+    assert srv.metric("datamoat_drift_windows_total") == 1 and srv.metric("datamoat_drift_alarm") == 0
+    post(srv, reg, (x[100:] * 0.5 + 30).astype(np.uint8))  # darker and flatter: a new camera
+    settle(srv)
+    assert srv.metric("datamoat_drift_alarm") == 1
+    windows = reg.r.drift_windows(version=reg.v1)
+    assert [w["alarm"] for w in windows] == [True, False] and all(w["n"] == 100 for w in windows)
+    assert "brightness KS" in windows[0]["fired"] and windows[0]["alias"] == "production"
+    assert 0 <= srv.metric("datamoat_accuracy_estimate") <= 1
+
+
+def test_a_version_without_a_profile_is_counted_not_tested(live, reg, artifacts):
+    srv = live(drift_window=50)
+    x = np.asarray(artifacts.x)[:50].astype(np.uint8)
+    post(srv, reg, np.concatenate([x, x])[:50])
+    settle(srv)
+    text = srv.get("/metrics").text
+    assert 'result="unprofiled"' in text and reg.r.drift_windows() == []
+
+
+def test_monitoring_off_opens_no_embeddings(live, reg, artifacts):
+    srv = live(drift_window=0)
+    post(srv, reg, np.asarray(artifacts.x)[:25].astype(np.uint8))
+    assert srv.ctx.monitor is None and srv.ctx.controller.state.model.embedding is None

@@ -1,10 +1,13 @@
 """Helpers shared by tests (a uniquely named module: tests/serve has its own conftest):
-IDX files, and the one way tests run the `datamoat` command."""
+IDX files, the one way tests run the `datamoat` command, and a webhook receiver."""
 
+import json
 import os
 import struct
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +59,31 @@ def dm_main(monkeypatch, capture, home: Path | None, *args: Any) -> tuple[int, s
         code = e.code or 0
     out = capture.readouterr()
     return code, out.out, out.err
+
+
+class Receiver:
+    """A real HTTP server: answers `statuses` in turn (then 200) and keeps what it got."""
+
+    def __init__(self, statuses=()):
+        self.statuses, self.got = list(statuses), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.got.append((dict(self.headers), body))
+                self.send_response(outer.statuses.pop(0) if outer.statuses else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self):
+        return [json.loads(body)["event"] for _, body in self.got]
+
+    def close(self):
+        self.server.shutdown()

@@ -173,10 +173,16 @@ def admin_actor(reg: Any, token: str | None) -> str:
     return os.environ.get("USER") or getpass.getuser()
 
 
-def finish_control(reg: Any, out: dict, as_json: bool, text: str, wait: float) -> None:
-    """Wait for the servers' acknowledgements of a control change, then print the result."""
+def finish_control(reg: Any, out: dict, as_json: bool, text: str, wait: float, event: str) -> None:
+    """Wait for the servers' acknowledgements of a control change, send the `event` webhooks, then
+    print the result (a webhook that failed every retry is named; the change stands)."""
+    from datamoat.registry.alerts import send_alert
+
     acks = reg.wait_for_acks(out["generation"], timeout=wait) if wait > 0 else {"acked": [], "missing": []}
+    out["alerts"] = send_alert(reg, event, dict(out))
     out["servers"] = acks
+    for failed in (a for a in out["alerts"] if not a["ok"]):
+        text += f"\n[yellow]webhook {failed['id']} not delivered after {failed['attempts']} tries: {failed['status']}[/yellow]"
     if acks["missing"]:
         text += f"\n[yellow]not acknowledged within {wait:g}s by: {', '.join(acks['missing'])}[/yellow]"
     elif acks["acked"]:

@@ -122,7 +122,7 @@ def policy_set(
     out = reg.set_policy(
         version, {k: v for k, v in policy.items() if v is not None}, actor=admin_actor(reg, token), reason=reason
     )
-    finish_control(reg, out, as_json, f"policy of {out['version']}: {_describe(out['policy'])}", wait)
+    finish_control(reg, out, as_json, f"policy of {out['version']}: {_describe(out['policy'])}", wait, "policy")
 
 
 @policy_app.command("show")

@@ -136,7 +136,7 @@ def promote(
         except DatamoatError as e:  # drift checks wait for a profile; the promotion does not
             err_console.print(f"warning: no reference profile for {vid} ({e}); drift checks need one", highlight=False)
     out = reg.promote(vid, alias, actor=actor, reason=reason)
-    finish_control(reg, out, as_json, f"{alias} -> {vid} (was {out['previous']})", wait)
+    finish_control(reg, out, as_json, f"{alias} -> {vid} (was {out['previous']})", wait, "promote")
 
 
 def rollback(
@@ -150,7 +150,9 @@ def rollback(
     """Point an alias back at its previous version."""
     _, reg = open_registry(registry)
     out = reg.rollback(alias, actor=admin_actor(reg, token), reason=reason)
-    finish_control(reg, out, as_json, f"{alias} rolled back to {out['version']} (from {out['previous']})", wait)
+    finish_control(
+        reg, out, as_json, f"{alias} rolled back to {out['version']} (from {out['previous']})", wait, "rollback"
+    )
 
 
 def takedown(
@@ -166,7 +168,7 @@ def takedown(
     _, reg = open_registry(registry)
     out = reg.takedown(model, actor=admin_actor(reg, token), reason=reason, fallback=fallback)
     then = f"fallback {out['fallback']}" if out["fallback"] else "503"
-    finish_control(reg, out, as_json, f"took down {out['version']}: servers answer with {then}", wait)
+    finish_control(reg, out, as_json, f"took down {out['version']}: servers answer with {then}", wait, "takedown")
 
 
 def restore(
@@ -180,7 +182,7 @@ def restore(
     """Undo a takedown."""
     _, reg = open_registry(registry)
     out = reg.restore(model, actor=admin_actor(reg, token), reason=reason)
-    finish_control(reg, out, as_json, f"restored {out['version']}", wait)
+    finish_control(reg, out, as_json, f"restored {out['version']}", wait, "restore")
 
 
 def suppress(
@@ -196,7 +198,7 @@ def suppress(
     """Never output a label: abstain, or renormalise over the other labels."""
     _, reg = open_registry(registry)
     out = reg.suppress(label, actor=admin_actor(reg, token), reason=reason, alias=alias, mode=mode)
-    finish_control(reg, out, as_json, f"suppressed {label!r} on {alias} ({mode})", wait)
+    finish_control(reg, out, as_json, f"suppressed {label!r} on {alias} ({mode})", wait, "suppress")
 
 
 def unsuppress(
@@ -211,7 +213,7 @@ def unsuppress(
     """Undo a suppression."""
     _, reg = open_registry(registry)
     out = reg.unsuppress(label, actor=admin_actor(reg, token), reason=reason, alias=alias)
-    finish_control(reg, out, as_json, f"unsuppressed {label!r} on {alias}", wait)
+    finish_control(reg, out, as_json, f"unsuppressed {label!r} on {alias}", wait, "unsuppress")
 
 
 @tokens_app.command("create")
@@ -251,7 +253,7 @@ def tokens_revoke(
     """Revoke a token: every running server refuses it from its next poll on."""
     _, reg = open_registry(registry)
     out = reg.revoke_token(name, actor=admin_actor(reg, token), reason=reason)
-    finish_control(reg, out, as_json, f"revoked {out['role']} token {name!r}", wait)
+    finish_control(reg, out, as_json, f"revoked {out['role']} token {name!r}", wait, "revoke_token")
 
 
 def register(app: typer.Typer) -> None:

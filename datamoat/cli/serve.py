@@ -30,6 +30,12 @@ def serve(
         10_000, "--review-max-open", help="Open review items the registry may hold; more are counted, not queued."
     ),
     ort_threads: int = typer.Option(0, "--ort-threads", help="ONNX Runtime threads (0: all cores)."),
+    drift_window: int = typer.Option(
+        500, "--drift-window", help="Answers per live drift window tested against the version's profile (0: off)."
+    ),
+    accuracy_floor: float = typer.Option(
+        0.0, "--accuracy-floor", help="Webhook when a window's label-free accuracy estimate is below it (0: never)."
+    ),
     server_id: str = typer.Option(
         None, "--server-id", help="Name this server reports to the registry (default host:port:pid)."
     ),
@@ -68,6 +74,8 @@ def serve(
         review_max_open=review_max_open,
         open_paths=tuple(open_paths),
         ort_threads=ort_threads,
+        drift_window=drift_window,
+        accuracy_floor=accuracy_floor,
         server_id=server_id or f"{socket.gethostname()}:{port}:{os.getpid()}",
         url=url or f"{scheme}://{host}:{port}",
     )

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from datamoat.configs import check, check_choice
 from datamoat.errors import BadInput, NotFound
+from datamoat.registry.alerts import AlertStore
 from datamoat.registry.chain import add_chain_column, append_chained, append_only_ddl, verify_chain
 from datamoat.registry.policy import clean_policy
 from datamoat.registry.profiles import ProfileStore
@@ -94,7 +95,7 @@ def registry_url(ws: Workspace | None = None, url: str | None = None) -> str:
     return f"sqlite:///{(ws.root / 'registry.db').resolve()}"
 
 
-class Registry(TokenStore, ServerRoster, ProfileStore):
+class Registry(TokenStore, ServerRoster, ProfileStore, AlertStore):
     """Model versions, aliases and incident controls in one SQL database.
 
     >>> reg = Registry("sqlite://")   # in memory

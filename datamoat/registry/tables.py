@@ -114,6 +114,15 @@ drift_windows = sa.Table(
     sa.Column("alarm", sa.Boolean, nullable=False),
     sa.Column("result", sa.Text, nullable=False),  # JSON: fired tests, p-values, shifts, accuracy estimate
 )
+webhooks = sa.Table(
+    "reg_webhooks",
+    meta,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("url", sa.String(500), nullable=False),
+    sa.Column("secret", sa.String(200), nullable=False),  # signs deliveries: the registry database is the owner's
+    sa.Column("events", sa.Text, nullable=False),  # JSON list; empty: every event
+    sa.Column("created", sa.Float, nullable=False),
+)
 tokens = sa.Table(
     "reg_tokens",
     meta,

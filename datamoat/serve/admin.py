@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from datamoat.errors import TooMany
 from datamoat.inference.http import bearer
+from datamoat.registry.alerts import send_alert
 from datamoat.registry.core import AuthError, Registry
 
 __all__ = ["TokenCache", "predict_actor", "feedback_actor", "admin_actor", "reader", "admin_router"]
@@ -154,6 +155,7 @@ async def _control(request: Request, method: str, wait_s: float, *args: Any, **k
     reg: Registry = request.app.state.serve.registry
     out = await asyncio.to_thread(getattr(reg, method), *args, **kwargs)
     out["servers"] = await asyncio.to_thread(reg.wait_for_acks, out["generation"], wait_s)
+    out["alerts"] = await asyncio.to_thread(send_alert, reg, method, {k: v for k, v in out.items() if k != "servers"})
     return out
 
 

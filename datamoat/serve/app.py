@@ -85,7 +85,16 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         cfg.url or f"inprocess:{server_id}",
         on_ack=metrics.generation.set,
     )
-    monitor = DriftMonitor(registry, server_id, cfg.drift_window, metrics.drift) if cfg.drift_window else None
+    monitor = None
+    if cfg.drift_window:
+        monitor = DriftMonitor(
+            registry,
+            server_id,
+            cfg.drift_window,
+            metrics.drift,
+            accuracy_floor=cfg.accuracy_floor,
+            alert_interval_s=cfg.alert_interval_s,
+        )
     batcher = Batcher(
         lambda: ctl.state,
         cfg.max_batch_size,

@@ -42,6 +42,8 @@ class ServeConfig(Config):
     # Bounds on what one request, one token and the whole queue can cost (M4, L2).
     # Live drift: answers per window tested against the served version's reference profile (0: off).
     drift_window: int = 500
+    accuracy_floor: float = 0.0  # a window's label-free accuracy estimate below it sends a webhook (0: never)
+    alert_interval_s: float = 600.0  # at most one drift or floor webhook per interval, alias and version
     max_inputs_per_request: int = 256
     max_queued_inputs: int = 4096  # inputs waiting for the model; past it, 503 with Retry-After
     predict_rate_per_token: float = 0.0  # requests per second per token (0: no quota), burst 10 x rate
@@ -67,6 +69,8 @@ class ServeConfig(Config):
         check(self.auth_cache_s >= 0, f"auth_cache_s must be >= 0, got {self.auth_cache_s}")
         check(self.ort_threads >= 0, f"ort_threads must be >= 0, got {self.ort_threads}")
         check(self.review_max_open >= 0, f"review_max_open must be >= 0, got {self.review_max_open}")
+        check(0 <= self.accuracy_floor < 1, f"accuracy_floor must be in [0, 1), got {self.accuracy_floor}")
+        check(self.alert_interval_s >= 0, f"alert_interval_s must be >= 0, got {self.alert_interval_s}")
         check(
             self.drift_window == 0 or self.drift_window >= 10,
             f"drift_window must be 0 or >= 10, got {self.drift_window}",

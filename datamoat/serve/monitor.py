@@ -21,6 +21,7 @@ import numpy as np
 
 from datamoat.configs import config_from_dict
 from datamoat.evaluate.drift import DriftConfig, check_window, pixel_stats, sketch_window
+from datamoat.registry.alerts import send_alert
 
 __all__ = ["DriftMonitor"]
 
@@ -35,8 +36,19 @@ class DriftMonitor:
     >>> m.observe("production", "0e25a8328810", probs, emb, x)  # doctest: +SKIP
     """
 
-    def __init__(self, registry: Any, server_id: str, window: int, on_result: Any) -> None:
+    def __init__(
+        self,
+        registry: Any,
+        server_id: str,
+        window: int,
+        on_result: Any,
+        *,
+        accuracy_floor: float = 0.0,
+        alert_interval_s: float = 600.0,
+    ) -> None:
         self.registry, self.server_id, self.window, self.on_result = registry, server_id, window, on_result
+        self.accuracy_floor, self.alert_interval_s = accuracy_floor, alert_interval_s
+        self._last_alert: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
         self._parts: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]] = {}
         self._counts: dict[tuple[str, str], int] = {}
@@ -85,6 +97,24 @@ class DriftMonitor:
         result = check_window(prof, sketch_window(emb, probs, stats, cfg))
         self.registry.record_window(self.server_id, alias, version_id, result)
         self.on_result(alias, version_id, result)
+        data = {"server_id": self.server_id, "alias": alias, "version": version_id, **result}
+        if result["alarm"]:
+            self._alert("drift", data)
+        if result["estimate"]["estimate"] < self.accuracy_floor:
+            self._alert("estimate_below_floor", {**data, "floor": self.accuracy_floor})
+
+    def _alert(self, event: str, data: dict[str, Any]) -> None:
+        """A webhook, at most once per `alert_interval_s` per event, alias and version: a drift that
+        lasts alarms every window, and one message per interval says so without flooding."""
+        key = (event, data["alias"], data["version"])
+        now = time.monotonic()
+        if now - self._last_alert.get(key, -self.alert_interval_s) < self.alert_interval_s:
+            return
+        self._last_alert[key] = now
+        for failed in (a for a in send_alert(self.registry, event, data) if not a["ok"]):
+            log.warning(
+                "webhook %s not delivered after %d tries: %s", failed["id"], failed["attempts"], failed["status"]
+            )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

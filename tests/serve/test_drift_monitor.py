@@ -2,8 +2,10 @@
 reference profile, off the request path, and reports it in /metrics and the registry."""
 
 import concurrent.futures
+import json
 
 import numpy as np
+from dmtest import Receiver
 
 from datamoat.data import SPLITS, load_dataset
 from datamoat.evaluate.drift import DriftConfig
@@ -27,7 +29,9 @@ def test_a_clean_window_passes_and_a_dimmed_one_alarms(live, reg, artifacts):
     prof = profile_version(artifacts.ws, reg.r, reg.v1, actor="test", config=DriftConfig(permutations=200))
     ds = load_dataset(artifacts.ws, prof["dataset_id"])
     x = np.asarray(ds.x[ds.split == SPLITS["test"]])[:200]  # (200, 1, 8, 8): production stand-in
-    srv = live(drift_window=100)
+    receiver = Receiver()
+    reg.r.add_webhook(receiver.url, "a-secret-of-24-characters", ["drift", "estimate_below_floor"], actor="test")
+    srv = live(drift_window=100, accuracy_floor=0.05)
     post(srv, reg, x[:100])
     settle(srv)
     assert srv.metric("datamoat_drift_windows_total") == 1 and srv.metric("datamoat_drift_alarm") == 0
@@ -38,6 +42,10 @@ def test_a_clean_window_passes_and_a_dimmed_one_alarms(live, reg, artifacts):
     assert [w["alarm"] for w in windows] == [True, False] and all(w["n"] == 100 for w in windows)
     assert "brightness KS" in windows[0]["fired"] and windows[0]["alias"] == "production"
     assert 0 <= srv.metric("datamoat_accuracy_estimate") <= 1
+    # One drift webhook, for the alarming window only; the estimate stayed above the floor.
+    sent = [json.loads(body) for _, body in receiver.got]
+    receiver.close()
+    assert [m["event"] for m in sent] == ["drift"] and sent[0]["data"]["version"] == reg.v1
 
 
 def test_a_version_without_a_profile_is_counted_not_tested(live, reg, artifacts):

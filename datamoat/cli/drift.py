@@ -1,5 +1,6 @@
 """Commands: registry profile (a version's reference profile), drift (windows of a dataset tested
-against it, with the label-free accuracy estimate beside the measured one)."""
+against it, with the label-free accuracy estimate beside the measured one), guarantee (the live
+check of the poc guarantee on the audited answers people reviewed)."""
 
 from __future__ import annotations
 
@@ -112,5 +113,32 @@ def drift(
     emit(out, as_json, "\n".join(lines))
 
 
+def guarantee(
+    version: str = typer.Argument(..., help="Registry version whose policy came from poc."),
+    act: bool = typer.Option(False, "--act", help="If the check failed, take the action now (servers do it too)."),
+    action: str = typer.Option("review_all", "--action", help="review_all, rollback or none."),
+    token: str = TokenOpt,
+    registry: str = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Is the poc guarantee still holding? A sequential test on the audited answers people reviewed."""
+    from datamoat.feedback.guarantee import check_guarantee, enforce_guarantee
+
+    _, reg = open_registry(registry)
+    out = (
+        enforce_guarantee(reg, version, actor=admin_actor(reg, token), action=action)
+        if act
+        else check_guarantee(reg, version)
+    )
+    acc = "no reviews yet" if not out.get("reviews") else f"accuracy {out['accuracy']:.3f} on {out['reviews']} audited"
+    state = f"FAILED at review {out['failed_at']}" if out.get("failed") else "holding"
+    emit(
+        out,
+        as_json,
+        f"{out['version']}: {state}; {acc}; evidence {out.get('wealth', 0):.2f} of {out.get('fails_at_wealth')}",
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command("drift")(drift)
+    app.command("guarantee")(guarantee)

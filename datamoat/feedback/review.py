@@ -16,9 +16,11 @@ import threading
 from typing import Any
 
 from datamoat.errors import Conflict, NotFound, Unprocessable
+from datamoat.feedback.guarantee import enforce_guarantee
 from datamoat.feedback.store import Quarantine
 from datamoat.registry.core import Registry
 from datamoat.registry.ledger import (
+    AUDIT_REASON,
     REVIEW_SOURCE,
     claim_review,
     ensure_ledger,
@@ -39,8 +41,8 @@ class ReviewQueue:
     {'queue_length': 0, 'item': None}
     """
 
-    def __init__(self, registry: Registry):
-        self.registry = registry
+    def __init__(self, registry: Registry, guarantee_action: str = "review_all"):
+        self.registry, self.guarantee_action = registry, guarantee_action
         ensure_ledger(registry.engine)
         self._classes: dict[str, list[str]] = {}
         self._lock = threading.Lock()
@@ -103,7 +105,13 @@ class ReviewQueue:
             release_review(self.registry.engine, prediction_id)  # the claim is undone: the item stays open
             raise
         release_review(self.registry.engine, prediction_id, item)
+        guarantee = None
+        if row.reason == AUDIT_REASON:  # a labelled sample of what was automated: test the guarantee
+            guarantee = enforce_guarantee(
+                self.registry, row.model_version, actor="guarantee-check", action=self.guarantee_action
+            )
         return {
+            "guarantee": guarantee,
             "prediction_id": prediction_id,
             "label": label,
             "model_label": row.label,

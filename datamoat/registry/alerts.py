@@ -1,8 +1,8 @@
 """Webhooks: a JSON POST per event to every subscribed URL, signed with HMAC-SHA256 and retried.
 
 Events are the incident commands (promote, rollback, takedown, restore, suppress, unsuppress,
-policy, revoke_token), a drift alarm, and a label-free accuracy estimate below the configured
-floor. Subscriptions live in
+policy, revoke_token), a drift alarm, a label-free accuracy estimate below the configured
+floor, and the live guarantee check failing. Subscriptions live in
 the registry (``reg_webhooks``, written only here), so the CLI, the admin API and every server send
 the same alerts. Each delivery carries
 
@@ -52,6 +52,7 @@ EVENTS = (
     "revoke_token",
     "drift",
     "estimate_below_floor",
+    "guarantee",
 )
 MAX_AGE_S = 300
 

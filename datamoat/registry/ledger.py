@@ -28,7 +28,10 @@ from datamoat.registry.core import Registry
 from datamoat.registry.schema import ensure_schema
 
 __all__ = [
+    "AUDIT_REASON",
     "REVIEW_SOURCE",
+    "is_audited",
+    "audit_decisions",
     "predictions",
     "feedback",
     "review",
@@ -42,6 +45,7 @@ __all__ = [
     "record_feedback",
 ]
 
+AUDIT_REASON = "audit sample of automated answers: checks the guarantee"
 REVIEW_SOURCE = "review"  # the quarantine source of /review decisions; trust comes from the token's role
 
 meta = sa.MetaData()
@@ -144,12 +148,26 @@ def log_rows(state: Any, server_id: str, answers: list[dict[str, Any]], hashes: 
     ]
 
 
-def review_rows(state: Any, answers: list[dict[str, Any]], x: np.ndarray) -> list[dict[str, Any]]:
-    """Review-queue rows for the answers that need review, with their raw pixels `x` (N, C, H, W)."""
+def is_audited(prediction_id: str, fraction: float) -> bool:
+    """Whether an automated answer joins the audit sample: decided by its id (a random UUID), so
+    the sample is random, and the same on every server.
+
+    >>> is_audited("00000000-aaaa", 0.01), is_audited("ffffffff-aaaa", 0.99)
+    (True, False)
+    """
+    return int(prediction_id.replace("-", "")[:8], 16) < fraction * 2**32
+
+
+def review_rows(state: Any, answers: list[dict[str, Any]], x: np.ndarray, audit: float = 0.0) -> list[dict[str, Any]]:
+    """Review-queue rows for the answers that need review, with their raw pixels `x` (N, C, H, W),
+    and for an `audit` share of the automated answers (`AUDIT_REASON`): people's labels on those are
+    a random sample of what was automated, which the live guarantee check tests."""
     now, out = time.time(), []
     for a, xi in zip(answers, x, strict=True):
         if not a["needs_review"]:
-            continue
+            if a["abstained"] or not audit or not is_audited(a["prediction_id"], audit):
+                continue
+            a = {**a, "reason": AUDIT_REASON}
         u, exact = as_uint8(xi)  # (C, H, W)
         out.append(
             {
@@ -287,6 +305,18 @@ def release_review(engine: sa.Engine, prediction_id: str, feedback_item: int | N
             conn.execute(mark.values(status="open", decided_label=None, decided_by=None, decided_ts=None))
         else:
             conn.execute(mark.values(feedback_item=feedback_item))
+
+
+def audit_decisions(engine: sa.Engine, version_id: str) -> list[bool]:
+    """Per decided audit item of a version, in decision order, whether the automated answer was right."""
+    q = (
+        sa.select(review.c.label, review.c.decided_label)
+        .where((review.c.model_version == version_id) & (review.c.reason == AUDIT_REASON))
+        .where(review.c.status == "decided")
+        .order_by(review.c.decided_ts, review.c.prediction_id)
+    )
+    with engine.connect() as conn:
+        return [r.label == r.decided_label for r in conn.execute(q)]
 
 
 # -- what the feedback quarantine and the fleet read and write -----------------------------------

@@ -115,7 +115,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         batcher,
         plog,
         TokenCache(registry, cfg.auth_cache_s, lambda: ctl.state.generation),
-        ReviewQueue(registry),
+        ReviewQueue(registry, cfg.guarantee_action),
         Quotas(cfg.predict_rate_per_token, 10 * cfg.predict_rate_per_token),
         Quotas(cfg.review_rate_per_token, 100),
         monitor,
@@ -275,7 +275,10 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
 
     def records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         hashes = [input_hash(xi) for xi in x]
-        return log_rows(cur, ctx.server_id, answers, hashes), review_rows(cur, answers, x) if cfg.review_queue else []
+        audit = cfg.audit_fraction if pol.get("target_accuracy") is not None else 0.0
+        return log_rows(cur, ctx.server_id, answers, hashes), review_rows(
+            cur, answers, x, audit
+        ) if cfg.review_queue else []
 
     # Hashing and copying pixels of a big batch would hold the event loop: a thread does it.
     rows, queued = records() if len(x) <= 8 else await asyncio.to_thread(records)

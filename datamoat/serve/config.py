@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from datamoat.configs import Config, check
+from datamoat.configs import Config, check, check_choice
 
 __all__ = ["ServeConfig"]
 
@@ -42,6 +42,10 @@ class ServeConfig(Config):
     # Bounds on what one request, one token and the whole queue can cost (M4, L2).
     # Live drift: answers per window tested against the served version's reference profile (0: off).
     drift_window: int = 500
+    # The share of automated answers also sent to review, for a version whose policy names a target
+    # accuracy (from poc): people's labels on them feed the live guarantee check.
+    audit_fraction: float = 0.01
+    guarantee_action: str = "review_all"  # when that check fails: review_all | rollback | none
     accuracy_floor: float = 0.0  # a window's label-free accuracy estimate below it sends a webhook (0: never)
     alert_interval_s: float = 600.0  # at most one drift or floor webhook per interval, alias and version
     max_inputs_per_request: int = 256
@@ -69,6 +73,8 @@ class ServeConfig(Config):
         check(self.auth_cache_s >= 0, f"auth_cache_s must be >= 0, got {self.auth_cache_s}")
         check(self.ort_threads >= 0, f"ort_threads must be >= 0, got {self.ort_threads}")
         check(self.review_max_open >= 0, f"review_max_open must be >= 0, got {self.review_max_open}")
+        check(0 <= self.audit_fraction <= 1, f"audit_fraction must be in [0, 1], got {self.audit_fraction}")
+        check_choice("guarantee_action", self.guarantee_action, ("review_all", "rollback", "none"))
         check(0 <= self.accuracy_floor < 1, f"accuracy_floor must be in [0, 1), got {self.accuracy_floor}")
         check(self.alert_interval_s >= 0, f"alert_interval_s must be >= 0, got {self.alert_interval_s}")
         check(

@@ -165,9 +165,11 @@ def profile_from(
         "contrast_mean": float(ref["contrast"].mean()),
         "sketches": sketches.round(5).tolist(),
         "bandwidth": _median_bandwidth(sketches),
-        "confidences": conf[kept].round(6).tolist(),
-        "brightnesses": ref["brightness"][kept].round(4).tolist(),
-        "contrasts": ref["contrast"][kept].round(4).tolist(),
+        # Kept at full precision: KS compares them with a window's unrounded values, and rounding
+        # would pile the many confidences near 1 onto 1.0 and tell the two apart on that alone.
+        "confidences": conf[kept].tolist(),
+        "brightnesses": ref["brightness"][kept].tolist(),
+        "contrasts": ref["contrast"][kept].tolist(),
         "confidence_hist": np.histogram(conf, cfg.bins, (0, 1))[0].tolist(),
         "class_counts": np.bincount(ref["predicted"], minlength=ref["classes"]).tolist(),
         "calibration": calibration,

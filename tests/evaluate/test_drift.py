@@ -145,3 +145,18 @@ def test_profile_of_a_version_and_a_shift_the_estimate_sees(version):
     assert noisy_[1] < clean[1] - 0.1  # the shift really hurts
     assert noisy_[0]["estimate"]["estimate"] < clean[0]["estimate"]["estimate"] - 0.05  # and ATC sees it
     assert abs(clean[0]["estimate"]["estimate"] - clean[1]) < 0.06
+
+
+def test_confidences_near_one_compare_alike():
+    """A confident model's answers sit within 1e-7 of 1: the profile must keep them as they are."""
+    rng = np.random.default_rng(4)
+
+    def confident(n):
+        probs = np.zeros((n, 4))
+        probs[:, 0] = 1 - rng.random(n) * 1e-7
+        probs[:, 1] = 1 - probs[:, 0]
+        return summarize(rng.normal(size=(n, 16)), probs, rng.integers(0, 256, (n, 1, 6, 6)), CFG)
+
+    ref = confident(3000)
+    prof = profile_from(ref, labels=ref["predicted"], config=CFG)
+    assert check_window(prof, confident(300))["p_values"]["confidence KS"] > 0.05

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LoadedVersion", "open_version", "softmax", "decide", "describe"]
+__all__ = ["LoadedVersion", "open_version", "softmax", "renormalized", "decide", "describe"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +126,23 @@ def open_version(onnx: bytes, meta: dict[str, Any], threads: int = 0, *, embeddi
     )
 
 
+def renormalized(
+    probs: np.ndarray, classes: list[str], suppressed: dict[str, str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities (N, K) with "renormalize" labels at 0 and the rest rescaled to sum to 1, the
+    renormalized labels' mask (K,), the "abstain" labels' mask (K,)).
+
+    >>> renormalized(np.array([[0.5, 0.25, 0.25]]), ["a", "b", "c"], {"a": "renormalize"})[0].tolist()
+    [[0.0, 0.5, 0.5]]
+    """
+    renorm = np.array([suppressed.get(c) == "renormalize" for c in classes])  # (K,)
+    abstain = np.array([suppressed.get(c) == "abstain" for c in classes])  # (K,)
+    p = probs.astype(np.float64).copy()  # (N, K)
+    p[:, renorm] = 0.0
+    total = p.sum(axis=1, keepdims=True)
+    return np.divide(p, total, out=np.zeros_like(p), where=total > 0), renorm, abstain
+
+
 def decide(
     probs: np.ndarray,
     classes: list[str],
@@ -151,13 +168,8 @@ def decide(
     >>> [decide(p, ["a", "b", "c"], {}, 2, 0.5, pc)[0]["needs_review"] for pc in (None, {"a": 0.7}, {"a": None})]
     [False, True, True]
     """
-    renorm = np.array([suppressed.get(c) == "renormalize" for c in classes])  # (K,)
-    abstain = np.array([suppressed.get(c) == "abstain" for c in classes])  # (K,)
+    p, renorm, abstain = renormalized(probs, classes, suppressed)  # (N, K), (K,), (K,)
     allowed = np.flatnonzero(~renorm & ~abstain)
-    p = probs.astype(np.float64).copy()  # (N, K)
-    p[:, renorm] = 0.0
-    total = p.sum(axis=1, keepdims=True)
-    p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
     out = []
     for row in p:
         best = int(np.where(renorm, -1.0, row).argmax())

@@ -28,6 +28,7 @@ __all__ = [
     "PREDICT_BODY",
     "install_pillow_limits",
     "parse_image",
+    "parse_array",
     "parse_json",
     "parse_npy",
     "parse_payload",
@@ -128,6 +129,16 @@ def parse_json(body: bytes) -> Prepare:
             'the JSON body needs an "inputs" field: send {"inputs": [...]} with raw 0..255 pixel values'
         )
     return _shaped(_numeric(doc["inputs"]))
+
+
+def parse_array(arr: np.ndarray) -> Prepare:
+    """The prepare function for a numeric array of raw 0..255 pixels in any shape `/v1/predict`
+    takes (a tensor of the Open Inference Protocol, say).
+
+    >>> parse_array(np.zeros((2, 1, 3, 3), np.uint8))((1, 3, 3), None).shape
+    (2, 1, 3, 3)
+    """
+    return _shaped(_in_range(np.asarray(arr, np.float32), "send raw pixel values in 0..255"))
 
 
 def _shaped(arr: np.ndarray) -> Prepare:

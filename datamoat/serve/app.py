@@ -26,14 +26,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from datamoat.errors import TooLarge, Unavailable
+from datamoat.errors import Unavailable
 from datamoat.feedback.review import ReviewQueue
-from datamoat.inference.engine import decide, describe
+from datamoat.inference.engine import describe
 from datamoat.inference.http import install_error_handlers
 from datamoat.inference.inputs import PREDICT_BODY, Prepare, install_pillow_limits, parse_payload, read_payload
 from datamoat.registry.core import Registry
-from datamoat.registry.ledger import input_hash, log_rows, review_rows
 from datamoat.serve.admin import TokenCache, admin_router, feedback_actor, predict_actor, reader
+from datamoat.serve.answer import answer
 from datamoat.serve.batcher import Batcher
 from datamoat.serve.config import ServeConfig
 from datamoat.serve.control import Controller
@@ -41,8 +41,10 @@ from datamoat.serve.engine import SessionCache
 from datamoat.serve.logstore import PredictionLog
 from datamoat.serve.metrics import ServeMetrics, worker_exited
 from datamoat.serve.monitor import DriftMonitor
+from datamoat.serve.monitor_page import monitor_router
 from datamoat.serve.quota import Quotas
 from datamoat.serve.review import review_router
+from datamoat.serve.v2 import v2_router
 
 __all__ = ["create_app", "app_from_env", "ServeContext"]
 
@@ -136,6 +138,8 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     app.include_router(router)
     app.include_router(admin_router)
     app.include_router(review_router)
+    app.include_router(v2_router)
+    app.include_router(monitor_router)
     return app
 
 
@@ -217,7 +221,8 @@ class _Gate:
                 raise HTTPException(413, too_big)
             return msg
 
-        gen = self.ctx.controller.enter() if path == "/v1/predict" else None
+        predicting = path == "/v1/predict" or (path.startswith("/v2/models/") and path.endswith("/infer"))
+        gen = self.ctx.controller.enter() if predicting else None
         try:
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > limit):
@@ -255,38 +260,7 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
 
     # Small bodies parse faster than a thread hop costs; big ones (a large PNG) stay off the loop.
     prepare, x = parse() if len(data) <= 65536 else await asyncio.to_thread(parse)
-    if len(x) > cfg.max_inputs_per_request:
-        raise TooLarge(f"{len(x)} inputs in one request; the limit is {cfg.max_inputs_per_request}: split the batch")
-    for _ in range(3):
-        used, probs, x = await ctx.batcher.submit(prepare, x)
-        cur = ctx.controller.state  # re-check after inference: the control guarantee
-        if cur.model is None:
-            raise Unavailable(cur.reason)
-        if cur.model.version_id == used.model.version_id:
-            break
-        x = prepare(cur.model.input_shape, cur.model.photo)
-    else:
-        raise Unavailable("the served model changed three times during this request: retry it")
-    pol = cur.policy  # `Registry.policy` of the served version, as of the state's generation
-    answers = [
-        {"prediction_id": str(uuid.uuid4()), **a}
-        for a in decide(probs, cur.model.classes, cur.suppressed, cfg.top_k, pol.get("threshold"), pol.get("per_class"))
-    ]
-
-    def records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        hashes = [input_hash(xi) for xi in x]
-        audit = cfg.audit_fraction if pol.get("target_accuracy") is not None else 0.0
-        return log_rows(cur, ctx.server_id, answers, hashes), review_rows(
-            cur, answers, x, audit
-        ) if cfg.review_queue else []
-
-    # Hashing and copying pixels of a big batch would hold the event loop: a thread does it.
-    rows, queued = records() if len(x) <= 8 else await asyncio.to_thread(records)
-    if queued and not ctx.review_quota.take(actor, len(queued)):  # one token cannot fill the review queue
-        ctx.metrics.review_skipped.inc(len(queued))
-        queued = []
-    ctx.plog.add(rows, queued)
-    ctx.metrics.answers(answers)
+    cur, answers, _ = await answer(ctx, actor, prepare, x)
     # A response object skips FastAPI's validation and re-encoding of the returned dict: the answer is
     # built here from plain types, so that pass would only repeat work on the hot path.
     return JSONResponse(

@@ -29,6 +29,7 @@ ENDPOINTS = (
     "/v1/admin/restore",
     "/v1/admin/suppress",
     "/v1/admin/unsuppress",
+    "/v2/infer",  # every /v2/models/{name}[/versions/{v}]/infer
 )
 
 
@@ -115,6 +116,8 @@ class ServeMetrics:
         self.accuracy_estimate.labels(alias, version).set(result["estimate"]["estimate"])
 
     def request(self, path: str, status: int, seconds: float) -> None:
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            path = "/v2/infer"  # the model name is the client's: not a label value
         endpoint = path if path in ENDPOINTS else "other"  # bounded label values, whatever clients send
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)

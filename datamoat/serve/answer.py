@@ -1,0 +1,60 @@
+"""One request's inputs to answers, for every protocol the server speaks (`/v1/predict` and the
+Open Inference Protocol's infer): the batcher, the control guarantee, the review policy and
+suppressions, the prediction log, the review queue and the answer metrics, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import numpy as np
+
+from datamoat.errors import TooLarge, Unavailable
+from datamoat.inference.engine import decide
+from datamoat.inference.inputs import Prepare
+from datamoat.registry.ledger import input_hash, log_rows, review_rows
+
+__all__ = ["answer"]
+
+
+async def answer(ctx: Any, actor: str, prepare: Prepare, x: np.ndarray) -> tuple[Any, list[dict[str, Any]], np.ndarray]:
+    """(the state that answered, the answers, the model's probabilities (N, K)) for inputs `x`
+    (N, C, H, W) that `prepare` made; the caller's token `actor` is charged for review items.
+
+    The answer always comes from the state current after inference (re-run up to three times if a
+    control command changed the served version meanwhile), so no answer outlives a takedown.
+    """
+    cfg = ctx.config
+    if len(x) > cfg.max_inputs_per_request:
+        raise TooLarge(f"{len(x)} inputs in one request; the limit is {cfg.max_inputs_per_request}: split the batch")
+    for _ in range(3):
+        used, probs, x = await ctx.batcher.submit(prepare, x)
+        cur = ctx.controller.state  # re-check after inference: the control guarantee
+        if cur.model is None:
+            raise Unavailable(cur.reason)
+        if cur.model.version_id == used.model.version_id:
+            break
+        x = prepare(cur.model.input_shape, cur.model.photo)
+    else:
+        raise Unavailable("the served model changed three times during this request: retry it")
+    pol = cur.policy  # `Registry.policy` of the served version, as of the state's generation
+    answers = [
+        {"prediction_id": str(uuid.uuid4()), **a}
+        for a in decide(probs, cur.model.classes, cur.suppressed, cfg.top_k, pol.get("threshold"), pol.get("per_class"))
+    ]
+
+    def records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        hashes = [input_hash(xi) for xi in x]
+        audit = cfg.audit_fraction if pol.get("target_accuracy") is not None else 0.0
+        queued = review_rows(cur, answers, x, audit) if cfg.review_queue else []
+        return log_rows(cur, ctx.server_id, answers, hashes), queued
+
+    # Hashing and copying pixels of a big batch would hold the event loop: a thread does it.
+    rows, queued = records() if len(x) <= 8 else await asyncio.to_thread(records)
+    if queued and not ctx.review_quota.take(actor, len(queued)):  # one token cannot fill the review queue
+        ctx.metrics.review_skipped.inc(len(queued))
+        queued = []
+    ctx.plog.add(rows, queued)
+    ctx.metrics.answers(answers)
+    return cur, answers, probs

@@ -25,6 +25,7 @@ from datamoat.errors import DatamoatError
 from datamoat.feedback.guarantee import check_guarantee
 from datamoat.inference.http import bearer
 from datamoat.registry.ledger import audit_decisions
+from datamoat.serve.review import page_response
 
 __all__ = ["monitor_router", "monitor_report", "PAGE"]
 
@@ -159,16 +160,10 @@ async def monitor_data(request: Request, _: str = Depends(monitor_actor)) -> dic
     return {"report": report, "html": render_report(report)}
 
 
-_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
-    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
-)
-
-
 @monitor_router.get("/monitor", response_class=HTMLResponse, include_in_schema=False)
 async def monitor_page() -> HTMLResponse:
     """The page shell (it holds no data: the API call carries the token)."""
-    return HTMLResponse(PAGE, headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-store"})
+    return page_response(PAGE)
 
 
 PAGE = """<!doctype html>

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from datamoat.inference.http import bearer
 
-__all__ = ["review_router", "review_actor", "png_data_url", "image_rendering", "PAGE"]
+__all__ = ["review_router", "review_actor", "png_data_url", "image_rendering", "page_response", "PAGE"]
 
 review_router = APIRouter(tags=["review"])
 
@@ -109,10 +109,15 @@ _CSP = (
 )
 
 
+def page_response(page: str) -> HTMLResponse:
+    """A self-contained page under the strict CSP above, never cached (`/review`, `/monitor`)."""
+    return HTMLResponse(page, headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-store"})
+
+
 @review_router.get("/review", response_class=HTMLResponse, include_in_schema=False)
 async def review_page() -> HTMLResponse:
     """The review page (it holds no data: the API calls carry the token)."""
-    return HTMLResponse(PAGE, headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-store"})
+    return page_response(PAGE)
 
 
 PAGE = """<!doctype html>

@@ -128,6 +128,24 @@ def test_registry_and_control(dm, flow):
 
 
 @pytest.mark.slow
+def test_monitoring(dm, flow, monkeypatch):
+    from datamoat.registry.core import Registry, registry_url
+    from datamoat.workspace import Workspace
+
+    admin, v1 = flow["admin"], flow["v1"]
+    assert dm("registry", "profile", v1, "--token", admin)["n"] > 0
+    assert dm("drift", v1, "--data", flow["data"], "--window", "100")["windows"]
+    reg = Registry(registry_url(Workspace.open(flow["home"])))
+    reg.set_policy(v1, {"threshold": 0.5, "target_accuracy": 0.9}, actor="test")
+    assert dm("guarantee", v1)["reviews"] == 0
+    monkeypatch.setenv("DATAMOAT_WEBHOOK_SECRET", "a-secret-of-24-characters")
+    hook = dm("alerts", "add", "http://127.0.0.1:9/hook", "--event", "promote", "--token", admin)["id"]
+    assert [h["id"] for h in dm("alerts", "list")["webhooks"]] == [hook]
+    assert not dm("alerts", "test", "--event", "promote")["deliveries"][0]["ok"]  # nothing listens on port 9
+    assert dm("alerts", "remove", hook, "--token", admin)["removed"] == hook
+
+
+@pytest.mark.slow
 def test_edge(dm, flow):
     tmp, admin = flow["tmp"], flow["admin"]
     key = tmp / "release.pem"

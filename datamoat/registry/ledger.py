@@ -309,6 +309,7 @@ def release_review(engine: sa.Engine, prediction_id: str, feedback_item: int | N
 
 def audit_decisions(engine: sa.Engine, version_id: str) -> list[bool]:
     """Per decided audit item of a version, in decision order, whether the automated answer was right."""
+    ensure_ledger(engine)  # a registry no server has used yet has no queue: then there are none
     q = (
         sa.select(review.c.label, review.c.decided_label)
         .where((review.c.model_version == version_id) & (review.c.reason == AUDIT_REASON))

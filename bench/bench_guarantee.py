@@ -72,7 +72,7 @@ def main() -> dict[str, Any]:
             f"{RUNS} runs of {REVIEWS:,} reviews per row; GuaranteeConfig defaults (alpha {alpha}, "
             f"{GuaranteeConfig().stakes} stakes) with the row's target. The check is valid at every look: a "
             "run counts as failed if it failed at any point in its 5,000 reviews.",
-            "Reviews are of automated answers sampled at random, as a server's audit sample would be; the "
-            "numbers are reviews, not requests: at a 2% audit rate, multiply by 50 for requests.",
+            "Reviews are of automated answers sampled at random, as a server's audit sample draws them; the "
+            "numbers are reviews, not answers: at the default 1% audit share, multiply by 100 for automated answers.",
         ],
     }

@@ -35,6 +35,8 @@ ORDER = [
     "transfer",
     "photo_pipeline",
     "ddp",
+    "drift",
+    "guarantee",
 ]
 
 

@@ -25,7 +25,7 @@ def profile(
 ) -> None:
     """Record a version's reference profile (promote does this when it has none)."""
     from datamoat.evaluate.drift import DriftConfig
-    from datamoat.registry.profiles import profile_version
+    from datamoat.registry.register import profile_version
 
     ws, reg = open_registry(registry)
     prof = profile_version(ws, reg, version, actor=admin_actor(reg, token), data=data, config=DriftConfig(alpha=alpha))
@@ -55,11 +55,10 @@ def drift(
     """Test a dataset's split, window by window, against a version's reference profile."""
     import numpy as np
 
-    from datamoat.configs import config_from_dict
     from datamoat.data.dataset import SPLITS, load_dataset, read_rows
     from datamoat.errors import BadInput, NotFound
-    from datamoat.evaluate.drift import DriftConfig, check_window, summarize
-    from datamoat.inference.engine import open_version
+    from datamoat.evaluate.drift import check_window, profile_config, summarize
+    from datamoat.registry.register import load_version
 
     if split not in SPLITS:
         raise BadInput(f"unknown split {split!r}: choose train, val or test")
@@ -68,11 +67,11 @@ def drift(
     prof = reg.profile(row["id"])
     if prof is None:
         raise NotFound(f"version {row['id']} has no reference profile: run `datamoat registry profile {row['id']}`")
-    cfg = config_from_dict(prof["config"])
-    assert isinstance(cfg, DriftConfig)
+    cfg = profile_config(prof)
     ds = load_dataset(ws, data)
-    meta = {**row["info"], "version_id": row["id"], "name": row["name"], "kind": row["kind"]}
-    v = open_version(reg.artifact(row["onnx_sha"]), meta, embeddings=True)
+    v = load_version(reg, row["id"], embeddings=True)
+    if v.embedding is None:
+        raise BadInput(f"version {row['id']}'s graph has no classifier layer to read embeddings from")
     rows = np.flatnonzero(ds.split == SPLITS[split])
     if len(rows) < 10:
         raise BadInput(f"split {split} of {ds.id} has {len(rows)} samples: a window needs at least 10")
@@ -83,12 +82,11 @@ def drift(
             break  # a tail too short to test
         x = read_rows(ds.x, at)
         probs, emb = v.run(x)
-        if emb is None:
-            raise BadInput(f"version {row['id']}'s graph has no classifier layer to read embeddings from")
-        acc = float((probs.argmax(1) == ds.y[at]).mean())
-        correct += int(round(acc * len(at)))
+        assert emb is not None  # opened with embeddings, checked above
+        right = int((probs.argmax(1) == ds.y[at]).sum())
+        correct += right
         check = check_window(prof, summarize(emb, probs, x, cfg))
-        windows.append({"start": i, **check, "accuracy": acc})
+        windows.append({"start": i, **check, "accuracy": right / len(at)})
     alarms = [w for w in windows if w["alarm"]]
     out = {
         "version": row["id"],

@@ -122,8 +122,7 @@ def promote(
 ) -> None:
     """Point an alias at a version; servers switch without a restart."""
     from datamoat.errors import DatamoatError
-    from datamoat.registry.profiles import profile_version
-    from datamoat.registry.register import register_model, resolve_version
+    from datamoat.registry.register import profile_version, register_model, resolve_version
 
     ws, reg = open_registry(registry)
     actor = admin_actor(reg, token)

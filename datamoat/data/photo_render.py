@@ -203,7 +203,6 @@ def _render_to_store(
     hashed on the way, so memory holds a batch, not the rendered set (224 px photos take 150 kB
     each). The bytes are exactly `np.save`'s, so the blob, and the dataset id, are those `put_array`
     gives the same pixels. Returns the blob's sha256."""
-    import hashlib
     import tempfile
 
     from datamoat.files import TEMP_SUFFIX, make_dirs

@@ -49,6 +49,8 @@ __all__ = [
     "summarize",
     "sketch_window",
     "profile_from",
+    "profile_config",
+    "merge",
     "reference_profile",
     "check_window",
     "estimate_accuracy",
@@ -202,17 +204,34 @@ def reference_profile(
         x = read_rows(data.x, rows[i : i + batch_size])  # (B, C, H, W) uint8
         probs, emb = version.run(x)
         parts.append(summarize(emb, probs, x, cfg))
-    ref = _concat(parts)
+    ref = merge(parts)
     meta = {"version_id": version.version_id, "dataset_id": data.id, "split": split, "classes": version.classes}
     return profile_from(ref, labels=data.y[rows], config=cfg, meta=meta)
 
 
-def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {k: np.concatenate([p[k] for p in parts]) for k in ("sketch", "confidence", "predicted", "brightness")}
-    out["contrast"] = np.concatenate([p["contrast"] for p in parts])
-    out["channel_sum"] = np.sum([p["channel_sum"] for p in parts], axis=0)
-    out["classes"] = parts[0]["classes"]
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several batches' `summarize` (or `pixel_stats`) as one: per-input arrays joined, channel sums
+    added, the class count kept.
+
+    >>> merge([{"contrast": np.ones(2), "channel_sum": np.ones(1)}] * 2)["channel_sum"].tolist()
+    [2.0]
+    """
+    out: dict[str, Any] = {}
+    for key, first in parts[0].items():
+        if key == "channel_sum":
+            out[key] = np.sum([p[key] for p in parts], axis=0)
+        elif key == "classes":
+            out[key] = first
+        else:
+            out[key] = np.concatenate([p[key] for p in parts])
     return out
+
+
+def profile_config(profile: dict[str, Any]) -> DriftConfig:
+    """The `DriftConfig` a profile was recorded with (its windows are tested with the same)."""
+    cfg = config_from_dict(profile["config"])
+    assert isinstance(cfg, DriftConfig)
+    return cfg
 
 
 def _mmd_pvalue(
@@ -236,8 +255,7 @@ def check_window(profile: dict[str, Any], window: dict[str, Any]) -> dict[str, A
     below alpha / 5, so a window without drift alarms with probability at most alpha."""
     from scipy.stats import chi2_contingency, ks_2samp
 
-    cfg = config_from_dict(profile["config"])
-    assert isinstance(cfg, DriftConfig)
+    cfg = profile_config(profile)
     n = len(window["confidence"])
     if n < 10:
         raise BadInput(f"a window needs at least 10 answers, got {n}")

@@ -1,7 +1,8 @@
 """Each version's reference profile (`datamoat.evaluate.drift`): what its validation split looked
-like through the served model, recorded when it is promoted, so servers and devices can test live
-traffic against it; and the results of those tests, window by window. Mixed into `Registry`; the
-``reg_profiles`` and ``reg_drift_windows`` tables are written only here.
+like through the served model, recorded when it is promoted (`datamoat.registry.register.
+profile_version` makes it), so servers and devices can test live traffic against it; and the
+results of those tests, window by window. Mixed into `Registry`; the ``reg_profiles`` and
+``reg_drift_windows`` tables are written only here.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from datamoat.errors import BadInput, NotFound
+from datamoat.errors import BadInput
 from datamoat.registry.tables import drift_windows, profiles
-from datamoat.workspace import Workspace
 
-__all__ = ["ProfileStore", "profile_version"]
+__all__ = ["ProfileStore"]
 
 
 class ProfileStore:
@@ -75,34 +75,3 @@ class ProfileStore:
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return [{**{k: v for k, v in r.items() if k != "result"}, **json.loads(r["result"])} for r in rows]
-
-
-def profile_version(
-    ws: Workspace, reg: Any, ref: str, *, actor: str, data: str | None = None, config: Any = None
-) -> dict[str, Any]:
-    """Profile registry version `ref` on the validation split of `data` (default: the dataset its
-    model was trained on, from the workspace) through the inference core, and record it.
-
-    >>> prof = profile_version(ws, reg, "production-candidate", actor="ci")  # doctest: +SKIP
-    """
-    from datamoat.data.dataset import SPLITS, load_dataset
-    from datamoat.evaluate.drift import DriftConfig, reference_profile
-    from datamoat.inference.engine import open_version
-
-    row = reg.version(ref)
-    dataset = data or row["info"].get("lineage", {}).get("dataset_id")
-    if not dataset:
-        raise BadInput(f"version {row['id']} does not name its training data: pass --data DATASET to profile it")
-    try:
-        ds = load_dataset(ws, dataset)
-    except NotFound:
-        raise NotFound(f"dataset {dataset} is not in this workspace: pass --data with one that is") from None
-    if not (ds.split == SPLITS["val"]).any():
-        raise BadInput(f"dataset {ds.id} has no val split to profile on: re-import it with a val fraction")
-    meta = {**row["info"], "version_id": row["id"], "name": row["name"], "kind": row["kind"]}
-    version = open_version(reg.artifact(row["onnx_sha"]), meta, 1, embeddings=True)
-    if version.embedding is None:
-        raise BadInput(f"version {row['id']}'s graph has no classifier layer to read embeddings from")
-    prof = reference_profile(version, ds, config=config or DriftConfig())
-    reg.set_profile(row["id"], prof, actor=actor)
-    return prof

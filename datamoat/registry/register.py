@@ -1,15 +1,29 @@
-"""Put a catalog model into the registry as a servable ONNX version."""
+"""Put a catalog model into the registry as a servable ONNX version, open one to run it, and
+record its reference profile."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from datamoat.errors import NotFound
+from datamoat.errors import BadInput, NotFound
+from datamoat.inference.engine import LoadedVersion, open_version
 from datamoat.registry.core import Registry
 from datamoat.workspace import Workspace
 
-__all__ = ["register_model", "register_compressed", "resolve_version"]
+__all__ = ["register_model", "register_compressed", "resolve_version", "load_version", "profile_version"]
+
+
+def load_version(reg: Registry, ref: str, threads: int = 0, *, embeddings: bool = False) -> LoadedVersion:
+    """Read a version's ONNX bytes from the registry and open a CPU session (`embeddings`: with its
+    penultimate layer as a second output, for drift monitoring): what servers, profiles and
+    `datamoat drift` run.
+
+    >>> v = load_version(Registry("sqlite:///reg.db"), "0e25a8328810")  # doctest: +SKIP
+    """
+    row = reg.version(ref)
+    meta = {**row["info"], "version_id": row["id"], "name": row["name"], "kind": row["kind"]}
+    return open_version(reg.artifact(row["onnx_sha"]), meta, threads, embeddings=embeddings)
 
 
 def register_model(ws: Workspace, reg: Registry, model_ref: str, *, actor: str, int8: bool = False) -> str:
@@ -67,3 +81,32 @@ def register_compressed(reg: Registry, out: dict[str, Any], *, actor: str) -> st
     """
     c = out["candidate"]
     return reg.register(Path(c["onnx_path"]).read_bytes(), name=c["name"], kind=c["kind"], info=c["info"], actor=actor)
+
+
+def profile_version(
+    ws: Workspace, reg: Registry, ref: str, *, actor: str, data: str | None = None, config: Any = None
+) -> dict[str, Any]:
+    """Profile registry version `ref` on the validation split of `data` (default: the dataset its
+    model was trained on, from the workspace) through the inference core, and record it.
+
+    >>> prof = profile_version(ws, reg, "production-candidate", actor="ci")  # doctest: +SKIP
+    """
+    from datamoat.data.dataset import SPLITS, load_dataset
+    from datamoat.evaluate.drift import DriftConfig, reference_profile
+
+    row = reg.version(ref)
+    dataset = data or row["info"].get("lineage", {}).get("dataset_id")
+    if not dataset:
+        raise BadInput(f"version {row['id']} does not name its training data: pass --data DATASET to profile it")
+    try:
+        ds = load_dataset(ws, dataset)
+    except NotFound:
+        raise NotFound(f"dataset {dataset} is not in this workspace: pass --data with one that is") from None
+    if not (ds.split == SPLITS["val"]).any():
+        raise BadInput(f"dataset {ds.id} has no val split to profile on: re-import it with a val fraction")
+    version = load_version(reg, row["id"], 1, embeddings=True)
+    if version.embedding is None:
+        raise BadInput(f"version {row['id']}'s graph has no classifier layer to read embeddings from")
+    prof = reference_profile(version, ds, config=config or DriftConfig())
+    reg.set_profile(row["id"], prof, actor=actor)
+    return prof

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from datamoat.inference.engine import LoadedVersion, open_version
+from datamoat.inference.engine import LoadedVersion
 from datamoat.registry.core import Registry
+from datamoat.registry.register import load_version
 
 __all__ = ["SessionCache", "load_version"]
-
-
-def load_version(registry: Registry, version_id: str, threads: int = 0, *, embeddings: bool = False) -> LoadedVersion:
-    """Read a version's ONNX bytes from the registry and open a CPU session (`embeddings`: with its
-    penultimate layer as a second output, for the drift monitor).
-
-    >>> v = load_version(Registry("sqlite:///reg.db"), "0e25a8328810")  # doctest: +SKIP
-    """
-    row = registry.version(version_id)
-    meta = {**row["info"], "version_id": row["id"], "name": row["name"], "kind": row["kind"]}
-    return open_version(registry.artifact(row["onnx_sha"]), meta, threads, embeddings=embeddings)
 
 
 class SessionCache:

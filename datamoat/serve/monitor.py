@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from datamoat.configs import config_from_dict
-from datamoat.evaluate.drift import DriftConfig, check_window, pixel_stats, sketch_window
+from datamoat.evaluate.drift import check_window, merge, pixel_stats, profile_config, sketch_window
 from datamoat.registry.alerts import send_alert
 
 __all__ = ["DriftMonitor"]
@@ -88,13 +87,10 @@ class DriftMonitor:
         if prof is None:
             self.on_result(alias, version_id, None)
             return
-        cfg = config_from_dict(prof["config"])
-        assert isinstance(cfg, DriftConfig)
         probs = np.concatenate([p[0] for p in parts])  # (W, K)
         emb = np.concatenate([p[1] for p in parts])  # (W, D)
-        stats = {k: np.concatenate([p[2][k] for p in parts]) for k in ("brightness", "contrast")}
-        stats["channel_sum"] = np.sum([p[2]["channel_sum"] for p in parts], axis=0)
-        result = check_window(prof, sketch_window(emb, probs, stats, cfg))
+        stats = merge([p[2] for p in parts])
+        result = check_window(prof, sketch_window(emb, probs, stats, profile_config(prof)))
         self.registry.record_window(self.server_id, alias, version_id, result)
         self.on_result(alias, version_id, result)
         data = {"server_id": self.server_id, "alias": alias, "version": version_id, **result}

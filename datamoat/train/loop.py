@@ -251,8 +251,8 @@ def train(
         rows_at = None  # the photos stay in their shards
     else:
         rows_at = _batch_reader(model, data.x, train_rows[keep], dev)
-    # This rank's share of the val split. A photo version is validated from its shards batch by batch
-    # (the rendered pixels, bit for bit), so memory does not grow with the split; arrays are held.
+    # This rank's share of the val split, batch by batch, so memory does not grow with the split: a
+    # photo version is decoded from its shards (the rendered pixels, bit for bit), arrays are read.
     val_rows = np.flatnonzero(data.split == SPLITS["val"])[rank::world]  # (V,)
     no_val = not (data.split == SPLITS["val"]).any()  # with no val split there is nothing to select on
     if streaming:

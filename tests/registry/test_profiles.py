@@ -11,8 +11,7 @@ from datamoat.data import SPLITS, import_digits, load_dataset, make_dataset
 from datamoat.errors import BadInput
 from datamoat.models import new_model, save_model
 from datamoat.registry.core import Registry, registry_url
-from datamoat.registry.profiles import profile_version
-from datamoat.registry.register import register_model
+from datamoat.registry.register import profile_version, register_model
 from datamoat.train import TrainConfig, train
 from datamoat.workspace import Workspace
 

@@ -9,7 +9,7 @@ from dmtest import Receiver
 
 from datamoat.data import SPLITS, load_dataset
 from datamoat.evaluate.drift import DriftConfig
-from datamoat.registry.profiles import profile_version
+from datamoat.registry.register import profile_version
 
 from .serve_util import auth
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from datamoat.data import SPLITS, load_dataset
 from datamoat.evaluate.drift import DriftConfig
-from datamoat.registry.profiles import profile_version
+from datamoat.registry.register import profile_version
 from datamoat.serve import ServeConfig, create_app
 
 from .serve_util import auth

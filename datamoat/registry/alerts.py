@@ -53,6 +53,9 @@ EVENTS = (
     "drift",
     "estimate_below_floor",
     "guarantee",
+    "canary",
+    "shadow",
+    "release",  # a canary or shadow ended: by a person, or by its rules (promoted, rolled back, held)
 )
 MAX_AGE_S = 300
 

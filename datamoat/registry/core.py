@@ -35,6 +35,7 @@ from datamoat.registry.alerts import AlertStore
 from datamoat.registry.chain import add_chain_column, append_chained, append_only_ddl, verify_chain
 from datamoat.registry.policy import clean_policy
 from datamoat.registry.profiles import ProfileStore
+from datamoat.registry.releases import ReleaseStore
 from datamoat.registry.schema import WRITE_OPTION, ensure_schema
 from datamoat.registry.servers import ServerRoster
 from datamoat.registry.tables import (
@@ -95,7 +96,7 @@ def registry_url(ws: Workspace | None = None, url: str | None = None) -> str:
     return f"sqlite:///{(ws.root / 'registry.db').resolve()}"
 
 
-class Registry(TokenStore, ServerRoster, ProfileStore, AlertStore):
+class Registry(TokenStore, ServerRoster, ProfileStore, AlertStore, ReleaseStore):
     """Model versions, aliases and incident controls in one SQL database.
 
     >>> reg = Registry("sqlite://")   # in memory
@@ -261,6 +262,7 @@ class Registry(TokenStore, ServerRoster, ProfileStore, AlertStore):
                     .where(aliases.c.alias == alias)
                     .values(version_id=vid, history=json.dumps(hist), updated=time.time())
                 )
+            self.retire_releases(conn, alias, vid, actor)
             gen = self._bump(conn, actor, "promote", alias, reason, version=vid, previous=previous)
         return {"alias": alias, "version": vid, "previous": previous, "generation": gen}
 
@@ -279,6 +281,7 @@ class Registry(TokenStore, ServerRoster, ProfileStore, AlertStore):
                 .where(aliases.c.alias == alias)
                 .values(version_id=target, history=json.dumps(hist), updated=time.time())
             )
+            self.retire_releases(conn, alias, target, actor)
             gen = self._bump(conn, actor, "rollback", alias, reason, version=target, previous=row.version_id)
         return {"alias": alias, "version": target, "previous": row.version_id, "generation": gen}
 
@@ -411,7 +414,9 @@ class Registry(TokenStore, ServerRoster, ProfileStore, AlertStore):
                 for r in conn.execute(sa.select(suppressions))
             ]
             pol = {r.version_id: json.loads(r.policy) for r in conn.execute(sa.select(policies))}
-        return {"generation": gen, "aliases": al, "takedowns": td, "suppressions": sup, "policies": pol}
+            out = {"generation": gen, "aliases": al, "takedowns": td, "suppressions": sup, "policies": pol}
+            out["releases"] = self.releases_in(conn)  # canaries and shadows (`ReleaseStore`)
+        return out
 
     @staticmethod
     def serving_target(snapshot: dict[str, Any], alias: str) -> tuple[str | None, str]:

@@ -43,6 +43,7 @@ __all__ = [
     "open_reviews",
     "write_predictions",
     "record_feedback",
+    "known_labels",
 ]
 
 AUDIT_REASON = "audit sample of automated answers: checks the guarantee"
@@ -257,6 +258,23 @@ def record_feedback(
             f"feedback from source {source!r} for prediction {prediction_id} is already recorded: send it once"
         ) from None
     return entry
+
+
+def known_labels(engine: sa.Engine, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """People's label for each of the predictions `ids` that has one: {id: (label, source)}, a
+    review decision before feedback (source "review"), feedback by its source otherwise."""
+    ensure_ledger(engine)
+    out: dict[str, tuple[str, str]] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(ids), 500):  # bounded IN lists: SQLite caps bound parameters
+            chunk = ids[i : i + 500]
+            q = sa.select(feedback.c.prediction_id, feedback.c.label, feedback.c.source)
+            for r in conn.execute(q.where(feedback.c.prediction_id.in_(chunk)).order_by(feedback.c.ts)):
+                out.setdefault(r.prediction_id, (r.label, r.source))
+            decided = (review.c.status == "decided") & review.c.prediction_id.in_(chunk)
+            for pid, label in conn.execute(sa.select(review.c.prediction_id, review.c.decided_label).where(decided)):
+                out[pid] = (label, REVIEW_SOURCE)
+    return out
 
 
 # -- the review queue ---------------------------------------------------------------------

@@ -114,6 +114,19 @@ drift_windows = sa.Table(
     sa.Column("alarm", sa.Boolean, nullable=False),
     sa.Column("result", sa.Text, nullable=False),  # JSON: fired tests, p-values, shifts, accuracy estimate
 )
+releases = sa.Table(
+    "reg_releases",
+    meta,
+    sa.Column("alias", sa.String(100), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),  # canary | shadow: at most one of each per alias
+    sa.Column("version_id", sa.String(32), nullable=False),
+    sa.Column("percent", sa.Float, nullable=False),  # canary: share of requests; shadow: 100 (every request)
+    sa.Column("route_key", sa.String(16), nullable=False),  # canary: request | client
+    sa.Column("rules", sa.Text, nullable=False),  # JSON: datamoat.evaluate.compare.ReleaseRules, or {} for none
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+)
 webhooks = sa.Table(
     "reg_webhooks",
     meta,

@@ -146,6 +146,17 @@ def test_monitoring(dm, flow, monkeypatch):
 
 
 @pytest.mark.slow
+def test_releases(dm, flow):
+    admin, v1, v2 = flow["admin"], flow["v1"], flow["v2"]
+    out = dm("promote", v2, "--canary", "10", "--auto", "--min-labelled", "50", "--token", admin, "--wait", "0")
+    assert (out["kind"], out["version"], out["production"], out["rules"]["min_labelled"]) == ("canary", v2, v1, 50)
+    assert [r["version_id"] for r in dm("release", "list")["releases"]] == [v2]
+    assert dm("release", "check", "--token", admin)["decisions"][0]["action"] is None  # no pairs logged
+    assert dm("compare", v1, v2)["n"] == 0
+    assert dm("release", "end", "canary", "--reason", "done", "--token", admin, "--wait", "0")["version"] == v2
+
+
+@pytest.mark.slow
 def test_edge(dm, flow):
     tmp, admin = flow["tmp"], flow["admin"]
     key = tmp / "release.pem"

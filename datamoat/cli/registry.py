@@ -4,9 +4,20 @@ live server acknowledged the change (or says which did not)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
-from datamoat.cli._common import JsonOpt, admin_actor, console, emit, err_console, finish_control, open_registry
+from datamoat.cli._common import (
+    ConfigDefault,
+    JsonOpt,
+    admin_actor,
+    console,
+    emit,
+    err_console,
+    finish_control,
+    open_registry,
+)
 
 registry_app = typer.Typer(help="Model versions, aliases and the audit log.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Create, list and revoke API tokens (stored hashed).", no_args_is_help=True)
@@ -16,6 +27,13 @@ TokenOpt = typer.Option(
 )
 RegistryOpt = typer.Option(None, "--registry", envvar="DATAMOAT_REGISTRY_URL", help="Registry database URL.")
 WaitOpt = typer.Option(5.0, "--wait", help="Seconds to wait for running servers to acknowledge.")
+
+
+def RuleOpt(param: str, text: str) -> Any:  # noqa: N802 - an option factory, used like typer.Option
+    """A release rule's option, its default read from `ReleaseRules`."""
+    return typer.Option(
+        ConfigDefault("datamoat.evaluate.compare:ReleaseRules", param), f"--{param.replace('_', '-')}", help=text
+    )
 
 
 @registry_app.command("list")
@@ -115,12 +133,27 @@ def promote(
     profile: bool = typer.Option(
         True, "--profile/--no-profile", help="Record the version's reference profile for drift checks if it has none."
     ),
+    canary: float = typer.Option(
+        0.0, "--canary", help="Release it as a canary: this percent of the alias's requests, the alias unchanged."
+    ),
+    shadow: bool = typer.Option(
+        False, "--shadow", help="Release it as a shadow: run on every request off the path, answers logged only."
+    ),
+    canary_key: str = typer.Option(
+        "request", "--canary-key", help="request: route by the input's hash; client: by X-Datamoat-Client or token."
+    ),
+    auto: bool = typer.Option(False, "--auto", help="A canary or shadow is promoted or rolled back by its rules."),
+    min_pairs: int = RuleOpt("min_pairs", "Pairs before the label-free agreement rule can roll back."),
+    min_agreement: float = RuleOpt("min_agreement", "Roll back below this agreement; promote needs it too."),
+    min_labelled: int = RuleOpt("min_labelled", "Labelled pairs at which the one McNemar decision is taken."),
+    max_drop: float = RuleOpt("max_drop", "Promote when accuracy may have dropped by at most this (interval)."),
     token: str = TokenOpt,
     registry: str = RegistryOpt,
     wait: float = WaitOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Point an alias at a version; servers switch without a restart."""
+    """Point an alias at a version; servers switch without a restart. With --canary or --shadow the
+    version is released beside the alias's version instead (`datamoat compare` and `release`)."""
     from datamoat.errors import DatamoatError
     from datamoat.registry.register import profile_version, register_model, resolve_version
 
@@ -134,6 +167,20 @@ def promote(
             profile_version(ws, reg, vid, actor=actor)
         except DatamoatError as e:  # drift checks wait for a profile; the promotion does not
             err_console.print(f"warning: no reference profile for {vid} ({e}); drift checks need one", highlight=False)
+    if canary or shadow:
+        from datamoat.errors import BadInput
+        from datamoat.evaluate.compare import ReleaseRules
+
+        if canary and shadow:
+            raise BadInput("--canary and --shadow are two releases: start one per command")
+        kind = "canary" if canary else "shadow"
+        rules = ReleaseRules(True, min_pairs, min_agreement, min_labelled, max_drop=max_drop) if auto else None
+        out = reg.start_release(
+            vid, alias, kind, actor=actor, percent=canary, route_key=canary_key, rules=rules, reason=reason
+        )
+        share = f"{canary:g}% of requests" if canary else "every request, off the path"
+        finish_control(reg, out, as_json, f"{kind} {vid} on {alias}: {share}", wait, kind)
+        return
     out = reg.promote(vid, alias, actor=actor, reason=reason)
     finish_control(reg, out, as_json, f"{alias} -> {vid} (was {out['previous']})", wait, "promote")
 

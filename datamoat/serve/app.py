@@ -27,11 +27,13 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from datamoat.errors import Unavailable
+from datamoat.feedback.releases import apply_rules
 from datamoat.feedback.review import ReviewQueue
 from datamoat.inference.engine import describe
 from datamoat.inference.http import install_error_handlers
 from datamoat.inference.inputs import PREDICT_BODY, Prepare, install_pillow_limits, parse_payload, read_payload
 from datamoat.registry.core import Registry
+from datamoat.registry.pairs import ensure_pairs
 from datamoat.serve.admin import TokenCache, admin_router, feedback_actor, predict_actor, reader
 from datamoat.serve.answer import answer
 from datamoat.serve.batcher import Batcher
@@ -44,6 +46,7 @@ from datamoat.serve.monitor import DriftMonitor
 from datamoat.serve.monitor_page import monitor_router
 from datamoat.serve.quota import Quotas
 from datamoat.serve.review import review_router
+from datamoat.serve.shadow import ShadowRunner
 from datamoat.serve.v2 import v2_router
 
 __all__ = ["create_app", "app_from_env", "ServeContext"]
@@ -67,6 +70,7 @@ class ServeContext:
     predict_quota: Quotas
     review_quota: Quotas
     monitor: DriftMonitor | None = None
+    shadow: ShadowRunner | None = None
 
 
 def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
@@ -86,6 +90,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         server_id,
         cfg.url or f"inprocess:{server_id}",
         on_ack=metrics.generation.set,
+        shadow_cache=SessionCache(registry, cfg.shadow_threads),
     )
     monitor = None
     if cfg.drift_window:
@@ -121,6 +126,14 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         Quotas(cfg.predict_rate_per_token, 10 * cfg.predict_rate_per_token),
         Quotas(cfg.review_rate_per_token, 100),
         monitor,
+        ShadowRunner(
+            registry.engine,
+            lambda: ctl.state,
+            cfg.top_k,
+            cfg.shadow_queue,
+            on_drop=metrics.shadow_dropped.inc,
+            on_pairs=lambda role, n: metrics.release_pairs.labels(role).inc(n),
+        ),
     )
     docs = "/docs" in cfg.open_paths  # the schema lists every endpoint: closed unless opened
     app = FastAPI(
@@ -172,7 +185,13 @@ async def _lifespan(app: FastAPI):
     ctx: ServeContext = app.state.serve
     await ctx.controller.start()
     ctl = ctx.controller
-    tasks = [asyncio.create_task(c) for c in (ctl.watch(), ctl.heartbeats(), ctx.batcher.run(), ctx.plog.run())]
+    loops = [ctl.watch(), ctl.heartbeats(), ctx.batcher.run(), ctx.plog.run()]
+    if ctx.config.release_check_s > 0:
+        loops.append(_release_rules(ctx))
+    await asyncio.to_thread(ensure_pairs, ctx.registry.engine)
+    if ctx.shadow is not None:
+        ctx.shadow.start()
+    tasks = [asyncio.create_task(c) for c in loops]
     try:
         yield
     finally:
@@ -184,8 +203,23 @@ async def _lifespan(app: FastAPI):
         finally:
             if ctx.monitor is not None:
                 await asyncio.to_thread(ctx.monitor.close)
+            if ctx.shadow is not None:
+                await asyncio.to_thread(ctx.shadow.stop)
             await ctl.stop()
             worker_exited(os.getpid())
+
+
+async def _release_rules(ctx: ServeContext) -> None:
+    """Apply the alias's releases' automatic rules every `release_check_s` while a release runs."""
+    while True:
+        await asyncio.sleep(ctx.config.release_check_s)
+        st = ctx.controller.state
+        if st.canary is None and st.shadow is None:
+            continue
+        try:
+            await asyncio.to_thread(apply_rules, ctx.registry, st.alias, actor=f"rules:{ctx.server_id}")
+        except Exception:  # a database hiccup: try again next time
+            log.exception("release rules failed")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -260,7 +294,7 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
 
     # Small bodies parse faster than a thread hop costs; big ones (a large PNG) stay off the loop.
     prepare, x = parse() if len(data) <= 65536 else await asyncio.to_thread(parse)
-    cur, answers, _ = await answer(ctx, actor, prepare, x)
+    cur, answers, _ = await answer(ctx, actor, prepare, x, request.headers.get("x-datamoat-client"))
     # A response object skips FastAPI's validation and re-encoding of the returned dict: the answer is
     # built here from plain types, so that pass would only repeat work on the hot path.
     return JSONResponse(
@@ -268,6 +302,7 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
             "model_version": cur.model.version_id,
             "model_name": cur.model.name,
             "alias": cur.alias,
+            "release": cur.role,
             "generation": cur.generation,
             "predictions": answers,
         }
@@ -308,6 +343,11 @@ async def model_info(request: Request, _: str = Depends(reader)) -> dict[str, An
         "takedown": takedown,
         "generation": st.generation,
         "acked_generation": ctx.controller.acked,
+        "releases": {
+            side.role: {"version": side.version_id, "percent": st.canary_percent if side.role == "canary" else 100.0}
+            for side in (st.canary, st.shadow)
+            if side is not None
+        },
         "server_id": ctx.server_id,
     }
 

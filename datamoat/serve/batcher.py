@@ -42,13 +42,14 @@ class _Item:
     prepare: Prepare
     x: np.ndarray  # (n, C, H, W) raw pixels, shaped for the state current at submit time
     future: asyncio.Future
+    role: str = "primary"  # the release side the request was routed to (primary | canary)
 
 
 class Batcher:
     """Collects inputs from concurrent requests into model calls.
 
     >>> b = Batcher(lambda: state, max_batch_size=32, max_wait_ms=2.0)  # doctest: +SKIP
-    >>> state, probs, x = await b.submit(prepare, x)  # doctest: +SKIP
+    >>> side, probs, x = await b.submit(prepare, x)  # doctest: +SKIP
     """
 
     def __init__(
@@ -69,8 +70,11 @@ class Batcher:
         self._carry: _Item | None = None  # took it, but it did not fit the last batch (inference thread only)
         self.max_queued, self.queued = max_queued, 0  # inputs submitted and not answered (event loop only)
 
-    async def submit(self, prepare: Prepare, x: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
-        """(state used, probabilities (n, K), raw inputs used (n, C, H, W)) for one request."""
+    async def submit(
+        self, prepare: Prepare, x: np.ndarray, role: str = "primary"
+    ) -> tuple[Any, np.ndarray, np.ndarray]:
+        """(the state's side that answered, probabilities (n, K), raw inputs used (n, C, H, W)) for one
+        request routed to `role` (a canary's side answers only while the canary runs)."""
         n = len(x)
         if self.queued + n > self.max_queued:
             raise Overloaded(
@@ -80,7 +84,7 @@ class Batcher:
         fut = asyncio.get_running_loop().create_future()
         self.queued += n
         try:
-            self._queue.put(_Item(prepare, x, fut))
+            self._queue.put(_Item(prepare, x, fut, role))
             return await fut
         finally:
             self.queued -= n
@@ -137,11 +141,11 @@ class Batcher:
                     results = [e] * len(items)
                     n = 0
             try:
-                loop.call_soon_threadsafe(self._deliver, items, results, state, n)
+                loop.call_soon_threadsafe(self._deliver, items, results, n)
             except RuntimeError:  # the loop closed under us: nobody is waiting any more
                 return
 
-    def _deliver(self, items: list[_Item], results: list[Any], state: Any, n: int) -> None:
+    def _deliver(self, items: list[_Item], results: list[Any], n: int) -> None:
         """On the event loop: resolve each request's future."""
         if n:
             self.on_batch(n)
@@ -151,13 +155,24 @@ class Batcher:
             if isinstance(res, Exception):
                 item.future.set_exception(res)
             else:
-                item.future.set_result((state, *res))
+                item.future.set_result(res)
 
 
 def _infer(state: Any, items: list[_Item], on_outputs: Any = None) -> list[Any]:
-    """Run one batch: per item (probs, x) or the item's own input error. `on_outputs(state, probs,
-    embeddings, x)` sees the whole batch when the model gives embeddings (the drift monitor)."""
-    model = state.model
+    """Run one batch, one model call per release side: per item (side, probs, x) or the item's own
+    input error. `on_outputs(side, probs, embeddings, x)` sees each side's inputs when the model
+    gives embeddings (the drift monitor)."""
+    out: list[Any] = [None] * len(items)
+    for role in dict.fromkeys(it.role for it in items):  # primary and canary, in arrival order
+        side = state.side(role)
+        mine = [i for i, it in enumerate(items) if it.role == role]
+        for i, res in zip(mine, _infer_side(side, [items[i] for i in mine], on_outputs), strict=True):
+            out[i] = res
+    return out
+
+
+def _infer_side(side: Any, items: list[_Item], on_outputs: Any) -> list[Any]:
+    model = side.model
     xs: list[np.ndarray | Exception] = []
     for it in items:
         if it.x.shape[1:] == model.input_shape:
@@ -173,7 +188,7 @@ def _infer(state: Any, items: list[_Item], on_outputs: Any = None) -> list[Any]:
         batch = np.concatenate(good)  # (sum n, C, H, W)
         probs, emb = model.run(batch)  # (sum n, K), (sum n, D) or None
         if emb is not None and on_outputs is not None:
-            on_outputs(state, probs, emb, batch)
+            on_outputs(side, probs, emb, batch)
     out: list[Any] = []
     i = 0
     for x in xs:
@@ -181,6 +196,6 @@ def _infer(state: Any, items: list[_Item], on_outputs: Any = None) -> list[Any]:
             out.append(x)
         else:
             assert probs is not None  # some input was good
-            out.append((probs[i : i + len(x)], x))
+            out.append((side, probs[i : i + len(x)], x))
             i += len(x)
     return out

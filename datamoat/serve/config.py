@@ -48,6 +48,11 @@ class ServeConfig(Config):
     guarantee_action: str = "review_all"  # when that check fails: review_all | rollback | none
     accuracy_floor: float = 0.0  # a window's label-free accuracy estimate below it sends a webhook (0: never)
     alert_interval_s: float = 600.0  # at most one drift or floor webhook per interval, alias and version
+    # Canary and shadow releases: the off-path runner's session threads and queue (inputs; past it,
+    # pairs are dropped and counted), and how often the releases' automatic rules are checked (0: never).
+    shadow_threads: int = 1
+    shadow_queue: int = 1024
+    release_check_s: float = 30.0
     max_inputs_per_request: int = 256
     max_queued_inputs: int = 4096  # inputs waiting for the model; past it, 503 with Retry-After
     predict_rate_per_token: float = 0.0  # requests per second per token (0: no quota), burst 10 x rate
@@ -81,7 +86,14 @@ class ServeConfig(Config):
             self.drift_window == 0 or self.drift_window >= 10,
             f"drift_window must be 0 or >= 10, got {self.drift_window}",
         )
-        for name in ("max_inputs_per_request", "max_queued_inputs", "feedback_max_per_hour"):
+        check(self.release_check_s >= 0, f"release_check_s must be >= 0 (0: never), got {self.release_check_s}")
+        for name in (
+            "max_inputs_per_request",
+            "max_queued_inputs",
+            "feedback_max_per_hour",
+            "shadow_threads",
+            "shadow_queue",
+        ):
             check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         self.open_paths = tuple(self.open_paths)
         bad = [p for p in self.open_paths if p not in OPENABLE]

@@ -71,10 +71,19 @@ class ServingState:
     alias_version: str | None  # what the alias points at (may be taken down)
     takedowns: dict[str, Any]
     policy: dict[str, Any] = dataclasses.field(default_factory=dict)  # the served version's `Registry.policy`
+    role: str = "primary"  # primary | canary | shadow: which side of the alias's releases this state is
+    canary: ServingState | None = None  # the canary's side (its model and policy), if one runs
+    canary_percent: float = 0.0
+    canary_key: str = "request"
+    shadow: ServingState | None = None  # the shadow's side, run off the request path
 
     @property
     def version_id(self) -> str | None:
         return self.model.version_id if self.model else None
+
+    def side(self, role: str) -> ServingState:
+        """The state that answers a request routed to `role`: the canary's while one runs, else this."""
+        return self.canary if role == "canary" and self.canary is not None else self
 
 
 class Controller:
@@ -92,8 +101,9 @@ class Controller:
         server_id: str,
         url: str,
         on_ack: Callable[[int], None] | None = None,
+        shadow_cache: SessionCache | None = None,
     ):
-        self.registry, self.config, self.cache = registry, config, cache
+        self.registry, self.config, self.cache, self.shadow_cache = registry, config, cache, shadow_cache
         self.server_id, self.url, self.on_ack = server_id, url, on_ack
         self.state = ServingState(-1, config.alias, None, "starting", {}, None, {})
         self.acked = -1
@@ -126,15 +136,32 @@ class Controller:
                 log.exception("loading version %s failed", target)
                 why = f"version {target} could not be loaded ({type(e).__name__}: {e}): promote or roll back"
         policy = Registry.policy_of(snap, model.version_id, model.info) if model else {}
-        return ServingState(
-            snap["generation"],
-            alias,
-            model,
-            why,
-            Registry.suppressed_for(snap, alias),
-            snap["aliases"].get(alias),
-            snap["takedowns"],
-            policy,
+        suppressed = Registry.suppressed_for(snap, alias)
+        base = ServingState(
+            snap["generation"], alias, model, why, suppressed, snap["aliases"].get(alias), snap["takedowns"], policy
+        )
+        if model is None:
+            return base  # nothing answers: neither does a release beside it
+        sides: dict[str, ServingState] = {}
+        for kind, rel in snap.get("releases", {}).get(alias, {}).items():
+            vid = rel["version"]
+            if vid in snap["takedowns"] or vid == model.version_id:
+                continue  # a taken-down candidate never runs; its requests stay with the alias's version
+            cache = self.shadow_cache if kind == "shadow" and self.shadow_cache is not None else self.cache
+            try:
+                m = cache.get(vid)
+            except Exception:  # a broken candidate must not take the alias down: its release pauses
+                log.exception("loading %s version %s failed", kind, vid)
+                continue
+            pol = Registry.policy_of(snap, vid, m.info)
+            sides[kind] = dataclasses.replace(base, model=m, reason=kind, policy=pol, role=kind)
+        canary = snap.get("releases", {}).get(alias, {}).get("canary", {})
+        return dataclasses.replace(
+            base,
+            canary=sides.get("canary"),
+            canary_percent=float(canary.get("percent", 0.0)),
+            canary_key=canary.get("route_key", "request"),
+            shadow=sides.get("shadow"),
         )
 
     async def apply(self) -> ServingState:

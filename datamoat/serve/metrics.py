@@ -104,6 +104,18 @@ class ServeMetrics:
             registry=r,
         )  # fmt: skip
 
+        # Canary and shadow releases (datamoat.serve.shadow).
+        self.release_answers = Counter(
+            "datamoat_release_answers", "Answers returned, by release side: primary or canary.", ["role"], registry=r
+        )
+        self.release_pairs = Counter(
+            "datamoat_release_pairs", "Off-path answers logged beside a returned one: shadow or canary.", ["role"],
+            registry=r,
+        )  # fmt: skip
+        self.shadow_dropped = Counter(
+            "datamoat_shadow_dropped", "Inputs not run off the path: the runner's queue was full.", registry=r
+        )
+
     def drift(self, alias: str, version: str, result: dict | None) -> None:
         """Record one drift window's result (None: the version has no reference profile)."""
         if result is None:

@@ -95,7 +95,7 @@ async def infer(
     )
     prepare = parse_array(tensor)
     x = prepare(st.model.input_shape, None)
-    cur, answers, probs = await answer(ctx, actor, prepare, x)
+    cur, answers, probs = await answer(ctx, actor, prepare, x, request.headers.get("x-datamoat-client"))
     p, _, abstain = renormalized(probs, cur.model.classes, cur.suppressed)  # (N, K)
     p[:, abstain] = 0.0  # a suppressed label is never output, in any protocol
     tensors: dict[str, Any] = {

@@ -21,11 +21,11 @@ __all__ = ["PlanConfig", "SiteSpec", "CloudSpec", "EdgeSpec", "CONNECTIVITY"]
 CONNECTIVITY = ("always_on", "intermittent", "offline")
 
 
-def _nonneg(owner: Config, *names: str) -> None:
+def _nonneg(owner: Config, *names: str, at: str = "") -> None:
     for name in names:
         v = getattr(owner, name)
         ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-        check(ok, f"{name} must be a number >= 0, got {v!r}")
+        check(ok, f"{at}{name} must be a number >= 0, got {v!r}")
 
 
 @dataclasses.dataclass
@@ -44,7 +44,7 @@ class SiteSpec(Config):
 
     def validate(self) -> None:
         check(bool(self.name), "a site needs a name")
-        _nonneg(self, "peak_rps", "mean_rps", "rtt_ms")
+        _nonneg(self, "peak_rps", "mean_rps", "rtt_ms", at=f"site {self.name}: ")
         check(self.peak_rps > 0, f"site {self.name}: peak_rps must be > 0 req/s, got {self.peak_rps}")
         check(
             self.mean_rps <= self.peak_rps,

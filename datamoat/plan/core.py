@@ -92,7 +92,8 @@ def priced(cfg: PlanConfig, inputs: Inputs) -> Priced:
     smallest = min(inputs.candidates, key=lambda c: c["bytes"]) if inputs.candidates else None
     if cfg.edge.memory_mb:
         hw = _edge_hw(cfg, inputs)
-        need = choose_model(hw, [smallest], 0.0, math.inf).rows[0]["memory_mb"] if smallest else hw.rss_mb
+        rows = choose_model(hw, inputs.candidates, 0.0, math.inf).rows  # smallest first
+        need = rows[0]["memory_mb"] if rows else hw.rss_mb
         what = f"the smallest candidate {smallest['name']}" if smallest else f"the measured model {e.model}"
         if need is not None and need > cfg.edge.memory_mb:
             raise BadInput(
@@ -273,6 +274,8 @@ def edge_option(p: Priced, sites: list[SiteSpec]) -> tuple[Option, dict[str, Any
         for n, v in p99.items()
         if v is not None and v > cfg.p99_budget_ms
     ]
+    if not e.device_price:
+        why.append("not priced: give edge.device_price in the spec")
     if choice is not None and choice.rows and choice.pick is None:
         why.append("no candidate meets the accuracy floor, latency budget and memory on the device")
     # A failed device's share of its site goes to the cloud until it is replaced (see the module doc).

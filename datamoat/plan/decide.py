@@ -124,10 +124,10 @@ def hybrid_option(p: Priced, sites: list[SiteSpec], review_rate: float) -> Optio
 
 
 def _sites_at(sites: tuple[SiteSpec, ...], n: int) -> list[SiteSpec]:
+    """`n` sites: the spec's, repeated in order (the copies renamed ``name#1``, ``name#2``...)."""
     k = len(sites)
     return [
-        s if i < k else dataclasses.replace(s, name=f"{s.name}#{i // k}")
-        for i, s in enumerate(sites[i % k] for i in range(n))
+        sites[i] if i < k else dataclasses.replace(sites[i % k], name=f"{sites[i % k].name}#{i // k}") for i in range(n)
     ]
 
 

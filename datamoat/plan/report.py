@@ -67,7 +67,7 @@ def plot(r: PlanResult, path: str | Path, sites_now: int) -> Path:
                         textcoords="offset points")  # fmt: skip
     ax.set_xlabel("sites")
     ax.set_ylabel("monthly cost")
-    ax.set_title("datamoat plan: monthly cost against sites (dotted: misses the budget)", fontsize=9)
+    ax.set_title("datamoat plan: monthly cost against sites (dotted: ruled out, see the reasons)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out = Path(path)

@@ -23,6 +23,7 @@ LAYERS = [
     ("datamoat.registry",),
     ("datamoat.feedback",),
     ("datamoat.serve", "datamoat.edge"),  # one rank, two doors: neither imports the other
+    ("datamoat.plan",),  # reads serve's capacity and the edge's figures to decide between them
     ("datamoat.cli", "datamoat.demo", "datamoat.__main__"),
 ]
 MAX_LINES = 450

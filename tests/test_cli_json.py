@@ -244,6 +244,19 @@ def test_levers(dm, flow):
     assert dm("improve", "--data", "digits", "--budget-minutes", "0.2", "--arch", "mlp", "--epochs", "1")
 
 
+def test_plan_json(dm):
+    # Real measurements: loadtest outputs of one replica (copied from bench/results/serving.json) and the
+    # edge benchmark's and compress benchmark's results, with the README's spec.
+    root = Path(__file__).resolve().parents[1]
+    out = dm(
+        "plan", str(root / "docs/plan/spec.json"),
+        "--loadtest", str(root / "docs/plan/loadtest-max.json"), "--loadtest", str(root / "docs/plan/loadtest-rate.json"),
+        "--edge-bench", str(root / "bench/results/edge.json"), "--candidates", str(root / "bench/results/compression.json"),
+        "--max-sites", "20",
+    )  # fmt: skip
+    assert out["recommendation"] in out["options"] and len(out["curve"]["sites"]) == 20
+
+
 def test_every_json_command_ran():
     missing = json_commands() - RAN
     assert not missing, f"commands with --json that test_cli_json.py does not run: {sorted(missing)}"

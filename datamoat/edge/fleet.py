@@ -427,6 +427,8 @@ class Fleet(BundleShelf):
                     "rollout": rollout_state,
                     "last_error": st.get("last_error"),
                     "uploads": st.get("uploads"),
+                    "counters": st.get("counters"),
+                    "perf": st.get("perf"),  # the device's own latency, memory and model (`edge.perf`)
                 }
             )
         return out

@@ -42,6 +42,7 @@ import numpy as np
 from datamoat.edge.bundle import Bundle, BundleError, load_bundle_model, read_bundle, self_test
 from datamoat.edge.config import EdgeConfig
 from datamoat.edge.keys import load_trust
+from datamoat.edge.perf import Perf
 from datamoat.edge.store import DeviceStore, Outbox
 from datamoat.errors import Unavailable
 from datamoat.inference.engine import LoadedVersion, decide
@@ -104,6 +105,7 @@ class EdgeRuntime:
         self.outbox = Outbox(config.state_dir, config.upload_max_items, config.upload_max_bytes)
         self.state = self.store.load_state()
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.perf = Perf()  # latency of the recent predictions, for the heartbeat
         self.lock = threading.RLock()
         self.active: _Slot | None = None
         self.lkg: _Slot | None = None
@@ -293,6 +295,7 @@ class EdgeRuntime:
     # -- predictions ----------------------------------------------------------------------
     def predict(self, prepare: Prepare) -> tuple[dict[str, Any], str | None]:
         """Answers in the cloud API's shape, and a rollback reason if the health window failed."""
+        t0 = time.perf_counter()
         s = self.serving
         if s.model is None:
             raise Unavailable(s.reason)
@@ -331,6 +334,7 @@ class EdgeRuntime:
             "bundle_sequence": s.bundle.sequence,
             "predictions": answers,
         }
+        self.perf.add((time.perf_counter() - t0) * 1000)
         return out, verdict
 
     def _keep(self, s: Serving, answers: list[dict[str, Any]], x: np.ndarray) -> None:
@@ -407,6 +411,7 @@ class EdgeRuntime:
             "watching_health": self.window is not None,
             "uptime_s": round(time.time() - self.started, 3),
             "uploads": self.outbox.stats(),
+            "perf": self.perf.snapshot({"name": s.model.name, "version": s.model.version_id} if s.model else None),
         }
 
     def heartbeat(self) -> dict[str, Any]:

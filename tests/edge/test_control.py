@@ -91,6 +91,10 @@ def _check_agent(env, fleet, rt, agent, b1):
     agent.sync_once()  # reports the install
     row = next(s for s in fleet.status() if s["device_id"] == "a")
     assert row["sequence"] == 2 and row["health"] == "ok" and "]: installed" in row["rollout"]
+    # The heartbeat carries the device's own figures: the latency of its predictions, memory, model.
+    perf = row["perf"]
+    assert perf["latency_ms"]["n"] == 1 and perf["latency_ms"]["p50"] == perf["latency_ms"]["p99"] > 0
+    assert perf["model"]["version"] == env.v[1] and perf["rss_mb"] > 0 and row["counters"]["predictions"] == 1
     # An operator pointing the group back at sequence 1 without allowing it: refused, reported.
     fleet.start_rollout(b1["sha"], "lab", 100, actor="ops")
     agent.sync_once()

@@ -143,3 +143,18 @@ def test_an_assignment_hash_is_never_used_as_a_path(fleet_env, sha):
         assert not (fleet_env.tmp / "escaped").exists()
     finally:
         rt.close()
+
+
+def test_status_reports_the_latency_memory_and_model_of_recent_predictions(fleet_env):
+    env = fleet_env
+    rt = _rt(env)
+    assert rt.status()["perf"]["latency_ms"] is None and rt.status()["perf"]["model"] is None
+    assert rt.install_bytes(bundle(env, 0, 1), source="usb")["status"] == "installed"
+    for _ in range(3):
+        _serves(rt, env)
+    perf = rt.heartbeat()["perf"]
+    lat = perf["latency_ms"]
+    assert lat["n"] == 3 and 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+    assert perf["model"] == {"name": rt.serving.model.name, "version": env.v[0]}
+    assert perf["rss_mb"] > 10 and perf["latency_path"] == "in-process predict"
+    rt.close()

@@ -198,7 +198,7 @@ def test_jpeg_shards_stay_within_a_tenth_of_the_source_bytes(ws, tmp_path):
     v = import_photos(ws, tmp_path / "jpegs", CFG.replace(val_fraction=0, test_fraction=0))
     rep = v.report
     on_disk = sum(ws.object_path(s["sha256"]).stat().st_size for s in v.manifest["shards"])
-    index = ws.object_path(v.manifest["index"]).stat().st_size
+    index = sum(ws.object_path(v.manifest["index"][k]).stat().st_size for k in ("rows", "paths", "extras"))
     assert rep["stored_bytes"] == on_disk + index and rep["source_bytes"] == sum(
         p.stat().st_size for p in root.iterdir()
     )

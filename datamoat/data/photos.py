@@ -4,10 +4,11 @@
 manifest (``path,label[,extra columns]``), checks every file (size cap, format, pixel count from the
 header before any decode, then a full decode), skips the bad ones with a reason each, stores each
 distinct content once in deterministic tar shards (`datamoat.data.shards`) in the workspace's object
-store, and writes an index: one JSON line per image with its metadata and where its bytes lie.
+store, and writes a columnar index (`datamoat.data.photo_index`: numpy columns, never a Python
+object a photo) of each image's metadata and where its bytes lie.
 
 The version id hashes the index (content hashes, labels, splits, shard offsets), the class names and
-the split recipe, so the same files imported twice give the same id and byte-identical shards. The
+the split recipe (format 2, issue 18; format 1's JSON-lines index gave other ids and still loads), so the same files imported twice give the same id and byte-identical shards. The
 encoded bytes are kept as they were (EXIF orientation included): the index records the displayed
 width and height and the orientation tag, and decoding applies the orientation later.
 
@@ -33,6 +34,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -193,18 +195,21 @@ def _read(path: Path, cfg: PhotoImportConfig) -> bytes:
     return data
 
 
-def _visible(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+def _visible(folder: Path) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if not n.startswith("."))  # names: no Path a file
 
 
-def _list_folder(root: Path) -> tuple[list[_Item], list[str]]:
-    """Class subfolders (labels = their names), or, with none, an unlabeled folder; and stray files."""
-    entries = _visible(root)
-    dirs = [d for d in entries if d.is_dir()]
+def _list_folder(root: Path) -> tuple[Iterator[_Item], list[str]]:
+    """Class subfolders (labels = their names), or, with none, an unlabeled folder; and stray files.
+    The items come lazily, one folder listed at a time, so a listing holds names, not an object a file."""
+    names = _visible(root)
+    dirs = [n for n in names if (root / n).is_dir()]
     if not dirs:
-        return [_Item(p, p.name, None, {}) for p in entries if p.is_file()], []
-    items = [_Item(f, f"{d.name}/{f.name}", d.name, {}) for d in dirs for f in _visible(d) if f.is_file()]
-    return items, [p.name for p in entries if p.is_file()]
+        return (_Item(root / n, n, None, {}) for n in names if (root / n).is_file()), []
+    items = (
+        _Item(root / d / f, f"{d}/{f}", d, {}) for d in dirs for f in _visible(root / d) if (root / d / f).is_file()
+    )
+    return items, [n for n in names if (root / n).is_file()]
 
 
 def _list_manifest(path: Path) -> list[_Item]:
@@ -305,8 +310,7 @@ def import_photos(
     src = Path(source)
     if not src.exists():
         raise NotFound(f"photo source {src} does not exist: pass a folder or a .csv / .jsonl manifest")
-    stray: list[str] = []
-    items, stray = _list_folder(src) if src.is_dir() else (_list_manifest(src), [])
+    items, stray = _list_folder(src) if src.is_dir() else (iter(_list_manifest(src)), [])
     skipped: list[dict[str, str]] = []
 
     def skip(rel: str, e: _Skip) -> None:
@@ -318,8 +322,9 @@ def import_photos(
     for rel in stray:
         skip(rel, _Skip("outside the class folders", "a file next to class subfolders has no label"))
     # Columns, not a dict a photo: the index of a million photos is tens of MB, sorted by numpy.
-    builder = IndexBuilder()
+    builder, listed = IndexBuilder(), 0
     for it in items:
+        listed += 1
         try:
             data = _read(it.path, cfg)
             meta = _check_image(data, cfg)
@@ -407,7 +412,7 @@ def import_photos(
         "stored_bytes": stored,
         "stored_vs_source": round(stored / src_bytes, 4),
         "seconds": round(secs, 3),
-        "images_per_s": round(len(items) / secs, 1) if secs > 0 else None,
+        "images_per_s": round(listed / secs, 1) if secs > 0 else None,
     }
     return PhotoVersion(ws, vid, name, manifest, index, skipped, dups, report)
 

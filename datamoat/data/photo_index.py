@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -94,7 +95,8 @@ def put_array_chunks(ws: Workspace, dtype: np.dtype, shape: tuple[int, ...], par
             head = io.BytesIO()
             header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
             np.lib.format.write_array_header_1_0(head, header)
-            for b in (head.getvalue(), *(np.ascontiguousarray(p, dtype).tobytes() for p in parts)):
+            # a generator, not a tuple: one part at a time is ever in memory
+            for b in itertools.chain([head.getvalue()], (np.ascontiguousarray(p, dtype).tobytes() for p in parts)):
                 h.update(b)
                 f.write(b)
                 done += len(b)

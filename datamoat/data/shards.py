@@ -143,6 +143,9 @@ class _ShardWriter:
         ti.type = tarfile.REGTYPE
         start = self.tar.offset
         self.tar.addfile(ti, _Bytes(data))
+        # TarFile keeps a TarInfo of every member it wrote, which writing never reads again: dropped,
+        # so a shard of tens of thousands of photos does not hold an object each.
+        self.tar.members.clear()
         # The data starts right after whatever header tarfile wrote (one block for ustar): what the
         # member took, less its padded data.
         header = self.tar.offset - start - _padded(len(data))

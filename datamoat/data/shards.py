@@ -145,7 +145,7 @@ class _ShardWriter:
         self.tar.addfile(ti, _Bytes(data))
         # TarFile keeps a TarInfo of every member it wrote, which writing never reads again: dropped,
         # so a shard of tens of thousands of photos does not hold an object each.
-        self.tar.members.clear()
+        self.tar.members.clear()  # type: ignore[attr-defined]  # stdlib attribute, not in the stubs
         # The data starts right after whatever header tarfile wrote (one block for ustar): what the
         # member took, less its padded data.
         header = self.tar.offset - start - _padded(len(data))

@@ -47,6 +47,7 @@ def stages(root: Path, n: int) -> dict[str, dict]:
         )  # fmt: skip
         (root / f"photos-{n}.done").touch()
     shutil.rmtree(home, ignore_errors=True)
+    (root / f"p-{n}.parquet").unlink(missing_ok=True)  # an earlier run's predictions: predict refuses to overwrite
     subprocess.run([sys.executable, "-m", "datamoat", "init", str(home)], check=True, capture_output=True)
     out = {"data import-photos": dm(home, "data", "import-photos", str(photos / "train"), "--name", "p")}
     out["data render"] = dm(home, "data", "render", "p", "--size", "32", "--name", "r")

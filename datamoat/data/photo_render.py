@@ -36,18 +36,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from datamoat.configs import config_from_dict
-from datamoat.data.dataset import SPLITS, Dataset, make_dataset, read_rows
+from datamoat.data.dataset import Dataset, make_dataset, read_rows
+from datamoat.data.photo_index import PhotoRefs, Ref, put_array_chunks
 from datamoat.data.photo_transforms import PhotoTransformConfig, decode, fit, train_min_side, train_transform
 from datamoat.data.photos import PhotoVersion
 from datamoat.data.shards import read_record
@@ -65,8 +64,6 @@ __all__ = [
     "default_workers",
 ]
 
-Ref = tuple[str, int, int, str]  # (shard sha256, offset, size, photo sha256)
-
 
 def default_workers() -> int:
     """Decode workers when none are asked for: every core but one for the math, at least one."""
@@ -81,9 +78,13 @@ class PhotoSamples(torch.utils.data.Dataset):
     decodes which photo.
     """
 
-    def __init__(self, objects: str, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, mode: str):
+    def __init__(
+        self, objects: str, refs: PhotoRefs | list[Ref], cfg: PhotoTransformConfig, channels: int, mode: str
+    ) -> None:
         import multiprocessing
 
+        # Columns (mapped where local), not a tuple a photo: forked workers share them untouched.
+        refs = refs if isinstance(refs, PhotoRefs) else PhotoRefs.of(refs)
         self.objects, self.refs, self.cfg, self.channels, self.mode = objects, refs, cfg, channels, mode
         self.seed = 0
         # Training crops are random anyway, so a JPEG is decoded no larger than its smallest crop needs.
@@ -139,7 +140,13 @@ def _loader(
 
 
 def fit_batches(
-    objects: str, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, *, batch_size: int, workers: int
+    objects: str,
+    refs: PhotoRefs | list[Ref],
+    cfg: PhotoTransformConfig,
+    channels: int,
+    *,
+    batch_size: int,
+    workers: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The photos at `refs` through `fit`, in order: (uint8 (B, C, H, W), their positions in `refs`
     (B,)), decoded in `workers` processes (-1: `default_workers()`), never more than there are batches.
@@ -170,18 +177,18 @@ def render_photos(
     check_channels = channels in (1, 3) and len(cfg.mean) == channels
     if not check_channels:
         raise BadInput(f"channels must be 1 or 3 and match the transform's {len(cfg.mean)} mean values")
-    rows = [r for r in photos.index if r["label"] is not None]
-    if not rows:
+    table = photos.table  # columns, read a chunk at a time: memory does not follow the photo count
+    y = np.concatenate([np.zeros(0, np.int64), *(p["label"].astype(np.int64) for p in table.labelled())])  # (N,)
+    if not len(y):
         raise BadInput(f"photo version {photos.id} has no labelled photos: label them before training on them")
+    split = np.concatenate([p["split"].astype(np.uint8) for p in table.labelled()])  # (N,) the codes of SPLITS
     classes = photos.classes
-    refs: list[Ref] = [(r["shard"], r["offset"], r["size"], r["sha256"]) for r in rows]
+    stored = table.store_refs(ws)
+    refs = PhotoRefs.load(ws, stored)
     x_sha = _render_to_store(ws, refs, cfg, channels, workers, progress)
     x = ws.get_array(x_sha, mmap=True)  # (N, C, H, W) uint8, mapped from the store where it is local
-    y = np.asarray([classes.index(r["label"]) for r in rows], np.int64)
-    split = np.asarray([SPLITS[r["split"]] for r in rows], np.uint8)
-    refs_sha = ws.put_bytes(json.dumps(refs).encode())
     preprocess = {"scale": 1 / 255, "mean": list(cfg.mean), "std": list(cfg.std), "photo": json.loads(cfg.to_json())}
-    source = {"kind": "photos", "photo_version": photos.id, "unlabelled": len(photos.index) - len(rows)}
+    source = {"kind": "photos", "photo_version": photos.id, "unlabelled": len(table) - len(y)}
     return make_dataset(
         ws,
         x,
@@ -191,49 +198,29 @@ def render_photos(
         source=source,
         split=split,
         preprocess=preprocess,
-        photos={"version": photos.id, "refs": refs_sha},
+        photos={"version": photos.id, **stored},
         x_blob=x_sha,
     )
 
 
 def _render_to_store(
-    ws: Workspace, refs: list[Ref], cfg: PhotoTransformConfig, channels: int, workers: int, progress: bool
+    ws: Workspace, refs: PhotoRefs, cfg: PhotoTransformConfig, channels: int, workers: int, progress: bool
 ) -> str:
     """Decode and fit every photo at `refs` into one .npy blob, written batch by batch to a file and
-    hashed on the way, so memory holds a batch, not the rendered set (224 px photos take 150 kB
-    each). The bytes are exactly `np.save`'s, so the blob, and the dataset id, are those `put_array`
-    gives the same pixels. Returns the blob's sha256."""
-    import tempfile
+    hashed on the way (`put_array_chunks`), so memory holds a batch, not the rendered set (224 px
+    photos take 150 kB each). The bytes are exactly `np.save`'s, so the blob, and the dataset id, are
+    those `put_array` gives the same pixels. Returns the blob's sha256."""
 
-    from datamoat.files import TEMP_SUFFIX, make_dirs
+    def batches() -> Iterator[np.ndarray]:
+        done = 0
+        with _bar(progress, len(refs), "rendering photos") as advance:
+            for xb, idx in fit_batches(ws.object_root, refs, cfg, channels, batch_size=64, workers=workers):
+                assert idx[0] == done and len(idx) == idx[-1] - done + 1  # in order: written as it comes
+                done += len(idx)
+                advance(len(idx))
+                yield xb  # (B, C, H, W) uint8
 
-    shape = (len(refs), channels, *cfg.size)  # (N, C, H, W)
-    folder = ws.objects if ws.objects_url is None else ws.root  # beside the store: a rename, not a copy
-    make_dirs(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".render.", suffix=TEMP_SUFFIX)
-    h, done = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            head = io.BytesIO()  # the header np.save writes for this shape and dtype
-            np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False, "shape": shape})
-            h.update(head.getvalue())
-            f.write(head.getvalue())
-            with _bar(progress, len(refs), "rendering photos") as advance:
-                for xb, idx in fit_batches(ws.object_root, refs, cfg, channels, batch_size=64, workers=workers):
-                    assert idx[0] == done and len(idx) == idx[-1] - done + 1  # in order: written as it comes
-                    chunk = np.ascontiguousarray(xb, np.uint8).tobytes()
-                    h.update(chunk)
-                    f.write(chunk)
-                    done += len(idx)
-                    advance(len(idx))
-            f.flush()
-            os.fsync(f.fileno())
-        sha = h.hexdigest()
-        ws.put_local_file(sha, Path(tmp))
-        return sha
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    return put_array_chunks(ws, np.dtype(np.uint8), (len(refs), channels, *cfg.size), batches())
 
 
 def transform_of(preprocess: dict[str, Any]) -> PhotoTransformConfig | None:
@@ -251,14 +238,15 @@ def transform_of(preprocess: dict[str, Any]) -> PhotoTransformConfig | None:
     return cfg
 
 
-def photo_refs(data: Dataset) -> list[Ref] | None:
-    """Where each sample of a rendered dataset lies in the shards, in dataset order; None if not rendered."""
+def photo_refs(data: Dataset) -> PhotoRefs | None:
+    """Where each sample of a rendered dataset lies in the shards, in dataset order (columns, mapped
+    from the store where it is local; item i is a (shard, offset, size, sha256) tuple); None if not
+    rendered from photos."""
     info = data.manifest.get("photos")
     ws = data.workspace
     if not info or ws is None:
         return None
-    refs = json.loads(ws.get_bytes(info["refs"]))
-    return [tuple(r) for r in refs]  # type: ignore[misc]
+    return PhotoRefs.load(ws, info)
 
 
 def photo_loader(
@@ -280,9 +268,7 @@ def photo_loader(
         return None
     cfg = transform_of(data.preprocess)
     assert cfg is not None  # rendered datasets record their transform
-    samples = PhotoSamples(
-        data.workspace.object_root, [refs[int(i)] for i in indices], cfg, data.input_shape[0], "train"
-    )
+    samples = PhotoSamples(data.workspace.object_root, refs.take(indices), cfg, data.input_shape[0], "train")
     samples.seed = seed
     n_workers = default_workers() if workers < 0 else workers
     return samples, _loader(samples, batch_size, n_workers, True, seed, batch_sampler)
@@ -306,7 +292,7 @@ def pixel_batches(
         return
     transform = transform_of(data.preprocess)
     assert transform is not None  # rendered datasets record their transform
-    mine = [refs[int(i)] for i in rows]
+    mine = refs.take(rows)  # (B,) positions into the mapped refs, no copy of them
     channels = data.input_shape[0]
     for xb, pos in fit_batches(
         data.workspace.object_root, mine, transform, channels, batch_size=batch_size, workers=workers
@@ -315,7 +301,6 @@ def pixel_batches(
 
 
 def _bar(enabled: bool, total: int, what: str) -> Any:
-    import contextlib
 
     @contextlib.contextmanager
     def cm() -> Iterator[Any]:

@@ -4,10 +4,11 @@
 manifest (``path,label[,extra columns]``), checks every file (size cap, format, pixel count from the
 header before any decode, then a full decode), skips the bad ones with a reason each, stores each
 distinct content once in deterministic tar shards (`datamoat.data.shards`) in the workspace's object
-store, and writes an index: one JSON line per image with its metadata and where its bytes lie.
+store, and writes a columnar index (`datamoat.data.photo_index`: numpy columns, never a Python
+object a photo) of each image's metadata and where its bytes lie.
 
 The version id hashes the index (content hashes, labels, splits, shard offsets), the class names and
-the split recipe, so the same files imported twice give the same id and byte-identical shards. The
+the split recipe (format 2, issue 18; format 1's JSON-lines index gave other ids and still loads), so the same files imported twice give the same id and byte-identical shards. The
 encoded bytes are kept as they were (EXIF orientation included): the index records the displayed
 width and height and the orientation tag, and decoding applies the orientation later.
 
@@ -33,6 +34,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,7 +45,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datamoat.configs import Config, check
-from datamoat.data.shards import DEFAULT_MAX_SHARD_BYTES, iter_shard, read_record, write_shards
+from datamoat.data.photo_index import SPLIT_NAMES, IndexBuilder, PhotoIndex, assign_splits, chunks
+from datamoat.data.shards import DEFAULT_MAX_SHARD_BYTES, ShardInfo, iter_shard, read_record, write_shards
 from datamoat.errors import BadInput, NotFound, TooLarge
 from datamoat.workspace import Workspace, atomic_write, safe_name, short_hash
 
@@ -57,12 +60,12 @@ __all__ = [
     "probe_photo",
 ]
 
-SPLIT_NAMES = ("train", "val", "test")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # formats we can shard, with their member extension
 ORIENTATION_TAG = 0x0112
 _TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that turn the image a quarter: displayed W x H is stored H x W
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 _REF_DIR = "photos"  # workspace folder of version records (<id>.json): see `load_photos`
+_INDEX_BLOBS = ("rows", "paths", "extras")  # the index's blobs in the manifest (`PhotoIndex.store`)
 
 
 @dataclasses.dataclass
@@ -192,18 +195,21 @@ def _read(path: Path, cfg: PhotoImportConfig) -> bytes:
     return data
 
 
-def _visible(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+def _visible(folder: Path) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if not n.startswith("."))  # names: no Path a file
 
 
-def _list_folder(root: Path) -> tuple[list[_Item], list[str]]:
-    """Class subfolders (labels = their names), or, with none, an unlabeled folder; and stray files."""
-    entries = _visible(root)
-    dirs = [d for d in entries if d.is_dir()]
+def _list_folder(root: Path) -> tuple[Iterator[_Item], list[str]]:
+    """Class subfolders (labels = their names), or, with none, an unlabeled folder; and stray files.
+    The items come lazily, one folder listed at a time, so a listing holds names, not an object a file."""
+    names = _visible(root)
+    dirs = [n for n in names if (root / n).is_dir()]
     if not dirs:
-        return [_Item(p, p.name, None, {}) for p in entries if p.is_file()], []
-    items = [_Item(f, f"{d.name}/{f.name}", d.name, {}) for d in dirs for f in _visible(d) if f.is_file()]
-    return items, [p.name for p in entries if p.is_file()]
+        return (_Item(root / n, n, None, {}) for n in names if (root / n).is_file()), []
+    items = (
+        _Item(root / d / f, f"{d}/{f}", d, {}) for d in dirs for f in _visible(root / d) if (root / d / f).is_file()
+    )
+    return items, [n for n in names if (root / n).is_file()]
 
 
 def _list_manifest(path: Path) -> list[_Item]:
@@ -228,39 +234,19 @@ def _list_manifest(path: Path) -> list[_Item]:
     return items
 
 
-def _assign_splits(rows: list[dict[str, Any]], cfg: PhotoImportConfig) -> None:
-    """Seeded, stratified by label: within each label, rows in content-hash order are shuffled by one
-    generator, so the same content and seed give the same splits whatever order the files were found in."""
-    rng = np.random.default_rng(cfg.seed)
-    groups: dict[str | None, list[int]] = collections.defaultdict(list)
-    for i, r in enumerate(rows):
-        groups[r["label"]].append(i)
-    for label in sorted(groups, key=lambda s: (s is not None, s or "")):
-        idx = [groups[label][j] for j in rng.permutation(len(groups[label]))]
-        n_test, n_val = round(len(idx) * cfg.test_fraction), round(len(idx) * cfg.val_fraction)
-        if len(idx) - n_test - n_val < 1:
-            raise BadInput(
-                f"class {label!r} has {len(idx)} image(s), too few to split: add images or lower the fractions"
-            )
-        for j, i in enumerate(idx):
-            rows[i]["split"] = "test" if j < n_test else "val" if j < n_test + n_val else "train"
-
-
 @dataclasses.dataclass
 class PhotoVersion:
-    """One imported photo dataset version: its index, and reads of its bytes through the shards."""
+    """One imported photo dataset version: its columnar index (`PhotoIndex`, mapped from the store),
+    and reads of its bytes through the shards."""
 
     ws: Workspace
     id: str
     name: str
     manifest: dict[str, Any]
-    index: list[dict[str, Any]]
+    table: PhotoIndex
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
     duplicates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._by_sha = {r["sha256"]: r for r in self.index}
 
     @property
     def classes(self) -> list[str]:
@@ -270,27 +256,36 @@ class PhotoVersion:
     def counts(self) -> dict[str, int]:
         return dict(self.manifest["counts"])
 
+    @property
+    def index(self) -> list[dict[str, Any]]:
+        """Every index row as a dict, in content-hash order: a Python object a photo, so for small
+        versions and a look at the data; the stages read `table`'s columns instead."""
+        return self.rows()
+
     def rows(self, split: str | None = None) -> list[dict[str, Any]]:
-        """Index rows (copies), all or of one split, in content-hash order."""
+        """Index rows (dicts), all or of one split, in content-hash order."""
         if split is not None and split not in SPLIT_NAMES:
             raise BadInput(f"unknown split {split!r}: choose train, val or test")
-        return [dict(r) for r in self.index if split is None or r["split"] == split]
+        code = SPLIT_NAMES.index(split) if split is not None else -1
+        at = [s + np.flatnonzero((p["split"] == code) | (code < 0)) for s, p in chunks(self.table.table)]
+        return [self.table.row(int(i)) for i in np.concatenate([np.zeros(0, np.int64), *at])]
 
     def read(self, sha256: str) -> bytes:
-        """One image's original encoded bytes: an index lookup and one read in its shard."""
-        row = self._by_sha.get(sha256)
-        if row is None:
+        """One image's original encoded bytes: a binary search of the index and one read in its shard."""
+        i = self.table.find(sha256)
+        if i is None:
             raise NotFound(f"photo {sha256[:12]} is not in version {self.id}")
+        row = self.table.row(i)
         data = read_record(self.ws.object_location(row["shard"]), row["offset"], row["size"])
         return _verified(data, row, self.id)
 
     def iter_bytes(self, split: str | None = None) -> Iterator[tuple[dict[str, Any], bytes]]:
         """(row, bytes) of every image of `split` (all if None), each shard streamed front to back."""
-        wanted = {r["sha256"]: r for r in self.rows(split)}
         for shard in self.manifest["shards"]:
             for name, data in iter_shard(self.ws.object_location(shard["sha256"])):
-                row = wanted.get(name.partition(".")[0])
-                if row is not None:
+                i = self.table.find(name.partition(".")[0])
+                row = self.table.row(i) if i is not None else None
+                if row is not None and (split is None or row["split"] == split):
                     yield row, _verified(data, row, self.id)
 
 
@@ -315,8 +310,7 @@ def import_photos(
     src = Path(source)
     if not src.exists():
         raise NotFound(f"photo source {src} does not exist: pass a folder or a .csv / .jsonl manifest")
-    stray: list[str] = []
-    items, stray = _list_folder(src) if src.is_dir() else (_list_manifest(src), [])
+    items, stray = _list_folder(src) if src.is_dir() else (iter(_list_manifest(src)), [])
     skipped: list[dict[str, str]] = []
 
     def skip(rel: str, e: _Skip) -> None:
@@ -327,74 +321,81 @@ def import_photos(
 
     for rel in stray:
         skip(rel, _Skip("outside the class folders", "a file next to class subfolders has no label"))
-    found: dict[str, dict[str, Any]] = {}
-    where: dict[str, Path] = {}
-    paths: dict[str, list[_Item]] = collections.defaultdict(list)
+    # Columns, not a dict a photo: the index of a million photos is tens of MB, sorted by numpy.
+    builder, listed = IndexBuilder(), 0
     for it in items:
+        listed += 1
         try:
             data = _read(it.path, cfg)
             meta = _check_image(data, cfg)
         except _Skip as e:
             skip(it.rel, e)
             continue
-        sha = hashlib.sha256(data).hexdigest()
-        paths[sha].append(it)
-        if sha not in found:
-            found[sha] = {"sha256": sha, "label": it.label, "path": it.rel, "extra": it.extra, **meta}
-            where[sha] = it.path
-    for sha, its in paths.items():
-        labels = sorted({str(i.label) for i in its})
-        if len(labels) > 1:  # the same bytes cannot be two classes: keep neither, say so
-            found.pop(sha)
-            why = f"the same bytes as {', '.join(i.rel for i in its)} carry different labels ({', '.join(labels)})"
-            for it in its:
-                skip(it.rel, _Skip("label conflict", why))
-    if not found:
+        builder.add(hashlib.sha256(data).digest(), it.label, meta, it.rel, it.extra)
+    index, dup_paths, conflicts = builder.finish()
+    for rels, labels in conflicts:  # the same bytes cannot be two classes: keep neither, say so
+        why = f"the same bytes as {', '.join(rels)} carry different labels ({', '.join(labels)})"
+        for rel in rels:
+            skip(rel, _Skip("label conflict", why))
+    if not len(index):
         reasons = collections.Counter(s["kind"] for s in skipped)
         raise BadInput(f"no importable images in {src}: {len(skipped)} skipped ({dict(reasons)})")
-    rows = [found[s] for s in sorted(found)]  # content-hash order: independent of file names and listing
-    classes = sorted({r["label"] for r in rows if r["label"] is not None})
-    _assign_splits(rows, cfg)
+    rows = index.table  # (N,) in content-hash order: independent of file names and listing
+    rows["split"] = assign_splits(rows["label"], index.classes, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    base = src if src.is_dir() else src.parent  # every listed path is relative to it
 
     def records() -> Iterator[tuple[str, str, bytes]]:
         # A second read, so no more than one file is ever in memory; its hash must not have changed.
-        for r in rows:
+        for i in range(len(rows)):
+            r = index.row(i)
             try:
-                data = _read(where[r["sha256"]], cfg)
+                data = _read(base / r["path"], cfg)
             except _Skip as e:
                 raise BadInput(f"{r['path']} changed during the import ({e}): import again") from None
             if hashlib.sha256(data).hexdigest() != r["sha256"]:
                 raise BadInput(f"{r['path']} changed during the import: import again")
             yield r["sha256"], EXTENSIONS[r["format"]], data
 
-    shards = write_shards(records(), ws, max_shard_bytes=cfg.max_shard_bytes)
-    refs = {ref.key: ref for s in shards for ref in s.records}
-    for r in rows:
-        ref = refs[r["sha256"]]
-        r.update(shard=ref.shard, offset=ref.offset, size=ref.size)
-    index_bytes = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
-    counts = {s: sum(r["split"] == s for r in rows) for s in SPLIT_NAMES}
+    done: list[int] = [0]
+
+    def placed(info: ShardInfo) -> None:  # records go out in row order: shard k holds the next rows
+        at = slice(done[0], done[0] + info.count)
+        assert [r.key for r in info.records[:1]] == [bytes(rows[at.start]["sha256"]).hex()]
+        rows["shard"][at] = len(index.shards)
+        rows["offset"][at] = [r.offset for r in info.records]
+        rows["size"][at] = [r.size for r in info.records]
+        index.shards.append(info.sha256)
+        done[0] = at.stop
+
+    shards = write_shards(records(), ws, max_shard_bytes=cfg.max_shard_bytes, on_shard=placed)
+    split_counts = np.bincount(rows["split"], minlength=3)
+    counts = {s: int(split_counts[i]) for i, s in enumerate(SPLIT_NAMES)}
+    classes = index.classes
     manifest = {
-        "format": 1,
+        "format": 2,  # 1: the index was one JSON line a photo (`PhotoIndex.load` still reads it)
         "kind": "photos",
         "classes": classes,
-        "index": ws.put_bytes(index_bytes),
+        "index": index.store(ws),
         "shards": [{"sha256": s.sha256, "size": s.size, "count": s.count} for s in shards],
         "split_recipe": {"val": cfg.val_fraction, "test": cfg.test_fraction, "seed": cfg.seed, "order": "sha256"},
         "counts": counts,
     }
     vid = short_hash(json.dumps(manifest, sort_keys=True).encode())  # content only: not the name or the path
-    dups = [{"sha256": s, "paths": [i.rel for i in its]} for s, its in paths.items() if len(its) > 1 and s in found]
+    dups = [{"sha256": sha, "paths": paths} for sha, paths in dup_paths]
     name = name or safe_name(src.stem if src.is_file() else src.name)
     ref_path = ws.path_for(_REF_DIR) / f"{vid}.json"
     if not ref_path.exists():  # write-once, like a catalog row: a re-import keeps the first name
         record = {"id": vid, "name": name, "source": str(src), "manifest": manifest}
         atomic_write(ref_path, json.dumps({**record, "skipped": skipped, "duplicates": dups}, sort_keys=True).encode())
     name = json.loads(ref_path.read_bytes())["name"]
-    src_bytes = sum(r["size"] for r in rows)
-    stored = sum(s.size for s in shards) + len(index_bytes)
+    src_bytes = int(rows["size"].sum())
+    index_blobs = manifest["index"]
+    assert isinstance(index_blobs, dict)
+    stored = sum(s.size for s in shards) + sum(ws.object_size(index_blobs[k]) for k in _INDEX_BLOBS)
     secs = time.perf_counter() - t0
-    per_class = {s: {c: sum(r["split"] == s and r["label"] == c for r in rows) for c in classes} for s in SPLIT_NAMES}
+    per = np.zeros((3, len(classes) + 1), np.int64)  # (split, label + 1)
+    np.add.at(per, (rows["split"], rows["label"] + 1), 1)
+    per_class = {s: {c: int(per[i, j + 1]) for j, c in enumerate(classes)} for i, s in enumerate(SPLIT_NAMES)}
     report = {
         "id": vid,
         "name": name,
@@ -411,9 +412,9 @@ def import_photos(
         "stored_bytes": stored,
         "stored_vs_source": round(stored / src_bytes, 4),
         "seconds": round(secs, 3),
-        "images_per_s": round(len(items) / secs, 1) if secs > 0 else None,
+        "images_per_s": round(listed / secs, 1) if secs > 0 else None,
     }
-    return PhotoVersion(ws, vid, name, manifest, rows, skipped, dups, report)
+    return PhotoVersion(ws, vid, name, manifest, index, skipped, dups, report)
 
 
 def list_photos(ws: Workspace) -> list[dict[str, Any]]:
@@ -444,5 +445,5 @@ def load_photos(ws: Workspace, ref: str) -> PhotoVersion:
     if not hits:
         raise NotFound(f"unknown photo version {ref!r}: import one with import_photos")
     rec = json.loads(hits[0].read_bytes())
-    index = [json.loads(line) for line in ws.get_bytes(rec["manifest"]["index"]).decode().splitlines()]
+    index = PhotoIndex.load(ws, rec["manifest"])
     return PhotoVersion(ws, rec["id"], rec["name"], rec["manifest"], index, rec["skipped"], rec["duplicates"])

@@ -32,7 +32,7 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -143,6 +143,9 @@ class _ShardWriter:
         ti.type = tarfile.REGTYPE
         start = self.tar.offset
         self.tar.addfile(ti, _Bytes(data))
+        # TarFile keeps a TarInfo of every member it wrote, which writing never reads again: dropped,
+        # so a shard of tens of thousands of photos does not hold an object each.
+        self.tar.members.clear()  # type: ignore[attr-defined]  # stdlib attribute, not in the stubs
         # The data starts right after whatever header tarfile wrote (one block for ustar): what the
         # member took, less its padded data.
         header = self.tar.offset - start - _padded(len(data))
@@ -195,6 +198,7 @@ def write_shards(
     out: str | os.PathLike[str] | Workspace,
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    on_shard: Callable[[ShardInfo], None] | None = None,
 ) -> list[ShardInfo]:
     """Write (key, ext, bytes) records, in the order given, into as few tar shards as keep each
     under `max_shard_bytes` (a record larger than that gets a shard of its own).
@@ -202,7 +206,9 @@ def write_shards(
     `out` is a folder (shards are ``<sha256>.tar`` in it) or a `Workspace` (shards go into its object
     store under their sha256, as `Workspace.put_bytes` would put them). Shards are streamed to a
     temp file and renamed into place, so a shard is never held in memory and never seen half-written.
-    Keys must be the records' sha256 (see `record`); they are not re-hashed here.
+    Keys must be the records' sha256 (see `record`); they are not re-hashed here. With `on_shard`,
+    each shard is handed to it as it closes and the returned infos carry no records, so memory holds
+    one shard's record positions, not every record's (a photo import of millions).
     """
     if max_shard_bytes < tarfile.RECORDSIZE:
         raise BadInput(f"max_shard_bytes must be at least {tarfile.RECORDSIZE}, got {max_shard_bytes}")
@@ -219,18 +225,25 @@ def write_shards(
                 and cur.refs
                 and _final_size(cur.payload + _BLOCK + _padded(len(data))) > max_shard_bytes
             ):
-                shards.append(cur.close(None, ws))
+                shards.append(_done(cur.close(None, ws), on_shard))
                 cur = None
             if cur is None:
                 cur = _ShardWriter(folder)
             cur.add(key, ext, data)
         if cur is not None:
-            shards.append(cur.close(None, ws))
+            shards.append(_done(cur.close(None, ws), on_shard))
             cur = None
     finally:
         if cur is not None:
             cur.abort()
     return shards
+
+
+def _done(info: ShardInfo, on_shard: Callable[[ShardInfo], None] | None) -> ShardInfo:
+    if on_shard is None:
+        return info
+    on_shard(info)
+    return dataclasses.replace(info, records=())
 
 
 def _is_url(src: object) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from datamoat.data.dataset import SPLITS, Dataset, load_dataset, make_dataset, read_rows
+from datamoat.data.photo_index import PhotoRefs
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace
 
@@ -44,9 +45,8 @@ def _derive(
     photo = "photo" in base.preprocess
     photos = None
     if photo and kept is not None and base.manifest.get("photos"):
-        refs = json.loads(ws.get_bytes(base.manifest["photos"]["refs"]))
-        kept_refs = [refs[int(i)] for i in kept]
-        photos = {**base.manifest["photos"], "refs": ws.put_bytes(json.dumps(kept_refs).encode())}
+        refs = PhotoRefs.load(ws, base.manifest["photos"]).take(kept)  # columns, stored chunk by chunk
+        photos = {**base.manifest["photos"], **refs.store(ws)}
     return make_dataset(
         ws,
         x,

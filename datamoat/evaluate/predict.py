@@ -122,7 +122,7 @@ def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) 
                 names=["label", "probability"],
             )
             offsets = pa.array(np.arange(0, len(x) * cfg.top_k + 1, cfg.top_k, dtype=np.int32))  # (B + 1,)
-            ids = [refs[int(i)][3] for i in at] if refs is not None else [f"{data.id}:{int(i)}" for i in at]
+            ids = refs.ids(at) if refs is not None else [f"{data.id}:{int(i)}" for i in at]
             columns = [
                 pa.array(at.astype(np.int64)),
                 pa.array(ids, pa.string()),

@@ -198,7 +198,7 @@ def test_jpeg_shards_stay_within_a_tenth_of_the_source_bytes(ws, tmp_path):
     v = import_photos(ws, tmp_path / "jpegs", CFG.replace(val_fraction=0, test_fraction=0))
     rep = v.report
     on_disk = sum(ws.object_path(s["sha256"]).stat().st_size for s in v.manifest["shards"])
-    index = ws.object_path(v.manifest["index"]).stat().st_size
+    index = sum(ws.object_path(v.manifest["index"][k]).stat().st_size for k in ("rows", "paths", "extras"))
     assert rep["stored_bytes"] == on_disk + index and rep["source_bytes"] == sum(
         p.stat().st_size for p in root.iterdir()
     )
@@ -226,3 +226,27 @@ def test_splits_are_stratified_and_reproducible(ws, tmp_path):
     assert {r["sha256"]: r["split"] for r in other.rows()} != {r["sha256"]: r["split"] for r in v.rows()}
     with pytest.raises(BadInput, match="too few"):
         import_photos(ws, root, PhotoImportConfig(val_fraction=0.5, test_fraction=0.49))
+
+
+def test_versions_and_renders_of_the_json_format_still_load(ws, photo_dir):
+    """Format 1 kept the index as JSON lines and a render's refs as a JSON list: both still read."""
+    from datamoat.data.dataset import Dataset
+    from datamoat.data.photo_render import photo_refs
+
+    v = import_photos(ws, photo_dir, CFG)
+    assert v.manifest["format"] == 2 and len(v.table.table) == len(v.rows())
+    jsonl = "".join(json.dumps(r, sort_keys=True) + "\n" for r in v.rows()).encode()
+    old = {**v.manifest, "format": 1, "index": ws.put_bytes(jsonl)}
+    rec = {"id": "0ld0ld0ld0ld", "name": "old", "source": "x", "manifest": old, "skipped": [], "duplicates": []}
+    (ws.root / "photos" / "0ld0ld0ld0ld.json").write_text(json.dumps(rec))
+    loaded = load_photos(ws, "0ld0ld0ld0ld")
+    assert loaded.rows() == v.rows() and loaded.classes == v.classes
+    sha = v.rows("test")[0]["sha256"]
+    assert loaded.read(sha) == v.read(sha) and loaded.table.find("f" * 64) is None
+    tuples = [(r["shard"], r["offset"], r["size"], r["sha256"]) for r in v.rows()]
+    info = {"version": "0ld0ld0ld0ld", "refs": ws.put_bytes(json.dumps(tuples).encode())}
+    refs = photo_refs(
+        Dataset("d", "d", [], np.zeros((0, 3, 1, 1), np.uint8), np.zeros(0), np.zeros(0), {"photos": info}, ws)
+    )
+    assert refs is not None and [refs[i] for i in range(len(refs))] == tuples
+    assert refs.ids(np.array([2, 0])) == [tuples[2][3], tuples[0][3]]

@@ -7,7 +7,8 @@
   escaped) with its facts as JSON beside it: the served version and its profile, the drift windows
   of the version (newest first, every server's) with a chart of the accuracy estimate and of the
   smallest p-value against the alarm level, the estimate beside the accuracy people found on
-  audited answers, the live guarantee check, and the servers on the registry.
+  audited answers, the live guarantee check, the servers on the registry, and the alias's canary
+  and shadow, each compared with the served version on the inputs both answered.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi.responses import HTMLResponse
 
 from datamoat.errors import DatamoatError
 from datamoat.feedback.guarantee import check_guarantee
+from datamoat.feedback.releases import compare_versions
 from datamoat.inference.http import bearer
 from datamoat.registry.ledger import audit_decisions
 from datamoat.serve.review import page_response
@@ -51,6 +53,10 @@ def monitor_report(reg: Any, alias: str, version: str | None) -> dict[str, Any]:
         out["guarantee"] = check_guarantee(reg, version)
     except DatamoatError as e:  # no poc target: nothing to check
         out["guarantee"] = {"error": str(e)}
+    out["releases"] = []
+    for rel in reg.releases(alias):  # the alias's canary and shadow against what it serves
+        cmp = compare_versions(reg, version, rel["version_id"], alias)["by_kind"][rel["kind"]]
+        out["releases"].append({**{k: rel[k] for k in ("kind", "version_id", "percent", "rules")}, "compare": cmp})
     return out
 
 
@@ -144,11 +150,42 @@ def render_report(r: dict[str, Any]) -> str:
         f"<li>{_e(s['id'])} ({_e(s['alias'])}) {'live' if s['live'] else 'gone'}</li>" for s in r["servers"]
     )
     parts.append(f"<h3>Servers</h3><ul>{servers}</ul>")
-    parts.append(
-        "<p><small>Canary and shadow comparisons are not built yet; devices by site: "
-        "<code>datamoat fleet status</code>.</small></p>"
-    )
+    parts.append(_releases(r["releases"]))
+    parts.append("<p><small>Devices by site: <code>datamoat fleet status</code>.</small></p>")
     return "".join(parts)
+
+
+def _releases(releases: list[dict[str, Any]]) -> str:
+    """The canary and shadow beside the served version, each compared with it on the same inputs.
+    Every cell is built escaped: values with `_e`, numbers formatted."""
+    if not releases:
+        return '<h3>Releases</h3><p id="releases">No canary or shadow: <code>datamoat promote V --canary 10</code>.</p>'
+    rows = []
+    for rel in releases:
+        c, lab = rel["compare"], rel["compare"]["labelled"]
+        share = f"{rel['percent']:g}%" if rel["kind"] == "canary" else "off the path"
+        cells = [_e(rel["kind"]), f"<code>{_e(rel['version_id'])}</code>", _e(share), _e(c["n"])]
+        if c["n"]:
+            conf = c["confidence"]
+            cells += [_pct(c["agreement"]), f"{conf['mean_a']:.3f} &rarr; {conf['mean_b']:.3f}"]
+            cells.append(f"{c['class_mix']['tvd']:.3f}")
+        else:
+            cells += ["-", "-", "-"]
+        if lab:
+            p = lab["mcnemar"]["p_value"]
+            cells.append(
+                f"{_pct(lab['accuracy_a'])} &rarr; {_pct(lab['accuracy_b'])} on {lab['n']} <small>(p={p:.2g})</small>"
+            )
+        else:
+            cells.append("no labels yet")
+        cells.append("by its rules" if rel["rules"] else "by a person")
+        rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>")
+    return (
+        '<h3>Releases</h3><table id="releases"><tr><th>kind</th><th>version</th><th>traffic</th><th>pairs</th>'
+        "<th>agreement</th><th>confidence</th><th>class mix moved</th><th>accuracy (labelled)</th><th>decided</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 @monitor_router.get("/v1/monitor")

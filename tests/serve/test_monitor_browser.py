@@ -1,6 +1,6 @@
 """The monitoring page in real Chromium against a server on a real port: sign in, see a clean and
 then an alarming drift window, the estimate beside the reviewed accuracy and the guarantee's
-state; the API refuses other roles; a screenshot is kept for the record."""
+state, and a shadow release compared with the served version; the API refuses other roles; a screenshot is kept for the record."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def test_monitor_page_shows_drift_estimate_and_guarantee_in_chromium(reg, artifa
     prof = profile_version(artifacts.ws, reg.r, reg.v1, actor="test", config=DriftConfig(permutations=200))
     reg.r.set_policy(reg.v1, {"threshold": 0.3, "target_accuracy": 0.9, "method": "poc"}, actor="test")
     monitor = reg.r.create_token("monitor", "grafana", actor="test")
+    reg.r.start_release(reg.v2, "production", "shadow", actor="test")  # compared on the page
     ds = load_dataset(artifacts.ws, prof["dataset_id"])
     x = np.asarray(ds.x[ds.split == SPLITS["test"]])[:100]  # (100, 1, 8, 8)
     cfg = ServeConfig(poll_interval_s=0.05, heartbeat_s=0.5, ort_threads=1, drift_window=50)
@@ -38,6 +39,7 @@ def test_monitor_page_shows_drift_estimate_and_guarantee_in_chromium(reg, artifa
         import concurrent.futures
 
         concurrent.futures.wait(list(app.state.serve.monitor.pending), timeout=60)
+        assert app.state.serve.shadow.idle.wait(30)
         browser = _chromium()
         try:
             browser.get(f"{srv.url}/monitor")
@@ -52,7 +54,10 @@ def test_monitor_page_shows_drift_estimate_and_guarantee_in_chromium(reg, artifa
             assert browser.find_element(By.ID, "estimate").text.endswith(")")  # the value and its interval
             assert browser.find_element(By.ID, "reviewed").text.startswith("-")  # nothing audited yet
             assert browser.find_element(By.ID, "guarantee").text.startswith("holding")
+            shadow = browser.find_elements(By.CSS_SELECTOR, "#releases tr")[1].text  # header, then the shadow
+            assert shadow.startswith(f"shadow {reg.v2} off the path 100 ") and "no labels yet" in shadow
             shot = Path(os.environ.get("DM_MONITOR_SCREENSHOT", tmp_path / "monitor.png"))
+            browser.set_window_size(1000, 1500)  # the whole report, releases included
             browser.save_screenshot(str(shot))
             assert shot.stat().st_size > 10_000
             errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -42,6 +42,7 @@ from datamoat.registry.core import Registry
 __all__ = [
     "FORMAT",
     "PARTS",
+    "OPTIONAL_PARTS",
     "Bundle",
     "BundleConfig",
     "BundleError",
@@ -55,6 +56,7 @@ __all__ = [
 
 FORMAT = "datamoat-bundle/1"
 PARTS = ("model.onnx", "meta.json", "policy.json", "selftest.json")
+OPTIONAL_PARTS = ("profile.json",)  # the version's drift reference profile, where the registry has one
 MAX_BUNDLE_BYTES = 1 << 30
 MAX_MANIFEST_BYTES = 64 << 10
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: fixed for byte-identical builds
@@ -125,7 +127,10 @@ def pack_bundle(parts: dict[str, bytes], *, sequence: int, version_id: str, name
     """
     from datamoat.edge.keys import key_id
 
-    check(sorted(parts) == sorted(PARTS), f"a bundle holds exactly {', '.join(PARTS)}")
+    check(
+        set(PARTS) <= set(parts) <= {*PARTS, *OPTIONAL_PARTS},
+        f"a bundle holds {', '.join(PARTS)}, and may hold {', '.join(OPTIONAL_PARTS)}",
+    )
     check(isinstance(sequence, int) and sequence >= 1, f"sequence must be a positive integer, got {sequence!r}")
     manifest = _dumps(
         {
@@ -135,14 +140,14 @@ def pack_bundle(parts: dict[str, bytes], *, sequence: int, version_id: str, name
             "name": name,
             "kind": kind,
             "key_id": key_id(key.public_key()),
-            "parts": {p: {"sha256": hashlib.sha256(parts[p]).hexdigest(), "size": len(parts[p])} for p in PARTS},
+            "parts": {p: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for p, d in sorted(parts.items())},
         }
     )
     return _zip(manifest, key.sign(manifest), parts)
 
 
 def _zip(manifest: bytes, sig: bytes, parts: dict[str, bytes]) -> bytes:
-    members = [("manifest.json", manifest), ("manifest.sig", sig)] + [(p, parts[p]) for p in sorted(PARTS)]
+    members = [("manifest.json", manifest), ("manifest.sig", sig)] + sorted(parts.items())
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for member, data in members:
@@ -181,8 +186,12 @@ def read_bundle(data: bytes, trusted: list[Any]) -> Bundle:
         infos = zf.infolist()
         names = [i.filename for i in infos]
         expected = {"manifest.json", "manifest.sig", *PARTS}
-        if len(names) != len(set(names)) or set(names) != expected:
-            raise BundleError(f"bundle rejected: members {sorted(names)} are not exactly {sorted(expected)}")
+        allowed = expected | set(OPTIONAL_PARTS)
+        if len(names) != len(set(names)) or not expected <= set(names) <= allowed:
+            raise BundleError(
+                f"bundle rejected: members {sorted(names)} are not {sorted(expected)} and optionally "
+                f"{', '.join(OPTIONAL_PARTS)}"
+            )
         info = {i.filename: i for i in infos}
         # Nothing is inflated, ever: bundles store members as they are, so a
         # compressed member (a zip bomb) is refused from its header alone.
@@ -198,8 +207,11 @@ def read_bundle(data: bytes, trusted: list[Any]) -> Bundle:
                 raise BundleError(
                     f"bundle rejected: format {manifest.get('format')!r} is not {FORMAT!r}: upgrade datamoat"
                 )
+            present = sorted(set(names) - {"manifest.json", "manifest.sig"})
+            if sorted(manifest["parts"]) != present:  # the signature covers which parts there are
+                raise BundleError(f"bundle rejected: members {present} are not the signed parts (tampered)")
             parts = {}
-            for p in PARTS:
+            for p in present:
                 want = manifest["parts"][p]
                 if info[p].file_size != want["size"]:
                     raise BundleError(f"bundle rejected: part {p} is not its signed size (tampered)")
@@ -208,7 +220,7 @@ def read_bundle(data: bytes, trusted: list[Any]) -> Bundle:
             raise BundleError(f"bundle rejected: corrupt or tampered archive ({e})") from None
     from datamoat.edge.keys import key_id
 
-    for p in PARTS:
+    for p in parts:
         want = manifest["parts"][p]
         if len(parts[p]) != want["size"] or hashlib.sha256(parts[p]).hexdigest() != want["sha256"]:
             raise BundleError(f"bundle rejected: part {p} does not match its signed sha256 (tampered)")
@@ -240,9 +252,11 @@ def _signer(trusted: list[Any], sig: bytes, manifest: bytes) -> Any:
     raise BundleError("bundle rejected: not signed by a trusted key (bad signature or unknown key)")
 
 
-def load_bundle_model(bundle: Bundle, threads: int = 1) -> LoadedVersion:
-    """An ONNX Runtime session over the bundle's model, through the same core the cloud server uses."""
-    return open_version(bundle.parts["model.onnx"], bundle.part_json("meta.json"), threads)
+def load_bundle_model(bundle: Bundle, threads: int = 1, drift: bool = False) -> LoadedVersion:
+    """An ONNX Runtime session over the bundle's model, through the same core the cloud server uses;
+    with `drift`, and a reference profile in the bundle, it also gives the embeddings drift tests use."""
+    embeddings = drift and "profile.json" in bundle.parts
+    return open_version(bundle.parts["model.onnx"], bundle.part_json("meta.json"), threads, embeddings=embeddings)
 
 
 def self_test(model: LoadedVersion, selftest: dict[str, Any]) -> str | None:
@@ -310,4 +324,7 @@ def build_bundle(
         "policy.json": _dumps(policy),
         "selftest.json": _dumps(selftest),
     }
+    profile = registry.profile(row["id"])
+    if profile is not None:  # the device tests its own traffic against it (`datamoat.edge.drift`)
+        parts["profile.json"] = _dumps(profile)
     return pack_bundle(parts, sequence=sequence, version_id=row["id"], name=row["name"], kind=row["kind"], key=key)

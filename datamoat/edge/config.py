@@ -41,6 +41,9 @@ class EdgeConfig(Config):
     ca_cert: str = ""  # PEM CA bundle for the control server's certificate; empty: the system's
     control_trust: tuple[str, ...] = ()  # public keys whose signed control answers this device acts on
     insecure_control: bool = False  # act on unsigned control answers (tests, a lab bench): never in the field
+    # Answers per drift window tested on the device against the bundle's profile (0: off); only the
+    # result leaves the device, in its heartbeat.
+    drift_window: int = 200
 
     def validate(self) -> None:
         check(bool(self.device_id) and len(self.device_id) <= 100, f"invalid device id {self.device_id!r}")
@@ -50,6 +53,10 @@ class EdgeConfig(Config):
         for name in ("max_error_rate", "max_abstain_rate"):
             check(0 <= getattr(self, name) <= 1, f"{name} must be in 0..1, got {getattr(self, name)}")
         check(self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
+        check(
+            self.drift_window == 0 or self.drift_window >= 10,
+            f"drift_window must be 0 or >= 10, got {self.drift_window}",
+        )
         check(not self.server or bool(self.token), "a device polling a server needs its --token")
         check(
             not (self.require_https and self.server) or self.server.startswith("https://"),

@@ -35,6 +35,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from datamoat.configs import Config, check
+from datamoat.edge.drift import fleet_metrics
 from datamoat.edge.fleet import Fleet, RateLimited, UploadRefused
 from datamoat.errors import BadInput, TooLarge, Unprocessable
 from datamoat.inference.http import bearer, install_error_handlers
@@ -186,6 +187,16 @@ async def fleet_status(request: Request) -> dict[str, Any]:
     await asyncio.to_thread(fleet.registry.check_token, bearer(request), "admin")
     devices, rollouts = await asyncio.gather(asyncio.to_thread(fleet.status), asyncio.to_thread(fleet.rollouts))
     return {"devices": devices, "rollouts": rollouts}
+
+
+@edge_router.get("/fleet/metrics")
+async def fleet_drift_metrics(request: Request) -> Response:
+    """The devices' last drift windows as Prometheus gauges, per site, device and version (a monitor
+    or admin token: Prometheus scrapes with one)."""
+    fleet = _ctx(request).fleet
+    await asyncio.to_thread(fleet.registry.check_token, bearer(request), "monitor")
+    body, ctype = await asyncio.to_thread(fleet_metrics, fleet.registry)
+    return Response(body, media_type=ctype)
 
 
 def attach_edge(app: FastAPI, fleet: Fleet, config: ControlConfig | None = None) -> FastAPI:

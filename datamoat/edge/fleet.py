@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from datamoat.configs import check
 from datamoat.edge.controldoc import sign_answer
+from datamoat.edge.drift import record_device_windows
 from datamoat.edge.events import ensure_events
 from datamoat.edge.publish import BundleShelf
 from datamoat.edge.publish import meta as bundles_meta
@@ -368,6 +369,7 @@ class Fleet(BundleShelf):
                     touched.add(rid)
             for rid in touched:
                 self._check_abort(conn, rid)
+        record_device_windows(self.registry, device, evs)  # per device and site, in the registry's windows
         return self._seal({**self._assignment({**device, "last_event": last}), "acked_event": last})
 
     # -- uploads --------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import numpy as np
 
 from datamoat.edge.bundle import Bundle, BundleError, load_bundle_model, read_bundle, self_test
 from datamoat.edge.config import EdgeConfig
+from datamoat.edge.drift import DeviceDrift
 from datamoat.edge.keys import load_trust
 from datamoat.edge.perf import Perf
 from datamoat.edge.store import DeviceStore, Outbox
@@ -106,6 +107,7 @@ class EdgeRuntime:
         self.state = self.store.load_state()
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.perf = Perf()  # latency of the recent predictions, for the heartbeat
+        self.drift = DeviceDrift(config.drift_window or 1, lambda v, r: self.event("drift_window", version=v, **r))
         self.lock = threading.RLock()
         self.active: _Slot | None = None
         self.lkg: _Slot | None = None
@@ -117,6 +119,7 @@ class EdgeRuntime:
             self._boot()
 
     def close(self) -> None:
+        self.drift.close()
         self.store.close()
 
     # -- events ---------------------------------------------------------------------------
@@ -136,7 +139,7 @@ class EdgeRuntime:
             return None
         try:
             b = read_bundle(data, self.trusted)
-            return _Slot(b, load_bundle_model(b, self.cfg.ort_threads) if load else None)
+            return _Slot(b, load_bundle_model(b, self.cfg.ort_threads, self.cfg.drift_window > 0) if load else None)
         except Exception as e:  # a file damaged on disk, or a key no longer trusted
             self.event("disk_rejected", slot=slot, reason=str(e))
             self.store.path(slot).unlink(missing_ok=True)
@@ -203,7 +206,7 @@ class EdgeRuntime:
             self.state.update(pending=sha, pending_rollout=rollout_id)
             self.store.save_state(self.state)
             try:
-                model = load_bundle_model(b, self.cfg.ort_threads)
+                model = load_bundle_model(b, self.cfg.ort_threads, self.cfg.drift_window > 0)
                 why = self_test(model, b.part_json("selftest.json"))
             except Exception as e:  # a model this device's runtime cannot load fails its self-test
                 why = f"self-test failed: the model does not load here ({type(e).__name__}: {e})"
@@ -230,7 +233,9 @@ class EdgeRuntime:
             restored = self.store.restore_lkg()
             self.active = self.lkg if restored else None
             if self.active is not None and self.active.model is None:
-                self.active.model = load_bundle_model(self.active.bundle, self.cfg.ort_threads)
+                self.active.model = load_bundle_model(
+                    self.active.bundle, self.cfg.ort_threads, self.cfg.drift_window > 0
+                )
             self.lkg, self.window = None, None
             rollout = self.state.get("active_rollout")
             self.state["active_rollout"] = None
@@ -273,7 +278,7 @@ class EdgeRuntime:
             fb, lkg = td.get("fallback"), self.lkg
             if fb and lkg is not None and lkg.bundle.version_id == fb and fb not in td_all:
                 if lkg.model is None:
-                    lkg.model = load_bundle_model(lkg.bundle, self.cfg.ort_threads)
+                    lkg.model = load_bundle_model(lkg.bundle, self.cfg.ort_threads, self.cfg.drift_window > 0)
                 slot, reason = lkg, f"fallback for taken-down {self.active.bundle.version_id}"
             else:
                 reason = f"version {slot.bundle.version_id} is taken down: {td.get('reason')}"
@@ -302,10 +307,12 @@ class EdgeRuntime:
         assert s.bundle is not None  # a serving model comes with its bundle
         x = prepare(s.model.input_shape, s.model.photo)  # (N, C, H, W)
         try:
-            probs = s.model.probabilities(x)  # (N, K)
+            probs, emb = s.model.run(x)  # (N, K), (N, D) when the bundle carries a drift profile
         except Exception:
             self._observe(s, len(x), len(x), 0)
             raise
+        if emb is not None:
+            self.drift.observe(s.bundle, probs, emb, x)
         answers = decide(probs, s.model.classes, s.suppressed, self.cfg.top_k, s.threshold, s.per_class)
         low = 0
         if s.abstain_threshold is not None:
@@ -411,6 +418,7 @@ class EdgeRuntime:
             "watching_health": self.window is not None,
             "uptime_s": round(time.time() - self.started, 3),
             "uploads": self.outbox.stats(),
+            "drift": self.drift.last,  # the last window tested against the bundle's profile
             "perf": self.perf.snapshot({"name": s.model.name, "version": s.model.version_id} if s.model else None),
         }
 

@@ -8,7 +8,29 @@
 - `feasibility`: the proof-of-concept verdict: automate what meets the target, people review the rest.
 """
 
-from datamoat.evaluate.metrics import EvalConfig, Evaluation, evaluate
-from datamoat.evaluate.report import evaluate_in_workspace, write_report
+import importlib
+from typing import TYPE_CHECKING, Any
 
+# Loaded on first use: `metrics` imports torch, and the edge runtime and the registry import
+# `drift` and `compare` from this package without needing it.
+_EXPORTS = {
+    "EvalConfig": "datamoat.evaluate.metrics",
+    "Evaluation": "datamoat.evaluate.metrics",
+    "evaluate": "datamoat.evaluate.metrics",
+    "evaluate_in_workspace": "datamoat.evaluate.report",
+    "write_report": "datamoat.evaluate.report",
+}
 __all__ = ["EvalConfig", "Evaluation", "evaluate", "evaluate_in_workspace", "write_report"]
+
+if TYPE_CHECKING:
+    from datamoat.evaluate.metrics import EvalConfig, Evaluation, evaluate
+    from datamoat.evaluate.report import evaluate_in_workspace, write_report
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'datamoat.evaluate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -54,7 +54,14 @@ __all__ = [
     "reference_profile",
     "check_window",
     "estimate_accuracy",
+    "WindowBuffer",
+    "check_parts",
+    "RESULT_KEYS",
 ]
+
+# What a window's result keeps when it is stored or sent (a device's heartbeat, the registry).
+RESULT_KEYS: tuple[str, ...] = ("n", "alarm", "fired", "p_values", "level", "mmd2", "brightness_shift")
+RESULT_KEYS += ("contrast_shift", "class_mix", "estimate")
 
 TESTS = ("embedding MMD", "confidence KS", "class mix chi-square", "brightness KS", "contrast KS")
 _Z95 = 1.959963984540054
@@ -298,6 +305,46 @@ def estimate_accuracy(profile: dict[str, Any], confidences: np.ndarray) -> dict[
     centre = (est + _Z95**2 / (2 * n)) / (1 + _Z95**2 / n)
     half = _Z95 * math.sqrt(est * (1 - est) / n + _Z95**2 / (4 * n * n)) / (1 + _Z95**2 / n)
     return {"estimate": est, "low": max(0.0, centre - half), "high": min(1.0, centre + half), "method": "ATC"}
+
+
+class WindowBuffer:
+    """Batches of answers gathered into windows of `size` answers per key (a server's alias and
+    version, a device's version), holding embeddings and pixel statistics, never pixels. Thread-safe.
+
+    >>> buf = WindowBuffer(4)
+    >>> rng = np.random.default_rng(0)
+    >>> buf.add("v1", _probs(rng, 3), rng.normal(size=(3, 8)), _pixels(rng, 3)) is None
+    True
+    >>> len(buf.add("v1", _probs(rng, 3), rng.normal(size=(3, 8)), _pixels(rng, 3)))  # 6 >= 4: a window
+    2
+    """
+
+    def __init__(self, size: int) -> None:
+        import threading
+
+        self.size = size
+        self._lock = threading.Lock()
+        self._parts: dict[Any, list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]] = {}
+        self._counts: dict[Any, int] = {}
+
+    def add(self, key: Any, probs: np.ndarray, emb: np.ndarray, pixels: np.ndarray) -> list[Any] | None:
+        """Add one batch: probs (B, K), emb (B, D), pixels (B, C, H, W). Returns a full window's
+        parts (and starts the next window) or None."""
+        part = (probs, emb, pixel_stats(pixels))
+        with self._lock:
+            self._parts.setdefault(key, []).append(part)
+            self._counts[key] = self._counts.get(key, 0) + len(probs)
+            if self._counts[key] < self.size:
+                return None
+            parts, self._parts[key], self._counts[key] = self._parts[key], [], 0
+            return parts
+
+
+def check_parts(profile: dict[str, Any], parts: list[Any]) -> dict[str, Any]:
+    """`check_window` on a `WindowBuffer` window, sketched with the profile's own config."""
+    probs = np.concatenate([p[0] for p in parts])  # (W, K)
+    emb = np.concatenate([p[1] for p in parts])  # (W, D)
+    return check_window(profile, sketch_window(emb, probs, merge([p[2] for p in parts]), profile_config(profile)))
 
 
 def _probs(rng: np.random.Generator, n: int) -> np.ndarray:

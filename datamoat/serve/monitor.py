@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from datamoat.evaluate.drift import check_window, merge, pixel_stats, profile_config, sketch_window
+from datamoat.evaluate.drift import WindowBuffer, check_parts
 from datamoat.registry.alerts import send_alert
 
 __all__ = ["DriftMonitor"]
@@ -49,8 +49,7 @@ class DriftMonitor:
         self.accuracy_floor, self.alert_interval_s = accuracy_floor, alert_interval_s
         self._last_alert: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
-        self._parts: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]] = {}
-        self._counts: dict[tuple[str, str], int] = {}
+        self._buffer = WindowBuffer(window)
         self._profiles: dict[str, tuple[dict[str, Any] | None, float]] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="datamoat-drift")
         self.pending: list[Any] = []  # futures of windows being tested (tests wait on them)
@@ -58,13 +57,10 @@ class DriftMonitor:
     def observe(self, alias: str, version_id: str, probs: np.ndarray, emb: np.ndarray, x: np.ndarray) -> None:
         """Add one batch's answers (inference thread): probs (B, K), emb (B, D), x (B, C, H, W)."""
         key = (alias, version_id)
-        part = (probs, emb, pixel_stats(x))
+        parts = self._buffer.add(key, probs, emb, x)
+        if parts is None:
+            return
         with self._lock:
-            self._parts.setdefault(key, []).append(part)
-            self._counts[key] = self._counts.get(key, 0) + len(probs)
-            if self._counts[key] < self.window:
-                return
-            parts, self._parts[key], self._counts[key] = self._parts[key], [], 0
             self.pending = [f for f in self.pending if not f.done()]
             self.pending.append(self._pool.submit(self._test, key, parts))
 
@@ -87,10 +83,7 @@ class DriftMonitor:
         if prof is None:
             self.on_result(alias, version_id, None)
             return
-        probs = np.concatenate([p[0] for p in parts])  # (W, K)
-        emb = np.concatenate([p[1] for p in parts])  # (W, D)
-        stats = merge([p[2] for p in parts])
-        result = check_window(prof, sketch_window(emb, probs, stats, profile_config(prof)))
+        result = check_parts(prof, parts)
         self.registry.record_window(self.server_id, alias, version_id, result)
         self.on_result(alias, version_id, result)
         data = {"server_id": self.server_id, "alias": alias, "version": version_id, **result}

@@ -8,7 +8,8 @@
   of the version (newest first, every server's) with a chart of the accuracy estimate and of the
   smallest p-value against the alarm level, the estimate beside the accuracy people found on
   audited answers, the live guarantee check, the servers on the registry, and the alias's canary
-  and shadow, each compared with the served version on the inputs both answered.
+  and shadow, each compared with the served version on the inputs both answered, and each device's
+  last drift window by site.
 """
 
 from __future__ import annotations
@@ -46,18 +47,31 @@ def monitor_report(reg: Any, alias: str, version: str | None) -> dict[str, Any]:
         return out
     prof = reg.profile(version)
     out["profile"] = None if prof is None else {k: prof[k] for k in ("dataset_id", "n", "accuracy", "atc_threshold")}
-    out["windows"] = reg.drift_windows(version=version, limit=WINDOWS)
+    wins = reg.drift_windows(version=version, limit=4 * WINDOWS)  # the servers'; devices have their own table
+    out["windows"] = [w for w in wins if not w["server_id"].startswith("device:")][:WINDOWS]
     audited = audit_decisions(reg.engine, version)
     out["reviewed"] = {"n": len(audited), "accuracy": sum(audited) / len(audited) if audited else None}
     try:
         out["guarantee"] = check_guarantee(reg, version)
     except DatamoatError as e:  # no poc target: nothing to check
         out["guarantee"] = {"error": str(e)}
+    out["devices"] = devices_by_site(reg)
     out["releases"] = []
     for rel in reg.releases(alias):  # the alias's canary and shadow against what it serves
         cmp = compare_versions(reg, version, rel["version_id"], alias)["by_kind"][rel["kind"]]
         out["releases"].append({**{k: rel[k] for k in ("kind", "version_id", "percent", "rules")}, "compare": cmp})
     return out
+
+
+def devices_by_site(reg: Any, limit: int = 2000) -> dict[str, list[dict[str, Any]]]:
+    """Each device's last drift window (as its heartbeats reported it), by site (its fleet group)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    seen: set[str] = set()
+    for w in reg.drift_windows(limit=limit):  # newest first
+        if w["server_id"].startswith("device:") and w["server_id"] not in seen:
+            seen.add(w["server_id"])
+            out.setdefault(w["alias"].removeprefix("edge:"), []).append(w)
+    return {site: sorted(ws, key=lambda w: w["server_id"]) for site, ws in sorted(out.items())}
 
 
 def _e(v: Any) -> str:
@@ -151,8 +165,26 @@ def render_report(r: dict[str, Any]) -> str:
     )
     parts.append(f"<h3>Servers</h3><ul>{servers}</ul>")
     parts.append(_releases(r["releases"]))
-    parts.append("<p><small>Devices by site: <code>datamoat fleet status</code>.</small></p>")
+    parts.append(_devices(r["devices"]))
     return "".join(parts)
+
+
+def _devices(sites: dict[str, list[dict[str, Any]]]) -> str:
+    """Each device's last window by site; values escaped."""
+    if not sites:
+        return '<h3>Devices by site</h3><p id="devices">No device has reported a drift window yet.</p>'
+    rows = "".join(
+        f"<tr><td>{_e(site)}</td><td>{_e(w['server_id'].removeprefix('device:'))}</td><td><code>{_e(w['version_id'])}</code></td>"
+        f"<td>{_e(time.strftime('%H:%M:%S', time.localtime(w['ts'])))}</td><td>{_e(w['n'])}</td>"
+        f'<td class="{"bad" if w["alarm"] else "ok"}">{"ALARM: " + _e(", ".join(w["fired"])) if w["alarm"] else "ok"}</td>'
+        f"<td>{_pct(w['estimate']['estimate'])}</td></tr>"
+        for site, ws in sites.items()
+        for w in ws
+    )
+    return (
+        '<h3>Devices by site</h3><table id="devices"><tr><th>site</th><th>device</th><th>version</th><th>last window</th>'
+        f"<th>n</th><th>result</th><th>estimate</th></tr>{rows}</table>"
+    )
 
 
 def _releases(releases: list[dict[str, Any]]) -> str:

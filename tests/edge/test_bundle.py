@@ -115,15 +115,28 @@ def test_every_tampered_byte_position_and_truncation_is_refused(fleet_env):
             read_bundle(data[:cut], trust)
 
 
-def test_members_must_be_exactly_the_parts(fleet_env):
+def test_members_must_be_the_signed_parts(fleet_env):
     key = fleet_env.keys["release"].private
     good = {p: b"{}" for p in PARTS}
     data = pack_bundle(good, sequence=1, version_id="v", name="n", kind="fp32", key=key)
     members = {n: zipfile.ZipFile(io.BytesIO(data)).read(n) for n in zipfile.ZipFile(io.BytesIO(data)).namelist()}
-    with pytest.raises(BundleError, match="not exactly"):
+    with pytest.raises(BundleError, match="are not .* and optionally profile.json"):
         read_bundle(_rezip({**members, "../../etc/evil": b"x"}), _trust(fleet_env, "release"))
-    with pytest.raises(BadInput, match="exactly"):
+    with pytest.raises(BadInput, match="may hold profile.json"):
         pack_bundle({**good, "extra": b""}, sequence=1, version_id="v", name="n", kind="fp32", key=key)
+    # The optional profile: signed when present, and neither added to nor taken from a signed bundle.
+    with_profile = pack_bundle(
+        {**good, "profile.json": b"{}"}, sequence=1, version_id="v", name="n", kind="fp32", key=key
+    )
+    assert "profile.json" in read_bundle(with_profile, _trust(fleet_env, "release")).parts
+    with pytest.raises(BundleError, match="not the signed parts"):
+        read_bundle(_rezip({**members, "profile.json": b"{}"}), _trust(fleet_env, "release"))
+    signed = {
+        n: zipfile.ZipFile(io.BytesIO(with_profile)).read(n)
+        for n in zipfile.ZipFile(io.BytesIO(with_profile)).namelist()
+    }
+    with pytest.raises(BundleError, match="not the signed parts"):
+        read_bundle(_rezip({k: v for k, v in signed.items() if k != "profile.json"}), _trust(fleet_env, "release"))
 
 
 def test_self_test_catches_a_model_that_disagrees(fleet_env):

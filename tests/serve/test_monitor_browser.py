@@ -1,6 +1,6 @@
 """The monitoring page in real Chromium against a server on a real port: sign in, see a clean and
 then an alarming drift window, the estimate beside the reviewed accuracy and the guarantee's
-state, and a shadow release compared with the served version; the API refuses other roles; a screenshot is kept for the record."""
+state, a shadow release compared with the served version, and a device's window by site; the API refuses other roles; a screenshot is kept for the record."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def test_monitor_page_shows_drift_estimate_and_guarantee_in_chromium(reg, artifa
 
         concurrent.futures.wait(list(app.state.serve.monitor.pending), timeout=60)
         assert app.state.serve.shadow.idle.wait(30)
+        clean = reg.r.drift_windows(version=reg.v1)[-1]  # as a device's heartbeat would report it
+        reg.r.record_window("device:cam-7", "edge:harbour", reg.v1, clean)
         browser = _chromium()
         try:
             browser.get(f"{srv.url}/monitor")
@@ -56,6 +58,8 @@ def test_monitor_page_shows_drift_estimate_and_guarantee_in_chromium(reg, artifa
             assert browser.find_element(By.ID, "guarantee").text.startswith("holding")
             shadow = browser.find_elements(By.CSS_SELECTOR, "#releases tr")[1].text  # header, then the shadow
             assert shadow.startswith(f"shadow {reg.v2} off the path 100 ") and "no labels yet" in shadow
+            device = browser.find_elements(By.CSS_SELECTOR, "#devices tr")[1].text
+            assert device.startswith(f"harbour cam-7 {reg.v1}") and " ok " in f" {device} "
             shot = Path(os.environ.get("DM_MONITOR_SCREENSHOT", tmp_path / "monitor.png"))
             browser.set_window_size(1000, 1500)  # the whole report, releases included
             browser.save_screenshot(str(shot))

@@ -35,8 +35,12 @@ def loadtest_cmd(
     rate: float = typer.Option(0.0, "--rate", help="Open loop: Poisson arrivals at this many req/s (0 = closed loop)."),
     token: str = typer.Option(None, "--token", envvar="DATAMOAT_PREDICT_TOKEN", help="Predict token (Bearer)."),
     payload: str = typer.Option(
-        "json", "--payload", help="json (nested lists), npy (numpy.save bytes) or png (multipart upload)."
+        "json",
+        "--payload",
+        help="json (nested lists), npy (numpy.save bytes), png (multipart upload) to /v1/predict; v2 or v2-binary "
+        "(the Open Inference Protocol, JSON data or the binary extension) to /v2/models/MODEL/infer.",
     ),
+    model: str = typer.Option("production", "--model", help="The v2 payloads' model name: the served alias."),
     shape: str = typer.Option(None, "--shape", help="Input C,H,W (default: the server's /v1/model, else 1,28,28)."),
     batch: int = typer.Option(1, "--batch", help="Images per request (json or npy payload)."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds before one request counts as failed."),
@@ -47,7 +51,7 @@ def loadtest_cmd(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Throughput and p50/p95/p99 latency of POST /v1/predict under load."""
+    """Throughput and p50/p95/p99 latency of POST /v1/predict (or the v2 infer endpoint) under load."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -61,6 +65,7 @@ def loadtest_cmd(
         rate=rate,
         token=token or "",
         payload=payload,
+        model=model,
         input_shape=_shape(shape),
         batch=batch,
         timeout_s=timeout,

@@ -49,12 +49,21 @@ def _confidence(answer: dict[str, Any]) -> float:
     return float(answer["top_k"][0]["probability"]) if answer["top_k"] and not answer["abstained"] else 0.0
 
 
-def pair_row(role: str, alias: str, served_version: str, served: dict[str, Any], version: str, other: dict[str, Any]):
-    """One release-log row: the returned answer `served` and the off-path answer `other` to one input.
+def pair_row(
+    role: str,
+    alias: str,
+    served_version: str,
+    served: dict[str, Any],
+    version: str,
+    label: str | None,
+    confidence: float,
+) -> dict[str, Any]:
+    """One release-log row: the returned answer `served` and the off-path answer (`label`, None when
+    it abstained, and its `confidence`) to the same input.
 
     >>> a = {"prediction_id": "p1", "label": "cat", "abstained": False, "top_k": [{"label": "cat", "probability": 0.9}]}
-    >>> pair_row("shadow", "production", "v1", a, "v2", {**a, "label": "dog"})["label"]
-    'dog'
+    >>> pair_row("shadow", "production", "v1", a, "v2", "dog", 0.6)["served_confidence"]
+    0.9
     """
     return {
         "prediction_id": served["prediction_id"],
@@ -65,8 +74,8 @@ def pair_row(role: str, alias: str, served_version: str, served: dict[str, Any],
         "served_version": served_version,
         "served_label": served["label"],
         "served_confidence": _confidence(served),
-        "label": other["label"],
-        "confidence": _confidence(other),
+        "label": label,
+        "confidence": float(confidence),
     }
 
 

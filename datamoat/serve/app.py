@@ -129,7 +129,6 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         ShadowRunner(
             registry.engine,
             lambda: ctl.state,
-            cfg.top_k,
             cfg.shadow_queue,
             on_drop=metrics.shadow_dropped.inc,
             on_pairs=lambda role, n: metrics.release_pairs.labels(role).inc(n),

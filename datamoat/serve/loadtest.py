@@ -30,6 +30,7 @@ __all__ = ["LoadTestConfig", "LoadTestResult", "loadtest", "is_loopback_url"]
 
 _DEFAULT_SHAPE = (1, 28, 28)
 _POOL = 16  # distinct pre-encoded payloads, cycled
+PAYLOADS = ("json", "npy", "png", "v2", "v2-binary")
 
 
 def is_loopback_url(url: str) -> bool:
@@ -76,7 +77,8 @@ class LoadTestConfig(Config):
     warmup_s: float = 1.0
     rate: float = 0.0
     token: str = ""
-    payload: str = "json"
+    payload: str = "json"  # json | npy | png (/v1/predict) | v2 | v2-binary (the Open Inference Protocol)
+    model: str = "production"  # the v2 model name: the alias
     input_shape: tuple[int, ...] = ()
     batch: int = 1
     timeout_s: float = 10.0
@@ -115,7 +117,8 @@ class LoadTestConfig(Config):
         ]
         for ok, message in rules:  # NaN fails every comparison, so it is refused too
             check(ok, message)
-        check_choice("payload", self.payload, ("json", "npy", "png"))
+        check_choice("payload", self.payload, PAYLOADS)
+        check(bool(self.model) and "/" not in self.model, f"invalid model name {self.model!r}")
 
 
 @dataclasses.dataclass
@@ -163,11 +166,20 @@ class LoadTestResult:
         return d
 
 
-def _endpoints(url: str) -> tuple[str, str]:
-    """(predict URL, model-info URL) from a base URL or a full predict URL."""
+def _endpoints(url: str, payload: str = "json", model: str = "production") -> tuple[str, str]:
+    """(predict URL, model-info URL) from a base URL or a full predict URL; v2 payloads go to the
+    model's infer endpoint.
+
+    >>> _endpoints("http://h:8000", "v2")
+    ('http://h:8000/v2/models/production/infer', 'http://h:8000/v1/model')
+    """
     parts = urlsplit(url)
-    predict = url.rstrip("/") + "/v1/predict" if parts.path in ("", "/") else url
-    return predict, urljoin(predict, "model")  # .../v1/predict -> .../v1/model
+    base = parts.path in ("", "/")
+    predict = url.rstrip("/") + "/v1/predict" if base else url
+    info = urljoin(predict, "model") if base or not payload.startswith("v2") else urljoin(url, "/v1/model")
+    if payload.startswith("v2") and base:
+        return url.rstrip("/") + f"/v2/models/{model}/infer", info
+    return predict, info  # .../v1/predict -> .../v1/model
 
 
 def _shape_from_info(info: Any) -> tuple[int, int, int] | None:
@@ -181,23 +193,42 @@ def _shape_from_info(info: Any) -> tuple[int, int, int] | None:
     return tuple(dims[-3:]) if len(dims) >= 3 else None  # type: ignore[return-value]
 
 
-def _payloads(config: LoadTestConfig, shape: tuple[int, int, int], rng: np.random.Generator) -> list[tuple[bytes, str]]:
-    """A fixed pool of (body, content type), encoded once before the clock starts."""
+def _v2_body(batch: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
+    """An Open Inference Protocol infer request for uint8 images (B, C, H, W): JSON data, or the
+    binary tensor extension (a JSON header, then the raw bytes)."""
+    tensor: dict[str, Any] = {"name": "input", "shape": list(batch.shape), "datatype": "UINT8"}
+    if not binary:
+        return json.dumps({"inputs": [{**tensor, "data": batch.ravel().tolist()}]}).encode(), {
+            "Content-Type": "application/json"
+        }
+    raw = np.ascontiguousarray(batch).tobytes()
+    head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
+    return head + raw, headers
+
+
+def _payloads(
+    config: LoadTestConfig, shape: tuple[int, int, int], rng: np.random.Generator
+) -> list[tuple[bytes, dict[str, str]]]:
+    """A fixed pool of (body, headers), encoded once before the clock starts."""
     import httpx
 
     imgs = rng.integers(0, 256, (_POOL, config.batch, *shape), dtype=np.uint8)  # (P, B, C, H, W)
     out = []
     for batch in imgs:
+        if config.payload.startswith("v2"):
+            out.append(_v2_body(batch, config.payload == "v2-binary"))
+            continue
         if config.payload == "json":
             arr = batch if config.batch > 1 else batch[0]  # (B, C, H, W) or (C, H, W)
-            out.append((json.dumps({"inputs": arr.tolist()}).encode(), "application/json"))
+            out.append((json.dumps({"inputs": arr.tolist()}).encode(), {"Content-Type": "application/json"}))
             continue
         import io
 
         if config.payload == "npy":
             buf = io.BytesIO()
             np.save(buf, batch if config.batch > 1 else batch[0])  # uint8 (B, C, H, W) or (C, H, W)
-            out.append((buf.getvalue(), "application/x-npy"))
+            out.append((buf.getvalue(), {"Content-Type": "application/x-npy"}))
             continue
 
         from PIL import Image
@@ -208,14 +239,14 @@ def _payloads(config: LoadTestConfig, shape: tuple[int, int, int], rng: np.rando
         pil.save(buf, format="PNG")
         # Let httpx build the multipart body once; every request then reuses the bytes.
         req = httpx.Request("POST", "http://x/", files={"file": ("image.png", buf.getvalue(), "image/png")})
-        out.append((req.read(), req.headers["Content-Type"]))
+        out.append((req.read(), {"Content-Type": req.headers["Content-Type"]}))
     return out
 
 
 class _Run:
     """Shared counters for one run; asyncio is single threaded, so no locks."""
 
-    def __init__(self, config: LoadTestConfig, url: str, payloads: list[tuple[bytes, str]]) -> None:
+    def __init__(self, config: LoadTestConfig, url: str, payloads: list[tuple[bytes, dict[str, str]]]) -> None:
         self.config, self.url, self.payloads = config, url, payloads
         self.auth = {"Authorization": f"Bearer {config.token}"} if config.token else {}
         self.start = time.perf_counter()
@@ -246,7 +277,7 @@ class _Run:
         """One POST; latency runs from `since` (the scheduled arrival in open loop)."""
         import aiohttp
 
-        body, ctype = self.payloads[self.next % len(self.payloads)]
+        body, headers = self.payloads[self.next % len(self.payloads)]
         self.next += 1
         self.in_flight += 1
         if counted:
@@ -255,7 +286,7 @@ class _Run:
         kind: str | None
         try:
             async with asyncio.timeout(self.config.timeout_s):  # the whole request, body read included
-                async with client.post(self.url, data=body, headers={**self.auth, "Content-Type": ctype}) as r:
+                async with client.post(self.url, data=body, headers={**self.auth, **headers}) as r:
                     await r.read()
             kind = None if 200 <= r.status < 300 else str(r.status)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
@@ -330,7 +361,7 @@ async def _run(config: LoadTestConfig) -> LoadTestResult:
 
     import aiohttp
 
-    predict_url, info_url = _endpoints(config.url)
+    predict_url, info_url = _endpoints(config.url, config.payload, config.model)
     rng = np.random.default_rng(config.seed)
     # aiohttp, not httpx, for the load: on one machine the client's CPU is taken from the server it measures,
     # and aiohttp spends a fraction of httpx's CPU per request (bench/results/serving.md measures it).

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from datamoat.inference.engine import decide
+from datamoat.inference.engine import renormalized
 from datamoat.inference.inputs import Prepare
 from datamoat.registry.pairs import pair_row, write_pairs
 
-__all__ = ["route", "in_canary", "ShadowRunner"]
+__all__ = ["route", "in_canary", "top_answers", "ShadowRunner"]
 
 log = logging.getLogger("datamoat.serve")
 _STOP = object()
@@ -45,6 +45,22 @@ def in_canary(key: bytes, percent: float) -> bool:
     """
     h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")  # uniform on [0, 2**64)
     return h < percent / 100 * 2**64
+
+
+def top_answers(
+    probs: np.ndarray, classes: list[str], suppressed: dict[str, str]
+) -> tuple[list[str | None], np.ndarray]:
+    """The label (None: abstained) and confidence `decide` would give each row of probs (N, K)
+    under the suppressions, without building its answers: the off-path runner needs only these.
+
+    >>> top_answers(np.array([[0.6, 0.3, 0.1]]), ["a", "b", "c"], {"a": "abstain"})[0]
+    [None]
+    """
+    p, renorm, abstain = renormalized(probs, classes, suppressed)  # (N, K), (K,), (K,)
+    best = np.where(renorm, -1.0, p).argmax(1)  # (N,) as decide picks it
+    out = renorm[best] | abstain[best]  # (N,) abstained
+    conf = np.where(out, 0.0, p[np.arange(len(p)), best])  # (N,)
+    return [None if a else classes[b] for a, b in zip(out.tolist(), best.tolist(), strict=True)], conf
 
 
 def route(state: Any, x: np.ndarray, client: str) -> str:
@@ -68,7 +84,7 @@ class _Job:
 class ShadowRunner:
     """The release log's producer; `submit` never blocks the request.
 
-    >>> runner = ShadowRunner(registry.engine, lambda: ctl.state, top_k=3)  # doctest: +SKIP
+    >>> runner = ShadowRunner(registry.engine, lambda: ctl.state)  # doctest: +SKIP
     >>> runner.submit("shadow", served_state, shadow_version, prepare, x, answers)  # doctest: +SKIP
     """
 
@@ -76,14 +92,15 @@ class ShadowRunner:
         self,
         engine: Any,
         current_state: Callable[[], Any],
-        top_k: int,
         max_queued: int = 1024,
+        batch: int = 64,
         on_drop: Callable[[int], None] = lambda n: None,
         on_pairs: Callable[[str, int], None] = lambda role, n: None,
         flush_s: float = 0.5,
     ):
-        self.engine, self.current_state, self.top_k = engine, current_state, top_k
+        self.engine, self.current_state = engine, current_state
         self.max_queued, self.on_drop, self.on_pairs, self.flush_s = max_queued, on_drop, on_pairs, flush_s
+        self.batch = batch  # most inputs in one off-path model call
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.queued = 0  # inputs waiting (any thread, under the lock)
@@ -111,26 +128,41 @@ class ShadowRunner:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def _take(self) -> tuple[list[_Job], bool]:
+        """(the jobs queued now, up to `batch` inputs, waiting up to `flush_s` for the first; stop?)."""
+        try:
+            first = self._queue.get(timeout=self.flush_s)
+        except queue.Empty:
+            return [], False
+        if first is _STOP:
+            return [], True
+        jobs, n = [first], len(first.x)
+        while n < self.batch:  # one model call for what piled up: the per-call cost is paid once
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                return jobs, True
+            jobs.append(job)
+            n += len(job.x)
+        return jobs, False
+
     def _work(self) -> None:
         with contextlib.suppress(AttributeError, OSError):  # Linux: a thread is a task, so only this one is lowered
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         rows: list[dict[str, Any]] = []
-        last = time.monotonic()
-        while True:
-            try:
-                job = self._queue.get(timeout=self.flush_s)
-            except queue.Empty:
-                job = None
-            if job is _STOP:
-                break
-            if job is not None:
+        last, stop = time.monotonic(), False
+        while not stop:
+            jobs, stop = self._take()
+            if jobs:
                 try:
-                    rows += self._run(job)
+                    rows += self._run(jobs)
                 except Exception:  # a failing candidate must not stop the log
-                    log.exception("off-path run of version %s failed", job.version)
+                    log.exception("off-path run of version %s failed", jobs[0].version)
                 finally:
                     with self._lock:
-                        self.queued -= len(job.x)
+                        self.queued -= sum(len(j.x) for j in jobs)
             if rows and (len(rows) >= 256 or time.monotonic() - last >= self.flush_s or self.queued == 0):
                 rows = self._flush(rows)
                 last = time.monotonic()
@@ -146,22 +178,24 @@ class ShadowRunner:
             log.exception("writing %d release-log rows failed", len(rows))
         return []
 
-    def _run(self, job: _Job) -> list[dict[str, Any]]:
-        """The off-path answers of one job, under the control state current now: a version taken
-        down or a release ended since the request is not run, and suppressions apply."""
+    def _run(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+        """The off-path answers of some jobs, one model call per version, under the control state
+        current now: a version taken down or a release ended since the request is not run, and
+        suppressions apply."""
         now = self.current_state()
-        side = now.shadow if job.role == "shadow" else now
-        if side is None or side.model is None or side.model.version_id != job.version:
-            return []
-        model = side.model
-        x = job.x if job.x.shape[1:] == model.input_shape else job.prepare(model.input_shape, model.photo)
-        probs, _ = model.run(x)  # (n, K)
-        pol = side.policy
-        other = decide(probs, model.classes, now.suppressed, self.top_k, pol.get("threshold"), pol.get("per_class"))
-        served_version = job.served.model.version_id
-        out = [
-            pair_row(job.role, now.alias, served_version, a, model.version_id, b)
-            for a, b in zip(job.answers, other, strict=True)
-        ]
-        self.on_pairs(job.role, len(out))
+        out: list[dict[str, Any]] = []
+        for role, version in dict.fromkeys((j.role, j.version) for j in jobs):
+            side = now.shadow if role == "shadow" else now
+            if side is None or side.model is None or side.model.version_id != version:
+                continue
+            model, mine = side.model, [j for j in jobs if (j.role, j.version) == (role, version)]
+            xs = [
+                j.x if j.x.shape[1:] == model.input_shape else j.prepare(model.input_shape, model.photo) for j in mine
+            ]
+            probs, _ = model.run(np.concatenate(xs))  # (sum n, K)
+            labels, conf = top_answers(probs, model.classes, now.suppressed)
+            answers = [(j, a) for j in mine for a in j.answers]
+            for (j, a), label, c in zip(answers, labels, conf, strict=True):
+                out.append(pair_row(role, now.alias, j.served.model.version_id, a, version, label, c))
+            self.on_pairs(role, len(answers))
         return out

@@ -54,6 +54,15 @@ class Server:
             self.served += 1
             return {"label": "a", "version": "v1"}
 
+        @app.post("/v2/models/{name}/infer")
+        async def infer(name: str, request: Request):
+            from datamoat.inference.v2 import HEADER_LENGTH, parse_infer_request
+
+            raw = request.headers.get(HEADER_LENGTH)
+            tensor = parse_infer_request(await request.body(), None if raw is None else int(raw))[0]
+            self.shapes.append(("v2" if raw is None else "v2-binary", name, tensor.shape, str(tensor.dtype)))
+            return {"model_name": name, "outputs": []}
+
         @app.post("/v1/flaky")
         async def flaky():
             self.flaky_calls += 1
@@ -168,6 +177,14 @@ def test_npy_payload_single_and_batched(server):
     assert server.shapes[-1] == ("npy", (1, 8, 8), "uint8")
     loadtest(LoadTestConfig(url=server.url, payload="npy", batch=3, concurrency=1, duration_s=0.2, warmup_s=0))
     assert server.shapes[-1] == ("npy", (3, 1, 8, 8), "uint8")
+
+
+def test_v2_payloads_go_to_the_models_infer_endpoint(server):
+    for payload in ("v2", "v2-binary"):
+        cfg = LoadTestConfig(url=server.url, payload=payload, model="staging", batch=2, concurrency=1, duration_s=0.2)
+        r = loadtest(cfg)
+        assert r.successes > 0 and r.errors == 0
+        assert server.shapes[-1] == (payload, "staging", (2, 1, 8, 8), "uint8")
 
 
 def test_nothing_listening_is_a_clear_error():

@@ -165,3 +165,16 @@ def test_rules_roll_back_a_canary_that_disagrees(live, reg, artifacts):
     assert end["action"] == "canary_end" and end["details"]["outcome"] == "rolled_back"
     reg.r.wait_for_acks(reg.r.generation(), 5)
     assert _predict(srv, reg, RANDOM[0].tolist())["model_version"] == reg.v1
+
+
+def test_the_off_path_answers_are_the_ones_decide_gives():
+    from datamoat.inference.engine import decide
+    from datamoat.serve.shadow import top_answers
+
+    probs = np.random.default_rng(1).dirichlet(np.ones(5) * 0.5, size=200)  # (200, 5)
+    classes = list("abcde")
+    for suppressed in ({}, {"a": "abstain"}, {"b": "renormalize", "c": "abstain"}, dict.fromkeys("abcde", "abstain")):
+        labels, conf = top_answers(probs, classes, suppressed)
+        want = decide(probs, classes, suppressed, top_k=1)
+        assert labels == [a["label"] for a in want]
+        assert conf.tolist() == pytest.approx([0.0 if a["abstained"] else a["top_k"][0]["probability"] for a in want])

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from datamoat.registry.ledger import known_labels
-from datamoat.registry.schema import WRITE_OPTION, ensure_schema
+from datamoat.registry.schema import ensure_schema
 
 __all__ = ["ROLES", "pairs", "ensure_pairs", "pair_row", "write_pairs", "paired_answers"]
 
@@ -80,17 +80,11 @@ def pair_row(
 
 
 def write_pairs(engine: sa.Engine, rows: list[dict[str, Any]]) -> None:
-    """Append release-log rows (a row already there, from a retried batch, is kept)."""
-    if not rows:
-        return
-    # A write transaction from its start (BEGIN IMMEDIATE on SQLite): it reads before it writes.
-    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
-        ids = [r["prediction_id"] for r in rows]
-        q = sa.select(pairs.c.prediction_id, pairs.c.model_version).where(pairs.c.prediction_id.in_(ids))
-        have = {tuple(r) for r in conn.execute(q)}
-        fresh = [r for r in rows if (r["prediction_id"], r["model_version"]) not in have]
-        if fresh:
-            conn.execute(pairs.insert(), fresh)
+    """Append release-log rows in one transaction (each answer is run off the path once, so a row's
+    key, a fresh prediction id and a version, is new)."""
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(pairs.insert(), rows)
 
 
 def paired_answers(engine: sa.Engine, a: str, b: str, alias: str | None = None) -> list[dict[str, Any]]:

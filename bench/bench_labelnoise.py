@@ -30,6 +30,7 @@ labelnoise``.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import tempfile
@@ -81,6 +82,9 @@ SCENARIOS = [
     ).split(",")
     if sc
 ]
+# CleaningConfig fields laid over the defaults for the detection table, as JSON, to try other settings in a
+# tagged run (DATAMOAT_BENCH_TAG) beside the defaults' table, e.g. DM_LN_DETECT='{"epochs": 10}'.
+DETECT = json.loads(os.environ.get("DM_LN_DETECT", "{}"))
 # The recovery part (train on clean, noisy and fixed versions over SEEDS) takes about an hour; 0 skips it.
 RECOVERY = os.environ.get("DM_LN_RECOVERY", "1") != "0"
 ARCH = "cnn_small"
@@ -130,7 +134,7 @@ def detection(ws: Workspace, clean) -> tuple[list[dict], list[str], dict, float]
         pairs = PAIRS if pattern == "pairs" else None
         noisy, flipped = flip_labels(ws, clean, float(rate), seed=int(seed), pairs=pairs)
         t1 = time.perf_counter()
-        issues = find_issues(noisy, CleaningConfig(threads=THREADS))
+        issues = find_issues(noisy, CleaningConfig(threads=THREADS, **DETECT))
         flagged, true = set(issues.flagged.tolist()), set(flipped.tolist())
         hits = len(flagged & true)
         precision, recall = hits / max(len(flagged), 1), hits / len(true)
@@ -183,7 +187,8 @@ def main() -> dict:
     det_rows, top_pairs, others, det_s = detection(ws, clean)
     worst = {k: min(r[k] for r in det_rows) for k in ("precision", "recall")}
     det_notes = [
-        f"Detection: `datamoat data issues` with its defaults ({CleaningConfig().to_dict()}), on the same "
+        f"Detection: `datamoat data issues` with {'these settings' if DETECT else 'its defaults'} "
+        f"({CleaningConfig(**DETECT).to_dict()}), on the same "
         f"{SAMPLES}-image subset. Uniform noise flips a share of all train labels to any other class; pair noise "
         f"flips that share of each paired class's train labels to a partner (Sneaker's partners are Sandal and "
         f"Ankle boot, half each), a fixed list. The model's most confused pairs (out-of-fold predictions against "
@@ -202,7 +207,8 @@ def main() -> dict:
         + ".",
     ]
     detect = {
-        "title": "Label noise: detection with data issues' defaults, uniform and confusable-pair noise",
+        "title": f"Label noise: detection with data issues' {'settings ' + str(DETECT) if DETECT else 'defaults'}, "
+        "uniform and confusable-pair noise",
         "columns": list(det_rows[0]),
         "rows": det_rows,
     }
@@ -420,6 +426,4 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    import json
-
     print(json.dumps(main(), indent=2, default=str))

@@ -5,8 +5,9 @@
     DATAMOAT_BENCH_TAG=seed1 python bench/run.py labelnoise   # writes labelnoise-seed1.*
 
 Each bench/bench_<name>.py defines `main() -> dict` with keys `title`,
-`columns`, `rows` (list of dicts) and optionally `notes` (list of str) and
-`summary` (dict). Every number is measured in this run on this machine.
+`columns`, `rows` (list of dicts) and optionally `notes` (list of str),
+`summary` (dict) and `tables` (list of {title, columns, rows}) shown after
+the first. Every number is measured in this run on this machine.
 """
 
 from __future__ import annotations
@@ -62,17 +63,24 @@ def to_markdown(name: str, out: dict, env: str = "") -> str:
         f"torch {out['machine']['torch']}, {out['machine']['date']}",
         "",
     ]
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "---|" * len(cols))
-    for r in out["rows"]:
+    lines += _table(cols, out["rows"])
+    # A benchmark that measures two things can add more tables, each with its own title and columns.
+    for t in out.get("tables", []):
+        lines += ["", f"## {t['title']}", "", *_table(t["columns"], t["rows"])]
+    for n in out.get("notes", []):
+        lines += ["", n]
+    return "\n".join(lines) + "\n"
+
+
+def _table(cols: list[str], rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
         cells = []
         for c in cols:
             v = r.get(c, "")
             cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
-    for n in out.get("notes", []):
-        lines += ["", n]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: list[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -107,35 +108,73 @@ def merge(
 
 
 def flip_labels(
-    ws: Workspace, base: Dataset, fraction: float, seed: int = 0, *, name: str | None = None
+    ws: Workspace,
+    base: Dataset,
+    fraction: float,
+    seed: int = 0,
+    *,
+    name: str | None = None,
+    pairs: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[Dataset, np.ndarray]:
     """A noisy copy of `base`: exactly round(fraction * n_train) TRAIN labels
     flipped, each uniformly to one of the other classes. Returns the new
     version and the sorted global indices that were flipped.
 
+    With `pairs` the noise is class-conditional instead, the way real label
+    errors concentrate on classes people confuse (Northcutt et al. 2021): in
+    every class named in a pair, exactly round(fraction * n) of its n train
+    labels flip, each to one of its partners (uniformly, when a class is in
+    several pairs); other classes keep their labels.
+
     >>> noisy, flipped = flip_labels(ws, digits, 0.1, seed=0)  # doctest: +SKIP
+    >>> noisy, flipped = flip_labels(ws, fmnist, 0.2, pairs=[(0, 6), (2, 4)])  # doctest: +SKIP
     """
     if not 0 < fraction < 1:
         raise BadInput(f"fraction must be in (0, 1), got {fraction}")
     train_idx = np.flatnonzero(base.split == SPLITS["train"])
-    n_flip = int(round(fraction * len(train_idx)))
+    rng = np.random.default_rng(seed)
+    y = base.y.copy()
+    if pairs is None:
+        n_flip = int(round(fraction * len(train_idx)))
+        flipped = np.sort(rng.choice(train_idx, size=n_flip, replace=False)) if n_flip else train_idx[:0]
+        # Adding 1..K-1 modulo K lands uniformly on every class but the original.
+        y[flipped] = (y[flipped] + rng.integers(1, base.num_classes, size=n_flip)) % base.num_classes
+        source: dict[str, Any] = {"kind": "flip_labels", "fraction": fraction, "seed": seed}
+    else:
+        partners = _partners(pairs, base.num_classes)
+        chosen = []
+        for c in sorted(partners):  # sorted: the same draw whatever order the pairs came in
+            idx = train_idx[base.y[train_idx] == c]
+            pick = rng.choice(idx, size=int(round(fraction * len(idx))), replace=False)
+            y[pick] = np.asarray(partners[c])[rng.integers(0, len(partners[c]), size=len(pick))]
+            chosen.append(pick)
+        flipped = np.sort(np.concatenate(chosen))
+        n_flip = len(flipped)
+        pair_list = sorted({tuple(sorted((int(a), int(b)))) for a, b in pairs})
+        source = {"kind": "flip_labels", "fraction": fraction, "seed": seed, "pairs": [list(p) for p in pair_list]}
     if n_flip == 0:
         raise BadInput(f"a fraction of {fraction} of {len(train_idx)} train samples flips none: raise the fraction")
-    rng = np.random.default_rng(seed)
-    flipped = np.sort(rng.choice(train_idx, size=n_flip, replace=False))
-    y = base.y.copy()
-    # Adding 1..K-1 modulo K lands uniformly on every class but the original.
-    y[flipped] = (y[flipped] + rng.integers(1, base.num_classes, size=n_flip)) % base.num_classes
-    source = {
-        "kind": "flip_labels",
-        "fraction": fraction,
-        "seed": seed,
-        "flipped": n_flip,
-        "flipped_sha256": ws.put_array(flipped),
-    }
-    name = name or f"{base.name}-noisy{round(fraction * 100)}"
+    source.update(flipped=n_flip, flipped_sha256=ws.put_array(flipped))
+    tag = "pairnoisy" if pairs is not None else "noisy"
+    name = name or f"{base.name}-{tag}{round(fraction * 100)}"
     all_kept = np.arange(len(y))
     return _derive(ws, base, base.x, y, base.split, name=name, source=source, kept=all_kept), flipped
+
+
+def _partners(pairs: Sequence[tuple[int, int]], num_classes: int) -> dict[int, list[int]]:
+    """Each class named in `pairs` -> the sorted classes it is paired with."""
+    out: dict[int, set[int]] = defaultdict(set)
+    for pair in pairs:
+        if len(pair) != 2:
+            raise BadInput(f"a pair names two classes, got {pair!r}")
+        a, b = int(pair[0]), int(pair[1])
+        if a == b or not (0 <= a < num_classes and 0 <= b < num_classes):
+            raise BadInput(f"pair ({a}, {b}) must name two different classes in 0..{num_classes - 1}")
+        out[a].add(b)
+        out[b].add(a)
+    if not out:
+        raise BadInput("pairs is empty: name at least one pair of classes, or pass pairs=None for uniform noise")
+    return {c: sorted(p) for c, p in out.items()}
 
 
 def apply_fixes(

@@ -52,7 +52,7 @@ FILTERS = (
 MAX_NEAR_PAIRS = 1000  # keep the issues file readable; the ranking puts the useful pairs first
 # The label-noise benchmark's headline fix, `data fix --keep-above auto --drop-below 0.7`: leave flags whose
 # given label is still plausible, relabel confident suggestions, drop the doubtful rest
-# (bench/results/labelnoise.md compares it with relabelling or dropping every flag).
+# (bench/results/labelnoise-recovery.md compares it with relabelling or dropping every flag).
 RECOMMENDED: dict[str, Any] = {"keep_above": "auto", "drop_below": 0.7}
 
 
@@ -62,12 +62,12 @@ class CleaningConfig(Config):
     no augmentation (cheap; shifts were measured only on 28x28 images, and 2
     pixels is a quarter of an 8x8 one). On 28x28 images, fold models trained twice as long with random
     shifts (`epochs=10, augment="crop"`) are better, and crop_flip underfit
-    in 5 epochs: bench/results/labelnoise.md has the measurements."""
+    in 5 epochs: bench/results/labelnoise-recovery.md has the measurements."""
 
     arch: str = "cnn_small"
     # More architectures whose out-of-fold probabilities are averaged with
     # `arch`'s: a second opinion catches flips and spares hard but correct
-    # samples, at the cost of training each (bench/results/labelnoise.md).
+    # samples, at the cost of training each (bench/results/labelnoise-recovery.md).
     ensemble: tuple[str, ...] = ()
     folds: int = 5
     epochs: int = 5
@@ -78,7 +78,9 @@ class CleaningConfig(Config):
     # How many to flag: cleanlab's estimate of the number of label errors, taken
     # lowest self-confidence first. On Fashion-MNIST with 10% flips this was
     # more precise than prune_by_noise_rate at similar recall (0.84/0.95 vs
-    # 0.66/0.93), which over-flags classes that are merely confusable.
+    # 0.66/0.93), which over-flags classes that are merely confusable. On flips
+    # between confusable pairs no filter reached 0.8 and every other one lost
+    # the uniform case (bench/results/labelnoise.md), so it stays.
     filter_by: str = "low_self_confidence"
     duplicate_threshold: float = 0.995  # on Fashion-MNIST: 51 pairs among 20k at 0.995, 663 at 0.99
     max_duplicate_samples: int = 20_000

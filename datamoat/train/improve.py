@@ -236,7 +236,7 @@ def _data_lever(ws: Workspace, data: Dataset, cfg: ImproveConfig, share: float, 
                 max_duplicate_samples=0,
                 outlier_fraction=0.0,
             )
-            # The label-noise benchmark's headline fix (bench/results/labelnoise.md): leave plausible flags,
+            # The label-noise benchmark's headline fix (bench/results/labelnoise-recovery.md): leave plausible flags,
             # relabel confident suggestions, drop the doubtful rest.
             issues = find_issues(data, cc)
             how = {**RECOMMENDED, "keep_above": plausible_threshold(issues)}  # "auto" resolved once, and recorded

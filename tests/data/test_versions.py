@@ -112,6 +112,30 @@ def test_flip_labels_flips_exactly_the_fraction_of_train_labels(ws, digits):
         flip_labels(ws, digits, 1.5)
 
 
+def test_flip_labels_with_pairs_flips_only_within_the_pairs_at_the_rate(ws, digits):
+    snap = snapshot(digits)
+    pairs = [(1, 7), (3, 8), (8, 9)]  # 8 has two partners
+    partners = {1: {7}, 7: {1}, 3: {8}, 9: {8}, 8: {3, 9}}
+    noisy, flipped = flip_labels(ws, digits, 0.2, seed=5, pairs=pairs)
+    train = np.flatnonzero(digits.split == SPLITS["train"])
+    assert np.isin(flipped, train).all()
+    assert np.array_equal(np.flatnonzero(noisy.y != digits.y), flipped)  # every chosen label changed, nothing else
+    for c in range(digits.num_classes):
+        in_class = flipped[digits.y[flipped] == c]
+        expected = round(0.2 * (digits.y[train] == c).sum()) if c in partners else 0
+        assert len(in_class) == expected, c
+        assert set(noisy.y[in_class].tolist()) <= partners.get(c, set())
+    assert set(noisy.y[flipped[digits.y[flipped] == 8]].tolist()) == {3, 9}  # both partners drawn
+    row = ws.resolve("datasets", noisy.id)
+    assert row["source"]["pairs"] == [[1, 7], [3, 8], [8, 9]] and row["source"]["fraction"] == 0.2
+    again, flipped2 = flip_labels(ws, digits, 0.2, seed=5, pairs=[(9, 8), (7, 1), (8, 3)])  # order does not matter
+    assert again.id == noisy.id and np.array_equal(flipped, flipped2)
+    assert_unchanged(ws, snap)
+    for bad in ([(1, 1)], [(1, 10)], []):
+        with pytest.raises(BadInput, match="pair"):
+            flip_labels(ws, digits, 0.2, pairs=bad)
+
+
 def test_apply_fixes_makes_a_new_version_and_leaves_the_old(ws, digits):
     snap = snapshot(digits)
     new_label = int((digits.y[3] + 1) % 10)

@@ -26,8 +26,8 @@ __all__ = ["near_duplicates", "exact_twins", "pixel_digests", "MAX_NEAR_PAIRS"]
 
 MAX_NEAR_PAIRS = 1000  # keep the issues file readable; the ranking puts the useful pairs first
 # Samples per block of queries and of the vectors they are compared with: a block of similarities is
-# BLOCK x KEYS float32, 16 MiB; wider blocks of keys make fewer, faster matrix products.
-BLOCK, KEYS = 1024, 4096
+# BLOCK x KEYS float32, 8 MiB; wider blocks of keys make fewer, faster matrix products.
+BLOCK, KEYS = 1024, 2048
 
 
 def pixel_digests(x: np.ndarray) -> np.ndarray:

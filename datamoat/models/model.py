@@ -85,23 +85,24 @@ class Model:
         read batch by batch (`read_rows`), so a mapped dataset is never copied whole. In eval mode and
         fp32, on `device` (default: where the weights are); the weights end where they started."""
         at = np.arange(len(x)) if rows is None else np.asarray(rows)
+        # Filled in place: a list of small per-batch results, each left between the large freed
+        # batches, would keep the allocator from reusing or returning their memory, and a pass would
+        # then take more the more batches it has.
+        out = np.empty((len(at), len(self.classes)), dtype=np.float32)  # (N, K)
         was_training = self.net.training
         self.net.eval()
         try:
             with self.placed(device) as dev:
-                out = [
-                    self.net(self.to_tensor(read_rows(x, at[i : i + batch_size])).to(dev, non_blocking=True))
-                    .float()
-                    .cpu()  # (B, K)
-                    for i in range(0, len(at), batch_size)
-                ]
+                for i in range(0, len(at), batch_size):
+                    xb = self.to_tensor(read_rows(x, at[i : i + batch_size])).to(dev, non_blocking=True)
+                    out[i : i + len(xb)] = self.net(xb).float().cpu().numpy()  # (B, K)
         finally:
             self.net.train(was_training)
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
+        return out
 
-    def predict_proba(self, x: np.ndarray, *, rows: np.ndarray | None = None) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, *, rows: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
         """Softmax probabilities for uint8 images (or ``x[rows]``, see `logits`), (N, K)."""
-        return torch.softmax(torch.from_numpy(self.logits(x, rows=rows)), dim=1).numpy()
+        return torch.softmax(torch.from_numpy(self.logits(x, batch_size, rows=rows)), dim=1).numpy()
 
     def meta(self) -> dict[str, Any]:
         meta = {

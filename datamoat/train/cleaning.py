@@ -6,7 +6,7 @@ each fold is predicted by a fresh zoo model trained on the other K-1, so no
 sample is ever scored by a model that memorised its (possibly wrong) label.
 The fold datasets live only in memory; nothing is written to the workspace.
 
-Near duplicates are exact pixel-hash twins anywhere in the dataset plus
+Near duplicates (`datamoat.data.duplicates`) are exact pixel-hash twins anywhere in the dataset plus
 nearest neighbours by cosine similarity of centred, downsampled images within
 the examined train samples; pairs with conflicting labels rank first.
 Outliers are the lowest cleanlab out-of-distribution scores computed from the
@@ -16,17 +16,14 @@ same out-of-fold probabilities.
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import SPLITS, Dataset
+from datamoat.data.duplicates import near_duplicates
 from datamoat.data.transforms import AUGMENTATIONS
-from datamoat.data.versions import pixel_hashes
 from datamoat.errors import BadInput
 from datamoat.models.zoo import ARCHS
 
@@ -49,7 +46,6 @@ FILTERS = (
     "predicted_neq_given",
     "low_normalized_margin",
 )
-MAX_NEAR_PAIRS = 1000  # keep the issues file readable; the ranking puts the useful pairs first
 # The label-noise benchmark's headline fix, `data fix --keep-above auto --drop-below 0.7`: leave flags whose
 # given label is still plausible, relabel confident suggestions, drop the doubtful rest
 # (bench/results/labelnoise-recovery.md compares it with relabelling or dropping every flag).
@@ -180,74 +176,10 @@ def _out_of_fold_arch(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, arch:
         view = dataclasses.replace(data, id=f"{data.id}-fold{k}", split=split)
         model = new_model(arch, view, seed=cfg.seed + k)
         model = train(model, view, tcfg.replace(seed=cfg.seed + k), progress=progress)
-        probs[fold == k] = model.predict_proba(data.x, rows=held)
+        # Scored in training-size batches: the default's 1024 would make a held fold smaller than
+        # that take memory by its size.
+        probs[fold == k] = model.predict_proba(data.x, rows=held, batch_size=tcfg.batch_size)  # (n_k, K)
     return probs
-
-
-def _downsampled(x: np.ndarray) -> torch.Tensor:
-    """(N, C, H, W) uint8 -> (N, D) unit vectors of centred, <=14x14 images."""
-    t = torch.from_numpy(np.asarray(x, dtype=np.float32))  # (N, C, H, W)
-    factor = max(1, min(t.shape[2], t.shape[3]) // 14)
-    if factor > 1:
-        t = F.avg_pool2d(t, factor)  # (N, C, H/f, W/f)
-    v = t.flatten(1)
-    v = v - v.mean(1, keepdim=True)  # centred: cosine becomes correlation, so a blank background does not dominate
-    return F.normalize(v, dim=1)
-
-
-def near_duplicates(
-    data: Dataset, examined: np.ndarray, threshold: float, max_samples: int, seed: int = 0
-) -> list[dict[str, Any]]:
-    """Exact twins anywhere in `data`, then nearest neighbours with cosine
-    similarity >= `threshold` among (at most `max_samples` of) `examined`.
-    Conflicting labels first, then by similarity.
-
-    >>> pairs = near_duplicates(ds, np.flatnonzero(ds.split == 0), 0.99, 5000)  # doctest: +SKIP
-    """
-    pairs: dict[tuple[int, int], float] = {}
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, h in enumerate(pixel_hashes(data.x)):
-        groups[h].append(i)
-    for members in groups.values():
-        for other in members[1:]:
-            pairs[(members[0], other)] = 1.0
-    pool = examined
-    if max_samples and len(pool) > max_samples:
-        pool = np.sort(np.random.default_rng(seed).choice(pool, size=max_samples, replace=False))
-    if max_samples and len(pool) > 1:
-        v = _downsampled(data.x[pool])  # (n, D)
-        for start in range(0, len(pool), 1024):
-            sim = v[start : start + 1024] @ v.T  # (b, n), blocked so memory stays ~4 MB per 1k samples
-            rows = torch.arange(sim.shape[0])
-            sim[rows, rows + start] = -1.0  # not yourself
-            best, j = sim.max(1)
-            for r in torch.nonzero(best >= threshold).flatten().tolist():
-                a, b = sorted((int(pool[start + r]), int(pool[int(j[r])])))
-                pairs.setdefault((a, b), min(1.0, float(best[r])))
-    out: list[dict[str, Any]] = []
-    for (a, b), s in pairs.items():
-        ya, yb = int(data.y[a]), int(data.y[b])
-        out.append(
-            {
-                "a": a,
-                "b": b,
-                "similarity": round(s, 6),
-                "exact": s == 1.0 and _same(data, a, b),
-                "labels": [ya, yb],
-                "conflict": ya != yb,
-                "splits": [_split_name(data, a), _split_name(data, b)],
-            }
-        )
-    out.sort(key=lambda p: (not p["conflict"], not p["exact"], -p["similarity"], p["a"], p["b"]))
-    return out[:MAX_NEAR_PAIRS]
-
-
-def _same(data: Dataset, a: int, b: int) -> bool:
-    return bool(np.array_equal(data.x[a], data.x[b]))
-
-
-def _split_name(data: Dataset, i: int) -> str:
-    return {c: n for n, c in SPLITS.items()}.get(int(data.split[i]), "?")
 
 
 def find_issues(

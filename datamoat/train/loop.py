@@ -253,19 +253,22 @@ def train(
         rows_at = _batch_reader(model, data.x, train_rows[keep], dev)
     # This rank's share of the val split, batch by batch, so memory does not grow with the split: a
     # photo version is decoded from its shards (the rendered pixels, bit for bit), arrays are read.
+    # Batches of the training batch size: a larger one would make the activations of a val split
+    # that is smaller than it grow with the split, and the peak of the run with it.
     val_rows = np.flatnonzero(data.split == SPLITS["val"])[rank::world]  # (V,)
     no_val = not (data.split == SPLITS["val"]).any()  # with no val split there is nothing to select on
+    val_batch = cfg.batch_size
     if streaming:
         from datamoat.data.photo_render import pixel_batches
 
         def val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for xb, at in pixel_batches(data, val_rows, batch_size=1024, workers=workers):
+            for xb, at in pixel_batches(data, val_rows, batch_size=val_batch, workers=workers):
                 yield model.to_tensor(xb), torch.from_numpy(data.y[at])
     else:
 
         def val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for i in range(0, len(val_rows), 1024):
-                at = val_rows[i : i + 1024]  # (B,)
+            for i in range(0, len(val_rows), val_batch):
+                at = val_rows[i : i + val_batch]  # (B,)
                 yield model.to_tensor(read_rows(data.x, at)), torch.from_numpy(data.y[at])
 
     if dev.type == "cuda":  # fixed input shapes: let cuDNN time its convolution algorithms once

@@ -127,13 +127,22 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         Quotas(cfg.review_rate_per_token, 100),
         monitor,
         ShadowRunner(
-            registry.engine,
+            registry.url,
             lambda: ctl.state,
             cfg.shadow_queue,
+            cfg.shadow_threads,
             on_drop=metrics.shadow_dropped.inc,
             on_pairs=lambda role, n: metrics.release_pairs.labels(role).inc(n),
         ),
     )
+    runner = ctx.shadow
+    assert runner is not None
+
+    def acked(generation: int) -> None:
+        metrics.generation.set(generation)
+        runner.refresh()  # the off-path runner's queued jobs see a takedown at once
+
+    ctl.on_ack = acked
     docs = "/docs" in cfg.open_paths  # the schema lists every endpoint: closed unless opened
     app = FastAPI(
         title="datamoat",
@@ -188,8 +197,6 @@ async def _lifespan(app: FastAPI):
     if ctx.config.release_check_s > 0:
         loops.append(_release_rules(ctx))
     await asyncio.to_thread(ensure_pairs, ctx.registry.engine)
-    if ctx.shadow is not None:
-        ctx.shadow.start()
     tasks = [asyncio.create_task(c) for c in loops]
     try:
         yield

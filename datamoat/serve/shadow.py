@@ -4,24 +4,29 @@
 the same image always lands on the same side) or of its client (route key "client": the
 ``X-Datamoat-Client`` header, else the token's name), so a client sees one version throughout.
 
-`ShadowRunner` runs, on a thread of its own and after the answer was returned, the other side of
-each released request: the shadow candidate on a production request, or the production version on
-a canary request. Its answers go to the release log (`datamoat.registry.pairs`), never to a client.
-Its queue is bounded: when the model falls behind, pairs are dropped and counted, and the request
-path never waits. Its thread asks the OS for a lower priority, and a shadow's session runs on
-`ServeConfig.shadow_threads` threads, so it takes what the primary leaves.
+`ShadowRunner` runs, after the answer was returned, the other side of each released request: the
+shadow candidate on a production request, or the production version on a canary request. Its
+answers go to the release log (`datamoat.registry.pairs`), never to a client. It runs in a process
+of its own, started with the first released request, at a lower OS priority and with
+`ServeConfig.shadow_threads` ONNX Runtime threads: a thread in the server would share the server's
+GIL, and a low-priority thread holding the GIL stalls every request behind it. The server only
+queues the inputs; the queue is bounded, so when the runner falls behind pairs are dropped and
+counted, and the request path never waits. The runner loads the versions from the registry itself
+and checks every job against the newest control state the server sent it, so a candidate taken
+down or a release ended is not run however many of its jobs were queued.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
+import multiprocessing
 import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +39,7 @@ from datamoat.registry.pairs import pair_row, write_pairs
 __all__ = ["route", "in_canary", "top_answers", "ShadowRunner"]
 
 log = logging.getLogger("datamoat.serve")
-_STOP = object()
+_IN_MEMORY = ("sqlite://", "sqlite:///:memory:")  # another process cannot open these
 
 
 def in_canary(key: bytes, percent: float) -> bool:
@@ -71,131 +76,190 @@ def route(state: Any, x: np.ndarray, client: str) -> str:
     return "canary" if in_canary(key, state.canary_percent) else "primary"
 
 
-@dataclasses.dataclass
-class _Job:
-    role: str  # shadow | canary
-    served: Any  # the state that answered
-    version: str  # the version to run off the path
-    prepare: Prepare
-    x: np.ndarray  # (n, C, H, W) the inputs the served answers came from
-    answers: list[dict[str, Any]]
-
-
 class ShadowRunner:
     """The release log's producer; `submit` never blocks the request.
 
-    >>> runner = ShadowRunner(registry.engine, lambda: ctl.state)  # doctest: +SKIP
+    >>> runner = ShadowRunner("sqlite:///reg.db", lambda: ctl.state)  # doctest: +SKIP
     >>> runner.submit("shadow", served_state, shadow_version, prepare, x, answers)  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        engine: Any,
+        registry_url: str,
         current_state: Callable[[], Any],
         max_queued: int = 1024,
-        batch: int = 64,
+        threads: int = 1,
         on_drop: Callable[[int], None] = lambda n: None,
         on_pairs: Callable[[str, int], None] = lambda role, n: None,
+        batch: int = 64,
         flush_s: float = 0.5,
     ):
-        self.engine, self.current_state = engine, current_state
-        self.max_queued, self.on_drop, self.on_pairs, self.flush_s = max_queued, on_drop, on_pairs, flush_s
-        self.batch = batch  # most inputs in one off-path model call
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.url, self.current_state, self.threads = registry_url, current_state, threads
+        self.max_queued, self.on_drop, self.on_pairs = max_queued, on_drop, on_pairs
+        self.batch, self.flush_s = batch, flush_s  # most inputs in one off-path model call; longest wait to write
         self._lock = threading.Lock()
-        self.queued = 0  # inputs waiting (any thread, under the lock)
-        self._thread: threading.Thread | None = None
-        self.idle = threading.Event()  # set while nothing waits or runs (tests and flushes)
+        self.queued = 0  # inputs sent to the runner and not yet done (under the lock)
+        self.idle = threading.Event()  # set while nothing waits, runs or is unwritten (tests, shutdown)
         self.idle.set()
+        self._proc: Any = None
+        self._jobs: Any = None
+        self._sent: tuple[Any, ...] | None = None  # the control state the runner last got
+
+    # -- the server's side ------------------------------------------------------------------
+    def _allowed(self) -> tuple[Any, ...]:
+        """What the runner may run as of the current state: (generation, {(role, version)}, suppressions)."""
+        st = self.current_state()
+        ok = set()
+        if st.model is not None and st.shadow is not None:
+            ok.add(("shadow", st.shadow.model.version_id))
+        if st.model is not None and st.canary is not None:
+            ok.add(("canary", st.model.version_id))
+        return st.generation, frozenset(ok), dict(st.suppressed)
+
+    def refresh(self) -> None:
+        """Send the runner the current control state, if it changed (the controller calls this on
+        every change, so queued jobs of a version just taken down are not run)."""
+        if self._proc is None:
+            return
+        now = self._allowed()
+        if now != self._sent:
+            self._sent = now
+            self._jobs.put(("allow", now[1], now[2]))
+
+    def _start(self) -> bool:
+        if self.url in _IN_MEMORY:
+            log.warning("an in-memory registry cannot be shared with the off-path runner: releases are not compared")
+            return False
+        ctx = multiprocessing.get_context("spawn")  # fork would copy the server's threads' locks
+        self._jobs, done = ctx.Queue(), ctx.Queue()
+        args = (self.url, self.threads, self.batch, self.flush_s, self._jobs, done)
+        self._proc = ctx.Process(target=_runner_main, args=args, name="datamoat-shadow", daemon=True)
+        self._proc.start()
+        threading.Thread(target=self._receive, args=(done,), name="datamoat-shadow-done", daemon=True).start()
+        return True
 
     def submit(self, role: str, served: Any, version: str, prepare: Prepare, x: np.ndarray, answers: list) -> bool:
         """Queue the off-path run of one request; False (and counted) when the queue is full."""
+        st = self.current_state()
+        side = st.shadow if role == "shadow" else st
+        if side is None or side.model is None or side.model.version_id != version:
+            return False
         with self._lock:
-            if self.queued + len(x) > self.max_queued:
+            if self.queued + len(x) > self.max_queued or (self._proc is None and not self._start()):
                 self.on_drop(len(x))
                 return False
             self.queued += len(x)
             self.idle.clear()
-        self._queue.put(_Job(role, served, version, prepare, x, answers))
+        model = side.model
+        if x.shape[1:] != model.input_shape:  # the candidate reads another size: prepare it here, once
+            x = prepare(model.input_shape, model.photo)
+        self.refresh()
+        conf = [float(a["top_k"][0]["probability"]) if a["top_k"] and not a["abstained"] else 0.0 for a in answers]
+        served_rows = [(a["prediction_id"], a["label"], c) for a, c in zip(answers, conf, strict=True)]
+        self._jobs.put(("job", role, st.alias, served.model.version_id, version, np.ascontiguousarray(x), served_rows))
         return True
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="datamoat-shadow", daemon=True)
-        self._thread.start()
+    def _receive(self, done: Any) -> None:
+        """The runner's reports: inputs done, pairs written per role, whether anything is unwritten."""
+        while True:
+            try:
+                msg = done.get()
+            except (EOFError, OSError):
+                return
+            if msg is None:
+                return
+            n, pairs, clean = msg
+            for role, k in pairs.items():
+                self.on_pairs(role, k)
+            with self._lock:
+                self.queued -= n
+                if self.queued == 0 and clean:
+                    self.idle.set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._queue.put(_STOP)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._proc is None:
+            return
+        self._jobs.put(("stop",))
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc = None
 
-    def _take(self) -> tuple[list[_Job], bool]:
-        """(the jobs queued now, up to `batch` inputs, waiting up to `flush_s` for the first; stop?)."""
-        try:
-            first = self._queue.get(timeout=self.flush_s)
-        except queue.Empty:
-            return [], False
-        if first is _STOP:
-            return [], True
-        jobs, n = [first], len(first.x)
-        while n < self.batch:  # one model call for what piled up: the per-call cost is paid once
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is _STOP:
-                return jobs, True
-            jobs.append(job)
-            n += len(job.x)
-        return jobs, False
 
-    def _work(self) -> None:
-        with contextlib.suppress(AttributeError, OSError):  # Linux: a thread is a task, so only this one is lowered
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        rows: list[dict[str, Any]] = []
-        last, stop = time.monotonic(), False
-        while not stop:
-            jobs, stop = self._take()
-            if jobs:
-                try:
-                    rows += self._run(jobs)
-                except Exception:  # a failing candidate must not stop the log
-                    log.exception("off-path run of version %s failed", jobs[0].version)
-                finally:
-                    with self._lock:
-                        self.queued -= sum(len(j.x) for j in jobs)
-            if rows and (len(rows) >= 256 or time.monotonic() - last >= self.flush_s or self.queued == 0):
-                rows = self._flush(rows)
-                last = time.monotonic()
-            with self._lock:
-                if self.queued == 0 and not rows:
-                    self.idle.set()
-        self._flush(rows)
-
-    def _flush(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        try:
-            write_pairs(self.engine, rows)
-        except Exception:  # a database hiccup loses these pairs, never the server
-            log.exception("writing %d release-log rows failed", len(rows))
+# -- the runner's side (its own process) ---------------------------------------------------------
+def _take(jobs: Any, batch: int, wait_s: float) -> list[tuple]:
+    """The messages queued now: the first waited for up to `wait_s`, then up to `batch` inputs more."""
+    try:
+        msgs = [jobs.get(timeout=wait_s)]
+    except queue.Empty:
         return []
+    n = len(msgs[0][5]) if msgs[0][0] == "job" else 0
+    while n < batch and msgs[-1][0] != "stop":
+        try:
+            m = jobs.get_nowait()
+        except queue.Empty:
+            break
+        msgs.append(m)
+        n += len(m[5]) if m[0] == "job" else 0
+    return msgs
 
-    def _run(self, jobs: list[_Job]) -> list[dict[str, Any]]:
-        """The off-path answers of some jobs, one model call per version, under the control state
-        current now: a version taken down or a release ended since the request is not run, and
-        suppressions apply."""
-        now = self.current_state()
-        out: list[dict[str, Any]] = []
-        for role, version in dict.fromkeys((j.role, j.version) for j in jobs):
-            side = now.shadow if role == "shadow" else now
-            if side is None or side.model is None or side.model.version_id != version:
+
+def _runner_main(url: str, threads: int, batch: int, flush_s: float, jobs: Any, done: Any) -> None:
+    """The off-path runner: run allowed jobs, one model call per version, write pairs, report."""
+    from datamoat.registry.core import Registry
+    from datamoat.registry.register import load_version
+
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the whole process: it takes what the server leaves
+    reg = Registry(url)
+    models: dict[str, Any] = {}
+    allowed: frozenset = frozenset()
+    suppressed: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    last, stop = time.monotonic(), False
+    while not stop:
+        msgs = _take(jobs, batch, flush_s)
+        todo, n_in, pairs = [], 0, Counter[str]()
+        for m in msgs:
+            if m[0] == "stop":
+                stop = True
+            elif m[0] == "allow":
+                allowed, suppressed = m[1], m[2]  # newest first: queued jobs are checked against it
+            else:
+                todo.append(m)
+                n_in += len(m[5])
+        for role, version in dict.fromkeys((m[1], m[4]) for m in todo):
+            mine = [m for m in todo if (m[1], m[4]) == (role, version)]
+            if (role, version) not in allowed:
+                continue  # taken down or ended since it was queued: never run
+            try:
+                if version not in models:
+                    if len(models) >= 3:
+                        models.pop(next(iter(models)))
+                    models[version] = load_version(reg, version, threads)
+                model = models[version]
+                probs, _ = model.run(np.concatenate([m[5] for m in mine]))  # (sum n, K)
+            except Exception:  # a broken candidate loses its pairs, never the runner
+                log.exception("off-path run of version %s failed", version)
                 continue
-            model, mine = side.model, [j for j in jobs if (j.role, j.version) == (role, version)]
-            xs = [
-                j.x if j.x.shape[1:] == model.input_shape else j.prepare(model.input_shape, model.photo) for j in mine
-            ]
-            probs, _ = model.run(np.concatenate(xs))  # (sum n, K)
-            labels, conf = top_answers(probs, model.classes, now.suppressed)
-            answers = [(j, a) for j in mine for a in j.answers]
-            for (j, a), label, c in zip(answers, labels, conf, strict=True):
-                out.append(pair_row(role, now.alias, j.served.model.version_id, a, version, label, c))
-            self.on_pairs(role, len(answers))
-        return out
+            labels, conf = top_answers(probs, model.classes, suppressed)
+            served = [(m, s) for m in mine for s in m[6]]
+            for (m, (pid, s_label, s_conf)), label, c in zip(served, labels, conf, strict=True):
+                ans = {
+                    "prediction_id": pid,
+                    "label": s_label,
+                    "abstained": s_label is None,
+                    "top_k": [{"probability": s_conf}],
+                }
+                rows.append(pair_row(role, m[2], m[3], ans, version, label, c))
+            pairs[role] += len(served)
+        wrote = bool(rows) and (stop or len(rows) >= 256 or time.monotonic() - last >= flush_s or jobs.empty())
+        if wrote:
+            try:
+                write_pairs(reg.engine, rows)
+            except Exception:  # a database hiccup loses these pairs, never the server
+                log.exception("writing %d release-log rows failed", len(rows))
+            rows, last = [], time.monotonic()
+        if msgs or wrote:
+            done.put((n_in, dict(pairs), not rows))
+    done.put(None)

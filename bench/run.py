@@ -38,6 +38,7 @@ ORDER = [
     "ddp",
     "drift",
     "guarantee",
+    "releases",
 ]
 
 

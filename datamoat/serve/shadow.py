@@ -104,27 +104,26 @@ class ShadowRunner:
         self._proc: Any = None
         self._jobs: Any = None
         self._sent: tuple[Any, ...] | None = None  # the control state the runner last got
+        self._seen = -1  # the generation `refresh` last looked at
 
     # -- the server's side ------------------------------------------------------------------
-    def _allowed(self) -> tuple[Any, ...]:
-        """What the runner may run as of the current state: (generation, {(role, version)}, suppressions)."""
+    def refresh(self) -> None:
+        """Send the runner what it may run as of the current state ({(role, version)} and the
+        suppressions), if that changed: the controller calls this on every change, so queued jobs of
+        a version just taken down are not run, and `submit` on a generation it has not seen yet."""
         st = self.current_state()
+        if self._proc is None or st.generation == self._seen:
+            return
+        self._seen = st.generation
         ok = set()
         if st.model is not None and st.shadow is not None:
             ok.add(("shadow", st.shadow.model.version_id))
         if st.model is not None and st.canary is not None:
             ok.add(("canary", st.model.version_id))
-        return st.generation, frozenset(ok), dict(st.suppressed)
-
-    def refresh(self) -> None:
-        """Send the runner the current control state, if it changed (the controller calls this on
-        every change, so queued jobs of a version just taken down are not run)."""
-        if self._proc is None:
-            return
-        now = self._allowed()
+        now = (frozenset(ok), dict(st.suppressed))
         if now != self._sent:
             self._sent = now
-            self._jobs.put(("allow", now[1], now[2]))
+            self._jobs.put(("allow", *now))
 
     def _start(self) -> bool:
         if self.url in _IN_MEMORY:

@@ -20,11 +20,20 @@ from typing import Any
 import numpy as np
 
 from datamoat.data.dataset import POOL, SPLITS, UNLABELED, Dataset, make_dataset
-from datamoat.data.photo_index import PhotoRefs
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace
 
-__all__ = ["POOL", "UNLABELED", "ORIGINS", "pool_rows", "origins", "origin_counts", "make_pool", "with_pool", "label_rows"]
+__all__ = [
+    "POOL",
+    "UNLABELED",
+    "ORIGINS",
+    "pool_rows",
+    "origins",
+    "origin_counts",
+    "make_pool",
+    "with_pool",
+    "label_rows",
+]
 
 ORIGINS = ("import", "human", "gate", "model")
 
@@ -181,11 +190,7 @@ def _child(
 ) -> Dataset:
     """Store a child of `base` with explicit splits and origins, keeping its preprocessing (and, when
     `kept`, a photo dataset's original bytes, row for row)."""
-    photo = "photo" in base.preprocess
-    photos = None
-    if kept and base.manifest.get("photos"):
-        refs = PhotoRefs.load(ws, base.manifest["photos"]).take(np.arange(len(y)))
-        photos = {**base.manifest["photos"], **refs.store(ws)}
+    photos = base.manifest.get("photos") if kept else None  # the same rows: the same original bytes
     return make_dataset(
         ws,
         x,

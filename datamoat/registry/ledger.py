@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,9 @@ __all__ = [
     "write_predictions",
     "record_feedback",
     "known_labels",
+    "logged_inputs",
+    "pixel_coverage",
+    "reviewed_items",
 ]
 
 AUDIT_REASON = "audit sample of automated answers: checks the guarantee"
@@ -325,6 +329,14 @@ def release_review(engine: sa.Engine, prediction_id: str, feedback_item: int | N
             conn.execute(mark.values(feedback_item=feedback_item))
 
 
+def reviewed_items(engine: sa.Engine) -> set[int]:
+    """The quarantine items that people's /review decisions became. The queue records each link
+    itself when a review token decides, so feedback a client sends (whatever its source) is never one."""
+    ensure_ledger(engine)
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(review.c.feedback_item).where(review.c.feedback_item.is_not(None))).scalars())
+
+
 def audit_decisions(engine: sa.Engine, version_id: str) -> list[bool]:
     """Per decided audit item of a version, in decision order, whether the automated answer was right."""
     ensure_ledger(engine)  # a registry no server has used yet has no queue: then there are none
@@ -360,3 +372,59 @@ def add_logged_review(conn: sa.Connection, log_row: dict[str, Any], review_row: 
     """One prediction and its review item, in the caller's transaction (a device's upload)."""
     conn.execute(predictions.insert().values(log_row))
     conn.execute(review.insert().values(review_row))
+
+
+# -- what the unlabeled pools read (`datamoat.feedback.intake`) ----------------------------------
+def logged_inputs(
+    engine: sa.Engine,
+    *,
+    status: str | None = None,
+    alias: str | None = None,
+    ids: list[str] | None = None,
+    batch: int = 256,
+) -> Iterator[list[dict[str, Any]]]:
+    """The logged inputs whose pixels the ledger keeps, oldest first, `batch` rows at a time: each
+    {prediction_id, ts, alias, model_version, status, exact, pixels uint8 (C, H, W)}. Only the review
+    queue keeps pixels (answers below the policy threshold, abstentions, the audit sample, devices'
+    uploads); every other answer is logged by its input hash alone. `status` ("open", "decided"),
+    `alias` and `ids` (prediction ids, read 500 at a time, each lot oldest first) narrow them."""
+    ensure_ledger(engine)
+    q = sa.select(*[c for c in review.c if c.name in _INPUT_COLUMNS]).order_by(review.c.ts, review.c.prediction_id)
+    q = q.where(review.c.status == status) if status else q
+    q = q.where(review.c.alias == alias) if alias else q
+
+    def lot(query: Any) -> list[dict[str, Any]]:
+        with engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [{**r, "pixels": np.frombuffer(r["pixels"], np.uint8).reshape(json.loads(r["shape"]))} for r in rows]
+
+    if ids is not None:
+        for i in range(0, len(ids), 500):  # bounded IN lists: SQLite caps bound parameters
+            got = lot(q.where(review.c.prediction_id.in_(ids[i : i + 500])))
+            if got:
+                yield got
+        return
+    after: tuple[float, str] | None = None
+    while True:  # keyset pages: each read holds one batch of pixels, whatever the queue's size
+        later = (
+            None
+            if after is None
+            else (review.c.ts > after[0]) | ((review.c.ts == after[0]) & (review.c.prediction_id > after[1]))
+        )
+        got = lot((q if later is None else q.where(later)).limit(batch))
+        if not got:
+            return
+        yield got
+        after = (got[-1]["ts"], got[-1]["prediction_id"])
+
+
+_INPUT_COLUMNS = ("prediction_id", "ts", "alias", "model_version", "status", "exact", "pixels", "shape")
+
+
+def pixel_coverage(engine: sa.Engine) -> dict[str, int]:
+    """How many answers the log holds, and of how many it keeps the pixels (the review queue's)."""
+    ensure_ledger(engine)
+    with engine.connect() as conn:
+        answers = conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one()
+        kept = conn.execute(sa.select(sa.func.count()).select_from(review)).scalar_one()
+    return {"answers": int(answers), "with_pixels": int(kept)}

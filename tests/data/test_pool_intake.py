@@ -57,8 +57,17 @@ def test_class_subfolders_and_an_unlabeled_one_render_to_one_version_with_a_pool
     # Labelled pool rows keep their originals, so training streams fresh crops of them.
     labelled = label_rows(ws, ds, rows[:2], np.array([0, 1]), origin="human", actor="ana")
     assert photo_refs(labelled) == photo_refs(ds)
-    samples, _ = photo_loader(labelled, np.flatnonzero(labelled.split == SPLITS["train"]), batch_size=4, workers=0, seed=0)
+    samples, _ = photo_loader(
+        labelled, np.flatnonzero(labelled.split == SPLITS["train"]), batch_size=4, workers=0, seed=0
+    )
     assert len(samples) == int((labelled.split == SPLITS["train"]).sum()) and samples[0][0].shape == (3, 16, 16)
+    # Training streams the labelled rows' crops and passes the pool by.
+    from datamoat.models import new_model
+    from datamoat.train import TrainConfig, train
+
+    cfg = TrainConfig(epochs=1, batch_size=4, threads=1, workers=0, patience=0)
+    model = train(new_model("mlp", labelled), labelled, cfg, progress=False)
+    assert model.history["curve"][0]["train_loss"] > 0
     # "" turns the convention off: the folder is then a class like any other.
     v2 = import_photos(ws, tmp_path / "site", PhotoImportConfig(test_fraction=0.25, unlabeled_folder=""))
     assert v2.classes == ["a", "b", "unlabeled"] and v2.report["unlabeled"] == 0

@@ -45,12 +45,13 @@ __all__ = [
     "new_images",
     "store_pool",
     "lineage",
+    "lineage_keys",
     "pool_from_folder",
     "pool_report",
     "provenance",
 ]
 
-MAX_INLINE = 1000  # keys listed in the source itself; every list is also kept as a blob
+MAX_INLINE = 100  # a list this short is in the source itself too; every list is kept as a blob
 
 
 @dataclasses.dataclass
@@ -226,9 +227,24 @@ def new_images(x: np.ndarray, into: Dataset | None = None) -> np.ndarray:
 
 def lineage(ws: Workspace, what: str, keys: list[str], first_row: int) -> dict[str, Any]:
     """The source entries naming where each new pool row came from: `keys[i]` is row `first_row + i`.
-    The list is kept as a blob (``<what>_sha256``, JSON) and, up to `MAX_INLINE`, in the source too."""
+    The list is kept as a blob (``<what>_sha256``, JSON) and, up to `MAX_INLINE` keys, in the source
+    too, so a long list does not swell the catalog; `lineage_keys` reads it back either way."""
     blob = ws.put_bytes(json.dumps(keys).encode())
-    return {"items": len(keys), "first_row": first_row, f"{what}_sha256": blob, what: keys[:MAX_INLINE]}
+    out = {"items": len(keys), "first_row": first_row, f"{what}_sha256": blob}
+    return {**out, what: keys} if len(keys) <= MAX_INLINE else out
+
+
+def lineage_keys(ws: Workspace, source: dict[str, Any], what: str) -> list[str]:
+    """The keys (`lineage`'s `what`: "paths", "prediction_ids") an intake's source records, in row order.
+
+    >>> ws = Workspace.init(__import__("tempfile").mkdtemp())
+    >>> lineage_keys(ws, lineage(ws, "paths", ["a.png", "b.png"], 0), "paths")
+    ['a.png', 'b.png']
+    """
+    src = source.get("from", source) if f"{what}_sha256" not in source else source  # with_pool nests it
+    if what in src:
+        return list(src[what])
+    return list(json.loads(ws.get_bytes(src[f"{what}_sha256"])))
 
 
 def store_pool(

@@ -12,6 +12,7 @@ import pytest
 from dmtest import dm_main
 from PIL import Image
 
+from datamoat.data import intake
 from datamoat.data.dataset import POOL, SPLITS, load_dataset
 from datamoat.data.duplicates import near_duplicates
 from datamoat.data.intake import PoolConfig, PoolTarget, pool_from_folder, pool_target, provenance, read_folder
@@ -120,7 +121,7 @@ def _folder(tmp_path, digits):
     return root, files
 
 
-def test_a_folder_joins_a_dataset_as_the_server_shapes_uploads_without_repeats(ws, digits, tmp_path):
+def test_a_folder_joins_a_dataset_as_the_server_shapes_uploads_without_repeats(ws, digits, tmp_path, monkeypatch):
     root, files = _folder(tmp_path, digits)
     grown, report = pool_from_folder(ws, root, into=digits)
     assert report["added"] == 3 and report["duplicates"] == 2 and report["unlabeled"] == 3
@@ -138,6 +139,14 @@ def test_a_folder_joins_a_dataset_as_the_server_shapes_uploads_without_repeats(w
     assert np.array_equal(grown.x[: len(digits.y)], digits.x) and grown.preprocess == digits.preprocess
     with pytest.raises(BadInput, match="already in"):  # the same folder again adds nothing
         pool_from_folder(ws, root, into=grown)
+    monkeypatch.setattr(intake, "MAX_INLINE", 2)  # a long list stays out of the catalog row, in its blob
+    alone, _ = pool_from_folder(ws, root, like=PoolTarget.of(digits))
+    src = ws.resolve("datasets", alone.id)["source"]
+    assert "paths" not in src and intake.lineage_keys(ws, src, "paths") == [
+        *got["paths"][:2],
+        "sub/known.png",
+        got["paths"][2],
+    ]
     with pytest.raises(BadInput, match="broken.png"):
         pool_from_folder(ws, root, into=digits, config=PoolConfig(strict=True))
 

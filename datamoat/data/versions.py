@@ -226,6 +226,8 @@ def apply_fixes(
         label = fix.get("new_label")
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < k:
             raise BadInput(f"fix #{i} has new_label {label!r}: give a class index in 0..{k - 1} or drop=true")
+        if base.split[idx] == POOL:  # a first label is not a fix: it moves the item out of the pool
+            raise BadInput(f"fix #{i} labels pool item {idx}, which has no label to fix: label it with label_rows")
         relabelled += int(label != y[idx])
         y[idx] = label
     dropped = int((~keep).sum())

@@ -20,7 +20,7 @@ from datamoat.data.photo_render import photo_loader, photo_refs, render_photos
 from datamoat.data.photo_transforms import PhotoTransformConfig, decode, fit
 from datamoat.data.photos import PhotoImportConfig, import_photos
 from datamoat.data.pool import label_rows, origins, pool_rows, with_pool
-from datamoat.data.versions import diff, merge
+from datamoat.data.versions import apply_fixes, diff, merge
 from datamoat.errors import BadInput, NotFound
 from datamoat.inference.inputs import parse_image
 
@@ -229,6 +229,9 @@ def test_diff_and_duplicates_see_the_pool(ws, digits):
     d = diff(ws, pooled, done)
     assert d["pool"] == {"a": 5, "b": 2, "added": 0, "removed": 3, "unchanged": 2, "labelled": 3}
     assert d["splits"]["train"]["added"] == 3
+    with pytest.raises(BadInput, match="labels pool item"):
+        apply_fixes(ws, pooled, [{"index": int(rows[0]), "new_label": 1}])
+    assert len(apply_fixes(ws, pooled, [{"index": int(rows[0]), "drop": True}]).y) == len(pooled.y) - 1
     pairs = near_duplicates(pooled, np.flatnonzero(pooled.split == SPLITS["train"]), 0.999, 5000)
     twins = [p for p in pairs if len(digits.y) in (p["a"], p["b"])]  # the pool's copy of a test image
     assert twins and twins[0]["exact"] and not twins[0]["conflict"] and "pool" in twins[0]["splits"]

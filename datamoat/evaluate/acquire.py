@@ -48,7 +48,7 @@ __all__ = ["AcquireConfig", "STRATEGIES", "select", "model_outputs", "scores"]
 
 STRATEGIES = ("margin", "entropy", "disagreement", "kcenter", "badge", "random", "hybrid")
 _EMBEDDED = ("kcenter", "badge", "hybrid")  # the strategies that read embeddings
-_BLOCK = 1 << 22  # entries in one block of a distance computation (16 MiB of float32)
+_BLOCK = 1 << 20  # entries in one block of a distance computation (4 MiB of float32)
 
 
 @dataclasses.dataclass

@@ -93,7 +93,9 @@ def suggest_cmd(
 @label_app.command("apply")
 def apply_cmd(
     pool: str = typer.Argument(..., help="The dataset version whose pool items people labelled (id or name)."),
-    name: str = typer.Option(None, "--name", help="Name of the new version (default: the pool's)."),
+    name: str = typer.Option(
+        None, "--name", help="Name of the new version (default: the pool's, which then names the newest)."
+    ),
     registry: str = RegistryOpt,
     as_json: bool = JsonOpt,
 ) -> None:

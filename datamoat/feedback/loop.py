@@ -7,7 +7,8 @@ seeded random sample), has them labelled, makes the labelled version
 architecture on it (`datamoat.train.loop.train`: from scratch each round, as
 a warm start carries the earlier rounds' biased sample into the next model).
 Each round records the labels used, the test accuracy where the version has a
-test split, and the seconds it took.
+test split, and the seconds it took. Every version keeps the pool's name, so the
+name resolves to the newest one and a later call continues where this one stopped.
 
 Labels come from an `oracle` (rows -> labels: in a benchmark, the true labels;
 they are recorded as origin "import" by actor "oracle") or, without one, from
@@ -162,7 +163,7 @@ def label_loop(
             "acquire": acquire_config.to_dict(),
             "model": getattr(current, "id", None),
         }
-        ds = label_rows(ws, ds, picks, labels, origin="import", actor="oracle", source=source)
+        ds = label_rows(ws, ds, picks, labels, origin="import", actor="oracle", name=pool_ds.name, source=source)
         tag = {"round": r, "strategy": acquire_config.strategy if current is not None else "random"}
         committee = fit_round(ws, ds, base, tcfg, members=members, tag=tag, progress=progress)
         current = committee[0]

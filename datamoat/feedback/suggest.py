@@ -218,7 +218,9 @@ def apply_labels(
     """The accepted review labels of `pool_ds`'s rows as a new version, and a report.
 
     Takes the pool items queued for `pool_ds` or an ancestor (`suggest`) whose ``/review``
-    decision the gate or a person accepted. Returns `pool_ds` itself when none is new. The report
+    decision the gate or a person accepted. The new version keeps `pool_ds`'s name unless `name`
+    says otherwise, so the name keeps naming the newest labels (`load_dataset` resolves a name to
+    its newest version). Returns `pool_ds` itself when none is new. The report
     counts the items still waiting (open on review, or in quarantine as pending, held or rejected),
     those already labelled in `pool_ds`, and lists the refused ones with why.
 
@@ -258,7 +260,7 @@ def apply_labels(
             "prediction_ids": [take[int(r)][3] for r in rows],
         }
         labels = np.array([take[int(r)][0] for r in rows], np.int64)
-        out = label_rows(ws, out, rows, labels, origin="human", actor=actor, name=name, source=source)
+        out = label_rows(ws, out, rows, labels, origin="human", actor=actor, name=name or pool_ds.name, source=source)
         made.append(out.id)
     report = {
         "pool": pool_ds.id,

@@ -119,7 +119,9 @@ def test_decided_accepted_labels_become_a_version_with_lineage(world, reg):
     assert len(pool_rows(ds)) == len(pool_rows(world.pool)) - 4
     row = world.ws.resolve("datasets", ds.id)
     assert row["parent_id"] == world.pool.id
-    assert sorted(row["source"]["prediction_ids"]) == sorted(ids[:4]) and len(row["source"]["feedback_items"]) == 4
+    src = row["source"]
+    assert (src["origin"], src["actor"], src["labelled"], row["name"]) == ("human", "ana", 4, world.pool.name)
+    assert sorted(src["from"]["prediction_ids"]) == sorted(ids[:4]) and len(src["from"]["feedback_items"]) == 4
     # Applied again, on the new version: nothing new, the four already labelled.
     again, report = apply_labels(world.ws, reg, ds)
     assert again is ds and report["applied"] == 0 and report["already_labelled"] == 4

@@ -268,7 +268,13 @@ def _classifier(net: Any, arch: str) -> Any:
 
 
 def model_outputs(
-    model: Any, x: np.ndarray, rows: np.ndarray | None = None, *, batch_size: int = 512, progress: bool = False
+    model: Any,
+    x: np.ndarray,
+    rows: np.ndarray | None = None,
+    *,
+    batch_size: int = 512,
+    progress: bool = False,
+    what: str = "scoring the pool",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (N, K), penultimate embeddings (N, D)) of a `datamoat.models.model.Model` on
     uint8 images `x` (or ``x[rows]``), batch by batch: the embeddings are the classifier layer's
@@ -291,7 +297,7 @@ def model_outputs(
     bar = _bar(progress, len(at))
     try:
         with torch.no_grad(), bar as live:
-            task = live.add_task("scoring the pool", total=len(at)) if live else None
+            task = live.add_task(what, total=len(at)) if live else None
             for i in range(0, len(at), batch_size):
                 xb = model.to_tensor(read_rows(x, at[i : i + batch_size]))  # (B, C, H, W)
                 caught.clear()

@@ -94,7 +94,7 @@ def rank_pool(
     probs, emb = model_outputs(model, ds.x, rows, progress=progress)
     lab_emb = None
     if config.strategy in ("kcenter", "hybrid") and labelled is not None and len(labelled):
-        lab_emb = model_outputs(model, ds.x, labelled, progress=progress)[1]
+        lab_emb = model_outputs(model, ds.x, labelled, progress=progress, what="embedding the labelled items")[1]
     member_probs = None
     if config.strategy == "disagreement" and members:
         member_probs = np.stack([probs, *(m.predict_proba(ds.x, rows=rows) for m in members)])  # (M, N, K)

@@ -48,7 +48,8 @@ def world(tmp_path_factory) -> SimpleNamespace:
     truth = np.concatenate([held.y, y_tr[:300]])
     small = train(new_model("mlp", d), d, TRAIN.replace(epochs=2), progress=False)
     model = save_model(ws, small, name="mlp-al")
-    return SimpleNamespace(ws=ws, digits=d, pool=pool, truth=truth, model=model)
+    other = train(new_model("mlp", d, seed=1), d, TRAIN.replace(epochs=2, seed=1), progress=False)
+    return SimpleNamespace(ws=ws, digits=d, pool=pool, truth=truth, model=model, other=save_model(ws, other))
 
 
 @pytest.fixture
@@ -83,6 +84,17 @@ def test_suggest_queues_the_strategys_top_items_on_review(world, reg):
     first = ReviewQueue(reg).next()["item"]
     assert first["classes"] == world.pool.classes and first["model_version"] == out["version"]
     assert np.array_equal(first["pixels"], world.pool.x[out["rows"][0]])
+
+
+def test_disagreement_asks_a_committee(world, reg):
+    cfg = AcquireConfig(strategy="disagreement", budget=3)
+    with pytest.raises(BadInput, match="at least 2 models"):
+        suggest(world.ws, reg, world.pool, world.model, cfg)
+    out = suggest(world.ws, reg, world.pool, world.model, cfg, members=[world.other])
+    rows = pool_rows(world.pool)
+    members = np.stack([m.predict_proba(world.pool.x, rows=rows) for m in (world.model, world.other)])
+    kl = scores(members.mean(0), "disagreement", members)
+    assert out["rows"] == rows[np.argsort(-kl, kind="stable")[:3]].tolist()
 
 
 def test_an_item_is_queued_once_open_or_decided(world, reg):

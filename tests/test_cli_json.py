@@ -274,6 +274,24 @@ def test_levers(dm, flow):
     assert dm("improve", "--data", "digits", "--budget-minutes", "0.2", "--arch", "mlp", "--epochs", "1")
 
 
+@pytest.mark.slow
+def test_label(dm, flow):
+    from datamoat.data import load_dataset
+    from datamoat.data.pool import with_pool
+    from datamoat.workspace import Workspace
+
+    ws = Workspace.open(flow["home"])
+    d = load_dataset(ws, flow["data"])
+    x, y = d.subset("train")
+    pool = with_pool(ws, d, np.array(x[:60]), name="label-pool")  # 60 of its train images again, unlabeled
+    np.save(flow["tmp"] / "truth.npy", np.concatenate([d.y, y[:60]]))
+    assert len(dm("label", "suggest", pool.id, "--model", "small", "--budget", "3")["queued"]) == 3
+    assert dm("label", "apply", pool.id)["waiting"] == {"open": 3}
+    truth = str(flow["tmp"] / "truth.npy")
+    out = dm("label", "loop", pool.id, "--arch", "mlp", "--budget", "5", "--epochs", "1", "--oracle-labels", truth)
+    assert out["rounds"][0]["added"] == 5
+
+
 def test_plan_json(dm):
     # Real measurements: loadtest outputs of one replica (copied from bench/results/serving.json) and the
     # edge benchmark's and compress benchmark's results, with the README's spec.

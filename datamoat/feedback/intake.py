@@ -28,7 +28,7 @@ from datamoat.data.dataset import Dataset
 from datamoat.data.intake import PoolTarget, lineage, new_images, pool_report, store_pool
 from datamoat.errors import BadInput
 from datamoat.registry.core import Registry
-from datamoat.registry.ledger import logged_inputs, pixel_coverage
+from datamoat.registry.ledger import logged_inputs, pixel_coverage, review_pixels
 from datamoat.workspace import Workspace
 
 __all__ = ["LogPoolConfig", "STATUSES", "pool_from_log"]
@@ -83,11 +83,12 @@ def pool_from_log(
     for lot in logged_inputs(registry.engine, status=status, alias=cfg.alias or None, ids=_ids(devices)):
         for r in lot:
             read += 1
-            if tuple(r["pixels"].shape) != target.input_shape:
+            pixels = review_pixels(r)  # (C, H, W) uint8, as the server stored them
+            if tuple(pixels.shape) != target.input_shape:
                 other_shape += 1
                 continue
-            xs.append(r["pixels"])  # (C, H, W) uint8
-            ids.append(r["prediction_id"])
+            xs.append(pixels)
+            ids.append(r.prediction_id)
         if len(xs) * per_image > cfg.max_pool_bytes:
             raise BadInput(
                 f"the log holds over max_pool_bytes {cfg.max_pool_bytes} of such pixels: narrow it (--alias, --status)"

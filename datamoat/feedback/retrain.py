@@ -120,9 +120,10 @@ def label_origins(reg: Registry, item_ids: list[int]) -> list[str]:
     >>> label_origins(Registry("sqlite://"), [1, 2])
     ['gate', 'gate']
     """
-    from datamoat.registry.ledger import reviewed_items
+    from datamoat.registry.ledger import ensure_ledger, review_items
 
-    human = reviewed_items(reg.engine)
+    ensure_ledger(reg.engine)  # a registry no server has used yet has no queue: then none is a person's
+    human = {r["feedback_item"] for r in review_items(reg.engine, "decided")}
     return ["human" if i in human else "gate" for i in item_ids]
 
 

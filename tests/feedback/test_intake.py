@@ -54,9 +54,24 @@ def test_pages_of_the_log_are_read_oldest_first(q, ws, digits):
     from datamoat.registry.ledger import logged_inputs
 
     reg = q.registry
-    x = digits.subset("val")[0][:7]
-    pids = [answered(reg, xi[None])[0] for xi in x]  # one request each: increasing receive times
-    lots = list(logged_inputs(reg.engine, batch=3))
-    assert [len(lot) for lot in lots] == [3, 3, 1]
-    assert [r["prediction_id"] for lot in lots for r in lot] == pids
-    assert [r["prediction_id"] for lot in logged_inputs(reg.engine, ids=pids[5:]) for r in lot] == pids[5:]
+    first = [answered(reg, xi[None])[0] for xi in digits.x[:3]]  # one request each: increasing receive times
+    many = answered(reg, digits.x[3:303])  # one request: one receive time, then by prediction id
+    lots = list(logged_inputs(reg.engine))
+    assert [len(lot) for lot in lots] == [256, 47]
+    assert [r.prediction_id for lot in lots for r in lot] == first + sorted(many)
+    assert [r.prediction_id for lot in logged_inputs(reg.engine, ids=first[1:]) for r in lot] == first[1:]
+    assert list(logged_inputs(reg.engine, ids=[])) == [] and list(logged_inputs(reg.engine, status="decided")) == []
+
+
+def test_pool_items_on_the_review_queue_are_no_logged_answers(q, ws, digits):
+    from datamoat.registry.ledger import queue_pool_items
+
+    reg = q.registry
+    vid = reg.snapshot()["aliases"]["production"]
+    x = 255 - digits.x[:2]
+    item = {"dataset_id": digits.id, "row": 0, "model_version": vid, "pixels": x[0], "top": [], "reason": "margin"}
+    assert queue_pool_items(reg.engine, [item], "production")  # suggest's: already in a pool
+    answered(reg, x[1:])
+    grown, report = pool_from_log(ws, reg, into=digits)
+    assert report["added"] == report["read"] == 1 and report["log"] == {"answers": 1, "with_pixels": 1}
+    assert np.array_equal(grown.x[-1], x[1])

@@ -14,7 +14,7 @@ from datamoat.cli._common import ConfigDefault, JsonOpt, emit, open_ws
 
 label_app = typer.Typer(help="Active learning: which unlabeled items people label next.", no_args_is_help=True)
 RegistryOpt = typer.Option(None, "--registry", envvar="DATAMOAT_REGISTRY_URL", help="Registry database URL.")
-_ACQ = "datamoat.evaluate.acquire:AcquireConfig"
+_ACQ = "datamoat.train.acquire:AcquireConfig"
 BudgetOpt = typer.Option(ConfigDefault(_ACQ, "budget"), "--budget", help="Items to pick (a round's, in a loop).")
 StrategyOpt = typer.Option(
     ConfigDefault(_ACQ, "strategy"),
@@ -74,9 +74,9 @@ def suggest_cmd(
 ) -> None:
     """Rank the pool's unlabeled items and queue the top N on /review."""
     from datamoat.data.dataset import load_dataset
-    from datamoat.evaluate.acquire import AcquireConfig
     from datamoat.feedback.suggest import suggest
     from datamoat.models import load_model
+    from datamoat.train.acquire import AcquireConfig
 
     cfg = AcquireConfig(strategy=strategy, budget=budget, seed=seed, hybrid_factor=hybrid_factor)
     ws, reg = _open(registry)
@@ -134,9 +134,9 @@ def loop_cmd(
 ) -> None:
     """Pick, label, retrain, repeat: with --oracle-labels for R rounds, else one step with people on /review."""
     from datamoat.data.dataset import load_dataset
-    from datamoat.evaluate.acquire import AcquireConfig
     from datamoat.feedback.loop import label_loop
     from datamoat.models import load_model
+    from datamoat.train.acquire import AcquireConfig
     from datamoat.train.loop import TrainConfig
 
     acq = AcquireConfig(strategy=strategy, budget=budget, seed=seed, hybrid_factor=hybrid_factor, members=members)

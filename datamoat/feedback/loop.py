@@ -29,12 +29,12 @@ import torch
 from datamoat.data.dataset import SPLITS, Dataset
 from datamoat.data.pool import label_rows, pool_rows
 from datamoat.errors import BadInput
-from datamoat.evaluate.acquire import AcquireConfig
 from datamoat.evaluate.metrics import check_model_fits
 from datamoat.feedback.suggest import apply_labels, rank_pool, suggest
 from datamoat.models.model import Model, load_model, new_model, save_model
 from datamoat.models.zoo import build
 from datamoat.registry.core import Registry
+from datamoat.train.acquire import AcquireConfig
 from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 

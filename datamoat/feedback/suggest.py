@@ -1,7 +1,7 @@
 """Active learning with people: pool items onto the review queue, and their labels back.
 
 `suggest` ranks a dataset version's unlabeled rows (`datamoat.data.pool`) with
-a model and an acquisition strategy (`datamoat.evaluate.acquire`) and puts the
+a model and an acquisition strategy (`datamoat.train.acquire`) and puts the
 top `budget` on the review queue (``/review``) as items whose prediction id
 names the row, ``pool:<dataset id>:<row>``, with the pixels, the model's top
 answers and the strategy as the reason. The server writes that id and the
@@ -29,7 +29,6 @@ import numpy as np
 from datamoat.data.dataset import SPLITS, Dataset, read_rows
 from datamoat.data.pool import POOL, label_rows, pool_rows
 from datamoat.errors import BadInput
-from datamoat.evaluate.acquire import AcquireConfig, model_outputs, select
 from datamoat.evaluate.metrics import check_model_fits
 from datamoat.feedback.store import Quarantine
 from datamoat.models.model import Model, save_model
@@ -43,6 +42,7 @@ from datamoat.registry.ledger import (
     review_pixels,
 )
 from datamoat.registry.register import register_model
+from datamoat.train.acquire import AcquireConfig, model_outputs, select
 from datamoat.workspace import Workspace
 
 __all__ = ["suggest", "apply_labels", "rank_pool", "registered_version", "lineage_ids", "row_hashes"]

@@ -14,7 +14,6 @@ from datamoat.data import import_digits
 from datamoat.data.dataset import SPLITS, make_dataset
 from datamoat.data.pool import ORIGINS, POOL, origins, pool_rows, with_pool
 from datamoat.errors import BadInput, Unprocessable
-from datamoat.evaluate.acquire import AcquireConfig, scores
 from datamoat.feedback import GateConfig, Quarantine, evaluate_gate
 from datamoat.feedback.loop import label_loop
 from datamoat.feedback.review import ReviewQueue
@@ -22,6 +21,7 @@ from datamoat.feedback.suggest import apply_labels, suggest
 from datamoat.models import new_model, save_model
 from datamoat.registry.core import Registry
 from datamoat.registry.ledger import input_hash, queue_pool_items, record_feedback
+from datamoat.train.acquire import AcquireConfig, scores
 from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from datamoat.errors import BadInput
-from datamoat.evaluate import acquire
-from datamoat.evaluate.acquire import STRATEGIES, AcquireConfig, model_outputs, scores, select
+from datamoat.train import acquire
+from datamoat.train.acquire import STRATEGIES, AcquireConfig, model_outputs, scores, select
 
 
 def cfg(strategy: str, budget: int, **kw) -> AcquireConfig:
@@ -180,6 +180,19 @@ def test_bad_input_is_one_line():
         with pytest.raises(BadInput, match=message) as e:
             call()
         assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    from datamoat.data import import_digits
+    from datamoat.models import new_model, save_model
+    from datamoat.train import TrainConfig, train
+    from datamoat.workspace import Workspace
+
+    ws = Workspace.init(tmp_path_factory.mktemp("ws"))
+    ds = import_digits(ws)
+    model = train(new_model("mlp", ds), ds, TrainConfig(epochs=2, threads=1), progress=False)
+    return ws, ds, save_model(ws, model, name="digits-mlp")
 
 
 def test_model_outputs_reads_the_classifier_input(saved):

@@ -16,8 +16,10 @@ JSON hash alike; the server always computes it from pixels it holds.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,8 @@ __all__ = [
     "write_predictions",
     "record_feedback",
     "known_labels",
+    "logged_inputs",
+    "pixel_coverage",
     "POOL_PREFIX",
     "queue_pool_items",
     "pool_reviews",
@@ -366,6 +370,36 @@ def add_logged_review(conn: sa.Connection, log_row: dict[str, Any], review_row: 
     """One prediction and its review item, in the caller's transaction (a device's upload)."""
     conn.execute(predictions.insert().values(log_row))
     conn.execute(review.insert().values(review_row))
+
+
+# -- what the unlabeled pools read (`datamoat.feedback.intake`) ----------------------------------
+def logged_inputs(
+    engine: sa.Engine, *, status: str | None = None, alias: str | None = None, ids: list[str] | None = None
+) -> Iterator[list[Any]]:
+    """Review rows, 256 a read, oldest first (`review_pixels` reads each image): the only answers whose
+    pixels the log keeps (no pool item: `queue_pool_items`'s are in a pool already). `status` ("open",
+    "decided"), `alias` and `ids` (prediction ids, 500 a read) narrow them."""
+    ensure_ledger(engine)
+    keep = [~review.c.prediction_id.like(f"{POOL_PREFIX}%")] + ([review.c.status == status] if status else [])
+    q = sa.select(review).where(*keep, *([review.c.alias == alias] if alias else [])).order_by(review.c.ts)
+    q, some = q.order_by(review.c.prediction_id), list(ids or ())
+    by_id = (q.where(review.c.prediction_id.in_(some[i : i + 500])) for i in range(0, len(some), 500))
+    for lot in by_id if ids is not None else (q.offset(i).limit(256) for i in itertools.count(0, 256)):
+        with engine.connect() as conn:  # a read at a time: one lot of pixels is held, however long the queue
+            rows = list(conn.execute(lot))
+        if rows:
+            yield rows
+        elif ids is None:  # past the last page
+            return
+
+
+def pixel_coverage(engine: sa.Engine) -> dict[str, int]:
+    """How many answers the log holds, and of how many it keeps the pixels (pool items are no answers)."""
+    ensure_ledger(engine)
+    count, cols = sa.select(sa.func.count()), (predictions.c.id, review.c.prediction_id)
+    with engine.connect() as conn:
+        n = [conn.execute(count.where(~c.like(f"{POOL_PREFIX}%"))).scalar_one() for c in cols]
+    return {"answers": int(n[0]), "with_pixels": int(n[1])}
 
 
 # -- unlabeled pool items (`datamoat.feedback.suggest`) ------------------------------------------

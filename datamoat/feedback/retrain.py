@@ -90,14 +90,20 @@ def accepted_feedback(
     q: Quarantine, base: Dataset, classes: list[str]
 ) -> tuple[np.ndarray, np.ndarray, list[int], int]:
     """(x, y, item ids, skipped) of accepted items with images, minus any that
-    are test images of `base`: training on them would inflate the very score
-    the candidate is judged by. `datamoat data merge --accepted` can use it.
+    are test images of `base` (training on them would inflate the very score
+    the candidate is judged by) and decisions on pool items, which `label apply` owns. `datamoat data merge --accepted` can use it.
 
     >>> x, y, ids, skipped = accepted_feedback(Quarantine(reg), base, base.classes)  # doctest: +SKIP
     """
-    from datamoat.registry.ledger import input_hash
+    from datamoat.registry.ledger import POOL_PREFIX, input_hash
 
-    items = [r for r in q.items(status="accepted") if r["has_pixels"] and r["label"] in classes]
+    # A decision on a pool item labels its row in the pool's own lineage (`label apply`): merged here
+    # as well, one image would be labelled twice across versions.
+    items = [
+        r
+        for r in q.items(status="accepted")
+        if r["has_pixels"] and r["label"] in classes and not (r["prediction_id"] or "").startswith(POOL_PREFIX)
+    ]
     pix = q.pixels([r["id"] for r in items])
     test = {input_hash(img) for img in base.subset("test")[0]}
     usable = [r for r in items if pix[r["id"]].shape == base.input_shape and r["input_sha256"] not in test]

@@ -134,6 +134,11 @@ def test_decided_accepted_labels_become_a_version_with_lineage(world, reg):
     src = row["source"]
     assert (src["origin"], src["actor"], src["labelled"], row["name"]) == ("human", "ana", 4, world.pool.name)
     assert sorted(src["from"]["prediction_ids"]) == sorted(ids[:4]) and len(src["from"]["feedback_items"]) == 4
+    # retrain's merge of accepted feedback leaves them to this lineage: no image labelled twice
+    from datamoat.feedback.retrain import accepted_feedback
+
+    with pytest.raises(BadInput, match="no accepted feedback"):
+        accepted_feedback(Quarantine(reg), ds, ds.classes)
     # Applied again, on the new version: nothing new, the four already labelled.
     again, report = apply_labels(world.ws, reg, ds)
     assert again is ds and report["applied"] == 0 and report["already_labelled"] == 4

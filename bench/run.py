@@ -37,6 +37,7 @@ ORDER = [
     "photo_pipeline",
     "ddp",
     "drift",
+    "drift_photo",
     "guarantee",
     "releases",
 ]

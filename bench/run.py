@@ -40,6 +40,7 @@ ORDER = [
     "drift_photo",
     "guarantee",
     "releases",
+    "shadow_cost",
 ]
 
 

@@ -30,33 +30,63 @@ def origins(ds: Dataset) -> np.ndarray:
     return np.zeros(len(ds.y), np.uint8)
 
 
-def _store(ws: Workspace, x: np.ndarray, y: np.ndarray, split: np.ndarray, classes: list[str], name: str,
-           source: dict[str, Any], preprocess: dict[str, Any] | None, parent_id: str | None = None) -> Dataset:
+def _store(
+    ws: Workspace,
+    x: np.ndarray,
+    y: np.ndarray,
+    split: np.ndarray,
+    classes: list[str],
+    name: str,
+    source: dict[str, Any],
+    preprocess: dict[str, Any] | None,
+    parent_id: str | None = None,
+) -> Dataset:
     if preprocess is None:
         f = x.astype(np.float64) / 255.0
-        preprocess = {"scale": 1 / 255, "mean": f.mean(axis=(0, 2, 3)).tolist(),
-                      "std": (f.std(axis=(0, 2, 3)) + 1e-8).tolist()}
+        preprocess = {
+            "scale": 1 / 255,
+            "mean": f.mean(axis=(0, 2, 3)).tolist(),
+            "std": (f.std(axis=(0, 2, 3)) + 1e-8).tolist(),
+        }
     manifest = {
-        "format": 1, "classes": list(classes), "shape": list(x.shape),
+        "format": 1,
+        "classes": list(classes),
+        "shape": list(x.shape),
         "blobs": {"x": ws.put_array(np.ascontiguousarray(x)), "y": ws.put_array(y), "split": ws.put_array(split)},
-        "split_recipe": {"val": 0, "test": 0, "seed": 0, "fixed_test": False}, "preprocess": preprocess,
+        "split_recipe": {"val": 0, "test": 0, "seed": 0, "fixed_test": False},
+        "preprocess": preprocess,
     }
     ds_id = short_hash(json.dumps(manifest, sort_keys=True).encode())
     ws.insert("datasets", {"id": ds_id, "name": name, "parent_id": parent_id, "source": source, "manifest": manifest})
     return load_dataset(ws, ds_id)
 
 
-def make_pool(ws: Workspace, x: np.ndarray, classes: list[str], *, name: str, source: dict[str, Any],
-              preprocess: dict[str, Any] | None = None) -> Dataset:
+def make_pool(
+    ws: Workspace,
+    x: np.ndarray,
+    classes: list[str],
+    *,
+    name: str,
+    source: dict[str, Any],
+    preprocess: dict[str, Any] | None = None,
+) -> Dataset:
     """A version holding only unlabeled images."""
     n = len(x)
-    return _store(ws, x, np.full(n, UNLABELED, np.int64), np.full(n, POOL, np.uint8), classes, name, source,
-                  preprocess)
+    return _store(ws, x, np.full(n, UNLABELED, np.int64), np.full(n, POOL, np.uint8), classes, name, source, preprocess)
 
 
-def with_pool(ws: Workspace, ds: Dataset, x: np.ndarray, *, name: str | None = None,
-              source: dict[str, Any] | None = None) -> Dataset:
+def with_pool(
+    ws: Workspace, ds: Dataset, x: np.ndarray, *, name: str | None = None, source: dict[str, Any] | None = None
+) -> Dataset:
     """`ds` plus unlabeled images appended."""
-    return _store(ws, np.concatenate([ds.x, x]), np.concatenate([ds.y, np.full(len(x), UNLABELED, np.int64)]),
-                  np.concatenate([ds.split, np.full(len(x), POOL, np.uint8)]), ds.classes, name or ds.name + "+pool",
-                  source or {}, dict(ds.preprocess), ds.id)
+    return _store(
+        ws,
+        np.concatenate([ds.x, x]),
+        np.concatenate([ds.y, np.full(len(x), UNLABELED, np.int64)]),
+        np.concatenate([ds.split, np.full(len(x), POOL, np.uint8)]),
+        ds.classes,
+        name or ds.name + "+pool",
+        source or {},
+        dict(ds.preprocess),
+        ds.id,
+    )

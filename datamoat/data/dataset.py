@@ -1,7 +1,8 @@
 """An immutable, content-addressed dataset version.
 
 A version holds images as uint8 ``(N, C, H, W)``, integer labels ``(N,)``,
-and a split code per sample (0 train, 1 val, 2 test). Its id is the hash of
+and a split code per sample (0 train, 1 val, 2 test, 3 the unlabeled pool,
+whose label is -1: see `datamoat.data.pool`). Its id is the hash of
 a manifest that names the content hashes of those arrays plus the class
 names and split recipe, so the same data imported twice gets the same id.
 """
@@ -18,9 +19,11 @@ import numpy as np
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace, short_hash
 
-__all__ = ["Dataset", "SPLITS", "make_dataset", "load_dataset", "read_rows", "stratified_splits"]
+__all__ = ["Dataset", "SPLITS", "POOL", "UNLABELED", "make_dataset", "load_dataset", "read_rows", "stratified_splits"]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
+POOL = 3  # the split code of unlabeled items; every verb that selects a split by code passes them by
+UNLABELED = -1  # their label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "classes": self.classes,
             "splits": {},
+            "unlabeled": int((self.split == POOL).sum()),
             "pixel_mean": [round(m, 4) for m in self.preprocess["mean"]],
             "pixel_std": [round(s, 4) for s in self.preprocess["std"]],
         }
@@ -102,13 +106,21 @@ def stratified_splits(
     return split
 
 
-def _validate(x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+def _validate(x: np.ndarray, y: np.ndarray, classes: list[str], split: np.ndarray | None) -> None:
     if x.ndim != 4 or x.dtype != np.uint8:
         raise BadInput(f"images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
     if len(x) != len(y):
         raise BadInput(f"{len(x)} images but {len(y)} labels: images and labels must match one to one")
     if len(y) == 0:
         raise BadInput("the dataset is empty: give at least two classes of images")
+    pool = y == UNLABELED  # (N,) unlabeled items: they belong to the pool split and nowhere else
+    if split is not None and not np.array_equal(pool, split == POOL):
+        raise BadInput("unlabeled items (label -1) and the pool split (code 3) must coincide: label an item to move it")
+    if pool.all():
+        if len(classes) < 2:
+            raise BadInput("an unlabeled pool needs the class names its labels will come from (two or more)")
+        return
+    y = y[~pool]
     if y.min() < 0 or y.max() >= len(classes):
         raise BadInput(
             f"labels out of range: found labels {int(y.min())}..{int(y.max())} but {len(classes)} class names; "
@@ -138,6 +150,7 @@ def make_dataset(
     preprocess: dict[str, Any] | None = None,
     photos: dict[str, Any] | None = None,
     x_blob: str | None = None,
+    origin: np.ndarray | None = None,
 ) -> Dataset:
     """Validate, split, store and catalog a dataset version; returns it.
 
@@ -145,14 +158,20 @@ def make_dataset(
     mean and std of the train split; a photo dataset gives its transform's instead (see
     `datamoat.data.photo_render`), and `photos` says where its samples' original bytes lie.
     `x_blob` is the sha256 of `x` already in the store (`put_array`'s bytes), written there by a
-    caller that streamed it.
+    caller that streamed it. Labels of -1 are unlabeled items, kept in the pool split (`POOL`);
+    `origin` (N,) uint8 says where each label came from (`datamoat.data.pool.ORIGINS`).
     """
     y = np.asarray(y, dtype=np.int64)
-    _validate(x, y, classes)
+    _validate(x, y, classes, split)
     if split is None:
-        split = stratified_splits(y, val, test, seed, fixed_test)
+        labelled = y != UNLABELED
+        split = np.full(len(y), POOL, np.uint8)
+        if labelled.any():
+            fixed = None if fixed_test is None else np.asarray(fixed_test)[labelled]
+            split[labelled] = stratified_splits(y[labelled], val, test, seed, fixed)
     if preprocess is None:
-        train = x[split == SPLITS["train"]].astype(np.float64) / 255.0  # (N, C, H, W)
+        rows = split == SPLITS["train"] if (split == SPLITS["train"]).any() else split == POOL
+        train = x[rows].astype(np.float64) / 255.0  # (N, C, H, W)
         mean = train.mean(axis=(0, 2, 3)).tolist()
         std = (train.std(axis=(0, 2, 3)) + 1e-8).tolist()
         del train
@@ -167,6 +186,8 @@ def make_dataset(
     }
     if photos is not None:  # only then, so array datasets keep their ids
         manifest["photos"] = photos
+    if origin is not None and np.any(origin):  # only then: versions of imported labels keep their ids
+        manifest["blobs"]["origin"] = ws.put_array(np.asarray(origin, dtype=np.uint8))
     # The id hashes content only (not the name or the source path).
     ds_id = short_hash(json.dumps(manifest, sort_keys=True).encode())
     ws.insert(

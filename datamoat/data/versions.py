@@ -18,6 +18,7 @@ import numpy as np
 
 from datamoat.data.dataset import SPLITS, Dataset, load_dataset, make_dataset, read_rows
 from datamoat.data.photo_index import PhotoRefs
+from datamoat.data.pool import ORIGINS, origins
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace
 
@@ -36,8 +37,10 @@ def _derive(
     name: str,
     source: dict[str, Any],
     kept: np.ndarray | None = None,
+    origin: np.ndarray | None = None,
 ) -> Dataset:
-    """Store a child version of `base` (same classes, explicit splits).
+    """Store a child version of `base` (same classes, explicit splits, the labels' `origin` codes:
+    by default `base`'s, for the rows `kept`).
 
     A photo dataset's child keeps its preprocessing (the transform), and, when `kept` lists the base
     samples it holds (all of them, in order), where their original bytes lie, so it trains on fresh
@@ -59,6 +62,7 @@ def _derive(
         parent_id=base.id,
         preprocess=dict(base.preprocess) if photo else None,
         photos=photos,
+        origin=origin if origin is not None else origins(base)[np.arange(len(y)) if kept is None else kept],
     )
 
 
@@ -71,16 +75,20 @@ def merge(
     name: str,
     source: dict[str, Any],
     split: str = "train",
+    origin: str = "import",
 ) -> Dataset:
     """`base` plus new samples appended to one split, as a new version.
 
     `source` says where the samples came from (e.g. accepted feedback ids);
-    it is recorded under `source["from"]` with the counts per class.
+    it is recorded under `source["from"]` with the counts per class, and
+    `origin` (one of `datamoat.data.pool.ORIGINS`) per new row.
 
     >>> v2 = merge(ws, base, x, y, name="digits+fb", source={"feedback_ids": ids})  # doctest: +SKIP
     """
     if split not in SPLITS:
         raise BadInput(f"unknown split {split!r}: choose train, val or test")
+    if origin not in ORIGINS:
+        raise BadInput(f"unknown label origin {origin!r}: choose one of {', '.join(ORIGINS)}")
     x_new = np.asarray(x_new)
     y_new = np.asarray(y_new, dtype=np.int64).reshape(-1)
     if len(y_new) == 0:
@@ -103,8 +111,11 @@ def merge(
         "per_class": np.bincount(y_new, minlength=base.num_classes).tolist(),
         "x_sha256": ws.put_array(x_new),
         "y_sha256": ws.put_array(y_new),
+        "origin": origin,
     }
-    return _derive(ws, base, x, y, codes, name=name, source={"kind": "merge", "added": added, "from": source})
+    org = np.concatenate([origins(base), np.full(len(y_new), ORIGINS.index(origin), np.uint8)])
+    src = {"kind": "merge", "added": added, "from": source}
+    return _derive(ws, base, x, y, codes, name=name, source=src, origin=org)
 
 
 def flip_labels(

@@ -234,7 +234,11 @@ def train(
     dev = resolve_device(cfg.device)
     rank, world = distributed.setup(dev)
     dev = distributed.local_device(dev)
-    semi = FixMatch(cfg.semisup, unlabeled, model, dev, cfg.seed, rank) if cfg.semisup and unlabeled else None
+    semi = (
+        None
+        if unlabeled is None or cfg.semisup is None
+        else FixMatch(cfg.semisup, unlabeled, model, dev, cfg.seed, rank)
+    )
     precision = resolve_precision(cfg.precision, dev)
     check(
         cfg.batch_size >= 2 * world,

@@ -82,9 +82,7 @@ def check_pool(pool: Dataset, model: Model) -> np.ndarray:
     """The pool's unlabeled rows, or a one-line `BadInput` when it has none or its images do not fit `model`."""
     rows = pool_rows(pool)
     if not len(rows):
-        raise BadInput(
-            f"dataset {pool.name} has no unlabeled images: give a pool (`datamoat data pool`) to --unlabeled"
-        )
+        raise BadInput(f"dataset {pool.name} has no unlabeled images: give --unlabeled a pool (a version with some)")
     want = (model.config.in_channels, *model.config.image_size)
     if tuple(pool.input_shape) != want:
         raise BadInput(
@@ -113,9 +111,11 @@ class FixMatch:
         self.g = torch.Generator().manual_seed(hash((self.seed, self.rank, epoch, 7919)) & 0x7FFF_FFFF)
         self.order = torch.randperm(len(self.rows), generator=self.g).numpy()
         self.at = 0
-        self.seen = self.passed = 0
-        self.loss_sum = 0.0
-        self.counts = np.zeros(len(self.model.classes), np.int64)
+        # summed where the logits are: reading them back every step would stall a GPU's queue
+        self.seen = 0
+        self.passed = torch.zeros((), dtype=torch.long, device=self.dev)
+        self.loss_sum = torch.zeros((), device=self.dev)
+        self.counts = torch.zeros(len(self.model.classes), dtype=torch.long, device=self.dev)
 
     def _next_rows(self, k: int) -> np.ndarray:
         """The next `k` pool rows of this epoch's order, reshuffled each time it runs out."""
@@ -133,30 +133,31 @@ class FixMatch:
     def inputs(self, xb: torch.Tensor) -> torch.Tensor:
         """The labelled batch (B, C, H, W) followed by mu B unlabeled images' weak and strong views:
         (B + 2 mu B, C, H, W), on `xb`'s device."""
-        xu = self.model.to_tensor(read_rows(self.pool.x, self._next_rows(self.cfg.mu * len(xb))))  # (U, C, H, W)
-        weak = augment(xu, self.cfg.weak, self.g)
+        rows = self._next_rows(self.cfg.mu * len(xb))
+        xu = self.model.to_tensor(read_rows(self.pool.x, rows)).to(xb.device, non_blocking=True)  # (U, C, H, W)
+        weak = augment(xu, self.cfg.weak, self.g)  # the draws come from the CPU generator, the pixels stay put
         if self.cfg.strong == "simclr":
             strong = simclr_view(xu, self.mean, self.std, self.g)
         else:
             strong = rand_augment(xu, self.mean, self.std, self.g, ops=self.cfg.strong_ops, cutout=self.cfg.cutout)
-        return torch.cat([xb, weak.to(xb.device), strong.to(xb.device)])
+        return torch.cat([xb, weak, strong])
 
     def loss(self, out_u: torch.Tensor) -> torch.Tensor:
         """The weighted unlabeled loss from the network's logits on `inputs`' unlabeled part (2U, K)."""
         weak, strong = out_u.chunk(2)
         loss, mask, pseudo = pseudo_label_loss(weak, strong, self.cfg.threshold)
         self.seen += len(mask)
-        self.passed += int(mask.sum())
-        self.loss_sum += float(loss.detach()) * len(mask)
-        self.counts += np.bincount(pseudo[mask].cpu().numpy(), minlength=len(self.counts))
+        self.passed += mask.sum()
+        self.loss_sum += loss.detach() * len(mask)
+        self.counts += torch.bincount(pseudo[mask], minlength=len(self.counts))
         return self.cfg.lambda_u * loss
 
     def epoch_stats(self) -> dict[str, Any]:
         """This epoch's mask rate, unlabeled loss and pseudo-label counts per class (this process's)."""
         n = max(self.seen, 1)
         return {
-            "mask_rate": self.passed / n,
-            "unlabeled_loss": self.loss_sum / n,
+            "mask_rate": int(self.passed) / n,
+            "unlabeled_loss": float(self.loss_sum) / n,
             "unlabeled_seen": self.seen,
             "pseudo_labels": self.counts.tolist(),
         }

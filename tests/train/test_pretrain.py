@@ -25,8 +25,8 @@ def pool(ws, digits):
 def test_a_pretrained_backbone_loads_into_train_and_the_loaded_keys_are_recorded(ws, digits, pool):
     pre = pretrain(ws, pool, "cnn_small", PretrainConfig(**FAST))
     assert pre.images == 256 and pre.input_shape == (1, 8, 8) and pre.pool_id == pool.id
-    state = torch.load(pre.location, weights_only=True)  # the stored checkpoint: the network without its classifier
-    assert "classifier.3.weight" not in state and "features.0.weight" in state
+    state = torch.load(pre.location, weights_only=True)  # the stored checkpoint: the convolutional trunk alone
+    assert "features.0.weight" in state and not any(k.startswith("classifier") for k in state)
     row = ws.resolve("runs", pre.run_id)
     assert row["status"] == "completed" and row["dataset_id"] == pool.id and row["arch"] == "cnn_small"
     assert row["config"]["kind"] == "pretrain" and row["config"]["pretrain"]["epochs"] == 1
@@ -38,8 +38,25 @@ def test_a_pretrained_backbone_loads_into_train_and_the_loaded_keys_are_recorded
         got = model.lineage["pretrained"]
         assert got["sha256"] == pre.sha256 and got["pretrain"]["run_id"] == pre.run_id
         assert got["pretrain"]["pool_id"] == pool.id and got["method"] == "simclr"
-        assert got["loaded"] == len(state) and got["skipped_head"] == ["classifier.3.bias", "classifier.3.weight"]
+        assert got["loaded"] == len(state) and got["skipped_head"] == [
+            "classifier.1.bias",
+            "classifier.1.weight",
+            "classifier.3.bias",
+            "classifier.3.weight",
+        ]
         assert torch.allclose(model.net.state_dict()["features.0.weight"], state["features.0.weight"], atol=1e-5)
+
+
+def test_a_photo_backbone_pretrains_on_rgb_images_and_loads_without_its_head(ws):
+    from datamoat.models import new_model
+    from datamoat.train.pretrained import start_from
+
+    x = np.random.default_rng(0).integers(0, 255, (12, 3, 16, 16), dtype=np.uint8)
+    rgb = make_pool(ws, x, ["a", "b"], name="rgb", source={})
+    pre = pretrain(ws, rgb, "resnet18", PretrainConfig(epochs=1, batch_size=6, threads=1))
+    model = start_from(new_model("resnet18", rgb), "resnet18", pre.ref, False, ws)
+    assert model.lineage["pretrained"]["skipped_head"] == ["fc.bias", "fc.weight"]
+    assert model.lineage["pretrained"]["loaded"] == len(model.net.state_dict()) - 2
 
 
 def test_the_contrastive_loss_falls_on_a_tiny_set(ws, pool):

@@ -235,6 +235,36 @@ def test_serving_feedback_and_capacity(dm, flow):
 
 
 @pytest.mark.slow
+def test_pools(dm, flow):
+    import uuid
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from datamoat.registry.core import Registry, registry_url
+    from datamoat.registry.ledger import input_hash, log_rows, review_rows, write_predictions
+    from datamoat.workspace import Workspace
+
+    folder = flow["tmp"] / "site"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((12, 10), 40 * i + 7, np.uint8)).save(folder / f"{i}.png")
+    out = dm("data", "pool", str(folder), "--into", "digits")
+    assert out["added"] == 3 and out["unlabeled"] == 3
+    # One answer the review queue kept, with its pixels, as a server logs it.
+    reg = Registry(registry_url(Workspace.open(flow["home"])))
+    state = SimpleNamespace(alias="production", generation=1, model=SimpleNamespace(version_id=flow["v1"]))
+    x = np.full((1, 1, 8, 8), 200.0, np.float32)
+    answer = {"prediction_id": str(uuid.uuid4()), "label": None, "abstained": True, "needs_review": True}
+    answer.update(reason="abstained", top_k=[{"label": "0", "probability": 0.2}])
+    write_predictions(
+        reg.engine, log_rows(state, "s1", [answer], [input_hash(x[0])]), review_rows(state, [answer], x), 9
+    )
+    out = dm("data", "pool", "--from-log", "--like", "small", "--status", "all")
+    assert out["added"] >= 1 and out["log"]["with_pixels"] >= 1
+
+
+@pytest.mark.slow
 def test_levers(dm, flow):
     issues = flow["tmp"] / "issues.json"
     assert dm("data", "issues", "digits", "--folds", "2", "--epochs", "1", "--arch", "mlp", "-o", str(issues))
@@ -242,6 +272,24 @@ def test_levers(dm, flow):
     assert dm("data", "diff", flow["data"], fixed)
     assert dm("tune", "--data", "digits", "--trials", "1", "--archs", "mlp", "--epochs-max", "2")
     assert dm("improve", "--data", "digits", "--budget-minutes", "0.2", "--arch", "mlp", "--epochs", "1")
+
+
+@pytest.mark.slow
+def test_label(dm, flow):
+    from datamoat.data import load_dataset
+    from datamoat.data.pool import with_pool
+    from datamoat.workspace import Workspace
+
+    ws = Workspace.open(flow["home"])
+    d = load_dataset(ws, flow["data"])
+    x, y = d.subset("train")
+    pool = with_pool(ws, d, np.array(x[:60]), name="label-pool")  # 60 of its train images again, unlabeled
+    np.save(flow["tmp"] / "truth.npy", np.concatenate([d.y, y[:60]]))
+    assert len(dm("label", "suggest", pool.id, "--model", "small", "--budget", "3")["queued"]) == 3
+    assert dm("label", "apply", pool.id)["waiting"] == {"open": 3}
+    truth = str(flow["tmp"] / "truth.npy")
+    out = dm("label", "loop", pool.id, "--arch", "mlp", "--budget", "5", "--epochs", "1", "--oracle-labels", truth)
+    assert out["rounds"][0]["added"] == 5
 
 
 def test_plan_json(dm):

@@ -155,6 +155,9 @@ def data_show(dataset: str, as_json: bool = JsonOpt) -> None:
     st = ds.stats()
     row = ws.resolve("datasets", ds.id)
     st["source"], st["parent_id"] = row["source"], row["parent_id"]
+    from datamoat.data.intake import provenance
+
+    st["provenance"] = provenance(ds)  # labels by origin per split, and the unlabeled pool
     if as_json:
         emit(st, True)
         return
@@ -165,6 +168,11 @@ def data_show(dataset: str, as_json: bool = JsonOpt) -> None:
         t.add_row(c, *(str(st["splits"][s]["per_class"][i]) for s in ("train", "val", "test")))
     t.add_row("[b]total", *(f"[b]{st['splits'][s]['samples']}" for s in ("train", "val", "test")))
     console.print(t)
+    for s, p in st["provenance"]["splits"].items():
+        if s != "pool" and any(n for o, n in p["origins"].items() if o != "import"):
+            console.print(f"{s} labels by origin: " + ", ".join(f"{o} {n}" for o, n in p["origins"].items() if n))
+    if st["provenance"]["unlabeled"]:
+        console.print(f"unlabeled pool: {st['provenance']['unlabeled']} images")
 
 
 @models_app.command("list")

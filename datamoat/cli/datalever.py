@@ -95,7 +95,7 @@ def _print_issues(classes: list[str], out: dict[str, Any], counts: dict[str, int
     if out["near_duplicates"]:
         t = Table("a", "b", "similarity", "labels", "splits", "conflict", title="near duplicates")
         for p in out["near_duplicates"]:
-            labels = " / ".join(classes[k] for k in p["labels"])
+            labels = " / ".join(classes[k] if k >= 0 else "(unlabeled)" for k in p["labels"])
             t.add_row(
                 str(p["a"]),
                 str(p["b"]),
@@ -236,6 +236,13 @@ def data_diff(
         )
     for c in d["classes"]["changes"]:
         console.print(f"  class {c['index']}: {c['a']!r} -> {c['b']!r}", highlight=False)
+    if "pool" in d:
+        p = d["pool"]
+        console.print(
+            f"unlabeled pool: {p['a']} -> {p['b']} ({p['added']} added, {p['removed']} left it, {p['labelled']} of "
+            "them labelled)",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -52,12 +52,17 @@ _PHOTOS = "datamoat.data.photos:PhotoImportConfig"
 
 def data_import_photos(
     source: Path = typer.Argument(
-        ..., help="A folder of class subfolders, an unlabeled folder, or a .csv/.jsonl manifest."
+        ...,
+        help="A folder of class subfolders (and an 'unlabeled' one), an unlabeled folder, or a .csv/.jsonl manifest.",
     ),
     name: str = typer.Option(None, help="Human name for the version."),
     strict: bool = typer.Option(False, help="Refuse the import at the first bad file instead of skipping it."),
     max_pixels: int = typer.Option(ConfigDefault(_PHOTOS, "max_pixels"), help="Per image, read from the header."),
     seed: int = typer.Option(ConfigDefault(_PHOTOS, "seed"), help="Seed of the stratified split."),
+    unlabeled_folder: str = typer.Option(
+        ConfigDefault(_PHOTOS, "unlabeled_folder"),
+        help="The subfolder (or manifest label) of photos with no label yet: `data render` puts them in the pool.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Photos of any size as shards of their original encoded bytes (JPEG, PNG, WebP; EXIF orientation
@@ -65,12 +70,13 @@ def data_import_photos(
     from datamoat.cli._common import open_ws
     from datamoat.data.photos import PhotoImportConfig, import_photos
 
-    cfg = PhotoImportConfig(strict=strict, max_pixels=max_pixels, seed=seed)
+    cfg = PhotoImportConfig(strict=strict, max_pixels=max_pixels, seed=seed, unlabeled_folder=unlabeled_folder)
     v = import_photos(open_ws(), source, cfg, name=name)
     r = v.report
     reasons = ", ".join(f"{k} {n}" for k, n in sorted(r["skipped_reasons"].items())) or "none"
     text = (
-        f"photo version {r['id']} ({r['name']}): {r['imported']} images, {len(r['classes'])} classes, "
+        f"photo version {r['id']} ({r['name']}): {r['imported']} images ({r['unlabeled']} unlabeled), "
+        f"{len(r['classes'])} classes, "
         f"{r['shards']} shard(s), {r['stored_vs_source']:.3f}x the source bytes; skipped: {reasons}"
     )
     emit(r, as_json, text)
@@ -97,10 +103,17 @@ def data_render(
     grayscale: bool = typer.Option(False, help="One channel instead of RGB."),
     name: str = typer.Option(None, help="Human name for the dataset version."),
     workers: int = typer.Option(-1, help="Decode processes (-1: every core but one)."),
+    pool: bool = typer.Option(
+        True, help="Keep unlabelled photos as the version's unlabeled pool (else leave them out)."
+    ),
+    classes: str = typer.Option(
+        None, help="Comma-separated class names the labels will come from (a version imported without labels has none)."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """A photo version at a model's input size, as a dataset version that every stage takes; the
-    transform is recorded, and training still reads augmented crops of the original photos."""
+    transform is recorded, and training still reads augmented crops of the original photos. Unlabelled
+    photos wait in the version's pool (split "pool", label -1) until they are labelled."""
     from datamoat.cli._common import open_ws
     from datamoat.data.photo_render import render_photos
     from datamoat.data.photo_transforms import PhotoTransformConfig
@@ -121,10 +134,25 @@ def data_render(
     )
     ws = open_ws()
     v = load_photos(ws, photos)
-    ds = render_photos(ws, v, cfg, channels=1 if grayscale else 3, name=name, workers=workers, progress=not as_json)
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    ds = render_photos(
+        ws,
+        v,
+        cfg,
+        channels=1 if grayscale else 3,
+        name=name,
+        workers=workers,
+        progress=not as_json,
+        pool=pool,
+        classes=names,
+    )
     out = {"dataset_id": ds.id, "name": ds.name, "photo_version": v.id, "transform": ds.preprocess["photo"]}
     out["samples"], out["input_shape"] = int(len(ds.y)), list(ds.input_shape)
-    emit(out, as_json, f"dataset {ds.id} ({ds.name}): {len(ds.y)} photos at {size}x{size} from {v.id}")
+    out["unlabeled"] = int((ds.y < 0).sum())
+    text = (
+        f"dataset {ds.id} ({ds.name}): {len(ds.y)} photos ({out['unlabeled']} unlabeled) at {size}x{size} from {v.id}"
+    )
+    emit(out, as_json, text)
 
 
 def register(app: typer.Typer) -> None:

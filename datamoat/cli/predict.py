@@ -17,7 +17,9 @@ def predict_cmd(
     data: str = typer.Argument(..., help="Dataset id, id prefix or name."),
     model: str = typer.Option(..., "--model", help="Model id, id prefix or name."),
     output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write (FILE.parquet)."),
-    split: str = typer.Option(ConfigDefault(_PREDICT, "split"), help="all, train, val or test."),
+    split: str = typer.Option(
+        ConfigDefault(_PREDICT, "split"), help="all, train, val, test or pool (the unlabeled items)."
+    ),
     batch_size: int = typer.Option(ConfigDefault(_PREDICT, "batch_size"), help="Samples per batch and row group."),
     top_k: int = typer.Option(
         None, "--top-k", help="Likeliest classes kept per sample (default: 5, or every class when fewer)."

@@ -80,11 +80,16 @@ def improve(
     epochs: int = typer.Option(4, help="Baseline epochs."),
     baseline_fraction: float = typer.Option(0.5, help="Share of the train split the baseline sees."),
     no_clean: bool = typer.Option(False, "--no-clean", help="Data lever: only add data, do not relabel."),
+    no_labels: bool = typer.Option(False, "--no-labels", help="No label lever (its share goes to the others)."),
+    label_budget: int = typer.Option(0, help="Labels the label lever spends (0: a fifth of the baseline's)."),
+    label_strategy: str = typer.Option(
+        "hybrid", help="How the label lever picks: margin, entropy, kcenter, badge, random or hybrid."
+    ),
     seed: int = typer.Option(0, help="Seed."),
     threads: int = typer.Option(0, help="Torch threads (0: every core)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Baseline, then the model lever and the data lever on equal budgets, and the data-size curve."""
+    """Baseline, then the model, data and label levers on equal budgets, and the data-size curve."""
     from datamoat.data import load_dataset
     from datamoat.models.zoo import ARCHS
     from datamoat.train.improve import ImproveConfig
@@ -98,6 +103,9 @@ def improve(
         epochs=epochs,
         baseline_fraction=baseline_fraction,
         clean=not no_clean,
+        labels=not no_labels,
+        label_budget=label_budget,
+        label_strategy=label_strategy,
         seed=seed,
         threads=threads,
     )
@@ -105,8 +113,11 @@ def improve(
     out = run_improve(ws, load_dataset(ws, data), cfg)
     b, lv = out["baseline"], out["levers"]
     lines = [f"baseline {b['arch']} on {b['train_samples']} train samples: test accuracy {b['test_accuracy']:.4f}"]
-    for key in ("model", "data"):
+    for key in lv:
         r = lv[key]
+        if r.get("skipped"):
+            lines.append(f"{key} lever ({r['kind']}): skipped, {r['skipped']}")
+            continue
         lines.append(
             f"{key} lever ({r['kind']}): test accuracy {r['test_accuracy']:.4f}, gain {r['gain']:+.4f}, "
             f"{r['seconds']:.1f}s of {r['budget_s']:.1f}s"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamoat.data.dataset import SPLITS, Dataset, read_rows
+from datamoat.data.dataset import POOL, SPLITS, Dataset, read_rows
 
 __all__ = ["near_duplicates", "exact_twins", "pixel_digests", "MAX_NEAR_PAIRS"]
 
@@ -106,7 +106,8 @@ def near_duplicates(
 ) -> list[dict[str, Any]]:
     """Exact twins anywhere in `data`, then nearest neighbours with cosine
     similarity >= `threshold` among (at most `max_samples` of) `examined`.
-    Conflicting labels first, then by similarity.
+    Conflicting labels first, then by similarity. An unlabeled pool item (label -1) conflicts with
+    nothing: its twin of a labelled image is listed, as a sample already seen, not as a label error.
 
     >>> pairs = near_duplicates(ds, np.flatnonzero(ds.split == 0), 0.99, 5000)  # doctest: +SKIP
     """
@@ -129,7 +130,7 @@ def near_duplicates(
                 "similarity": round(s, 6),
                 "exact": s == 1.0 and _same(data, a, b),
                 "labels": [ya, yb],
-                "conflict": ya != yb,
+                "conflict": ya != yb and min(ya, yb) >= 0,
                 "splits": [_split_name(data, a), _split_name(data, b)],
             }
         )
@@ -142,4 +143,4 @@ def _same(data: Dataset, a: int, b: int) -> bool:
 
 
 def _split_name(data: Dataset, i: int) -> str:
-    return {c: n for n, c in SPLITS.items()}.get(int(data.split[i]), "?")
+    return {c: n for n, c in SPLITS.items()}.get(int(data.split[i]), "pool" if data.split[i] == POOL else "?")

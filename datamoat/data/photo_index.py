@@ -169,10 +169,17 @@ class PhotoIndex:
         for _, part in chunks(self.table):
             yield part[part["label"] >= 0]
 
-    def store_refs(self, ws: Workspace) -> dict[str, Any]:
-        """Where the labelled photos lie, stored as a rendered dataset keeps them (`PhotoRefs.load`)."""
-        n = sum(len(p) for p in self.labelled())
-        parts = (_as_refs(p) for p in self.labelled())
+    def all_rows(self) -> Iterator[np.ndarray]:
+        """Every row of the table, a chunk at a time (copies), in order."""
+        for _, part in chunks(self.table):
+            yield part
+
+    def store_refs(self, ws: Workspace, unlabelled: bool = False) -> dict[str, Any]:
+        """Where the labelled photos (with `unlabelled`, all of them) lie, stored as a rendered dataset
+        keeps them (`PhotoRefs.load`)."""
+        rows = self.all_rows if unlabelled else self.labelled
+        n = sum(len(p) for p in rows())
+        parts = (_as_refs(p) for p in rows())
         return {"refs": put_array_chunks(ws, REF_DTYPE, (n,), parts), "shards": list(self.shards)}
 
     def store(self, ws: Workspace) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A photo version (`datamoat.data.photos`) keeps each photo's original encoded bytes. A model sees
 them through a `PhotoTransformConfig`, so the version is turned into model inputs in two ways:
 
-- `render_photos` decodes every labelled photo once in DataLoader worker processes, applies the
+- `render_photos` decodes every photo once in DataLoader worker processes (an unlabelled one joins
+  the version's unlabeled pool, `datamoat.data.pool`), applies the
   deterministic geometry (`photo_transforms.fit`: the shorter side resized plus a centre crop, or
   letterboxing) and stores the uint8 ``(N, C, H, W)`` result as an ordinary dataset version. Its
   manifest names the photo version, the transform and where each sample's bytes lie in the shards,
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 
 from datamoat.configs import config_from_dict
-from datamoat.data.dataset import Dataset, make_dataset, read_rows
+from datamoat.data.dataset import POOL, UNLABELED, Dataset, make_dataset, read_rows
 from datamoat.data.photo_index import PhotoRefs, Ref, put_array_chunks
 from datamoat.data.photo_transforms import PhotoTransformConfig, decode, fit, train_min_side, train_transform
 from datamoat.data.photos import PhotoVersion
@@ -168,32 +169,47 @@ def render_photos(
     name: str | None = None,
     workers: int = -1,
     progress: bool = False,
+    pool: bool = True,
+    classes: list[str] | None = None,
 ) -> Dataset:
-    """The labelled photos of `photos` at the transform's size, as a dataset version (see the module).
+    """The photos of `photos` at the transform's size, as a dataset version (see the module).
 
-    Unlabelled photos are left out (label them through review first); their count is recorded.
+    Unlabelled photos become the version's unlabeled pool (split `POOL`, label -1, see
+    `datamoat.data.pool`): class subfolders beside an ``unlabeled`` folder, or a manifest with some
+    empty labels, give one version holding both, and labels arrive later as new versions. With
+    `pool` False they are left out, as before pools existed (their count is recorded). A version
+    without unlabelled photos renders exactly as it did, to the same id. `classes` names the classes
+    of the labels to come (a version imported from an unlabeled folder has none); it must hold
+    every class the photo version has, whose labels are mapped onto it by name.
     """
     cfg = transform or PhotoTransformConfig()
     check_channels = channels in (1, 3) and len(cfg.mean) == channels
     if not check_channels:
         raise BadInput(f"channels must be 1 or 3 and match the transform's {len(cfg.mean)} mean values")
     table = photos.table  # columns, read a chunk at a time: memory does not follow the photo count
-    y = np.concatenate([np.zeros(0, np.int64), *(p["label"].astype(np.int64) for p in table.labelled())])  # (N,)
-    if not len(y):
+    rows = table.all_rows if pool else table.labelled
+    y = np.concatenate([np.zeros(0, np.int64), *(p["label"].astype(np.int64) for p in rows())])  # (N,) -1: none
+    labelled = int((y >= 0).sum())
+    if not labelled and not pool:
         raise BadInput(f"photo version {photos.id} has no labelled photos: label them before training on them")
-    split = np.concatenate([p["split"].astype(np.uint8) for p in table.labelled()])  # (N,) the codes of SPLITS
-    classes = photos.classes
-    stored = table.store_refs(ws)
+    split = np.concatenate([np.zeros(0, np.uint8), *(p["split"].astype(np.uint8) for p in rows())])  # (N,)
+    split[y < 0] = POOL  # the import split every photo; an unlabelled one waits in the pool instead
+    out_classes = _classes(photos, classes)
+    if out_classes != photos.classes:  # labels by name onto the given classes
+        lut = np.array([out_classes.index(c) for c in photos.classes] + [UNLABELED], np.int64)  # (K + 1,)
+        y = lut[y]  # -1 indexes the last entry: it stays unlabeled
+    stored = table.store_refs(ws, unlabelled=pool)
     refs = PhotoRefs.load(ws, stored)
     x_sha = _render_to_store(ws, refs, cfg, channels, workers, progress)
     x = ws.get_array(x_sha, mmap=True)  # (N, C, H, W) uint8, mapped from the store where it is local
     preprocess = {"scale": 1 / 255, "mean": list(cfg.mean), "std": list(cfg.std), "photo": json.loads(cfg.to_json())}
-    source = {"kind": "photos", "photo_version": photos.id, "unlabelled": len(table) - len(y)}
+    source = {"kind": "photos", "photo_version": photos.id, "unlabelled": len(table) - labelled}
+    source["pool"] = len(y) - labelled
     return make_dataset(
         ws,
         x,
         y,
-        classes,
+        out_classes,
         name=name or f"{photos.name}-{cfg.size[0]}x{cfg.size[1]}",
         source=source,
         split=split,
@@ -201,6 +217,25 @@ def render_photos(
         photos={"version": photos.id, **stored},
         x_blob=x_sha,
     )
+
+
+def _classes(photos: PhotoVersion, classes: list[str] | None) -> list[str]:
+    """The rendered version's classes: the photo version's, or `classes` where given (a superset)."""
+    if classes is None:
+        if len(photos.classes) < 2:
+            raise BadInput(
+                f"photo version {photos.id} has {len(photos.classes)} class(es): name the classes its labels "
+                "will come from (--classes a,b,...)"
+            )
+        return photos.classes
+    classes = [str(c) for c in classes]
+    missing = [c for c in photos.classes if c not in classes]
+    if missing or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise BadInput(
+            f"classes {classes} must be two or more distinct names holding every class of photo version "
+            f"{photos.id} ({', '.join(photos.classes) or 'none'})"
+        )
+    return classes
 
 
 def _render_to_store(

@@ -1,7 +1,7 @@
 """Photo datasets kept as their original encoded files (issue 17).
 
-`import_photos` reads a folder of class subfolders, an unlabeled folder, or a CSV / JSON-lines
-manifest (``path,label[,extra columns]``), checks every file (size cap, format, pixel count from the
+`import_photos` reads a folder of class subfolders (and an ``unlabeled`` one), an unlabeled folder,
+or a CSV / JSON-lines manifest (``path,label[,extra columns]``), checks every file (size cap, format, pixel count from the
 header before any decode, then a full decode), skips the bad ones with a reason each, stores each
 distinct content once in deterministic tar shards (`datamoat.data.shards`) in the workspace's object
 store, and writes a columnar index (`datamoat.data.photo_index`: numpy columns, never a Python
@@ -87,6 +87,7 @@ class PhotoImportConfig(Config):
     val_fraction: float = 0.1
     test_fraction: float = 0.15
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    unlabeled_folder: str = "unlabeled"  # beside class subfolders (or a manifest's label): no label yet
 
     def validate(self) -> None:
         check(self.max_pixels >= 1, f"max_pixels must be positive, got {self.max_pixels}")
@@ -331,7 +332,8 @@ def import_photos(
         except _Skip as e:
             skip(it.rel, e)
             continue
-        builder.add(hashlib.sha256(data).digest(), it.label, meta, it.rel, it.extra)
+        label = None if it.label == cfg.unlabeled_folder else it.label  # unlabeled: the render's pool
+        builder.add(hashlib.sha256(data).digest(), label, meta, it.rel, it.extra)
     index, dup_paths, conflicts = builder.finish()
     for rels, labels in conflicts:  # the same bytes cannot be two classes: keep neither, say so
         why = f"the same bytes as {', '.join(rels)} carry different labels ({', '.join(labels)})"
@@ -401,6 +403,7 @@ def import_photos(
         "name": name,
         "source": str(src),
         "imported": len(rows),
+        "unlabeled": int((rows["label"] < 0).sum()),
         "classes": classes,
         "splits": counts,
         "per_class": per_class,
@@ -423,11 +426,8 @@ def list_photos(ws: Workspace) -> list[dict[str, Any]]:
     recs = [json.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)]
     return [
         {"id": r["id"], "name": r["name"], "source": r["source"], "samples": sum(r["manifest"]["counts"].values())}
-        | {
-            "classes": len(r["manifest"]["classes"]),
-            "shards": len(r["manifest"]["shards"]),
-            "skipped": len(r["skipped"]),
-        }
+        | {"classes": len(r["manifest"]["classes"]), "shards": len(r["manifest"]["shards"])}
+        | {"skipped": len(r["skipped"])}
         for r in recs
     ]
 

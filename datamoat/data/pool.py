@@ -176,6 +176,23 @@ def label_rows(
     return _child(ws, ds, ds.x, y, codes, org, name=name or f"{ds.name}+{len(rows)}", source=src, kept=True)
 
 
+def hide_labels(ws: Workspace, ds: Dataset, rows: np.ndarray, *, name: str | None = None) -> Dataset:
+    """A version of `ds` whose labelled rows `rows` are back in the pool, labels hidden: what a
+    benchmark, or `improve`'s label lever, asks an oracle about as if nobody had labelled them yet.
+
+    >>> held_back = hide_labels(ws, ds, np.arange(100, 500))  # doctest: +SKIP
+    """
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    if len(rows) == 0:
+        raise BadInput("no rows to hide: give at least one labelled row")
+    if rows.min() < 0 or rows.max() >= len(ds.y) or (ds.split[rows] == POOL).any():
+        raise BadInput(f"rows must be labelled items of {ds.name} ({ds.id}): their labels are what is hidden")
+    y, codes = ds.y.copy(), ds.split.copy()
+    y[rows], codes[rows] = UNLABELED, POOL
+    src = {"kind": "hide-labels", "hidden": int(len(rows)), "rows_sha256": ws.put_array(rows)}
+    return _child(ws, ds, ds.x, y, codes, origins(ds), name=name or f"{ds.name}-held", source=src, kept=True)
+
+
 def _child(
     ws: Workspace,
     base: Dataset,

@@ -161,7 +161,10 @@ def import_folder(
     files = [[f for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES] for d in class_dirs]
     pairs = [(d, fs) for d, fs in zip(class_dirs, files) if fs]
     if not pairs:
-        raise BadInput(f"{root} has no class subfolders with .png/.jpg images: make one subfolder per class")
+        raise BadInput(
+            f"{root} has no class subfolders with .png/.jpg images: make one subfolder per class, or add "
+            "unlabeled images to a dataset's pool (`datamoat data pool FOLDER --into DATASET`)"
+        )
     if size is None or grayscale is None:
         first = pairs[0][1][0]
         try:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from datamoat.data.dataset import SPLITS, Dataset, load_dataset, make_dataset, read_rows
+from datamoat.data.dataset import POOL, SPLITS, Dataset, load_dataset, make_dataset, read_rows
 from datamoat.data.photo_index import PhotoRefs
 from datamoat.data.pool import ORIGINS, origins
 from datamoat.errors import BadInput
@@ -75,22 +75,24 @@ def merge(
     name: str,
     source: dict[str, Any],
     split: str = "train",
-    origin: str = "import",
+    origin: str | Sequence[str] = "import",
 ) -> Dataset:
     """`base` plus new samples appended to one split, as a new version.
 
     `source` says where the samples came from (e.g. accepted feedback ids);
     it is recorded under `source["from"]` with the counts per class, and
-    `origin` (one of `datamoat.data.pool.ORIGINS`) per new row.
+    `origin` (one of `datamoat.data.pool.ORIGINS`, or one per new row) per new row.
 
     >>> v2 = merge(ws, base, x, y, name="digits+fb", source={"feedback_ids": ids})  # doctest: +SKIP
     """
     if split not in SPLITS:
         raise BadInput(f"unknown split {split!r}: choose train, val or test")
-    if origin not in ORIGINS:
-        raise BadInput(f"unknown label origin {origin!r}: choose one of {', '.join(ORIGINS)}")
     x_new = np.asarray(x_new)
     y_new = np.asarray(y_new, dtype=np.int64).reshape(-1)
+    names = [origin] * len(y_new) if isinstance(origin, str) else list(origin)
+    if set(names) - set(ORIGINS) or len(names) != len(y_new):
+        got = repr(origin) if isinstance(origin, str) else f"{len(names)} origins {sorted(set(map(str, names)))}"
+        raise BadInput(f"origin must be one of {', '.join(ORIGINS)}, or one of them per new sample; got {got}")
     if len(y_new) == 0:
         raise BadInput("nothing to merge: give at least one new sample")
     if x_new.dtype != np.uint8 or x_new.shape[1:] != base.x.shape[1:]:
@@ -111,9 +113,9 @@ def merge(
         "per_class": np.bincount(y_new, minlength=base.num_classes).tolist(),
         "x_sha256": ws.put_array(x_new),
         "y_sha256": ws.put_array(y_new),
-        "origin": origin,
+        "origin": origin if isinstance(origin, str) else dict(sorted(Counter(names).items())),
     }
-    org = np.concatenate([origins(base), np.full(len(y_new), ORIGINS.index(origin), np.uint8)])
+    org = np.concatenate([origins(base), np.array([ORIGINS.index(o) for o in names], np.uint8)])
     src = {"kind": "merge", "added": added, "from": source}
     return _derive(ws, base, x, y, codes, name=name, source=src, origin=org)
 
@@ -224,6 +226,8 @@ def apply_fixes(
         label = fix.get("new_label")
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < k:
             raise BadInput(f"fix #{i} has new_label {label!r}: give a class index in 0..{k - 1} or drop=true")
+        if base.split[idx] == POOL:  # a first label is not a fix: it moves the item out of the pool
+            raise BadInput(f"fix #{i} labels pool item {idx}, which has no label to fix: label it with label_rows")
         relabelled += int(label != y[idx])
         y[idx] = label
     dropped = int((~keep).sum())
@@ -261,7 +265,10 @@ def diff(ws: Workspace, a: Dataset | str, b: Dataset | str) -> dict[str, Any]:
     a different one in `b` is a relabel; what is left is removed (only in `a`)
     or added (only in `b`). A sample that moved split shows as removed from
     one and added to the other. Labels are compared by index; class-name
-    changes are listed separately.
+    changes are listed separately. Where either holds an unlabeled pool
+    (`datamoat.data.pool`), ``pool`` counts its items the same way, and
+    ``labelled`` those that left `a`'s pool and are labelled in `b`; the
+    totals count labelled samples only.
 
     >>> diff(ws, "digits", "digits-fixed")["totals"]  # doctest: +SKIP
     {'added': 0, 'removed': 0, 'relabelled': 12, 'unchanged': 1785}
@@ -273,12 +280,14 @@ def diff(ws: Workspace, a: Dataset | str, b: Dataset | str) -> dict[str, Any]:
     ka, kb = a.num_classes, b.num_classes
     out: dict[str, Any] = {"a": a.id, "b": b.id, "splits": {}, "relabels": []}
     totals = dict.fromkeys(("added", "removed", "relabelled", "unchanged"), 0)
+    labelled: list[Counter[str]] = [Counter(), Counter()]  # each side's labelled images, by pixel hash
     for split, code in SPLITS.items():
         groups: dict[str, list[list[int]]] = defaultdict(lambda: [[], []])
         for side, ds in enumerate((a, b)):
             mask = ds.split == code
             for h, label in zip(pixel_hashes(ds.x[mask]), ds.y[mask].tolist()):
                 groups[h][side].append(label)
+                labelled[side][h] += 1
         row = {"added": [0] * kb, "removed": [0] * ka, "relabelled_from": [0] * ka, "relabelled_to": [0] * kb}
         moves: dict[tuple[int, int], int] = defaultdict(int)
         unchanged = 0
@@ -315,6 +324,17 @@ def diff(ws: Workspace, a: Dataset | str, b: Dataset | str) -> dict[str, Any]:
             {"split": split, "from": int(o), "to": int(n), "count": c} for (o, n), c in sorted(moves.items())
         ]
     out["totals"] = totals
+    if (a.split == POOL).any() or (b.split == POOL).any():
+        pa, pb = (Counter(pixel_hashes(ds.x[ds.split == POOL])) for ds in (a, b))
+        left = pa - pb  # unlabeled in a, not in b's pool
+        out["pool"] = {
+            "a": pa.total(),
+            "b": pb.total(),
+            "added": (pb - pa).total(),
+            "removed": left.total(),
+            "unchanged": (pa & pb).total(),
+            "labelled": (left & (labelled[1] - labelled[0])).total(),
+        }
     changes = []
     for i in range(max(ka, kb)):
         name_a = a.classes[i] if i < ka else None

@@ -15,7 +15,7 @@ import math
 import time
 import uuid
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -23,8 +23,23 @@ import sqlalchemy as sa
 from datamoat.errors import Unprocessable
 from datamoat.registry.core import Registry
 from datamoat.registry.ledger import add_logged_review, input_hash, log_rows, logged_ids, open_reviews, review_rows
+from datamoat.registry.schema import ensure_schema
+from datamoat.workspace import Workspace
 
-__all__ = ["RateLimited", "UploadRefused", "parse_upload", "record_uploads", "uploads", "upload_log"]
+if TYPE_CHECKING:
+    from datamoat.data.dataset import Dataset
+    from datamoat.data.intake import PoolTarget
+    from datamoat.feedback.intake import LogPoolConfig
+
+__all__ = [
+    "RateLimited",
+    "UploadRefused",
+    "parse_upload",
+    "record_uploads",
+    "uploads",
+    "upload_log",
+    "pool_from_uploads",
+]
 
 meta = sa.MetaData()
 uploads = sa.Table(
@@ -235,3 +250,30 @@ def upload_log(engine: sa.Engine, device_id: str | None = None) -> list[dict[str
         q = q.where(uploads.c.device_id == device_id)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def pool_from_uploads(
+    ws: Workspace,
+    registry: Registry,
+    *,
+    like: PoolTarget | None = None,
+    into: Dataset | None = None,
+    device_id: str | None = None,
+    config: LogPoolConfig | None = None,
+    name: str | None = None,
+) -> tuple[Dataset, dict[str, Any]]:
+    """The samples devices uploaded (every device's, or `device_id`'s) as unlabeled items, with each
+    device's count in the version's source: `datamoat.feedback.intake.pool_from_log` over their
+    review items. The uploads were checked when they arrived (the device's token, the model's input
+    shape, the size of the pixels); the hash is the server's own, and nothing here reads a client's.
+
+    >>> ds, report = pool_from_uploads(ws, reg, into=load_dataset(ws, "digits"))  # doctest: +SKIP
+    """
+    from datamoat.errors import BadInput
+    from datamoat.feedback.intake import pool_from_log
+
+    ensure_schema(registry.engine, "edge_uploads", meta)  # a registry no device has used yet has none
+    devices = {u["prediction_id"]: u["device_id"] for u in upload_log(registry.engine, device_id)}
+    if not devices:
+        raise BadInput(f"no uploads from {f'device {device_id!r}' if device_id else 'any device'} to pool")
+    return pool_from_log(ws, registry, like=like, into=into, config=config, name=name, devices=devices)

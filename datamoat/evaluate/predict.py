@@ -1,7 +1,8 @@
 """`predict`: every sample's prediction, streamed into a Parquet file.
 
 `evaluate` sums a split up; `predict` keeps the rows: each sample's dataset index, a stable id,
-split, true label, predicted class, confidence and top-k classes, so predictions can be joined,
+split, true label (null for an unlabeled pool item, whose split is "pool": `datamoat.data.pool`),
+predicted class, confidence and top-k classes, so predictions can be joined,
 filtered and audited with any Parquet reader (pandas, Polars, DuckDB, Spark).
 
 It streams, so memory follows `batch_size`, not the dataset. A dataset rendered from photos is
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from datamoat.configs import Config, check, check_choice
-from datamoat.data.dataset import SPLITS, Dataset, load_dataset
+from datamoat.data.dataset import POOL, SPLITS, Dataset, load_dataset
 from datamoat.data.photo_render import photo_refs, pixel_batches
 from datamoat.errors import BadInput
 from datamoat.evaluate.metrics import check_model_fits
@@ -34,7 +35,8 @@ from datamoat.workspace import Workspace, atomic_path
 
 __all__ = ["PredictConfig", "predict", "iter_predictions", "predict_in_workspace", "predictions_schema"]
 
-_SPLIT_NAMES = np.array(list(SPLITS))  # split code -> name; the codes are 0, 1, 2 in order
+_SPLIT_NAMES = np.array([*SPLITS, "pool"])  # split code -> name; the codes are 0, 1, 2 and POOL (3) in order
+_SPLIT_CODES = {**SPLITS, "pool": POOL}
 _DEFAULT_TOP_K = 5
 
 
@@ -56,7 +58,7 @@ class PredictConfig(Config):
     def validate(self) -> None:
         from datamoat.train.device import DEVICES
 
-        check_choice("split", self.split, ("all", *SPLITS))
+        check_choice("split", self.split, ("all", *_SPLIT_CODES))
         check_choice("device", self.device, DEVICES)
         check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         check(self.top_k is None or self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
@@ -94,7 +96,7 @@ def _plan(model: Model, data: Dataset, config: PredictConfig | None) -> tuple[Pr
     k = len(data.classes)
     top_k = min(_DEFAULT_TOP_K, k) if cfg.top_k is None else cfg.top_k
     check(top_k <= k, f"top_k {top_k} is more than the {k} classes: give a top-k in 1..{k}")
-    rows = np.arange(len(data.y)) if cfg.split == "all" else np.flatnonzero(data.split == SPLITS[cfg.split])
+    rows = np.arange(len(data.y)) if cfg.split == "all" else np.flatnonzero(data.split == _SPLIT_CODES[cfg.split])
     if len(rows) == 0:
         raise BadInput(f"dataset {data.name} has no {cfg.split} samples: predict another split (--split)")
     return dataclasses.replace(cfg, top_k=top_k), rows
@@ -127,7 +129,7 @@ def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) 
                 pa.array(at.astype(np.int64)),
                 pa.array(ids, pa.string()),
                 pa.array(_SPLIT_NAMES[data.split[at]], pa.string()),
-                pa.array(data.y[at].astype(np.int64)),
+                pa.array(data.y[at].astype(np.int64), mask=data.y[at] < 0),  # no label yet: null
                 pa.array(pred.astype(np.int64)),
                 pa.array(classes[pred], pa.string()),
                 pa.array(np.ascontiguousarray(top_p[:, 0])),

@@ -2,7 +2,7 @@
 
 `retrain_from_feedback` merges the items the gate (or a person) accepted into
 a new version of the production model's dataset (train split only, so the
-test split stays frozen), trains the same architecture with the same recipe
+test split stays frozen; each new label's origin recorded, `label_origins`), trains the same architecture with the same recipe
 from scratch, and compares both models as ONNX on the base dataset's test
 split, overall and per class. The candidate is registered (not promoted)
 only when it beats production by `margin` points and no class drops more
@@ -25,7 +25,7 @@ from datamoat.feedback.store import Quarantine
 from datamoat.registry.core import Registry
 from datamoat.workspace import Workspace
 
-__all__ = ["RetrainConfig", "retrain_from_feedback", "compare", "accepted_feedback"]
+__all__ = ["RetrainConfig", "retrain_from_feedback", "compare", "accepted_feedback", "label_origins"]
 
 
 @dataclasses.dataclass
@@ -90,14 +90,20 @@ def accepted_feedback(
     q: Quarantine, base: Dataset, classes: list[str]
 ) -> tuple[np.ndarray, np.ndarray, list[int], int]:
     """(x, y, item ids, skipped) of accepted items with images, minus any that
-    are test images of `base`: training on them would inflate the very score
-    the candidate is judged by. `datamoat data merge --accepted` can use it.
+    are test images of `base` (training on them would inflate the very score
+    the candidate is judged by) and decisions on pool items, which `label apply` owns. `datamoat data merge --accepted` can use it.
 
     >>> x, y, ids, skipped = accepted_feedback(Quarantine(reg), base, base.classes)  # doctest: +SKIP
     """
-    from datamoat.registry.ledger import input_hash
+    from datamoat.registry.ledger import POOL_PREFIX, input_hash
 
-    items = [r for r in q.items(status="accepted") if r["has_pixels"] and r["label"] in classes]
+    # A decision on a pool item labels its row in the pool's own lineage (`label apply`): merged here
+    # as well, one image would be labelled twice across versions.
+    items = [
+        r
+        for r in q.items(status="accepted")
+        if r["has_pixels"] and r["label"] in classes and not (r["prediction_id"] or "").startswith(POOL_PREFIX)
+    ]
     pix = q.pixels([r["id"] for r in items])
     test = {input_hash(img) for img in base.subset("test")[0]}
     usable = [r for r in items if pix[r["id"]].shape == base.input_shape and r["input_sha256"] not in test]
@@ -109,6 +115,22 @@ def accepted_feedback(
     x = np.stack([pix[r["id"]] for r in usable])  # (N, C, H, W)
     y = np.array([classes.index(r["label"]) for r in usable], np.int64)
     return x, y, [r["id"] for r in usable], len(items) - len(usable)
+
+
+def label_origins(reg: Registry, item_ids: list[int]) -> list[str]:
+    """The origin (`datamoat.data.pool.ORIGINS`) of each accepted item's label: "human" for a
+    reviewer's decision on /review (the review queue's own link to the item, which no client's
+    feedback can claim, whatever source it names), "gate" for any other feedback the quarantine let
+    through: a client's label, checked by the poisoning gate (or accepted by a person after it held it).
+
+    >>> label_origins(Registry("sqlite://"), [1, 2])
+    ['gate', 'gate']
+    """
+    from datamoat.registry.ledger import ensure_ledger, review_items
+
+    ensure_ledger(reg.engine)  # a registry no server has used yet has no queue: then none is a person's
+    human = {r["feedback_item"] for r in review_items(reg.engine, "decided")}
+    return ["human" if i in human else "gate" for i in item_ids]
 
 
 def retrain_from_feedback(
@@ -157,6 +179,7 @@ def retrain_from_feedback(
         y_new,
         name=f"{base.name}+feedback",
         source={"kind": "feedback", "item_ids": ids, "production_version": vid},
+        origin=(org := label_origins(reg, ids)),
     )
 
     recipe = [r for r in prod.lineage.get("recipe", []) if r.get("type") == "TrainConfig"]
@@ -182,6 +205,7 @@ def retrain_from_feedback(
         dataset=merged.id,
         base=base.id,
         added=len(ids),
+        origins={o: org.count(o) for o in sorted(set(org))},
         skipped=skipped,
         production_version=vid,
         registered=False,

@@ -16,8 +16,10 @@ JSON hash alike; the server always computes it from pixels it holds.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -44,10 +46,16 @@ __all__ = [
     "write_predictions",
     "record_feedback",
     "known_labels",
+    "logged_inputs",
+    "pixel_coverage",
+    "POOL_PREFIX",
+    "queue_pool_items",
+    "pool_reviews",
 ]
 
 AUDIT_REASON = "audit sample of automated answers: checks the guarantee"
 REVIEW_SOURCE = "review"  # the quarantine source of /review decisions; trust comes from the token's role
+POOL_PREFIX = "pool:"  # prediction ids of unlabeled pool items: "pool:<dataset id>:<row>", written only here
 
 meta = sa.MetaData()
 predictions = sa.Table(
@@ -217,6 +225,8 @@ def record_feedback(
     token across every server (L2): the client-chosen `source` describes the
     label, it does not make room for more of them.
     """
+    if prediction_id.startswith(POOL_PREFIX):  # its id is guessable: only a /review decision labels it
+        raise Unprocessable(f"{prediction_id} is an unlabeled pool item, not an answer: it is labelled on /review")
     with registry.engine.connect() as conn:
         row = conn.execute(sa.select(predictions.c.model_version).where(predictions.c.id == prediction_id)).first()
     if row is None:
@@ -360,3 +370,81 @@ def add_logged_review(conn: sa.Connection, log_row: dict[str, Any], review_row: 
     """One prediction and its review item, in the caller's transaction (a device's upload)."""
     conn.execute(predictions.insert().values(log_row))
     conn.execute(review.insert().values(review_row))
+
+
+# -- what the unlabeled pools read (`datamoat.feedback.intake`) ----------------------------------
+def logged_inputs(
+    engine: sa.Engine, *, status: str | None = None, alias: str | None = None, ids: list[str] | None = None
+) -> Iterator[list[Any]]:
+    """Review rows, 256 a read, oldest first (`review_pixels` reads each image): the only answers whose
+    pixels the log keeps (no pool item: `queue_pool_items`'s are in a pool already). `status` ("open",
+    "decided"), `alias` and `ids` (prediction ids, 500 a read) narrow them."""
+    ensure_ledger(engine)
+    keep = [~review.c.prediction_id.like(f"{POOL_PREFIX}%")] + ([review.c.status == status] if status else [])
+    q = sa.select(review).where(*keep, *([review.c.alias == alias] if alias else [])).order_by(review.c.ts)
+    q, some = q.order_by(review.c.prediction_id), list(ids or ())
+    by_id = (q.where(review.c.prediction_id.in_(some[i : i + 500])) for i in range(0, len(some), 500))
+    for lot in by_id if ids is not None else (q.offset(i).limit(256) for i in itertools.count(0, 256)):
+        with engine.connect() as conn:  # a read at a time: one lot of pixels is held, however long the queue
+            rows = list(conn.execute(lot))
+        if rows:
+            yield rows
+        elif ids is None:  # past the last page
+            return
+
+
+def pixel_coverage(engine: sa.Engine) -> dict[str, int]:
+    """How many answers the log holds, and of how many it keeps the pixels (pool items are no answers)."""
+    ensure_ledger(engine)
+    count, cols = sa.select(sa.func.count()), (predictions.c.id, review.c.prediction_id)
+    with engine.connect() as conn:
+        n = [conn.execute(count.where(~c.like(f"{POOL_PREFIX}%"))).scalar_one() for c in cols]
+    return {"answers": int(n[0]), "with_pixels": int(n[1])}
+
+
+# -- unlabeled pool items (`datamoat.feedback.suggest`) ------------------------------------------
+def queue_pool_items(engine: sa.Engine, items: list[dict[str, Any]], alias: str) -> list[str]:
+    """Put pool items on the review queue, each with a log row (its input hash, which a decision is
+    checked against); returns the ids queued. Each item: `dataset_id`, `row`, `model_version`,
+    `pixels` uint8 (C, H, W), `top` [{"label", "probability"}], `reason`. An item already logged
+    (open, or decided) is skipped: an item is queued once."""
+    ensure_ledger(engine)
+    now = time.time()
+    queued: list[str] = []
+    with engine.begin() as conn:
+        ids = [f"{POOL_PREFIX}{it['dataset_id']}:{int(it['row'])}" for it in items]
+        have = set()
+        for i in range(0, len(ids), 500):  # bounded IN lists: SQLite caps bound parameters
+            have |= logged_ids(conn, ids[i : i + 500])
+        for pid, it in zip(ids, items):
+            if pid in have:
+                continue
+            u = np.ascontiguousarray(it["pixels"], np.uint8)  # (C, H, W)
+            top = it["top"][:3]
+            label = top[0]["label"] if top else None
+            answer = {"prediction_id": pid, "label": label, "top_k": top, "reason": it["reason"], "pool": True}
+            ts = now + len(queued) * 1e-5  # the queue is ordered by time: the best pick is shown first
+            log = dict(id=pid, ts=ts, server_id="pool", alias=alias, model_version=it["model_version"])
+            log.update(generation=0, input_sha256=input_hash(u), label=label, abstained=label is None)
+            log.update(needs_review=True, output=json.dumps(answer, sort_keys=True))
+            rev = dict(prediction_id=pid, ts=ts, alias=alias, model_version=it["model_version"], label=label)
+            rev.update(reason=it["reason"], top=json.dumps(top), pixels=u.tobytes(), shape=json.dumps(list(u.shape)))
+            add_logged_review(conn, log, {**rev, "exact": True, "status": "open"})
+            have.add(pid)
+            queued.append(pid)
+    return queued
+
+
+def pool_reviews(engine: sa.Engine, pixels: bool = False) -> list[Any]:
+    """Every pool item's review row (open or decided) with its logged input hash, oldest first;
+    `pixels` adds the stored image (`review_pixels` reads it)."""
+    ensure_ledger(engine)
+    cols = [c for c in review.c if pixels or c.name not in ("pixels", "shape")]
+    j = review.join(predictions, review.c.prediction_id == predictions.c.id)
+    q = (
+        sa.select(*cols, predictions.c.input_sha256)
+        .select_from(j)
+        .where(review.c.prediction_id.like(f"{POOL_PREFIX}%"))
+    )
+    with engine.connect() as conn:
+        return list(conn.execute(q.order_by(review.c.ts, review.c.prediction_id)))

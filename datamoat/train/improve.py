@@ -1,4 +1,4 @@
-"""`improve`: the code lever and the data lever, side by side, on one budget.
+"""`improve`: the code lever, the data lever and the label lever, side by side, on one budget.
 
 The setup, stated plainly: the baseline is a fixed small recipe (cnn_small,
 few epochs) trained on a FRACTION of the train split (half by default), which
@@ -13,6 +13,9 @@ of the budget:
   given label is still plausible, relabelled where the suggestion is
   confident and dropped otherwise (`cleaning.RECOMMENDED`, when the budget
   allows the cross-validation), and the whole train split is used.
+- label (people's time): `label_budget` more labels for the rows the baseline did not see,
+  chosen by `label_strategy` from the baseline's own view of them, against as many chosen at
+  random (`datamoat.train.labellever`); the cost is shown in labels.
 
 Both gains are test accuracy minus the baseline's, on the same test split,
 which neither lever sees. The learning curve (baseline recipe at 10, 25, 50
@@ -33,10 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from datamoat.configs import Config, check
+from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import Dataset
 from datamoat.models.model import Model, new_model, save_model
 from datamoat.models.zoo import ARCHS
+from datamoat.train.labellever import LABEL_STRATEGIES, label_lever
 from datamoat.train.loop import TrainConfig, train
 from datamoat.train.tune import TuneConfig, tune
 from datamoat.workspace import Workspace
@@ -59,6 +63,9 @@ class ImproveConfig(Config):
     clean: bool = True
     folds: int = 3
     clean_epochs: int = 0  # fold models' epochs; 0: enough for ~400 optimizer steps, 3 to 15
+    labels: bool = True  # the label lever; its share of the budget goes to the others when off
+    label_budget: int = 0  # labels the lever spends; 0: a fifth of the baseline's
+    label_strategy: str = "hybrid"
     seed: int = 0
     threads: int = 0
 
@@ -69,6 +76,8 @@ class ImproveConfig(Config):
         check(0 < self.baseline_fraction < 1, "baseline_fraction must be in (0, 1), so more data is left to add")
         check(self.folds >= 2, f"folds must be at least 2, got {self.folds}")
         check(self.clean_epochs >= 0, "clean_epochs must be >= 0 (0: automatic)")
+        check(self.label_budget >= 0, "label_budget must be >= 0 (0: a fifth of the baseline's labels)")
+        check_choice("label strategy", self.label_strategy, LABEL_STRATEGIES)
 
 
 def accuracy_on_test(model: Model, data: Dataset) -> float:
@@ -102,11 +111,27 @@ def improve(ws: Workspace, data: Dataset, config: ImproveConfig | None = None, *
     base_acc = accuracy_on_test(base, data)
     baseline_s = time.perf_counter() - t0
 
-    share = cfg.budget_minutes * 60 / 2
+    share = cfg.budget_minutes * 60 / (3 if cfg.labels else 2)
     model_lever = _model_lever(ws, data, cfg, n_base, share, run_id)
     # Epoch seconds, not wall clock: the first training also pays torch's warm-up.
     data_lever = _data_lever(ws, data, cfg, share, base.history["seconds"] * n_train / n_base)
-    for lever in (model_lever, data_lever):
+    levers = {"model": model_lever, "data": data_lever}
+    if cfg.labels:
+        levers["label"] = label_lever(
+            ws,
+            data,
+            base,
+            _recipe(cfg, n_base),
+            budget=cfg.label_budget or max(1, n_base // 5),
+            strategy=cfg.label_strategy,
+            share_s=share,
+            base_train_s=base.history["seconds"],
+            test_accuracy=accuracy_on_test,
+        )
+    for lever in levers.values():
+        if lever.get("test_accuracy") is None:  # skipped: it says why
+            lever.update(gain=None, budget_s=share, within_budget=True)
+            continue
         lever["gain"] = round(lever["test_accuracy"] - base_acc, 6)
         lever["budget_s"] = share
         lever["within_budget"] = lever["seconds"] <= share + GRACE_S
@@ -141,7 +166,7 @@ def improve(ws: Workspace, data: Dataset, config: ImproveConfig | None = None, *
             "test_accuracy": round(base_acc, 6),
             "seconds": round(baseline_s, 3),
         },
-        "levers": {"model": model_lever, "data": data_lever},
+        "levers": levers,
         "curve": curve,
         "budget_s": cfg.budget_minutes * 60,
         "overhead_s": round(baseline_s + curve_s, 3),
@@ -270,6 +295,21 @@ def _data_lever(ws: Workspace, data: Dataset, cfg: ImproveConfig, share: float, 
     }
 
 
+def _label_row(lever: dict[str, Any] | None) -> list[str]:
+    """The label lever's row of the report's table, and what it says about the strategy."""
+    if lever is None:
+        return []
+    if lever.get("skipped"):
+        return [f"| label | {lever['kind']}: skipped, {lever['skipped']} | - | - | {lever['seconds']:.1f} |"]
+    line = (
+        f"| label | {lever['kind']} (cost: {lever['labels']} labels; the same number at random gave "
+        f"{lever['random_control_accuracy']:.4f}) | {lever['test_accuracy']:.4f} | {lever['gain']:+.4f} | "
+        f"{lever['seconds']:.1f} |"
+    )
+    nxt = lever.get("pool", {}).get("next")
+    return [line] + ([f"| | the pool's {lever['pool']['unlabeled']} unlabeled items: `{nxt}` | | | |"] if nxt else [])
+
+
 def _write_report(folder: Path, data: Dataset, out: dict[str, Any]) -> Path:
     import matplotlib
 
@@ -282,6 +322,8 @@ def _write_report(folder: Path, data: Dataset, out: dict[str, Any]) -> Path:
     ax.plot(xs, ys, "o-", label=f"{out['baseline']['arch']} (baseline recipe)")
     ax.axhline(out["levers"]["model"]["test_accuracy"], ls="--", c="C1", label="model lever")
     ax.axhline(out["levers"]["data"]["test_accuracy"], ls=":", c="C2", label="data lever")
+    if out["levers"].get("label", {}).get("test_accuracy") is not None:
+        ax.axhline(out["levers"]["label"]["test_accuracy"], ls="-.", c="C3", label="label lever")
     ax.set_xscale("log")
     ax.set_xlabel("train samples")
     ax.set_ylabel("test accuracy")
@@ -306,6 +348,7 @@ def _write_report(folder: Path, data: Dataset, out: dict[str, Any]) -> Path:
         f"{lv['model']['seconds']:.1f} |",
         f"| data | {lv['data']['kind']}: {'; '.join(lv['data']['steps'])} | {lv['data']['test_accuracy']:.4f} | "
         f"{lv['data']['gain']:+.4f} | {lv['data']['seconds']:.1f} |",
+        *_label_row(lv.get("label")),
         "",
         "## Learning curve (baseline recipe)",
         "",

@@ -106,17 +106,23 @@ def test_fixes_and_label_noise_keep_the_originals_and_the_transform(photo_world)
     assert photo_refs(noisy) == photo_refs(w.ds) and noisy.preprocess == w.ds.preprocess
 
 
-def test_an_unlabelled_version_cannot_be_rendered(ws, tmp_path):
+def test_an_unlabelled_version_renders_as_a_pool_once_it_has_class_names(ws, tmp_path):
     from PIL import Image
 
     from datamoat.data.photos import import_photos
+    from datamoat.data.pool import pool_rows
 
     (tmp_path / "u").mkdir()
     for i in range(3):
         Image.new("RGB", (20 + i, 20), (i, 0, 0)).save(tmp_path / "u" / f"{i}.png")
     v = import_photos(ws, tmp_path / "u")
-    with pytest.raises(BadInput, match="no labelled photos"):
+    with pytest.raises(BadInput, match="name the classes its labels will come from"):
         render_photos(ws, v, PhotoTransformConfig(size=(16, 16)), workers=0)
+    with pytest.raises(BadInput, match="no labelled photos"):  # and with the pool left out, nothing is left
+        render_photos(ws, v, PhotoTransformConfig(size=(16, 16)), workers=0, pool=False)
+    pool = render_photos(ws, v, PhotoTransformConfig(size=(16, 16)), workers=0, classes=["cat", "dog"])
+    assert pool.classes == ["cat", "dog"] and pool_rows(pool).tolist() == [0, 1, 2] and (pool.y == -1).all()
+    assert len(photo_refs(pool)) == 3  # the originals stay reachable: labelled rows train on fresh crops
 
 
 def test_a_tampered_shard_is_refused_by_the_render_and_the_training_stream(ws, tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from datamoat.data.dataset import SPLITS, load_dataset, make_dataset
-from datamoat.data.pool import POOL, label_rows, make_pool, origin_counts, origins, pool_rows, with_pool
+from datamoat.data.pool import POOL, hide_labels, label_rows, make_pool, origin_counts, origins, pool_rows, with_pool
 from datamoat.data.versions import apply_fixes, merge
 from datamoat.errors import BadInput
 
@@ -100,3 +100,13 @@ def test_bad_pools_are_refused(ws):
         with_pool(ws, ds, np.zeros((2, 3, 4, 4), np.uint8))
     with pytest.raises(BadInput, match="coincide"):
         make_dataset(ws, np.array(ds.x), np.array(ds.y), ds.classes, name="x", source={}, split=np.zeros(50, np.uint8))
+
+
+def test_hide_labels_puts_labelled_rows_back_in_the_pool(ws, digits):
+    train = np.flatnonzero(digits.split == SPLITS["train"])
+    held = hide_labels(ws, digits, train[:50])
+    assert pool_rows(held).tolist() == sorted(train[:50].tolist()) and (held.y[train[:50]] == -1).all()
+    back = label_rows(ws, held, train[:50], digits.y[train[:50]], origin="import", actor="oracle")
+    assert np.array_equal(back.y, digits.y) and np.array_equal(back.split, digits.split)
+    with pytest.raises(BadInput, match="labelled items"):
+        hide_labels(ws, held, train[:1])

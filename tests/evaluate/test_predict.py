@@ -203,3 +203,17 @@ def test_the_device_changes_where_the_model_runs_not_what_it_predicts(saved, tmp
         assert runs["cpu"] == runs["auto"] and evals["cpu"] == evals["auto"]
     with pytest.raises(BadInput, match="device"):
         EvalConfig(device="tpu")
+
+
+def test_pool_rows_are_predicted_with_no_label(saved, tmp_path):
+    from datamoat.data.pool import pool_rows, with_pool
+
+    ws, ds, model = saved
+    pooled = with_pool(ws, ds, 255 - ds.x[:7])
+    t = read(predict(model, pooled, tmp_path / "all.parquet"))
+    rows = pool_rows(pooled).tolist()
+    assert [t["split"][i] for i in rows] == ["pool"] * 7 and [t["label"][i] for i in rows] == [None] * 7
+    assert t["label"][: len(ds.y)] == ds.y.tolist()  # the labelled rows as before
+    only = read(predict(model, pooled, tmp_path / "pool.parquet", PredictConfig(split="pool")))
+    assert only["index"] == rows and only["predicted"] == [t["predicted"][i] for i in rows]
+    assert evaluate(model, pooled, EvalConfig(split="val")).n == int((ds.split == SPLITS["val"]).sum())

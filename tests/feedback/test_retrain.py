@@ -55,3 +55,29 @@ def test_a_class_that_drops_blocks_registration():
     assert r["gain"] == pytest.approx(100 * 2 / 30) and not r["better"]
     assert r["worst_class"]["class"] == "b" and "drops 10.00 points" in r["reasons"][0]
     assert compare(y, prod, cand, ["a", "b", "c"], margin=1.0, max_class_drop=10.0)["better"]
+
+
+def test_merged_labels_record_who_gave_them(q, trained):
+    from datamoat.data.pool import ORIGINS, origins
+    from datamoat.feedback.review import ReviewQueue
+
+    from .helpers_fb import answered, served, server_feedback
+
+    reg, (x, y) = q.registry, trained.ds.subset("train")
+    feed_train_images(q, trained, n=3)  # a vendor's labels, accepted after the quarantine: "gate"
+    reviewed = answered(reg, x[3:5])  # the review queue's items, decided by a person on /review: "human"
+    for pid, label in zip(reviewed, y[3:5]):
+        ReviewQueue(reg).decide(pid, str(label), "ana")
+    spoof = served(q, x[5], str(y[5]))  # a client naming its feedback "review" is still a client: "gate"
+    server_feedback(q, spoof, str(y[5]), "review")
+    q.sync()
+    q.attach_pixels(x[5:6])
+    pending = [r["id"] for r in q.items(status="pending")]
+    q.decide(pending, "accepted", actor="ana")
+    out = retrain_from_feedback(trained.ws, reg, RetrainConfig(margin=100, epochs=1), actor="ops")
+    assert out["added"] == 6 and out["origins"] == {"gate": 4, "human": 2}
+    merged = load_dataset(trained.ws, out["dataset"])
+    new = [ORIGINS[c] for c in origins(merged)[len(trained.ds.y) :]]
+    human = {r["id"] for r in q.items() if r["prediction_id"] in reviewed}
+    ids = trained.ws.resolve("datasets", merged.id)["source"]["from"]["item_ids"]
+    assert new == ["human" if i in human else "gate" for i in ids] and new.count("human") == 2

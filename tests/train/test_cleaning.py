@@ -266,3 +266,16 @@ def test_issues_file_errors_name_the_fix(tmp_path):
     for path, match in [(other, "not-this-one"), (garbage, "not valid JSON"), (tmp_path / "no.json", "does not exist")]:
         with pytest.raises(DatamoatError, match=match):
             _read_fixes(path, "abc", drop=False, min_confidence=0.0)
+
+
+def test_issues_pass_the_unlabeled_pool_by(ws, digits):
+    from datamoat.data.pool import pool_rows, with_pool
+
+    train = np.flatnonzero(digits.split == SPLITS["train"])
+    pooled = with_pool(ws, digits, np.concatenate([digits.x[train[:1]], 255 - digits.x[:20]]))
+    issues = find_issues(pooled, folds=2, epochs=1, arch="mlp", threads=1, outlier_fraction=0.05)
+    assert issues.examined.tolist() == train.tolist()  # only labelled train rows are judged
+    pool = set(pool_rows(pooled).tolist())
+    assert not pool & {i["index"] for i in issues.label_issues} and not pool & {o["index"] for o in issues.outliers}
+    twin = [p for p in issues.near_duplicates if p["b"] == len(digits.y)]  # the pool's copy of a train image
+    assert twin and twin[0]["exact"] and not twin[0]["conflict"] and twin[0]["splits"] == ["train", "pool"]

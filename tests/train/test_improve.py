@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from dmtest import dm
 
@@ -18,12 +19,16 @@ def test_improve_end_to_end(ws, digits):
     base = out["baseline"]["test_accuracy"]
     n_train = len(digits.subset("train")[1])
     assert abs(out["baseline"]["train_samples"] - 0.5 * n_train) <= digits.num_classes  # stratified rounding
-    for key in ("model", "data"):
+    for key in ("model", "data", "label"):
         lever = out["levers"][key]
         assert lever["gain"] == pytest.approx(lever["test_accuracy"] - base, abs=1e-5)
-        assert lever["budget_s"] == pytest.approx(3.0)
+        assert lever["budget_s"] == pytest.approx(2.0)  # a third of 6 s each
         assert lever["within_budget"] is True
+    for key in ("model", "data"):
+        lever = out["levers"][key]
         assert load_model(ws, lever["model_id"]).id == lever["model_id"]
+    label = out["levers"]["label"]
+    assert label["labels"] == out["baseline"]["train_samples"] // 5 and "random_control_accuracy" in label
     assert out["levers"]["model"]["trials"] >= 1
     data_lever = out["levers"]["data"]  # the whole train split, less the label errors it dropped
     kept = len(load_dataset(ws, data_lever["dataset_id"]).subset("train")[1])
@@ -36,7 +41,7 @@ def test_improve_end_to_end(ws, digits):
     # The accounting: the levers' shares plus the stated overhead bound the run.
     assert out["total_s"] <= out["budget_s"] + out["overhead_s"] + 2 * GRACE_S
     report = Path(out["report"]).read_text()
-    assert "| model |" in report and "| data |" in report and "| 100% |" in report
+    assert "| model |" in report and "| data |" in report and "| label |" in report and "| 100% |" in report
     assert (Path(out["report"]).parent / "curve.png").stat().st_size > 1000
 
 
@@ -60,11 +65,46 @@ def test_data_lever_skips_cleaning_that_cannot_fit(ws, digits):
     assert lever["steps"][0].startswith("cleaning skipped") and lever["dataset_id"] == digits.id
 
 
+def test_label_lever_labels_only_rows_the_baseline_did_not_see(ws, digits):
+    from datamoat.data.dataset import SPLITS
+    from datamoat.data.pool import ORIGINS, hide_labels, origins, pool_rows
+    from datamoat.models import new_model
+    from datamoat.train.labellever import label_lever
+    from datamoat.train.loop import TrainConfig, subsample, train
+
+    train_rows = np.flatnonzero(digits.split == SPLITS["train"])
+    # a real pool of 40 items beside the labels: the lever says how to spend its labels there
+    data = hide_labels(ws, digits, train_rows[-40:])
+    rows = np.flatnonzero(data.split == SPLITS["train"])
+    recipe = TrainConfig(epochs=2, threads=1, max_train_samples=len(rows) // 2)
+    base = train(new_model("mlp", data), data, recipe, progress=False)
+    seen = rows[subsample(data.y[rows], recipe.max_train_samples, recipe.seed)]
+    acc = lambda m, d: float((m.logits(d.subset("test")[0]).argmax(1) == d.subset("test")[1]).mean())  # noqa: E731
+    out = label_lever(
+        ws, data, base, recipe, budget=60, strategy="hybrid", share_s=600, base_train_s=0.5, test_accuracy=acc
+    )
+    chosen = load_dataset(ws, out["dataset_id"])
+    labelled = np.flatnonzero(chosen.split == SPLITS["train"])
+    picked = np.setdiff1d(labelled, seen)
+    assert len(picked) == 60 and set(seen) <= set(labelled) and set(picked) <= set(rows) - set(seen)
+    assert np.array_equal(chosen.y[picked], digits.y[picked])  # the held-back labels, as an oracle gives them
+    assert (origins(chosen)[picked] == ORIGINS.index("import")).all()
+    assert len(pool_rows(chosen)) == len(rows) - len(labelled) + 40  # the rest held back, the real pool as it was
+    assert out["pool"]["unlabeled"] == 40 and "label suggest" in out["pool"]["next"]
+    assert 0 <= out["test_accuracy"] <= 1 and 0 <= out["random_control_accuracy"] <= 1
+    skipped = label_lever(
+        ws, data, base, recipe, budget=60, strategy="margin", share_s=0.1, base_train_s=5.0, test_accuracy=acc
+    )
+    assert skipped["test_accuracy"] is None and "share" in skipped["skipped"]
+
+
 def test_bad_input():
     with pytest.raises(BadInput, match="budget_minutes must be positive"):
         ImproveConfig(budget_minutes=0)
     with pytest.raises(BadInput, match="baseline_fraction"):
         ImproveConfig(baseline_fraction=1.0)
+    with pytest.raises(BadInput, match="label strategy"):
+        ImproveConfig(label_strategy="disagreement")
 
 
 @pytest.mark.slow

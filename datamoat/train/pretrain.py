@@ -188,7 +188,7 @@ def pretrain(
     if len(rows) < 2:
         raise BadInput(
             f"dataset {pool.name} has {len(rows)} image(s) outside its test split: pretraining needs at least 2; "
-            "give a pool of unlabeled images or a larger version"
+            "give a pool of unlabeled images (`datamoat data pool`) or a larger version"
         )
     if cfg.max_samples and cfg.max_samples < len(rows):
         rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.max_samples, replace=False))

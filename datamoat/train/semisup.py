@@ -82,7 +82,7 @@ def check_pool(pool: Dataset, model: Model) -> np.ndarray:
     """The pool's unlabeled rows, or a one-line `BadInput` when it has none or its images do not fit `model`."""
     rows = pool_rows(pool)
     if not len(rows):
-        raise BadInput(f"dataset {pool.name} has no unlabeled images: give --unlabeled a pool (a version with some)")
+        raise BadInput(f"dataset {pool.name} has no unlabeled images: give --unlabeled a pool (`datamoat data pool`)")
     want = (model.config.in_channels, *model.config.image_size)
     if tuple(pool.input_shape) != want:
         raise BadInput(

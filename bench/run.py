@@ -37,8 +37,10 @@ ORDER = [
     "photo_pipeline",
     "ddp",
     "drift",
+    "drift_photo",
     "guarantee",
     "releases",
+    "shadow_cost",
 ]
 
 

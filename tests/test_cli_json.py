@@ -305,6 +305,23 @@ def test_plan_json(dm):
     assert out["recommendation"] in out["options"] and len(out["curve"]["sites"]) == 20
 
 
+@pytest.mark.slow
+def test_pretrain_and_semisupervised_train(dm, flow):
+    from datamoat.data import load_dataset
+    from datamoat.data.pool import make_pool
+    from datamoat.workspace import Workspace
+
+    ws = Workspace.open(flow["home"])
+    digits = load_dataset(ws, "digits")
+    pool = make_pool(
+        ws, np.asarray(digits.x[:200]), digits.classes, name="json-pool", source={}, preprocess=digits.preprocess
+    )
+    pre = dm("pretrain", pool.id, "--arch", "cnn_small", "--epochs", "1")
+    out = dm("train", "--data", "digits", "--arch", "cnn_small", "--epochs", "1", "--name", "semi",
+             "--weights", pre["ref"], "--unlabeled", pool.id, "--threshold", "0.9")  # fmt: skip
+    assert out["pretrained"]["pretrain"]["run_id"] == pre["run_id"] and out["semisup"]["threshold"] == 0.9
+
+
 def test_every_json_command_ran():
     missing = json_commands() - RAN
     assert not missing, f"commands with --json that test_cli_json.py does not run: {sorted(missing)}"

@@ -274,7 +274,12 @@ def _train(param: str) -> ConfigDefault:
     return ConfigDefault("datamoat.train.loop:TrainConfig", param)
 
 
+def _semi(param: str) -> ConfigDefault:
+    return ConfigDefault("datamoat.train.semisup:FixMatchConfig", param)
+
+
 def train(
+    ctx: typer.Context,
     data: str = typer.Option(None, "--data", "-d", help="Dataset id or name."),
     arch: str = typer.Option(
         ConfigDefault("datamoat.models.zoo:ModelConfig", "arch"),
@@ -311,11 +316,17 @@ def train(
         help="Start from this checkpoint: a torchvision-format .pth or .safetensors file (resnet18/50, "
         "mobilenet_v3_*, efficientnet_b0), or a file in a Hugging Face hub repo, fetched into the Hugging Face cache: "
         "hub:OWNER/REPO (its model.safetensors), hub:OWNER/REPO:FILE or hub:OWNER/REPO@REVISION:FILE. "
-        "The classifier starts fresh for the dataset's classes (see --keep-head).",
+        "The classifier starts fresh for the dataset's classes (see --keep-head). "
+        "A `datamoat pretrain` backbone: pretrain:RUN_ID (or its sha256).",
     ),
     keep_head: bool = typer.Option(
         False, "--keep-head", help="With --weights: keep a checkpoint's classifier when it fits (same classes)."
     ),
+    unlabeled: str = typer.Option(
+        None, "--unlabeled", help="Semi-supervised (FixMatch): also learn from this pool's unlabeled images."
+    ),
+    threshold: float = typer.Option(_semi("threshold"), help="With --unlabeled: confidence a pseudo-label needs."),
+    mu: int = typer.Option(_semi("mu"), help="With --unlabeled: unlabeled images per labelled one in a batch."),
     nproc: int = nproc_option(),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -327,9 +338,17 @@ def train(
 
     if arch not in ARCHS:
         raise BadInput(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+    # by name: typer vendors its own click, whose enum is not `click.core`'s
+    given = [f"--{p}" for p in ("threshold", "mu") if getattr(ctx.get_parameter_source(p), "name", "") != "DEFAULT"]
+    if given and not unlabeled:
+        raise BadInput(f"{' and '.join(given)} tune FixMatch: pass them with --unlabeled POOL")
+    if unlabeled and resume:
+        raise BadInput("--resume continues a run with the pool it started with: leave --unlabeled out")
     ws = open_ws()
     cfg = None
     if not resume:
+        from datamoat.train.semisup import FixMatchConfig
+
         cfg = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -348,14 +367,24 @@ def train(
             workers=workers,
             device=device,
             precision=precision,
+            semisup=FixMatchConfig(threshold=threshold, mu=mu) if unlabeled else None,
         )
     if weights and resume:
         raise BadInput("--weights starts a new run; --resume continues one from its own checkpoint: pass one of them")
-    dev = ws.resolve("runs", resume)["config"]["train"].get("device", "auto") if resume else device
+    dev = ws.resolve("runs", resume)["config"].get("train", {}).get("device", "auto") if resume else device
     relaunch(nproc, lambda: data and ws.resolve("datasets", data), dev)
     with distributed.leaving_together():
         model, run_id = train_in_workspace(
-            ws, data, arch, cfg, name=name, resume=resume, weights=weights or None, keep_head=keep_head, progress=True
+            ws,
+            data,
+            arch,
+            cfg,
+            name=name,
+            resume=resume,
+            weights=weights or None,
+            keep_head=keep_head,
+            unlabeled=unlabeled or None,
+            progress=True,
         )
         if not distributed.is_main():
             return  # rank 0 reports for all
@@ -372,11 +401,15 @@ def train(
         "plateau": h["plateau"],
         "curve": h["curve"],
         "pretrained": model.lineage.get("pretrained"),
+        "semisup": model.lineage.get("semisup"),
     }
     text = (
         f"model {model.id} ({model.name}): val accuracy {h['val_accuracy']:.4f} at epoch {h['best_epoch']}, "
         f"{h['seconds']:.0f}s; run {run_id}"
     )
+    if out["semisup"]:
+        rates = ", ".join(f"{r:.2f}" for r in out["semisup"]["mask_rate"])
+        text += f"\nunlabeled images above the threshold per epoch (mask rate): {rates}"
     if h["plateau"]:
         text += "\n" + h["plateau"]["message"]
     emit(out, as_json, text)

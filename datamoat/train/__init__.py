@@ -2,6 +2,8 @@
 
 - `loop`: `train(model, data, TrainConfig)`, the plain training loop.
 - `distributed`: the same loop on several processes (torchrun and DistributedDataParallel).
+- `pretrain`: self-supervised pretraining of a backbone on unlabeled images (SimCLR).
+- `semisup`: semi-supervised training on a pool of unlabeled images (FixMatch, `train(unlabeled=...)`).
 - `tune`: Optuna search over hyperparameters and architectures.
 - `cleaning`: label issues (cleanlab on out-of-fold probabilities), near duplicates, outliers.
 - `improve`: the model lever against the data lever on the same budget.

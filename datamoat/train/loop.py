@@ -39,6 +39,7 @@ from datamoat.train.epoch import (
     save_checkpoint,
 )
 from datamoat.train.optim import head_parameters, make_optimizer, make_scheduler
+from datamoat.train.semisup import FixMatch, FixMatchConfig
 
 __all__ = [
     "TrainConfig",
@@ -84,6 +85,7 @@ class TrainConfig(Config):
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool = True  # CUDA only: the memory layout its convolution kernels prefer
+    semisup: FixMatchConfig | None = None  # FixMatch on `train(unlabeled=...)`'s pool (`semisup`)
 
     def validate(self) -> None:
         check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
@@ -185,6 +187,7 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
+    unlabeled: Dataset | None = None,
 ) -> Model:
     """Train `model` on `data`'s train split, validating on its val split.
 
@@ -192,7 +195,9 @@ def train(
         `history` (the learning curve, best epoch, plateau) and the config
         appended to `lineage["recipe"]`. `loss_fn(logits, y, x, idx)` replaces
         cross-entropy (distillation uses it). Under torchrun each process trains
-    its share of every batch (DistributedDataParallel, `distributed`).
+    its share of every batch (DistributedDataParallel, `distributed`). With
+    `unlabeled` (a pool version) it trains semi-supervised (`cfg.semisup`,
+    FixMatch by default; `datamoat.train.semisup`).
 
         >>> from datamoat.data import import_digits
         >>> from datamoat.models import new_model
@@ -204,6 +209,9 @@ def train(
         1
     """
     cfg = config or TrainConfig()
+    if unlabeled is not None and cfg.semisup is None:
+        cfg = cfg.replace(semisup=FixMatchConfig())
+    check(unlabeled is not None or cfg.semisup is None, "semisup trains on unlabeled images: pass unlabeled=POOL")
     if tuple(data.input_shape) != (model.config.in_channels, *model.config.image_size):
         raise BadInput(
             f"model expects inputs {(model.config.in_channels, *model.config.image_size)} but dataset "
@@ -226,6 +234,11 @@ def train(
     dev = resolve_device(cfg.device)
     rank, world = distributed.setup(dev)
     dev = distributed.local_device(dev)
+    semi = (
+        None
+        if unlabeled is None or cfg.semisup is None
+        else FixMatch(cfg.semisup, unlabeled, model, dev, cfg.seed, rank)
+    )
     precision = resolve_precision(cfg.precision, dev)
     check(
         cfg.batch_size >= 2 * world,
@@ -319,14 +332,20 @@ def train(
             # One rank's augmentation draws would desynchronise `g`, which orders every rank's epochs.
             g_aug = g if world == 1 else torch.Generator().manual_seed(hash((cfg.seed, rank, epoch)) & 0x7FFF_FFFF)
             batches = epoch_batches(rows_at, stream, n, steps, cfg.batch_size, g, epoch, rank, world)
+            if semi is not None:
+                semi.start(epoch)
             for s, (xb, idx) in enumerate(batches):
                 yb = y_tr[idx].to(dev, non_blocking=True)  # (B,)
                 xb = augment(xb, cfg.augment, g_aug).to(dev, non_blocking=True)  # (B, C, H, W)
+                xin = xb if semi is None else semi.inputs(xb)  # FixMatch: + the unlabeled views (B + 2U, ...)
                 if dev.type == "cuda" and cfg.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
+                    xin = xin.contiguous(memory_format=torch.channels_last)
                 with autocast(dev, precision):
-                    out = fwd(xb)  # (B, K)
+                    out_all = fwd(xin)  # (B [+ 2U], K): one pass, so BatchNorm sees every view together
+                    out = out_all[: len(yb)]  # (B, K)
                     loss = loss_fn(out.float(), yb, xb, idx)
+                    if semi is not None:
+                        loss = loss + semi.loss(out_all[len(yb) :])
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -354,6 +373,7 @@ def train(
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - t0,
                 "samples_per_s": total / train_s,
+                **(semi.epoch_stats() if semi is not None else {}),
             }
             curve.append(point)
             if no_val or val_acc > best["acc"] + (cfg.min_delta if best["state"] is not None else -1.0):
@@ -411,4 +431,6 @@ def train(
     if model.id:
         lineage["parent_id"] = model.id
     lineage["recipe"] = [*lineage.get("recipe", []), cfg.to_dict()]
+    if semi is not None:
+        lineage["semisup"] = semi.record(curve)
     return dataclasses.replace(model, net=net, lineage=lineage, history=history, id=None, name=None)

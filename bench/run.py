@@ -41,6 +41,7 @@ ORDER = [
     "guarantee",
     "releases",
     "shadow_cost",
+    "labels",
 ]
 
 

@@ -56,13 +56,14 @@ class AcquireConfig(Config):
     """How to pick `budget` items from a pool (see the module docstring for each strategy).
 
     `members` is how many models an ensemble has where a caller trains one for
-    ``disagreement`` (`datamoat.feedback.suggest.label_loop`).
+    ``disagreement`` (`datamoat.feedback.loop.label_loop`). The default strategy is the one
+    `bench/bench_labels.py` measures (and `improve`'s label lever uses): hybrid.
 
-    >>> AcquireConfig(strategy="hybrid", budget=50).hybrid_factor
-    10
+    >>> AcquireConfig(budget=50).strategy, AcquireConfig(budget=50).hybrid_factor
+    ('hybrid', 10)
     """
 
-    strategy: str = "margin"
+    strategy: str = "hybrid"
     budget: int = 100
     seed: int = 0
     disagreement: str = "kl"

@@ -40,6 +40,7 @@ from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import Dataset
 from datamoat.models.model import Model, new_model, save_model
 from datamoat.models.zoo import ARCHS
+from datamoat.train.acquire import AcquireConfig
 from datamoat.train.labellever import LABEL_STRATEGIES, label_lever
 from datamoat.train.loop import TrainConfig, train
 from datamoat.train.tune import TuneConfig, tune
@@ -65,7 +66,7 @@ class ImproveConfig(Config):
     clean_epochs: int = 0  # fold models' epochs; 0: enough for ~400 optimizer steps, 3 to 15
     labels: bool = True  # the label lever; its share of the budget goes to the others when off
     label_budget: int = 0  # labels the lever spends; 0: a fifth of the baseline's
-    label_strategy: str = "hybrid"
+    label_strategy: str = AcquireConfig().strategy  # the default strategy, the one bench/bench_labels.py measures
     seed: int = 0
     threads: int = 0
 

@@ -104,7 +104,7 @@ def test_a_photo_project_from_the_folder_to_a_device(photo_world, run, tmp_path)
     teacher_row = next(c for c in comp["candidates"] if c["name"] == "teacher")
     assert student["params"] < teacher_row["params"] / 5 and comp["chosen"] in names
     imp = run("improve", "--data", ds["dataset_id"], "--budget-minutes", "0.1", "--epochs", "2", "--json")
-    assert set(imp["levers"]) == {"model", "data"} and imp["curve"][-1]["fraction"] == 1.0
+    assert set(imp["levers"]) == {"model", "data", "label"} and imp["curve"][-1]["fraction"] == 1.0
 
 
 def _jpeg(pixels: np.ndarray, size: tuple[int, int]) -> bytes:

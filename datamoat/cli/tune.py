@@ -83,7 +83,7 @@ def improve(
     no_labels: bool = typer.Option(False, "--no-labels", help="No label lever (its share goes to the others)."),
     label_budget: int = typer.Option(0, help="Labels the label lever spends (0: a fifth of the baseline's)."),
     label_strategy: str = typer.Option(
-        "hybrid", help="How the label lever picks: margin, entropy, kcenter, badge, random or hybrid."
+        "margin", help="How the label lever picks: margin, entropy, kcenter, badge, random or hybrid."
     ),
     seed: int = typer.Option(0, help="Seed."),
     threads: int = typer.Option(0, help="Torch threads (0: every core)."),

@@ -56,14 +56,14 @@ class AcquireConfig(Config):
     """How to pick `budget` items from a pool (see the module docstring for each strategy).
 
     `members` is how many models an ensemble has where a caller trains one for
-    ``disagreement`` (`datamoat.feedback.loop.label_loop`). The default strategy is the one
-    `bench/bench_labels.py` measures (and `improve`'s label lever uses): hybrid.
+    ``disagreement`` (`datamoat.feedback.loop.label_loop`). The default strategy, margin, is the
+    one that did best in `bench/bench_labels.py`'s strategy table (`improve`'s label lever uses it).
 
     >>> AcquireConfig(budget=50).strategy, AcquireConfig(budget=50).hybrid_factor
-    ('hybrid', 10)
+    ('margin', 10)
     """
 
-    strategy: str = "hybrid"
+    strategy: str = "margin"
     budget: int = 100
     seed: int = 0
     disagreement: str = "kl"

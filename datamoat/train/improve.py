@@ -66,7 +66,7 @@ class ImproveConfig(Config):
     clean_epochs: int = 0  # fold models' epochs; 0: enough for ~400 optimizer steps, 3 to 15
     labels: bool = True  # the label lever; its share of the budget goes to the others when off
     label_budget: int = 0  # labels the lever spends; 0: a fifth of the baseline's
-    label_strategy: str = AcquireConfig().strategy  # the default strategy, the one bench/bench_labels.py measures
+    label_strategy: str = AcquireConfig().strategy  # acquire's default, chosen by bench/bench_labels.py
     seed: int = 0
     threads: int = 0
 

@@ -49,7 +49,7 @@ from datamoat.workspace import Workspace
 ARCH = os.environ.get("DM_LB_ARCH", "cnn_small")
 SEEDS = [int(s) for s in os.environ.get("DM_LB_SEEDS", "0,1,2").split(",") if s]
 COUNTS = [int(c) for c in os.environ.get("DM_LB_COUNTS", "100,250,500,1000,2500,5000").split(",") if c]
-STRATEGY = os.environ.get("DM_LB_STRATEGY", "hybrid")
+STRATEGY = os.environ.get("DM_LB_STRATEGY", "")  # "": AcquireConfig's default, what `label suggest` uses
 MIN_SAMPLES = int(os.environ.get("DM_LB_MIN_SAMPLES", 30_000))
 MIN_EPOCHS = int(os.environ.get("DM_LB_MIN_EPOCHS", 10))
 PRETRAIN_EPOCHS = int(os.environ.get("DM_LB_PRETRAIN_EPOCHS", 0))  # 0: PretrainConfig's default
@@ -64,6 +64,7 @@ REUSE = os.environ.get("DM_LB_REUSE", "")
 # cores, so the interval over seeds then covers labelling and fine-tuning, not pretraining.
 SHARED_PRETRAIN = os.environ.get("DM_LB_SHARED_PRETRAIN", "1") == "1"
 SEMI_MAX = int(os.environ.get("DM_LB_SEMI_MAX", 0))  # FixMatch only up to this many labels (0: every count)
+# A variant may name its strategy, e.g. "al@hybrid"; without one it uses STRATEGY.
 VARIANTS = [v for v in os.environ.get("DM_LB_VARIANTS", "random,al,ssl_al,ssl_al_fixmatch").split(",") if v]
 RECIPE = TrainConfig(augment="crop", patience=0, threads=THREADS)
 NAMES = {
@@ -72,6 +73,23 @@ NAMES = {
     "ssl_al": "pretraining + active learning",
     "ssl_al_fixmatch": "pretraining + active learning + FixMatch",
 }
+
+
+def default_strategy() -> str:
+    from datamoat.train.acquire import AcquireConfig
+
+    return STRATEGY or AcquireConfig().strategy
+
+
+def variant_key(v: str) -> str:
+    """`v` with its strategy spelt out ("al" -> "al@margin"); random labelling has none."""
+    base = v.split("@")[0]
+    return v if "@" in v or base == "random" else f"{v}@{default_strategy()}"
+
+
+def variant_name(key: str) -> str:
+    base, _, strategy = key.partition("@")
+    return NAMES[base] + (f" ({strategy})" if strategy else "")
 
 
 def recipe(n: int, seed: int) -> TrainConfig:
@@ -142,7 +160,7 @@ def curve(
     *,
     active: bool,
     backbone: str | None,
-    strategy: str = STRATEGY,
+    strategy: str = "",
     counts: list[int] = COUNTS,
 ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """Test accuracy at each count, and the labelled rows at each count."""
@@ -155,7 +173,7 @@ def curve(
         if not active or model is None:
             new = order[len(have) : n] if not active else order[:n]
         else:
-            new = choose(model, data, n - len(have), seed, strategy)
+            new = choose(model, data, n - len(have), seed, strategy or default_strategy())
         data = label_rows(ws, data, new, truth[new], origin="human", actor="oracle", name=f"lb-{seed}-{n}")
         have = np.concatenate([have, new])
         model = fit(ws, data, n, seed, backbone, None)
@@ -212,44 +230,54 @@ def main() -> dict[str, Any]:
     t_start = time.perf_counter()
     ws = Workspace.init(tempfile.mkdtemp(prefix="dm-bench-labels-"))
     pool, truth = hidden_pool(ws)
-    acc: dict[str, dict[int, list[float]]] = {v: {n: [] for n in COUNTS} for v in VARIANTS}
-    secs: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    keys = [variant_key(v) for v in VARIANTS]
+    acc: dict[str, dict[int, list[float]]] = {k: {n: [] for n in COUNTS} for k in keys}
+    secs: dict[str, list[float]] = {k: [] for k in keys}
     pre_secs: list[float] = []
     backbone = None
     for seed in SEEDS:
-        if any(v.startswith("ssl") for v in VARIANTS) and (not SHARED_PRETRAIN or seed == SEEDS[0]):
+        if any(k.startswith("ssl") for k in keys) and (not SHARED_PRETRAIN or seed == SEEDS[0]):
             backbone, s = pretrained(ws, pool, seed)
             pre_secs.append(s)
-        sets = None
-        for v in VARIANTS:
-            if v == "ssl_al_fixmatch":
-                assert sets is not None, "ssl_al_fixmatch trains on the label sets ssl_al chose: run both"
-                points = semisup_curve(ws, pool, truth, seed, sets, backbone)
+        sets: dict[str, list[np.ndarray]] = {}  # the label sets ssl_al chose, by strategy
+        for k in keys:
+            base, _, strategy = k.partition("@")
+            if base == "ssl_al_fixmatch":
+                assert strategy in sets, f"{k} trains on the label sets ssl_al@{strategy} chose: run both"
+                points = semisup_curve(ws, pool, truth, seed, sets[strategy], backbone)
             else:
                 points, chosen = curve(
-                    ws, pool, truth, seed, active=v != "random", backbone=backbone if v == "ssl_al" else None
+                    ws,
+                    pool,
+                    truth,
+                    seed,
+                    active=base != "random",
+                    backbone=backbone if base == "ssl_al" else None,
+                    strategy=strategy,
                 )
-                sets = chosen if v == "ssl_al" else sets
+                if base == "ssl_al":
+                    sets[strategy] = chosen
             for p in points:
-                acc[v][p["labels"]].append(p["accuracy"])
-            secs[v].append(sum(p["seconds"] for p in points))
-            print(v, seed, [round(p["accuracy"], 4) for p in points], flush=True)
+                acc[k][p["labels"]].append(p["accuracy"])
+            secs[k].append(sum(p["seconds"] for p in points))
+            print(k, seed, [round(p["accuracy"], 4) for p in points], flush=True)
     # Variants measured by an earlier run of this file on the same machine and code (DM_LB_REUSE=its JSON): the
     # accuracies are deterministic given the seeds; the seconds are that run's.
-    variants = list(VARIANTS)
+    summary_from = None
     if REUSE and Path(REUSE).exists():
         earlier = json.loads(Path(REUSE).read_text())["summary"]
+        # Files written before variants named their strategy used hybrid, then the bench's default.
+        was = earlier.get("strategy", "hybrid")
         for v, by_n in earlier["accuracy"].items():
-            if v not in acc:
-                acc[v] = {int(n): a for n, a in by_n.items()}
-                secs[v] = earlier["seconds"][v]
+            k = v if "@" in v or v == "random" else f"{v}@{was}"
+            if k not in acc:
+                acc[k] = {int(n): a for n, a in by_n.items()}
+                secs[k] = earlier["seconds"][v]
         summary_from = REUSE
-    else:
-        summary_from = None
-    variants = [v for v in NAMES if v in acc]
+    variants = sorted(acc, key=lambda k: (list(NAMES).index(k.split("@")[0]), k))
     rows = []
     for v in variants:
-        row: dict[str, Any] = {"method": NAMES[v]}
+        row: dict[str, Any] = {"method": variant_name(v)}
         for n in COUNTS:
             if not acc[v].get(n):
                 row[str(n)] = "not run"
@@ -258,10 +286,14 @@ def main() -> dict[str, Any]:
             row[str(n)] = f"{100 * m:.1f} ± {100 * h:.1f}"
         row["seconds per seed"] = round(statistics.fmean(secs[v]))
         rows.append(row)
-    summary: dict[str, Any] = {"accuracy": acc, "seconds": secs, "pretrain_seconds": pre_secs, "reused": summary_from}
-    notes = (
-        [f"Rows of {', '.join(v for v in variants if v not in VARIANTS)} from {summary_from}."] if summary_from else []
-    )
+    summary: dict[str, Any] = {
+        "accuracy": acc,
+        "seconds": secs,
+        "pretrain_seconds": pre_secs,
+        "reused": summary_from,
+        "strategy": default_strategy(),
+    }
+    notes = [f"Rows of {', '.join(v for v in variants if v not in keys)} from {summary_from}."] if summary_from else []
     if "random" in acc and COUNTS[-1] in acc["random"]:
         target, _ = interval(acc["random"][COUNTS[-1]])
         reach = {}
@@ -272,7 +304,7 @@ def main() -> dict[str, Any]:
         for v in variants:
             r = reach[v]
             notes.append(
-                f"{NAMES[v]}: reaches random's mean at {COUNTS[-1]} labels ({100 * target:.1f}%) "
+                f"{variant_name(v)}: reaches random's mean at {COUNTS[-1]} labels ({100 * target:.1f}%) "
                 + (f"at about {r:.0f} labels ({COUNTS[-1] / r:.1f}x fewer)" if r else f"nowhere up to {COUNTS[-1]}")
             )
     tables = []
@@ -311,7 +343,7 @@ def main() -> dict[str, Any]:
         "notes": [
             *notes,
             f"{ARCH}, TrainConfig {RECIPE.to_dict()} with epochs max({MIN_EPOCHS}, ceil({MIN_SAMPLES} / labels)); "
-            f"seeds {SEEDS}; strategy {STRATEGY}; {THREADS} torch threads.",
+            f"seeds {SEEDS}; default strategy {default_strategy()}; {THREADS} torch threads.",
             f"Pretraining (SimCLR, PretrainConfig's defaults on the {len(truth) - 10_000} pool images): "
             + ", ".join(f"{s:.0f} s" for s in pre_secs)
             + (" (one backbone shared by every seed)" if SHARED_PRETRAIN else " (one per seed)")

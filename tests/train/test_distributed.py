@@ -169,3 +169,48 @@ def test_data_issues_trains_its_fold_models_on_two_processes_and_reports_once(ws
     assert two["examined"] == one["examined"] == int((digits.split == 0).sum())
     assert two["oof_accuracy"] > 0.5 and abs(two["oof_accuracy"] - one["oof_accuracy"]) < 0.1, (two, one)
     assert json.loads(out.read_text())["examined"] == two["examined"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_by_the_readmes_command_train_what_one_node_with_two_processes_trains(ws, digits, tmp_path):
+    # The README's multi-node form, both "nodes" on this machine: two torchrun agents meet through
+    # c10d rendezvous, so the process on node 1 has LOCAL_RANK 0 but RANK 1 and must not write.
+    args = ["train", "--data", digits.id, "--arch", "mlp", "--epochs", "2", "--batch-size", "40", "--threads", "1"]
+    args += ["--seed", "3", "--json"]
+    port, home = free_port(), str(ws.root)
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node)]
+            + ["--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+            + ["--rdzv-id", "two-nodes", "-m", "datamoat", "--home", home, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    (out0, err0), (out1, err1) = (p.communicate(timeout=300) for p in nodes)
+    assert [p.returncode for p in nodes] == [0, 0], (err0[-2000:], err1[-2000:])
+    multi = json.loads(out0)  # the node holding rank 0 prints the one JSON object
+    assert out1 == ""
+    assert [x["id"] for x in ws.rows("runs")] == [multi["run_id"]]
+    assert [m["id"] for m in ws.rows("models")] == [multi["model_id"]]
+    assert load_model(ws, multi["model_id"]).history["processes"] == 2
+
+    # The same training as one node with two processes: the same ranks, the same weights.
+    single = json.loads(dm_ok(ws.root, *args[:-1], "--nproc", "2", "--json").stdout)
+    a, b = (load_model(ws, r["model_id"]).net.state_dict() for r in (multi, single))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    timeless = [
+        [{k: v for k, v in p.items() if k not in ("seconds", "samples_per_s")} for p in r["curve"]]
+        for r in (multi, single)
+    ]
+    assert timeless[0] == timeless[1]

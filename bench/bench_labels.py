@@ -142,14 +142,11 @@ def fit(ws: Workspace, data: Dataset, n: int, seed: int, backbone: str | None, u
 
 def choose(model: Model, data: Dataset, k: int, seed: int, strategy: str) -> np.ndarray:
     """The k pool rows `strategy` asks labels for, ranked by `model`."""
-    from datamoat.train.acquire import AcquireConfig, model_outputs, select
+    from datamoat.train.acquire import AcquireConfig, rank_pool
 
-    rows = pool_rows(data)
     labelled = np.flatnonzero(data.split == SPLITS["train"])
-    probs, emb = model_outputs(model, data.x, rows)
-    _, emb_l = model_outputs(model, data.x, labelled)
-    picked = select(probs, emb, AcquireConfig(strategy=strategy, budget=k, seed=seed), labelled_embeddings=emb_l)
-    return rows[picked]
+    cfg = AcquireConfig(strategy=strategy, budget=k, seed=seed)
+    return rank_pool(data, pool_rows(data), model, cfg, labelled=labelled)[0]
 
 
 def curve(

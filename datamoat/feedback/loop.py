@@ -1,7 +1,7 @@
 """The active-learning loop: pick, label, retrain, repeat.
 
 Each round `label_loop` picks `budget` unlabeled rows of the pool
-(`datamoat.feedback.suggest.rank_pool`; the first round, with no model yet, a
+(`datamoat.train.acquire.rank_pool`; the first round, with no model yet, a
 seeded random sample), has them labelled, makes the labelled version
 (`datamoat.data.pool.label_rows`), and trains a fresh model of the same
 architecture on it (`datamoat.train.loop.train`: from scratch each round, as
@@ -30,11 +30,11 @@ from datamoat.data.dataset import SPLITS, Dataset
 from datamoat.data.pool import label_rows, pool_rows
 from datamoat.errors import BadInput
 from datamoat.evaluate.metrics import check_model_fits
-from datamoat.feedback.suggest import apply_labels, rank_pool, suggest
+from datamoat.feedback.suggest import apply_labels, suggest
 from datamoat.models.model import Model, load_model, new_model, save_model
 from datamoat.models.zoo import build
 from datamoat.registry.core import Registry
-from datamoat.train.acquire import AcquireConfig
+from datamoat.train.acquire import AcquireConfig, rank_pool
 from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 

@@ -42,10 +42,10 @@ from datamoat.registry.ledger import (
     review_pixels,
 )
 from datamoat.registry.register import register_model
-from datamoat.train.acquire import AcquireConfig, model_outputs, select
+from datamoat.train.acquire import AcquireConfig, rank_pool
 from datamoat.workspace import Workspace
 
-__all__ = ["suggest", "apply_labels", "rank_pool", "registered_version", "lineage_ids", "row_hashes"]
+__all__ = ["suggest", "apply_labels", "registered_version", "lineage_ids", "row_hashes"]
 
 
 def row_hashes(ds: Dataset, rows: np.ndarray, batch: int = 1024) -> list[str]:
@@ -76,30 +76,6 @@ def registered_version(ws: Workspace, reg: Registry, model: Model, *, actor: str
             return str(v["id"])
     assert model.id is not None  # save_model sets it
     return register_model(ws, reg, model.id, actor=actor)
-
-
-def rank_pool(
-    ds: Dataset,
-    rows: np.ndarray,
-    model: Model,
-    config: AcquireConfig,
-    *,
-    members: list[Model] | None = None,
-    labelled: np.ndarray | None = None,
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(the `config.budget` chosen rows of `ds` among `rows`, best first, and the model's probabilities
-    on them (B, K)). `labelled` are rows already labelled or queued (k-center spreads away from
-    them); `members` are the other models of a committee (disagreement)."""
-    probs, emb = model_outputs(model, ds.x, rows, progress=progress)
-    lab_emb = None
-    if config.strategy in ("kcenter", "hybrid") and labelled is not None and len(labelled):
-        lab_emb = model_outputs(model, ds.x, labelled, progress=progress, what="embedding the labelled items")[1]
-    member_probs = None
-    if config.strategy == "disagreement" and members:
-        member_probs = np.stack([probs, *(m.predict_proba(ds.x, rows=rows) for m in members)])  # (M, N, K)
-    picks = select(probs, emb, config, labelled_embeddings=lab_emb, member_probs=member_probs)
-    return rows[picks], probs[picks]
 
 
 def suggest(

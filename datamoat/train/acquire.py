@@ -37,14 +37,18 @@ costs O(N (K + D)) in float32.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from datamoat.configs import Config, check, check_choice
 from datamoat.errors import BadInput
 
-__all__ = ["AcquireConfig", "STRATEGIES", "select", "model_outputs", "scores"]
+if TYPE_CHECKING:
+    from datamoat.data.dataset import Dataset
+    from datamoat.models.model import Model
+
+__all__ = ["AcquireConfig", "STRATEGIES", "select", "rank_pool", "model_outputs", "scores"]
 
 STRATEGIES = ("margin", "entropy", "disagreement", "kcenter", "badge", "random", "hybrid")
 _EMBEDDED = ("kcenter", "badge", "hybrid")  # the strategies that read embeddings
@@ -252,6 +256,30 @@ def select(
     cand = _ranked(scores(probs, "margin"), rng)[: min(n, config.hybrid_factor * b)]
     picks = _kcenter(emb[cand], b, rng, labelled_embeddings, first=0)
     return cand[picks]
+
+
+def rank_pool(
+    ds: Dataset,
+    rows: np.ndarray,
+    model: Model,
+    config: AcquireConfig,
+    *,
+    members: list[Model] | None = None,
+    labelled: np.ndarray | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the `config.budget` chosen rows of `ds` among `rows`, best first, and the model's probabilities
+    on them (B, K)). `labelled` are rows already labelled or queued (k-center spreads away from
+    them); `members` are the other models of a committee (disagreement)."""
+    probs, emb = model_outputs(model, ds.x, rows, progress=progress)
+    lab_emb = None
+    if config.strategy in ("kcenter", "hybrid") and labelled is not None and len(labelled):
+        lab_emb = model_outputs(model, ds.x, labelled, progress=progress, what="embedding the labelled items")[1]
+    member_probs = None
+    if config.strategy == "disagreement" and members:
+        member_probs = np.stack([probs, *(m.predict_proba(ds.x, rows=rows) for m in members)])  # (M, N, K)
+    picks = select(probs, emb, config, labelled_embeddings=lab_emb, member_probs=member_probs)
+    return rows[picks], probs[picks]
 
 
 def _classifier(net: Any, arch: str) -> Any:

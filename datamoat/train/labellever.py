@@ -24,7 +24,7 @@ import numpy as np
 from datamoat.data.dataset import SPLITS, Dataset
 from datamoat.data.pool import hide_labels, label_rows, pool_rows
 from datamoat.models.model import Model, new_model
-from datamoat.train.acquire import AcquireConfig, model_outputs, select
+from datamoat.train.acquire import AcquireConfig, rank_pool
 from datamoat.train.loop import TrainConfig, subsample, train
 from datamoat.workspace import Workspace
 
@@ -71,11 +71,9 @@ def label_lever(
         why = "no train rows left to hold back" if n == 0 else f"it would take ~{est:.0f}s of a {share_s:.0f}s share"
         return {**out, "skipped": why, "test_accuracy": None, "seconds": round(time.perf_counter() - t0, 3)}
     hidden = hide_labels(ws, data, held, name=f"{data.name}-improve-held")
-    probs, emb = model_outputs(base, hidden.x, held)
-    _, emb_seen = model_outputs(base, hidden.x, seen)
-    picked = held[
-        select(probs, emb, AcquireConfig(strategy=strategy, budget=n, seed=recipe.seed), labelled_embeddings=emb_seen)
-    ]
+    picked, _ = rank_pool(
+        hidden, held, base, AcquireConfig(strategy=strategy, budget=n, seed=recipe.seed), labelled=seen
+    )
     control = np.random.default_rng(recipe.seed).choice(held, n, replace=False)
     results, ids = {}, {}
     for key, rows in (("chosen", picked), ("random", control)):

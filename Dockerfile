@@ -3,40 +3,53 @@
 #   docker build -t datamoat-serve .
 #   docker run --rm -p 8000:8000 -e DATAMOAT_REGISTRY_URL='postgresql+psycopg://…' datamoat-serve
 #
-# Two stages on one base: the builder makes a venv from requirements.lock; the runtime copies that
+# Two stages on one base: the builder makes a venv of the server's dependencies only
+# (deploy/serve-requirements.txt, at the versions requirements.lock pins); the runtime copies that
 # venv alone, with no pip, no compiler, no package cache and no source tree. The base is pinned by
-# tag (the Debian release included); pin its digest too (`FROM python:3.11-slim-trixie@sha256:…`)
-# where builds must repeat byte for byte.
+# tag (the Debian release included); pin its digest too (`--build-arg BASE=python:3.11-slim-trixie@sha256:…`)
+# where builds must repeat byte for byte. Behind a registry mirror or with no Docker Hub, name
+# another Python 3.11 base with --build-arg BASE=… (deploy/stand-in-base.sh makes one from Debian).
 
-FROM python:3.11-slim-trixie AS builder
+ARG BASE=python:3.11-slim-trixie
+
+FROM ${BASE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# The lock pins torch==2.13.0+cpu, a build only PyTorch's CPU index has (PyPI's torch is the
-# multi-GB CUDA build): the index `make install` needs too where that wheel is not on disk (README).
+# Only photo models need torch in a server: it fits their uploaded photos to the model's input
+# (datamoat/data/photo_transforms.py). Without it they still answer JSON and .npy pixels at the
+# model's size, and a photo upload gets a 422 saying so. --build-arg WITH_TORCH=1 adds the lock's
+# torch==…+cpu, a build only PyTorch's CPU index has (PyPI's torch is the multi-GB CUDA build).
+ARG WITH_TORCH=""
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 WORKDIR /src
 COPY requirements.lock pyproject.toml README.md ./
+COPY deploy/serve-requirements.txt deploy/serve-requirements.txt
 COPY scripts/check_lock.py scripts/check_lock.py
 COPY datamoat datamoat
 
-# requirements.lock also pins the dev tools (pytest, mypy, selenium...), which have no place in a
-# server image. So the server's own dependencies are resolved with every version constrained to its
-# pin (-c), from wheels only (no compiler), and check_lock.py --subset then fails the build if
-# anything installed is not pinned in the lock at exactly that version. datamoat is built with the
-# lock's setuptools (no isolated build env fetching an unpinned one); pip itself goes last.
+# requirements.lock pins everything `pip install datamoat` brings (torch, scikit-learn, pandas...)
+# and the dev tools, none of which the server imports. So datamoat goes in without its
+# dependencies, then the server's set with every version constrained to its pin (-c), from wheels
+# only (no compiler); check_lock.py --subset then fails the build if anything installed is not
+# pinned in the lock at exactly that version. datamoat is built with the lock's setuptools (no
+# isolated build env fetching an unpinned one); pip and setuptools go last.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/python -m pip install --only-binary=:all: -c requirements.lock setuptools \
- && /opt/venv/bin/python -m pip install --only-binary=:all: --no-build-isolation \
-        --extra-index-url "${TORCH_INDEX_URL}" -c requirements.lock . \
- && /opt/venv/bin/python -m pip uninstall -y pip \
+ && /opt/venv/bin/python -m pip install --only-binary=:all: --no-build-isolation --no-deps -c requirements.lock . \
+ && /opt/venv/bin/python -m pip install --only-binary=:all: -c requirements.lock -r deploy/serve-requirements.txt \
+ && if [ -n "${WITH_TORCH}" ]; then \
+        /opt/venv/bin/python -m pip install --only-binary=:all: --extra-index-url "${TORCH_INDEX_URL}" \
+            -c requirements.lock torch; \
+    fi \
+ && /opt/venv/bin/python -m pip uninstall -y pip setuptools \
  && /opt/venv/bin/python scripts/check_lock.py --subset requirements.lock
 
 
-FROM python:3.11-slim-trixie AS runtime
+FROM ${BASE} AS runtime
 
 # 10001: above any system account, and numeric in USER so Kubernetes' runAsNonRoot can check it.
 RUN groupadd --system --gid 10001 datamoat \

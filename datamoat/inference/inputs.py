@@ -98,8 +98,16 @@ def parse_image(data: bytes, max_pixels: int) -> Prepare:
 
 def _photo_input(img: Any, channels: int, photo: dict[str, Any]) -> np.ndarray:
     from datamoat.configs import config_from_dict
-    from datamoat.data.photo_transforms import fit, from_pil
 
+    try:
+        from datamoat.data.photo_transforms import fit, from_pil
+    except ModuleNotFoundError as e:  # the server image leaves torch out (deploy/serve-requirements.txt)
+        if e.name != "torch":
+            raise
+        raise Unprocessable(
+            "this server has no torch to fit photo uploads to a photo model: send pixels already at the model's"
+            " size as JSON or .npy, or serve from an image built with --build-arg WITH_TORCH=1"
+        ) from None
     try:
         t = from_pil(img, channels)  # (C, h, w) uint8, EXIF orientation applied
     except Exception:  # exotic modes Pillow cannot convert

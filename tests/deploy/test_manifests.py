@@ -32,18 +32,34 @@ def _docs() -> dict[str, dict]:
     return docs
 
 
-def _stages() -> list[list[tuple[str, str]]]:
-    """The Dockerfile as stages of (INSTRUCTION, arguments), comments dropped, continuations joined."""
+def _instructions() -> list[tuple[str, str]]:
+    """The Dockerfile as (INSTRUCTION, arguments), comments dropped, continuations joined."""
     lines = (ROOT / "Dockerfile").read_text().splitlines()
     text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    pairs = (line.strip().partition(" ") for line in re.sub(r"\\\n", " ", text).splitlines())
+    return [(instr.upper(), " ".join(args.split())) for instr, _, args in pairs if instr]
+
+
+def _stages() -> list[list[tuple[str, str]]]:
+    """The instructions by stage (the ARGs before the first FROM are in `_global_args`)."""
     stages: list[list[tuple[str, str]]] = []
-    for line in re.sub(r"\\\n", " ", text).splitlines():
-        instr, _, args = line.strip().partition(" ")
-        if instr.upper() == "FROM":
+    for instr, args in _instructions():
+        if instr == "FROM":
             stages.append([])
-        if instr:
-            stages[-1].append((instr.upper(), " ".join(args.split())))
+        if stages:
+            stages[-1].append((instr, args))
     return stages
+
+
+def _global_args() -> dict[str, str]:
+    """The ARGs before the first FROM (the only ones a FROM line can use), with their defaults."""
+    out = {}
+    for instr, args in _instructions():
+        if instr == "FROM":
+            break
+        name, _, default = args.partition("=")
+        out[name] = default
+    return out
 
 
 def _all(stage: list[tuple[str, str]], instr: str) -> list[str]:
@@ -99,7 +115,8 @@ def test_the_dockerfile_passes_hadolint():
 def test_the_runtime_stage_is_the_slim_base_plus_the_venv_as_a_fixed_non_root_user():
     builder, runtime = _stages()
     base = {args.split()[0] for args in _all(builder, "FROM") + _all(runtime, "FROM")}
-    assert len(base) == 1 and base.pop().startswith("python:3.11-slim")  # one base: the venv's python is the same
+    assert base == {"${BASE}"}  # one base: the venv's python is the same
+    assert _global_args()["BASE"].startswith("python:3.11-slim")  # a mirror or air gap names another
     assert _all(runtime, "COPY") == ["--from=builder /opt/venv /opt/venv"]
     run = " ".join(_all(runtime, "RUN"))
     assert not re.search(r"apt-get|apk |pip |gcc|build-essential|make ", run), run
@@ -111,14 +128,20 @@ def test_the_runtime_stage_is_the_slim_base_plus_the_venv_as_a_fixed_non_root_us
     assert (pod["runAsUser"], pod["runAsGroup"]) == (UID, UID)
 
 
-def test_the_builder_installs_only_what_the_lock_pins_with_the_cpu_torch():
+def test_the_builder_installs_the_server_set_at_the_locks_pins_and_torch_only_when_asked():
     builder, _ = _stages()
     (run,) = _all(builder, "RUN")
-    installs = [cmd for cmd in run.split("&&") if "pip install" in cmd]
+    steps = run.split("&&")
+    installs = [cmd for cmd in steps if "pip install" in cmd]
     assert installs and all("-c requirements.lock" in cmd and "--only-binary=:all:" in cmd for cmd in installs)
-    assert "scripts/check_lock.py --subset requirements.lock" in run.split("&&")[-1]  # last: after every install
-    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in [f"ARG {a}" for a in _all(builder, "ARG")]
-    assert '--extra-index-url "${TORCH_INDEX_URL}"' in run
+    assert any("--no-deps" in cmd and cmd.rstrip().endswith(" .") for cmd in installs)  # datamoat alone
+    assert sum("-r deploy/serve-requirements.txt" in cmd for cmd in installs) == 1
+    (torch,) = [cmd for cmd in installs if re.search(r"\storch\b", cmd)]
+    assert torch.strip().startswith('if [ -n "${WITH_TORCH}" ]') and '--extra-index-url "${TORCH_INDEX_URL}"' in torch
+    args = {a.partition("=")[0]: a.partition("=")[2] for a in _all(builder, "ARG")}
+    assert args["WITH_TORCH"] == '""' and args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert "pip uninstall -y pip setuptools" in steps[-2]
+    assert "scripts/check_lock.py --subset requirements.lock" in steps[-1]  # last: after every install
     torch_pin = re.search(r"^torch==(\S+)", (ROOT / "requirements.lock").read_text(), re.M)
     assert torch_pin and torch_pin.group(1).endswith("+cpu")  # only the CPU index has it
 
@@ -185,9 +208,13 @@ def test_dockerignore_keeps_environments_and_workspaces_out_but_not_what_the_ima
     builder, _ = _stages()
     sources = [src for args in _all(builder, "COPY") for src in args.split()[:-1]]
     assert "datamoat" in sources and "requirements.lock" in sources
+    assert "deploy/serve-requirements.txt" in sources
     for src in sources:
-        hit = [p for p in patterns if fnmatch(src, p) or src.startswith(p.rstrip("/") + "/")]
-        assert not hit, f"the Dockerfile copies {src} but .dockerignore leaves it out ({hit})"
+        # Docker's rule: the last pattern that matches decides, and a "!" pattern takes a path back in.
+        hit = [p for p in patterns if fnmatch(src, p.lstrip("!")) or src.startswith(p.lstrip("!").rstrip("/") + "/")]
+        assert not hit or hit[-1].startswith("!"), (
+            f"the Dockerfile copies {src} but .dockerignore leaves it out ({hit})"
+        )
 
 
 # -- the pod --------------------------------------------------------------------------------------

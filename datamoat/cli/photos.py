@@ -82,7 +82,7 @@ def data_import_photos(
     emit(r, as_json, text)
 
 
-_RENDER = "datamoat.data.photo_transforms:PhotoTransformConfig"
+_RENDER = "datamoat.data.photo_fit:PhotoTransformConfig"  # torch-free: --help reads its defaults without torch
 
 
 def data_render(

@@ -9,21 +9,28 @@ uint8 tensors (C, H, W) until `normalize`, which returns float32.
 `PhotoTransformConfig` is the policy a photo model records: the evaluation path (`eval_transform`:
 resize by the shorter side plus a centre crop, or letterboxing) is what serving and a device must
 apply too; the training path (`train_transform`) adds the random crop, flip, an automatic augmentation policy
-and colour jitter.
+and colour jitter. The config and the deterministic geometry (`from_pil`, `resize_shorter`,
+`center_crop`, `letterbox`, `fit`) live in `photo_fit` on numpy, which a server or device without
+torch imports; the functions here wrap them for tensors, so every path shapes a photo by one code.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamoat.configs import Config, check, check_choice
+from datamoat.configs import check
+from datamoat.data import photo_fit
 from datamoat.data.photo_augment import rand_augment, trivial_augment
+
+# Re-exported: imports of it from here keep working (a stored config names only its type).
+from datamoat.data.photo_fit import PhotoTransformConfig
 from datamoat.errors import BadInput
 
 if TYPE_CHECKING:
@@ -46,55 +53,6 @@ __all__ = [
     "train_transform",
     "train_min_side",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what torchvision's published weights were trained with
-IMAGENET_STD = (0.229, 0.224, 0.225)
-AUTO_AUGMENT = ("none", "trivialaugment", "randaugment")
-
-
-@dataclasses.dataclass
-class PhotoTransformConfig(Config):
-    """How a photo becomes a model input, in training and everywhere else.
-
-    >>> PhotoTransformConfig(size=(160, 160)).resize
-    'shorter_crop'
-    """
-
-    size: tuple[int, int] = (224, 224)  # (H, W) the model sees
-    resize: str = "shorter_crop"  # or "letterbox": the whole photo, padded to the size
-    crop_fraction: float = 0.875  # shorter_crop: resize the shorter side to size / this, then crop
-    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # and its aspect range
-    hflip: float = 0.5  # probability
-    brightness: float = 0.0  # ColorJitter's factors: a value in [max(0, 1 - b), 1 + b]
-    contrast: float = 0.0
-    saturation: float = 0.0
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    # New fields keep their defaults off, so a transform recorded before them loads and acts as it did.
-    hue: float = 0.0  # ColorJitter's hue: a shift in [-hue, hue] of the colour circle, hue <= 0.5
-    auto_augment: str = "none"  # or "trivialaugment" (TrivialAugmentWide), "randaugment" (RandAugment)
-    ra_num_ops: int = 2  # RandAugment's num_ops
-    ra_magnitude: int = 9  # RandAugment's magnitude, a bin of 31
-
-    def validate(self) -> None:
-        self.size = tuple(int(s) for s in self.size)  # type: ignore[assignment]
-        check(len(self.size) == 2 and min(self.size) >= 8, f"size must be (H, W) of at least 8, got {self.size}")
-        check_choice("resize", self.resize, ("shorter_crop", "letterbox"))
-        check(0.1 <= self.crop_fraction <= 1, f"crop_fraction must be in [0.1, 1], got {self.crop_fraction}")
-        check(0 < self.scale[0] <= self.scale[1] <= 1, f"scale must be 0 < low <= high <= 1, got {self.scale}")
-        check(0 < self.ratio[0] <= self.ratio[1], f"ratio must be 0 < low <= high, got {self.ratio}")
-        check(0 <= self.hflip <= 1, f"hflip is a probability, got {self.hflip}")
-        for name in ("brightness", "contrast", "saturation"):
-            check(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1], got {getattr(self, name)}")
-        check(0 <= self.hue <= 0.5, f"hue must be in [0, 0.5], got {self.hue}")
-        check_choice("auto_augment", self.auto_augment, AUTO_AUGMENT)
-        check(self.ra_num_ops >= 1, f"ra_num_ops must be at least 1, got {self.ra_num_ops}")
-        check(0 <= self.ra_magnitude <= 30, f"ra_magnitude must be a bin in [0, 30], got {self.ra_magnitude}")
-        check(
-            len(self.mean) == len(self.std) and all(s > 0 for s in self.std),
-            "mean and std need one positive std per channel",
-        )
 
 
 def decode(data: bytes, channels: int = 3, *, min_side: int = 0) -> torch.Tensor:
@@ -125,67 +83,49 @@ def decode(data: bytes, channels: int = 3, *, min_side: int = 0) -> torch.Tensor
 
 
 def from_pil(im: PIL.Image.Image, channels: int = 3) -> torch.Tensor:
-    """An opened Pillow image -> uint8 (C, H, W): EXIF orientation applied, 16-bit reduced to its top
-    8 bits, converted to RGB (or L). `decode` and the server's uploads both come through here."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits
-        im = Image.fromarray((np.asarray(im, np.uint32) >> 8).astype(np.uint8), "L")
-    arr = np.asarray(im.convert("RGB" if channels == 3 else "L"), np.uint8)  # (H, W[, C])
-    t = torch.from_numpy(arr.copy())
-    return t.permute(2, 0, 1).contiguous() if t.ndim == 3 else t[None]  # (C, H, W)
+    """An opened Pillow image -> uint8 (C, H, W): `photo_fit.from_pil` (EXIF orientation applied,
+    16-bit reduced to its top 8 bits, RGB or L) as a tensor."""
+    return torch.from_numpy(photo_fit.from_pil(im, channels))
 
 
 def _resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
     # Antialiased bilinear, as torchvision's Resize on tensors does: downscaling without aliasing.
+    # Only training's random crops resize here, batched by torch; `fit` runs `photo_fit.resize`.
     x = img[None].float()  # (1, C, H, W)
     y = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     return y[0].round().clamp(0, 255).to(torch.uint8)
 
 
+def _on_numpy(img: torch.Tensor, fn: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
+    """`fn` of `photo_fit` applied to a uint8 (C, H, W) tensor, as a tensor."""
+    return torch.from_numpy(np.ascontiguousarray(fn(img.contiguous().numpy())))
+
+
 def resize_shorter(img: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize so the shorter side is `size`, keeping the aspect ratio (torchvision's Resize(int)).
+    """Resize so the shorter side is `size`, keeping the aspect ratio (`photo_fit.resize_shorter`).
 
     >>> tuple(resize_shorter(torch.zeros(3, 100, 200, dtype=torch.uint8), 50).shape)
     (3, 50, 100)
     """
-    h, w = img.shape[-2:]
-    if h <= w:
-        return _resize(img, size, max(1, int(size * w / h)))
-    return _resize(img, max(1, int(size * h / w)), size)
+    return _on_numpy(img, lambda a: photo_fit.resize_shorter(a, size))
 
 
 def center_crop(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The centred (H, W) window; an image smaller than it is padded with zeros first.
+    """The centred (H, W) window; an image smaller than it is padded with zeros first (`photo_fit.center_crop`).
 
     >>> tuple(center_crop(torch.zeros(3, 10, 20, dtype=torch.uint8), (8, 8)).shape)
     (3, 8, 8)
     """
-    th, tw = size
-    h, w = img.shape[-2:]
-    if h < th or w < tw:
-        ph, pw = max(0, th - h), max(0, tw - w)
-        img = F.pad(img, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-        h, w = img.shape[-2:]
-    top, left = int(round((h - th) / 2)), int(round((w - tw) / 2))
-    return img[..., top : top + th, left : left + tw]
+    return _on_numpy(img, lambda a: photo_fit.center_crop(a, size))
 
 
 def letterbox(img: torch.Tensor, size: tuple[int, int], fill: int = 0) -> torch.Tensor:
-    """The whole image, scaled to fit (H, W) and padded evenly with `fill`.
+    """The whole image, scaled to fit (H, W) and padded evenly with `fill` (`photo_fit.letterbox`).
 
     >>> tuple(letterbox(torch.zeros(3, 10, 40, dtype=torch.uint8), (16, 16)).shape)
     (3, 16, 16)
     """
-    th, tw = size
-    h, w = img.shape[-2:]
-    s = min(th / h, tw / w)
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    small = _resize(img, nh, nw)
-    top, left = (th - nh) // 2, (tw - nw) // 2
-    return F.pad(small, (left, tw - nw - left, top, th - nh - top), value=fill)
+    return _on_numpy(img, lambda a: photo_fit.letterbox(a, size, fill))
 
 
 def random_resized_crop(
@@ -305,17 +245,15 @@ def normalize(img: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 
 
 def fit(img: torch.Tensor, cfg: PhotoTransformConfig) -> torch.Tensor:
-    """The deterministic geometry: uint8 (C, H, W) of any size -> uint8 (C, *cfg.size).
+    """The deterministic geometry: uint8 (C, H, W) of any size -> uint8 (C, *cfg.size), by `photo_fit.fit`.
 
-    Training's evaluation, the rendered dataset, the server and a device all call this one function,
-    so a photo reaches the model the same way everywhere.
+    Training's evaluation, the rendered dataset, the server and a device all run that one numpy
+    function (the server and a device without torch), so a photo reaches the model the same way everywhere.
 
     >>> tuple(fit(torch.zeros(3, 120, 300, dtype=torch.uint8), PhotoTransformConfig(size=(32, 32))).shape)
     (3, 32, 32)
     """
-    if cfg.resize == "letterbox":
-        return letterbox(img, cfg.size)
-    return center_crop(resize_shorter(img, int(round(min(cfg.size) / cfg.crop_fraction))), cfg.size)
+    return _on_numpy(img, lambda a: photo_fit.fit(a, cfg))
 
 
 def eval_transform(img: torch.Tensor, cfg: PhotoTransformConfig) -> torch.Tensor:

@@ -97,22 +97,15 @@ def parse_image(data: bytes, max_pixels: int) -> Prepare:
 
 
 def _photo_input(img: Any, channels: int, photo: dict[str, Any]) -> np.ndarray:
+    # numpy and Pillow only (photo_fit): the server image and edge devices have no torch
     from datamoat.configs import config_from_dict
+    from datamoat.data.photo_fit import fit, from_pil  # registers PhotoTransformConfig for config_from_dict
 
     try:
-        from datamoat.data.photo_transforms import fit, from_pil
-    except ModuleNotFoundError as e:  # the server image leaves torch out (deploy/serve-requirements.txt)
-        if e.name != "torch":
-            raise
-        raise Unprocessable(
-            "this server has no torch to fit photo uploads to a photo model: send pixels already at the model's"
-            " size as JSON or .npy, or serve from an image built with --build-arg WITH_TORCH=1"
-        ) from None
-    try:
-        t = from_pil(img, channels)  # (C, h, w) uint8, EXIF orientation applied
+        arr = from_pil(img, channels)  # (C, h, w) uint8, EXIF orientation applied
     except Exception:  # exotic modes Pillow cannot convert
         raise BadInput("the upload is not a readable PNG or JPEG image: send a valid .png or .jpg file") from None
-    x = fit(t, config_from_dict(photo)).numpy()  # type: ignore[arg-type]  # (C, H, W) uint8
+    x = fit(arr, config_from_dict(photo))  # type: ignore[arg-type]  # (C, H, W) uint8
     return x[None].astype(np.float32)  # (1, C, H, W)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import os
 import re
 import socket
@@ -20,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from packaging.requirements import Requirement
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_REQS = ROOT / "deploy" / "serve-requirements.txt"
@@ -282,28 +282,67 @@ def test_serve_answers_every_route_with_only_the_server_set_importable(served):
     assert "Traceback" not in out.read_text(), out.read_text()
 
 
-PHOTO_UPLOAD = """
-import json, sys
-from datamoat.errors import DatamoatError
-from datamoat.inference.inputs import parse_image
-prepare = parse_image(sys.stdin.buffer.read(), 1 << 20)
-try:
-    prepare((3, 16, 16), json.loads(sys.argv[1]))
-except DatamoatError as e:
-    print(json.dumps({"status": e.http_status, "error": str(e)}))
-"""
+@pytest.fixture(scope="module")
+def photo_served(photo_world, tmp_path_factory):
+    """A tiny CNN trained on the 32x32 photo render, promoted to production, and the answers an
+    in-process server with torch importable gives to two JPEG uploads of other sizes."""
+    from serve.serve_util import Live, auth
+
+    from datamoat.models import new_model, save_model
+    from datamoat.registry.core import Registry
+    from datamoat.registry.register import register_model
+    from datamoat.serve.app import create_app
+    from datamoat.serve.config import ServeConfig
+    from datamoat.train.loop import TrainConfig, train
+
+    tmp = tmp_path_factory.mktemp("photo-image")
+    w = photo_world
+    model = train(new_model("cnn_small", w.ds, seed=0), w.ds, TrainConfig(epochs=1, seed=0, workers=0, threads=1))
+    model = save_model(w.ws, model, name="photo-cnn")
+    reg = Registry(f"sqlite:///{tmp / 'registry.db'}")
+    version = register_model(w.ws, reg, model.id, actor="test")
+    reg.promote(version, "production", actor="test")
+    token = reg.create_token("predict", "predict-bot", actor="test")
+    photo = np.asarray(Image.open(io.BytesIO(w.photos.read(w.photos.index[0]["sha256"]))).convert("RGB"))
+    uploads = [_jpeg(photo, (640, 480)), _jpeg(photo, (150, 350))]  # landscape 4:3 and a tall portrait
+    with Live(create_app(reg, ServeConfig(poll_interval_s=0.02, ort_threads=1))) as srv:
+        answers = []
+        for data in uploads:
+            files = {"file": ("photo.jpg", data, "image/jpeg")}
+            r = srv.post("/v1/predict", files=files, headers=auth(token))
+            assert r.status_code == 200, r.text
+            answers.append(r.json()["predictions"][0]["top_k"])
+    return reg, version, token, uploads, answers, tmp
+
+
+def _jpeg(pixels: np.ndarray, size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).resize(size).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 @pytest.mark.slow
-def test_a_photo_upload_without_torch_is_refused_with_what_to_do_instead(tmp_path):
-    # A photo model fits uploads with torch (datamoat.data.photo_transforms), which the image leaves out.
-    from datamoat.data.photo_transforms import PhotoTransformConfig
-
-    photo = PhotoTransformConfig(size=(16, 16)).to_dict()
-    png = _png(np.zeros((20, 30, 3), np.uint8))
-    cmd = [sys.executable, "-c", PHOTO_UPLOAD, json.dumps(photo)]
-    out = subprocess.run(cmd, input=png, capture_output=True, env=_blocked_env(tmp_path), timeout=120)
-    assert out.returncode == 0, out.stderr.decode()
-    answer = json.loads(out.stdout)
-    assert answer["status"] == 422 and "JSON or .npy" in answer["error"] and "WITH_TORCH=1" in answer["error"]
-    assert "torch" in (tmp_path / "blocked.log").read_text()
+def test_a_photo_upload_is_answered_without_torch_as_with_it(photo_served):
+    # Photo models fit uploads by datamoat.data.photo_fit (numpy and Pillow), which the image has.
+    reg, version, token, uploads, with_torch, tmp = photo_served
+    proc, base, log, out = _start(reg.url, tmp)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            deadline = time.monotonic() + 60
+            while http.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            for data, expected in zip(uploads, with_torch, strict=True):
+                files = {"file": ("photo.jpg", data, "image/jpeg")}
+                r = http.post("/v1/predict", files=files, headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 200, r.text + out.read_text()
+                assert r.json()["model_version"] == version
+                top_k = r.json()["predictions"][0]["top_k"]
+                assert [a["label"] for a in top_k] == [a["label"] for a in expected]
+                assert np.allclose([a["probability"] for a in top_k], [a["probability"] for a in expected], atol=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    tried = log.read_text().splitlines() if log.exists() else []
+    ours = [line for line in tried if line.split("\t")[1].startswith(str(ROOT / "datamoat"))]
+    assert not ours, f"datamoat imported a distribution outside the server set: {ours}"
+    assert "Traceback" not in out.read_text(), out.read_text()

@@ -35,6 +35,7 @@ ORDER = [
     "int8_photo",
     "transfer",
     "photo_pipeline",
+    "photo_fit",
     "ddp",
     "drift",
     "drift_photo",

@@ -18,13 +18,6 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Only photo models need torch in a server: it fits their uploaded photos to the model's input
-# (datamoat/data/photo_transforms.py). Without it they still answer JSON and .npy pixels at the
-# model's size, and a photo upload gets a 422 saying so. --build-arg WITH_TORCH=1 adds the lock's
-# torch==…+cpu, a build only PyTorch's CPU index has (PyPI's torch is the multi-GB CUDA build).
-ARG WITH_TORCH=""
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-
 WORKDIR /src
 COPY requirements.lock pyproject.toml README.md ./
 COPY deploy/serve-requirements.txt deploy/serve-requirements.txt
@@ -32,19 +25,16 @@ COPY scripts/check_lock.py scripts/check_lock.py
 COPY datamoat datamoat
 
 # requirements.lock pins everything `pip install datamoat` brings (torch, scikit-learn, pandas...)
-# and the dev tools, none of which the server imports. So datamoat goes in without its
-# dependencies, then the server's set with every version constrained to its pin (-c), from wheels
-# only (no compiler); check_lock.py --subset then fails the build if anything installed is not
-# pinned in the lock at exactly that version. datamoat is built with the lock's setuptools (no
-# isolated build env fetching an unpinned one); pip and setuptools go last.
+# and the dev tools, none of which the server imports (photo uploads are fitted to a photo model's
+# input with numpy and Pillow, datamoat/data/photo_fit.py, the code training evaluates with). So
+# datamoat goes in without its dependencies, then the server's set with every version constrained
+# to its pin (-c), from wheels only (no compiler); check_lock.py --subset then fails the build if
+# anything installed is not pinned in the lock at exactly that version. datamoat is built with the
+# lock's setuptools (no isolated build env fetching an unpinned one); pip and setuptools go last.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/python -m pip install --only-binary=:all: -c requirements.lock setuptools \
  && /opt/venv/bin/python -m pip install --only-binary=:all: --no-build-isolation --no-deps -c requirements.lock . \
  && /opt/venv/bin/python -m pip install --only-binary=:all: -c requirements.lock -r deploy/serve-requirements.txt \
- && if [ -n "${WITH_TORCH}" ]; then \
-        /opt/venv/bin/python -m pip install --only-binary=:all: --extra-index-url "${TORCH_INDEX_URL}" \
-            -c requirements.lock torch; \
-    fi \
  && /opt/venv/bin/python -m pip uninstall -y pip setuptools \
  && /opt/venv/bin/python scripts/check_lock.py --subset requirements.lock
 

@@ -128,7 +128,7 @@ def test_the_runtime_stage_is_the_slim_base_plus_the_venv_as_a_fixed_non_root_us
     assert (pod["runAsUser"], pod["runAsGroup"]) == (UID, UID)
 
 
-def test_the_builder_installs_the_server_set_at_the_locks_pins_and_torch_only_when_asked():
+def test_the_builder_installs_the_server_set_at_the_locks_pins_and_no_torch():
     builder, _ = _stages()
     (run,) = _all(builder, "RUN")
     steps = run.split("&&")
@@ -136,14 +136,10 @@ def test_the_builder_installs_the_server_set_at_the_locks_pins_and_torch_only_wh
     assert installs and all("-c requirements.lock" in cmd and "--only-binary=:all:" in cmd for cmd in installs)
     assert any("--no-deps" in cmd and cmd.rstrip().endswith(" .") for cmd in installs)  # datamoat alone
     assert sum("-r deploy/serve-requirements.txt" in cmd for cmd in installs) == 1
-    (torch,) = [cmd for cmd in installs if re.search(r"\storch\b", cmd)]
-    assert torch.strip().startswith('if [ -n "${WITH_TORCH}" ]') and '--extra-index-url "${TORCH_INDEX_URL}"' in torch
-    args = {a.partition("=")[0]: a.partition("=")[2] for a in _all(builder, "ARG")}
-    assert args["WITH_TORCH"] == '""' and args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert not [cmd for cmd in installs if re.search(r"\storch\b", cmd)]  # photo uploads need no torch
+    assert not _all(builder, "ARG")
     assert "pip uninstall -y pip setuptools" in steps[-2]
     assert "scripts/check_lock.py --subset requirements.lock" in steps[-1]  # last: after every install
-    torch_pin = re.search(r"^torch==(\S+)", (ROOT / "requirements.lock").read_text(), re.M)
-    assert torch_pin and torch_pin.group(1).endswith("+cpu")  # only the CPU index has it
 
 
 def _check_lock():

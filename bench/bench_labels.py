@@ -342,7 +342,8 @@ def main() -> dict[str, Any]:
             *notes,
             f"{ARCH}, TrainConfig {RECIPE.to_dict()} with epochs max({MIN_EPOCHS}, ceil({MIN_SAMPLES} / labels)); "
             f"seeds {SEEDS}; default strategy {default_strategy()}; {THREADS} torch threads.",
-            f"Pretraining (SimCLR, PretrainConfig's defaults on the {len(truth) - 10_000} pool images): "
+            f"Pretraining (SimCLR, PretrainConfig's defaults{f' but {PRETRAIN_EPOCHS} epochs' if PRETRAIN_EPOCHS else ''}"
+            f" on the {len(truth) - 10_000} pool images): "
             + ", ".join(f"{s:.0f} s" for s in pre_secs)
             + (" (one backbone shared by every seed)" if SHARED_PRETRAIN else " (one per seed)")
             + "; not in 'seconds per seed', which counts labelling rounds, scoring and training."

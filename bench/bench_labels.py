@@ -309,6 +309,7 @@ def main() -> dict[str, Any]:
     if not STRATEGIES and REUSE and Path(REUSE).exists() and json.loads(Path(REUSE).read_text()).get("tables"):
         tables = json.loads(Path(REUSE).read_text())["tables"]  # the strategy table of the earlier run
         summary["strategies"] = tables[0]["rows"]
+        notes.append(f"The strategy table is from {REUSE}, its seconds that run's.")
     if STRATEGIES:
         counts = [n for n in COUNTS if n <= STRATEGY_MAX]
         srows = []

@@ -64,6 +64,7 @@ REUSE = os.environ.get("DM_LB_REUSE", "")
 # cores, so the interval over seeds then covers labelling and fine-tuning, not pretraining.
 SHARED_PRETRAIN = os.environ.get("DM_LB_SHARED_PRETRAIN", "1") == "1"
 SEMI_MAX = int(os.environ.get("DM_LB_SEMI_MAX", 0))  # FixMatch only up to this many labels (0: every count)
+SEMI_MIN = int(os.environ.get("DM_LB_SEMI_MIN", 0))  # and only from this many
 # A variant may name its strategy, e.g. "al@hybrid"; without one it uses STRATEGY.
 VARIANTS = [v for v in os.environ.get("DM_LB_VARIANTS", "random,al,ssl_al,ssl_al_fixmatch").split(",") if v]
 RECIPE = TrainConfig(augment="crop", patience=0, threads=THREADS)
@@ -185,7 +186,7 @@ def semisup_curve(
 ) -> list[dict[str, Any]]:
     out = []
     for n, rows in zip(COUNTS, sets):
-        if SEMI_MAX and n > SEMI_MAX:
+        if (SEMI_MAX and n > SEMI_MAX) or n < SEMI_MIN:
             continue
         t0 = time.perf_counter()
         data = label_rows(ws, pool, rows, truth[rows], origin="human", actor="oracle", name=f"lbs-{seed}-{n}")
@@ -348,6 +349,7 @@ def main() -> dict[str, Any]:
             + ", ".join(f"{s:.0f} s" for s in pre_secs)
             + (" (one backbone shared by every seed)" if SHARED_PRETRAIN else " (one per seed)")
             + "; not in 'seconds per seed', which counts labelling rounds, scoring and training."
-            + (f" FixMatch ran up to {SEMI_MAX} labels only (CPU time)." if SEMI_MAX else ""),
+            + (f" FixMatch ran up to {SEMI_MAX} labels only (CPU time)." if SEMI_MAX else "")
+            + (f" FixMatch ran from {SEMI_MIN} labels only (CPU time)." if SEMI_MIN else ""),
         ],
     }

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datamoat.configs import Config, check, check_choice
+from datamoat.errors import TooLarge
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -42,6 +43,9 @@ __all__ = [
     "fit",
 ]
 
+# The resized photo before its centre crop, in pixels: far above a real photo's (a 16:1 panorama to a
+# 256-pixel shorter side is 1M), far below what would exhaust memory (float32, three channels).
+MAX_RESIZED_PIXELS = 16_000_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what torchvision's published weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUTO_AUGMENT = ("none", "trivialaugment", "randaugment")
@@ -180,9 +184,13 @@ def resize_shorter(arr: np.ndarray, size: int) -> np.ndarray:
     (3, 50, 100)
     """
     h, w = arr.shape[-2:]
-    if h <= w:
-        return resize(arr, size, max(1, int(size * w / h)))
-    return resize(arr, max(1, int(size * h / w)), size)
+    nh, nw = (size, max(1, int(size * w / h))) if h <= w else (max(1, int(size * h / w)), size)
+    if nh * nw > MAX_RESIZED_PIXELS:  # a 1 x 24M strip passes every pixel cap and would resize to billions
+        raise TooLarge(
+            f"a {w}x{h} photo resized to a shorter side of {size} would be {nw}x{nh} pixels, over the limit of "
+            f"{MAX_RESIZED_PIXELS}: crop it to a less elongated shape"
+        )
+    return resize(arr, nh, nw)
 
 
 def center_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:

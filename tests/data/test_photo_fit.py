@@ -19,6 +19,7 @@ from PIL import Image
 from datamoat.configs import config_from_dict
 from datamoat.data import photo_fit, photo_transforms
 from datamoat.data.photo_fit import PhotoTransformConfig, center_crop, fit, from_pil, letterbox, resize, resize_shorter
+from datamoat.errors import TooLarge
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -200,3 +201,11 @@ def test_each_output_is_a_few_taps_summing_to_one(n_in, n_out):
     idx, w = photo_fit._taps(n_in, n_out)  # the filter's own weights, checked directly
     assert idx.shape == w.shape and idx.shape[0] == n_out and idx.shape[1] <= 2 * int(np.ceil(n_in / n_out)) + 1
     assert np.allclose(w.sum(1), 1, atol=1e-6) and (w >= 0).all() and idx.min() >= 0 and idx.max() < n_in
+
+
+def test_a_strip_that_would_resize_to_billions_of_pixels_is_refused_before_any_allocation():
+    # 1 x 2,000,000 passes a pixel cap; its shorter side resized to 37 would be 37 x 74M pixels.
+    strip = np.broadcast_to(np.zeros((3, 1, 1), np.uint8), (3, 1, 2_000_000))
+    with pytest.raises(TooLarge, match="less elongated"):
+        fit(strip, PhotoTransformConfig(size=(32, 32)))
+    assert fit(np.zeros((3, 30, 4000), np.uint8), PhotoTransformConfig(size=(32, 32))).shape == (3, 32, 32)

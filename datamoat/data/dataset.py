@@ -19,7 +19,17 @@ import numpy as np
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace, short_hash
 
-__all__ = ["Dataset", "SPLITS", "POOL", "UNLABELED", "make_dataset", "load_dataset", "read_rows", "stratified_splits"]
+__all__ = [
+    "Dataset",
+    "SPLITS",
+    "POOL",
+    "UNLABELED",
+    "make_dataset",
+    "load_dataset",
+    "read_rows",
+    "drop_pages",
+    "stratified_splits",
+]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 POOL = 3  # the split code of unlabeled items; every verb that selects a split by code passes them by
@@ -223,14 +233,22 @@ def read_rows(x: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
     [6, 0]
     """
     out = np.array(x[rows])  # a copy: fancy indexing copies, a slice would be a view of the mapping
+    drop_pages(x)
+    return out
+
+
+def drop_pages(x: np.ndarray) -> None:
+    """Where `x` is mapped from a file, hand the pages it touched back (a no-op otherwise). A shared
+    file mapping loses nothing: pages read come back from the page cache if touched again, and pages
+    written are in the page cache already, bound for the file.
+
+    >>> drop_pages(np.zeros(3))
+    """
     base: Any = x
     while base is not None and not isinstance(base, mmap.mmap):
         base = getattr(base, "base", None)
     if base is not None and hasattr(mmap, "MADV_DONTNEED"):
-        # A read-only shared mapping: the pages leave this process's resident set and are read back
-        # from the page cache if touched again, so nothing is lost.
         base.madvise(mmap.MADV_DONTNEED)
-    return out
 
 
 def _ro(a: np.ndarray) -> np.ndarray:

@@ -42,7 +42,6 @@ from datamoat.workspace import Workspace
 
 __all__ = [
     "FORMATS",
-    "IndexBuilder",
     "PhotoIndex",
     "PhotoRefs",
     "REF_DTYPE",
@@ -164,6 +163,20 @@ class PhotoIndex:
                 hi = mid
         return lo if lo < len(self.table) and bytes(self.table[lo]["sha256"]) == want else None
 
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        """Every row as `row` gives it, front to back, the (maybe mapped) columns read a chunk at a
+        time and their pages handed back, so a pass over millions holds one chunk."""
+        for i, part in chunks(self.table):
+            p0 = int(self.table[i - 1]["path_end"]) if i else 0
+            x0 = int(self.table[i - 1]["extra_end"]) if i else 0
+            paths = read_rows(self.paths, slice(p0, int(part["path_end"][-1])))
+            extras = read_rows(self.extras, slice(x0, int(part["extra_end"][-1])))
+            sub = PhotoIndex(part.copy(), paths, extras, self.classes, self.modes)
+            sub.shards = self.shards
+            sub.table["path_end"] -= p0
+            sub.table["extra_end"] -= x0
+            yield from (sub.row(j) for j in range(len(part)))
+
     def labelled(self) -> Iterator[np.ndarray]:
         """The labelled rows of the table, a chunk at a time (copies), in order."""
         for _, part in chunks(self.table):
@@ -186,8 +199,12 @@ class PhotoIndex:
         """Put the columns into the store; the manifest's description of them (names hashes)."""
         return {
             "rows": put_array_chunks(ws, ROW_DTYPE, (len(self.table),), (p for _, p in chunks(self.table))),
-            "paths": ws.put_array(self.paths),
-            "extras": ws.put_array(self.extras),
+            "paths": put_array_chunks(
+                ws, np.dtype(np.uint8), self.paths.shape, (p for _, p in chunks(self.paths, 1 << 22))
+            ),
+            "extras": put_array_chunks(
+                ws, np.dtype(np.uint8), self.extras.shape, (p for _, p in chunks(self.extras, 1 << 22))
+            ),
             "modes": self.modes,
         }
 
@@ -308,102 +325,6 @@ class PhotoRefs:
         if "shards" not in info:  # a JSON list of Ref, as datasets rendered before this format keep
             return cls.of([tuple(r) for r in json.loads(ws.get_bytes(info["refs"]))])  # type: ignore[misc]
         return cls(list(info["shards"]), ws.get_array(info["refs"], mmap=True))
-
-
-class IndexBuilder:
-    """An import's rows, collected in fixed-size numpy chunks as the files are read (no dict a photo),
-    then sorted by content hash with numpy (`finish`).
-
-    >>> b = IndexBuilder()
-    >>> meta = {"format": "PNG", "width": 2, "height": 1, "mode": "L", "orientation": 1}
-    >>> for name, label in [("b", "dog"), ("a", "cat"), ("b", "dog")]:
-    ...     b.add(hashlib.sha256(name.encode()).digest(), label, meta, f"{label}/{name}.png", {})
-    >>> index, dups, conflicts = b.finish()
-    >>> [index.row(i)["path"] for i in range(len(index))], [paths for _, paths in dups], conflicts  # hash order
-    (['dog/b.png', 'cat/a.png'], [['dog/b.png', 'dog/b.png']], [])
-    """
-
-    def __init__(self) -> None:
-        self.parts: list[np.ndarray] = []  # full chunks, (CHUNK,) ROW_DTYPE each
-        self.cur, self.n = np.zeros(CHUNK, ROW_DTYPE), 0
-        self.paths, self.extras = bytearray(), bytearray()
-        self.labels: dict[str, int] = {}  # first-seen codes, sorted into class codes by `finish`
-        self.modes: dict[str, int] = {}
-
-    def add(self, sha256: bytes, label: str | None, meta: dict[str, Any], path: str, extra: dict[str, Any]) -> None:
-        """One accepted file: its raw 32-byte sha256, label, `probe_photo` metadata, path and extras."""
-        self.paths += path.encode()
-        self.extras += json.dumps(extra, sort_keys=True).encode() if extra else b""
-        code = -1 if label is None else self.labels.setdefault(label, len(self.labels))
-        mode = self.modes.setdefault(meta["mode"], len(self.modes))
-        self.cur[self.n] = (
-            np.frombuffer(sha256, np.uint8), code, 0, FORMATS.index(meta["format"]), meta["orientation"],
-            mode, 0, meta["width"], meta["height"], 0, 0, len(self.paths), len(self.extras),
-        )  # fmt: skip
-        self.n += 1
-        if self.n == CHUNK:
-            self.parts.append(self.cur)
-            self.cur, self.n = np.zeros(CHUNK, ROW_DTYPE), 0
-
-    def finish(self) -> tuple[PhotoIndex, list[tuple[str, list[str]]], list[tuple[list[str], list[str]]]]:
-        """The index of the distinct contents in hash order (each the first file listed with it), the
-        hex sha256 and paths of each duplicated content, and (paths, labels) of each content found under two labels,
-        which is left out. Shard, offset, size and split are left for the caller to fill in."""
-        table = np.concatenate([*self.parts, self.cur[: self.n]])  # (N,) in listing order
-        self.parts, self.cur = [], np.zeros(0, ROW_DTYPE)
-        words = np.ascontiguousarray(table["sha256"]).view(">u8")  # (N, 4): sorts as the hashes do
-        order = np.lexsort(words.T[::-1])  # (N,) stable: equal hashes keep their listing order
-        del words
-        path_end, extra_end = table["path_end"].copy(), table["extra_end"].copy()  # listing order
-        table = table[order]
-        first = np.ones(len(table), bool)  # (N,) the first row of each content
-        first[1:] = (table["sha256"][1:] != table["sha256"][:-1]).any(axis=1)
-        starts = np.flatnonzero(first)  # (G,)
-        sizes = np.diff(np.append(starts, len(table)))  # (G,)
-        lab = table["label"]
-        conflict = np.minimum.reduceat(lab, starts) != np.maximum.reduceat(lab, starts)  # (G,)
-        names = {c: s for s, c in self.labels.items()}
-
-        def paths_of(g: int) -> list[str]:
-            rows = order[starts[g] : starts[g] + sizes[g]]
-            return [self.paths[(path_end[r - 1] if r else 0) : path_end[r]].decode() for r in rows]
-
-        dups = [
-            (bytes(table["sha256"][starts[g]]).hex(), paths_of(int(g))) for g in np.flatnonzero((sizes > 1) & ~conflict)
-        ]
-        conflicts = [
-            (paths_of(int(g)), sorted({str(names.get(int(c))) for c in lab[starts[g] : starts[g] + sizes[g]]}))
-            for g in np.flatnonzero(conflict)
-        ]
-        keep = starts[~conflict]  # (K,)
-        table, src = table[keep], order[keep]  # src: each kept row's position in listing order
-        classes = sorted(names[int(c)] for c in np.unique(table["label"]) if c >= 0)
-        lut = np.full(len(names) + 1, -1, np.int32)  # code + 1 -> class code (-1 stays unlabelled)
-        lut[[self.labels[c] + 1 for c in classes]] = np.arange(len(classes))
-        table["label"] = lut[table["label"] + 1]
-        modes = sorted(self.modes)
-        table["mode"] = np.asarray([modes.index(m) for m in self.modes], np.int8)[table["mode"]]
-        paths = _gather(self.paths, path_end, src, table, "path_end")
-        extras = _gather(self.extras, extra_end, src, table, "extra_end")
-        self.paths = self.extras = bytearray()
-        return PhotoIndex(table, paths, extras, classes, modes), dups, conflicts
-
-
-def _gather(data: bytearray, ends: np.ndarray, src: np.ndarray, table: np.ndarray, field: str) -> np.ndarray:
-    """The byte column in the new row order: rows `src` of (data, ends), chunk by chunk; sets the new
-    ends in `table[field]`. Returns (M,) uint8."""
-    buf = np.frombuffer(data, np.uint8)  # (M,) a view of the collected bytes
-    starts = np.concatenate([[0], ends[:-1]])  # (N,)
-    lens = (ends - starts)[src]  # (K,)
-    table[field] = np.cumsum(lens)
-    out = np.empty(int(table[field][-1]) if len(table) else 0, np.uint8)
-    for i in range(0, len(src), CHUNK):
-        ln, st = lens[i : i + CHUNK], starts[src[i : i + CHUNK]]  # (B,)
-        at = np.cumsum(ln) - ln  # (B,) each row's start in this chunk's output
-        idx = np.arange(int(ln.sum())) - np.repeat(at, ln) + np.repeat(st, ln)  # (bytes,)
-        o = int(table[field][i] - ln[0])  # where this chunk's first row starts in `out`
-        out[o : o + len(idx)] = buf[idx]
-    return out
 
 
 def assign_splits(labels: np.ndarray, classes: list[str], val: float, test: float, seed: int) -> np.ndarray:

@@ -29,12 +29,10 @@ width and height and the orientation tag, and decoding applies the orientation l
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import hashlib
 import io
 import json
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -45,7 +43,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datamoat.configs import Config, check
-from datamoat.data.photo_index import SPLIT_NAMES, IndexBuilder, PhotoIndex, assign_splits, chunks
+from datamoat.data.dataset import drop_pages
+from datamoat.data.index_builder import IndexBuilder, fill_column, tally
+from datamoat.data.photo_index import SPLIT_NAMES, PhotoIndex, assign_splits, chunks
+from datamoat.data.photo_listing import list_folder, list_manifest
 from datamoat.data.shards import DEFAULT_MAX_SHARD_BYTES, ShardInfo, iter_shard, read_record, write_shards
 from datamoat.errors import BadInput, NotFound, TooLarge
 from datamoat.workspace import Workspace, atomic_write, safe_name, short_hash
@@ -107,14 +108,6 @@ class _Skip(Exception):
     def __init__(self, kind: str, detail: str, too_large: bool = False):
         super().__init__(f"{kind}: {detail}")
         self.kind, self.detail, self.too_large = kind, detail, too_large
-
-
-@dataclasses.dataclass(frozen=True)
-class _Item:
-    path: Path  # where to read it
-    rel: str  # how the report and the index name it (relative to the source)
-    label: str | None
-    extra: dict[str, Any]
 
 
 def _check_image(data: bytes, cfg: PhotoImportConfig) -> dict[str, Any]:
@@ -196,45 +189,6 @@ def _read(path: Path, cfg: PhotoImportConfig) -> bytes:
     return data
 
 
-def _visible(folder: Path) -> list[str]:
-    return sorted(n for n in os.listdir(folder) if not n.startswith("."))  # names: no Path a file
-
-
-def _list_folder(root: Path) -> tuple[Iterator[_Item], list[str]]:
-    """Class subfolders (labels = their names), or, with none, an unlabeled folder; and stray files.
-    The items come lazily, one folder listed at a time, so a listing holds names, not an object a file."""
-    names = _visible(root)
-    dirs = [n for n in names if (root / n).is_dir()]
-    if not dirs:
-        return (_Item(root / n, n, None, {}) for n in names if (root / n).is_file()), []
-    items = (
-        _Item(root / d / f, f"{d}/{f}", d, {}) for d in dirs for f in _visible(root / d) if (root / d / f).is_file()
-    )
-    return items, [n for n in names if (root / n).is_file()]
-
-
-def _list_manifest(path: Path) -> list[_Item]:
-    """Rows of a CSV (with a header) or JSON-lines manifest; paths are relative to the manifest."""
-    text = path.read_text(encoding="utf-8-sig")
-    rows: list[tuple[int, Any]] = []
-    if path.suffix.lower() == ".csv":
-        rows = [(i + 2, r) for i, r in enumerate(csv.DictReader(io.StringIO(text)))]
-    else:
-        for i, line in enumerate(text.splitlines(), 1):
-            try:
-                rows += [(i, json.loads(line))] if line.strip() else []
-            except json.JSONDecodeError as e:
-                raise BadInput(f"{path} line {i} is not JSON ({e.msg}): one JSON object per line") from None
-    items = []
-    for lineno, r in rows:
-        if not isinstance(r, dict) or not isinstance(r.get("path"), str) or not r["path"] or None in r:
-            raise BadInput(f"{path} line {lineno}: every row needs a 'path' (and no cells past the header)")
-        label = r.get("label")
-        extra = {k: v for k, v in r.items() if k not in ("path", "label")}
-        items.append(_Item(path.parent / r["path"], r["path"], None if label in (None, "") else str(label), extra))
-    return items
-
-
 @dataclasses.dataclass
 class PhotoVersion:
     """One imported photo dataset version: its columnar index (`PhotoIndex`, mapped from the store),
@@ -311,7 +265,7 @@ def import_photos(
     src = Path(source)
     if not src.exists():
         raise NotFound(f"photo source {src} does not exist: pass a folder or a .csv / .jsonl manifest")
-    items, stray = _list_folder(src) if src.is_dir() else (iter(_list_manifest(src)), [])
+    items, stray = list_folder(src) if src.is_dir() else (list_manifest(src), [])
     skipped: list[dict[str, str]] = []
 
     def skip(rel: str, e: _Skip) -> None:
@@ -322,34 +276,74 @@ def import_photos(
 
     for rel in stray:
         skip(rel, _Skip("outside the class folders", "a file next to class subfolders has no label"))
-    # Columns, not a dict a photo: the index of a million photos is tens of MB, sorted by numpy.
-    builder, listed = IndexBuilder(), 0
-    for it in items:
-        listed += 1
-        try:
-            data = _read(it.path, cfg)
-            meta = _check_image(data, cfg)
-        except _Skip as e:
-            skip(it.rel, e)
-            continue
-        label = None if it.label == cfg.unlabeled_folder else it.label  # unlabeled: the render's pool
-        builder.add(hashlib.sha256(data).digest(), label, meta, it.rel, it.extra)
-    index, dup_paths, conflicts = builder.finish()
-    for rels, labels in conflicts:  # the same bytes cannot be two classes: keep neither, say so
-        why = f"the same bytes as {', '.join(rels)} carry different labels ({', '.join(labels)})"
-        for rel in rels:
-            skip(rel, _Skip("label conflict", why))
-    if not len(index):
-        reasons = collections.Counter(s["kind"] for s in skipped)
-        raise BadInput(f"no importable images in {src}: {len(skipped)} skipped ({dict(reasons)})")
+    # Columns, not a dict a photo, sorted on disk: memory holds a run of rows, whatever the count.
+    with IndexBuilder(ws.root) as builder:
+        listed = 0
+        for it in items:
+            listed += 1
+            try:
+                data = _read(it.path, cfg)
+                meta = _check_image(data, cfg)
+            except _Skip as e:
+                skip(it.rel, e)
+                continue
+            label = None if it.label == cfg.unlabeled_folder else it.label  # unlabeled: the render's pool
+            builder.add(hashlib.sha256(data).digest(), label, meta, it.rel, it.extra)
+        index, dup_paths, conflicts = builder.finish()
+        for rels, labels in conflicts:  # the same bytes cannot be two classes: keep neither, say so
+            why = f"the same bytes as {', '.join(rels)} carry different labels ({', '.join(labels)})"
+            for rel in rels:
+                skip(rel, _Skip("label conflict", why))
+        if not len(index):
+            reasons = collections.Counter(s["kind"] for s in skipped)
+            raise BadInput(f"no importable images in {src}: {len(skipped)} skipped ({dict(reasons)})")
+        manifest, shards = _store(ws, src, index, cfg)
+    vid = short_hash(json.dumps(manifest, sort_keys=True).encode())  # content only: not the name or the path
+    index = PhotoIndex.load(ws, manifest)  # from the store: the builder's files are gone
+    dups = [{"sha256": sha, "paths": paths} for sha, paths in dup_paths]
+    name = name or safe_name(src.stem if src.is_file() else src.name)
+    ref_path = ws.path_for(_REF_DIR) / f"{vid}.json"
+    if not ref_path.exists():  # write-once, like a catalog row: a re-import keeps the first name
+        record = {"id": vid, "name": name, "source": str(src), "manifest": manifest}
+        atomic_write(ref_path, json.dumps({**record, "skipped": skipped, "duplicates": dups}, sort_keys=True).encode())
+    name = json.loads(ref_path.read_bytes())["name"]
+    classes, counts = manifest["classes"], manifest["counts"]
+    per, src_bytes, unlabelled = tally(index.table, len(classes))
+    index_blobs = manifest["index"]
+    stored = sum(s.size for s in shards) + sum(ws.object_size(index_blobs[k]) for k in _INDEX_BLOBS)
+    secs = time.perf_counter() - t0
+    report = {
+        "id": vid,
+        "name": name,
+        "source": str(src),
+        "imported": len(index),
+        "unlabeled": unlabelled,
+        "classes": classes,
+        "splits": counts,
+        "per_class": {s: {c: int(per[i, j + 1]) for j, c in enumerate(classes)} for i, s in enumerate(SPLIT_NAMES)},
+        "skipped": len(skipped),
+        "skipped_reasons": dict(sorted(collections.Counter(s["kind"] for s in skipped).items())),
+        "duplicates": sum(len(d["paths"]) - 1 for d in dups),
+        "shards": len(shards),
+        "source_bytes": src_bytes,
+        "stored_bytes": stored,
+        "stored_vs_source": round(stored / src_bytes, 4),
+        "seconds": round(secs, 3),
+        "images_per_s": round(listed / secs, 1) if secs > 0 else None,
+    }
+    return PhotoVersion(ws, vid, name, manifest, index, skipped, dups, report)
+
+
+def _store(ws: Workspace, src: Path, index: PhotoIndex, cfg: PhotoImportConfig) -> tuple[dict[str, Any], list[Any]]:
+    """Split the (mapped) index, write the shards in its order, store it; the manifest and the shards."""
     rows = index.table  # (N,) in content-hash order: independent of file names and listing
-    rows["split"] = assign_splits(rows["label"], index.classes, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    labels = np.concatenate([p["label"] for _, p in chunks(rows)])  # (N,) 4 bytes a photo
+    fill_column(rows, "split", assign_splits(labels, index.classes, cfg.val_fraction, cfg.test_fraction, cfg.seed))
     base = src if src.is_dir() else src.parent  # every listed path is relative to it
 
     def records() -> Iterator[tuple[str, str, bytes]]:
         # A second read, so no more than one file is ever in memory; its hash must not have changed.
-        for i in range(len(rows)):
-            r = index.row(i)
+        for r in index.iter_rows():
             try:
                 data = _read(base / r["path"], cfg)
             except _Skip as e:
@@ -366,58 +360,22 @@ def import_photos(
         rows["shard"][at] = len(index.shards)
         rows["offset"][at] = [r.offset for r in info.records]
         rows["size"][at] = [r.size for r in info.records]
+        drop_pages(rows)
         index.shards.append(info.sha256)
         done[0] = at.stop
 
     shards = write_shards(records(), ws, max_shard_bytes=cfg.max_shard_bytes, on_shard=placed)
-    split_counts = np.bincount(rows["split"], minlength=3)
-    counts = {s: int(split_counts[i]) for i, s in enumerate(SPLIT_NAMES)}
-    classes = index.classes
+    per, _, _ = tally(rows, len(index.classes))
     manifest = {
         "format": 2,  # 1: the index was one JSON line a photo (`PhotoIndex.load` still reads it)
         "kind": "photos",
-        "classes": classes,
+        "classes": index.classes,
         "index": index.store(ws),
         "shards": [{"sha256": s.sha256, "size": s.size, "count": s.count} for s in shards],
         "split_recipe": {"val": cfg.val_fraction, "test": cfg.test_fraction, "seed": cfg.seed, "order": "sha256"},
-        "counts": counts,
+        "counts": {s: int(per[i].sum()) for i, s in enumerate(SPLIT_NAMES)},
     }
-    vid = short_hash(json.dumps(manifest, sort_keys=True).encode())  # content only: not the name or the path
-    dups = [{"sha256": sha, "paths": paths} for sha, paths in dup_paths]
-    name = name or safe_name(src.stem if src.is_file() else src.name)
-    ref_path = ws.path_for(_REF_DIR) / f"{vid}.json"
-    if not ref_path.exists():  # write-once, like a catalog row: a re-import keeps the first name
-        record = {"id": vid, "name": name, "source": str(src), "manifest": manifest}
-        atomic_write(ref_path, json.dumps({**record, "skipped": skipped, "duplicates": dups}, sort_keys=True).encode())
-    name = json.loads(ref_path.read_bytes())["name"]
-    src_bytes = int(rows["size"].sum())
-    index_blobs = manifest["index"]
-    assert isinstance(index_blobs, dict)
-    stored = sum(s.size for s in shards) + sum(ws.object_size(index_blobs[k]) for k in _INDEX_BLOBS)
-    secs = time.perf_counter() - t0
-    per = np.zeros((3, len(classes) + 1), np.int64)  # (split, label + 1)
-    np.add.at(per, (rows["split"], rows["label"] + 1), 1)
-    per_class = {s: {c: int(per[i, j + 1]) for j, c in enumerate(classes)} for i, s in enumerate(SPLIT_NAMES)}
-    report = {
-        "id": vid,
-        "name": name,
-        "source": str(src),
-        "imported": len(rows),
-        "unlabeled": int((rows["label"] < 0).sum()),
-        "classes": classes,
-        "splits": counts,
-        "per_class": per_class,
-        "skipped": len(skipped),
-        "skipped_reasons": dict(sorted(collections.Counter(s["kind"] for s in skipped).items())),
-        "duplicates": sum(len(d["paths"]) - 1 for d in dups),
-        "shards": len(shards),
-        "source_bytes": src_bytes,
-        "stored_bytes": stored,
-        "stored_vs_source": round(stored / src_bytes, 4),
-        "seconds": round(secs, 3),
-        "images_per_s": round(listed / secs, 1) if secs > 0 else None,
-    }
-    return PhotoVersion(ws, vid, name, manifest, index, skipped, dups, report)
+    return manifest, shards
 
 
 def list_photos(ws: Workspace) -> list[dict[str, Any]]:

@@ -86,7 +86,8 @@ class QuantizeConfig(Config):
     # int8 depthwise kernels are the faster ones.
     float_depthwise: bool = True
     # 7-bit weights avoid u8*s8 overflow on x86 CPUs without VNNI; with VNNI
-    # (and on ARM) they only cost accuracy.
+    # (and on ARM) they only cost accuracy, so they are the first retry when
+    # 8-bit weights miss the budget (the result's config says which ran).
     reduce_range: bool = False
     seed: int = 0
 
@@ -275,7 +276,9 @@ def quantize(
         tmp = Path(tmp_dir)
         fp32, pre = tmp / "fp32.onnx", tmp / "pre.onnx"
         onnx.save(gemm_to_matmul(proto) if method == "dynamic" else proto, str(fp32))
-        quant_pre_process(str(fp32), str(pre))  # shape inference + ORT's basic fusions, as the quantizer expects
+        # Shape inference + ORT's basic fusions, as the quantizer expects; not for dynamic, whose fusions
+        # turn the MatMuls back into Gemms that the quantizer renames, so an exclusion would miss them.
+        quant_pre_process(str(fp32), str(pre), skip_optimization=method == "dynamic")
         pre_proto = onnx.load(str(pre))
         names = [n.name for n in pre_proto.graph.node if n.op_type in QUANTIZABLE]
         unknown = [e for e in cfg.exclude if e not in names]
@@ -290,9 +293,20 @@ def quantize(
             out = _quantize_once(pre, tmp / f"int8_{len(attempts)}.onnx", method, cfg, list(excluded), feeds)
             int8_acc = onnx_accuracy(out, *evals, preprocess) if evals is not None else None
             drop = 100 * (fp32_acc - int8_acc) if fp32_acc is not None and int8_acc is not None else 0.0
-            attempts.append({"excluded": list(excluded), "int8_accuracy": int8_acc, "accuracy_drop": drop})
+            attempts.append(
+                {
+                    "excluded": list(excluded),
+                    "reduce_range": cfg.reduce_range,
+                    "int8_accuracy": int8_acc,
+                    "accuracy_drop": drop,
+                }
+            )
             if drop <= cfg.max_accuracy_drop + 1e-9:
                 break
+            if not cfg.reduce_range and len(attempts) <= cfg.max_retries:
+                # 7-bit weights first: on x86 CPUs without VNNI, u8*s8 products saturate in 8 bits.
+                cfg = dataclasses.replace(cfg, reduce_range=True)
+                continue
             left = [n for n in names if n not in excluded]
             if len(attempts) > cfg.max_retries or not left:
                 raise QuantizeAccuracyError(

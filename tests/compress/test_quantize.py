@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from datamoat.compress.export import ExportConfig, export, onnx_metadata
+from datamoat.compress.qgraph import gemm_to_matmul
 from datamoat.compress.quantize import QuantizeAccuracyError, QuantizeConfig, quantize, quantize_in_workspace
 from datamoat.data import import_digits
 from datamoat.errors import BadInput
@@ -93,6 +94,19 @@ def test_dynamic_int8_for_the_linear_only_mlp(trained, tmp_path):
     assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops and "Gemm" not in ops
 
 
+def test_a_dynamic_exclusion_keeps_that_matmul_float(trained, tmp_path):
+    # ORT's fusions used to turn the MatMuls back into Gemms it then renamed, so an exclusion (and
+    # the accuracy-aware retry's) silently quantized the node anyway.
+    _, ds, _, mlp = trained
+    path = fp32_file(mlp, tmp_path)
+    matmuls = [n.name for n in gemm_to_matmul(onnx.load(str(path))).graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 2
+    r = quantize(path, QuantizeConfig(method="dynamic", exclude=(matmuls[1],)), ds.subset("train")[0], None)
+    ops = [n.op_type for n in onnx.load(str(r.path)).graph.node]
+    assert ops.count("MatMulInteger") == 1 and ops.count("MatMul") == 1
+    assert r.excluded == {matmuls[1]: "user"}
+
+
 def test_dynamic_on_a_conv_net_leaves_convs_float_so_stock_ort_runs_it(trained, tmp_path):
     _, ds, cnn, _ = trained
     x_tr, _ = ds.subset("train")
@@ -165,10 +179,13 @@ def test_accuracy_aware_retry_keeps_the_most_sensitive_nodes_fp32(trained, tmp_p
     with pytest.raises(QuantizeAccuracyError, match=r"int8 accuracy drop \S+ points > budget 0.5 after 1 attempt"):
         quantize(path, cfg, dark, cnn.preprocess, eval_x=x_val, eval_y=y_val)
     nodes = [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "Gemm")]
-    r = quantize(path, cfg.replace(max_retries=len(nodes)), dark, cnn.preprocess, eval_x=x_val, eval_y=y_val)
-    assert r.accuracy_drop <= 0.5 and len(r.attempts) >= 2 and r.attempts[0]["accuracy_drop"] > 10
+    r = quantize(path, cfg.replace(max_retries=len(nodes) + 1), dark, cnn.preprocess, eval_x=x_val, eval_y=y_val)
+    assert r.accuracy_drop <= 0.5 and len(r.attempts) >= 3 and r.attempts[0]["accuracy_drop"] > 10
     assert set(r.excluded.values()) == {"sensitivity"} and set(r.excluded) <= set(nodes)
-    for before, after in zip(r.attempts, r.attempts[1:]):
+    # The first retry is 7-bit weights (x86 without VNNI saturates 8-bit products), nothing kept fp32.
+    assert [a["reduce_range"] for a in r.attempts[:2]] == [False, True] and r.attempts[1]["excluded"] == []
+    assert r.config.reduce_range and onnx_metadata(r.path)["quantize_config"]["reduce_range"] is True
+    for before, after in zip(r.attempts[1:], r.attempts[2:]):
         # Each retry keeps fp32 the node whose probe came closest to the fp32 logits.
         best = min(before["probe_mse"], key=before["probe_mse"].get)
         assert after["excluded"] == [*before["excluded"], best]
@@ -219,8 +236,8 @@ def test_sensitivity_probes_survive_node_names_that_are_not_file_names(trained, 
     path = tmp_path / "hostile.onnx"
     onnx.save(proto, str(path))
     dark = np.zeros((64, 1, 8, 8), np.uint8)  # useless ranges: the retry must probe every node
-    cfg = QuantizeConfig(max_accuracy_drop=0.5, float_stem=False, max_retries=len(targets))
+    cfg = QuantizeConfig(max_accuracy_drop=0.5, float_stem=False, max_retries=len(targets) + 1)
     r = quantize(path, cfg, dark, cnn.preprocess, eval_x=x_val, eval_y=y_val, out_path=tmp_path / "out.onnx")
-    assert len(r.attempts) >= 2 and set(r.attempts[0]["probe_mse"]) == set(HOSTILE_NAMES[: len(targets)])
+    assert len(r.attempts) >= 3 and set(r.attempts[1]["probe_mse"]) == set(HOSTILE_NAMES[: len(targets)])
     assert set(r.excluded) <= set(HOSTILE_NAMES) and r.accuracy_drop <= 0.5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn_small.onnx", "hostile.onnx", "out.onnx"]

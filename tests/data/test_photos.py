@@ -181,6 +181,27 @@ def test_csv_and_jsonl_manifests_give_the_same_content(ws, tmp_path):
         import_photos(ws, tmp_path / "bad.jsonl", CFG)
 
 
+def test_a_bad_row_deep_in_a_manifest_is_a_one_line_error_and_nothing_is_stored(ws, tmp_path):
+    """Manifests are read a row at a time, so a bad row is found after good files were read: the
+    import must still store nothing (no shards, no version) and leave no sort folder behind."""
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        _save(tmp_path / "imgs" / f"{i}.jpg", _img(i, (24, 16), "RGB"), "JPEG")
+    good = [json.dumps({"path": f"imgs/{i}.jpg", "label": "ab"[i % 2]}) for i in range(6)]
+    before = sorted(p.relative_to(ws.root) for p in ws.root.rglob("*"))
+    cases = {
+        "bad.jsonl": ("\n".join([*good, "{not json"]) + "\n", r"bad.jsonl line 7 is not JSON"),
+        "nopath.jsonl": ("\n".join([*good, '{"label": "a"}']) + "\n", r"nopath.jsonl line 7: every row needs a 'path'"),
+        "extra.csv": ("path,label\n" + "".join(f"imgs/{i}.jpg,a\n" for i in range(6)) + "imgs/0.jpg,a,x\n", "line 8"),
+    }
+    for name, (text, match) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(BadInput, match=match) as e:
+            import_photos(ws, tmp_path / name, CFG)
+        assert "\n" not in str(e.value)
+    assert sorted(p.relative_to(ws.root) for p in ws.root.rglob("*")) == before
+
+
 def test_an_unlabeled_folder_imports_with_no_labels(ws, tmp_path):
     root = tmp_path / "unlabeled"
     root.mkdir()

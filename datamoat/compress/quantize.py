@@ -54,7 +54,14 @@ from datamoat.errors import DatamoatError
 from datamoat.inference.onnx import file_bytes, normalise, onnx_accuracy, ort_session
 from datamoat.workspace import Workspace, atomic_write
 
-__all__ = ["QuantizeConfig", "QuantizeResult", "QuantizeAccuracyError", "quantize", "quantize_in_workspace"]
+__all__ = [
+    "QuantizeConfig",
+    "QuantizeResult",
+    "QuantizeAccuracyError",
+    "quantize",
+    "quantize_in_workspace",
+    "saturates_8bit",
+]
 
 METHODS = ("auto", "static", "dynamic")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -86,9 +93,11 @@ class QuantizeConfig(Config):
     # int8 depthwise kernels are the faster ones.
     float_depthwise: bool = True
     # 7-bit weights avoid u8*s8 overflow on x86 CPUs without VNNI; with VNNI
-    # (and on ARM) they only cost accuracy, so they are the first retry when
-    # 8-bit weights miss the budget (the result's config says which ran).
-    reduce_range: bool = False
+    # (and on ARM) they only cost accuracy. None: 7-bit where this machine
+    # lacks VNNI, the machine whose checks judge the file. 8-bit weights that
+    # miss the accuracy budget are retried 7-bit first. The result's config
+    # says which ran.
+    reduce_range: bool | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -99,8 +108,30 @@ class QuantizeConfig(Config):
         check(self.max_retries >= 0, f"max_retries must be >= 0, got {self.max_retries}")
         for name in ("per_channel", "float_stem", "float_depthwise", "reduce_range"):
             value = getattr(self, name)
-            check(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+            ok = isinstance(value, bool) or (name == "reduce_range" and value is None)
+            auto = " (or None: by this CPU)" if name == "reduce_range" else ""
+            check(ok, f"{name} must be true or false{auto}, got {value!r}")
         self.exclude = tuple(str(e) for e in self.exclude)
+
+
+def saturates_8bit() -> bool:
+    """Whether this CPU's int8 kernels can overflow with 8-bit weights: x86 without VNNI (AVX2's
+    u8*s8 products saturate in 16 bits). ARM and VNNI CPUs cannot; a CPU whose flags cannot be read
+    counts as safe.
+
+    >>> isinstance(saturates_8bit(), bool)
+    True
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return False
+    return flags is not None and not ({"avx512_vnni", "avx_vnni"} & set(flags))
 
 
 class QuantizeAccuracyError(DatamoatError):
@@ -248,6 +279,8 @@ def quantize(
     from datamoat.compress.export import onnx_metadata, set_onnx_metadata
 
     cfg = config or QuantizeConfig()
+    if cfg.reduce_range is None:
+        cfg = dataclasses.replace(cfg, reduce_range=saturates_8bit())
     src = Path(onnx_path)
     meta = onnx_metadata(src)  # also says clearly when `src` is missing or not ONNX
     proto = onnx.load(str(src))

@@ -10,7 +10,13 @@ import pytest
 
 from datamoat.compress.export import ExportConfig, export, onnx_metadata
 from datamoat.compress.qgraph import gemm_to_matmul
-from datamoat.compress.quantize import QuantizeAccuracyError, QuantizeConfig, quantize, quantize_in_workspace
+from datamoat.compress.quantize import (
+    QuantizeAccuracyError,
+    QuantizeConfig,
+    quantize,
+    quantize_in_workspace,
+    saturates_8bit,
+)
 from datamoat.data import import_digits
 from datamoat.errors import BadInput
 from datamoat.inference.onnx import normalise, onnx_accuracy
@@ -89,6 +95,9 @@ def test_dynamic_int8_for_the_linear_only_mlp(trained, tmp_path):
     _, ds, _, mlp = trained
     (x_tr, _), (x_val, y_val) = ds.subset("train"), ds.subset("val")
     r = quantize(fp32_file(mlp, tmp_path), QuantizeConfig(), x_tr, None, eval_x=x_val, eval_y=y_val)
+    # 7-bit weights by default exactly where 8-bit products can saturate (x86 without VNNI), recorded.
+    assert r.attempts[0]["reduce_range"] is saturates_8bit() and QuantizeConfig().reduce_range is None
+    assert onnx_metadata(r.path)["quantize_config"]["reduce_range"] is r.config.reduce_range
     assert r.method == "dynamic" and r.accuracy_drop <= 0.5 and r.int8_bytes < 0.5 * r.fp32_bytes
     ops = [n.op_type for n in onnx.load(str(r.path)).graph.node]
     assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops and "Gemm" not in ops
@@ -175,7 +184,7 @@ def test_accuracy_aware_retry_keeps_the_most_sensitive_nodes_fp32(trained, tmp_p
     # All-black calibration images give the input and activations useless
     # ranges: int8 accuracy collapses, far beyond any budget.
     dark = np.zeros((64, 1, 8, 8), np.uint8)
-    cfg = QuantizeConfig(max_accuracy_drop=0.5, float_stem=False, max_retries=0)
+    cfg = QuantizeConfig(max_accuracy_drop=0.5, float_stem=False, max_retries=0, reduce_range=False)
     with pytest.raises(QuantizeAccuracyError, match=r"int8 accuracy drop \S+ points > budget 0.5 after 1 attempt"):
         quantize(path, cfg, dark, cnn.preprocess, eval_x=x_val, eval_y=y_val)
     nodes = [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "Gemm")]
@@ -236,7 +245,7 @@ def test_sensitivity_probes_survive_node_names_that_are_not_file_names(trained, 
     path = tmp_path / "hostile.onnx"
     onnx.save(proto, str(path))
     dark = np.zeros((64, 1, 8, 8), np.uint8)  # useless ranges: the retry must probe every node
-    cfg = QuantizeConfig(max_accuracy_drop=0.5, float_stem=False, max_retries=len(targets) + 1)
+    cfg = QuantizeConfig(max_accuracy_drop=0.5, float_stem=False, max_retries=len(targets) + 1, reduce_range=False)
     r = quantize(path, cfg, dark, cnn.preprocess, eval_x=x_val, eval_y=y_val, out_path=tmp_path / "out.onnx")
     assert len(r.attempts) >= 3 and set(r.attempts[1]["probe_mse"]) == set(HOSTILE_NAMES[: len(targets)])
     assert set(r.excluded) <= set(HOSTILE_NAMES) and r.accuracy_drop <= 0.5

@@ -98,8 +98,8 @@ def test_float_depthwise_off_quantizes_every_conv_but_the_stem(mobilenet, tmp_pa
     ran = optimized(r.path, tmp_path)
     dw_int8 = [n for n in ran if n.op_type == "QLinearConv" and group(n) > 1]
     assert sum(n.op_type in ("Conv", "FusedConv") for n in ran) == 1 and len(dw_int8) == 11
-    # 0.4, not 0.35: on x86 without VNNI the default is 7-bit weights, whose int8 depthwise convs
-    # land near 0.35 here; 8-bit weights saturating on such a CPU land past 0.5.
+    # Looser than the test above: on x86 without VNNI the default is 7-bit weights, and with the
+    # depthwise convs int8 too their rounding adds up; saturating 8-bit weights stay far past it.
     assert close(path, r.path, x, 0.4)
 
 

@@ -297,7 +297,7 @@ def import_photos(
         if not len(index):
             reasons = collections.Counter(s["kind"] for s in skipped)
             raise BadInput(f"no importable images in {src}: {len(skipped)} skipped ({dict(reasons)})")
-        manifest, shards = _store(ws, src, index, cfg)
+        manifest, shards, (per, src_bytes, unlabelled) = _store(ws, src, index, cfg)
     vid = short_hash(json.dumps(manifest, sort_keys=True).encode())  # content only: not the name or the path
     index = PhotoIndex.load(ws, manifest)  # from the store: the builder's files are gone
     dups = [{"sha256": sha, "paths": paths} for sha, paths in dup_paths]
@@ -308,7 +308,6 @@ def import_photos(
         atomic_write(ref_path, json.dumps({**record, "skipped": skipped, "duplicates": dups}, sort_keys=True).encode())
     name = json.loads(ref_path.read_bytes())["name"]
     classes, counts = manifest["classes"], manifest["counts"]
-    per, src_bytes, unlabelled = tally(index.table, len(classes))
     index_blobs = manifest["index"]
     stored = sum(s.size for s in shards) + sum(ws.object_size(index_blobs[k]) for k in _INDEX_BLOBS)
     secs = time.perf_counter() - t0
@@ -334,8 +333,11 @@ def import_photos(
     return PhotoVersion(ws, vid, name, manifest, index, skipped, dups, report)
 
 
-def _store(ws: Workspace, src: Path, index: PhotoIndex, cfg: PhotoImportConfig) -> tuple[dict[str, Any], list[Any]]:
-    """Split the (mapped) index, write the shards in its order, store it; the manifest and the shards."""
+def _store(
+    ws: Workspace, src: Path, index: PhotoIndex, cfg: PhotoImportConfig
+) -> tuple[dict[str, Any], list[Any], tuple[np.ndarray, int, int]]:
+    """Split the (mapped) index, write the shards in its order, store it; the manifest, the shards
+    and the index's `tally`."""
     rows = index.table  # (N,) in content-hash order: independent of file names and listing
     labels = np.concatenate([p["label"] for _, p in chunks(rows)])  # (N,) 4 bytes a photo
     fill_column(rows, "split", assign_splits(labels, index.classes, cfg.val_fraction, cfg.test_fraction, cfg.seed))
@@ -365,7 +367,8 @@ def _store(ws: Workspace, src: Path, index: PhotoIndex, cfg: PhotoImportConfig) 
         done[0] = at.stop
 
     shards = write_shards(records(), ws, max_shard_bytes=cfg.max_shard_bytes, on_shard=placed)
-    per, _, _ = tally(rows, len(index.classes))
+    counted = tally(rows, len(index.classes))
+    per = counted[0]
     manifest = {
         "format": 2,  # 1: the index was one JSON line a photo (`PhotoIndex.load` still reads it)
         "kind": "photos",
@@ -375,7 +378,7 @@ def _store(ws: Workspace, src: Path, index: PhotoIndex, cfg: PhotoImportConfig) 
         "split_recipe": {"val": cfg.val_fraction, "test": cfg.test_fraction, "seed": cfg.seed, "order": "sha256"},
         "counts": {s: int(per[i].sum()) for i, s in enumerate(SPLIT_NAMES)},
     }
-    return manifest, shards
+    return manifest, shards, counted
 
 
 def list_photos(ws: Workspace) -> list[dict[str, Any]]:

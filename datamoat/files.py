@@ -1,10 +1,12 @@
 """Files that survive a crash: atomic writes through a temp file and a rename, private folders and
-files, and the sweep of temp files a crash left behind. The workspace and every writer use these."""
+files, scratch folders, and the sweep of what a crash left behind. The workspace and every writer use
+these."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -12,9 +14,28 @@ from pathlib import Path
 
 from datamoat.errors import BadInput
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "atomic_path", "make_dirs", "touch_private", "fsync_dir", "sweep_temp_files"]
+try:
+    import fcntl
+except ImportError:  # Windows: scratch folders are removed by their block only
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "SCRATCH_PREFIX",
+    "TEMP_SUFFIX",
+    "atomic_write",
+    "atomic_path",
+    "make_dirs",
+    "touch_private",
+    "fsync_dir",
+    "scratch_dir",
+    "sweep_scratch_dirs",
+    "sweep_temp_files",
+]
 
 TEMP_SUFFIX = ".tmp"
+SCRATCH_PREFIX = ".scratch-"
+_SCRATCH_LOCK = "lock"
+_SCRATCH_GRACE_S = 60.0  # a folder without its lock yet: its maker may be between mkdtemp and rename
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -116,5 +137,69 @@ def sweep_temp_files(root: Path, older_than_s: float = 3600.0) -> int:
         with contextlib.suppress(OSError):
             if p.is_file() and p.stat().st_mtime < cutoff:
                 p.unlink()
+                n += 1
+    return n
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path | None, purpose: str) -> Iterator[Path]:
+    """A private folder for work that spills to disk (an import's sort), removed when the block ends,
+    on an error too. A process killed inside the block cannot remove it, so the folder holds an
+    exclusive `flock` for as long as its maker lives: the kernel drops the lock when the process dies,
+    and `sweep_scratch_dirs` removes folders whose lock nobody holds, however long a live one runs.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> with scratch_dir(root, "demo") as d:
+    ...     sweep_scratch_dirs(root), d.exists()  # held by this process: kept
+    (0, True)
+    >>> d.exists()
+    False
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{purpose}-", dir=parent))
+    lock = None
+    try:
+        if fcntl is not None:
+            # Locked before it takes its name, so a sweeper that finds the lock file finds it held.
+            new = folder / f".{_SCRATCH_LOCK}{TEMP_SUFFIX}"
+            lock = open(new, "xb")  # noqa: SIM115 - held open for the block's life
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(new, folder / _SCRATCH_LOCK)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if lock is not None:
+            lock.close()
+
+
+def sweep_scratch_dirs(root: Path) -> int:
+    """Remove the `scratch_dir` folders directly under `root` whose maker is gone (its lock is free,
+    or it never took one and is over a minute old); returns how many. A no-op where `flock` is
+    missing (Windows): there a live folder cannot be told from a dead one.
+
+    >>> import tempfile
+    >>> sweep_scratch_dirs(Path(tempfile.mkdtemp()))
+    0
+    """
+    if fcntl is None or not root.is_dir():
+        return 0
+    n = 0
+    for folder in root.glob(f"{SCRATCH_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            try:
+                f = open(folder / _SCRATCH_LOCK, "rb")  # noqa: SIM115 - closed below, after the removal
+            except FileNotFoundError:
+                if folder.stat().st_mtime < time.time() - _SCRATCH_GRACE_S:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    n += 1
+                continue
+            with f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its maker is alive
+                shutil.rmtree(folder, ignore_errors=True)
                 n += 1
     return n

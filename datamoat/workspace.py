@@ -40,6 +40,8 @@ from datamoat.files import (
     atomic_write,
     fsync_dir,
     make_dirs,
+    scratch_dir,
+    sweep_scratch_dirs,
     sweep_temp_files,
     touch_private,
 )
@@ -54,7 +56,9 @@ __all__ = [
     "fsync_dir",
     "make_dirs",
     "safe_name",
+    "scratch_dir",
     "short_hash",
+    "sweep_scratch_dirs",
     "sweep_temp_files",
     "touch_private",
 ]
@@ -167,6 +171,7 @@ class Workspace(ObjectStore):
             atomic_write(ws.root / OBJECTS_URL_FILE, (url + "\n").encode())
         ws._migrate()
         sweep_temp_files(ws.root)
+        sweep_scratch_dirs(ws.root)
         return ws
 
     @classmethod
@@ -177,6 +182,7 @@ class Workspace(ObjectStore):
             raise NotFound(f"no datamoat workspace at {ws.root}: run `datamoat init {ws.root}` or set DATAMOAT_HOME")
         ws._migrate()
         sweep_temp_files(ws.root)
+        sweep_scratch_dirs(ws.root)
         return ws
 
     def connect(self) -> sqlite3.Connection:

@@ -20,9 +20,8 @@ the one an in-memory stable sort gives.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 
 from datamoat.data.dataset import drop_pages
 from datamoat.data.photo_index import CHUNK, FORMATS, ROW_DTYPE, PhotoIndex, chunks
+from datamoat.files import scratch_dir
 
 __all__ = ["IndexBuilder", "MERGE_ROWS", "RUN_ROWS", "fill_column", "tally"]
 
@@ -88,13 +88,15 @@ class _Run:
 
 class IndexBuilder:
     """An import's rows, sorted and de-duplicated by content hash in bounded memory (see the module).
-    A context manager: its folder (under `folder`, a temp folder by default) goes on exit, so use
-    the index `finish` returns, which is mapped from it, inside the ``with``."""
+    A context manager: its folder (a `scratch_dir` under `folder`, the system's temp folder by
+    default) goes on exit, so use the index `finish` returns, which is mapped from it, inside the
+    ``with``. The folder of an import that was killed is removed by the workspace's next open."""
 
     def __init__(
         self, folder: str | Path | None = None, run_rows: int = RUN_ROWS, merge_rows: int = MERGE_ROWS
     ) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=".index-", dir=folder))
+        self._stack = contextlib.ExitStack()
+        self.dir = self._stack.enter_context(scratch_dir(None if folder is None else Path(folder), "index"))
         self.run_rows, self.merge_rows, self.runs = run_rows, merge_rows, list[_Run]()
         self.cur, self.n = np.zeros(run_rows, ROW_DTYPE), 0
         self.paths, self.extras = bytearray(), bytearray()
@@ -105,7 +107,7 @@ class IndexBuilder:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._stack.close()
 
     def add(self, sha256: bytes, label: str | None, meta: dict[str, Any], path: str, extra: dict[str, Any]) -> None:
         """One accepted file: its raw 32-byte sha256, label, `probe_photo` metadata, path and extras."""

@@ -69,6 +69,10 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_catalog_untouched(home, tmp_p
         "unknown arch": (["train", "--data", "digits", "--arch", "vit"], "unknown architecture 'vit'"),
         "unknown dataset": (["train", "--data", "nosuchdata"], "unknown dataset 'nosuchdata'"),
         "unknown model": (["models", "show", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+        "tiny synth photos": (
+            ["data", "synth", str(tmp_path / "syn"), "--source", "digits", "--min-side", "8"],
+            "min_side must be at least 16 pixels, got 8",
+        ),
     }
     for case, (args, needle) in cases.items():
         proc = dm(home, *args)

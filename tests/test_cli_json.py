@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dmtest import dm_main
+from PIL import Image
 
 from datamoat.cli import app
 
@@ -76,8 +77,22 @@ def test_data_train_and_catalog(dm, flow, monkeypatch):
     assert dm("archs")
     assert dm("data", "list")
     assert dm("data", "show", "digits")
-    syn = dm("data", "synth", str(flow["tmp"] / "synth"), "--n-per-class", "2", "--source", "digits")
-    assert syn["images"] == 20 and len(list((flow["tmp"] / "synth").rglob("*.jpg"))) == 20
+    syn = dm(
+        "data",
+        "synth",
+        str(flow["tmp"] / "synth"),
+        "--n-per-class",
+        "2",
+        "--source",
+        "digits",
+        "--min-side",
+        "40",
+        "--max-side",
+        "64",
+    )
+    jpgs = sorted((flow["tmp"] / "synth").rglob("*.jpg"))
+    assert syn["images"] == 20 and len(jpgs) == 20
+    assert all(40 <= max(Image.open(p).size) <= 64 for p in jpgs)
     photos = dm("data", "import-photos", str(flow["tmp"] / "synth" / "train"), "--name", "synth")
     assert photos["imported"] == 20 and photos["skipped"] == 0 and photos["name"] == "synth"
     rendered = dm("data", "render", photos["id"], "--size", "16", "--workers", "0")

@@ -22,6 +22,10 @@ def data_synth(
     test_fraction: float = typer.Option(ConfigDefault(_SYNTH, "test_fraction"), help="Share of the test split."),
     seed: int = typer.Option(ConfigDefault(_SYNTH, "seed"), help="The same seed writes the same bytes."),
     workers: int = typer.Option(ConfigDefault(_SYNTH, "workers"), help="Processes (0: every core); same output."),
+    min_side: int = typer.Option(ConfigDefault(_SYNTH, "min_side"), help="Shortest longer side, pixels (>= 16)."),
+    max_side: int = typer.Option(
+        ConfigDefault(_SYNTH, "max_side"), help="Longest longer side, pixels; small ones make millions fast."
+    ),
     source: str = typer.Option(
         "fashion-mnist", help="fashion-mnist (Debian's dataset-fashion-mnist), or digits (scikit-learn's, for a try)."
     ),
@@ -29,7 +33,8 @@ def data_synth(
     as_json: bool = JsonOpt,
 ) -> None:
     """Synthetic photos from Fashion-MNIST: tinted, rotated items on photo crops and textures, as JPEGs
-    of 120-480 pixels and 3:4 to 16:9. They are synthetic: no real photo set can be downloaded here."""
+    of 120-480 pixels (by default) and 3:4 to 16:9. They are synthetic: no real photo set can be
+    downloaded here."""
     from datamoat.configs import check_choice
     from datamoat.data.synth import SynthConfig, make_photos
 
@@ -42,7 +47,14 @@ def data_synth(
         d = load_digits()
         x = np.clip(np.asarray(d.images) * 16, 0, 255).astype(np.uint8)  # (N, 8, 8), 0..16 -> 0..255
         src = (x, np.asarray(d.target), [str(c) for c in d.target_names])
-    cfg = SynthConfig(n_per_class=n_per_class, test_fraction=test_fraction, seed=seed, workers=workers)
+    cfg = SynthConfig(
+        n_per_class=n_per_class,
+        test_fraction=test_fraction,
+        seed=seed,
+        workers=workers,
+        min_side=min_side,
+        max_side=max_side,
+    )
     res = make_photos(out, cfg, source=src, progress=not as_json, overwrite=overwrite)
     emit(res, as_json, f"wrote {res['images']} synthetic photos to {out} ({res['bytes']:,} bytes)")
 

@@ -8,6 +8,11 @@ times as many; the defaults are 2,000 and 20,000): a stage whose memory grows wi
 here just as well. Each stage is a fresh `datamoat` process (`_peak_rss.py`), so a peak belongs to
 one command; decode workers are reported apart. The photos are `datamoat data synth`'s (JPEG,
 120-480 px), rendered at 32 px; training is one epoch of cnn_small.
+
+At the issue's own scale: DM_MEM_SMALL=100000 DM_MEM_SIDE=64 draws photos of 48-64 px, which synth
+writes and every stage decodes far faster, and DM_MEM_RESUME=1 keeps the stages a cut-off run
+finished. Small photos shrink each stage's per-photo work, not what a stage keeps per photo, which
+is what the memory ratio measures.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SMALL = int(os.environ.get("DM_MEM_SMALL", "2000"))
+SIDE = int(os.environ.get("DM_MEM_SIDE", "0"))  # the photos' longest side; 0: synth's default 120-480 px
+SUFFIX = f"-side{SIDE}" if SIDE else ""
+RESUME = os.environ.get("DM_MEM_RESUME") == "1"
 CLASSES = 10
 
 
@@ -37,27 +45,49 @@ def dm(home: Path, *args: str) -> dict:
     return {**peak, "out": json.loads(r.stdout)}
 
 
+def stage_args(root: Path, n: int) -> list[tuple[str, list[str]]]:
+    photos = root / f"photos-{n}{SUFFIX}"
+    return [
+        ("data import-photos", ["data", "import-photos", str(photos / "train"), "--name", "p"]),
+        ("data render", ["data", "render", "p", "--size", "32", "--name", "r"]),
+        ("train (1 epoch)", ["train", "--data", "r", "--arch", "cnn_small", "--epochs", "1", "--name", "m"]),
+        ("train (rendered arrays, 1 epoch)",
+         ["train", "--data", "r", "--arch", "cnn_small", "--epochs", "1", "--no-photo-stream", "--name", "ma"]),
+        ("eval", ["eval", "m", "--data", "r", "--split", "val"]),
+        ("predict", ["predict", "r", "--model", "m", "--output", str(root / f"p-{n}{SUFFIX}.parquet")]),
+        ("data issues", ["data", "issues", "r", "--folds", "2", "--epochs", "1", "--arch", "cnn_small"]),
+    ]  # fmt: skip
+
+
+def commit() -> str:
+    r = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
 def stages(root: Path, n: int) -> dict[str, dict]:
-    home, photos = root / f"ws-{n}", root / f"photos-{n}"
-    if not (root / f"photos-{n}.done").exists():  # a DM_MEM_ROOT of an earlier run keeps its photos
+    """Each stage's peak and time at n photos. With DM_MEM_RESUME=1 the stages an earlier run finished
+    (in `stages-N.json`, with the commit each ran on) are kept and the rest run on its workspace, so a
+    million, which takes hours here, can be measured over more than one session."""
+    home, photos, done_file = root / f"ws-{n}{SUFFIX}", root / f"photos-{n}{SUFFIX}", root / f"stages-{n}{SUFFIX}.json"
+    if not (root / f"photos-{n}{SUFFIX}.done").exists():  # a DM_MEM_ROOT of an earlier run keeps its photos
+        size = ["--min-side", str(max(16, SIDE * 3 // 4)), "--max-side", str(SIDE), "--workers", "0"] if SIDE else []
         subprocess.run(
             [sys.executable, "-m", "datamoat", "data", "synth", str(photos), "--n-per-class", str(n // CLASSES),
-             "--test-fraction", "0.1", "--json"],
+             "--test-fraction", "0.1", *size, "--json"],
             check=True, capture_output=True,
         )  # fmt: skip
-        (root / f"photos-{n}.done").touch()
-    shutil.rmtree(home, ignore_errors=True)
-    (root / f"p-{n}.parquet").unlink(missing_ok=True)  # an earlier run's predictions: predict refuses to overwrite
-    subprocess.run([sys.executable, "-m", "datamoat", "init", str(home)], check=True, capture_output=True)
-    out = {"data import-photos": dm(home, "data", "import-photos", str(photos / "train"), "--name", "p")}
-    out["data render"] = dm(home, "data", "render", "p", "--size", "32", "--name", "r")
-    out["train (1 epoch)"] = dm(home, "train", "--data", "r", "--arch", "cnn_small", "--epochs", "1", "--name", "m")
-    out["train (rendered arrays, 1 epoch)"] = dm(
-        home, "train", "--data", "r", "--arch", "cnn_small", "--epochs", "1", "--no-photo-stream", "--name", "ma"
-    )
-    out["eval"] = dm(home, "eval", "m", "--data", "r", "--split", "val")
-    out["predict"] = dm(home, "predict", "r", "--model", "m", "--output", str(root / f"p-{n}.parquet"))
-    out["data issues"] = dm(home, "data", "issues", "r", "--folds", "2", "--epochs", "1", "--arch", "cnn_small")
+        (root / f"photos-{n}{SUFFIX}.done").touch()
+    out: dict[str, dict] = json.loads(done_file.read_text()) if RESUME and done_file.exists() else {}
+    if not out:
+        shutil.rmtree(home, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "datamoat", "init", str(home)], check=True, capture_output=True)
+    for name, args in stage_args(root, n):
+        if name in out:
+            continue
+        if name == "predict":  # an earlier run's predictions: predict refuses to overwrite
+            (root / f"p-{n}{SUFFIX}.parquet").unlink(missing_ok=True)
+        out[name] = {**dm(home, *args), "commit": commit()}
+        done_file.write_text(json.dumps(out))
     return out
 
 
@@ -88,7 +118,8 @@ def main() -> dict:
         )
     met = [k for k, v in flat.items() if v["memory_met"]]
     return {
-        "title": f"Memory and time against the data: {SMALL:,} against {10 * SMALL:,} SYNTHETIC photos",
+        "title": f"Memory and time against the data: {SMALL:,} against {10 * SMALL:,} SYNTHETIC photos"
+        + (f" of {max(16, SIDE * 3 // 4)}-{SIDE} px" if SIDE else ""),
         "columns": list(rows[0]),
         "rows": rows,
         "summary": {"small": SMALL, "large": 10 * SMALL, "stages": flat},
@@ -99,5 +130,7 @@ def main() -> dict:
             "peak_rss is the datamoat process's own maximum resident set (file-backed pages it mapped and "
             "touched included); peak_anon is its anonymous memory (what the kernel cannot drop), sampled every "
             "20 ms; decode workers are separate processes, their largest peak in its own column.",
+            "Commits the stages ran on: "
+            + ", ".join(sorted({r.get("commit", "unrecorded") for st in (small, large) for r in st.values()})),
         ],
     }

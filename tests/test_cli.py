@@ -196,6 +196,9 @@ def test_compress_defaults_are_the_recipes():
     assert got == want.with_seed(3)
     # A skipped step's options are ignored, as they were when the recipe was flat.
     assert _recipe("--no-distill", "--distill-epochs", "2").distill is None
+    on_cpu = _recipe("--unstructured", "--device", "cpu")
+    trains = (on_cpu.distill.train, on_cpu.structured.finetune, on_cpu.unstructured.finetune)
+    assert [t.device for t in trains] == ["cpu"] * 3
 
 
 def test_help_shows_the_config_defaults():

@@ -200,15 +200,29 @@ def nproc_option() -> Any:
     )
 
 
+def device_option() -> Any:
+    """--device, for the commands that run a model in PyTorch (checked by `check_device` or `relaunch`)."""
+    return typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
+
+
+def check_device(device: str) -> None:
+    """Refuse a --device this machine lacks before any work, in one line (exit 2)."""
+    from datamoat.train.device import resolve_device
+
+    resolve_device(device)
+
+
 def relaunch(nproc: int, check: Callable[[], Any] | None = None, device: str = "auto") -> None:
     """With --nproc N > 1: run this same command on N processes through torchrun, then exit with its
     code. `check` first validates what the command names, so a mistake is said once, here, rather
     than once by every rank. Under torchrun (a rank) it joins the process group for `device` and
-    returns, as it does with N = 1: the command runs here."""
+    returns, as it does with N = 1: the command runs here. A `device` this machine lacks is refused
+    first, before any work."""
     from datamoat.errors import BadInput
     from datamoat.train import distributed
     from datamoat.train.device import resolve_device
 
+    check_device(device)
     if "WORLD_SIZE" in os.environ:
         if nproc != 1:
             raise BadInput("--nproc starts torchrun itself: under torchrun leave it out")

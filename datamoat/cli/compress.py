@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, console, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, check_device, console, device_option, emit, open_ws
 
 if TYPE_CHECKING:
     from datamoat.compress.recipe import CompressConfig
@@ -46,6 +46,7 @@ def compress(
     seed: int = typer.Option(
         _recipe("distill__train__seed"), help="Seed of every training step: the student's init, order and shifts."
     ),
+    device: str = device_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Distill, prune, quantize; measure every candidate; register the best that fits.
@@ -64,7 +65,9 @@ def compress(
         distill_epochs=distill_epochs,
         calibration=calibration,
         seed=seed,
+        device=device,
     )
+    check_device(device)
     actor = os.environ.get("USER") or getpass.getuser()
     from datamoat.registry.core import Registry, registry_url
     from datamoat.registry.register import register_compressed
@@ -89,6 +92,7 @@ def recipe_from_options(
     distill_epochs: int,
     calibration: str,
     seed: int,
+    device: str = "auto",
 ) -> CompressConfig:
     """The `CompressConfig` the options describe: its defaults, each step on or off
     (a step turned on that the recipe skips takes its own config's defaults), and
@@ -118,7 +122,11 @@ def recipe_from_options(
         **toggles,
     )
     # A skipped step's options are ignored, as they were when the recipe's fields were flat.
-    changes = {"distill__train__epochs": distill_epochs, "quantize__calibration": calibration}
+    changes = {
+        "distill__train__epochs": distill_epochs,
+        "quantize__calibration": calibration,
+        **{f"{step}__device": device for step in ("distill__train", "structured__finetune", "unstructured__finetune")},
+    }
     cfg = cfg.replace(**{k: v for k, v in changes.items() if getattr(cfg, k.partition("__")[0]) is not None})
     return cfg.with_seed(seed)
 

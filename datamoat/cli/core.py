@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, emit, nproc_option, open_ws, relaunch, state
+from datamoat.cli._common import ConfigDefault, JsonOpt, check_device, emit, nproc_option, open_ws, relaunch, state
 from datamoat.errors import BadInput, NotFound
 
 data_app = typer.Typer(help="Import, list and inspect dataset versions.", no_args_is_help=True)
@@ -344,6 +344,7 @@ def train(
         raise BadInput(f"{' and '.join(given)} tune FixMatch: pass them with --unlabeled POOL")
     if unlabeled and resume:
         raise BadInput("--resume continues a run with the pool it started with: leave --unlabeled out")
+    check_device(device)
     ws = open_ws()
     cfg = None
     if not resume:

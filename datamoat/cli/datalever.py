@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from datamoat.cli._common import JsonOpt, console, emit, nproc_option, open_ws, relaunch
+from datamoat.cli._common import JsonOpt, check_device, console, device_option, emit, nproc_option, open_ws, relaunch
 from datamoat.errors import BadInput, NotFound
 
 
@@ -29,6 +29,7 @@ def data_issues(
     top: int = typer.Option(20, help="Rows to show per kind of issue."),
     output: Path = typer.Option(None, "--output", "-o", help="Write every issue as JSON here (input to `data fix`)."),
     nproc: int = nproc_option(),
+    device: str = device_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Find likely label errors (cleanlab on out-of-fold predictions), near duplicates and outliers."""
@@ -45,11 +46,13 @@ def data_issues(
         seed=seed,
         max_train_samples=max_train_samples,
         threads=threads,
+        device=device,
     )
     if top < 0:
         raise BadInput(f"--top must be >= 0, got {top}")
+    check_device(device)
     ws = open_ws()
-    relaunch(nproc, lambda: ws.resolve("datasets", dataset))
+    relaunch(nproc, lambda: ws.resolve("datasets", dataset), device)
     ds = load_dataset(ws, dataset)
     # Under torchrun each fold model trains on every process (DDP); rank 0 writes and reports.
     with distributed.leaving_together():

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, emit, nproc_option, open_ws, relaunch
+from datamoat.cli._common import (
+    ConfigDefault,
+    JsonOpt,
+    check_device,
+    device_option,
+    emit,
+    nproc_option,
+    open_ws,
+    relaunch,
+)
 
 __all__ = ["register"]
 
@@ -51,6 +60,7 @@ def distill_cmd(
     ),
     name: str = typer.Option(None, "--name", help="Name for the saved student."),
     nproc: int = nproc_option(),
+    device: str = device_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Distill TEACHER into a fresh student of another (smaller) architecture."""
@@ -60,14 +70,22 @@ def distill_cmd(
     from datamoat.models import load_model, new_model, save_model
     from datamoat.train import distributed
 
+    check_device(device)
     ws = open_ws()
     t = load_model(ws, teacher)
     data_ref = data or t.lineage.get("dataset_id")
     if not data_ref:
         raise BadInput(f"teacher {t.name} records no dataset: pass --data with a dataset id or name")
-    relaunch(nproc, lambda: ws.resolve("datasets", data_ref))
+    relaunch(nproc, lambda: ws.resolve("datasets", data_ref), device)
     ds = load_dataset(ws, data_ref)
-    train = {"epochs": epochs, "augment": augment, "lr": lr, "max_train_samples": max_train_samples, "seed": seed}
+    train = {
+        "epochs": epochs,
+        "augment": augment,
+        "lr": lr,
+        "max_train_samples": max_train_samples,
+        "seed": seed,
+        "device": device,
+    }
     # Options left out keep distillation's own training defaults.
     config = DistillConfig(temperature=temperature, alpha=alpha).replace(
         **{f"train__{k}": v for k, v in train.items() if v is not None}

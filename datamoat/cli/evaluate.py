@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, console, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, check_device, console, emit, open_ws
 
 __all__ = ["register"]
 
@@ -27,8 +27,10 @@ def eval_cmd(
     from datamoat.evaluate.metrics import EvalConfig
     from datamoat.evaluate.report import evaluate_in_workspace
 
+    cfg = EvalConfig(split=split, device=device)
+    check_device(device)
     ws = open_ws()
-    ev, paths, eval_id = evaluate_in_workspace(ws, model, data, EvalConfig(split=split, device=device))
+    ev, paths, eval_id = evaluate_in_workspace(ws, model, data, cfg)
     obj = {
         "eval_id": eval_id,
         "model_id": ev.model_id,

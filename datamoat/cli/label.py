@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, check_device, device_option, emit, open_ws
 
 label_app = typer.Typer(help="Active learning: which unlabeled items people label next.", no_args_is_help=True)
 RegistryOpt = typer.Option(None, "--registry", envvar="DATAMOAT_REGISTRY_URL", help="Registry database URL.")
@@ -70,6 +70,7 @@ def suggest_cmd(
     member: list[str] = typer.Option([], "--member", help="disagreement: another committee model (repeatable)."),
     hybrid_factor: int = FactorOpt,
     registry: str = RegistryOpt,
+    device: str = device_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Rank the pool's unlabeled items and queue the top N on /review."""
@@ -78,7 +79,8 @@ def suggest_cmd(
     from datamoat.models import load_model
     from datamoat.train.acquire import AcquireConfig
 
-    cfg = AcquireConfig(strategy=strategy, budget=budget, seed=seed, hybrid_factor=hybrid_factor)
+    cfg = AcquireConfig(strategy=strategy, budget=budget, seed=seed, hybrid_factor=hybrid_factor, device=device)
+    check_device(device)
     ws, reg = _open(registry)
     ds, m = load_dataset(ws, pool), load_model(ws, model)
     members = [load_model(ws, ref) for ref in member]
@@ -130,6 +132,7 @@ def loop_cmd(
         None, "--oracle-labels", help="Benchmarks: .npy/.npz of every row's true class, standing in for people."
     ),
     registry: str = RegistryOpt,
+    device: str = device_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Pick, label, retrain, repeat: with --oracle-labels for R rounds, else one step with people on /review."""
@@ -139,8 +142,11 @@ def loop_cmd(
     from datamoat.train.acquire import AcquireConfig
     from datamoat.train.loop import TrainConfig
 
-    acq = AcquireConfig(strategy=strategy, budget=budget, seed=seed, hybrid_factor=hybrid_factor, members=members)
-    tcfg = TrainConfig(epochs=epochs, seed=seed)
+    acq = AcquireConfig(
+        strategy=strategy, budget=budget, seed=seed, hybrid_factor=hybrid_factor, members=members, device=device
+    )
+    tcfg = TrainConfig(epochs=epochs, seed=seed, device=device)
+    check_device(device)
     ws, reg = _open(registry)
     ds = load_dataset(ws, pool)
     start = load_model(ws, model) if model else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import JsonOpt, emit, open_ws
+from datamoat.cli._common import JsonOpt, check_device, device_option, emit, open_ws
 
 __all__ = ["register"]
 
@@ -20,12 +20,14 @@ def poc_cmd(
     batch_size: int = typer.Option(
         None, "--batch-size", help="Guarantee the next N items rather than the population (automates less)."
     ),
+    device: str = device_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Feasibility report: coverage at the target, human workload, bias warnings and a verdict."""
     from datamoat.evaluate.feasibility import feasibility_in_workspace
 
-    res = feasibility_in_workspace(open_ws(), model, data, target_accuracy, delta, slice_by, batch_size)
+    check_device(device)
+    res = feasibility_in_workspace(open_ws(), model, data, target_accuracy, delta, slice_by, batch_size, device)
     if as_json:
         emit(res, True)
         return

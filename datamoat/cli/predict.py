@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, check_device, emit, open_ws
 
 __all__ = ["register"]
 
@@ -37,6 +37,7 @@ def predict_cmd(
     from datamoat.evaluate.predict import PredictConfig, predict_in_workspace
 
     cfg = PredictConfig(split=split, batch_size=batch_size, top_k=top_k, workers=workers, device=device)
+    check_device(device)
     out = predict_in_workspace(open_ws(), data, model, output, cfg, overwrite=overwrite)
     emit(
         out,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, check_device, emit, open_ws
 
 
 def _pre(param: str) -> ConfigDefault:
@@ -43,6 +43,7 @@ def pretrain(
 
     if arch not in ARCHS:
         raise BadInput(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+    check_device(device)
     cfg = PretrainConfig(
         epochs=epochs,
         batch_size=batch_size,

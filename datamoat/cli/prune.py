@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, console, emit, err_console, nproc_option, open_ws, relaunch
+from datamoat.cli._common import (
+    ConfigDefault,
+    JsonOpt,
+    check_device,
+    console,
+    device_option,
+    emit,
+    err_console,
+    nproc_option,
+    open_ws,
+    relaunch,
+)
 
 __all__ = ["register"]
 
@@ -48,6 +59,7 @@ def prune_cmd(
     ),
     name: str = typer.Option(None, "--name", help="Name for the pruned model."),
     nproc: int = nproc_option(),
+    device: str = device_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Prune a model, fine-tune it on its dataset, and save it with the input as parent."""
@@ -66,17 +78,18 @@ def prune_cmd(
     from datamoat.models import save_model
     from datamoat.train import distributed
 
+    check_device(device)
     check_choice("method", method, ("magnitude", "structured"))
     if method == "magnitude":
         config: MagnitudeConfig | StructuredConfig = MagnitudeConfig(sparsity=sparsity, steps=steps)
     else:
         config = StructuredConfig(ratio=ratio, norm=norm)
-    config = config.replace(finetune__epochs=epochs)
+    config = config.replace(finetune__epochs=epochs, finetune__device=device)
     ws = open_ws()
     src = load_sparse_model(ws, model)
     if not src.lineage.get("dataset_id"):
         raise BadInput(f"model {src.name} records no dataset to fine-tune on: it was not trained in this workspace")
-    relaunch(nproc)
+    relaunch(nproc, device=device)
     data = load_dataset(ws, src.lineage["dataset_id"])
     if not as_json and distributed.is_main():
         err_console.print(f"pruning {src.name} ({method}), fine-tuning {epochs} epoch(s) on {data.name}...")

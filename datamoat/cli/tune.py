@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from datamoat.cli._common import JsonOpt, console, emit, open_ws
+from datamoat.cli._common import JsonOpt, check_device, console, device_option, emit, open_ws
 from datamoat.errors import BadInput
 
 
@@ -19,6 +19,7 @@ def tune(
     max_train_samples: int = typer.Option(0, help="Tune on a stratified subset of the train split (0: all)."),
     seed: int = typer.Option(0, help="Sampler and training seed."),
     threads: int = typer.Option(0, help="Torch threads (0: every core)."),
+    device: str = device_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Search hyperparameters, width, depth and architecture with Optuna, pruning poor trials."""
@@ -33,11 +34,13 @@ def tune(
         timeout_s=timeout,
         seed=seed,
         threads=threads,
+        device=device,
         archs=tuple(a.strip() for a in archs.split(",") if a.strip()),
         epochs_max=epochs_max,
         epochs_min=min(2, epochs_max),
         max_train_samples=max_train_samples,
     )
+    check_device(device)
     ws = open_ws()
     res = run_tune(ws, load_dataset(ws, data), cfg)
     out = res.to_dict()
@@ -87,6 +90,7 @@ def improve(
     ),
     seed: int = typer.Option(0, help="Seed."),
     threads: int = typer.Option(0, help="Torch threads (0: every core)."),
+    device: str = device_option(),
     as_json: bool = JsonOpt,
 ) -> None:
     """Baseline, then the model, data and label levers on equal budgets, and the data-size curve."""
@@ -108,7 +112,9 @@ def improve(
         label_strategy=label_strategy,
         seed=seed,
         threads=threads,
+        device=device,
     )
+    check_device(device)
     ws = open_ws()
     out = run_improve(ws, load_dataset(ws, data), cfg)
     b, lv = out["baseline"], out["levers"]

@@ -88,6 +88,7 @@ def feasibility(
     out_dir: str | Path | None = None,
     ws: Workspace | None = None,
     batch_size: int | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Coverage at the target, human workload, risk-coverage, bias and a verdict.
 
@@ -123,9 +124,12 @@ def feasibility(
         )
     if len(y) == 0:
         raise BadInput(f"dataset {data.name} has no test split: the report measures on test, never on val")
-    p_val = model.predict_proba(x_val)  # (N_val, K)
+    from datamoat.train.device import resolve_device
+
+    dev = resolve_device(device)  # where the model scores val and test (the report's numbers are fp32 anywhere)
+    p_val = model.predict_proba(x_val, device=dev)  # (N_val, K)
     policy = calibrate_threshold((p_val, y_val), None, target_accuracy, delta, classes=classes, batch_size=batch_size)
-    probs = model.predict_proba(x)  # (N, K)
+    probs = model.predict_proba(x, device=dev)  # (N, K)
     accepted, pred = policy.apply(probs)
     correct = pred == y
     cov = float(accepted.mean())
@@ -386,6 +390,7 @@ def feasibility_in_workspace(
     delta: float = 0.05,
     slice_by: str | None = None,
     batch_size: int | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """`feasibility` on cataloged refs; report under reports/poc-<id>/, recorded in `evals`.
 
@@ -395,7 +400,15 @@ def feasibility_in_workspace(
     poc_id = ws.new_id()
     out = ws.root / "reports" / f"poc-{poc_id}"
     result = feasibility(
-        model_ref, data_ref, target_accuracy, delta, slice_by=slice_by, out_dir=out, ws=ws, batch_size=batch_size
+        model_ref,
+        data_ref,
+        target_accuracy,
+        delta,
+        slice_by=slice_by,
+        out_dir=out,
+        ws=ws,
+        batch_size=batch_size,
+        device=device,
     )
     result["poc_id"] = poc_id
     ws.insert(

@@ -100,9 +100,16 @@ class Model:
             self.net.train(was_training)
         return out
 
-    def predict_proba(self, x: np.ndarray, *, rows: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
+    def predict_proba(
+        self,
+        x: np.ndarray,
+        *,
+        rows: np.ndarray | None = None,
+        batch_size: int = 1024,
+        device: torch.device | None = None,
+    ) -> np.ndarray:
         """Softmax probabilities for uint8 images (or ``x[rows]``, see `logits`), (N, K)."""
-        return torch.softmax(torch.from_numpy(self.logits(x, batch_size, rows=rows)), dim=1).numpy()
+        return torch.softmax(torch.from_numpy(self.logits(x, batch_size, device, rows=rows)), dim=1).numpy()
 
     def meta(self) -> dict[str, Any]:
         meta = {

@@ -73,13 +73,17 @@ class AcquireConfig(Config):
     disagreement: str = "kl"
     members: int = 3
     hybrid_factor: int = 10
+    device: str = "auto"  # where the pool is scored: auto (CUDA, then MPS, then the CPU), cpu, cuda or mps
 
     def validate(self) -> None:
+        from datamoat.train.device import DEVICES  # torch: only when a config is made
+
         check_choice("strategy", self.strategy, STRATEGIES)
         check(self.budget >= 1, f"budget must be at least 1, got {self.budget}")
         check_choice("disagreement measure", self.disagreement, ("kl", "vote"))
         check(self.members >= 2, f"members must be at least 2 (a committee), got {self.members}")
         check(self.hybrid_factor >= 1, f"hybrid_factor must be at least 1, got {self.hybrid_factor}")
+        check_choice("device", self.device, DEVICES)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -271,13 +275,16 @@ def rank_pool(
     """(the `config.budget` chosen rows of `ds` among `rows`, best first, and the model's probabilities
     on them (B, K)). `labelled` are rows already labelled or queued (k-center spreads away from
     them); `members` are the other models of a committee (disagreement)."""
-    probs, emb = model_outputs(model, ds.x, rows, progress=progress)
-    lab_emb = None
-    if config.strategy in ("kcenter", "hybrid") and labelled is not None and len(labelled):
-        lab_emb = model_outputs(model, ds.x, labelled, progress=progress, what="embedding the labelled items")[1]
-    member_probs = None
+    from datamoat.train.device import resolve_device
+
+    dev = resolve_device(config.device)
+    lab_emb, member_probs = None, None
+    with model.placed(dev):  # moved once for every pass, and back where it was after
+        probs, emb = model_outputs(model, ds.x, rows, progress=progress)
+        if config.strategy in ("kcenter", "hybrid") and labelled is not None and len(labelled):
+            lab_emb = model_outputs(model, ds.x, labelled, progress=progress, what="embedding the labelled items")[1]
     if config.strategy == "disagreement" and members:
-        member_probs = np.stack([probs, *(m.predict_proba(ds.x, rows=rows) for m in members)])  # (M, N, K)
+        member_probs = np.stack([probs, *(m.predict_proba(ds.x, rows=rows, device=dev) for m in members)])  # (M, N, K)
     picks = select(probs, emb, config, labelled_embeddings=lab_emb, member_probs=member_probs)
     return rows[picks], probs[picks]
 

@@ -82,6 +82,7 @@ class CleaningConfig(Config):
     max_duplicate_samples: int = 20_000
     outlier_fraction: float = 0.01
     threads: int = 0
+    device: str = "auto"  # the fold models': auto (CUDA, then MPS, then the CPU), cpu, cuda or mps
 
     def validate(self) -> None:
         check_choice("architecture", self.arch, tuple(ARCHS))
@@ -99,6 +100,9 @@ class CleaningConfig(Config):
         check(self.max_duplicate_samples >= 0, "max_duplicate_samples must be >= 0 (0 skips near duplicates)")
         check(0 <= self.outlier_fraction < 1, "outlier_fraction must be in [0, 1)")
         check(self.threads >= 0, "threads must be >= 0 (0 uses every core)")
+        from datamoat.train.device import DEVICES  # torch: only when a config is made
+
+        check_choice("device", self.device, DEVICES)
 
 
 @dataclasses.dataclass
@@ -164,7 +168,13 @@ def _out_of_fold_arch(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, arch:
     fold = _fold_ids(data.y[sel], cfg.folds, cfg.seed)
     probs = np.zeros((len(sel), data.num_classes), dtype=np.float32)
     tcfg = TrainConfig(
-        epochs=cfg.epochs, lr=cfg.lr, augment=cfg.augment, patience=0, seed=cfg.seed, threads=cfg.threads
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        augment=cfg.augment,
+        patience=0,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        device=cfg.device,
     )
     for k in range(cfg.folds):
         held = sel[fold == k]

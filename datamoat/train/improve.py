@@ -41,6 +41,7 @@ from datamoat.data.dataset import Dataset
 from datamoat.models.model import Model, new_model, save_model
 from datamoat.models.zoo import ARCHS
 from datamoat.train.acquire import AcquireConfig
+from datamoat.train.device import DEVICES
 from datamoat.train.labellever import LABEL_STRATEGIES, label_lever
 from datamoat.train.loop import TrainConfig, train
 from datamoat.train.tune import TuneConfig, tune
@@ -69,6 +70,7 @@ class ImproveConfig(Config):
     label_strategy: str = AcquireConfig().strategy  # acquire's default, chosen by bench/bench_labels.py
     seed: int = 0
     threads: int = 0
+    device: str = "auto"  # every model's training: auto (CUDA, then MPS, then the CPU), cpu, cuda or mps
 
     def validate(self) -> None:
         check(self.budget_minutes > 0, f"budget_minutes must be positive, got {self.budget_minutes}")
@@ -79,6 +81,7 @@ class ImproveConfig(Config):
         check(self.clean_epochs >= 0, "clean_epochs must be >= 0 (0: automatic)")
         check(self.label_budget >= 0, "label_budget must be >= 0 (0: a fifth of the baseline's labels)")
         check_choice("label strategy", self.label_strategy, LABEL_STRATEGIES)
+        check_choice("device", self.device, DEVICES)
 
 
 def accuracy_on_test(model: Model, data: Dataset) -> float:
@@ -88,7 +91,9 @@ def accuracy_on_test(model: Model, data: Dataset) -> float:
 
 
 def _recipe(cfg: ImproveConfig, n: int) -> TrainConfig:
-    return TrainConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, threads=cfg.threads, max_train_samples=n)
+    return TrainConfig(
+        epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, threads=cfg.threads, max_train_samples=n, device=cfg.device
+    )
 
 
 def improve(ws: Workspace, data: Dataset, config: ImproveConfig | None = None, **fields: Any) -> dict[str, Any]:
@@ -188,6 +193,7 @@ def _model_lever(ws: Workspace, data: Dataset, cfg: ImproveConfig, n_base: int, 
         timeout_s=share,
         seed=cfg.seed,
         threads=cfg.threads,
+        device=cfg.device,
         max_train_samples=n_base,
         study=f"improve-{run_id}",
         epochs_min=min(TuneConfig().epochs_min, cfg.epochs),
@@ -259,6 +265,7 @@ def _data_lever(ws: Workspace, data: Dataset, cfg: ImproveConfig, share: float, 
                 lr=cfg.lr,
                 seed=cfg.seed,
                 threads=cfg.threads,
+                device=cfg.device,
                 max_duplicate_samples=0,
                 outlier_fraction=0.0,
             )

@@ -72,7 +72,11 @@ def label_lever(
         return {**out, "skipped": why, "test_accuracy": None, "seconds": round(time.perf_counter() - t0, 3)}
     hidden = hide_labels(ws, data, held, name=f"{data.name}-improve-held")
     picked, _ = rank_pool(
-        hidden, held, base, AcquireConfig(strategy=strategy, budget=n, seed=recipe.seed), labelled=seen
+        hidden,
+        held,
+        base,
+        AcquireConfig(strategy=strategy, budget=n, seed=recipe.seed, device=recipe.device),
+        labelled=seen,
     )
     control = np.random.default_rng(recipe.seed).choice(held, n, replace=False)
     results, ids = {}, {}

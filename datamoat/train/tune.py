@@ -30,11 +30,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from datamoat.configs import Config, check
+from datamoat.configs import Config, check, check_choice
 from datamoat.data.dataset import Dataset
 from datamoat.errors import BadInput
 from datamoat.models.model import Model, new_model, save_model
 from datamoat.models.zoo import ARCHS
+from datamoat.train.device import DEVICES
 from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 
@@ -62,6 +63,7 @@ class TuneConfig(Config):
     seed: int = 0  # sampler seed and every trial's training seed
     max_train_samples: int = 0  # 0: the whole train split
     threads: int = 0
+    device: str = "auto"  # every trial's: auto (CUDA, then MPS, then the CPU), cpu, cuda or mps
     storage: str = ""  # "": <workspace>/optuna.db
     study: str = "tune"
 
@@ -79,6 +81,7 @@ class TuneConfig(Config):
         check(self.startup_trials >= 0 and self.warmup_epochs >= 0, "startup_trials and warmup_epochs must be >= 0")
         check(self.max_train_samples >= 0, "max_train_samples must be >= 0 (0 uses all)")
         check(bool(self.study.strip()), "the study needs a name")
+        check_choice("device", self.device, DEVICES)
         if self.storage:
             scheme = self.storage.split("://", 1)[0].split("+", 1)[0] if "://" in self.storage else ""
             check(
@@ -238,6 +241,7 @@ def tune(
             lr=params["lr"],
             seed=cfg.seed,
             threads=cfg.threads,
+            device=cfg.device,
             max_train_samples=cfg.max_train_samples,
         )
 
@@ -281,6 +285,7 @@ def tune(
                 lr=p["lr"],
                 seed=cfg.seed,
                 threads=cfg.threads,
+                device=cfg.device,
                 max_train_samples=cfg.max_train_samples,
             ),
             progress=False,

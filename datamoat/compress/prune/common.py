@@ -17,6 +17,7 @@ from datamoat.data.transforms import AUGMENTATIONS
 from datamoat.errors import BadInput
 from datamoat.models.model import Model
 from datamoat.models.sparse import dense_state_bytes
+from datamoat.train.device import DEVICES
 from datamoat.train.loop import TrainConfig, train
 
 LATENCY_BACKENDS = ("onnxruntime", "torch", "none")
@@ -50,12 +51,14 @@ class FinetuneConfig(Config):
     batch_size: int = 128
     seed: int = 0
     augment: str = "none"
+    device: str = "auto"  # auto (CUDA, then MPS, then the CPU), cpu, cuda or mps
 
     def validate(self) -> None:
         check(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs} (0: no fine-tuning)")
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
         check(self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}")
         check_choice("augmentation", self.augment, AUGMENTATIONS)
+        check_choice("device", self.device, DEVICES)
 
 
 # Version 1 of the prune configs kept the fine-tune fields flat, under these names.
@@ -142,6 +145,7 @@ def finetune(model: Model, data: Dataset, config: FinetuneConfig, seed_offset: i
         schedule="cosine",
         patience=0,
         threads=torch.get_num_threads(),  # the caller's setting; train's 0 would take every core
+        device=config.device,
     )
     return train(dataclasses.replace(model, id=None), data, tc, progress=False)
 

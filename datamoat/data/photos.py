@@ -339,7 +339,11 @@ def _store(
     """Split the (mapped) index, write the shards in its order, store it; the manifest, the shards
     and the index's `tally`."""
     rows = index.table  # (N,) in content-hash order: independent of file names and listing
-    labels = np.concatenate([p["label"] for _, p in chunks(rows)])  # (N,) 4 bytes a photo
+    # Filled a chunk at a time: a list of the chunks' label views would keep every chunk (a copy of
+    # its rows) alive, and so, for a moment, a copy of the whole table.
+    labels = np.empty(len(rows), rows.dtype["label"])  # (N,) 4 bytes a photo
+    for i, part in chunks(rows):
+        labels[i : i + len(part)] = part["label"]
     fill_column(rows, "split", assign_splits(labels, index.classes, cfg.val_fraction, cfg.test_fraction, cfg.seed))
     base = src if src.is_dir() else src.parent  # every listed path is relative to it
 

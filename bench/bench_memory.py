@@ -86,7 +86,8 @@ def stages(root: Path, n: int) -> dict[str, dict]:
             continue
         if name == "predict":  # an earlier run's predictions: predict refuses to overwrite
             (root / f"p-{n}{SUFFIX}.parquet").unlink(missing_ok=True)
-        out[name] = {**dm(home, *args), "commit": commit()}
+        at = commit()  # before the stage: a commit made while it runs is not the code it ran
+        out[name] = {**dm(home, *args), "commit": at}
         done_file.write_text(json.dumps(out))
     return out
 

@@ -35,7 +35,7 @@ from datamoat.errors import BadInput, Conflict, NotFound
 from datamoat.registry.chain import append_only_ddl
 from datamoat.registry.core import Registry
 from datamoat.registry.ledger import ensure_ledger, feedback_rows, input_hash, logged_prediction
-from datamoat.registry.schema import ensure_schema
+from datamoat.registry.schema import begin_write, ensure_schema
 
 __all__ = ["Quarantine", "input_hash", "KINDS", "STATUSES"]
 
@@ -165,7 +165,7 @@ class Quarantine:
 
     def _insert(self, rows: list[dict[str, Any]], skip_duplicates: bool = False) -> list[int]:
         ids = []
-        with self.registry.engine.begin() as conn:
+        with begin_write(self.registry.engine) as conn:
             for row in rows:
                 dup = conn.execute(
                     sa.select(items.c.id).where((items.c.source == row["source"]) & (items.c.dedup == row["dedup"]))
@@ -280,7 +280,7 @@ class Quarantine:
         images a caller still has (uint8 (N, C, H, W)); returns how many."""
         by_hash = {input_hash(img): img for img in np.asarray(x)}
         n = 0
-        with self.registry.engine.begin() as conn:
+        with begin_write(self.registry.engine) as conn:
             for r in conn.execute(sa.select(items.c.id, items.c.input_sha256).where(items.c.pixels.is_(None))).all():
                 img = by_hash.get(r.input_sha256)
                 if img is not None:
@@ -323,7 +323,7 @@ class Quarantine:
     def set_status(self, changes: dict[int, tuple[str, list[str]]], actor: str) -> None:
         """Apply {item id: (status, reasons)} and log each change (used by the gate)."""
         now = time.time()
-        with self.registry.engine.begin() as conn:
+        with begin_write(self.registry.engine) as conn:
             for item_id, (status, reasons) in changes.items():
                 conn.execute(
                     items.update()

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from datamoat.errors import Conflict, NotFound, TooMany, Unprocessable
 from datamoat.registry.core import Registry
-from datamoat.registry.schema import ensure_schema
+from datamoat.registry.schema import begin_write, ensure_schema
 
 __all__ = [
     "AUDIT_REASON",
@@ -200,7 +200,7 @@ def write_predictions(
     engine: sa.Engine, rows: list[dict[str, Any]], queued: list[dict[str, Any]], max_open: int
 ) -> int:
     """Write log rows and as many review rows as `max_open` allows; returns how many were not queued."""
-    with engine.begin() as conn:  # one transaction: a queued item's prediction is logged
+    with begin_write(engine) as conn:  # one transaction: a queued item's prediction is logged
         conn.execute(predictions.insert(), rows)
         if not queued:
             return 0
@@ -320,7 +320,7 @@ def review_pixels(row: Any) -> np.ndarray:
 def claim_review(engine: sa.Engine, prediction_id: str, label: str, actor: str) -> bool:
     """Mark an open item decided; False when someone else decided it first."""
     mark = review.update().where((review.c.prediction_id == prediction_id) & (review.c.status == "open"))
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         done = dict(status="decided", decided_label=label, decided_by=actor, decided_ts=time.time())
         return conn.execute(mark.values(**done)).rowcount > 0
 
@@ -328,7 +328,7 @@ def claim_review(engine: sa.Engine, prediction_id: str, label: str, actor: str) 
 def release_review(engine: sa.Engine, prediction_id: str, feedback_item: int | None = None) -> None:
     """Finish a claim: link the quarantine item it became, or (None) reopen the item."""
     mark = review.update().where(review.c.prediction_id == prediction_id)
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         if feedback_item is None:
             conn.execute(mark.values(status="open", decided_label=None, decided_by=None, decided_ts=None))
         else:
@@ -411,7 +411,7 @@ def queue_pool_items(engine: sa.Engine, items: list[dict[str, Any]], alias: str)
     ensure_ledger(engine)
     now = time.time()
     queued: list[str] = []
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         ids = [f"{POOL_PREFIX}{it['dataset_id']}:{int(it['row'])}" for it in items]
         have = set()
         for i in range(0, len(ids), 500):  # bounded IN lists: SQLite caps bound parameters

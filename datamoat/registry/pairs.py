@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from datamoat.registry.ledger import known_labels
-from datamoat.registry.schema import ensure_schema
+from datamoat.registry.schema import begin_write, ensure_schema
 
 __all__ = ["ROLES", "pairs", "ensure_pairs", "pair_row", "write_pairs", "paired_answers"]
 
@@ -83,7 +83,7 @@ def write_pairs(engine: sa.Engine, rows: list[dict[str, Any]]) -> None:
     """Append release-log rows in one transaction (each answer is run off the path once, so a row's
     key, a fresh prediction id and a version, is new)."""
     if rows:
-        with engine.begin() as conn:
+        with begin_write(engine) as conn:
             conn.execute(pairs.insert(), rows)
 
 

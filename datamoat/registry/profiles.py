@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from datamoat.errors import BadInput
+from datamoat.registry.schema import begin_write
 from datamoat.registry.tables import drift_windows, profiles
 
 __all__ = ["ProfileStore"]
@@ -64,7 +65,7 @@ class ProfileStore:
             "alarm": bool(result["alarm"]),
             "result": json.dumps({k: result[k] for k in keep}),
         }
-        with self.engine.begin() as conn:  # an append, not a control change: no serialising lock
+        with begin_write(self.engine) as conn:  # an append, not a control change: no serialising lock
             conn.execute(drift_windows.insert().values(**row))
 
     def drift_windows(self, *, version: str | None = None, limit: int = 200) -> list[dict[str, Any]]:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
 from datamoat.errors import BadInput
 
-__all__ = ["ensure_schema", "schema_versions", "stored_version", "Migration"]
+__all__ = ["WRITE_OPTION", "begin_write", "ensure_schema", "schema_versions", "stored_version", "Migration"]
 
 Migration = Callable[[sa.Connection], None]  # migrates a component from version i to i + 1
 
@@ -35,6 +36,19 @@ ATTEMPTS = 5
 # BEGIN IMMEDIATE on SQLite, so it waits for the write lock (busy timeout) instead of failing
 # when a read inside it would have to upgrade while another process writes.
 WRITE_OPTION = "datamoat_write"
+
+
+def begin_write(engine: sa.Engine) -> Any:
+    """A transaction that writes (`engine.begin()` with `WRITE_OPTION`). A plain one reads from a
+    snapshot, and on SQLite its first write after another connection committed fails at once with
+    "database is locked", without waiting; this one takes the write lock at BEGIN.
+
+    >>> e = sa.create_engine("sqlite://")
+    >>> with begin_write(e) as conn:
+    ...     conn.execute(sa.text("select 1")).scalar_one()
+    1
+    """
+    return engine.execution_options(**{WRITE_OPTION: True}).begin()
 
 
 def stored_version(conn: sa.Connection, component: str) -> int | None:

@@ -79,3 +79,28 @@ def test_decisions_are_logged_append_only(q, trained):
     # A person's decision is final: the gate does not revisit it.
     evaluate_gate(q, GateConfig(require_approval=True), scorer=trained.scorer)
     assert [r["status"] for r in q.items()] == ["accepted", "rejected"]
+
+
+def test_concurrent_submissions_all_land_while_others_write(q, trained):
+    """Each submission reads (is it a duplicate?) and then writes. Begun as a plain deferred
+    transaction, SQLite refuses the write at once ("database is locked", no busy wait) when another
+    connection committed after the read: a reviewer's decision failed with a 500 under load."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def submit(k: int) -> None:
+        try:
+            for i in range(15):
+                q.submit(source=f"cam-{k}", label="3", pixels=trained.x[(k * 15 + i) % len(trained.x)])
+        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=submit, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with q.registry.engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from fb_items")).scalar_one() == 90

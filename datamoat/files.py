@@ -7,12 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from datamoat.errors import BadInput
+from datamoat.errors import BadInput, TooLarge
 
 try:
     import fcntl
@@ -25,6 +26,7 @@ __all__ = [
     "atomic_write",
     "atomic_path",
     "make_dirs",
+    "read_capped",
     "touch_private",
     "fsync_dir",
     "scratch_dir",
@@ -92,6 +94,41 @@ def atomic_path(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     fsync_dir(path.parent)
+
+
+def read_capped(path: Path, cap: int) -> bytes:
+    """The bytes of the regular file at `path`: `TooLarge` over `cap` bytes (from its size, before
+    reading), `BadInput` for a pipe, device or folder, `OSError` as the OS says.
+
+    The file is opened without blocking, so a named pipe (which a manifest may name, or swap in for
+    a listed file) is refused instead of waiting for a writer forever, and the size and type are
+    those of what was opened, not of whatever the name points at by then.
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "a"; _ = f.write_bytes(b"abc")
+    >>> read_capped(f, 3)
+    b'abc'
+    >>> read_capped(f.parent, 3)
+    Traceback (most recent call last):
+    datamoat.errors.BadInput: not a regular file (a pipe, device or folder)
+    >>> read_capped(f, 2)
+    Traceback (most recent call last):
+    datamoat.errors.TooLarge: 3 bytes, over max_file_bytes 2
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput("not a regular file (a pipe, device or folder)")
+        if st.st_size > cap:  # refused before reading, so a huge file costs nothing
+            raise TooLarge(f"{st.st_size} bytes, over max_file_bytes {cap}")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(cap + 1)  # + 1: a file that grew since fstat is still caught
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise TooLarge(f"over max_file_bytes {cap}")
+    return data
 
 
 def make_dirs(path: Path) -> None:

@@ -73,6 +73,10 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_catalog_untouched(home, tmp_p
             ["data", "synth", str(tmp_path / "syn"), "--source", "digits", "--min-side", "8"],
             "min_side must be at least 16 pixels, got 8",
         ),
+        "negative read-ahead": (
+            ["data", "import-photos", str(tmp_path / "folder"), "--read-ahead", "-1"],
+            "read_ahead must be in [0, 65536] files, got -1",
+        ),
     }
     for case, (args, needle) in cases.items():
         proc = dm(home, *args)

@@ -75,6 +75,10 @@ def data_import_photos(
         ConfigDefault(_PHOTOS, "unlabeled_folder"),
         help="The subfolder (or manifest label) of photos with no label yet: `data render` puts them in the pool.",
     ),
+    read_ahead: int = typer.Option(
+        ConfigDefault(_PHOTOS, "read_ahead"),
+        help="Files the OS is asked for ahead of the reader: a cold disk or network filesystem keeps busy. 0: none.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Photos of any size as shards of their original encoded bytes (JPEG, PNG, WebP; EXIF orientation
@@ -82,7 +86,9 @@ def data_import_photos(
     from datamoat.cli._common import open_ws
     from datamoat.data.photos import PhotoImportConfig, import_photos
 
-    cfg = PhotoImportConfig(strict=strict, max_pixels=max_pixels, seed=seed, unlabeled_folder=unlabeled_folder)
+    cfg = PhotoImportConfig(
+        strict=strict, max_pixels=max_pixels, seed=seed, unlabeled_folder=unlabeled_folder, read_ahead=read_ahead
+    )
     v = import_photos(open_ws(), source, cfg, name=name)
     r = v.report
     reasons = ", ".join(f"{k} {n}" for k, n in sorted(r["skipped_reasons"].items())) or "none"

@@ -34,7 +34,8 @@ import numpy as np
 from datamoat.configs import Config, check
 from datamoat.data.dataset import POOL, SPLITS, Dataset
 from datamoat.data.pool import ORIGINS, make_pool, origins, with_pool
-from datamoat.errors import BadInput, NotFound, TooLarge
+from datamoat.errors import BadInput, NotFound
+from datamoat.files import read_capped
 from datamoat.workspace import Workspace
 
 __all__ = [
@@ -127,15 +128,9 @@ def _files(root: Path) -> list[str]:
 
 def _read(path: Path, cap: int) -> bytes:
     try:
-        if path.stat().st_size > cap:  # refused before reading: a huge file costs nothing
-            raise TooLarge(f"{path.stat().st_size} bytes, over max_file_bytes {cap}")
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)  # + 1: a file that grew since stat is still caught
+        return read_capped(path, cap)  # TooLarge and BadInput (a pipe, a device) say why themselves
     except OSError as e:
         raise BadInput(f"unreadable: {e.strerror or e}") from None
-    if len(data) > cap:
-        raise TooLarge(f"over max_file_bytes {cap}")
-    return data
 
 
 def _shaped(data: bytes, shape: tuple[int, int, int], transform: Any) -> np.ndarray:

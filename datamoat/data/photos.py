@@ -46,9 +46,10 @@ from datamoat.configs import Config, check
 from datamoat.data.dataset import drop_pages
 from datamoat.data.index_builder import IndexBuilder, fill_column, tally
 from datamoat.data.photo_index import SPLIT_NAMES, PhotoIndex, assign_splits, chunks
-from datamoat.data.photo_listing import list_folder, list_manifest
+from datamoat.data.photo_listing import list_folder, list_manifest, read_ahead
 from datamoat.data.shards import DEFAULT_MAX_SHARD_BYTES, ShardInfo, iter_shard, read_record, write_shards
 from datamoat.errors import BadInput, NotFound, TooLarge
+from datamoat.files import read_capped
 from datamoat.workspace import Workspace, atomic_write, safe_name, short_hash
 
 __all__ = [
@@ -89,6 +90,10 @@ class PhotoImportConfig(Config):
     test_fraction: float = 0.15
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     unlabeled_folder: str = "unlabeled"  # beside class subfolders (or a manifest's label): no label yet
+    # Files the OS is asked for ahead of the reader (`read_ahead`), for a cold network filesystem or
+    # disk that serves many reads at once. Off: on these 2-core machines it slowed the import
+    # (bench/results/read_ahead.md), its threads taking the interpreter from the checks.
+    read_ahead: int = 0
 
     def validate(self) -> None:
         check(self.max_pixels >= 1, f"max_pixels must be positive, got {self.max_pixels}")
@@ -100,6 +105,7 @@ class PhotoImportConfig(Config):
             check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}")
         check(self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction must leave some train")
         check(self.max_shard_bytes >= 1 << 16, f"max_shard_bytes must be at least 65536, got {self.max_shard_bytes}")
+        check(0 <= self.read_ahead <= 1 << 16, f"read_ahead must be in [0, 65536] files, got {self.read_ahead}")
 
 
 class _Skip(Exception):
@@ -175,17 +181,15 @@ def probe_photo(data: bytes, config: PhotoImportConfig | None = None) -> dict[st
 
 def _read(path: Path, cfg: PhotoImportConfig) -> bytes:
     try:
-        size = path.stat().st_size
-        if size > cfg.max_file_bytes:  # refused before reading, so a huge file costs nothing
-            raise _Skip("over max_file_bytes", f"{size} bytes, over max_file_bytes {cfg.max_file_bytes}", True)
-        with open(path, "rb") as f:
-            data = f.read(cfg.max_file_bytes + 1)  # + 1: a file that grew since stat is still caught
+        data = read_capped(path, cfg.max_file_bytes)
+    except TooLarge as e:
+        raise _Skip("over max_file_bytes", str(e), True) from None
+    except BadInput as e:
+        raise _Skip("unreadable", str(e)) from None
     except OSError as e:
         raise _Skip("unreadable", f"{e.strerror or e}") from None
     if not data:
         raise _Skip("empty", "the file is empty")
-    if len(data) > cfg.max_file_bytes:
-        raise _Skip("over max_file_bytes", f"over max_file_bytes {cfg.max_file_bytes}", True)
     return data
 
 
@@ -279,7 +283,7 @@ def import_photos(
     # Columns, not a dict a photo, sorted on disk: memory holds a run of rows, whatever the count.
     with IndexBuilder(ws.root) as builder:
         listed = 0
-        for it in items:
+        for it in read_ahead(items, lambda it: it.path, cfg.read_ahead):
             listed += 1
             try:
                 data = _read(it.path, cfg)
@@ -349,7 +353,8 @@ def _store(
 
     def records() -> Iterator[tuple[str, str, bytes]]:
         # A second read, so no more than one file is ever in memory; its hash must not have changed.
-        for r in index.iter_rows():
+        # Content-hash order is a random walk over the source's files: reading ahead keeps the disk busy.
+        for r in read_ahead(index.iter_rows(), lambda r: base / r["path"], cfg.read_ahead):
             try:
                 data = _read(base / r["path"], cfg)
             except _Skip as e:

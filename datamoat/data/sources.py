@@ -158,7 +158,7 @@ def import_folder(
     if not root.is_dir():
         raise NotFound(f"image folder {root} does not exist: pass a folder with one subfolder per class")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = [[f for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES] for d in class_dirs]
+    files = [[f for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()] for d in class_dirs]
     pairs = [(d, fs) for d, fs in zip(class_dirs, files) if fs]
     if not pairs:
         raise BadInput(

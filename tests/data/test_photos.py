@@ -1,8 +1,10 @@
 import csv
 import io
 import json
+import os
 import shutil
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -151,6 +153,9 @@ def test_same_files_give_the_same_id_and_byte_identical_shards(ws, photo_dir, tm
     for s in a.manifest["shards"]:
         assert ws.object_path(s["sha256"]).read_bytes() == other.object_path(s["sha256"]).read_bytes()
     assert import_photos(ws, photo_dir, CFG.replace(seed=1)).id != a.id  # another split is another version
+    assert import_photos(other, photo_dir, CFG.replace(read_ahead=64)).manifest == a.manifest  # reads, not content
+    with pytest.raises(BadInput, match="read_ahead"):
+        CFG.replace(read_ahead=-1)
     loaded = load_photos(ws, a.id)
     assert loaded.rows() == a.rows() and loaded.skipped == a.skipped and loaded.classes == a.classes
     assert load_photos(ws, a.id[:6]).id == a.id and load_photos(ws, "first").id == a.id
@@ -179,6 +184,29 @@ def test_csv_and_jsonl_manifests_give_the_same_content(ws, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"label": "a"}\n')
     with pytest.raises(BadInput, match="line 1"):
         import_photos(ws, tmp_path / "bad.jsonl", CFG)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_a_manifest_naming_a_pipe_a_device_or_a_folder_skips_them_and_never_hangs(ws, tmp_path):
+    """A manifest may name any path: a named pipe opened for reading waits for a writer forever, so
+    the importer (and its read-ahead) must open without blocking and take only regular files."""
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        _save(tmp_path / "imgs" / f"{i}.png", _img(i, (8, 6), "RGB"), "PNG")
+    os.mkfifo(tmp_path / "imgs" / "pipe.png")
+    others = ["imgs/pipe.png", "imgs", "/dev/zero"]
+    lines = [json.dumps({"path": p, "label": "ab"[i % 2]}) for i, p in enumerate([f"imgs/{i}.png" for i in range(4)])]
+    lines += [json.dumps({"path": p, "label": "a"}) for p in others]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(import_photos(ws, tmp_path / "m.jsonl", CFG)), daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert got, "the import hung on a named pipe"
+    v = got[0]
+    assert len(v.rows()) == 4
+    assert {s["path"]: s["kind"] for s in v.skipped} == dict.fromkeys(others, "unreadable")
+    assert all("not a regular file" in s["reason"] for s in v.skipped)
 
 
 def test_a_bad_row_deep_in_a_manifest_is_a_one_line_error_and_nothing_is_stored(ws, tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -149,6 +151,22 @@ def test_a_folder_joins_a_dataset_as_the_server_shapes_uploads_without_repeats(w
     ]
     with pytest.raises(BadInput, match="broken.png"):
         pool_from_folder(ws, root, into=digits, config=PoolConfig(strict=True))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_a_named_pipe_in_the_folder_is_skipped_not_waited_on(ws, digits, tmp_path):
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        _png(tmp_path / "in" / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    os.mkfifo(tmp_path / "in" / "pipe.png")  # opened for reading, it waits for a writer
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(pool_from_folder(ws, tmp_path / "in", into=digits)), daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert got, "the pool intake hung on a named pipe"
+    _, report = got[0]
+    assert report["added"] == 2
+    assert [(s["path"], "not a regular file" in s["reason"]) for s in report["skipped"]] == [("pipe.png", True)]
 
 
 def test_a_pool_of_its_own_takes_a_models_or_a_photo_datasets_input(ws, digits, tmp_path, photo_world):

@@ -15,6 +15,7 @@ same out-of-fold probabilities.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -163,6 +164,8 @@ def _out_of_fold(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, progress: 
 def _out_of_fold_arch(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, arch: str, progress: bool) -> np.ndarray:
     """(n, K) out-of-fold probabilities from one architecture's K fold models."""
     from datamoat.models import new_model
+    from datamoat.train import distributed
+    from datamoat.train.device import resolve_device
     from datamoat.train.loop import TrainConfig, train
 
     fold = _fold_ids(data.y[sel], cfg.folds, cfg.seed)
@@ -176,7 +179,15 @@ def _out_of_fold_arch(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, arch:
         threads=cfg.threads,
         device=cfg.device,
     )
+    dev = resolve_device(cfg.device)
+    rank, world = distributed.setup(dev)  # joins torchrun's group, once: `train` would, per fold
+    # Under torchrun the folds are independent: each process trains whole fold models by itself
+    # (fold k on process k mod N), which needs no gradient exchange; with fewer folds than
+    # processes each fold trains on all of them under DDP instead.
+    by_fold = 1 < world <= cfg.folds
     for k in range(cfg.folds):
+        if by_fold and k % world != rank:
+            continue
         held = sel[fold == k]
         # The fold's view: the other folds are "train", the val split stays val
         # (best-epoch choice), everything else (held-out fold, unexamined train
@@ -185,10 +196,13 @@ def _out_of_fold_arch(data: Dataset, sel: np.ndarray, cfg: CleaningConfig, arch:
         split[sel[fold != k]] = SPLITS["train"]
         view = dataclasses.replace(data, id=f"{data.id}-fold{k}", split=split)
         model = new_model(arch, view, seed=cfg.seed + k)
-        model = train(model, view, tcfg.replace(seed=cfg.seed + k), progress=progress)
+        with distributed.alone() if by_fold else contextlib.nullcontext():
+            model = train(model, view, tcfg.replace(seed=cfg.seed + k), progress=progress)
         # Scored in training-size batches: the default's 1024 would make a held fold smaller than
         # that take memory by its size.
         probs[fold == k] = model.predict_proba(data.x, rows=held, batch_size=tcfg.batch_size)  # (n_k, K)
+    if by_fold:  # every row was filled by the one process that held its fold, zeros elsewhere
+        probs = distributed.all_sum_array(probs, distributed.local_device(dev))
     return probs
 
 

@@ -10,17 +10,21 @@ group that torchrun's environment describes: gloo on the CPU, NCCL on CUDA GPUs.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 from datamoat.errors import BadInput
 
 __all__ = [
+    "alone",
+    "all_sum_array",
     "setup",
     "teardown",
     "leaving_together",
@@ -41,6 +45,30 @@ def _dist() -> Any:
     return dist
 
 
+_alone = [0]  # depth of `alone` blocks in this process
+# How long a collective waits for a peer. torch's default (minutes) is shorter than a fold model a
+# peer still trains while this process, done with its own (`alone`), waits to share the results;
+# a peer that dies is noticed sooner, by torchrun, which then stops every process.
+GROUP_TIMEOUT = datetime.timedelta(hours=6)
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside the block this process trains by itself, as if it were the only one: `rank_world` says
+    (0, 1), so `train` wraps no DDP and calls no collective. For work split into independent pieces
+    (each process takes whole fold models); the process group stays joined for what follows.
+
+    >>> with alone():
+    ...     rank_world()
+    (0, 1)
+    """
+    _alone[0] += 1
+    try:
+        yield
+    finally:
+        _alone[0] -= 1
+
+
 def rank_world() -> tuple[int, int]:
     """(this process's rank, how many processes train together); (0, 1) outside a process group.
 
@@ -48,6 +76,8 @@ def rank_world() -> tuple[int, int]:
     (0, 1)
     """
     dist = _dist()
+    if _alone[0]:
+        return 0, 1
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -74,7 +104,7 @@ def setup(device: torch.device) -> tuple[int, int]:
         return rank_world()
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=GROUP_TIMEOUT)
     return rank_world()
 
 
@@ -123,6 +153,20 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)  # (len(values),)
     _dist().all_reduce(t)
     return t.tolist()
+
+
+def all_sum_array(a: np.ndarray, device: torch.device) -> np.ndarray:
+    """`a` summed element-wise over every process (unchanged with one), in its own dtype, so a piece
+    that one process filled and the others left at zero comes back exact.
+
+    >>> all_sum_array(np.ones((2, 3), np.float32), torch.device("cpu")).sum()
+    np.float32(6.0)
+    """
+    if rank_world()[1] == 1:
+        return a
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(device)  # a's shape
+    _dist().all_reduce(t)
+    return t.cpu().numpy()
 
 
 def broadcast(obj: Any) -> Any:

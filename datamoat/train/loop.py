@@ -257,7 +257,9 @@ def train(
         from datamoat.data.photo_render import photo_loader
 
         sampler = RankBatches(n, cfg.batch_size, steps, rank, world)
-        workers = cfg.workers if cfg.workers >= 0 or world == 1 else max(0, (os.cpu_count() or 1) // world - 1)
+        # The processes on this machine share its cores: also those that train alone (`distributed.alone`).
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        workers = cfg.workers if cfg.workers >= 0 or local <= 1 else max(0, (os.cpu_count() or 1) // local - 1)
         stream = photo_loader(
             data, train_rows[keep], batch_size=cfg.batch_size, workers=workers, seed=cfg.seed, batch_sampler=sampler
         )

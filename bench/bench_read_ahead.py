@@ -1,5 +1,5 @@
 """Does reading ahead pay on a cold disk? `datamoat data import-photos` of DM_RA_N SYNTHETIC stamped
-JPEGs (40,000 by default) with `--read-ahead 0` (the default) against `--read-ahead` DM_RA_DEPTH (256).
+JPEGs (40,000 by default) with `--read-ahead 0` against `--read-ahead` DM_RA_DEPTH (256, the default).
 
 Each import reads its own slice of `bench_import_scale`'s million stamped files, through a manifest,
 from the end of the set backwards (past DM_RA_SKIP files, which a second run sets to the first's
@@ -74,7 +74,7 @@ def main() -> dict:
         "rows": rows,
         "summary": {"speedup": speedup, "page_cache_dropped": dropped},
         "notes": [
-            f"Reading {DEPTH} files ahead made the import {speedup:.2f}x as fast as reading none (the default). "
+            f"Reading {DEPTH} files ahead made the import {speedup:.2f}x as fast as reading none. "
             "Every import read its own files (slices of the million, no file twice).",
             "The page cache was dropped before each import."
             if dropped

@@ -90,10 +90,9 @@ class PhotoImportConfig(Config):
     test_fraction: float = 0.15
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     unlabeled_folder: str = "unlabeled"  # beside class subfolders (or a manifest's label): no label yet
-    # Files the OS is asked for ahead of the reader (`read_ahead`), for a cold network filesystem or
-    # disk that serves many reads at once. Off: on these 2-core machines it slowed the import
-    # (bench/results/read_ahead.md), its threads taking the interpreter from the checks.
-    read_ahead: int = 0
+    # Files the OS is asked for ahead of the reader (`read_ahead`), so that a cold disk or network
+    # filesystem serves many reads at once (bench/results/read_ahead.md); 0: none.
+    read_ahead: int = 256
 
     def validate(self) -> None:
         check(self.max_pixels >= 1, f"max_pixels must be positive, got {self.max_pixels}")

@@ -28,6 +28,7 @@ __all__ = [
     "load_dataset",
     "read_rows",
     "drop_pages",
+    "release_freed_memory",
     "stratified_splits",
 ]
 
@@ -249,6 +250,30 @@ def drop_pages(x: np.ndarray) -> None:
         base = getattr(base, "base", None)
     if base is not None and hasattr(mmap, "MADV_DONTNEED"):
         base.madvise(mmap.MADV_DONTNEED)
+
+
+_LIBC: list[Any] = []  # glibc, once looked up: [handle] or [None] where there is none
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    A batch loop frees large tensors each batch; glibc keeps freed memory of that size on its heap
+    once it has seen such frees, and the heap's free pages, scattered between live ones, grew with
+    the number of batches, so a pass over a large split took memory by its size. Called once a
+    batch, this keeps what a pass holds at what one batch needs.
+
+    >>> release_freed_memory()
+    """
+    if not _LIBC:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        lib = ctypes.CDLL(name) if name else None
+        _LIBC.append(lib if lib is not None and hasattr(lib, "malloc_trim") else None)
+    if _LIBC[0] is not None:
+        _LIBC[0].malloc_trim(0)
 
 
 def _ro(a: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from datamoat.configs import config_from_dict
-from datamoat.data.dataset import Dataset, read_rows
+from datamoat.data.dataset import Dataset, read_rows, release_freed_memory
 from datamoat.errors import BadInput
 from datamoat.models.zoo import ModelConfig, build, param_count, preset
 from datamoat.workspace import Workspace, short_hash
@@ -96,6 +96,8 @@ class Model:
                 for i in range(0, len(at), batch_size):
                     xb = self.to_tensor(read_rows(x, at[i : i + batch_size])).to(dev, non_blocking=True)
                     out[i : i + len(xb)] = self.net(xb).float().cpu().numpy()  # (B, K)
+                    del xb
+                    release_freed_memory()  # the batch's activations, off the heap
         finally:
             self.net.train(was_training)
         return out

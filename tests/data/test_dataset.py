@@ -52,3 +52,36 @@ def test_scoring_a_mapped_version_by_rows_matches_scoring_a_copy(big):
     model = new_model("mlp", ds, seed=0)
     rows = np.array([5, 4000, 17, 12_287])
     assert np.allclose(model.logits(ds.x, rows=rows, batch_size=2), model.logits(x[rows]), atol=1e-6)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's heap, read from /proc")
+def test_freed_heap_memory_goes_back_to_the_os():
+    """What `Model.logits` relies on once a batch: memory freed between live allocations is returned."""
+    import ctypes
+
+    from datamoat.data.dataset import release_freed_memory
+
+    def anon_mib() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) / 1024
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    # M_MMAP_THRESHOLD (-3): 2 MiB blocks come from the heap, as they do once glibc has seen large frees.
+    libc.mallopt(-3, 64 << 20)
+    blocks, keep = [], []
+    try:
+        for _ in range(100):  # 2 MiB each, a live block after each: the heap cannot shrink from its top
+            blocks.append(libc.malloc(2 << 20))
+            ctypes.memset(blocks[-1], 1, 2 << 20)
+            keep.append(libc.malloc(300_001))
+        for b in blocks:
+            libc.free(b)
+        before = anon_mib()
+        release_freed_memory()
+        after = anon_mib()
+    finally:
+        for k in keep:
+            libc.free(k)
+        libc.mallopt(-3, 128 << 10)  # glibc's starting threshold
+    assert before - after > 100, (before, after)  # most of the 200 MiB freed came back

@@ -1,9 +1,12 @@
 """Run one `datamoat` command in this process and print its peak memory as JSON on the last line:
-`python _peak_rss.py ARGS...` (for bench_memory.py). Children are the photo decode workers."""
+`python _peak_rss.py ARGS...` (for bench_memory.py). Children are the photo decode workers. With
+DM_MEM_TRACE=FILE it also writes the anonymous and file-backed resident memory once a second, so a
+peak can be placed in the run."""
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import threading
@@ -11,19 +14,25 @@ import time
 
 from datamoat.cli import main
 
-peak_anon = 0  # KiB: the kernel keeps no peak of anonymous memory, so a thread samples it
+peak_anon = peak_file = 0  # KiB: the kernel keeps no peak of either part, so a thread samples them
 
 
-def sample_anon() -> None:
-    global peak_anon
+def sample() -> None:
+    global peak_anon, peak_file
+    trace_to = os.environ.get("DM_MEM_TRACE")
+    trace = open(trace_to, "w", buffering=1) if trace_to else None  # noqa: SIM115 (open for the run)
+    t0, last = time.perf_counter(), -1.0
     while True:
         with open("/proc/self/status") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
-        peak_anon = max(peak_anon, kib)
+            kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("RssAnon", "RssFile")}
+        peak_anon, peak_file = max(peak_anon, kib["RssAnon"]), max(peak_file, kib["RssFile"])
+        if trace and time.perf_counter() - last >= 1.0:
+            last = time.perf_counter()
+            trace.write(f"{last - t0:.1f} anon_mib {kib['RssAnon'] / 1024:.1f} file_mib {kib['RssFile'] / 1024:.1f}\n")
         time.sleep(0.02)
 
 
-threading.Thread(target=sample_anon, daemon=True).start()
+threading.Thread(target=sample, daemon=True).start()
 sys.argv = ["datamoat", *sys.argv[1:]]
 t0 = time.perf_counter()
 code = 0
@@ -37,6 +46,7 @@ peak = {
     "wall_s": wall,
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
     "peak_anon_mib": peak_anon / 1024,  # sampled every 20 ms: a shorter spike can be missed
+    "peak_file_mib": peak_file / 1024,  # file-backed pages (mapped libraries and data), sampled alike
     "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
 }
 print("\n" + json.dumps(peak), file=sys.__stderr__)

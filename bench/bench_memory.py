@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,11 +34,12 @@ RESUME = os.environ.get("DM_MEM_RESUME") == "1"
 CLASSES = 10
 
 
-def dm(home: Path, *args: str) -> dict:
+def dm(home: Path, *args: str, trace: Path | None = None) -> dict:
     r = subprocess.run(
         [sys.executable, str(HERE / "_peak_rss.py"), "--home", str(home), *args, "--json"],
         capture_output=True,
         text=True,
+        env={**os.environ, "DM_MEM_TRACE": str(trace)} if trace else None,
     )
     peak = json.loads(r.stderr.strip().splitlines()[-1])
     if peak["rc"]:
@@ -87,7 +89,8 @@ def stages(root: Path, n: int) -> dict[str, dict]:
         if name == "predict":  # an earlier run's predictions: predict refuses to overwrite
             (root / f"p-{n}{SUFFIX}.parquet").unlink(missing_ok=True)
         at = commit()  # before the stage: a commit made while it runs is not the code it ran
-        out[name] = {**dm(home, *args), "commit": at}
+        trace = root / f"trace-{n}{SUFFIX}-{re.sub(r'[^a-z0-9]+', '-', name).strip('-')}.txt"
+        out[name] = {**dm(home, *args, trace=trace), "commit": at}
         done_file.write_text(json.dumps(out))
     return out
 
@@ -111,6 +114,8 @@ def main() -> dict:
                 "memory_ratio": mem,
                 f"peak_anon_mib_{SMALL}": a["peak_anon_mib"],
                 f"peak_anon_mib_{10 * SMALL}": b["peak_anon_mib"],
+                f"peak_file_mib_{SMALL}": a.get("peak_file_mib"),  # not sampled before; None in older files
+                f"peak_file_mib_{10 * SMALL}": b.get("peak_file_mib"),
                 "worker_peak_mib_large": b["worker_peak_rss_mib"],
                 f"wall_s_{SMALL}": a["wall_s"],
                 f"wall_s_{10 * SMALL}": b["wall_s"],
@@ -129,8 +134,9 @@ def main() -> dict:
             f"{', '.join(met) or 'none'}; missed by: {', '.join(k for k in flat if k not in met) or 'none'}), "
             "time ratio <= 11 for 10x the photos.",
             "peak_rss is the datamoat process's own maximum resident set (file-backed pages it mapped and "
-            "touched included); peak_anon is its anonymous memory (what the kernel cannot drop), sampled every "
-            "20 ms; decode workers are separate processes, their largest peak in its own column.",
+            "touched included); peak_anon is its anonymous memory (what the kernel cannot drop) and peak_file its "
+            "file-backed resident pages, each sampled every 20 ms (trace-N-STAGE.txt under DM_MEM_ROOT has them "
+            "once a second); decode workers are separate processes, their largest peak in its own column.",
             "Commits the stages ran on: "
             + ", ".join(sorted({r.get("commit", "unrecorded") for st in (small, large) for r in st.values()})),
         ],

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from datamoat.data.file_rows import pread_rows
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace, short_hash
 
@@ -225,14 +226,18 @@ def load_dataset(ws: Workspace, ref: str) -> Dataset:
 
 def read_rows(x: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
     """``x[rows]`` as an array of its own. Where `x` is mapped from a file (`load_dataset` maps a
-    version's images), the pages just read are then dropped from this process: they stay in the
-    operating system's page cache, but a pass over a large version holds one batch, not every page it
-    touched, so a process's resident memory does not grow with the data.
+    version's images), the rows are read from the file (`file_rows.pread_rows`), so they pass through
+    the operating system's page cache without ever becoming this process's memory; a mapping of
+    another kind is indexed and the pages just read are then dropped. Either way a pass over a large
+    version holds one batch, not the pages it touched, so resident memory does not grow with the data.
 
     >>> x = np.arange(12, dtype=np.uint8).reshape(4, 1, 1, 3)
     >>> read_rows(x, np.array([2, 0]))[:, 0, 0, 0].tolist()
     [6, 0]
     """
+    out = pread_rows(x, rows)
+    if out is not None:
+        return out
     out = np.array(x[rows])  # a copy: fancy indexing copies, a slice would be a view of the mapping
     drop_pages(x)
     return out

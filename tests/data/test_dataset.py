@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from datamoat.data import load_dataset, make_dataset
-from datamoat.data.dataset import read_rows
+from datamoat.data.dataset import drop_pages, read_rows
 from datamoat.models import new_model
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads the resident set from /proc")
@@ -43,8 +43,79 @@ def test_read_rows_gives_the_rows_and_drops_the_pages_it_read(big):
     for i in range(0, len(rows), 512):
         np.array(ds.x[rows[i : i + 512]])
     assert file_rss_mib() - before > 24
-    read_rows(ds.x, slice(0, 1))  # and one read hands them back
+    drop_pages(ds.x)  # which the mapping's own readers (index builds) hand back so
     assert file_rss_mib() - before < 8
+
+
+def test_a_batch_of_random_rows_never_maps_the_file(tmp_path):
+    """The peak, not just what is left: a read through the mapping maps the page cache around every
+    row it faults (a whole large folio, on recent kernels) until the drop, so one batch of random
+    rows of a large version took memory by the version. `read_rows` reads them with pread."""
+    import subprocess
+    import textwrap
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (32_768, 4096), dtype=np.uint8))  # 128 MiB
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from datamoat.data.dataset import read_rows
+        def peak_kib():
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        x = np.load({str(path)!r}, mmap_mode="r")
+        rows = np.random.default_rng(1).choice(len(x), 512, replace=False)  # 2 MiB of rows
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak restarts from what is resident now
+        before = peak_kib()
+        got = read_rows(x, rows) if sys.argv[1] == "read_rows" else np.array(x[rows])
+        grew = peak_kib() - before
+        assert np.array_equal(got, np.load({str(path)!r})[rows])
+        print(grew // 1024)
+        """
+    )
+    grew = {how: int(subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True,
+                                    check=True).stdout) for how in ("read_rows", "index")}  # fmt: skip
+    assert grew["read_rows"] <= 4  # MiB: the batch itself, 2
+    # Indexing the mapping maps at least each row's pages and whatever fault-around adds: the bound
+    # above can fail.
+    assert grew["index"] >= 8
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.array([7, 0, 3, 3, -1]),
+        np.array([2, 3, 4, 8, 9]),
+        np.array([], dtype=np.int64),
+        slice(2, 9),
+        slice(9, 2),
+        slice(-3, None),
+        slice(0, 10, 3),
+        [1, 5],
+        np.arange(10) % 3 == 0,
+    ],
+    ids=["shuffled", "runs", "empty", "slice", "empty-slice", "negative-slice", "strided", "list", "mask"],
+)
+def test_read_rows_of_a_mapping_equals_indexing(tmp_path, rows):
+    table = np.zeros(10, dtype=[("sha", "S4"), ("n", "<i8")])
+    table["sha"], table["n"] = [b"%04d" % i for i in range(10)], np.arange(10) * 7
+    np.save(tmp_path / "t.npy", table)
+    mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
+    assert np.array_equal(read_rows(mapped, rows), table[rows])
+
+
+def test_read_rows_of_views_refuses_rows_out_of_range_and_reads_private_mappings_as_mapped(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(20, dtype=np.float32).reshape(5, 4))
+    with pytest.raises(IndexError, match="out of bounds"):
+        read_rows(np.load(tmp_path / "a.npy", mmap_mode="r"), np.array([1, 5]))
+    view = np.load(tmp_path / "a.npy", mmap_mode="r")[2:]  # starts 2 rows into the file
+    assert read_rows(view, np.array([2, 0])).tolist() == [[16, 17, 18, 19], [8, 9, 10, 11]]
+    assert read_rows(view[:, 1:], np.array([0])).tolist() == [[9, 10, 11]]  # not contiguous: indexed
+    private = np.load(tmp_path / "a.npy", mmap_mode="c")
+    private[2] = -1  # only in this process's copy: the file still holds 8..11
+    assert read_rows(private, np.array([2]))[0].tolist() == [-1, -1, -1, -1]
 
 
 def test_scoring_a_mapped_version_by_rows_matches_scoring_a_copy(big):

@@ -55,7 +55,7 @@ def pread_rows(x: np.ndarray, rows: np.ndarray | slice) -> np.ndarray | None:
     [[9, 10, 11], [0, 1, 2], [3, 4, 5]]
     """
     src = mapped_file(x)
-    if src is None:
+    if src is None or not hasattr(os, "preadv"):  # preadv: POSIX systems only
         return None
     n = len(x)
     if isinstance(rows, slice):

@@ -56,19 +56,16 @@ def data_issues(
     ds = load_dataset(ws, dataset)
     # Under torchrun each fold model trains on every process (DDP); rank 0 writes and reports.
     with distributed.leaving_together():
-        issues = find_issues(ds, cfg, progress=not as_json and distributed.is_main()).to_dict()
+        found = find_issues(ds, cfg, progress=not as_json and distributed.is_main())
         if not distributed.is_main():
             return
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(issues, indent=1) + "\n")
-    counts = {k: len(issues[k]) for k in ("label_issues", "near_duplicates", "outliers")}
-    out = {
-        **{k: v for k, v in issues.items() if k not in counts},
-        "counts": counts,
-        **{k: issues[k][:top] for k in counts},
-        "output": str(output) if output else None,
-    }
+        found.write_json(output)
+    summary = found.summary()
+    counts = summary["counts"]
+    out = {**summary, **{k: v for k, v in found.to_dict(top=top).items() if k in counts}}
+    out["output"] = str(output) if output else None
     if as_json:
         emit(out, True)
         return

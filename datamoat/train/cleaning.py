@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, overload
 
 import numpy as np
 
@@ -31,6 +34,7 @@ from datamoat.models.zoo import ARCHS
 __all__ = [
     "CleaningConfig",
     "Issues",
+    "LabelIssues",
     "find_issues",
     "fixes_from_issues",
     "near_duplicates",
@@ -106,6 +110,58 @@ class CleaningConfig(Config):
         check_choice("device", self.device, DEVICES)
 
 
+class LabelIssues(Sequence[dict[str, Any]]):
+    """The label issues, best first, as columns: an issue is a dict only when it is read. A list of
+    dicts took about 440 bytes an issue, so a million-photo run that flags a quarter of its photos
+    held more for its findings than for anything else.
+
+    >>> t = LabelIssues(np.array([7]), np.array([3]), np.array([0]), np.array([1]), np.array([0.1]),
+    ...                 np.array([0.8]), ["a", "b"])
+    >>> t[0]["suggested_class"], len(t), t[:1] == [t[0]]
+    ('b', 1, True)
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,  # (F,) global dataset rows (an issue's "index")
+        train_index: np.ndarray,  # (F,) positions within data.subset("train")
+        given: np.ndarray,  # (F,)
+        suggested: np.ndarray,  # (F,)
+        quality: np.ndarray,  # (F,) out-of-fold probability of the given label
+        confidence: np.ndarray,  # (F,) out-of-fold probability of the suggested label
+        classes: list[str],
+    ) -> None:
+        self.rows, self.train_index, self.given, self.suggested = rows, train_index, given, suggested
+        self.quality, self.confidence, self.classes = quality, confidence, classes
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        rank = range(len(self))[i]  # IndexError and negative indices as a list has them
+        given, suggested = int(self.given[rank]), int(self.suggested[rank])
+        return {
+            "rank": rank,
+            "index": int(self.rows[rank]),
+            "train_index": int(self.train_index[rank]),
+            "given_label": given,
+            "given_class": self.classes[given],
+            "suggested_label": suggested,
+            "suggested_class": self.classes[suggested],
+            "quality": round(float(self.quality[rank]), 6),
+            "confidence": round(float(self.confidence[rank]), 6),
+        }
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[j] for j in range(len(self)))
+
+
 @dataclasses.dataclass
 class Issues:
     """What `find_issues` found. Indices are global (into the dataset's
@@ -117,16 +173,21 @@ class Issues:
     examined: np.ndarray  # (n,) global indices of the train samples scored
     labels: np.ndarray  # (n,) their given labels
     pred_probs: np.ndarray  # (n, K) out-of-fold probabilities, rows follow `examined`
-    label_issues: list[dict[str, Any]]
+    label_issues: Sequence[dict[str, Any]]  # `LabelIssues` from `find_issues`
     near_duplicates: list[dict[str, Any]]
     outliers: list[dict[str, Any]]
+
+    LISTS = ("label_issues", "near_duplicates", "outliers")
 
     @property
     def flagged(self) -> np.ndarray:
         """Global indices of the samples flagged as label errors, best first."""
+        if isinstance(self.label_issues, LabelIssues):
+            return self.label_issues.rows.astype(np.int64)
         return np.array([i["index"] for i in self.label_issues], dtype=np.int64)
 
-    def to_dict(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        """Everything but the lists, plus how long each list is (`counts`)."""
         agree = self.pred_probs.argmax(1) == self.labels
         return {
             "dataset_id": self.dataset_id,
@@ -134,10 +195,31 @@ class Issues:
             "examined": int(len(self.examined)),
             "num_classes": int(self.pred_probs.shape[1]),
             "oof_accuracy": round(float(agree.mean()), 6) if len(agree) else 0.0,
-            "label_issues": self.label_issues,
-            "near_duplicates": self.near_duplicates,
-            "outliers": self.outliers,
+            "counts": {k: len(getattr(self, k)) for k in self.LISTS},
         }
+
+    def to_dict(self, top: int | None = None) -> dict[str, Any]:
+        """As JSON data: the summary (without counts) and each list, whole or its first `top`."""
+        out = {k: v for k, v in self.summary().items() if k != "counts"}
+        return {**out, **{k: list(getattr(self, k)[:top]) for k in self.LISTS}}
+
+    def write_json(self, path: Path) -> None:
+        """`to_dict()` as a JSON file, written an issue at a time (the lists are never all dicts at
+        once) and renamed into place whole."""
+        from datamoat.files import atomic_path
+
+        head = self.to_dict(top=0)
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            f.write("{\n")
+            for k in head:
+                if k not in self.LISTS:
+                    f.write(f" {json.dumps(k)}: {json.dumps(head[k])},\n")
+            for n, k in enumerate(self.LISTS):
+                f.write(f" {json.dumps(k)}: [")
+                for j, item in enumerate(getattr(self, k)):
+                    f.write(("," if j else "") + "\n  " + json.dumps(item))
+                f.write("\n ]" + ("," if n < len(self.LISTS) - 1 else "") + "\n")
+            f.write("}\n")
 
 
 def _fold_ids(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -241,25 +323,23 @@ def find_issues(
         labels, probs, filter_by=cfg.filter_by, return_indices_ranked_by="self_confidence", n_jobs=1
     )
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
-    label_issues = []
-    for rank, i in enumerate(ranked):
-        g = int(sel[i])
-        # The best class other than the given one: usually the argmax, but a
-        # flagged sample can keep a weak plurality for its given label.
-        suggested = int(np.argmax(np.where(np.arange(data.num_classes) == labels[i], -1.0, probs[i])))
-        label_issues.append(
-            {
-                "rank": rank,
-                "index": g,
-                "train_index": int(np.searchsorted(train_global, g)),
-                "given_label": int(labels[i]),
-                "given_class": data.classes[int(labels[i])],
-                "suggested_label": suggested,
-                "suggested_class": data.classes[suggested],
-                "quality": round(float(quality[i]), 6),
-                "confidence": round(float(probs[i, suggested]), 6),
-            }
-        )
+    ranked = np.asarray(ranked, dtype=np.int64)  # (F,) positions into `sel`, best first
+    flagged_probs = probs[ranked]  # (F, K)
+    given = labels[ranked].astype(np.int64)  # (F,)
+    # The best class other than the given one: usually the argmax, but a flagged sample can keep a
+    # weak plurality for its given label.
+    others = np.where(np.arange(data.num_classes)[None, :] == given[:, None], -1.0, flagged_probs)  # (F, K)
+    suggested = others.argmax(1)  # (F,)
+    label_issues = LabelIssues(
+        sel[ranked].astype(np.int64),
+        np.searchsorted(train_global, sel[ranked]).astype(np.int64),
+        given,
+        suggested.astype(np.int64),
+        quality[ranked].astype(np.float64),
+        flagged_probs[np.arange(len(ranked)), suggested].astype(np.float64),
+        list(data.classes),
+    )
+    del flagged_probs, others
     outliers = []
     n_out = int(round(cfg.outlier_fraction * len(sel)))
     if n_out:
@@ -281,7 +361,7 @@ def plausible_threshold(issues: Issues | dict[str, Any]) -> float:
     >>> plausible_threshold({"examined": 1000, "num_classes": 10, "label_issues": [{}] * 90})
     0.02
     """
-    d = issues.to_dict() if isinstance(issues, Issues) else issues
+    d = _doc(issues)
     if not isinstance(d.get("examined"), int) or not isinstance(d.get("num_classes"), int) or d["num_classes"] < 2:
         raise BadInput(
             "the issues file lacks 'examined' or 'num_classes', which --keep-above auto needs: "
@@ -317,8 +397,8 @@ def fixes_from_issues(
     >>> fixes_from_issues(doc, drop_below=0.9, keep_above=0.05)
     [{'index': 4, 'new_label': 1}, {'index': 7, 'drop': True}]
     """
-    d = issues.to_dict() if isinstance(issues, Issues) else issues
-    if not isinstance(d, dict) or not isinstance(d.get("label_issues"), list):
+    d = _doc(issues)
+    if not isinstance(d, dict) or not isinstance(d.get("label_issues"), (list, LabelIssues)):
         raise BadInput("the issues file has no 'label_issues' list: write it with `datamoat data issues -o FILE`")
     if keep_above == "auto":
         keep_above = plausible_threshold(d)
@@ -336,3 +416,10 @@ def fixes_from_issues(
         else:
             fixes.append({"index": issue["index"], "new_label": issue["suggested_label"]})
     return fixes
+
+
+def _doc(issues: Issues | dict[str, Any]) -> Any:
+    """An issues file's document, or `Issues` as one whose label issues stay columns."""
+    if isinstance(issues, Issues):
+        return {**issues.to_dict(top=0), "label_issues": issues.label_issues}
+    return issues

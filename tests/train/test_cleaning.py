@@ -47,6 +47,19 @@ def test_find_issues_flags_flipped_labels_on_digits(ws, digits):
     assert 0.7 < d["oof_accuracy"] < 0.95 and d["config"]["folds"] == 3
     assert len(d["outliers"]) == round(0.01 * len(issues.examined))
     json.dumps(d)  # the issues file is plain JSON
+    # Each issue, read from the columns, is what the out-of-fold probabilities say.
+    pos = {int(g): k for k, g in enumerate(issues.examined)}
+    for i in issues.label_issues:
+        p = issues.pred_probs[pos[i["index"]]].astype(np.float64)
+        others = np.where(np.arange(len(p)) == i["given_label"], -1.0, p)
+        assert i["suggested_label"] == int(others.argmax()) and i["confidence"] == round(float(others.max()), 6)
+        assert i["quality"] == round(float(p[i["given_label"]]), 6)
+    assert [i["rank"] for i in d["label_issues"]] == list(range(len(issues.label_issues)))
+    assert issues.label_issues[-1] == d["label_issues"][-1] and issues.label_issues[1:3] == d["label_issues"][1:3]
+    path = ws.root / "issues.json"
+    issues.write_json(path)  # streamed an issue at a time: the same document
+    assert json.loads(path.read_text()) == json.loads(json.dumps(d))
+    assert issues.summary()["counts"] == {k: len(d[k]) for k in ("label_issues", "near_duplicates", "outliers")}
     fixed = apply_fixes(ws, noisy, fixes_from_issues(issues))
     assert (fixed.y != digits.y).sum() < (noisy.y != digits.y).sum() / 2  # most of the noise is gone
     assert load_dataset(ws, noisy.id).y.tolist() == noisy.y.tolist()

@@ -1,5 +1,7 @@
-"""eval speed by batch size: `python bench/eval_batch_speed.py WS` (bench_memory's workspace: model "m",
-dataset "r"). Times `evaluate` on the val split at 1024 and 256, alternating, in one process."""
+"""eval speed by batch size: `python bench/eval_batch_speed.py WS` (bench_memory's workspace: model
+"m", dataset "r"). Times `evaluate` on the val split at 1024 and 256, alternating, in one process."""
+
+from __future__ import annotations
 
 import sys
 import time
@@ -10,9 +12,8 @@ from datamoat.models import load_model
 from datamoat.workspace import Workspace
 
 ws = Workspace.open(sys.argv[1])
-m = load_model(ws, "m")
-d = load_dataset(ws, "r")
-for bs in (1024, 256, 1024, 256):
+model, data = load_model(ws, "m"), load_dataset(ws, "r")
+for batch in (1024, 256, 1024, 256):
     t0 = time.perf_counter()
-    ev = evaluate(m, d, EvalConfig(split="val", batch_size=bs))
-    print(bs, f"{time.perf_counter() - t0:.1f}s", ev.n, flush=True)
+    ev = evaluate(model, data, EvalConfig(split="val", batch_size=batch))
+    print(batch, f"{time.perf_counter() - t0:.1f}s", ev.n, flush=True)

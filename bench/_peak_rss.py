@@ -41,6 +41,8 @@ try:
 except SystemExit as e:
     code = int(e.code or 0)
 wall = time.perf_counter() - t0
+with open("/proc/self/io") as f:  # includes the decode workers once they are reaped
+    io = {k: int(v) for k, v in (line.split(":", 1) for line in f)}
 peak = {
     "rc": code,
     "wall_s": wall,
@@ -48,5 +50,9 @@ peak = {
     "peak_anon_mib": peak_anon / 1024,  # sampled every 20 ms: a shorter spike can be missed
     "peak_file_mib": peak_file / 1024,  # file-backed pages (mapped libraries and data), sampled alike
     "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    # Bytes fetched from the disk against bytes asked for: a stage slower than linear in the data
+    # may be reading what the page cache could not keep.
+    "disk_read_mib": io["read_bytes"] / 2**20,
+    "read_call_mib": io["rchar"] / 2**20,
 }
 print("\n" + json.dumps(peak), file=sys.__stderr__)

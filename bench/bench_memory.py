@@ -117,6 +117,8 @@ def main() -> dict:
                 f"peak_file_mib_{SMALL}": a.get("peak_file_mib"),  # not sampled before; None in older files
                 f"peak_file_mib_{10 * SMALL}": b.get("peak_file_mib"),
                 "worker_peak_mib_large": b["worker_peak_rss_mib"],
+                f"disk_read_mib_{SMALL}": a.get("disk_read_mib"),  # not counted before; None in older files
+                f"disk_read_mib_{10 * SMALL}": b.get("disk_read_mib"),
                 f"wall_s_{SMALL}": a["wall_s"],
                 f"wall_s_{10 * SMALL}": b["wall_s"],
                 "time_ratio": time_ratio,
@@ -136,7 +138,8 @@ def main() -> dict:
             "peak_rss is the datamoat process's own maximum resident set (file-backed pages it mapped and "
             "touched included); peak_anon is its anonymous memory (what the kernel cannot drop) and peak_file its "
             "file-backed resident pages, each sampled every 20 ms (trace-N-STAGE.txt under DM_MEM_ROOT has them "
-            "once a second); decode workers are separate processes, their largest peak in its own column.",
+            "once a second); decode workers are separate processes, their largest peak in its own column. "
+            "disk_read is what the stage and its workers fetched from the disk (not the page cache).",
             "Commits the stages ran on: "
             + ", ".join(sorted({r.get("commit", "unrecorded") for st in (small, large) for r in st.values()})),
         ],

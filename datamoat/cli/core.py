@@ -308,6 +308,9 @@ def train(
     precision: str = typer.Option(
         _train("precision"), help="auto (bf16 or fp16 autocast on a GPU, fp32 on the CPU), fp32, bf16 or fp16."
     ),
+    sync_batchnorm: bool = typer.Option(
+        _train("sync_batchnorm"), help="With --nproc: BatchNorm over the global batch, as one process trains."
+    ),
     name: str = typer.Option(None, help="Human name for the model."),
     resume: str = typer.Option(None, "--resume", help="Resume an interrupted run by its id."),
     weights: str = typer.Option(
@@ -368,6 +371,7 @@ def train(
             workers=workers,
             device=device,
             precision=precision,
+            sync_batchnorm=sync_batchnorm,
             semisup=FixMatchConfig(threshold=threshold, mu=mu) if unlabeled else None,
         )
     if weights and resume:

@@ -14,6 +14,7 @@ import datetime
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "all_sum",
     "broadcast",
     "sync_buffers",
+    "synced_batchnorm",
     "launch",
     "without_option",
 ]
@@ -189,6 +191,62 @@ def sync_buffers(net: torch.nn.Module) -> None:
         return
     for b in net.buffers():
         _dist().broadcast(b, src=0)
+
+
+_BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
+@contextlib.contextmanager
+def synced_batchnorm(net: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Inside the block, when several processes train together, `net`'s BatchNorm layers normalise
+    by the statistics of the global batch, as one process would, not of this rank's share; yields how
+    many layers it synchronises (0 alone, or when not `enabled`). The state dict is untouched.
+
+    torch's SyncBatchNorm does this on GPUs only (its kernels are CUDA's) and replaces the modules;
+    here two sums per layer go through torch.distributed.nn's differentiable all_reduce, so gloo on
+    the CPU gets it too and the gradient flows through the shared statistics as it would in one process.
+
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    >>> with synced_batchnorm(net) as n:
+    ...     n
+    0
+    """
+    world = rank_world()[1]
+    layers = [m for m in net.modules() if isinstance(m, _BATCHNORMS)] if enabled and world > 1 else []
+    for m in layers:
+        m.forward = types.MethodType(_global_batchnorm, m)  # type: ignore[method-assign]  # shadows the class's
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            del m.forward
+
+
+def _global_batchnorm(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm's forward over every rank's share of the batch; x: (B, C, ...) -> (B, C, ...)."""
+    if not self.training:  # evaluation uses the running statistics: nothing to share
+        return type(self).forward(self, x)
+    from torch.distributed.nn.functional import all_reduce  # differentiable: sums the gradients back
+
+    c = x.shape[1]
+    dims = [0, *range(2, x.dim())]
+    shape = [1, c] + [1] * (x.dim() - 2)
+    xf = x.float()  # statistics in fp32 under autocast, as torch's BatchNorm keeps them
+    sums = all_reduce(torch.cat([xf.sum(dims), xf.new_tensor([x.numel() / c])]))  # (C + 1,)
+    n = sums[c]  # samples x positions over all ranks
+    mean = sums[:c] / n  # (C,)
+    centred = xf - mean.view(shape)  # (B, C, ...)
+    var = all_reduce(centred.pow(2).sum(dims)) / n  # (C,), biased: what normalises the batch
+    if self.track_running_stats:
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.detach(), f)
+            self.running_var.lerp_(var.detach() * n / (n - 1), f)  # unbiased, as BatchNorm records it
+    y = centred * torch.rsqrt(var + self.eps).view(shape)
+    if self.affine:
+        y = y * self.weight.view(shape) + self.bias.view(shape)
+    return y.to(x.dtype)
 
 
 def launch(nproc: int, argv: list[str], stdout: IO[str] | None = None) -> int:

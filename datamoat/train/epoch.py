@@ -18,6 +18,7 @@ __all__ = [
     "detect_plateau",
     "epoch_batches",
     "rank_slice",
+    "batch_total",
     "RankBatches",
     "clone_state",
     "save_checkpoint",
@@ -43,6 +44,16 @@ def rank_slice(perm: torch.Tensor, step: int, batch_size: int, rank: int = 0, wo
         need = 2 * world - len(b)
         b = torch.cat([b, perm.repeat(-(-need // len(perm)))[:need]])
     return b[rank::world]
+
+
+def batch_total(n: int, step: int, batch_size: int, world: int = 1) -> int:
+    """How many items global batch `step` of an `n`-item permutation holds across all ranks
+    (`rank_slice` tops a short final batch up to 2 a rank).
+
+    >>> batch_total(10, 0, 4), batch_total(10, 2, 4), batch_total(10, 2, 4, world=2)
+    (4, 2, 4)
+    """
+    return max(min(batch_size, n - step * batch_size), 2 * world)
 
 
 class RankBatches(torch.utils.data.Sampler[list[int]]):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamoat.configs import Config, check, check_choice
+from datamoat.configs import Config, check, check_choice, config_from_dict
 from datamoat.data.dataset import SPLITS, Dataset, read_rows
 from datamoat.data.transforms import AUGMENTATIONS, augment
 from datamoat.errors import BadInput
@@ -31,6 +31,7 @@ from datamoat.train import distributed
 from datamoat.train.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
 from datamoat.train.epoch import (
     RankBatches,
+    batch_total,
     clone_state,
     detect_plateau,
     epoch_batches,
@@ -85,6 +86,9 @@ class TrainConfig(Config):
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool = True  # CUDA only: the memory layout its convolution kernels prefer
+    # Under DDP, BatchNorm normalises by the global batch's statistics, so N processes train what one
+    # does; False: each rank's own share (no collectives in the forward pass, more noise in small shares).
+    sync_batchnorm: bool = True
     semisup: FixMatchConfig | None = None  # FixMatch on `train(unlabeled=...)`'s pool (`semisup`)
 
     def validate(self) -> None:
@@ -308,7 +312,7 @@ def train(
     ckpt_path = Path(checkpoint) if checkpoint else None
     if resume:
         state = load_checkpoint(ckpt_path)
-        if state["config"] != cfg.to_dict():
+        if config_from_dict(state["config"]).to_dict() != cfg.to_dict():  # an older checkpoint's: defaults filled
             raise BadInput("the checkpoint was written with a different TrainConfig: resume with the same config")
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
@@ -320,7 +324,7 @@ def train(
     loss_fn = loss_fn or (lambda out, yb, xb, idx: F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing))
     bar_ctx = progress_bar() if progress and rank == 0 else contextlib.nullcontext(None)
     stopped_early = False
-    with bar_ctx as bar:
+    with bar_ctx as bar, distributed.synced_batchnorm(net, cfg.sync_batchnorm):
         head = set(head_parameters(net)) if cfg.probe_epochs else set()
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -331,14 +335,14 @@ def train(
             loss_sum: Any = 0.0 if dev.type == "cpu" else torch.zeros((), device=dev)
             correct: Any = 0 if dev.type == "cpu" else torch.zeros((), dtype=torch.long, device=dev)
             seen = 0
-            # One rank's augmentation draws would desynchronise `g`, which orders every rank's epochs.
-            g_aug = g if world == 1 else torch.Generator().manual_seed(hash((cfg.seed, rank, epoch)) & 0x7FFF_FFFF)
             batches = epoch_batches(rows_at, stream, n, steps, cfg.batch_size, g, epoch, rank, world)
             if semi is not None:
                 semi.start(epoch)
             for s, (xb, idx) in enumerate(batches):
                 yb = y_tr[idx].to(dev, non_blocking=True)  # (B,)
-                xb = augment(xb, cfg.augment, g_aug).to(dev, non_blocking=True)  # (B, C, H, W)
+                # Every rank draws the whole batch's augmentation from `g` (which stays in step) and keeps its share.
+                share = (rank, world, batch_total(n, s, cfg.batch_size, world))
+                xb = augment(xb, cfg.augment, g, share=share).to(dev, non_blocking=True)  # (B, C, H, W)
                 xin = xb if semi is None else semi.inputs(xb)  # FixMatch: + the unlabeled views (B + 2U, ...)
                 if dev.type == "cuda" and cfg.channels_last:
                     xin = xin.contiguous(memory_format=torch.channels_last)

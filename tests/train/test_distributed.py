@@ -74,11 +74,14 @@ from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace
 
 ds = load_dataset(Workspace.open(sys.argv[1]), sys.argv[2])
-cfg = TrainConfig(epochs=2, batch_size=40, max_train_samples=1200, threads=1, patience=0)
+arch, augment, sync = sys.argv[4], sys.argv[5], sys.argv[6] == "sync"
+cfg = TrainConfig(
+    epochs=2, batch_size=40, max_train_samples=1200, threads=1, patience=0, augment=augment, sync_batchnorm=sync
+)
 # As the commands do: leave the process group after a barrier, so no rank closes its connections
 # while its peer still works (gloo then aborts the peer).
 with distributed.leaving_together():
-    m = train(new_model("mlp", ds, dropout=0.0), ds, cfg, progress=False)
+    m = train(new_model(arch, ds, dropout=0.0), ds, cfg, progress=False)
     rank, world = distributed.rank_world()
 torch.save(m.net.state_dict(), f"{sys.argv[3]}-{world}-{rank}.pt")
 json.dump(m.history, open(f"{sys.argv[3]}-{world}-{rank}.json", "w"))
@@ -86,21 +89,36 @@ json.dump(m.history, open(f"{sys.argv[3]}-{world}-{rank}.json", "w"))
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_learn_what_one_process_learns(ws, digits, tmp_path):
-    # No dropout and no BatchNorm, 1200 samples in global batches of 40: each rank's mean gradient
-    # over its 20 samples, averaged by DDP, is the one process's mean over all 40.
+@pytest.mark.parametrize(
+    ("arch", "augment", "sync"),
+    [("mlp", "none", "sync"), ("cnn_small", "crop_flip", "sync"), ("cnn_small", "crop_flip", "per-rank")],
+)
+def test_two_gloo_processes_learn_what_one_process_learns(ws, digits, tmp_path, arch, augment, sync):
+    # No dropout, 1200 samples in global batches of 40: each rank's mean gradient over its 20
+    # samples, averaged by DDP, is the one process's mean over all 40. BatchNorm synchronised over
+    # the ranks normalises by the 40 as one process does, and each sample gets the augmentation one
+    # process draws for it; BatchNorm over each rank's 20 alone (the control) trains another model.
     script = tmp_path / "fit.py"
     script.write_text(TRAIN_SCRIPT)
     out = tmp_path / "m"
-    run = [str(script), str(ws.root), digits.id, str(out)]
+    run = [str(script), str(ws.root), digits.id, str(out), arch, augment, sync]
     subprocess.run([sys.executable, *run], check=True, timeout=300)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     r = subprocess.run([*torchrun, *run], timeout=300, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     one, r0, r1 = (torch.load(f"{out}-{w}-{r}.pt") for w, r in ((1, 0), (2, 0), (2, 1)))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # every rank ends with the same model
-    for k in one:
-        assert torch.allclose(one[k], r0[k], atol=1e-4), (k, (one[k] - r0[k]).abs().max())
+    # Each tensor's largest difference, relative to its largest value (BatchNorm's running variance is large).
+    gaps = {
+        k: ((one[k].double() - r0[k].double()).abs().max() / one[k].double().abs().max().clamp(min=1e-6)).item()
+        for k in one
+    }
+    gap = max(gaps.values())
+    if sync == "per-rank":
+        assert gap > 0.1, gap  # half-batch statistics: not what one process trains
+        return
+    # Only the order of float sums differs; BatchNorm's division by the batch's spread amplifies that.
+    assert gap < (1e-3 if arch == "mlp" else 1e-2), gap
     h1, h2 = (json.loads((tmp_path / f"m-{w}-0.json").read_text()) for w in (1, 2))
     assert (h1["processes"], h2["processes"]) == (1, 2)
     assert h2["train_samples"] == h1["train_samples"] == 1200
@@ -133,8 +151,9 @@ def test_only_rank_0_writes_and_a_run_resumes_on_another_number_of_processes(ws,
     assert load_model(ws, out["model_id"]).history["processes"] == 2
     assert out["val_accuracy"] > 0.5  # chance is 0.1
 
-    r = dm_ok(ws.root, "train", "--data", digits.id, "--arch", "cnn_small", "--epochs", "1", "--nproc", "2", "--json")
-    fresh = json.loads(r.stdout)
+    args = ["--data", digits.id, "--arch", "cnn_small", "--epochs", "1", "--nproc", "2", "--no-sync-batchnorm"]
+    fresh = json.loads(dm_ok(ws.root, "train", *args, "--json").stdout)
+    assert ws.resolve("runs", fresh["run_id"])["config"]["train"]["sync_batchnorm"] is False
     assert len(ws.rows("runs")) == 2 and len(ws.rows("models")) == 2
     assert {x["id"] for x in ws.rows("runs")} == {run["id"], fresh["run_id"]}
     assert sorted(p.name for p in (ws.root / "runs" / fresh["run_id"]).iterdir()) == ["checkpoint.pt"]

@@ -64,6 +64,11 @@ def test_interrupted_run_resumes_to_the_same_model(digits, tmp_path):
     ckpt = tmp_path / "ck.pt"
     with pytest.raises(KeyboardInterrupt):
         train(new_model("cnn_small", digits), digits, cfg, checkpoint=ckpt, on_epoch=stop_after_first, progress=False)
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]["sync_batchnorm"]  # as a checkpoint written before the field existed
+    torch.save(state, ckpt)
+    with pytest.raises(BadInput, match="different TrainConfig"):
+        train(new_model("cnn_small", digits), digits, cfg.replace(lr=1e-3), checkpoint=ckpt, resume=True)
     resumed = train(new_model("cnn_small", digits, seed=99), digits, cfg, checkpoint=ckpt, resume=True, progress=False)
     assert [p["epoch"] for p in resumed.history["curve"]] == [1, 2, 3]
     for k, v in full.net.state_dict().items():

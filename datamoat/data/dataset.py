@@ -28,6 +28,8 @@ __all__ = [
     "make_dataset",
     "load_dataset",
     "read_rows",
+    "channel_stats",
+    "chunk_rows",
     "drop_pages",
     "release_freed_memory",
     "stratified_splits",
@@ -183,10 +185,7 @@ def make_dataset(
             split[labelled] = stratified_splits(y[labelled], val, test, seed, fixed)
     if preprocess is None:
         rows = split == SPLITS["train"] if (split == SPLITS["train"]).any() else split == POOL
-        train = x[rows].astype(np.float64) / 255.0  # (N, C, H, W)
-        mean = train.mean(axis=(0, 2, 3)).tolist()
-        std = (train.std(axis=(0, 2, 3)) + 1e-8).tolist()
-        del train
+        mean, std = channel_stats(x, np.flatnonzero(rows))
         preprocess = {"scale": 1 / 255, "mean": mean, "std": std}
     manifest: dict[str, Any] = {
         "format": 1,
@@ -241,6 +240,39 @@ def read_rows(x: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
     out = np.array(x[rows])  # a copy: fancy indexing copies, a slice would be a view of the mapping
     drop_pages(x)
     return out
+
+
+def chunk_rows(x: np.ndarray, mib: int = 8) -> int:
+    """How many of `x`'s rows make about `mib` MiB: a pass over a large version reads this many at a time.
+
+    >>> chunk_rows(np.zeros((10, 3, 32, 32), np.uint8), mib=1)
+    341
+    """
+    return max(1, (mib << 20) // max(1, x[:1].nbytes))
+
+
+def channel_stats(x: np.ndarray, rows: np.ndarray, chunk: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (+1e-8) of the uint8 images ``x[rows]`` (N, C, H, W),
+    scaled to [0, 1]: what a version normalises by. Each channel's counts of its 256 values are
+    summed exactly over chunks of rows, so memory is one chunk's and the result does not depend on
+    the chunking or the order of the rows.
+
+    >>> x = np.array([[[[0, 255]]], [[[255, 255]]]], np.uint8)  # (2, 1, 1, 2)
+    >>> channel_stats(x, np.arange(2))
+    ([0.75], [0.43301271...])
+    """
+    c = x.shape[1]
+    counts = np.zeros((c, 256), np.int64)  # (C, 256): how often each value occurs, per channel
+    step = chunk or chunk_rows(x, 2)  # bincount counts through an int64 copy: 8 bytes a pixel
+    for i in range(0, len(rows), step):
+        part = read_rows(x, rows[i : i + step])  # (B, C, H, W)
+        for ch in range(c):
+            counts[ch] += np.bincount(part[:, ch].reshape(-1), minlength=256)
+    v = np.arange(256) / 255.0  # (256,)
+    n = counts.sum(1)  # (C,)
+    mean = counts @ v / n  # (C,)
+    var = (counts * (v[None] - mean[:, None]) ** 2).sum(1) / n  # (C,), ddof 0
+    return mean.tolist(), (np.sqrt(var) + 1e-8).tolist()
 
 
 def drop_pages(x: np.ndarray) -> None:

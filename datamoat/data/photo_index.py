@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from datamoat.data.dataset import read_rows
+from datamoat.data.dataset import chunk_rows, read_rows
 from datamoat.errors import BadInput
 from datamoat.files import TEMP_SUFFIX, make_dirs
 from datamoat.workspace import Workspace
@@ -51,6 +51,7 @@ __all__ = [
     "assign_splits",
     "chunks",
     "put_array_chunks",
+    "store_rows",
 ]
 
 SPLIT_NAMES = ("train", "val", "test")  # split code = position, as the dataset versions' SPLITS
@@ -95,7 +96,8 @@ def put_array_chunks(ws: Workspace, dtype: np.dtype, shape: tuple[int, ...], par
             header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
             np.lib.format.write_array_header_1_0(head, header)
             # a generator, not a tuple: one part at a time is ever in memory
-            for b in itertools.chain([head.getvalue()], (np.ascontiguousarray(p, dtype).tobytes() for p in parts)):
+            flat = (memoryview(np.ascontiguousarray(p, dtype)).cast("B") for p in parts)  # type: ignore[arg-type]
+            for b in itertools.chain([memoryview(head.getvalue())], flat):
                 h.update(b)
                 f.write(b)
                 done += len(b)
@@ -109,6 +111,24 @@ def put_array_chunks(ws: Workspace, dtype: np.dtype, shape: tuple[int, ...], par
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def store_rows(ws: Workspace, pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, str]:
+    """The rows `rows` of each (images, rows) piece, one piece after the other, stored as one array
+    a chunk at a time, so a new version's images are never all in memory: (the stored array, mapped
+    where the store is local, and its sha256, which `put_array` gives the same rows).
+
+    >>> ws = Workspace.init(tempfile.mkdtemp())
+    >>> x, sha = store_rows(ws, [(np.arange(4), np.array([3, 1])), (np.arange(9), np.array([8]))])
+    >>> x.tolist(), sha == ws.put_array(np.array([3, 1, 8]))
+    ([3, 1, 8], True)
+    """
+    x0 = pieces[0][0]
+    n = sum(len(rows) for _, rows in pieces)
+    step = chunk_rows(x0)
+    parts = (read_rows(x, rows[i : i + step]) for x, rows in pieces for i in range(0, len(rows), step))
+    sha = put_array_chunks(ws, x0.dtype, (n, *x0.shape[1:]), parts)
+    return ws.get_array(sha, mmap=True), sha
 
 
 def _hex_of(sha: str) -> np.ndarray:

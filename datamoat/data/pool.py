@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from datamoat.data.dataset import POOL, SPLITS, UNLABELED, Dataset, make_dataset
+from datamoat.data.photo_index import store_rows
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace
 
@@ -113,15 +114,17 @@ def with_pool(
             "resize them to the dataset's input first"
         )
     src = {"kind": "pool-add", "added": int(len(x)), "x_sha256": ws.put_array(x), "from": source or {}}
+    x_all, x_sha = store_rows(ws, [(ds.x, np.arange(len(ds.y))), (x, np.arange(len(x)))])
     return _child(
         ws,
         ds,
-        np.concatenate([ds.x, x]),
+        x_all,
         np.concatenate([ds.y, np.full(len(x), UNLABELED, np.int64)]),
         np.concatenate([ds.split, np.full(len(x), POOL, np.uint8)]),
         np.concatenate([origins(ds), np.zeros(len(x), np.uint8)]),
         name=name or f"{ds.name}+pool",
         source=src,
+        x_blob=x_sha,
     )
 
 
@@ -204,9 +207,11 @@ def _child(
     name: str,
     source: dict[str, Any],
     kept: bool = False,
+    x_blob: str | None = None,
 ) -> Dataset:
     """Store a child of `base` with explicit splits and origins, keeping its preprocessing (and, when
-    `kept`, a photo dataset's original bytes, row for row)."""
+    `kept`, its images' blob and a photo dataset's original bytes, row for row). `x_blob`: the sha256
+    of `x`, already in the store."""
     photos = base.manifest.get("photos") if kept else None  # the same rows: the same original bytes
     return make_dataset(
         ws,
@@ -220,4 +225,5 @@ def _child(
         preprocess=dict(base.preprocess),
         photos=photos,
         origin=origin,
+        x_blob=x_blob or (base.manifest["blobs"]["x"] if kept else None),  # the same rows: no copy
     )

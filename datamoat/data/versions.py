@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from datamoat.data.dataset import POOL, SPLITS, Dataset, load_dataset, make_dataset, read_rows
-from datamoat.data.photo_index import PhotoRefs
+from datamoat.data.dataset import POOL, SPLITS, Dataset, chunk_rows, load_dataset, make_dataset, read_rows
+from datamoat.data.photo_index import PhotoRefs, store_rows
 from datamoat.data.pool import ORIGINS, origins
 from datamoat.errors import BadInput
 from datamoat.workspace import Workspace
@@ -38,9 +38,10 @@ def _derive(
     source: dict[str, Any],
     kept: np.ndarray | None = None,
     origin: np.ndarray | None = None,
+    x_blob: str | None = None,
 ) -> Dataset:
     """Store a child version of `base` (same classes, explicit splits, the labels' `origin` codes:
-    by default `base`'s, for the rows `kept`).
+    by default `base`'s, for the rows `kept`). `x_blob`: `x`'s sha256, already in the store.
 
     A photo dataset's child keeps its preprocessing (the transform), and, when `kept` lists the base
     samples it holds (all of them, in order), where their original bytes lie, so it trains on fresh
@@ -62,6 +63,7 @@ def _derive(
         parent_id=base.id,
         preprocess=dict(base.preprocess) if photo else None,
         photos=photos,
+        x_blob=x_blob,
         origin=origin if origin is not None else origins(base)[np.arange(len(y)) if kept is None else kept],
     )
 
@@ -104,7 +106,7 @@ def merge(
         raise BadInput(f"{len(x_new)} new images but {len(y_new)} labels: they must match one to one")
     if y_new.min() < 0 or y_new.max() >= base.num_classes:
         raise BadInput(f"new labels must be in 0..{base.num_classes - 1} (the classes of {base.name})")
-    x = np.concatenate([base.x, x_new])
+    x, x_sha = store_rows(ws, [(base.x, np.arange(len(base.y))), (x_new, np.arange(len(y_new)))])
     y = np.concatenate([base.y, y_new])
     codes = np.concatenate([base.split, np.full(len(y_new), SPLITS[split], np.uint8)])
     added = {
@@ -117,7 +119,7 @@ def merge(
     }
     org = np.concatenate([origins(base), np.array([ORIGINS.index(o) for o in names], np.uint8)])
     src = {"kind": "merge", "added": added, "from": source}
-    return _derive(ws, base, x, y, codes, name=name, source=src, origin=org)
+    return _derive(ws, base, x, y, codes, name=name, source=src, origin=org, x_blob=x_sha)
 
 
 def flip_labels(
@@ -171,7 +173,9 @@ def flip_labels(
     tag = "pairnoisy" if pairs is not None else "noisy"
     name = name or f"{base.name}-{tag}{round(fraction * 100)}"
     all_kept = np.arange(len(y))
-    return _derive(ws, base, base.x, y, base.split, name=name, source=source, kept=all_kept), flipped
+    x_sha = base.manifest["blobs"]["x"]  # the same images: the child names the parent's blob, nothing is copied
+    child = _derive(ws, base, base.x, y, base.split, name=name, source=source, kept=all_kept, x_blob=x_sha)
+    return child, flipped
 
 
 def _partners(pairs: Sequence[tuple[int, int]], num_classes: int) -> dict[int, list[int]]:
@@ -235,24 +239,28 @@ def apply_fixes(
         raise BadInput("the fixes change nothing: every new_label equals the current label")
     fixes_sha = ws.put_bytes(json.dumps(fixes, sort_keys=True).encode())
     src = {"kind": "fix", "relabelled": relabelled, "dropped": dropped, "fixes_sha256": fixes_sha, "from": source or {}}
+    kept = np.flatnonzero(keep)
+    x, x_sha = store_rows(ws, [(base.x, kept)])
     return _derive(
-        ws,
-        base,
-        base.x[keep],
-        y[keep],
-        base.split[keep],
-        name=name or f"{base.name}-fixed",
-        source=src,
-        kept=np.flatnonzero(keep),
+        ws, base, x, y[keep], base.split[keep], name=name or f"{base.name}-fixed", source=src, kept=kept, x_blob=x_sha
     )
 
 
-def pixel_hashes(x: np.ndarray) -> list[str]:
-    """sha256 hex digest of each image's pixels (shape and bytes), read in chunks (`read_rows`)."""
+def pixel_hashes(x: np.ndarray, rows: np.ndarray | None = None) -> list[str]:
+    """sha256 hex digest of each image's pixels (shape and bytes), of `x` or of its `rows`, read in
+    chunks (`read_rows`) so a large version is never all in memory.
+
+    >>> x = np.arange(12, dtype=np.uint8).reshape(3, 1, 2, 2)
+    >>> every = pixel_hashes(x)
+    >>> pixel_hashes(x, np.array([2, 0])) == [every[2], every[0]] and every[0] != every[2]
+    True
+    """
+    at = np.arange(len(x)) if rows is None else rows
+    step = chunk_rows(x)
     return [
         hashlib.sha256(img.tobytes()).hexdigest()
-        for i in range(0, len(x), 4096)
-        for img in read_rows(x, slice(i, i + 4096))
+        for i in range(0, len(at), step)
+        for img in read_rows(x, at[i : i + step])
     ]
 
 
@@ -285,7 +293,7 @@ def diff(ws: Workspace, a: Dataset | str, b: Dataset | str) -> dict[str, Any]:
         groups: dict[str, list[list[int]]] = defaultdict(lambda: [[], []])
         for side, ds in enumerate((a, b)):
             mask = ds.split == code
-            for h, label in zip(pixel_hashes(ds.x[mask]), ds.y[mask].tolist()):
+            for h, label in zip(pixel_hashes(ds.x, np.flatnonzero(mask)), ds.y[mask].tolist()):
                 groups[h][side].append(label)
                 labelled[side][h] += 1
         row = {"added": [0] * kb, "removed": [0] * ka, "relabelled_from": [0] * ka, "relabelled_to": [0] * kb}
@@ -325,7 +333,7 @@ def diff(ws: Workspace, a: Dataset | str, b: Dataset | str) -> dict[str, Any]:
         ]
     out["totals"] = totals
     if (a.split == POOL).any() or (b.split == POOL).any():
-        pa, pb = (Counter(pixel_hashes(ds.x[ds.split == POOL])) for ds in (a, b))
+        pa, pb = (Counter(pixel_hashes(ds.x, np.flatnonzero(ds.split == POOL))) for ds in (a, b))
         left = pa - pb  # unlabeled in a, not in b's pool
         out["pool"] = {
             "a": pa.total(),

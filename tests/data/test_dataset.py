@@ -156,3 +156,17 @@ def test_freed_heap_memory_goes_back_to_the_os():
             libc.free(k)
         libc.mallopt(-3, 128 << 10)  # glibc's starting threshold
     assert before - after > 100, (before, after)  # most of the 200 MiB freed came back
+
+
+def test_channel_stats_match_float_statistics_whatever_the_chunks_and_order():
+    from datamoat.data.dataset import channel_stats
+
+    x = np.random.default_rng(3).integers(0, 256, (50, 3, 5, 4), dtype=np.uint8)  # (N, C, H, W)
+    x[:, 2] //= 8  # channels unlike one another
+    rows = np.flatnonzero(np.arange(50) % 3 != 0)
+    ref = x[rows].astype(np.float64) / 255.0
+    mean, std = channel_stats(x, rows)
+    assert np.allclose(mean, ref.mean(axis=(0, 2, 3)), rtol=0, atol=1e-12)
+    assert np.allclose(std, ref.std(axis=(0, 2, 3)) + 1e-8, rtol=0, atol=1e-12)
+    assert mean[2] < mean[0] and std[2] < std[0]
+    assert channel_stats(x, rows[::-1].copy(), chunk=7) == (mean, std)  # exact counts: bit for bit

@@ -162,3 +162,66 @@ def test_apply_fixes_makes_a_new_version_and_leaves_the_old(ws, digits):
 def test_apply_fixes_rejects_bad_fixes(ws, digits, fixes, match):
     with pytest.raises(BadInput, match=match):
         apply_fixes(ws, digits, fixes)
+
+
+def test_new_versions_of_a_large_dataset_never_hold_its_images(tmp_path):
+    """A fix, a merge, a grown pool, new labels and flipped labels of a 128 MiB version, each in a
+    fresh process: the images are copied a chunk at a time (or, where the rows are the parent's,
+    not at all), and the normalisation statistics come from chunks too. Reading them whole took
+    the version's size at least once per new version, eight times over for the float statistics."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from datamoat.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8192, 1, 128, 128), dtype=np.uint8)  # 128 MiB
+    y = np.arange(8192) % 4
+    y[:1024] = -1  # an unlabeled pool to label from
+    base = make_dataset(ws, x, y, list("abcd"), name="big", source={"kind": "test"})
+    del x
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from datamoat.data import load_dataset
+        from datamoat.data.pool import label_rows, with_pool
+        from datamoat.data.versions import apply_fixes, flip_labels, merge
+        from datamoat.workspace import Workspace
+        def peak_mib():
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) // 1024
+        ws = Workspace.open(sys.argv[1])
+        base = load_dataset(ws, "big")
+        new = np.zeros((16, 1, 128, 128), np.uint8)
+        make = {
+            "fix": lambda: apply_fixes(ws, base, [{"index": 2000, "drop": True}, {"index": 3000, "new_label": 1}]),
+            "merge": lambda: merge(ws, base, new, np.arange(16) % 4, name="m", source={}),
+            "pool": lambda: with_pool(ws, base, new),
+            "label": lambda: label_rows(ws, base, np.arange(10), np.zeros(10, np.int64), origin="human", actor="t"),
+            "flip": lambda: flip_labels(ws, base, 0.1)[0],
+        }[sys.argv[2]]
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak restarts from what is resident now
+        before = peak_mib()
+        child = make()
+        print(peak_mib() - before, child.id)
+        """
+    )
+    for how in ("fix", "merge", "pool", "label", "flip"):
+        r = subprocess.run([sys.executable, "-c", script, str(ws.root), how], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        grew, child_id = r.stdout.split()
+        assert int(grew) < 48, (how, grew)  # MiB, against the version's 128
+        child = load_dataset(ws, child_id)
+        if how == "fix":
+            keep = np.ones(8192, bool)
+            keep[2000] = False
+            assert np.array_equal(child.x, base.x[keep]) and child.y[2999] == 1
+            assert child.manifest["blobs"]["x"] == ws.put_array(base.x[keep])  # put_array's blob: same ids
+        elif how in ("merge", "pool"):
+            assert np.array_equal(child.x[:8192], base.x) and not child.x[8192:].any() and len(child.x) == 8208
+        else:
+            assert child.manifest["blobs"]["x"] == base.manifest["blobs"]["x"]  # the parent's images, uncopied

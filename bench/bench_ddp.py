@@ -50,6 +50,8 @@ def main() -> dict:
     ]
     # What synchronised BatchNorm (the default) buys, on the scenario where a run costs seconds.
     per_rank = {"library defaults"}
+    only = os.environ.get("DM_DDP_SCENARIOS")  # e.g. "library defaults": the others are left out
+    scenarios = [sc for sc in scenarios if not only or sc[0] in only.split(",")]
     rows, summary = [], {}
     for label, data, arch, base in scenarios:
         variants = [("1", 1, base), ("2", 2, base)]

@@ -31,6 +31,20 @@ SMALL = int(os.environ.get("DM_MEM_SMALL", "2000"))
 SIDE = int(os.environ.get("DM_MEM_SIDE", "0"))  # the photos' longest side; 0: synth's default 120-480 px
 SUFFIX = f"-side{SIDE}" if SIDE else ""
 RESUME = os.environ.get("DM_MEM_RESUME") == "1"
+# Drop the page cache before each stage (root only), so both sizes start from the disk, as on a
+# machine that has not just written them: the shards of the smaller set fit in the page cache the
+# run leaves behind, the larger one's may not, and a warm cache measures that, not the code.
+COLD = os.environ.get("DM_MEM_COLD") == "1"
+
+
+def drop_page_cache() -> None:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as e:
+        raise SystemExit(f"DM_MEM_COLD=1 drops the page cache, which needs root: {e}") from None
+
+
 CLASSES = 10
 
 
@@ -90,7 +104,9 @@ def stages(root: Path, n: int) -> dict[str, dict]:
             (root / f"p-{n}{SUFFIX}.parquet").unlink(missing_ok=True)
         at = commit()  # before the stage: a commit made while it runs is not the code it ran
         trace = root / f"trace-{n}{SUFFIX}-{re.sub(r'[^a-z0-9]+', '-', name).strip('-')}.txt"
-        out[name] = {**dm(home, *args, trace=trace), "commit": at}
+        if COLD:
+            drop_page_cache()
+        out[name] = {**dm(home, *args, trace=trace), "commit": at, "cold_cache": COLD}
         done_file.write_text(json.dumps(out))
     return out
 
@@ -117,6 +133,7 @@ def main() -> dict:
                 f"peak_file_mib_{SMALL}": a.get("peak_file_mib"),  # not sampled before; None in older files
                 f"peak_file_mib_{10 * SMALL}": b.get("peak_file_mib"),
                 "worker_peak_mib_large": b["worker_peak_rss_mib"],
+                "cold_cache": f"{a.get('cold_cache', False)}/{b.get('cold_cache', False)}",  # small/large
                 f"disk_read_mib_{SMALL}": a.get("disk_read_mib"),  # not counted before; None in older files
                 f"disk_read_mib_{10 * SMALL}": b.get("disk_read_mib"),
                 f"wall_s_{SMALL}": a["wall_s"],
@@ -139,7 +156,8 @@ def main() -> dict:
             "touched included); peak_anon is its anonymous memory (what the kernel cannot drop) and peak_file its "
             "file-backed resident pages, each sampled every 20 ms (trace-N-STAGE.txt under DM_MEM_ROOT has them "
             "once a second); decode workers are separate processes, their largest peak in its own column. "
-            "disk_read is what the stage and its workers fetched from the disk (not the page cache).",
+            "disk_read is what the stage and its workers fetched from the disk (not the page cache); "
+            "stages run with DM_MEM_COLD=1 started with the page cache dropped.",
             "Commits the stages ran on: "
             + ", ".join(sorted({r.get("commit", "unrecorded") for st in (small, large) for r in st.values()})),
         ],

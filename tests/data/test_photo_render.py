@@ -193,3 +193,19 @@ def test_training_validates_a_photo_version_from_its_shards_as_on_the_rendered_p
     m = train(new_model("cnn_small", ds), ds, TrainConfig(epochs=1, workers=1, threads=1), progress=False)
     x_val, y_val = ds.subset("val")  # the rendered pixels, which training's validation no longer holds
     assert m.history["val_accuracy"] == float(np.mean(m.logits(x_val).argmax(1) == y_val))
+
+
+def test_only_shards_read_often_enough_are_read_ahead_into_the_page_cache(tmp_path):
+    from datamoat.data.photo_index import REF_DTYPE, PhotoRefs
+    from datamoat.data.photo_render import RANDOM_READ_BYTES, warm_shards
+
+    shards = ["aa" * 32, "bb" * 32, "cc" * 32]
+    for sh in shards[:2]:
+        (tmp_path / sh[:2]).mkdir()
+        (tmp_path / sh[:2] / sh[2:]).write_bytes(b"\0" * (4 * RANDOM_READ_BYTES))
+    table = np.zeros(9, REF_DTYPE)
+    table["shard"] = [0, 0, 0, 0, 0, 1, 1, 1, 2]  # 5 photos of the first, 3 of the second, 1 of a missing one
+    refs = PhotoRefs(shards, table)
+    assert warm_shards(str(tmp_path), refs) == 4 * RANDOM_READ_BYTES  # the first: 5 reads cost more than it
+    assert warm_shards(str(tmp_path), refs.take(np.arange(5, 9))) == 0  # 3 reads of the second cost less
+    assert warm_shards(f"file://{tmp_path}", refs) == 0  # a URL store is read by ranges

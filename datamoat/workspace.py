@@ -5,12 +5,14 @@ Layout of a workspace directory::
     catalog.db            SQLite (WAL): datasets, models, runs, evals
     objects/ab/cdef...    immutable blobs named by their sha256
     objects.url           where the blobs live instead, when not in objects/: an fsspec URL
+    objects/cache/ab/...  then, local copies of the arrays read from there (mapped; deletable)
     runs/<run id>/        checkpoints of training runs (mutable, resumable)
     reports/<id>/         rendered reports
 
 The blobs can live in object storage (``datamoat init --objects s3://bucket/prefix``; ``gs://``,
 ``az://``, ``file://`` and any other fsspec protocol whose package is installed), so every process
-and machine reads models and photo shards from one store without a local copy. Credentials come from
+and machine reads models and photo shards from one store without a local copy (arrays read by row,
+a dataset's images, are mapped from a checked copy under ``objects/cache/``). Credentials come from
 the protocol's standard environment variables and files (``AWS_ACCESS_KEY_ID``, ``~/.aws``...),
 never from the URL or the catalog.
 

@@ -177,3 +177,59 @@ def test_a_file_url_store_is_a_folder_written_atomically_and_init_again_keeps_it
     again = Workspace.init(tmp_path / "ws", objects=url)  # idempotent, as init is
     assert again.url == url and again.get_bytes(sha) == b"blob"
     assert list((tmp_path / "ws" / "objects").iterdir()) == []
+
+
+def test_an_array_at_a_url_is_mapped_from_a_checked_local_copy_never_read_into_memory(tmp_path):
+    """A dataset's images are mapped for random rows; from a bucket they were read whole into memory
+    at every load, a million photos' 3 GB in each process. `local://` is fsspec's local filesystem
+    reached as a URL store, like s3://, so the memory measured here is the code's, not a server's."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import numpy as np
+
+    for i in range(256):  # fsspec's local filesystem, unlike a bucket, needs the folders first
+        (tmp_path / "store" / f"{i:02x}").mkdir(parents=True)
+    ws = Workspace.init(tmp_path / "ws", objects=f"local://{tmp_path}/store")
+    sha = ws.put_array(np.random.default_rng(0).integers(0, 256, (32_768, 4096), dtype=np.uint8))  # 128 MiB
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from datamoat.data.dataset import read_rows
+        from datamoat.workspace import Workspace
+        def peak_mib():
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) // 1024
+        ws = Workspace.open({str(tmp_path / "ws")!r})
+        before = peak_mib()
+        x = ws.get_array({sha!r}, mmap=True)
+        rows = read_rows(x, np.array([5, 32_000, 7]))
+        grew = peak_mib() - before
+        want = np.random.default_rng(0).integers(0, 256, (32_768, 4096), dtype=np.uint8)[[5, 32_000, 7]]
+        assert x.shape == (32_768, 4096) and np.array_equal(rows, want)
+        print(grew, isinstance(x, np.memmap))
+        """
+    )
+    for _ in range(2):  # the download, then the copy it left
+        grew, mapped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                      check=True).stdout.split()  # fmt: skip
+        assert int(grew) < 32 and mapped == "True"  # MiB; reading the blob whole took twice its size
+    cache = tmp_path / "ws" / "objects" / "cache" / sha[:2]
+    assert [p.name for p in cache.iterdir()] == [sha[2:]]
+
+    small = ws.put_array(np.arange(1000))
+    assert ws.get_array(small, mmap=True).tolist() == list(range(1000))
+    copy = tmp_path / "ws" / "objects" / "cache" / small[:2] / small[2:]
+    copy.write_bytes(copy.read_bytes()[:-8] + np.int64(7).tobytes())  # the local copy is not trusted either
+    with pytest.raises(BadInput, match="corrupt"):
+        ws.get_array(small, mmap=True)
+    copy.unlink()
+    remote = tmp_path / "store" / small[:2] / small[2:]
+    remote.write_bytes(remote.read_bytes()[:-8] + np.int64(7).tobytes())
+    with pytest.raises(BadInput, match="corrupt"):
+        ws.get_array(small, mmap=True)
+    assert list(copy.parent.iterdir()) == []  # a download that failed its hash leaves nothing behind
+    remote.unlink()
+    with pytest.raises(NotFound, match="missing from local://"):
+        ws.get_array(small, mmap=True)

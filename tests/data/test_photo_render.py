@@ -157,7 +157,9 @@ def test_render_takes_the_clis_default_workers(photo_world):
 
 
 @pytest.mark.parametrize("store", ["file", "memory"])
-def test_photos_in_object_storage_import_render_train_and_predict_without_a_local_copy(photo_world, tmp_path, store):
+def test_photos_in_object_storage_import_render_train_and_predict_without_a_local_copy_of_a_shard(
+    photo_world, tmp_path, store
+):
     import uuid
 
     import pyarrow.parquet as pq
@@ -179,10 +181,14 @@ def test_photos_in_object_storage_import_render_train_and_predict_without_a_loca
     m = load_model(ws, save_model(ws, m).id)
     out = predict(m, ds, tmp_path / "p.parquet", PredictConfig(workers=workers))
     assert pq.read_table(out).num_rows == len(ds.y)
-    assert list((tmp_path / "ws" / "objects").iterdir()) == []  # every blob is in the store
-    if store == "file":
-        shards = {r["shard"] for r in photos.index}
+    shards = {r["shard"] for r in photos.index}
+    local = {p.parent.name + p.name for p in (tmp_path / "ws" / "objects").rglob("*") if p.is_file()}
+    if store == "file":  # a file:// store is a folder: nothing is copied out of it
+        assert local == set()
         assert all((tmp_path / "bucket" / s[:2] / s[2:]).is_file() for s in shards)
+    else:  # every blob is in the store; arrays read by row are mapped from checked local copies, shards never
+        assert ds.manifest["blobs"]["x"] in local and not local & shards
+        assert [p.name for p in (tmp_path / "ws" / "objects").iterdir()] == ["cache"]
 
 
 def test_training_validates_a_photo_version_from_its_shards_as_on_the_rendered_pixels(photo_world):

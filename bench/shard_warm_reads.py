@@ -2,7 +2,9 @@
 `python bench/shard_warm_reads.py WS [N]` (root: it drops the page cache; bench_memory's workspace,
 dataset "r"). Times N random photos of the train split read one by one as a training epoch's
 decode workers read them, from a dropped page cache; then drops it again, reads the shards front to
-back (`warm_shards`) and reads the same photos. Prints one JSON object."""
+back (`warm_shards`) and reads the same photos. Prints one JSON object. Its epoch estimates multiply
+the time a photo by the photos of an epoch, which leaves out the kernel's read-ahead (a whole epoch
+caches the neighbours of what it reads): `warm_epoch_ab.py` times real epochs."""
 
 from __future__ import annotations
 

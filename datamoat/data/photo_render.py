@@ -75,9 +75,9 @@ RANDOM_READ_BYTES = 512 << 10
 def warm_shards(objects: str, refs: PhotoRefs) -> int:
     """Before a pass reads the photos at `refs` in random order, read each shard it reads from
     enough (once per `RANDOM_READ_BYTES` of the shard) front to back into the page cache, as long as
-    they fit in half the memory the kernel has available: a cold shard read photo by photo takes a
-    disk access per photo. A store at a URL is read by range requests, and left alone. Returns the
-    bytes read.
+    they fit in half the memory the kernel has available: a cold shard read photo by photo can take a
+    disk access per photo, where the kernel's read-ahead does not catch on. A store at a URL is read
+    by range requests, and left alone. Returns the bytes read.
 
     >>> warm_shards("s3://bucket/objects", PhotoRefs.of([]))
     0

@@ -199,7 +199,9 @@ class ObjectStore:
         """A local file of blob `sha` from a store at a URL, under ``objects/cache/`` beside the
         catalog: downloaded in 4 MiB chunks (memory stays flat, whatever the blob's size), its hash
         checked on the way, renamed into place only when it matched; a copy already there is checked
-        again before use, as every local blob is. The cache can be deleted at any time.
+        again before use, as every local blob is. Processes of one machine that ask at once (DDP ranks)
+        fetch it once: the first holds a lock beside the copy, the others wait for it and use its copy.
+        The cache can be deleted at any time.
 
         >>> import tempfile, uuid
         >>> store = ObjectStore(Path(tempfile.mkdtemp()), f"memory://{uuid.uuid4().hex}")
@@ -209,14 +211,29 @@ class ObjectStore:
         if self.objects_url is None:
             raise BadInput(f"this store keeps its objects in {self.objects}: read them there, not from a cache")
         path = self.objects / "cache" / sha[:2] / sha[2:]
-        if path.exists():
-            self._check_file(sha, path)
-            return path
+        if not path.exists():
+            import fcntl
+
+            make_dirs(path.parent)
+            fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:  # one process of a machine fetches (DDP ranks start together); the others wait for its copy
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not path.exists():
+                    self._fetch(sha, path)
+                    return path
+            finally:
+                os.close(fd)  # and with it the lock
+        self._check_file(sha, path)
+        return path
+
+    def _fetch(self, sha: str, path: Path) -> None:
+        """Blob `sha` from the URL store to `path`, in 4 MiB chunks, hashed on the way: renamed into
+        place only when the hash matched."""
         fs, remote = self._remote(sha)
         if not fs.exists(remote):
             raise NotFound(f"artifact {sha[:12]} is missing from {self.objects_url}: the workspace is incomplete")
         h = hashlib.sha256()
-        with atomic_path(path) as tmp:  # two processes fetching at once each rename a whole, equal file
+        with atomic_path(path) as tmp:
             with fs.open(remote, "rb") as src, open(tmp, "wb") as dst:
                 while chunk := src.read(4 << 20):
                     h.update(chunk)
@@ -225,4 +242,3 @@ class ObjectStore:
                 raise BadInput(
                     f"artifact {sha[:12]} is corrupt (hash mismatch): restore {self.object_location(sha)} from a backup"
                 )
-        return path

@@ -216,7 +216,7 @@ def test_an_array_at_a_url_is_mapped_from_a_checked_local_copy_never_read_into_m
                                       check=True).stdout.split()  # fmt: skip
         assert int(grew) < 32 and mapped == "True"  # MiB; reading the blob whole took twice its size
     cache = tmp_path / "ws" / "objects" / "cache" / sha[:2]
-    assert [p.name for p in cache.iterdir()] == [sha[2:]]
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [sha[2:]]
 
     small = ws.put_array(np.arange(1000))
     assert ws.get_array(small, mmap=True).tolist() == list(range(1000))
@@ -229,7 +229,41 @@ def test_an_array_at_a_url_is_mapped_from_a_checked_local_copy_never_read_into_m
     remote.write_bytes(remote.read_bytes()[:-8] + np.int64(7).tobytes())
     with pytest.raises(BadInput, match="corrupt"):
         ws.get_array(small, mmap=True)
-    assert list(copy.parent.iterdir()) == []  # a download that failed its hash leaves nothing behind
+    assert [p.name for p in copy.parent.iterdir()] == [f".{small[2:]}.lock"]  # a failed download leaves no data
     remote.unlink()
     with pytest.raises(NotFound, match="missing from local://"):
         ws.get_array(small, mmap=True)
+
+
+def test_processes_asking_for_the_same_array_at_once_fetch_it_once(tmp_path):
+    """DDP ranks on one machine load a bucket's dataset together: one fetches, the others wait for its
+    copy instead of each downloading the whole array beside it."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    for i in range(256):  # see above: the local filesystem as a URL store needs its folders
+        (tmp_path / "store" / f"{i:02x}").mkdir(parents=True)
+    ws = Workspace.init(tmp_path / "ws", objects=f"local://{tmp_path}/store")
+    sha = ws.put_array(np.arange(100_000))
+    cache = tmp_path / "ws" / "objects" / "cache" / sha[:2]
+    cache.mkdir(parents=True)
+    fd = os.open(cache / f".{sha[2:]}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a rank that is fetching it holds it
+    script = (
+        f"from datamoat.workspace import Workspace; "
+        f"print(int(Workspace.open({str(tmp_path / 'ws')!r}).get_array({sha!r}, mmap=True).sum()))"
+    )
+    waiter = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert waiter.poll() is None and not (cache / sha[2:]).exists()  # waiting, not fetching beside it
+    # What the holder would have written; the waiter then uses it (checked) rather than fetching again.
+    (cache / sha[2:]).write_bytes((tmp_path / "store" / sha[:2] / sha[2:]).read_bytes())
+    (tmp_path / "store" / sha[:2] / sha[2:]).unlink()  # so a second fetch would fail
+    os.close(fd)
+    out, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0 and int(out) == sum(range(100_000))

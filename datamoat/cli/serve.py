@@ -21,6 +21,12 @@ def serve(
     max_batch_size: int = typer.Option(32, "--max-batch-size", help="Inputs per model call; 1 turns batching off."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="Longest wait for a batch to fill."),
     poll_interval: float = typer.Option(0.1, "--poll-interval", help="Seconds between registry checks."),
+    fence: float = typer.Option(
+        5.0,
+        "--fence",
+        help="Seconds without a registry read after which this server answers 503, as it could miss a takedown "
+        "(0: never, which gives up the takedown guarantee while the registry is out of reach).",
+    ),
     registry: str = typer.Option(None, "--registry", envvar="DATAMOAT_REGISTRY_URL", help="Registry database URL."),
     no_predict_auth: bool = typer.Option(False, "--no-predict-auth", help="Let /v1/predict run without a token."),
     no_review_queue: bool = typer.Option(
@@ -69,6 +75,7 @@ def serve(
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         poll_interval_s=poll_interval,
+        fence_s=fence,
         require_predict_token=not no_predict_auth,
         review_queue=not no_review_queue,
         review_max_open=review_max_open,

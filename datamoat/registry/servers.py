@@ -11,9 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from datamoat.registry.tables import servers
+from datamoat.registry.tables import audit, servers
 
-__all__ = ["ServerRoster"]
+__all__ = ["LIVE_WITHIN_S", "ServerRoster"]
+
+# A server counts live this long after its last heartbeat. A server fences itself (answers 503) before
+# it could be counted dead, so one skipped as not live cannot still answer with a taken-down version.
+LIVE_WITHIN_S = 10.0
+_POLL_S = 0.02
+_STALL_S = 1.0  # a poll that took longer than this means the waiter itself was paused
 
 
 class ServerRoster:
@@ -36,21 +42,47 @@ class ServerRoster:
         with self.transaction() as conn:
             conn.execute(servers.delete().where(servers.c.id == server_id))
 
-    def servers(self, live_within: float = 10.0) -> list[dict[str, Any]]:
+    def servers(self, live_within: float = LIVE_WITHIN_S) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(servers)).mappings().all()
         now = time.time()
         return [{**r, "live": now - r["last_seen"] <= live_within} for r in rows]
 
-    def wait_for_acks(self, generation: int, timeout: float = 5.0, live_within: float = 10.0) -> dict[str, list[str]]:
+    def wait_for_acks(
+        self, generation: int, timeout: float = 5.0, live_within: float = LIVE_WITHIN_S
+    ) -> dict[str, list[str]]:
         """Block until every live server acknowledged `generation`, or `timeout`.
 
-        Returns {"acked": [...], "missing": [...]}, server ids.
+        Returns {"acked": [...], "missing": [...]}, server ids. A server is waited for if it was live
+        when the change was made (its audit row's time) or when the wait began, or registered during
+        it; one that falls silent meanwhile stays missing
+        (it may be paused or cut off while still answering), and only one that left (`forget_server`)
+        is no longer waited for. The timeout counts this process's own running time: a pause of the
+        waiter (a stopped or starved VM) is not charged to the servers, up to `timeout` more in all.
+
+        >>> from datamoat.registry.core import Registry
+        >>> reg = Registry("sqlite://")
+        >>> reg.heartbeat("srv-1", "http://h:8000", "production", acked_generation=3)
+        >>> reg.wait_for_acks(3, timeout=1)
+        {'acked': ['srv-1'], 'missing': []}
+        >>> reg.wait_for_acks(4, timeout=0.1)
+        {'acked': [], 'missing': ['srv-1']}
         """
-        deadline = time.monotonic() + timeout
+        with self.engine.connect() as conn:  # when the change was made: servers live then are waited for
+            made = conn.execute(sa.select(sa.func.max(audit.c.ts)).where(audit.c.generation == generation)).scalar()
+        waited, forgiven, expected = 0.0, 0.0, set[str]()
+        last = time.monotonic()
         while True:
-            live = [s for s in self.servers(live_within) if s["live"]]
-            missing = [s["id"] for s in live if s["acked_generation"] < generation]
-            if not missing or time.monotonic() >= deadline:
-                return {"acked": [s["id"] for s in live if s["id"] not in missing], "missing": missing}
-            time.sleep(0.02)
+            rows = {s["id"]: s for s in self.servers(live_within)}
+            then = {i for i, s in rows.items() if made is not None and s["last_seen"] >= made - live_within}
+            expected = {i for i in expected | then if i in rows} | {i for i, s in rows.items() if s["live"]}
+            missing = sorted(i for i in expected if rows[i]["acked_generation"] < generation)
+            now = time.monotonic()
+            step, last = now - last, now
+            # A poll this slow means this process did not run (or its database stalled): no evidence
+            # against the servers, so it is not charged to them, up to `timeout` in all.
+            pardon = min(step, timeout - forgiven) if step > _STALL_S else 0.0
+            forgiven, waited = forgiven + pardon, waited + step - pardon
+            if not missing or waited >= timeout:
+                return {"acked": sorted(expected - set(missing)), "missing": missing}
+            time.sleep(_POLL_S)

@@ -36,9 +36,9 @@ async def answer(
     role = route(ctx.controller.state, x, client or actor)
     for _ in range(3):
         used, probs, x = await ctx.batcher.submit(prepare, x, role)
-        top = ctx.controller.state  # re-check after inference: the control guarantee
-        if top.model is None:
-            raise Unavailable(top.reason)
+        top, why = ctx.controller.state, ctx.controller.unavailable()  # re-check after inference: the guarantee
+        if why or top.model is None:
+            raise Unavailable(why or top.reason)
         cur = top.side(role)
         if cur.model.version_id == used.model.version_id:
             break

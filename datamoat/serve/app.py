@@ -21,6 +21,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -155,6 +156,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     )
     app.state.serve = ctx
     install_error_handlers(app, "server", "the README lists them; `serve --open /docs` shows them")
+    app.add_exception_handler(sa.exc.OperationalError, _registry_unreachable)
     app.add_middleware(_Gate, ctx=ctx)
     app.include_router(router)
     app.include_router(admin_router)
@@ -228,6 +230,17 @@ async def _release_rules(ctx: ServeContext) -> None:
             log.exception("release rules failed")
 
 
+async def _registry_unreachable(request: Request, exc: Exception) -> JSONResponse:
+    # A request that needs the registry (a token check, feedback, review) while its database is
+    # down or locked: the server's fault, not the client's, and worth a retry.
+    log.warning("registry unreachable on %s: %s", request.url.path, exc)
+    return JSONResponse(
+        {"error": "the registry database is unreachable right now: retry shortly (the server logged why)"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -288,9 +301,9 @@ async def predict(request: Request, actor: str = Depends(predict_actor)) -> JSON
     ctx: ServeContext = request.app.state.serve
     cfg = ctx.config
     kind, data = await read_payload(request, cfg.max_upload_bytes)
-    state = ctx.controller.state
-    if state.model is None:
-        raise Unavailable(state.reason)
+    state, why = ctx.controller.state, ctx.controller.unavailable()
+    if why or state.model is None:
+        raise Unavailable(why or state.reason)
 
     shape, photo = state.model.input_shape, state.model.photo  # the state is a frozen snapshot
 
@@ -349,6 +362,7 @@ async def model_info(request: Request, _: str = Depends(reader)) -> dict[str, An
         "takedown": takedown,
         "generation": st.generation,
         "acked_generation": ctx.controller.acked,
+        "fenced": ctx.controller.fenced(),  # why it answers 503 while its registry is out of reach, else None
         "releases": {
             side.role: {"version": side.version_id, "percent": st.canary_percent if side.role == "canary" else 100.0}
             for side in (st.canary, st.shadow)
@@ -366,10 +380,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> dict[str, Any]:
-    """A servable model is loaded (503 otherwise)."""
-    st = request.app.state.serve.controller.state
-    if st.model is None:
-        raise Unavailable(f"not ready: {st.reason}")
+    """A servable model is loaded and the registry reachable (503 otherwise)."""
+    ctl = request.app.state.serve.controller
+    st = ctl.state
+    if why := ctl.unavailable():
+        raise Unavailable(f"not ready: {why}")
     return {"ready": True, "version": st.version_id, "generation": st.generation}
 
 

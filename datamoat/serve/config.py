@@ -30,6 +30,10 @@ class ServeConfig(Config):
     top_k: int = 3
     poll_interval_s: float = 0.1  # registry generation watch
     heartbeat_s: float = 1.0
+    # No registry read for this long: answer 503, since a takedown may have been missed. It ends before
+    # the operator's command stops waiting for this server (see `LIVE_WITHIN_S`). 0 turns it off and
+    # gives up the takedown guarantee for a server cut off from its registry.
+    fence_s: float = 5.0
     drain_timeout_s: float = 1.0  # longest wait for old-state requests before acknowledging
     require_predict_token: bool = True
     auth_cache_s: float = 5.0  # how long a checked token is trusted without a database read
@@ -72,8 +76,16 @@ class ServeConfig(Config):
         check(self.max_image_pixels >= 1, f"max_image_pixels must be positive, got {self.max_image_pixels}")
         check(self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
         check(self.poll_interval_s > 0, f"poll_interval_s must be positive, got {self.poll_interval_s}")
-        # The registry counts a server live for 10 s after its last heartbeat.
+        from datamoat.registry.servers import LIVE_WITHIN_S
+
+        # The registry counts a server live for LIVE_WITHIN_S after its last heartbeat.
         check(0 < self.heartbeat_s <= 5, f"heartbeat_s must be in (0, 5], got {self.heartbeat_s}")
+        most = LIVE_WITHIN_S - self.heartbeat_s
+        check(
+            self.fence_s == 0 or self.poll_interval_s < self.fence_s <= most,
+            f"fence_s must be 0 (off) or in (poll_interval_s, {most:g}] so a server cut off from its registry "
+            f"stops answering before operators stop waiting for it, got {self.fence_s}",
+        )
         check(self.drain_timeout_s >= 0, f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         check(self.auth_cache_s >= 0, f"auth_cache_s must be >= 0, got {self.auth_cache_s}")
         check(self.ort_threads >= 0, f"ort_threads must be >= 0, got {self.ort_threads}")

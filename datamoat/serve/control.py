@@ -30,6 +30,14 @@ by the superseded state leaves it:
   version is no longer the target it is recomputed (or answered 503), and
   the current suppressions are applied to the answer in any case.
 
+A server cut off from its registry (a network partition, a stopped
+database) cannot learn of a takedown, and the operator's command stops
+waiting for a server whose last heartbeat is `LIVE_WITHIN_S` (10 s) old.
+So a server that has not read the registry for `fence_s` (5 s; at most
+10 s less one heartbeat) fences itself: it answers 503, and /readyz says
+not ready, until a read succeeds again. Among servers whose clocks agree,
+one the command did not wait for no longer answers.
+
 The drain and the re-check each suffice alone (tests/serve checks the
 guarantee under concurrent load with inference slowed to widen the race).
 The drain wait is bounded so one stuck client cannot hold up an incident
@@ -107,6 +115,7 @@ class Controller:
         self.server_id, self.url, self.on_ack = server_id, url, on_ack
         self.state = ServingState(-1, config.alias, None, "starting", {}, None, {})
         self.acked = -1
+        self.confirmed = -float("inf")  # monotonic time of the last registry read that confirmed `state`
         self._inflight: collections.Counter[int] = collections.Counter()
         self._beat = asyncio.Lock()
 
@@ -164,15 +173,36 @@ class Controller:
             shadow=sides.get("shadow"),
         )
 
+    def unavailable(self) -> str | None:
+        """Why this server answers 503 now (no servable model, or fenced), else None."""
+        return self.state.reason if self.state.model is None else self.fenced()
+
+    def fenced(self) -> str | None:
+        """Why this server must not answer, if it has lost the registry: after `fence_s` without a
+        registry read it cannot know whether its model was taken down, and the operator's command
+        stops waiting for it once its heartbeat is `LIVE_WITHIN_S` old, so it stops answering first."""
+        age = time.monotonic() - self.confirmed
+        if self.config.fence_s <= 0 or age <= self.config.fence_s:
+            return None
+        since = f"for {age:.1f} s" if age < float("inf") else "yet"
+        return (
+            f"this server has not reached its registry {since} (fence_s={self.config.fence_s:g}), so it cannot tell "
+            "whether its model was taken down: it answers again once the registry database is reachable"
+        )
+
     async def apply(self) -> ServingState:
         """Read the registry, swap state, drain, acknowledge. Returns the new state."""
+        read_at = time.monotonic()
         snap = await asyncio.to_thread(self.registry.snapshot)
         if snap["generation"] != self.state.generation:
             new = await asyncio.to_thread(self._build, snap)
             self.state = new  # the swap: one assignment on the event loop
+            self.confirmed = max(self.confirmed, read_at)
             deadline = time.monotonic() + self.config.drain_timeout_s
             while self.older_in_flight(new.generation) and time.monotonic() < deadline:
                 await asyncio.sleep(0.002)
+        else:
+            self.confirmed = max(self.confirmed, read_at)
         await self.heartbeat(self.state.generation)
         return self.state
 
@@ -194,10 +224,13 @@ class Controller:
         while True:
             await asyncio.sleep(self.config.poll_interval_s)
             try:
+                read_at = time.monotonic()
                 gen = await asyncio.to_thread(self.registry.generation)
                 if gen != self.state.generation:
                     await self.apply()
-            except Exception:  # a database hiccup: keep serving the last state, retry next poll
+                else:
+                    self.confirmed = max(self.confirmed, read_at)
+            except Exception:  # a database hiccup: keep serving the last state (until fence_s), retry next poll
                 log.exception("registry poll failed")
 
     async def heartbeats(self) -> None:

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import sqlalchemy as sa
+
 from datamoat.registry.core import Registry
 from datamoat.registry.ledger import ensure_ledger, record_feedback, write_predictions
 
@@ -63,10 +65,32 @@ class PredictionLog:
         async with self._lock:
             (rows, self._pending), (queued, self._review) = (self._pending, []), (self._review, [])
             if rows:
-                skipped = await asyncio.to_thread(self._write, rows, queued)
+                try:
+                    skipped = await asyncio.to_thread(self._write, rows, queued)
+                except sa.exc.OperationalError:  # the database is down or locked: keep them for the next flush
+                    self._hold(rows, queued)
+                    raise
                 if skipped:
                     self.on_review_skipped(skipped)
                     log.warning("review queue full (%d open items): %d not queued", self.review_max_open, skipped)
+
+    def _hold(self, rows: list[dict[str, Any]], queued: list[dict[str, Any]]) -> None:
+        """Put unwritten rows back in front of the newer ones, within a bound: an outage of the
+        database costs its oldest rows past `8 x max_pending` (review items past `max_pending`, as
+        they hold pixels), never the server's memory."""
+        self._pending[:0], self._review[:0] = rows, queued
+        n_rows, n_review = len(self._pending), len(self._review)
+        if n_rows > 8 * self.max_pending:
+            gone = {r["id"] for r in self._pending[: n_rows - 8 * self.max_pending]}
+            del self._pending[: len(gone)]
+            self._review = [q for q in self._review if q["prediction_id"] not in gone]  # each cites its log row
+        del self._review[: max(0, len(self._review) - self.max_pending)]
+        if len(self._pending) < n_rows or len(self._review) < n_review:
+            log.warning(
+                "the prediction log could not be written: its %d oldest rows and %d review items dropped",
+                n_rows - len(self._pending),
+                n_review - len(self._review),
+            )
 
     def _write(self, rows: list[dict[str, Any]], queued: list[dict[str, Any]]) -> int:
         return write_predictions(self.registry.engine, rows, queued, self.review_max_open)
@@ -79,8 +103,9 @@ class PredictionLog:
             self._wake.clear()
             try:
                 await self.flush()
-            except Exception:  # keep serving; the rows of a failed write are lost, and said so
+            except Exception:  # keep serving; rows the database refused are lost and said so, an outage's are held
                 log.exception("writing the prediction log failed")
+                await asyncio.sleep(self.flush_s)  # held rows keep waking the writer: one try per flush_s
 
     def record_feedback(
         self, prediction_id: str, label: str, source: str, actor: str, max_per_hour: int = 1000

@@ -32,11 +32,12 @@ v2_router = APIRouter(prefix="/v2")
 
 def _served(request: Request, name: str, version: str | None = None) -> Any:
     """The current state, if `name` (and `version`, when given) is what this server serves."""
-    st = request.app.state.serve.controller.state
+    ctl = request.app.state.serve.controller
+    st = ctl.state
     if name != st.alias:
         raise NotFound(f"unknown model {name!r}: this server serves {st.alias!r}")
-    if st.model is None:
-        raise Unavailable(f"model {name!r} is not ready: {st.reason}")
+    if why := ctl.unavailable():
+        raise Unavailable(f"model {name!r} is not ready: {why}")
     if version is not None and version != st.model.version_id:
         raise NotFound(f"model {name!r} is at version {st.model.version_id}, not {version!r}")
     return st
@@ -57,9 +58,8 @@ async def live() -> dict[str, bool]:
 
 @v2_router.get("/health/ready")
 async def ready(request: Request) -> dict[str, bool]:
-    st = request.app.state.serve.controller.state
-    if st.model is None:
-        raise Unavailable(f"not ready: {st.reason}")
+    if why := request.app.state.serve.controller.unavailable():
+        raise Unavailable(f"not ready: {why}")
     return {"ready": True}
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+from pathlib import Path
 
 import anyio.from_thread
 import httpx
@@ -67,3 +69,27 @@ def png_bytes(a: np.ndarray, fmt: str = "PNG", mode: str = "L") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.asarray(a, np.uint8)).convert(mode).save(buf, format=fmt)
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def registry_out_of_reach(registry, away: Path):
+    """The registry's database file gone from where servers look for it (a stopped or unreachable
+    database), then back: every connection made meanwhile finds no registry."""
+    db = Path(registry.engine.url.database)
+    with registry.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    files = [(db.with_name(db.name + s), away / f"reg.db{s}") for s in ("", "-wal", "-shm")]
+    away.mkdir()
+    for here, there in files:
+        if here.exists():
+            here.rename(there)
+    registry.engine.dispose()  # pooled connections still hold the moved file
+    try:
+        yield
+    finally:
+        registry.engine.dispose()
+        for here, there in files:
+            here.unlink(missing_ok=True)  # the empty database a failed poll made
+            if there.exists():
+                there.rename(here)
+        registry.engine.dispose()

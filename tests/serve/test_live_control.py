@@ -9,7 +9,7 @@ import pytest
 
 from datamoat.inference.engine import LoadedVersion
 
-from .serve_util import auth
+from .serve_util import auth, registry_out_of_reach
 
 
 def _burst(srv, reg, artifacts, n):
@@ -120,3 +120,39 @@ def test_server_registers_heartbeats_and_forgets(live, reg):
     assert server["live"] and server["alias"] == "production" and server["acked_generation"] == reg.r.generation()
     srv.__exit__(None, None, None)
     assert srv.ctx.server_id not in {s["id"] for s in reg.r.servers()}
+
+
+def _until(fn, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (out := fn()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return out
+
+
+def test_a_server_cut_off_from_its_registry_stops_answering_until_it_reaches_it_again(live, reg, artifacts, tmp_path):
+    srv = live(fence_s=0.5)
+    h, x = auth(reg.tokens["predict"]), artifacts.x[:1].tolist()
+    pid = srv.post("/v1/predict", json={"inputs": x}, headers=h).json()["predictions"][0]["prediction_id"]
+    with registry_out_of_reach(reg.r, tmp_path / "away"):
+        # It cannot learn of a takedown now, and operators stop waiting for it after LIVE_WITHIN_S.
+        r = _until(lambda: (r := srv.post("/v1/predict", json={"inputs": x}, headers=h)).status_code == 503 and r)
+        assert r and "has not reached its registry" in r.json()["error"]
+        assert srv.get("/readyz").status_code == 503
+        assert "has not reached its registry" in srv.get("/v1/model").json()["fenced"]
+        # What needs the database answers 503 with a JSON body, not a 500.
+        r = srv.post("/v1/feedback", json={"prediction_id": pid, "label": "3"}, headers=h)
+        assert r.status_code == 503 and "registry database is unreachable" in r.json()["error"]
+    assert _until(lambda: srv.post("/v1/predict", json={"inputs": x}, headers=h).status_code == 200)
+    assert srv.get("/readyz").status_code == 200 and srv.get("/v1/model").json()["fenced"] is None
+    assert srv.post("/v1/feedback", json={"prediction_id": pid, "label": "3"}, headers=h).status_code == 201
+
+
+def test_a_fence_that_would_end_after_operators_stop_waiting_is_refused():
+    from datamoat.errors import BadInput
+    from datamoat.serve import ServeConfig
+
+    with pytest.raises(BadInput, match="fence_s must be 0 .off. or in"):
+        ServeConfig(fence_s=9.5)  # heartbeats 1 s apart: the command may stop waiting 9 s after the last read
+    with pytest.raises(BadInput, match="fence_s must be"):
+        ServeConfig(poll_interval_s=6.0)  # no read could ever come in time
+    assert ServeConfig(fence_s=9.0).fence_s == 9.0 and ServeConfig(fence_s=0, poll_interval_s=6.0).fence_s == 0

@@ -86,7 +86,10 @@ class ObjectStore:
         import fsspec  # type: ignore[import-untyped]  # no stubs in the lock
 
         assert self.objects_url is not None
-        return fsspec.core.url_to_fs(self.objects_url)  # type: ignore[no-any-return]
+        fs, base = fsspec.core.url_to_fs(self.objects_url)
+        if getattr(fs, "auto_mkdir", True) is False:  # real folders (local://): make a blob's folder as it is put
+            fs.auto_mkdir = True
+        return fs, base
 
     def _remote(self, sha: str) -> tuple[Any, str]:
         fs, base = self._fs()

@@ -189,8 +189,6 @@ def test_an_array_at_a_url_is_mapped_from_a_checked_local_copy_never_read_into_m
 
     import numpy as np
 
-    for i in range(256):  # fsspec's local filesystem, unlike a bucket, needs the folders first
-        (tmp_path / "store" / f"{i:02x}").mkdir(parents=True)
     ws = Workspace.init(tmp_path / "ws", objects=f"local://{tmp_path}/store")
     sha = ws.put_array(np.random.default_rng(0).integers(0, 256, (32_768, 4096), dtype=np.uint8))  # 128 MiB
     script = textwrap.dedent(
@@ -246,8 +244,6 @@ def test_processes_asking_for_the_same_array_at_once_fetch_it_once(tmp_path):
 
     import numpy as np
 
-    for i in range(256):  # see above: the local filesystem as a URL store needs its folders
-        (tmp_path / "store" / f"{i:02x}").mkdir(parents=True)
     ws = Workspace.init(tmp_path / "ws", objects=f"local://{tmp_path}/store")
     sha = ws.put_array(np.arange(100_000))
     cache = tmp_path / "ws" / "objects" / "cache" / sha[:2]

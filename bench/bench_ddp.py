@@ -29,6 +29,7 @@ from datamoat.workspace import Workspace
 HERE = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
 SUBSET = 20_000
+NAMES = {"1": "1 process", "2": "2 processes", "2, BatchNorm per rank": "2 processes with BatchNorm per rank"}
 
 
 def run(ws: Workspace, data_id: str, arch: str, cfg: TrainConfig, nproc: int, out: Path) -> dict:
@@ -91,12 +92,12 @@ def main() -> dict:
     notes = [
         f"{s}: {v['arch']} on {v['train_samples']} {v['dataset']} images; mean test accuracy over seeds "
         f"{list(SEEDS)}: "
-        + ", ".join(f"{k} process{'es' if k != '1' else ''} {a:.4f}" for k, a in v["mean_test_accuracy"].items())
+        + ", ".join(f"{NAMES[k]} {a:.4f}" for k, a in v["mean_test_accuracy"].items())
         + f"; gap of the defaults (2 processes, BatchNorm over the global batch) {v['gap_points']['2']:.2f} points "
         f"(target <= 0.3: {'met' if v['met'] else 'MISSED'})"
-        + "".join(f", of {k} {g:.2f}" for k, g in v["gap_points"].items() if k != "2")
+        + "".join(f", of {NAMES[k]} {g:.2f}" for k, g in v["gap_points"].items() if k != "2")
         + "; train-phase samples/s over 1 process x 2 threads (medians): "
-        + ", ".join(f"{k} x 1 thread {t:.2f}x" for k, t in v["throughput_over_1proc"].items())
+        + ", ".join(f"{NAMES[k]} x 1 thread {t:.2f}x" for k, t in v["throughput_over_1proc"].items())
         + "."
         for s, v in summary.items()
     ]

@@ -203,7 +203,7 @@ def synced_batchnorm(net: torch.nn.Module, enabled: bool = True) -> Iterator[int
     many layers it synchronises (0 alone, or when not `enabled`). The state dict is untouched.
 
     torch's SyncBatchNorm does this on GPUs only (its kernels are CUDA's) and replaces the modules;
-    here two sums per layer go through torch.distributed.nn's differentiable all_reduce, so gloo on
+    here each layer's sums go through torch.distributed.nn's differentiable all_reduce, so gloo on
     the CPU gets it too and the gradient flows through the shared statistics as it would in one process.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
@@ -231,12 +231,20 @@ def _global_batchnorm(self: Any, x: torch.Tensor) -> torch.Tensor:
     c = x.shape[1]
     dims = [0, *range(2, x.dim())]
     shape = [1, c] + [1] * (x.dim() - 2)
+    # One all-reduce a layer (and one back), as torch's SyncBatchNorm: each rank's count, sum and sum of
+    # squares about the origin, from its own two-pass statistics and in float64, where the difference
+    # E[x^2] - E[x]^2 keeps its precision however far a channel's mean is from 0.
     xf = x.float()  # statistics in fp32 under autocast, as torch's BatchNorm keeps them
-    sums = all_reduce(torch.cat([xf.sum(dims), xf.new_tensor([x.numel() / c])]))  # (C + 1,)
-    n = sums[c]  # samples x positions over all ranks
-    mean = sums[:c] / n  # (C,)
+    k = x.numel() / c  # this rank's samples x positions
+    mean_k = xf.mean(dims)  # (C,)
+    m2_k = (xf - mean_k.view(shape)).pow(2).sum(dims)  # (C,): two-pass, accurate in fp32
+    mean_d = mean_k.double()
+    sums = all_reduce(torch.cat([k * mean_d, m2_k.double() + k * mean_d * mean_d, mean_d.new_tensor([k])]))
+    n = sums[2 * c]  # samples x positions over all ranks
+    mean64 = sums[:c] / n  # (C,)
+    var = (sums[c : 2 * c] / n - mean64 * mean64).clamp_min(0).float()  # (C,), biased: what normalises the batch
+    mean = mean64.float()
     centred = xf - mean.view(shape)  # (B, C, ...)
-    var = all_reduce(centred.pow(2).sum(dims)) / n  # (C,), biased: what normalises the batch
     if self.track_running_stats:
         with torch.no_grad():
             self.num_batches_tracked.add_(1)

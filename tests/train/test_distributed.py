@@ -240,3 +240,50 @@ def test_two_nodes_by_the_readmes_command_train_what_one_node_with_two_processes
         for r in (multi, single)
     ]
     assert timeless[0] == timeless[1]
+
+
+GLOBAL_BN = """
+import json, sys, torch, torch.distributed as dist
+from datamoat.train.distributed import synced_batchnorm
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+g = torch.Generator().manual_seed(0)
+x = torch.randn(8, 3, 4, 4, generator=g) * 0.5  # (B, C, H, W): the global batch, the same on every rank
+x[:, 0] += 1000.0  # a channel far from zero mean, where E[x^2] - E[x]^2 in fp32 loses its digits
+w = torch.randn(8, 3, 4, 4, generator=g)  # the loss's weights, so every output gets its own gradient
+bn, ref = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+share = slice(rank * 8 // world, (rank + 1) * 8 // world)
+errs = {"y": 0.0, "grad": 0.0, "running_var": 0.0, "running_mean": 0.0}
+with synced_batchnorm(bn) as layers:
+    for _ in range(3):
+        xs = x[share].clone().requires_grad_()
+        y = bn(xs)
+        (y * w[share]).sum().backward()
+        ys, gs = [torch.empty_like(y) for _ in range(world)], [torch.empty_like(y) for _ in range(world)]
+        dist.all_gather(ys, y.detach().contiguous())
+        dist.all_gather(gs, xs.grad.contiguous())
+        xr = x.clone().requires_grad_()
+        yr = ref(xr)
+        (yr * w).sum().backward()
+        errs["y"] = max(errs["y"], float((torch.cat(ys) - yr).abs().max()))
+        errs["grad"] = max(errs["grad"], float((torch.cat(gs) - xr.grad).abs().max() / xr.grad.abs().max()))
+for k in ("running_var", "running_mean"):
+    errs[k] = float(((getattr(bn, k) - getattr(ref, k)).abs() / getattr(ref, k).abs().clamp_min(1e-3)).max())
+if rank == 0:
+    json.dump({"layers": layers, **errs}, open(sys.argv[1], "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_two_ranks_normalise_by_the_global_batch_as_one_batchnorm_does_far_from_zero_mean(tmp_path):
+    script, out = tmp_path / "bn.py", tmp_path / "bn.json"
+    script.write_text(GLOBAL_BN)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    r = subprocess.run([*torchrun, str(script), str(out)], timeout=120, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(out.read_text())
+    assert got["layers"] == 1
+    # Outputs to the input's own fp32 resolution at 1000 (6e-5, over a spread of 0.5); gradients and the
+    # running statistics to 1e-4 of their size.
+    assert got["y"] < 2e-3 and got["grad"] < 1e-4, got
+    assert got["running_var"] < 1e-4 and got["running_mean"] < 1e-4, got

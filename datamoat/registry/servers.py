@@ -55,9 +55,8 @@ class ServerRoster:
 
         Returns {"acked": [...], "missing": [...]}, server ids. A server is waited for if it was live
         when the change was made (its audit row's time) or when the wait began, or registered during
-        it; one that falls silent meanwhile stays missing
-        (it may be paused or cut off while still answering), and only one that left (`forget_server`)
-        is no longer waited for. The timeout counts this process's own running time: a pause of the
+        it; one that falls silent meanwhile stays missing (it may be paused or cut off while still
+        answering), and only one that left (`forget_server`) is no longer waited for. The timeout counts this process's own running time: a pause of the
         waiter (a stopped or starved VM) is not charged to the servers, up to `timeout` more in all.
 
         >>> from datamoat.registry.core import Registry
@@ -70,13 +69,15 @@ class ServerRoster:
         """
         with self.engine.connect() as conn:  # when the change was made: servers live then are waited for
             made = conn.execute(sa.select(sa.func.max(audit.c.ts)).where(audit.c.generation == generation)).scalar()
-        waited, forgiven, expected = 0.0, 0.0, set[str]()
-        last = time.monotonic()
+        # Heartbeats only move forward, so "live at the change or at the start, or registered since, and
+        # not forgotten" is one bound on the last heartbeat.
+        now = time.time()
+        since = (now if made is None else min(made, now)) - live_within
+        waited, forgiven, last = 0.0, 0.0, time.monotonic()
         while True:
-            rows = {s["id"]: s for s in self.servers(live_within)}
-            then = {i for i, s in rows.items() if made is not None and s["last_seen"] >= made - live_within}
-            expected = {i for i in expected | then if i in rows} | {i for i, s in rows.items() if s["live"]}
-            missing = sorted(i for i in expected if rows[i]["acked_generation"] < generation)
+            rows = [s for s in self.servers(live_within) if s["last_seen"] >= since]
+            expected = {s["id"] for s in rows}
+            missing = sorted(s["id"] for s in rows if s["acked_generation"] < generation)
             now = time.monotonic()
             step, last = now - last, now
             # A poll this slow means this process did not run (or its database stalled): no evidence

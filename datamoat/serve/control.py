@@ -197,12 +197,12 @@ class Controller:
         if snap["generation"] != self.state.generation:
             new = await asyncio.to_thread(self._build, snap)
             self.state = new  # the swap: one assignment on the event loop
-            self.confirmed = max(self.confirmed, read_at)
+            self.confirmed = read_at
             deadline = time.monotonic() + self.config.drain_timeout_s
             while self.older_in_flight(new.generation) and time.monotonic() < deadline:
                 await asyncio.sleep(0.002)
         else:
-            self.confirmed = max(self.confirmed, read_at)
+            self.confirmed = read_at
         await self.heartbeat(self.state.generation)
         return self.state
 
@@ -229,7 +229,7 @@ class Controller:
                 if gen != self.state.generation:
                     await self.apply()
                 else:
-                    self.confirmed = max(self.confirmed, read_at)
+                    self.confirmed = read_at
             except Exception:  # a database hiccup: keep serving the last state (until fence_s), retry next poll
                 log.exception("registry poll failed")
 

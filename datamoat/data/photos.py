@@ -366,10 +366,10 @@ def _store(
 
     def placed(info: ShardInfo) -> None:  # records go out in row order: shard k holds the next rows
         at = slice(done[0], done[0] + info.count)
-        assert [r.key for r in info.records[:1]] == [bytes(rows[at.start]["sha256"]).hex()]
+        assert info.first_key == bytes(rows[at.start]["sha256"]).hex()
         rows["shard"][at] = len(index.shards)
-        rows["offset"][at] = [r.offset for r in info.records]
-        rows["size"][at] = [r.size for r in info.records]
+        rows["offset"][at] = np.frombuffer(info.offsets, np.int64)  # (count,) a view, no copy
+        rows["size"][at] = np.frombuffer(info.sizes, np.int64)
         drop_pages(rows)
         index.shards.append(info.sha256)
         done[0] = at.stop

@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
 import hashlib
@@ -79,13 +80,17 @@ class RecordRef:
 @dataclasses.dataclass(frozen=True)
 class ShardInfo:
     """One written shard: its sha256 (its name), size in bytes, record count, path (a URL when the
-    workspace keeps its objects in object storage), and records."""
+    workspace keeps its objects in object storage), and records; `offsets` and `sizes` hold every
+    record's data offset and size in order as 8-byte integers, `first_key` the first record's key."""
 
     sha256: str
     size: int
     count: int
     path: Path | str
     records: tuple[RecordRef, ...]
+    first_key: str = ""
+    offsets: array.array[int] = dataclasses.field(default_factory=lambda: array.array("q"), compare=False)
+    sizes: array.array[int] = dataclasses.field(default_factory=lambda: array.array("q"), compare=False)
 
 
 def record(data: bytes, ext: str) -> tuple[str, str, bytes]:
@@ -125,7 +130,7 @@ class _HashingWriter:
 class _ShardWriter:
     """One shard in progress: a temp file in the destination folder, renamed to its hash on close."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, keep_refs: bool = True):
         self.folder = folder
         make_dirs(folder)
         fd, self.tmp = tempfile.mkstemp(dir=folder, prefix=".shard.", suffix=TEMP_SUFFIX)
@@ -135,7 +140,9 @@ class _ShardWriter:
         # 512-byte header and no PAX or GNU extension header ever appears.
         fobj: Any = self.w  # duck-typed: tarfile only calls write() and tell()
         self.tar = tarfile.open(fileobj=fobj, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed in close()
-        self.refs: list[tuple[str, str, int, int]] = []
+        # 16 bytes a record, not a Python object: a 256 MiB shard of small photos holds 100,000 and more.
+        self.offsets, self.sizes, self.first_key = array.array("q"), array.array("q"), ""
+        self.keys: list[tuple[str, str]] | None = [] if keep_refs else None
         self.payload = 0
 
     def add(self, key: str, ext: str, data: bytes) -> None:
@@ -151,7 +158,11 @@ class _ShardWriter:
         # The data starts right after whatever header tarfile wrote (one block for ustar): what the
         # member took, less its padded data.
         header = self.tar.offset - start - _padded(len(data))
-        self.refs.append((key, ext, start + header, len(data)))
+        self.offsets.append(start + header)
+        self.sizes.append(len(data))
+        self.first_key = self.first_key or key
+        if self.keys is not None:
+            self.keys.append((key, ext))
         self.payload = self.tar.offset
 
     def close(self, dest: Path | None, ws: Workspace | None) -> ShardInfo:
@@ -160,11 +171,12 @@ class _ShardWriter:
         os.fsync(self.f.fileno())
         self.f.close()
         sha, size = self.w.h.hexdigest(), self.w.n
-        refs = tuple(RecordRef(k, e, sha, off, n) for k, e, off, n in self.refs)
+        keys = self.keys or []
+        refs = tuple(RecordRef(k, e, sha, off, n) for (k, e), off, n in zip(keys, self.offsets, self.sizes))
         if ws is not None:  # into the store, local or at a URL, under its sha256
             ws.put_local_file(sha, Path(self.tmp))
             where = ws.object_path(sha) if ws.objects_url is None else ws.object_location(sha)
-            return ShardInfo(sha, size, len(refs), where, refs)
+            return ShardInfo(sha, size, len(self.offsets), where, refs, self.first_key, self.offsets, self.sizes)
         path = (dest or self.folder) / f"{sha}.tar"
         make_dirs(path.parent)
         if path.exists():  # the same shard already stored: content-addressed, so it is this one
@@ -173,7 +185,7 @@ class _ShardWriter:
             os.chmod(self.tmp, 0o600)
             os.replace(self.tmp, path)
             fsync_dir(path.parent)
-        return ShardInfo(sha, size, len(refs), path, refs)
+        return ShardInfo(sha, size, len(self.offsets), path, refs, self.first_key, self.offsets, self.sizes)
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -209,8 +221,9 @@ def write_shards(
     store under their sha256, as `Workspace.put_bytes` would put them). Shards are streamed to a
     temp file and renamed into place, so a shard is never held in memory and never seen half-written.
     Keys must be the records' sha256 (see `record`); they are not re-hashed here. With `on_shard`,
-    each shard is handed to it as it closes and the returned infos carry no records, so memory holds
-    one shard's record positions, not every record's (a photo import of millions).
+    each shard is handed to it as it closes, with its records' positions as `offsets` and `sizes`
+    (and no `RecordRef` a record), and the returned infos carry neither, so memory holds one shard's
+    positions as two integer arrays, not an object a record (a photo import of millions).
     """
     if max_shard_bytes < tarfile.RECORDSIZE:
         raise BadInput(f"max_shard_bytes must be at least {tarfile.RECORDSIZE}, got {max_shard_bytes}")
@@ -224,13 +237,13 @@ def write_shards(
                 raise BadInput(f"record name {key!r}.{ext!r} is not a plain key.ext: keys are hashes, exts like 'jpg'")
             if (
                 cur is not None
-                and cur.refs
+                and cur.offsets
                 and _final_size(cur.payload + _BLOCK + _padded(len(data))) > max_shard_bytes
             ):
                 shards.append(_done(cur.close(None, ws), on_shard))
                 cur = None
             if cur is None:
-                cur = _ShardWriter(folder)
+                cur = _ShardWriter(folder, keep_refs=on_shard is None)
             cur.add(key, ext, data)
         if cur is not None:
             shards.append(_done(cur.close(None, ws), on_shard))
@@ -245,7 +258,7 @@ def _done(info: ShardInfo, on_shard: Callable[[ShardInfo], None] | None) -> Shar
     if on_shard is None:
         return info
     on_shard(info)
-    return dataclasses.replace(info, records=())
+    return dataclasses.replace(info, records=(), offsets=array.array("q"), sizes=array.array("q"))
 
 
 def _is_url(src: object) -> bool:

@@ -45,6 +45,22 @@ def test_random_access_reads_every_record(tmp_path):
         read_record(shards[0].path, shards[0].size - 10, 100)
 
 
+def test_a_shard_handed_to_on_shard_carries_its_positions_as_arrays_and_no_record_objects(tmp_path):
+    recs = _records()
+    seen = []
+    out = write_shards(recs, tmp_path / "cb", max_shard_bytes=30_000, on_shard=seen.append)
+    kept = write_shards(recs, tmp_path / "kept", max_shard_bytes=30_000)
+    assert [s.sha256 for s in seen] == [s.sha256 for s in kept] and len(seen) > 1
+    for cb, ref in zip(seen, kept):
+        assert cb.records == () and cb.first_key == ref.records[0].key
+        assert list(cb.offsets) == [r.offset for r in ref.records]
+        assert list(cb.sizes) == [r.size for r in ref.records] and cb.count == len(cb.offsets)
+        for off, size, (_, _, data) in zip(cb.offsets, cb.sizes, recs[: cb.count]):
+            assert read_record(cb.path, off, size) == data
+        recs = recs[cb.count :]
+    assert all(len(s.offsets) == 0 and s.records == () for s in out)  # the caller kept what it needed
+
+
 def test_streaming_yields_all_records_in_order(tmp_path):
     recs = _records()
     shards = write_shards(recs, tmp_path, max_shard_bytes=30_000)

@@ -62,7 +62,9 @@ def pread_rows(x: np.ndarray, rows: np.ndarray | slice) -> np.ndarray | None:
         start, stop, step = rows.indices(n)
         if step != 1:
             return None
-        at = np.arange(start, max(start, stop))  # (R,)
+        # One run, and no index array: a chunk of a byte column is millions of rows, and an int64
+        # index of each (with its diff) took 16 bytes of memory for every byte read.
+        return _read_runs(x, src, max(0, stop - start), [(0, max(0, stop - start), start)])
     else:
         at = np.asarray(rows)
         if at.dtype == bool:
@@ -75,8 +77,18 @@ def pread_rows(x: np.ndarray, rows: np.ndarray | slice) -> np.ndarray | None:
         bad = (at < 0) | (at >= n)
         if bad.any():
             raise IndexError(f"index {int(np.asarray(rows)[bad][0])} is out of bounds for axis 0 with size {n}")
-    out = np.empty((len(at), *x.shape[1:]), dtype=x.dtype)  # (R, ...)
+    # Runs of consecutive rows are one read each: a sorted split is a few reads.
     if not len(at):
+        return np.empty((0, *x.shape[1:]), dtype=x.dtype)
+    cuts = np.flatnonzero(np.diff(at) != 1) + 1
+    runs = [(int(lo), int(hi), int(at[lo])) for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(at)], strict=True)]
+    return _read_runs(x, src, len(at), runs)
+
+
+def _read_runs(x: np.ndarray, src: tuple[str, int], count: int, runs: list[tuple[int, int, int]]) -> np.ndarray | None:
+    """(count, ...) rows of `x` read from its file: each run (lo, hi, first row) fills out[lo:hi]."""
+    out = np.empty((count, *x.shape[1:]), dtype=x.dtype)  # (R, ...)
+    if not count:
         return out
     path, first = src
     row_bytes = x.strides[0]
@@ -85,11 +97,9 @@ def pread_rows(x: np.ndarray, rows: np.ndarray | slice) -> np.ndarray | None:
     except OSError:
         return None  # removed or renamed since it was mapped: the mapping still reads it
     try:
-        view = out.reshape(len(at), -1).view(np.uint8)  # (R, row_bytes)
-        # Runs of consecutive rows are one read each: a slice or a sorted split is a few reads.
-        cuts = np.flatnonzero(np.diff(at) != 1) + 1
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(at)], strict=True):
-            _read_fully(fd, memoryview(view[lo:hi].data).cast("B"), first + int(at[lo]) * row_bytes, path)
+        view = out.reshape(count, -1).view(np.uint8)  # (R, row_bytes)
+        for lo, hi, row in runs:
+            _read_fully(fd, memoryview(view[lo:hi].data).cast("B"), first + row * row_bytes, path)
     finally:
         os.close(fd)
     return out

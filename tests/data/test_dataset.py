@@ -83,6 +83,36 @@ def test_a_batch_of_random_rows_never_maps_the_file(tmp_path):
     assert grew["index"] >= 8
 
 
+def test_a_slice_of_a_byte_column_takes_the_slice_not_an_index_of_it(tmp_path):
+    """A chunk of an index's path bytes is a slice of millions of one-byte rows: reading it must not
+    build an int64 index of every row (8 bytes a byte, and its diff 8 more), which at the end of an
+    import of a million photos was a burst of 64 MiB for a 4 MiB chunk."""
+    import subprocess
+    import textwrap
+
+    path = tmp_path / "paths.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, 16 << 20, dtype=np.uint8))  # 16 MiB
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from datamoat.data.dataset import read_rows
+        def peak_kib():
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        x = np.load({str(path)!r}, mmap_mode="r")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = peak_kib()
+        got = read_rows(x, slice(1, 8 << 20))  # 8 MiB
+        grew = peak_kib() - before
+        assert np.array_equal(got, np.load({str(path)!r})[1 : 8 << 20])
+        print(grew // 1024)
+        """
+    )
+    grew = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert grew <= 12  # MiB: the 8 MiB read, not 16 bytes of index for each of its bytes (128 MiB and more)
+
+
 @pytest.mark.parametrize(
     "rows",
     [

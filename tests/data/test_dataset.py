@@ -47,70 +47,55 @@ def test_read_rows_gives_the_rows_and_drops_the_pages_it_read(big):
     assert file_rss_mib() - before < 8
 
 
-def test_a_batch_of_random_rows_never_maps_the_file(tmp_path):
-    """The peak, not just what is left: a read through the mapping maps the page cache around every
-    row it faults (a whole large folio, on recent kernels) until the drop, so one batch of random
-    rows of a large version took memory by the version. `read_rows` reads them with pread."""
+def peak_growth_mib(path, select: str, read: str) -> int:
+    """In a fresh process with the .npy at `path` mapped as `x`: how far its peak resident set
+    (VmHWM) grows while `got = {read}` runs, `rows = {select}` first; `got` is checked against
+    indexing the loaded array."""
     import subprocess
     import textwrap
 
-    path = tmp_path / "x.npy"
-    np.save(path, np.random.default_rng(0).integers(0, 256, (32_768, 4096), dtype=np.uint8))  # 128 MiB
     script = textwrap.dedent(
         f"""
-        import sys
         import numpy as np
         from datamoat.data.dataset import read_rows
         def peak_kib():
             with open("/proc/self/status") as f:
                 return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
         x = np.load({str(path)!r}, mmap_mode="r")
-        rows = np.random.default_rng(1).choice(len(x), 512, replace=False)  # 2 MiB of rows
+        rows = {select}
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # the peak restarts from what is resident now
         before = peak_kib()
-        got = read_rows(x, rows) if sys.argv[1] == "read_rows" else np.array(x[rows])
+        got = {read}
         grew = peak_kib() - before
         assert np.array_equal(got, np.load({str(path)!r})[rows])
         print(grew // 1024)
         """
     )
-    grew = {how: int(subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True,
-                                    check=True).stdout) for how in ("read_rows", "index")}  # fmt: skip
-    assert grew["read_rows"] <= 4  # MiB: the batch itself, 2
+    return int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+
+
+def test_a_batch_of_random_rows_never_maps_the_file(tmp_path):
+    """The peak, not just what is left: a read through the mapping maps the page cache around every
+    row it faults (a whole large folio, on recent kernels) until the drop, so one batch of random
+    rows of a large version took memory by the version. `read_rows` reads them with pread."""
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (32_768, 4096), dtype=np.uint8))  # 128 MiB
+    rows = "np.random.default_rng(1).choice(len(x), 512, replace=False)"  # 2 MiB of rows
+    assert peak_growth_mib(path, rows, "read_rows(x, rows)") <= 4  # MiB: the batch itself, 2
     # Indexing the mapping maps at least each row's pages and whatever fault-around adds: the bound
     # above can fail.
-    assert grew["index"] >= 8
+    assert peak_growth_mib(path, rows, "np.array(x[rows])") >= 8
 
 
 def test_a_slice_of_a_byte_column_takes_the_slice_not_an_index_of_it(tmp_path):
     """A chunk of an index's path bytes is a slice of millions of one-byte rows: reading it must not
     build an int64 index of every row (8 bytes a byte, and its diff 8 more), which at the end of an
     import of a million photos was a burst of 64 MiB for a 4 MiB chunk."""
-    import subprocess
-    import textwrap
-
     path = tmp_path / "paths.npy"
     np.save(path, np.random.default_rng(0).integers(0, 256, 16 << 20, dtype=np.uint8))  # 16 MiB
-    script = textwrap.dedent(
-        f"""
-        import numpy as np
-        from datamoat.data.dataset import read_rows
-        def peak_kib():
-            with open("/proc/self/status") as f:
-                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        x = np.load({str(path)!r}, mmap_mode="r")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = peak_kib()
-        got = read_rows(x, slice(1, 8 << 20))  # 8 MiB
-        grew = peak_kib() - before
-        assert np.array_equal(got, np.load({str(path)!r})[1 : 8 << 20])
-        print(grew // 1024)
-        """
-    )
-    grew = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
-    assert grew <= 12  # MiB: the 8 MiB read, not 16 bytes of index for each of its bytes (128 MiB and more)
+    # MiB: the 8 MiB read, not 16 bytes of index for each of its bytes (128 MiB and more)
+    assert peak_growth_mib(path, "slice(1, 8 << 20)", "read_rows(x, rows)") <= 12
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from datamoat.registry.core import Registry
-from datamoat.registry.ledger import predictions, review, write_predictions
+from datamoat.registry.ledger import predictions
 from datamoat.serve.logstore import PredictionLog
 
 from .serve_util import registry_out_of_reach
@@ -48,44 +48,3 @@ def test_rows_of_an_outage_are_written_after_it_and_only_the_oldest_past_the_bou
     with reg.engine.connect() as conn:
         written = set(conn.execute(sa.select(predictions.c.id)).scalars())
     assert written == {f"p{i}" for i in range(8, 40)}
-
-
-def _review(ids: range) -> list[dict]:
-    return [
-        {
-            "prediction_id": f"p{i}",
-            "ts": float(i),
-            "alias": "production",
-            "model_version": "v1",
-            "label": "cat",
-            "reason": "low confidence",
-            "top": "[]",
-            "pixels": bytes(4),
-            "shape": "[1, 2, 2]",
-            "exact": True,
-            "status": "open",
-        }
-        for i in ids
-    ]
-
-
-def test_a_retry_after_a_commit_that_went_through_unseen_writes_the_rest_once(tmp_path: Path):
-    # The connection drops at COMMIT after the database wrote the batch: the writer sees an error and
-    # holds rows that are already stored. Its retry must not fail on their ids, and lose the newer rows.
-    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
-    plog = PredictionLog(reg)
-    write_predictions(reg.engine, _rows(range(3)), _review(range(2)), max_open=100)  # what the commit stored
-    plog.add(_rows(range(3)), _review(range(2)))
-    with registry_out_of_reach(reg, tmp_path / "away"), pytest.raises(sa.exc.OperationalError):
-        asyncio.run(plog.flush())  # the error the writer saw
-    plog.add(_rows(range(3, 6)), _review(range(4, 6)))
-    asyncio.run(plog.flush())
-    with reg.engine.connect() as conn:
-        logged = list(conn.execute(sa.select(predictions.c.id)).scalars())
-        queued = list(conn.execute(sa.select(review.c.prediction_id)).scalars())
-    assert sorted(logged) == [f"p{i}" for i in range(6)]
-    assert sorted(queued) == ["p0", "p1", "p4", "p5"]
-    # Once written, the next batch is not checked again, and a repeated id is still refused.
-    plog.add(_rows(range(5, 7)))
-    with pytest.raises(sa.exc.IntegrityError):
-        asyncio.run(plog.flush())

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_memory import CLASSES, dm
+from bench_memory import CLASSES, dm, with_comment
 
 SMALL = int(os.environ.get("DM_IS_SMALL", "100000"))
 
@@ -44,9 +44,7 @@ def make_photos(folder: Path, n: int, jpeg: bytes) -> None:
     for c in range(CLASSES):
         (folder / f"class{c}").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        text = f"datamoat bench {i}".encode()
-        com = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
-        (folder / f"class{i % CLASSES}" / f"{i:07d}.jpg").write_bytes(jpeg[:2] + com + jpeg[2:])
+        (folder / f"class{i % CLASSES}" / f"{i:07d}.jpg").write_bytes(with_comment(jpeg, f"datamoat bench {i}"))
 
 
 def drop_page_cache() -> bool:

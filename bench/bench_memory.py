@@ -84,16 +84,22 @@ def stage_args(root: Path, n: int) -> list[tuple[str, list[str]]]:
     ]  # fmt: skip
 
 
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """The JPEG with a COM segment (FF FE, length, text) right after its SOI marker: other bytes, the
+    same pixels."""
+    assert jpeg[:2] == b"\xff\xd8", "not a JPEG"
+    com = text.encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + jpeg[2:]
+
+
 def stamp_copies(small: Path, large: Path, copies: int = 10) -> None:
-    """`large`/train holds each of `small`/train's files `copies` times: copy 0 as it is, copy k > 0 with
-    a COM segment (FF FE, length, text) right after the JPEG's SOI marker, so its bytes differ."""
+    """`large`/train holds each of `small`/train's files `copies` times: copy 0 as it is, copy k > 0
+    `with_comment` naming k, so its bytes differ."""
     for src in sorted((small / "train").glob("*/*.jpg")):
         data = src.read_bytes()
-        assert data[:2] == b"\xff\xd8", src  # synth writes JPEGs
         (large / "train" / src.parent.name).mkdir(parents=True, exist_ok=True)
         for k in range(copies):
-            text = f"datamoat bench copy {k}".encode()
-            body = data if k == 0 else data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
+            body = data if k == 0 else with_comment(data, f"datamoat bench copy {k}")
             (large / "train" / src.parent.name / f"{src.stem}-{k}.jpg").write_bytes(body)
 
 

@@ -65,24 +65,23 @@ def pread_rows(x: np.ndarray, rows: np.ndarray | slice) -> np.ndarray | None:
         # One run, and no index array: a chunk of a byte column is millions of rows, and an int64
         # index of each (with its diff) took 16 bytes of memory for every byte read.
         return _read_runs(x, src, max(0, stop - start), [(0, max(0, stop - start), start)])
-    else:
-        at = np.asarray(rows)
-        if at.dtype == bool:
-            if at.shape != (n,):
-                return None
-            at = np.flatnonzero(at)
-        if at.ndim != 1 or not np.issubdtype(at.dtype, np.integer):
+    at = np.asarray(rows)
+    if at.dtype == bool:
+        if at.shape != (n,):
             return None
-        at = np.where(at < 0, at + n, at).astype(np.int64)  # (R,)
-        bad = (at < 0) | (at >= n)
-        if bad.any():
-            raise IndexError(f"index {int(np.asarray(rows)[bad][0])} is out of bounds for axis 0 with size {n}")
+        at = np.flatnonzero(at)
+    if at.ndim != 1 or not np.issubdtype(at.dtype, np.integer):
+        return None
+    at = np.where(at < 0, at + n, at).astype(np.int64)  # (R,)
+    bad = (at < 0) | (at >= n)
+    if bad.any():
+        raise IndexError(f"index {int(np.asarray(rows)[bad][0])} is out of bounds for axis 0 with size {n}")
     # Runs of consecutive rows are one read each: a sorted split is a few reads.
-    if not len(at):
-        return np.empty((0, *x.shape[1:]), dtype=x.dtype)
-    cuts = np.flatnonzero(np.diff(at) != 1) + 1
-    runs = [(int(lo), int(hi), int(at[lo])) for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(at)], strict=True)]
-    return _read_runs(x, src, len(at), runs)
+    cuts = np.flatnonzero(np.diff(at) != 1) + 1  # (runs - 1,)
+    starts, ends = np.r_[0, cuts], np.r_[cuts, len(at)]
+    return _read_runs(
+        x, src, len(at), [(int(lo), int(hi), int(at[lo])) for lo, hi in zip(starts, ends, strict=True) if hi > lo]
+    )
 
 
 def _read_runs(x: np.ndarray, src: tuple[str, int], count: int, runs: list[tuple[int, int, int]]) -> np.ndarray | None:

@@ -56,8 +56,9 @@ class ServerRoster:
         Returns {"acked": [...], "missing": [...]}, server ids. A server is waited for if it was live
         when the change was made (its audit row's time) or when the wait began, or registered during
         it; one that falls silent meanwhile stays missing (it may be paused or cut off while still
-        answering), and only one that left (`forget_server`) is no longer waited for. The timeout counts this process's own running time: a pause of the
-        waiter (a stopped or starved VM) is not charged to the servers, up to `timeout` more in all.
+        answering), and only one that left (`forget_server`) is no longer waited for. The timeout
+        counts this process's own running time: a pause of the waiter (a stopped or starved VM) is
+        not charged to the servers, up to `timeout` more in all.
 
         >>> from datamoat.registry.core import Registry
         >>> reg = Registry("sqlite://")

@@ -256,8 +256,9 @@ def test_pools(dm, flow):
 
     from PIL import Image
 
+    from datamoat.registry.answer_rows import input_hash, log_rows, review_rows
     from datamoat.registry.core import Registry, registry_url
-    from datamoat.registry.ledger import input_hash, log_rows, review_rows, write_predictions
+    from datamoat.registry.ledger import write_predictions
     from datamoat.workspace import Workspace
 
     folder = flow["tmp"] / "site"

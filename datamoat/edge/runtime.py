@@ -48,7 +48,7 @@ from datamoat.edge.store import DeviceStore, Outbox
 from datamoat.errors import Unavailable
 from datamoat.inference.engine import LoadedVersion, decide
 from datamoat.inference.inputs import Prepare
-from datamoat.registry.ledger import as_uint8, input_hash
+from datamoat.registry.answer_rows import as_uint8, input_hash
 
 __all__ = ["EdgeRuntime", "Serving"]
 

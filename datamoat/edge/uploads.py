@@ -21,8 +21,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from datamoat.errors import Unprocessable
+from datamoat.registry.answer_rows import input_hash, log_rows, review_rows
 from datamoat.registry.core import Registry
-from datamoat.registry.ledger import add_logged_review, input_hash, log_rows, logged_ids, open_reviews, review_rows
+from datamoat.registry.ledger import add_logged_review, logged_ids, open_reviews
 from datamoat.registry.schema import ensure_schema
 from datamoat.workspace import Workspace
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from datamoat.feedback.gate import GATE, GateConfig, evaluate_gate, production_scorer
 from datamoat.feedback.store import KINDS, STATUSES, Quarantine
-from datamoat.registry.ledger import input_hash
+from datamoat.registry.answer_rows import input_hash
 
 # `retrain` trains models, so it loads torch; the serving process (review
 # decisions go through the quarantine) should not pay for that. Loaded on use.

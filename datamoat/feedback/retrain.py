@@ -95,7 +95,8 @@ def accepted_feedback(
 
     >>> x, y, ids, skipped = accepted_feedback(Quarantine(reg), base, base.classes)  # doctest: +SKIP
     """
-    from datamoat.registry.ledger import POOL_PREFIX, input_hash
+    from datamoat.registry.answer_rows import input_hash
+    from datamoat.registry.ledger import POOL_PREFIX
 
     # A decision on a pool item labels its row in the pool's own lineage (`label apply`): merged here
     # as well, one image would be labelled twice across versions.

@@ -18,9 +18,9 @@ from typing import Any
 from datamoat.errors import Conflict, NotFound, Unprocessable
 from datamoat.feedback.guarantee import enforce_guarantee
 from datamoat.feedback.store import Quarantine
+from datamoat.registry.answer_rows import AUDIT_REASON
 from datamoat.registry.core import Registry
 from datamoat.registry.ledger import (
-    AUDIT_REASON,
     REVIEW_SOURCE,
     claim_review,
     ensure_ledger,

@@ -32,9 +32,10 @@ import sqlalchemy as sa
 
 from datamoat.configs import check, check_choice
 from datamoat.errors import BadInput, Conflict, NotFound
+from datamoat.registry.answer_rows import input_hash
 from datamoat.registry.chain import append_only_ddl
 from datamoat.registry.core import Registry
-from datamoat.registry.ledger import ensure_ledger, feedback_rows, input_hash, logged_prediction
+from datamoat.registry.ledger import ensure_ledger, feedback_rows, logged_prediction
 from datamoat.registry.schema import begin_write, ensure_schema
 
 __all__ = ["Quarantine", "input_hash", "KINDS", "STATUSES"]

@@ -32,15 +32,9 @@ from datamoat.errors import BadInput
 from datamoat.evaluate.metrics import check_model_fits
 from datamoat.feedback.store import Quarantine
 from datamoat.models.model import Model, save_model
+from datamoat.registry.answer_rows import input_hash
 from datamoat.registry.core import Registry
-from datamoat.registry.ledger import (
-    POOL_PREFIX,
-    REVIEW_SOURCE,
-    input_hash,
-    pool_reviews,
-    queue_pool_items,
-    review_pixels,
-)
+from datamoat.registry.ledger import POOL_PREFIX, REVIEW_SOURCE, pool_reviews, queue_pool_items, review_pixels
 from datamoat.registry.register import register_model
 from datamoat.train.acquire import AcquireConfig, rank_pool
 from datamoat.workspace import Workspace

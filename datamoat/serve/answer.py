@@ -13,7 +13,7 @@ import numpy as np
 from datamoat.errors import TooLarge, Unavailable
 from datamoat.inference.engine import decide
 from datamoat.inference.inputs import Prepare
-from datamoat.registry.ledger import input_hash, log_rows, review_rows
+from datamoat.registry.answer_rows import input_hash, log_rows, review_rows
 from datamoat.serve.shadow import route
 
 __all__ = ["answer"]

@@ -14,7 +14,7 @@ import numpy as np
 from datamoat.edge.fleet import Fleet
 from datamoat.feedback import Quarantine
 from datamoat.feedback.review import ReviewQueue
-from datamoat.registry.ledger import input_hash
+from datamoat.registry.answer_rows import input_hash
 
 
 def upload_item(reg, vid: str, pixels: np.ndarray, claimed_sha: str) -> dict:

@@ -7,7 +7,7 @@ import time
 
 from datamoat.edge.fleet import Fleet
 from datamoat.feedback.review import ReviewQueue
-from datamoat.registry.ledger import input_hash
+from datamoat.registry.answer_rows import input_hash
 
 from .test_h2_review_hash import upload_item
 

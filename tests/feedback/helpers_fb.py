@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from datamoat.feedback import Quarantine, input_hash
-from datamoat.registry.ledger import log_rows, predictions, review_rows, write_predictions
+from datamoat.registry.answer_rows import log_rows, review_rows
+from datamoat.registry.ledger import predictions, write_predictions
 from datamoat.serve.logstore import PredictionLog
 
 

@@ -14,7 +14,8 @@ from datamoat.evaluate.guarantee import GuaranteeCheck, GuaranteeConfig
 from datamoat.feedback.guarantee import GUARANTEE_SOURCE, check_guarantee
 from datamoat.feedback.review import ReviewQueue
 from datamoat.inference.engine import decide
-from datamoat.registry.ledger import AUDIT_REASON, input_hash, is_audited, log_rows, review_rows, write_predictions
+from datamoat.registry.answer_rows import AUDIT_REASON, input_hash, is_audited, log_rows, review_rows
+from datamoat.registry.ledger import write_predictions
 
 
 def test_no_change_fails_at_most_alpha_of_the_time_and_a_drop_is_caught():

@@ -19,8 +19,9 @@ from datamoat.feedback.loop import label_loop
 from datamoat.feedback.review import ReviewQueue
 from datamoat.feedback.suggest import apply_labels, suggest
 from datamoat.models import new_model, save_model
+from datamoat.registry.answer_rows import input_hash
 from datamoat.registry.core import Registry
-from datamoat.registry.ledger import input_hash, queue_pool_items, record_feedback
+from datamoat.registry.ledger import queue_pool_items, record_feedback
 from datamoat.train.acquire import AcquireConfig, scores
 from datamoat.train.loop import TrainConfig, train
 from datamoat.workspace import Workspace

@@ -111,11 +111,24 @@ def ensure_ledger(engine: sa.Engine) -> None:
 
 
 def write_predictions(
-    engine: sa.Engine, rows: list[dict[str, Any]], queued: list[dict[str, Any]], max_open: int
+    engine: sa.Engine, rows: list[dict[str, Any]], queued: list[dict[str, Any]], max_open: int, may_exist: bool = False
 ) -> int:
-    """Write log rows and as many review rows as `max_open` allows; returns how many were not queued."""
+    """Write log rows and as many review rows as `max_open` allows; returns how many were not queued.
+
+    `may_exist`: a retry of rows whose earlier commit failed without saying whether it happened (the
+    connection dropped at COMMIT). Rows already there are skipped, with their review items, instead of
+    failing the whole batch on their ids."""
     with begin_write(engine) as conn:  # one transaction: a queued item's prediction is logged
-        conn.execute(predictions.insert(), rows)
+        if may_exist:
+            ids, have = [r["id"] for r in rows], set()
+            for i in range(0, len(ids), 500):  # IN lists within every database's parameter limit
+                have.update(
+                    conn.execute(sa.select(predictions.c.id).where(predictions.c.id.in_(ids[i : i + 500]))).scalars()
+                )
+            rows = [r for r in rows if r["id"] not in have]
+            queued = [q for q in queued if q["prediction_id"] not in have]
+        if rows:
+            conn.execute(predictions.insert(), rows)
         if not queued:
             return 0
         room = max(0, max_open - open_reviews(conn))

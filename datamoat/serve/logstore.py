@@ -50,6 +50,7 @@ class PredictionLog:
         self._review: list[dict[str, Any]] = []
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._unsure = False  # rows held from a failed write are pending: that write may have committed
 
     def add(self, rows: list[dict[str, Any]], review_items: Sequence[dict[str, Any]] = ()) -> None:
         """Buffer prediction-log rows and review-queue rows (`review_rows`) of those predictions."""
@@ -64,9 +65,10 @@ class PredictionLog:
         """Write everything added so far (waits for a write already under way)."""
         async with self._lock:
             (rows, self._pending), (queued, self._review) = (self._pending, []), (self._review, [])
+            unsure, self._unsure = self._unsure, False
             if rows:
                 try:
-                    skipped = await asyncio.to_thread(self._write, rows, queued)
+                    skipped = await asyncio.to_thread(self._write, rows, queued, unsure)
                 except sa.exc.OperationalError:  # the database is down or locked: keep them for the next flush
                     self._hold(rows, queued)
                     raise
@@ -79,6 +81,7 @@ class PredictionLog:
         database costs its oldest rows past `8 x max_pending` (review items past `max_pending`, as
         they hold pixels), never the server's memory."""
         self._pending[:0], self._review[:0] = rows, queued
+        self._unsure = True
         n_rows, n_review = len(self._pending), len(self._review)
         if n_rows > 8 * self.max_pending:
             gone = {r["id"] for r in self._pending[: n_rows - 8 * self.max_pending]}
@@ -92,8 +95,8 @@ class PredictionLog:
                 n_review - len(self._review),
             )
 
-    def _write(self, rows: list[dict[str, Any]], queued: list[dict[str, Any]]) -> int:
-        return write_predictions(self.registry.engine, rows, queued, self.review_max_open)
+    def _write(self, rows: list[dict[str, Any]], queued: list[dict[str, Any]], may_exist: bool) -> int:
+        return write_predictions(self.registry.engine, rows, queued, self.review_max_open, may_exist)
 
     async def run(self) -> None:
         """Background writer; runs until cancelled, then the owner calls `flush()`."""

@@ -1,7 +1,8 @@
 """Run one `datamoat` command in this process and print its peak memory as JSON on the last line:
 `python _peak_rss.py ARGS...` (for bench_memory.py). Children are the photo decode workers. With
 DM_MEM_TRACE=FILE it also writes the anonymous and file-backed resident memory once a second, so a
-peak can be placed in the run."""
+peak can be placed in the run, with the process's CPU seconds and bytes read so far and the machine's
+steal and I/O-wait seconds, so a slow stretch can be told from a slow machine."""
 
 from __future__ import annotations
 
@@ -15,6 +16,24 @@ import time
 from datamoat.cli import main
 
 peak_anon = peak_file = 0  # KiB: the kernel keeps no peak of either part, so a thread samples them
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_s() -> dict[str, float]:
+    """Seconds the machine's CPUs spent waiting on I/O and stolen by the hypervisor (other guests), since boot."""
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]  # user nice system idle iowait irq softirq steal ...
+    return {"iowait_s": cpu[4] / TICK, "steal_s": cpu[7] / TICK}
+
+
+def cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def read_mib() -> float:
+    with open("/proc/self/io") as f:
+        return next(int(line.split(":")[1]) for line in f if line.startswith("rchar")) / 2**20
 
 
 def sample() -> None:
@@ -28,19 +47,23 @@ def sample() -> None:
         peak_anon, peak_file = max(peak_anon, kib["RssAnon"]), max(peak_file, kib["RssFile"])
         if trace and time.perf_counter() - last >= 1.0:
             last = time.perf_counter()
-            trace.write(f"{last - t0:.1f} anon_mib {kib['RssAnon'] / 1024:.1f} file_mib {kib['RssFile'] / 1024:.1f}\n")
+            m = machine_s()
+            trace.write(
+                f"{last - t0:.1f} anon_mib {kib['RssAnon'] / 1024:.1f} file_mib {kib['RssFile'] / 1024:.1f}"
+                f" cpu_s {cpu_s():.1f} read_mib {read_mib():.1f} steal_s {m['steal_s']:.1f} iowait_s {m['iowait_s']:.1f}\n"
+            )
         time.sleep(0.02)
 
 
 threading.Thread(target=sample, daemon=True).start()
 sys.argv = ["datamoat", *sys.argv[1:]]
-t0 = time.perf_counter()
+t0, m0 = time.perf_counter(), machine_s()
 code = 0
 try:
     main()
 except SystemExit as e:
     code = int(e.code or 0)
-wall = time.perf_counter() - t0
+wall, m1 = time.perf_counter() - t0, machine_s()
 with open("/proc/self/io") as f:  # includes the decode workers once they are reaped
     io = {k: int(v) for k, v in (line.split(":", 1) for line in f)}
 peak = {
@@ -54,5 +77,11 @@ peak = {
     # may be reading what the page cache could not keep.
     "disk_read_mib": io["read_bytes"] / 2**20,
     "read_call_mib": io["rchar"] / 2**20,
+    # CPU time against wall time: a stage that takes longer for the same CPU seconds a photo waited
+    # (on the disk, or on a machine whose other guests took its CPUs: steal).
+    "cpu_s": cpu_s(),
+    "worker_cpu_s": cpu_s(resource.RUSAGE_CHILDREN),
+    "machine_steal_s": m1["steal_s"] - m0["steal_s"],
+    "machine_iowait_s": m1["iowait_s"] - m0["iowait_s"],
 }
 print("\n" + json.dumps(peak), file=sys.__stderr__)

@@ -142,6 +142,11 @@ def stages(root: Path, n: int) -> dict[str, dict]:
     return out
 
 
+def _cpu(stage: dict) -> float | None:
+    """The stage's CPU seconds, its decode workers' included (None in files from before they were kept)."""
+    return stage["cpu_s"] + stage["worker_cpu_s"] if "cpu_s" in stage else None
+
+
 def main() -> dict:
     root = Path(os.environ.get("DM_MEM_ROOT") or tempfile.mkdtemp(prefix="dm-bench-memory-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -172,6 +177,10 @@ def main() -> dict:
                 f"wall_s_{SMALL}": a["wall_s"],
                 f"wall_s_{10 * SMALL}": b["wall_s"],
                 "time_ratio": time_ratio,
+                # CPU seconds (the stage's and its workers') against wall time: not recorded before
+                "cpu_ratio": _cpu(b) / _cpu(a) if _cpu(a) and _cpu(b) else None,
+                f"steal_s_{SMALL}": a.get("machine_steal_s"),
+                f"steal_s_{10 * SMALL}": b.get("machine_steal_s"),
             }
         )
     met = [k for k, v in flat.items() if v["memory_met"]]
@@ -191,7 +200,10 @@ def main() -> dict:
             "file-backed resident pages, each sampled every 20 ms (trace-N-STAGE.txt under DM_MEM_ROOT has them "
             "once a second); decode workers are separate processes, their largest peak in its own column. "
             "disk_read is what the stage and its workers fetched from the disk (not the page cache); "
-            "stages run with DM_MEM_COLD=1 started with the page cache dropped.",
+            "stages run with DM_MEM_COLD=1 started with the page cache dropped. cpu_ratio is the CPU seconds "
+            "of the stage and its workers at 10x against 1x: beside a time_ratio, it tells more work a photo "
+            "from more waiting; steal_s is CPU time the hypervisor gave other guests while the stage ran "
+            "(both cores, so up to twice its wall time).",
             "Commits the stages ran on: "
             + ", ".join(sorted({r.get("commit", "unrecorded") for st in (small, large) for r in st.values()})),
         ],

@@ -120,7 +120,7 @@ def data_render(
     hue: float = typer.Option(ConfigDefault(_RENDER, "hue"), help="Training colour jitter, at most 0.5."),
     grayscale: bool = typer.Option(False, help="One channel instead of RGB."),
     name: str = typer.Option(None, help="Human name for the dataset version."),
-    workers: int = typer.Option(-1, help="Decode processes (-1: every core but one)."),
+    workers: int = typer.Option(-1, help="Decode processes (-1: every core, at most 8)."),
     pool: bool = typer.Option(
         True, help="Keep unlabelled photos as the version's unlabeled pool (else leave them out)."
     ),

@@ -99,9 +99,16 @@ def _size(path: str) -> int:
         return 0
 
 
-def default_workers() -> int:
-    """Decode workers when none are asked for: every core but one for the math, at least one."""
-    return max(1, min(8, (os.cpu_count() or 1) - 1))
+def default_workers(spare: int = 1) -> int:
+    """Decode workers when none are asked for: every core this process may run on (its CPU affinity,
+    which a container's cpuset narrows) but `spare` for the main process's own math, at least one
+    and at most 8. Rendering leaves none spare: its main process only hashes and writes.
+
+    >>> default_workers(spare=0) >= default_workers() >= 1
+    True
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores - spare))
 
 
 class PhotoSamples(torch.utils.data.Dataset):
@@ -283,7 +290,8 @@ def _render_to_store(
     def batches() -> Iterator[np.ndarray]:
         done = 0
         with _bar(progress, len(refs), "rendering photos") as advance:
-            for xb, idx in fit_batches(ws.object_root, refs, cfg, channels, batch_size=64, workers=workers):
+            n = default_workers(spare=0) if workers < 0 else workers
+            for xb, idx in fit_batches(ws.object_root, refs, cfg, channels, batch_size=64, workers=n):
                 assert idx[0] == done and len(idx) == idx[-1] - done + 1  # in order: written as it comes
                 done += len(idx)
                 advance(len(idx))

@@ -10,7 +10,8 @@ reads and writes them through its functions.
 
 ``input_sha256`` hashes the raw pixels the model saw, float32 (C, H, W) in
 0..255 after decoding and resizing, so a PNG and the same pixels sent as
-JSON hash alike; the server always computes it from pixels it holds.
+JSON hash alike; the server always computes it from pixels it holds. The
+rows themselves are built in `datamoat.registry.answer_rows`.
 """
 
 from __future__ import annotations

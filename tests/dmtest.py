@@ -9,6 +9,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -87,3 +88,23 @@ class Receiver:
 
     def close(self):
         self.server.shutdown()
+
+
+def served_answers(ids: list[str], needs_review: bool = True) -> list[dict[str, Any]]:
+    """A server's answers (the fields `log_rows` and `review_rows` read) labelled "cat" for `ids`."""
+    top = [{"label": "cat", "probability": 0.5}]
+    return [
+        {
+            "prediction_id": i,
+            "label": "cat",
+            "abstained": False,
+            "needs_review": needs_review,
+            "reason": "low",
+            "top_k": top,
+        }
+        for i in ids
+    ]
+
+
+# What `log_rows` and `review_rows` read of a server's serving state.
+SERVED_STATE = SimpleNamespace(alias="production", model=SimpleNamespace(version_id="v1"), generation=1)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from dmtest import SERVED_STATE, served_answers
 
 from datamoat.registry.answer_rows import log_rows, review_rows
 from datamoat.registry.core import Registry
@@ -18,30 +18,16 @@ from datamoat.serve.logstore import PredictionLog
 from .serve_util import registry_out_of_reach
 
 # The server's own row builders, for answers that need review or not.
-STATE = SimpleNamespace(alias="production", model=SimpleNamespace(version_id="v1"), generation=1)
-
-
-def _answers(ids: range, needs_review: bool) -> list[dict]:
-    top = [{"label": "cat", "probability": 0.5}]
-    return [
-        {
-            "prediction_id": f"p{i}",
-            "label": "cat",
-            "abstained": False,
-            "needs_review": needs_review,
-            "reason": "low",
-            "top_k": top,
-        }
-        for i in ids
-    ]
 
 
 def _rows(ids: range) -> list[dict]:
-    return log_rows(STATE, "srv", _answers(ids, needs_review=False), ["0" * 64] * len(ids))
+    return log_rows(
+        SERVED_STATE, "srv", served_answers([f"p{i}" for i in ids], needs_review=False), ["0" * 64] * len(ids)
+    )
 
 
 def _review(ids: range) -> list[dict]:
-    return review_rows(STATE, _answers(ids, needs_review=True), np.zeros((len(ids), 1, 2, 2), np.float32))
+    return review_rows(SERVED_STATE, served_answers([f"p{i}" for i in ids]), np.zeros((len(ids), 1, 2, 2), np.float32))
 
 
 def test_rows_of_an_outage_are_written_after_it_and_only_the_oldest_past_the_bound_are_lost(tmp_path: Path):

@@ -190,13 +190,19 @@ def finish_control(reg: Any, out: dict, as_json: bool, text: str, wait: float, e
     emit(out, as_json, text)
 
 
-def nproc_option() -> Any:
-    """--nproc N, for the commands that train: the same command on N processes through torchrun."""
+def nproc_option(verb: str = "train") -> Any:
+    """--nproc N, for the commands that train (or, with `verb` "predict", predict): the same command on
+    N processes through torchrun."""
+    how = (
+        "DistributedDataParallel: gloo on the CPU, NCCL with one GPU each); the batch size stays the global batch"
+        if verb == "train"
+        else "gloo on the CPU, NCCL with one GPU each; each takes every N-th batch, rank 0 writes them in order)"
+    )
     return typer.Option(
         1,
         "--nproc",
-        help="Train on N processes of this machine (torchrun, DistributedDataParallel: gloo on the CPU, NCCL with "
-        "one GPU each); the batch size stays the global batch. Several machines: run torchrun yourself (README).",
+        help=f"{verb.capitalize()} on N processes of this machine (torchrun, {how}. "
+        "Several machines: run torchrun yourself (README).",
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from datamoat.cli._common import ConfigDefault, JsonOpt, check_device, emit, open_ws
+from datamoat.cli._common import ConfigDefault, JsonOpt, check_device, emit, nproc_option, open_ws, relaunch
 
 __all__ = ["register"]
 
@@ -31,14 +31,27 @@ def predict_cmd(
         ConfigDefault(_PREDICT, "device"), help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
     ),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+    nproc: int = nproc_option("predict"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Predict every sample of a dataset split: index, id, label, prediction, confidence, top-k."""
-    from datamoat.evaluate.predict import PredictConfig, predict_in_workspace
+    from datamoat.evaluate.predict import PredictConfig, check_output, predict_in_workspace
+    from datamoat.train import distributed
 
     cfg = PredictConfig(split=split, batch_size=batch_size, top_k=top_k, workers=workers, device=device)
-    check_device(device)
-    out = predict_in_workspace(open_ws(), data, model, output, cfg, overwrite=overwrite)
+    check_device(device)  # before the workspace, as every command that runs a model
+    ws = open_ws()
+
+    def names_exist() -> None:  # said once here, not once by every rank
+        check_output(output, overwrite)
+        ws.resolve("models", model)
+        ws.resolve("datasets", data)
+
+    relaunch(nproc, names_exist, device)
+    with distributed.leaving_together():
+        out = predict_in_workspace(ws, data, model, output, cfg, overwrite=overwrite)
+        if not distributed.is_main():  # rank 0 wrote the file and speaks for every rank
+            return
     emit(
         out,
         as_json,

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from datamoat.data.dataset import Dataset, load_dataset
+from datamoat.data.dataset import SPLITS, Dataset, load_dataset
 from datamoat.errors import BadInput
+from datamoat.evaluate.metrics import check_model_fits, stream_logits
 from datamoat.evaluate.selective import calibrate_threshold, min_calibration_size, risk_coverage
 from datamoat.models.model import Model, load_model
 from datamoat.workspace import Workspace
@@ -40,12 +41,12 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(float(v), 4)
 
 
-def _slices(column: str, x: np.ndarray, y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list:
-    """(group name, mask) pairs of one built-in metadata column on the test split."""
+def _slices(column: str, bright: np.ndarray, y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list:
+    """(group name, mask) pairs of one built-in metadata column on the test split; `bright` (N,) is
+    each image's mean pixel intensity, 0..255."""
     if column in ("class", "predicted"):
         by = y if column == "class" else pred
         return [(c, by == i) for i, c in enumerate(classes)]
-    bright = x.reshape(len(x), -1).mean(1)  # (N,) mean pixel intensity, 0..255
     edges = np.quantile(bright, [0.25, 0.5, 0.75])
     which = np.digitize(bright, edges, right=True)  # (N,) quartile 0..3
     bounds = [bright.min(), *edges, bright.max()]
@@ -116,7 +117,8 @@ def feasibility(
     if list(model.classes) != list(data.classes):
         raise BadInput(f"model classes {model.classes} differ from {data.name}'s {data.classes}: use its dataset")
     classes = list(model.classes)
-    (x_val, y_val), (x, y) = data.subset("val"), data.subset("test")
+    val_rows, test_rows = np.flatnonzero(data.split == SPLITS["val"]), np.flatnonzero(data.split == SPLITS["test"])
+    y_val, y = data.y[val_rows], data.y[test_rows]  # (N_val,), (N,)
     if len(y_val) < n_min:
         raise BadInput(
             f"the val split of {data.name} has {len(y_val)} samples, but target accuracy {target_accuracy} at "
@@ -124,23 +126,24 @@ def feasibility(
         )
     if len(y) == 0:
         raise BadInput(f"dataset {data.name} has no test split: the report measures on test, never on val")
-    from datamoat.train.device import resolve_device
-
-    dev = resolve_device(device)  # where the model scores val and test (the report's numbers are fp32 anywhere)
-    p_val = model.predict_proba(x_val, device=dev)  # (N_val, K)
+    check_model_fits(model, data, "poc")
+    # Scored batch by batch (photos decoded from their shards), so only a batch's pixels are held, however
+    # large the splits; fp32 on any device, so the report's numbers do not depend on it.
+    p_val = _softmax(stream_logits(model, data, val_rows, device=device)[0])  # (N_val, K)
     policy = calibrate_threshold((p_val, y_val), None, target_accuracy, delta, classes=classes, batch_size=batch_size)
-    probs = model.predict_proba(x, device=dev)  # (N, K)
+    logits, bright = stream_logits(model, data, test_rows, device=device)  # (N, K), (N,)
+    probs = _softmax(logits)  # (N, K)
     accepted, pred = policy.apply(probs)
     correct = pred == y
     cov = float(accepted.mean())
     overall = {"accuracy": _r(correct.mean()), "coverage": _r(cov)}
     per_class, warnings = _groups(
-        "class", _slices("class", x, y, pred, classes), correct, accepted, overall, target_accuracy
+        "class", _slices("class", bright, y, pred, classes), correct, accepted, overall, target_accuracy
     )
     slices = per_class if slice_by == "class" else []
     if slice_by in ("predicted", "brightness"):
         slices, more = _groups(
-            slice_by, _slices(slice_by, x, y, pred, classes), correct, accepted, overall, target_accuracy
+            slice_by, _slices(slice_by, bright, y, pred, classes), correct, accepted, overall, target_accuracy
         )
         warnings += more
     rc = risk_coverage(probs.max(1), correct)
@@ -176,6 +179,13 @@ def feasibility(
         curves = {"test": rc, "val": risk_coverage(p_val.max(1), p_val.argmax(1) == y_val)}
         result["report"] = {k: str(p) for k, p in _write(result, Path(out_dir), curves).items()}
     return result
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, as `Model.predict_proba` gives it: (N, K) -> (N, K)."""
+    import torch
+
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
 def _verdict(cov: float, target: float, delta: float, note: str) -> tuple[str, str]:

@@ -27,6 +27,7 @@ __all__ = [
     "Evaluation",
     "evaluate",
     "check_model_fits",
+    "stream_logits",
     "evaluate_probs",
     "calibration_bins",
     "worst_confusions",
@@ -249,6 +250,37 @@ def check_model_fits(model: Model, data: Dataset, verb: str = "evaluate") -> Non
         )
 
 
+def stream_logits(
+    model: Model, data: Dataset, rows: np.ndarray, *, batch_size: int = 256, workers: int = -1, device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """`model`'s logits for `data`'s images at `rows` (ascending), and each image's mean pixel (0..255): float32
+    (N, K) and float64 (N,), in the order of `rows`. Batch by batch (photos decoded from their shards,
+    `pixel_batches`), so only the batch's pixels are held however large the dataset; fp32 on `device`.
+
+    >>> from datamoat.data import import_digits
+    >>> from datamoat.models import new_model
+    >>> from datamoat.workspace import Workspace
+    >>> ds = import_digits(Workspace.init("/tmp/dm-doc"))
+    >>> logits, bright = stream_logits(new_model("mlp", ds), ds, np.arange(5))
+    >>> logits.shape, bright.shape
+    ((5, 10), (5,))
+    """
+    from datamoat.data.photo_render import pixel_batches
+    from datamoat.train.device import resolve_device
+
+    if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):
+        raise ValueError("stream_logits needs rows in ascending order, each once")
+    logits = np.empty((len(rows), len(model.classes)), np.float32)  # (N, K)
+    bright = np.empty(len(rows), np.float64)  # (N,)
+    pixels = int(np.prod(data.input_shape))
+    with model.placed(resolve_device(device)) as dev:
+        for xb, at in pixel_batches(data, rows, batch_size=batch_size, workers=workers):
+            pos = np.searchsorted(rows, at)  # (B,) where these rows sit in `rows`
+            logits[pos] = model.logits(xb, batch_size=len(xb), device=dev)  # (B, K)
+            bright[pos] = xb.reshape(len(xb), -1).sum(1, dtype=np.int64) / pixels  # no float copy of the batch
+    return logits, bright
+
+
 def evaluate(model: Model, data: Dataset, config: EvalConfig | None = None) -> Evaluation:
     """Score `model` on one split of `data` (default: test).
 
@@ -260,9 +292,6 @@ def evaluate(model: Model, data: Dataset, config: EvalConfig | None = None) -> E
     >>> ev.n == int((ds.split == 1).sum())
     True
     """
-    from datamoat.data.photo_render import pixel_batches
-    from datamoat.train.device import resolve_device
-
     cfg = config or EvalConfig()
     check_model_fits(model, data)
     index = np.flatnonzero(data.split == SPLITS[cfg.split])  # (N,) the split's rows, in order
@@ -270,12 +299,8 @@ def evaluate(model: Model, data: Dataset, config: EvalConfig | None = None) -> E
     if len(y) == 0:
         raise BadInput(f"dataset {data.name} has no {cfg.split} samples: evaluate another split (--split)")
     # Batch by batch (photos from their shards), so memory follows the batch, not the split.
-    probs = np.empty((len(y), len(data.classes)), np.float64)  # (N, K)
-    with model.placed(resolve_device(cfg.device)) as dev:
-        for xb, at in pixel_batches(data, index, batch_size=cfg.batch_size, workers=cfg.workers):
-            logits = torch.from_numpy(model.logits(xb, batch_size=len(xb), device=dev))  # (B, K)
-            pos = np.searchsorted(index, at)  # (B,) where these rows sit in the split
-            probs[pos] = torch.softmax(logits.double(), dim=1).numpy()  # float64 so rows sum to 1 tightly
+    logits, _ = stream_logits(model, data, index, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device)
+    probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()  # (N, K), float64: rows sum to 1 tightly
     return evaluate_probs(
         probs,
         y,

@@ -11,14 +11,21 @@ through the deterministic geometry the render applied (`pixel_batches`, as the r
 and so the rows, are the rendered ones. Other datasets are sliced from `data.x`. Each batch is one
 Parquet row group, written to a temp file beside the output and renamed into place at the end
 (`atomic_path`), so a crash never leaves half a file under the output's name.
+
+On several processes (`predict --nproc N`, or any torchrun group `datamoat.train.distributed`
+joined), global batch j is predicted by rank j mod N, so the ranks share the work to within a batch
+and each decodes only its own photos. Each step, rank 0 gathers the ranks' batches and writes them
+in order: the file is the one a single process writes, row for row and value for value, and no
+rank needs to see another's disk, so it works across machines too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,15 @@ from datamoat.evaluate.metrics import check_model_fits
 from datamoat.models.model import Model, load_model
 from datamoat.workspace import Workspace, atomic_path
 
-__all__ = ["PredictConfig", "predict", "iter_predictions", "predict_in_workspace", "predictions_schema"]
+__all__ = [
+    "PredictConfig",
+    "predict",
+    "iter_predictions",
+    "predict_in_workspace",
+    "predictions_schema",
+    "rank_rows",
+    "check_output",
+]
 
 _SPLIT_NAMES = np.array([*SPLITS, "pool"])  # split code -> name; the codes are 0, 1, 2 and POOL (3) in order
 _SPLIT_CODES = {**SPLITS, "pool": POOL}
@@ -102,16 +117,17 @@ def _plan(model: Model, data: Dataset, config: PredictConfig | None) -> tuple[Pr
     return dataclasses.replace(cfg, top_k=top_k), rows
 
 
-def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) -> Iterator[Any]:
+def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) -> Generator[Any, None, None]:
     import pyarrow as pa
 
     assert cfg.top_k is not None  # resolved by _plan
     schema = predictions_schema()
     classes = np.asarray(data.classes, dtype=object)
     from datamoat.train.device import resolve_device
+    from datamoat.train.distributed import local_device
 
     refs = photo_refs(data)  # None unless rendered from photos in a workspace
-    with model.placed(resolve_device(cfg.device)) as dev:
+    with model.placed(local_device(resolve_device(cfg.device))) as dev:
         for x, at in pixel_batches(data, rows, batch_size=cfg.batch_size, workers=cfg.workers):
             logits = torch.from_numpy(model.logits(x, batch_size=len(x), device=dev))  # (B, K)
             probs = torch.softmax(logits.double(), dim=1).numpy()  # (B, K), float64 as `evaluate` does
@@ -138,6 +154,17 @@ def _batches(model: Model, data: Dataset, cfg: PredictConfig, rows: np.ndarray) 
             yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
+def rank_rows(rows: np.ndarray, batch_size: int, rank: int, world: int) -> np.ndarray:
+    """The rows of the global batches rank `rank` of `world` predicts: batch j of `rows` (in
+    `batch_size` pieces) goes to rank j mod `world`; in order, so they batch as they did globally.
+
+    >>> rank_rows(np.arange(10), 3, 1, 2).tolist()  # batches [0 1 2] [3 4 5] [6 7 8] [9]
+    [3, 4, 5, 9]
+    """
+    starts = np.arange(rank * batch_size, len(rows), world * batch_size)  # this rank's batches' first rows
+    return np.concatenate([rows[i : i + batch_size] for i in starts]) if len(starts) else rows[:0]
+
+
 def iter_predictions(model: Model, data: Dataset, config: PredictConfig | None = None) -> Iterator[Any]:
     """The predictions of `model` on `data` as pyarrow RecordBatches of `predictions_schema`, one per
     batch; bad input is refused here, before the first batch is asked for.
@@ -153,7 +180,11 @@ def iter_predictions(model: Model, data: Dataset, config: PredictConfig | None =
     return _batches(model, data, cfg, rows)
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an output `predict` cannot write: not .parquet, a folder, or a file there unless `overwrite`.
+
+    >>> check_output(Path("/tmp/dm-doc/new.parquet"), overwrite=False)
+    """
     if output.suffix.lower() != ".parquet":
         raise BadInput(f"the output {output} must end in .parquet: predictions are written as Parquet")
     if output.is_dir():
@@ -169,7 +200,8 @@ def predict(
 
     The file's key-value metadata holds ``datamoat.model_id``, ``datamoat.dataset_id``,
     ``datamoat.classes`` (JSON) and ``datamoat.predict_config`` (the config, `top_k` resolved).
-    An existing `output` is refused unless `overwrite`.
+    An existing `output` is refused unless `overwrite`. In a torchrun group every rank predicts its
+    share and rank 0 alone writes `output` (see the module).
 
     >>> from datamoat.data import import_digits
     >>> from datamoat.models import new_model
@@ -181,7 +213,7 @@ def predict(
     import pyarrow.parquet as pq
 
     output = Path(output)
-    _check_output(output, overwrite)
+    check_output(output, overwrite)
     cfg, rows = _plan(model, data, config)
     metadata = {
         "datamoat.model_id": model.id or "",
@@ -189,9 +221,21 @@ def predict(
         "datamoat.classes": json.dumps(list(data.classes)),
         "datamoat.predict_config": cfg.to_json(),
     }
-    with atomic_path(output, overwrite=overwrite) as tmp, pq.ParquetWriter(str(tmp), predictions_schema(metadata)) as w:
-        for batch in _batches(model, data, cfg, rows):
-            w.write_batch(batch)  # one row group each: the writer holds no more than a batch
+    from datamoat.train import distributed
+
+    rank, world = distributed.rank_world()
+    batches = _batches(model, data, cfg, rank_rows(rows, cfg.batch_size, rank, world))
+    steps = -(-len(rows) // (cfg.batch_size * world))  # rank 0's batches, the most any rank has
+    with contextlib.ExitStack() as stack:
+        stack.callback(batches.close)
+        if rank == 0:
+            tmp = stack.enter_context(atomic_path(output, overwrite=overwrite))
+            w = stack.enter_context(pq.ParquetWriter(str(tmp), predictions_schema(metadata)))
+        for _ in range(steps):
+            # Alone: [this batch]. Several: global batches j .. j+N-1, in order, on rank 0.
+            for batch in distributed.gather(next(batches, None)):
+                if batch is not None:
+                    w.write_batch(batch)  # one row group each: the writer holds no more than a batch
     return output
 
 
@@ -213,13 +257,15 @@ def predict_in_workspace(
 
     start = time.monotonic()
     output = Path(output)
-    _check_output(output, overwrite)  # before loading anything
+    check_output(output, overwrite)  # before loading anything
     model = load_model(ws, model_ref)
     data = load_dataset(ws, data_ref)
     predict(model, data, output, config, overwrite=overwrite)
+    from datamoat.train.distributed import is_main
+
     return {
         "output": str(output.resolve()),
-        "rows": pq.ParquetFile(output).metadata.num_rows,
+        "rows": pq.ParquetFile(output).metadata.num_rows if is_main() else None,  # rank 0 wrote it
         "model_id": model.id,
         "dataset_id": data.id,
         "seconds": round(time.monotonic() - start, 3),

@@ -34,6 +34,7 @@ __all__ = [
     "local_device",
     "all_sum",
     "broadcast",
+    "gather",
     "sync_buffers",
     "synced_batchnorm",
     "launch",
@@ -182,6 +183,20 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     _dist().broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every process's `obj` in rank order, on rank 0; an empty list on the other ranks ([obj] alone).
+
+    >>> gather("part")
+    ['part']
+    """
+    rank, world = rank_world()
+    if world == 1:
+        return [obj]
+    out: list[Any] | None = [None] * world if rank == 0 else None
+    _dist().gather_object(obj, out, dst=0)
+    return out or []
 
 
 def sync_buffers(net: torch.nn.Module) -> None:

@@ -1,4 +1,5 @@
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -201,3 +202,13 @@ def test_batch_guarantee_is_recorded_and_automates_no_more(saved):
     assert batch["policy"]["batch_size"] == len(ds.subset("test")[1]) and pop["policy"]["batch_size"] is None
     # A statement about a finite batch needs a margin: it never automates more.
     assert batch["coverage"] <= pop["coverage"]
+
+
+def test_photos_are_scored_from_their_shards_not_from_a_copy_of_the_split(photo_world, photo_model):
+    ds = photo_world.ds
+    in_memory = feasibility(photo_model, dataclasses.replace(ds, workspace=None), 0.3, 0.5, slice_by="brightness")
+    # No rendered pixels at all: brightness and scores can only come from the photos in the shards.
+    blank = np.broadcast_to(np.zeros((1, *ds.input_shape), np.uint8), ds.x.shape)
+    streamed = feasibility(photo_model, dataclasses.replace(ds, x=blank), 0.3, 0.5, slice_by="brightness")
+    assert streamed == in_memory
+    assert len({g["group"] for g in streamed["slices"]}) == 4 and streamed["n_test"] > 4  # real quartiles

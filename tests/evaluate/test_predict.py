@@ -6,33 +6,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq  # noqa: E402
 import pytest
 import torch
-from dmtest import dm_main
+from dmtest import dm_main, dm_ok
 
 from datamoat.configs import config_from_dict
 from datamoat.data.dataset import SPLITS
 from datamoat.data.photo_render import photo_refs
 from datamoat.errors import BadInput
 from datamoat.evaluate.metrics import EvalConfig, evaluate
-from datamoat.evaluate.predict import PredictConfig, iter_predictions, predict
-from datamoat.models import new_model
-from datamoat.train import TrainConfig, train
+from datamoat.evaluate.predict import PredictConfig, iter_predictions, predict, rank_rows
+from datamoat.models import save_model
+from datamoat.workspace import Workspace
 
 
 def read(path) -> dict:
     return pq.read_table(path).to_pydict()
-
-
-@pytest.fixture(scope="module")
-def photo_model(photo_world):
-    """A tiny CNN trained one epoch on the rendered photos (streamed from their shards)."""
-    ds = photo_world.ds
-    cfg = TrainConfig(epochs=1, batch_size=16, threads=1, workers=0, patience=0)
-    return train(new_model("cnn_small", ds), ds, cfg, progress=False)
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
@@ -217,3 +210,32 @@ def test_pool_rows_are_predicted_with_no_label(saved, tmp_path):
     only = read(predict(model, pooled, tmp_path / "pool.parquet", PredictConfig(split="pool")))
     assert only["index"] == rows and only["predicted"] == [t["predicted"][i] for i in rows]
     assert evaluate(model, pooled, EvalConfig(split="val")).n == int((ds.split == SPLITS["val"]).sum())
+
+
+@pytest.mark.parametrize(("n", "batch", "world"), [(10, 3, 2), (59, 8, 3), (5, 8, 2), (16, 4, 4)])
+def test_ranks_take_every_worlds_batch_and_together_take_each_row_once_in_batches_as_one_process_does(n, batch, world):
+    rows = np.arange(100, 100 + n)
+    shares = [rank_rows(rows, batch, r, world) for r in range(world)]
+    assert sorted(np.concatenate(shares).tolist()) == rows.tolist()
+    counts = [-(-len(s) // batch) for s in shares]
+    assert max(counts) - min(counts) <= 1 and counts[0] == max(counts)  # rank 0 has the most batches
+    one = [rows[i : i + batch].tolist() for i in range(0, n, batch)]  # one process's batches
+    for r, share in enumerate(shares):
+        assert [share[i : i + batch].tolist() for i in range(0, len(share), batch)] == one[r::world]
+
+
+def test_three_ranks_write_the_file_one_process_writes(photo_world, photo_model, tmp_path):
+    """Uneven shares (8 batches on 3 ranks), photos decoded from the shards by each rank; only rank 0
+    writes, and its file holds the very rows and values that one process writes."""
+    shutil.copytree(photo_world.ws.root, tmp_path / "ws")
+    ws = Workspace.open(tmp_path / "ws")
+    save_model(ws, photo_model, name="photo-cnn")
+    args = ["predict", photo_world.ds.id, "--model", "photo-cnn", "--batch-size", "8", "--workers", "0", "--json"]
+    one = json.loads(dm_ok(ws.root, *args, "--output", tmp_path / "one.parquet").stdout)
+    r = dm_ok(ws.root, *args, "--output", tmp_path / "three.parquet", "--nproc", "3")
+    three = json.loads(r.stdout)  # exactly one JSON object: only rank 0 speaks
+    n = len(photo_world.ds.y)
+    assert one["rows"] == three["rows"] == n and -(-n // 8) == 8
+    assert pq.read_table(tmp_path / "three.parquet").equals(pq.read_table(tmp_path / "one.parquet"))
+    assert pq.ParquetFile(tmp_path / "three.parquet").metadata.num_row_groups == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.parquet", "three.parquet", "ws"]  # no parts left

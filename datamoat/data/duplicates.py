@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from datamoat.data.dataset import POOL, SPLITS, Dataset, read_rows
 
-__all__ = ["near_duplicates", "exact_twins", "pixel_digests", "MAX_NEAR_PAIRS"]
+__all__ = ["near_duplicates", "exact_twins", "twin_pairs", "pixel_digests", "MAX_NEAR_PAIRS"]
 
 MAX_NEAR_PAIRS = 1000  # keep the issues file readable; the ranking puts the useful pairs first
 # Samples per block of queries and of the vectors they are compared with: a block of similarities is
@@ -44,22 +44,37 @@ def pixel_digests(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def twin_pairs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of `x` equal to an earlier one, as columns: (first (P,), other (P,)) int64, `first`
+    the lowest index of its group, in the order of the groups' digests. 16 bytes a pair, so a dataset
+    made mostly of copies (burst shots, re-uploads) still costs a column, not an object a pair.
+
+    >>> x = np.array([[[[1]]], [[[2]]], [[[1]]], [[[1]]]], dtype=np.uint8)
+    >>> [a.tolist() for a in twin_pairs(x)]
+    [[0, 0], [2, 3]]
+    """
+    digests = pixel_digests(x)  # (N,)
+    order = np.argsort(digests, kind="stable")  # (N,) equal images side by side, in index order
+    d = digests[order]
+    del digests
+    starts = np.ones(len(d), dtype=bool)  # (N,) the first of each group of equal digests
+    starts[1:] = d[1:] != d[:-1]
+    del d
+    first = order[np.maximum.accumulate(np.where(starts, np.arange(len(starts)), 0))]  # (N,) its group's first
+    later = np.flatnonzero(~starts)  # (P,)
+    return first[later].astype(np.int64), order[later].astype(np.int64)
+
+
 def exact_twins(x: np.ndarray) -> Iterator[tuple[int, int]]:
     """(first, other) for every image of `x` equal to an earlier one, `first` the lowest index of
-    its group.
+    its group (`twin_pairs`, a pair at a time).
 
     >>> x = np.array([[[[1]]], [[[2]]], [[[1]]], [[[1]]]], dtype=np.uint8)
     >>> list(exact_twins(x))
     [(0, 2), (0, 3)]
     """
-    digests = pixel_digests(x)  # (N,)
-    order = np.argsort(digests, kind="stable")  # (N,) equal images side by side, in index order
-    d = digests[order]
-    starts = np.ones(len(d), dtype=bool)  # (N,) the first of each group of equal digests
-    starts[1:] = d[1:] != d[:-1]
-    first = order[np.maximum.accumulate(np.where(starts, np.arange(len(d)), 0))]  # (N,) its group's first
-    for p in np.flatnonzero(~starts):
-        yield int(first[p]), int(order[p])
+    first, other = twin_pairs(x)
+    yield from zip(first.tolist(), other.tolist(), strict=True)
 
 
 def _downsampled(x: np.ndarray) -> torch.Tensor:
@@ -111,31 +126,47 @@ def near_duplicates(
 
     >>> pairs = near_duplicates(ds, np.flatnonzero(ds.split == 0), 0.99, 5000)  # doctest: +SKIP
     """
-    pairs: dict[tuple[int, int], float] = dict.fromkeys(exact_twins(data.x), 1.0)
+    # Ranked as columns and only the kept pairs made into dicts: every exact twin is a candidate, and a
+    # dataset of copies can have nearly as many twins as images.
+    ta, tb = twin_pairs(data.x)  # (T,), (T,): ta < tb
+    near: list[tuple[int, int, float]] = []  # at most one per examined sample, so at most max_samples
     pool = examined
     if max_samples and len(pool) > max_samples:
         pool = np.sort(np.random.default_rng(seed).choice(pool, size=max_samples, replace=False))
     if max_samples and len(pool) > 1:
         with tempfile.TemporaryDirectory(prefix="dm-near-") as tmp:
-            for i, j, sim in _nearest(data.x, pool, threshold, Path(tmp)):
-                a, b = sorted((int(pool[i]), int(pool[j])))
-                pairs.setdefault((a, b), min(1.0, sim))
-    out: list[dict[str, Any]] = []
-    for (a, b), s in pairs.items():
-        ya, yb = int(data.y[a]), int(data.y[b])
-        out.append(
-            {
-                "a": a,
-                "b": b,
-                "similarity": round(s, 6),
-                "exact": s == 1.0 and _same(data, a, b),
-                "labels": [ya, yb],
-                "conflict": ya != yb and min(ya, yb) >= 0,
-                "splits": [_split_name(data, a), _split_name(data, b)],
-            }
-        )
-    out.sort(key=lambda p: (not p["conflict"], not p["exact"], -p["similarity"], p["a"], p["b"]))
-    return out[:MAX_NEAR_PAIRS]
+            for i, j, similarity in _nearest(data.x, pool, threshold, Path(tmp)):
+                lo, hi = sorted((int(pool[i]), int(pool[j])))
+                near.append((lo, hi, min(1.0, similarity)))
+    na = np.array([p[0] for p in near], np.int64)  # (M,)
+    nb = np.array([p[1] for p in near], np.int64)  # (M,)
+    nsim = np.array([p[2] for p in near], np.float64)  # (M,)
+    n = max(len(data.y), 1)
+    keys = na * n + nb  # (M,) one key a pair
+    _, first_seen = np.unique(keys, return_index=True)  # a pair found from both of its ends: the first
+    keep = np.zeros(len(near), bool)
+    keep[first_seen] = True
+    keep &= ~np.isin(keys, ta * n + tb)  # an exact twin is listed once, as a twin
+    a = np.concatenate([ta, na[keep]])  # (P,)
+    b = np.concatenate([tb, nb[keep]])  # (P,)
+    sim = np.concatenate([np.ones(len(ta)), nsim[keep]])  # (P,)
+    exact = np.arange(len(a)) < len(ta)  # (P,) equal pixels: the same sha256 of their bytes
+    ya, yb = data.y[a].astype(np.int64), data.y[b].astype(np.int64)  # (P,), (P,)
+    conflict = (ya != yb) & (np.minimum(ya, yb) >= 0)  # (P,)
+    # Conflicting labels first, then exact twins, then by similarity; ties by index.
+    top = np.lexsort((b, a, -sim, ~exact, ~conflict))[:MAX_NEAR_PAIRS]
+    return [
+        {
+            "a": int(a[k]),
+            "b": int(b[k]),
+            "similarity": round(float(sim[k]), 6),
+            "exact": bool(exact[k]) and _same(data, int(a[k]), int(b[k])),
+            "labels": [int(ya[k]), int(yb[k])],
+            "conflict": bool(conflict[k]),
+            "splits": [_split_name(data, int(a[k])), _split_name(data, int(b[k]))],
+        }
+        for k in top
+    ]
 
 
 def _same(data: Dataset, a: int, b: int) -> bool:

@@ -36,3 +36,48 @@ def test_near_duplicates_in_small_blocks_match_the_whole_similarity_matrix(digit
     want = {tuple(sorted((int(train[i]), int(train[j[i]])))) for i in torch.nonzero(best >= 0.97).flatten().tolist()}
     assert len(pairs) > 10  # enough pairs at this threshold for the comparison to mean something
     assert {(p["a"], p["b"]) for p in pairs} == want
+
+
+def test_a_dataset_of_copies_ranks_conflicts_then_twins_then_similarity_and_keeps_the_cap(digits, monkeypatch):
+    """Most images are copies (so twins outnumber the cap), labels left as they were (so many twins
+    conflict), near pairs beside them: the kept pairs are the plain sort's first, dicts of every pair."""
+    import dataclasses
+
+    monkeypatch.setattr(duplicates, "MAX_NEAR_PAIRS", 60)
+    rng = np.random.default_rng(1)
+    copies = dataclasses.replace(digits, x=np.ascontiguousarray(digits.x[rng.integers(0, 200, len(digits.y))]))
+    train = np.flatnonzero(copies.split == SPLITS["train"])
+    got = near_duplicates(copies, train, 0.97, 5000)
+    pairs = dict.fromkeys(exact_twins(copies.x), 1.0)  # the plain answer: every pair a dict entry
+    assert len(pairs) > 1000  # far more twins than the cap
+    for p in near_duplicates(copies, train, 0.97, 0):  # max_samples 0: twins alone
+        assert p["exact"]
+    want = []
+    for (a, b), s in pairs.items():
+        ya, yb = int(copies.y[a]), int(copies.y[b])
+        want.append({"a": a, "b": b, "similarity": s, "exact": True, "labels": [ya, yb], "conflict": ya != yb})
+    want.sort(key=lambda p: (not p["conflict"], -p["similarity"], p["a"], p["b"]))
+    conflicts = sum(w["conflict"] for w in want)
+    assert 60 < conflicts < len(want)  # the cap falls among the conflicting twins
+    assert [{k: p[k] for k in ("a", "b", "similarity", "exact", "labels", "conflict")} for p in got] == want[:60]
+
+
+def test_twins_cost_a_column_not_an_object_a_pair(digits):
+    import dataclasses
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    n = 60_000
+    rows = rng.integers(0, len(digits.y), n)
+    copies = dataclasses.replace(
+        digits, x=np.ascontiguousarray(digits.x[rows]), y=digits.y[rows], split=np.zeros(n, np.int8)
+    )
+    tracemalloc.start()
+    try:
+        got = near_duplicates(copies, np.arange(n), 0.97, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    twins = n - len(np.unique(rows))
+    assert len(got) == duplicates.MAX_NEAR_PAIRS and twins > 55_000
+    assert peak < 120 * twins, peak / twins  # a dict a pair took about 740 bytes

@@ -74,6 +74,8 @@ def loadtest_cmd(
         allow_remote=allow_remote,
     )
     r = loadtest(config)
+    from datamoat.inference.hardware import hardware_label
+
     obj = r.to_dict()
     if as_json:
         emit(obj, True)
@@ -89,6 +91,7 @@ def loadtest_cmd(
         ("latency mean / max", f"{_ms(r.mean_ms)} / {_ms(r.max_ms)} ms"),
         ("achieved concurrency", f"{r.achieved_concurrency:.1f} (max {r.max_in_flight} in flight)"),
         ("input", f"{r.config.payload} {list(r.input_shape)} x {r.config.batch}"),
+        ("server hardware", hardware_label(r.server_hardware) if r.server_hardware else "not reported"),
     ]
     if r.mode == "open":
         rows.append(("dropped (client behind)", str(r.dropped)))
@@ -114,7 +117,7 @@ def capacity_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Replicas needed for N sites at R req/s each, with the arithmetic shown."""
-    from datamoat.serve.capacity import capacity, from_loadtests
+    from datamoat.serve.capacity import capacity, from_loadtests, loadtest_hardware
 
     if per_replica_rps is not None and from_loadtest:
         raise BadInput("pass either --per-replica-rps or --from-loadtest, not both")
@@ -122,6 +125,7 @@ def capacity_cmd(
         raise BadInput("--measured-p99-ms goes with --per-replica-rps; --from-loadtest files carry their own p99")
     notes: list[str] = []
     points = measured_p99
+    hardware = None
     if from_loadtest:
         results = {}
         for path in from_loadtest:
@@ -132,8 +136,9 @@ def capacity_cmd(
                     f"cannot read {path} as loadtest JSON ({type(e).__name__}): save it with `datamoat loadtest URL --json > {path}`"
                 ) from None
         per_replica_rps, points, notes = from_loadtests(results)  # type: ignore[assignment]
+        hardware = loadtest_hardware(results)
     plan = capacity(sites, rate, per_replica_rps, p99_ms=p99, measured_p99_ms=points, headroom=headroom)
-    obj = {**plan.to_dict(), "notes": notes}
+    obj = {**plan.to_dict(), "notes": notes, "hardware": hardware}  # hardware: of one replica, as measured
     from rich.markup import escape
 
     emit(obj, as_json, escape("\n".join([*notes, *plan.lines])) + f"\n[bold]=> {plan.replicas} replicas[/bold]")

@@ -36,6 +36,12 @@ def serve(
         10_000, "--review-max-open", help="Open review items the registry may hold; more are counted, not queued."
     ),
     ort_threads: int = typer.Option(0, "--ort-threads", help="ONNX Runtime threads (0: all cores)."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="ONNX Runtime's execution provider: auto (CUDA where the installed onnxruntime offers it, else the "
+        "CPU), cpu or cuda (needs onnxruntime-gpu).",
+    ),
     drift_window: int = typer.Option(
         500, "--drift-window", help="Answers per live drift window tested against the version's profile (0: off)."
     ),
@@ -64,6 +70,9 @@ def serve(
         raise BadInput(f"--workers must be in 1..64, got {workers}")
     tls = tls_options(ssl_certfile, ssl_keyfile)
     scheme = "https" if tls else "http"
+    from datamoat.inference.hardware import resolve_ort_device
+
+    on = resolve_ort_device(device)  # a device this machine cannot serve on: one line, before anything opens
     import uvicorn
 
     from datamoat.registry.core import Registry, registry_url
@@ -81,6 +90,7 @@ def serve(
         review_max_open=review_max_open,
         open_paths=tuple(open_paths),
         ort_threads=ort_threads,
+        device=device,
         drift_window=drift_window,
         accuracy_floor=accuracy_floor,
         server_id=server_id or f"{socket.gethostname()}:{port}:{os.getpid()}",
@@ -88,7 +98,7 @@ def serve(
     )
     if workers == 1:
         app = create_app(reg, cfg)
-        err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}", highlight=False)
+        err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id} ({on})", highlight=False)
         uvicorn.run(
             app, host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=limit_concurrency, **tls
         )
@@ -105,7 +115,9 @@ def serve(
     own = not os.environ.get(MULTIPROC_ENV)
     if own:
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="datamoat-metrics-")
-    err_console.print(f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}/w<pid> x {workers}", highlight=False)
+    err_console.print(
+        f"serving alias {alias!r} on {cfg.url} as {cfg.server_id}/w<pid> x {workers} ({on})", highlight=False
+    )
     try:
         uvicorn.run(
             "datamoat.serve.app:app_from_env",

@@ -89,8 +89,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def open_version(onnx: bytes, meta: dict[str, Any], threads: int = 0, *, embeddings: bool = False) -> LoadedVersion:
-    """Open a CPU session over ONNX bytes; `meta` holds the version's id, name, kind,
+def open_version(
+    onnx: bytes, meta: dict[str, Any], threads: int = 0, *, embeddings: bool = False, device: str = "cpu"
+) -> LoadedVersion:
+    """Open a session over ONNX bytes on `device` (cpu, or cuda: `ort_session`); `meta` holds the version's id, name, kind,
     classes, preprocessing and (optionally) input shape, as the registry and bundles store them.
     `embeddings` also returns the penultimate layer from `LoadedVersion.run` (for drift monitoring),
     where the graph has a classifier to find.
@@ -102,7 +104,7 @@ def open_version(onnx: bytes, meta: dict[str, Any], threads: int = 0, *, embeddi
     emb_name = None
     if embeddings:
         onnx, emb_name = with_embedding_output(onnx)
-    sess = ort_session(onnx, threads)
+    sess = ort_session(onnx, threads, device)
     inp = sess.get_inputs()[0]
     c, h, w = (int(d) for d in (meta.get("input_shape") or inp.shape[1:]))
     pre = meta["preprocess"]

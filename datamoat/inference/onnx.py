@@ -65,8 +65,9 @@ def with_embedding_output(onnx_bytes: bytes) -> tuple[bytes, str | None]:
     return onnx_bytes, None
 
 
-def ort_session(path: str | Path | bytes, threads: int = 0) -> Any:
-    """An onnxruntime CPU session with every graph optimisation on.
+def ort_session(path: str | Path | bytes, threads: int = 0, device: str = "cpu") -> Any:
+    """An onnxruntime session with every graph optimisation on, on the CPU or (`device` "cuda", as
+    `datamoat.inference.hardware.resolve_ort_device` resolves it) CUDA.
 
     `threads` 0 lets onnxruntime use one intra-op thread per physical core.
 
@@ -84,7 +85,9 @@ def ort_session(path: str | Path | bytes, threads: int = 0) -> Any:
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only; warnings about unused initialisers are noise
     src = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    from datamoat.inference.hardware import providers_for
+
+    return ort.InferenceSession(src, sess_options=opts, providers=providers_for(device))
 
 
 def plain_session(path: str | Path | bytes, threads: int = 1) -> Any:

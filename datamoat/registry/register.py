@@ -14,8 +14,10 @@ from datamoat.workspace import Workspace
 __all__ = ["register_model", "register_compressed", "resolve_version", "load_version", "profile_version"]
 
 
-def load_version(reg: Registry, ref: str, threads: int = 0, *, embeddings: bool = False) -> LoadedVersion:
-    """Read a version's ONNX bytes from the registry and open a CPU session (`embeddings`: with its
+def load_version(
+    reg: Registry, ref: str, threads: int = 0, *, embeddings: bool = False, device: str = "cpu"
+) -> LoadedVersion:
+    """Read a version's ONNX bytes from the registry and open a session on `device` (`embeddings`: with its
     penultimate layer as a second output, for drift monitoring): what servers, profiles and
     `datamoat drift` run.
 
@@ -23,7 +25,7 @@ def load_version(reg: Registry, ref: str, threads: int = 0, *, embeddings: bool 
     """
     row = reg.version(ref)
     meta = {**row["info"], "version_id": row["id"], "name": row["name"], "kind": row["kind"]}
-    return open_version(reg.artifact(row["onnx_sha"]), meta, threads, embeddings=embeddings)
+    return open_version(reg.artifact(row["onnx_sha"]), meta, threads, embeddings=embeddings, device=device)
 
 
 def register_model(ws: Workspace, reg: Registry, model_ref: str, *, actor: str, int8: bool = False) -> str:

@@ -72,6 +72,7 @@ class ServeContext:
     review_quota: Quotas
     monitor: DriftMonitor | None = None
     shadow: ShadowRunner | None = None
+    hardware: dict[str, Any] = dataclasses.field(default_factory=dict)  # what it serves on (/v1/model)
 
 
 def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
@@ -82,16 +83,19 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     """
     cfg = config or ServeConfig()
     server_id = cfg.server_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    from datamoat.inference.hardware import describe_hardware, resolve_ort_device
+
+    device = resolve_ort_device(cfg.device)  # refused here, before anything starts, if it cannot run
     install_pillow_limits(cfg.max_image_pixels)
     metrics = ServeMetrics()
     ctl = Controller(
         registry,
         cfg,
-        SessionCache(registry, cfg.ort_threads, embeddings=cfg.drift_window > 0),
+        SessionCache(registry, cfg.ort_threads, embeddings=cfg.drift_window > 0, device=device),
         server_id,
         cfg.url or f"inprocess:{server_id}",
         on_ack=metrics.generation.set,
-        shadow_cache=SessionCache(registry, cfg.shadow_threads),
+        shadow_cache=SessionCache(registry, cfg.shadow_threads, device=device),
     )
     monitor = None
     if cfg.drift_window:
@@ -135,6 +139,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
             on_drop=metrics.shadow_dropped.inc,
             on_pairs=lambda role, n: metrics.release_pairs.labels(role).inc(n),
         ),
+        describe_hardware(device),
     )
     runner = ctx.shadow
     assert runner is not None
@@ -369,6 +374,7 @@ async def model_info(request: Request, _: str = Depends(reader)) -> dict[str, An
             if side is not None
         },
         "server_id": ctx.server_id,
+        "hardware": ctx.hardware,  # what `datamoat loadtest` records, so capacity plans name what was measured
     }
 
 

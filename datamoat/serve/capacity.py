@@ -24,7 +24,7 @@ from typing import Any
 from datamoat.configs import check
 from datamoat.errors import BadInput
 
-__all__ = ["CapacityPlan", "capacity", "from_loadtests"]
+__all__ = ["CapacityPlan", "capacity", "from_loadtests", "loadtest_hardware"]
 
 
 def _n(x: float) -> str:
@@ -219,8 +219,14 @@ def from_loadtests(results: Mapping[str, Mapping[str, Any]]) -> tuple[float, dic
     )
     best = max(closed, key=lambda name: closed[name]["throughput_rps"])
     per_replica = float(closed[best]["throughput_rps"])
+    hw = loadtest_hardware(results)
+    from datamoat.inference.hardware import hardware_label
+
     notes = [
-        f"per-replica throughput = {_n(per_replica)} req/s (closed loop, concurrency {closed[best].get('concurrency', '?')}, from {best})"
+        f"per-replica throughput = {_n(per_replica)} req/s (closed loop, concurrency {closed[best].get('concurrency', '?')}, from {best})",
+        f"a replica is what was measured: {hardware_label(hw)}"
+        if hw
+        else "hardware not recorded in the loadtests (a server before `/v1/model` reported it): plan replicas of the machine you measured",
     ]
     points: dict[float, float] = {}
     for name, r in results.items():
@@ -232,3 +238,30 @@ def from_loadtests(results: Mapping[str, Mapping[str, Any]]) -> tuple[float, dic
             u = min(1.0, float(r["throughput_rps"]) / per_replica)
             points[u] = max(points.get(u, 0.0), float(r["p99_ms"]))
     return per_replica, points, notes
+
+
+def loadtest_hardware(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The hardware every loadtest in `results` measured (its `server_hardware`), or None where none
+    recorded it. Loadtests of different hardware are refused: one replica count cannot be of two machines.
+
+    >>> loadtest_hardware({"a.json": {"server_hardware": {"device": "cpu", "cores": 4}}})
+    {'device': 'cpu', 'cores': 4}
+    """
+    # What makes a replica faster or slower; the onnxruntime version and the like are not compared.
+    same = ("device", "provider", "cpu", "cores", "cpu_limit", "gpus")
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, r in results.items():
+        hw = r.get("server_hardware") if isinstance(r, Mapping) else None
+        if not isinstance(hw, Mapping):
+            continue
+        key = repr([hw.get(k) for k in same])
+        seen.setdefault(key, (name, dict(hw)))
+    if len(seen) > 1:
+        from datamoat.inference.hardware import hardware_label
+
+        (a, ha), (b, hb) = list(seen.values())[:2]
+        raise BadInput(
+            f"{a} and {b} measured different hardware ({hardware_label(ha)} against {hardware_label(hb)}): "
+            "plan each kind of replica from its own loadtests"
+        )
+    return next(iter(seen.values()))[1] if seen else None

@@ -38,6 +38,7 @@ class ServeConfig(Config):
     require_predict_token: bool = True
     auth_cache_s: float = 5.0  # how long a checked token is trusted without a database read
     ort_threads: int = 0  # 0: ONNX Runtime's default, all cores
+    device: str = "auto"  # ONNX Runtime's provider: auto (CUDA where onnxruntime offers it), cpu or cuda
     log_predictions: bool = True
     # Answers that need review go to the review queue (/review). The queue cites the
     # logged prediction, so it is on only while log_predictions is too.
@@ -89,6 +90,9 @@ class ServeConfig(Config):
         check(self.drain_timeout_s >= 0, f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         check(self.auth_cache_s >= 0, f"auth_cache_s must be >= 0, got {self.auth_cache_s}")
         check(self.ort_threads >= 0, f"ort_threads must be >= 0, got {self.ort_threads}")
+        from datamoat.inference.hardware import ORT_DEVICES
+
+        check_choice("device", self.device, ORT_DEVICES)
         check(self.review_max_open >= 0, f"review_max_open must be >= 0, got {self.review_max_open}")
         check(0 <= self.audit_fraction <= 1, f"audit_fraction must be in [0, 1], got {self.audit_fraction}")
         check_choice("guarantee_action", self.guarantee_action, ("review_all", "rollback", "none"))

@@ -14,8 +14,11 @@ __all__ = ["SessionCache", "load_version"]
 class SessionCache:
     """Loaded versions by id, so switching back (rollback) costs nothing."""
 
-    def __init__(self, registry: Registry, threads: int = 0, size: int = 4, *, embeddings: bool = False):
+    def __init__(
+        self, registry: Registry, threads: int = 0, size: int = 4, *, embeddings: bool = False, device: str = "cpu"
+    ):
         self.registry, self.threads, self.size, self.embeddings = registry, threads, size, embeddings
+        self.device = device  # resolved: cpu or cuda
         self._lock = threading.Lock()
         self._items: dict[str, LoadedVersion] = {}
 
@@ -25,7 +28,9 @@ class SessionCache:
             if hit is not None:
                 self._items[version_id] = hit  # most recently used last
                 return hit
-        loaded = load_version(self.registry, version_id, self.threads, embeddings=self.embeddings)  # outside the lock
+        loaded = load_version(  # outside the lock
+            self.registry, version_id, self.threads, embeddings=self.embeddings, device=self.device
+        )
         with self._lock:
             self._items[version_id] = loaded
             while len(self._items) > self.size:

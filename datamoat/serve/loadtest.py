@@ -145,6 +145,9 @@ class LoadTestResult:
     achieved_concurrency: float  # mean requests in flight (time on the wire / elapsed)
     max_in_flight: int
     latencies_ms: np.ndarray = dataclasses.field(repr=False, default_factory=lambda: np.zeros(0))
+    # What the server said it serves on (its /v1/model "hardware"), so a capacity plan names what was
+    # measured; None from a server that does not say.
+    server_hardware: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every measured number, the config with its token redacted."""
@@ -384,7 +387,13 @@ async def _run(config: LoadTestConfig) -> LoadTestResult:
             await asyncio.wait_for(work, timeout=config.warmup_s + config.duration_s + config.timeout_s + 5.0)
         except TimeoutError:
             run.errors["RunDeadline"] += 1
-    return _result(config, run, shape)  # type: ignore[arg-type]
+    from datamoat.inference.hardware import hardware_from_info
+
+    return dataclasses.replace(_result(config, run, shape), server_hardware=hardware_from_info(info))  # type: ignore[arg-type]
+
+
+def _f(v: float | None) -> float | None:
+    return None if v is None else float(v)
 
 
 def _result(config: LoadTestConfig, run: _Run, shape: tuple[int, int, int]) -> LoadTestResult:
@@ -408,7 +417,11 @@ def _result(config: LoadTestConfig, run: _Run, shape: tuple[int, int, int]) -> L
         elapsed_s=elapsed,
         throughput_rps=len(lat) / elapsed,
         images_per_s=len(lat) * config.batch / elapsed,
-        **{k: (None if v is None else float(v)) for k, v in stats.items()},
+        p50_ms=_f(stats["p50_ms"]),
+        p95_ms=_f(stats["p95_ms"]),
+        p99_ms=_f(stats["p99_ms"]),
+        max_ms=_f(stats["max_ms"]),
+        mean_ms=_f(stats["mean_ms"]),
         achieved_concurrency=run.busy_s / elapsed,
         max_in_flight=run.max_in_flight,
         latencies_ms=lat,

@@ -323,6 +323,9 @@ def test_metrics_model_and_health(live, reg, artifacts):
         and info["input_shape"] == [1, 8, 8]
     )
     assert info["generation"] == info["acked_generation"] == reg.r.generation() and not info["taken_down"]
+    from datamoat.inference.hardware import describe_hardware, resolve_ort_device
+
+    assert info["hardware"] == describe_hardware(resolve_ort_device("auto"))  # the default: what loadtest records
     assert srv.get("/healthz").json() == {"status": "ok"} and srv.get("/readyz").json()["ready"] is True
 
 

@@ -6,7 +6,7 @@ import pytest
 from dmtest import dm
 
 from datamoat.errors import BadInput
-from datamoat.serve.capacity import capacity, from_loadtests
+from datamoat.serve.capacity import capacity, from_loadtests, loadtest_hardware
 
 
 def test_hand_computed_plan_shows_its_arithmetic():
@@ -139,3 +139,40 @@ def test_cli_bad_input_is_one_line_and_exit_2(args):
     proc = dm(None, "capacity", *args)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error:")
+
+
+CPU = {"device": "cpu", "provider": "CPUExecutionProvider", "cpu": "Xeon", "cores": 4, "cpu_limit": None, "gpus": []}
+GPU = {**CPU, "device": "cuda", "provider": "CUDAExecutionProvider", "gpus": ["NVIDIA H100"]}
+
+
+def test_a_plan_names_the_hardware_its_loadtests_measured_and_refuses_a_mix():
+    runs = {
+        "max.json": {"mode": "closed", "throughput_rps": 800.0, "p99_ms": 40.0, "server_hardware": CPU},
+        # another onnxruntime build on the same machine is the same kind of replica
+        "half.json": {"mode": "open", "throughput_rps": 400.0, "p99_ms": 12.0, "server_hardware": {**CPU, "x": 1}},
+    }
+    _, _, notes = from_loadtests(runs)
+    assert loadtest_hardware(runs) == CPU
+    assert notes[1] == "a replica is what was measured: CPU: Xeon, 4 cores"
+    gpu = {**runs, "gpu.json": {"mode": "closed", "throughput_rps": 5000.0, "p99_ms": 9.0, "server_hardware": GPU}}
+    with pytest.raises(BadInput, match="measured different hardware .*CUDA: 1 x NVIDIA H100") as e:
+        from_loadtests(gpu)
+    assert "own loadtests" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(BadInput, match="measured different hardware"):
+        loadtest_hardware({**runs, "limited.json": {**runs["max.json"], "server_hardware": {**CPU, "cpu_limit": 2.0}}})
+    bare = {"max.json": {"mode": "closed", "throughput_rps": 800.0}}  # from a server that did not say
+    assert loadtest_hardware(bare) is None and "hardware not recorded" in from_loadtests(bare)[2][1]
+
+
+@pytest.mark.slow
+def test_cli_capacity_reports_the_replicas_hardware_and_refuses_a_mix_in_one_line(tmp_path):
+    cpu, gpu = tmp_path / "cpu.json", tmp_path / "gpu.json"
+    cpu.write_text(json.dumps({"mode": "closed", "throughput_rps": 1000.0, "p99_ms": 40.0, "server_hardware": CPU}))
+    gpu.write_text(json.dumps({"mode": "closed", "throughput_rps": 9000.0, "p99_ms": 8.0, "server_hardware": GPU}))
+    base = ["capacity", "--sites", "350", "--rate", "2"]
+    out = json.loads(dm(None, *base, "--from-loadtest", str(gpu), "--json").stdout)
+    assert out["hardware"] == GPU and out["replicas"] == 2  # 700 / (9000 x 0.7) -> 1, +1
+    assert "CUDA: 1 x NVIDIA H100" in dm(None, *base, "--from-loadtest", str(gpu)).stdout
+    mixed = dm(None, *base, "--from-loadtest", str(cpu), "--from-loadtest", str(gpu), "--json")
+    assert mixed.returncode == 2 and mixed.stdout == "" and len(mixed.stderr.strip().splitlines()) == 1
+    assert "measured different hardware" in mixed.stderr

@@ -265,3 +265,26 @@ def test_cli_json_then_capacity_from_the_file(server, tmp_path):
         refused.returncode == 2 and "not loopback" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     )
     assert not np.isnan(out["p99_ms"])
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        {"hardware": "cpu"},
+        {"hardware": {"device": {"nested": "object"}}},
+        {"hardware": {"gpus": [1, 2]}},
+        {"hardware": {"cpu": "x" * 5000}},
+        {"hardware": {1: "non-string key"}},
+        ["not", "a", "dict"],
+        None,
+    ],
+)
+def test_a_servers_hardware_is_kept_only_as_a_small_flat_object(info):
+    from datamoat.inference.hardware import hardware_from_info
+
+    assert hardware_from_info(info) is None
+    assert hardware_from_info({"hardware": {"device": "cpu", "gpus": ["A"], "cpu_limit": None}}) == {
+        "device": "cpu",
+        "gpus": ["A"],
+        "cpu_limit": None,
+    }

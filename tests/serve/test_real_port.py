@@ -3,6 +3,7 @@ a rollback reaches both within the documented bound."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -87,6 +88,16 @@ def test_rollback_reaches_two_servers_on_real_ports(reg, artifacts, tmp_path):
             assert r.json()["model_version"] == reg.v1
             assert r.json()["predictions"][0]["label_index"] == int(reg.ref[reg.v1][0].argmax())
             assert httpx.get(f"{u}/v1/model").json()["acked_generation"] == out["generation"]
+        # A loadtest records what the real server says it serves on, which capacity plans then name.
+        lt = subprocess.run(
+            [sys.executable, "-m", "datamoat", "loadtest", urls[0], "--concurrency", "2", "--duration", "0.5",
+             "--warmup", "0", "--token", reg.tokens["predict"], "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert lt.returncode == 0, lt.stderr
+        from datamoat.inference.hardware import describe_hardware
+
+        assert json.loads(lt.stdout)["server_hardware"] == describe_hardware("cpu")
     finally:
         for p in procs:
             p.terminate()
@@ -179,3 +190,25 @@ def test_bad_worker_count_is_one_line_and_exit_2(tmp_path):
         assert proc.returncode == 2 and "--workers must be in 1..64" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "r.db").exists()  # refused before anything was created
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+    reason="checks the refusal where onnxruntime has no CUDA provider",
+)
+def test_serving_on_a_device_this_onnxruntime_lacks_is_one_line_and_exit_2(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "datamoat",
+        "serve",
+        "--registry",
+        f"sqlite:///{tmp_path / 'r.db'}",
+        "--device",
+        "cuda",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "install onnxruntime-gpu" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "r.db").exists()

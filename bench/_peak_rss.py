@@ -16,6 +16,7 @@ import time
 from datamoat.cli import main
 
 peak_anon = peak_file = 0  # KiB: the kernel keeps no peak of either part, so a thread samples them
+peak_at = {"anon": 0.0, "file": 0.0}  # seconds into the run at which each peak was sampled
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -36,6 +37,21 @@ def read_mib() -> float:
         return next(int(line.split(":")[1]) for line in f if line.startswith("rchar")) / 2**20
 
 
+def top_files(n: int = 3) -> str:
+    """The `n` files with the most resident pages mapped into this process, from /proc/self/smaps."""
+    rss: dict[str, int] = {}
+    name = ""
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=5)
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's header: the file is the 6th field
+                name = head[5].strip() if len(head) == 6 else ""
+            elif line.startswith("Rss:") and name.startswith("/"):
+                rss[name] = rss.get(name, 0) + int(line.split()[1])
+    top = sorted(rss.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{path} {kib / 1024:.1f} MiB" for path, kib in top)
+
+
 def sample() -> None:
     global peak_anon, peak_file
     trace_to = os.environ.get("DM_MEM_TRACE")
@@ -44,7 +60,14 @@ def sample() -> None:
     while True:
         with open("/proc/self/status") as f:
             kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("RssAnon", "RssFile")}
-        peak_anon, peak_file = max(peak_anon, kib["RssAnon"]), max(peak_file, kib["RssFile"])
+        now = time.perf_counter() - t0
+        if kib["RssAnon"] > peak_anon:
+            peak_anon, peak_at["anon"] = kib["RssAnon"], now
+        if kib["RssFile"] > peak_file:
+            if trace and kib["RssFile"] > peak_file + (32 << 10) and now > 5:
+                # A new file-backed peak past the libraries' pages: name the files it maps, as it happens.
+                trace.write(f"{now:.2f} new file peak {kib['RssFile'] / 1024:.1f} MiB: {top_files()}\n")
+            peak_file, peak_at["file"] = kib["RssFile"], now
         if trace and time.perf_counter() - last >= 1.0:
             last = time.perf_counter()
             m = machine_s()
@@ -72,6 +95,8 @@ peak = {
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
     "peak_anon_mib": peak_anon / 1024,  # sampled every 20 ms: a shorter spike can be missed
     "peak_file_mib": peak_file / 1024,  # file-backed pages (mapped libraries and data), sampled alike
+    "peak_anon_at_s": round(peak_at["anon"], 2),  # when in the run each peak was sampled
+    "peak_file_at_s": round(peak_at["file"], 2),
     "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     # Bytes fetched from the disk against bytes asked for: a stage slower than linear in the data
     # may be reading what the page cache could not keep.

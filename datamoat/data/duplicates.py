@@ -170,7 +170,10 @@ def near_duplicates(
 
 
 def _same(data: Dataset, a: int, b: int) -> bool:
-    return bool(np.array_equal(data.x[a], data.x[b]))
+    # Read, not indexed: a page touched through the mapping stays this process's memory, and with
+    # the kernel's fault-around a thousand scattered pairs map far more than their pixels.
+    pair = read_rows(data.x, np.array([a, b]))  # (2, C, H, W)
+    return bool(np.array_equal(pair[0], pair[1]))
 
 
 def _split_name(data: Dataset, i: int) -> str:

@@ -173,42 +173,25 @@ def test_workers_share_one_port_and_each_acknowledges(reg, artifacts, tmp_path):
     assert not [s for s in reg.r.servers() if s["id"].startswith("multi/w")]  # each worker forgot itself
 
 
-@pytest.mark.slow
-def test_bad_worker_count_is_one_line_and_exit_2(tmp_path):
-    for n in ("0", "65"):
-        cmd = [
-            sys.executable,
-            "-m",
-            "datamoat",
-            "serve",
-            "--registry",
-            f"sqlite:///{tmp_path / 'r.db'}",
-            "--workers",
-            n,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 2 and "--workers must be in 1..64" in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert not (tmp_path / "r.db").exists()  # refused before anything was created
+NO_CUDA_PROVIDER = "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
-    reason="checks the refusal where onnxruntime has no CUDA provider",
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--workers", "0"], "--workers must be in 1..64"),
+        (["--workers", "65"], "--workers must be in 1..64"),
+        pytest.param(
+            ["--device", "cuda"],
+            "install onnxruntime-gpu",
+            marks=pytest.mark.skipif(not NO_CUDA_PROVIDER, reason="checks the refusal without a CUDA provider"),
+        ),
+    ],
 )
-def test_serving_on_a_device_this_onnxruntime_lacks_is_one_line_and_exit_2(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "datamoat",
-        "serve",
-        "--registry",
-        f"sqlite:///{tmp_path / 'r.db'}",
-        "--device",
-        "cuda",
-    ]
+def test_a_bad_serve_option_is_one_line_and_exit_2_before_anything_is_created(tmp_path, option, message):
+    cmd = [sys.executable, "-m", "datamoat", "serve", "--registry", f"sqlite:///{tmp_path / 'r.db'}", *option]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "install onnxruntime-gpu" in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "r.db").exists()
